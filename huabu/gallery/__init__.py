@@ -1,0 +1,1 @@
+"""Output storage: A1111 `parameters` PNG metadata, atomic writes, the SQLite index."""

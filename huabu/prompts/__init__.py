@@ -1,0 +1,1 @@
+"""A1111 prompt syntax and weighted, chunked prompt encoding."""

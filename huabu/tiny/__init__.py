@@ -1,0 +1,1 @@
+"""huabu-tiny: the built-in small latent diffusion model, its data generator, training and evaluation."""
