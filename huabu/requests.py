@@ -1,0 +1,171 @@
+"""Request models shared by the CLI, the web UI and the HTTP API: a job is plain JSON data.
+
+`GenerateRequest.model_validate(data)` raises pydantic's ValidationError (FastAPI turns it into a 422);
+`GenerateRequest.create(**fields)` / `GenerateRequest.from_data(data)` raise InvalidRequest with one line naming the
+field, its allowed range and the value given, which is what the CLI shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from huabu.engine.samplers import parse_sampler
+from huabu.errors import InvalidRequest
+
+Mode = Literal["txt2img", "img2img", "inpaint"]
+
+MAX_SEED = 2**32 - 1
+
+
+class LoraSpec(BaseModel):
+    """A LoRA to apply by name (a file in the LoRA folder), as `<lora:name:weight>` in a prompt would."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    weight: float = Field(default=1.0, ge=-10.0, le=10.0)
+    te_weight: float | None = Field(default=None, ge=-10.0, le=10.0)
+
+
+class ControlUnit(BaseModel):
+    """One ControlNet unit, shaped like sd-webui-controlnet's API unit (filled in by the ControlNet work)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    module: str = "none"
+    model: str = ""
+    image: str | None = None
+    weight: float = Field(default=1.0, ge=0.0, le=2.0)
+    resize_mode: str = "Crop and Resize"
+    processor_res: int = Field(default=512, ge=64, le=4096)
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+    guidance_start: float = Field(default=0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(default=1.0, ge=0.0, le=1.0)
+    control_mode: str = "Balanced"
+    pixel_perfect: bool = False
+
+    @model_validator(mode="after")
+    def _guidance_window(self) -> "ControlUnit":
+        if self.guidance_start > self.guidance_end:
+            raise ValueError(f"guidance_start ({self.guidance_start}) must not exceed guidance_end "
+                             f"({self.guidance_end})")
+        return self
+
+
+class GenerateRequest(BaseModel):
+    """One txt2img / img2img / inpaint job. Images are file paths or `data:image/...;base64,` URLs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
+    sampler: str = "DPM++ 2M"
+    schedule_type: str = "Automatic"
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    width: int | None = Field(default=None, ge=8, le=4096)
+    height: int | None = Field(default=None, ge=8, le=4096)
+    batch_size: int = Field(default=1, ge=1, le=16)
+    n_iter: int = Field(default=1, ge=1, le=100)
+    model: str | None = None
+    init_image: str | None = None
+    mask: str | None = None
+    denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
+    mask_blur: int = Field(default=4, ge=0, le=64)
+    clip_skip: int = Field(default=1, ge=1, le=12)
+    loras: list[LoraSpec] = Field(default_factory=list)
+    controlnets: list[ControlUnit] = Field(default_factory=list)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        try:
+            parse_sampler(value)
+        except InvalidRequest as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _mode_inputs(self) -> "GenerateRequest":
+        try:
+            parse_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
+        except InvalidRequest as err:
+            raise ValueError(str(err)) from None
+        if self.mode in ("img2img", "inpaint") and not self.init_image:
+            raise ValueError(f"{self.mode} needs an input image (init_image / --image)")
+        if self.mode == "inpaint" and not self.mask:
+            raise ValueError("inpaint needs a mask image (mask / --mask): white = repaint, black = keep")
+        if self.mode == "txt2img" and (self.init_image or self.mask):
+            raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")
+        return self
+
+    @classmethod
+    def create(cls, **fields: Any) -> "GenerateRequest":
+        """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
+        return cls.from_data(fields)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "GenerateRequest":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise InvalidRequest(one_line(err)) from None
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON-ready dict (what a job row, an API response or a test stores)."""
+        return self.model_dump(mode="json")
+
+
+_RANGE_WORDS = {"greater_than_equal": "at least {ge}", "less_than_equal": "at most {le}",
+                "greater_than": "more than {gt}", "less_than": "less than {lt}"}
+
+
+def one_line(err: ValidationError) -> str:
+    """First validation problem as `field must be ... (got X)`; `value_error`s keep their own message."""
+    first = err.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"]) or "request"
+    kind, ctx, given = first["type"], first.get("ctx") or {}, first.get("input")
+    if kind == "value_error":
+        message = str(ctx.get("error", first["msg"]))
+        last = first["loc"][-1] if first["loc"] else None
+        named = last is None or (isinstance(last, str) and last.replace("_", " ") in message.lower())
+        return message if named else f"{field}: {message}"
+    if kind in _RANGE_WORDS:
+        bounds = _field_bounds(err.title, first["loc"])
+        if bounds:
+            return f"{field} must be between {bounds[0]} and {bounds[1]} (got {given})"
+        return f"{field} must be {_RANGE_WORDS[kind].format(**ctx)} (got {given})"
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}"
+    if kind == "literal_error":
+        return f"{field} must be {ctx.get('expected')} (got {given!r})"
+    return f"{field}: {first['msg'].lower()} (got {given!r})"
+
+
+_MODELS = {"GenerateRequest": GenerateRequest, "ControlUnit": ControlUnit, "LoraSpec": LoraSpec}
+
+
+def _field_bounds(title: str, loc: tuple) -> tuple[Any, Any] | None:
+    """(ge, le) of the field at `loc` when both are set, to say "between a and b" rather than one side."""
+    model = _MODELS.get(title)
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            if isinstance(part, int):
+                continue
+            return None
+        info = model.model_fields[part]
+        nested = {"controlnets": ControlUnit, "loras": LoraSpec}.get(part)
+        if nested is not None and part != loc[-1]:
+            model = nested
+            continue
+        ge = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+        le = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+        return (ge, le) if ge is not None and le is not None else None
+    return None
