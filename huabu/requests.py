@@ -75,6 +75,8 @@ class GenerateRequest(BaseModel):
     batch_size: int = Field(default=1, ge=1, le=16)
     n_iter: int = Field(default=1, ge=1, le=100)
     model: str | None = None
+    # For single-file checkpoints whose kind cannot be detected: a bundled config name or a diffusers folder.
+    checkpoint_config: str | None = None
     init_image: str | None = None
     mask: str | None = None
     denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)

@@ -1,0 +1,393 @@
+"""The model registry: what a `--model` value names, loading it once, and what the engine needs to know about it.
+
+A model spec is, in this order: empty (the default model), the built-in name, an existing path (a diffusers
+folder or a single-file checkpoint), a name in the models folder (A1111's "name [hash]" titles too), or a hub id
+(only when the hub is reachable). Loaded pipelines live in a small LRU cache owned by one ModelManager, which
+front ends create and pass around; there is no module-level state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huabu.engine import checkpoints
+from huabu.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
+from huabu.settings import BUILTIN_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "tiny" / BUILTIN_MODEL
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# SD 1.x, SD 2.x and SDXL all use CLIP's BPE vocabulary; only the pad token differs, which each bundled config's
+# tokenizer_config.json states. huabu-tiny ships the vocabulary files once.
+CLIP_TOKENIZER_DIR = BUILTIN_DIR / "tokenizer"
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_A1111_TITLE = re.compile(r"^(.*?)\s*\[[0-9a-fA-F]{8,64}\]$")
+
+# diffusers' single-file model types (infer_diffusers_model_type) -> bundled config, UNet input channels.
+_SINGLE_FILE_TYPES = {
+    "v1": ("sd15", 4), "inpainting": ("sd15", 9),
+    "v2": ("sd2-v", 4), "inpainting_v2": ("sd2-base", 9),
+    "xl_base": ("sdxl", 4), "xl_inpaint": ("sdxl", 9),
+}
+_UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Offline diffusers config folders for single-file checkpoints, by name (plus huabu-tiny's own folder)."""
+    found = {p.name: p for p in sorted(CONFIGS_DIR.iterdir()) if (p / "model_index.json").is_file()}
+    found[BUILTIN_MODEL] = BUILTIN_DIR
+    return found
+
+
+def builtin_has_weights() -> bool:
+    return (BUILTIN_DIR / "model_index.json").is_file() and any((BUILTIN_DIR / "unet").glob("*.safetensors"))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model spec; nothing is loaded yet."""
+
+    spec: str
+    kind: str  # "builtin" | "diffusers" | "single-file" | "hub"
+    name: str  # what infotexts call it ("Model: ...")
+    location: str  # folder, file or hub id
+    config: str | None = None  # single files: bundled config name or diffusers folder given by the user
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.kind == "hub" else Path(self.location)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline plus the facts the engine needs; mode pipelines made from it share its components."""
+
+    ref: ModelRef
+    pipeline: Any  # diffusers DiffusionPipeline
+    sha256: str | None
+    scheduler_config: dict[str, Any]  # the model's own scheduler config, the base of every sampler
+    pipelines: dict[str, Any] = field(default_factory=dict)  # mode -> pipeline (see pipelines.mode_pipeline)
+    encoders: dict[int, Any] = field(default_factory=dict)  # clip_skip -> PromptEncoder
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def short_hash(self) -> str | None:
+        return checkpoints.short_hash(self.sha256)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.pipeline.vae_scale_factor)
+
+    @property
+    def default_size(self) -> int:
+        return int(self.pipeline.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def is_inpaint_unet(self) -> bool:
+        """A 9-channel UNet (latents + mask + masked image), as in SD inpainting checkpoints."""
+        return int(self.pipeline.unet.config.in_channels) == 9
+
+    @property
+    def is_sdxl(self) -> bool:
+        return getattr(self.pipeline, "text_encoder_2", None) is not None
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.ref.kind, "location": self.ref.location, "sha256": self.sha256,
+                "hash": self.short_hash, "default_size": self.default_size, "vae_scale_factor": self.vae_scale_factor,
+                "inpaint_unet": self.is_inpaint_unet, "family": "sdxl" if self.is_sdxl else "sd"}
+
+
+class ModelManager:
+    """Resolves model specs and keeps the most recently used pipelines loaded (LRU, `settings.model_cache_size`)."""
+
+    def __init__(self, settings: Settings, hashes: checkpoints.HashCache | None = None) -> None:
+        self.settings = settings
+        self.hashes = hashes or checkpoints.HashCache(settings.cache_dir / "hashes.json")
+        self._cache: OrderedDict[tuple[str, str | None], LoadedModel] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # --- resolving --------------------------------------------------------------------------------------------
+
+    def resolve(self, spec: str | None, config: str | None = None) -> ModelRef:
+        """What `spec` names (see the module docstring); raises ModelNotFound with one line when nothing fits."""
+        spec = (spec or "").strip() or self.settings.default_model
+        if spec == BUILTIN_MODEL:
+            return ModelRef(spec, "builtin", BUILTIN_MODEL, str(BUILTIN_DIR))
+        path = Path(spec).expanduser()
+        if path.exists():
+            return self._ref_for_path(spec, path, config)
+        found = self._find_in_models_dir(spec)
+        if found is not None:
+            return self._ref_for_path(spec, found, config)
+        if _HUB_ID.match(spec) and not path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            return ModelRef(spec, "hub", spec, spec)
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES or os.sep in spec or spec.startswith((".", "~")):
+            raise ModelNotFound(f"model file or folder not found: {path}")
+        raise ModelNotFound(f"no model named {spec!r}: not the built-in {BUILTIN_MODEL!r}, not a path, and not in "
+                            f"{self.settings.models_dir} (huabu models lists what is there)")
+
+    def _ref_for_path(self, spec: str, path: Path, config: str | None) -> ModelRef:
+        path = path.resolve()
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelNotFound(f"folder {path} is not a diffusers model (it has no model_index.json)")
+            return ModelRef(spec, "diffusers", path.name, str(path))
+        name = path.stem
+        return ModelRef(spec, "single-file", name, str(path), config)
+
+    def _find_in_models_dir(self, spec: str) -> Path | None:
+        root = self.settings.models_dir
+        if not root.is_dir():
+            return None
+        title = _A1111_TITLE.match(spec)
+        wanted = (title.group(1) if title else spec).lower()
+        for candidate in sorted(root.rglob("*")):
+            if candidate.is_dir() and (candidate / "model_index.json").is_file():
+                if candidate.name.lower() == wanted or str(candidate.relative_to(root)).lower() == wanted:
+                    return candidate
+            elif candidate.suffix.lower() in CHECKPOINT_SUFFIXES and wanted in (
+                    candidate.name.lower(), candidate.stem.lower(), str(candidate.relative_to(root)).lower()):
+                return candidate
+        return None
+
+    def list_models(self) -> list[ModelRef]:
+        """The built-in model and every diffusers folder or checkpoint file in the models folder."""
+        refs = [ModelRef(BUILTIN_MODEL, "builtin", BUILTIN_MODEL, str(BUILTIN_DIR))]
+        root = self.settings.models_dir
+        if root.is_dir():
+            for candidate in sorted(root.rglob("*")):
+                if candidate.is_dir() and (candidate / "model_index.json").is_file():
+                    refs.append(ModelRef(str(candidate), "diffusers", candidate.name, str(candidate)))
+                elif candidate.is_file() and candidate.suffix.lower() in CHECKPOINT_SUFFIXES and not any(
+                        (p / "model_index.json").is_file() for p in candidate.parents if root in p.parents):
+                    refs.append(ModelRef(str(candidate), "single-file", candidate.stem, str(candidate)))
+        return refs
+
+    def find_by_hash(self, short: str) -> ModelRef | None:
+        """The model whose A1111 short hash (first hex digits of sha256) is `short`, among listed models."""
+        short = short.lower()
+        for ref in self.list_models():
+            if ref.kind == "builtin" and not builtin_has_weights():
+                continue
+            digest = self.model_sha256(ref)
+            if digest and digest.startswith(short):
+                return ref
+        return None
+
+    def model_sha256(self, ref: ModelRef) -> str | None:
+        """sha256 of a single file; for a folder, of its UNet weights (what makes its images what they are)."""
+        if ref.kind == "single-file":
+            return self.hashes.sha256(ref.location)
+        if ref.kind in ("diffusers", "builtin"):
+            weights = sorted((Path(ref.location) / "unet").glob("*.safetensors"))
+            return self.hashes.sha256(weights[0]) if weights else None
+        return None
+
+    # --- loading ----------------------------------------------------------------------------------------------
+
+    def load(self, spec: str | None, config: str | None = None) -> LoadedModel:
+        """The loaded model for `spec`, from the cache when it is there."""
+        ref = self.resolve(spec, config)
+        key = (ref.location, ref.config)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            while len(self._cache) >= self.settings.model_cache_size:
+                self._cache.popitem(last=False)  # drop references first so memory can be reused
+            loaded = self._load_uncached(ref)
+            self._cache[key] = loaded
+            return loaded
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._cache.values())
+
+    def unload_all(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _load_uncached(self, ref: ModelRef) -> LoadedModel:
+        from huabu.engine.devices import resolve_device, resolve_dtype
+
+        device = resolve_device(self.settings.device)
+        dtype = resolve_dtype(self.settings.dtype, device)
+        if ref.kind == "builtin" and not builtin_has_weights():
+            raise ModelNotFound(f"built-in model {BUILTIN_MODEL} has no weights in this checkout yet")
+        if ref.kind == "hub":
+            pipe = self._load_hub(ref.location, dtype)
+        elif ref.kind == "single-file":
+            pipe = self._load_single_file(Path(ref.location), ref.config, dtype)
+        else:
+            pipe = self._load_folder(Path(ref.location), dtype)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        loaded = LoadedModel(ref, pipe, self.model_sha256(ref), dict(pipe.scheduler.config))
+        log.info("loaded %s (%s) on %s as %s", ref.name, ref.kind, device, dtype)
+        return loaded
+
+    def _load_folder(self, folder: Path, dtype) -> Any:
+        from diffusers import DiffusionPipeline
+
+        kwargs = _no_safety_checker(json.loads((folder / "model_index.json").read_text(encoding="utf-8")))
+        try:
+            return DiffusionPipeline.from_pretrained(
+                folder, dtype=dtype, local_files_only=True,
+                # Folders with only pickle (.bin) weights are refused unless pickle is allowed.
+                use_safetensors=None if self.settings.allow_unsafe_pickle else True, **kwargs)
+        except (OSError, ValueError, EnvironmentError) as err:
+            if ".bin" in str(err) or "safetensors" in str(err):
+                raise UnsafeCheckpoint(f"{folder} holds no .safetensors weights (only pickle files?); pass "
+                                       f"--allow-unsafe-pickle if you trust it") from None
+            raise ModelNotFound(f"cannot load diffusers folder {folder}: {_first_line(err)}") from None
+
+    def _load_hub(self, repo_id: str, dtype) -> Any:
+        from diffusers import DiffusionPipeline
+        from huggingface_hub import constants
+
+        if self.settings.hub_offline or constants.HF_HUB_OFFLINE:
+            raise ModelNotFound(f"model {repo_id!r} is not a local path and the hub is offline (HF_HUB_OFFLINE=1); "
+                                f"download it first or pass a folder")
+        try:
+            return DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, use_safetensors=True,
+                                                     safety_checker=None, requires_safety_checker=False)
+        except Exception as err:  # network and repository errors: many types, all reported the same way
+            raise ModelNotFound(f"cannot load {repo_id!r} from the hub: {_first_line(err)}") from None
+
+    def _load_single_file(self, path: Path, config: str | None, dtype) -> Any:
+        fmt = checkpoints.check_loadable(path, self.settings.allow_unsafe_pickle)
+        metadata = checkpoints.safetensors_metadata(path) if fmt == checkpoints.SAFETENSORS else {}
+        state = checkpoints.load_state_dict(path, self.settings.allow_unsafe_pickle)
+        config_dir, config_name = _single_file_config(path, state, metadata, config)
+        unet_in = state[_UNET_IN_KEY].shape[1] if _UNET_IN_KEY in state else None
+        try:
+            return assemble_single_file(state, config_dir, dtype, {"unet": {"in_channels": unet_in}} if unet_in else {})
+        except HuabuError:
+            raise
+        except Exception as err:  # shape mismatches and missing keys, raised as several exception types
+            raise ModelNotFound(f"{path.name} does not fit the {config_name} config ({_first_line(err)}); pass "
+                                f"--model-config with a bundled config ({', '.join(bundled_configs())}) or a "
+                                f"diffusers folder") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+def _no_safety_checker(model_index: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline kwargs that leave out the NSFW checker (huabu does not filter images) where the class has one."""
+    if "safety_checker" not in model_index:
+        return {}
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+def _single_file_config(path: Path, state: dict, metadata: dict[str, str], config: str | None) -> tuple[Path, str]:
+    """The diffusers config folder to load a single-file checkpoint with: the user's, the one named in the file's
+    metadata (huabu exports), or the bundled one for the model type diffusers detects from the keys."""
+    configs = bundled_configs()
+    if config:
+        if config in configs:
+            return configs[config], config
+        folder = Path(config).expanduser()
+        if (folder / "model_index.json").is_file():
+            return folder, str(folder)
+        raise ModelNotFound(f"model config {config!r} is neither a bundled config ({', '.join(configs)}) nor a "
+                            f"diffusers folder with model_index.json")
+    named = metadata.get("huabu_config")
+    if named in configs:
+        return configs[named], named
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    model_type = infer_diffusers_model_type(state)
+    if model_type not in _SINGLE_FILE_TYPES:
+        raise ModelNotFound(f"{path.name} looks like a {model_type!r} checkpoint; huabu loads SD 1.x, SD 2.x and "
+                            f"SDXL single files (pass --model-config for others)")
+    name = _SINGLE_FILE_TYPES[model_type][0]
+    if name == "sd2-v" and _ldm_yaml_says_epsilon(path):
+        name = "sd2-base"
+    return configs[name], name
+
+
+def _ldm_yaml_says_epsilon(path: Path) -> bool:
+    """SD 2.x 512-base and 768-v files have the same keys; A1111 users keep `<name>.yaml` beside the file, whose
+    `parameterization: "v"` marks the 768-v kind. No yaml: assume 768-v, as diffusers does."""
+    yaml_path = path.with_suffix(".yaml")
+    if not yaml_path.is_file():
+        return False
+    import yaml
+
+    try:
+        params = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))["model"]["params"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return False
+    return params.get("parameterization", "eps") != "v"
+
+
+def assemble_single_file(state: dict, config_dir: Path, dtype, overrides: dict[str, dict] | None = None) -> Any:
+    """Build the pipeline of `config_dir/model_index.json` from an LDM-key state dict, offline.
+
+    diffusers' pipeline-level `from_single_file` takes only a path (and picks its reader by extension), so we run its
+    per-component loaders on the state dict we read safely: `from_single_file` for diffusers models, diffusers'
+    CLIP converter for transformers text encoders, and the config folder for schedulers and tokenizers.
+    """
+    import diffusers
+    from diffusers import SchedulerMixin
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    import torch
+
+    overrides = overrides or {}
+    # Only cast when asked for a non-default dtype (a cast to float32 makes diffusers warn for nothing).
+    dtype = None if dtype in (None, torch.float32) else dtype
+    index = json.loads((config_dir / "model_index.json").read_text(encoding="utf-8"))
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    components: dict[str, Any] = {}
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        library, class_name = spec
+        cls = getattr(importlib.import_module(library), class_name)
+        if issubclass(cls, SchedulerMixin):
+            components[name] = cls.from_pretrained(config_dir, subfolder=name)
+        elif issubclass(cls, PreTrainedTokenizerBase):
+            components[name] = _tokenizer(cls, config_dir / name)
+        elif issubclass(cls, PreTrainedModel):
+            components[name] = create_diffusers_clip_model_from_ldm(
+                cls, state, subfolder=name, config=str(config_dir), torch_dtype=dtype, local_files_only=True)
+        else:
+            components[name] = cls.from_single_file(state, config=str(config_dir), subfolder=name,
+                                                    dtype=dtype, local_files_only=True, **overrides.get(name, {}))
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    for name in accepted:
+        if name not in components and name != "self" and accepted[name].default is inspect.Parameter.empty:
+            components[name] = None  # optional modules huabu does not use (safety checker, image encoder)
+    if "requires_safety_checker" in accepted:
+        components["requires_safety_checker"] = False
+    return pipeline_class(**components)
+
+
+def _tokenizer(cls, folder: Path):
+    """A tokenizer from its config folder; bundled configs carry only tokenizer_config.json and share CLIP's BPE
+    vocabulary with huabu-tiny."""
+    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
+        return cls.from_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return cls.from_pretrained(CLIP_TOKENIZER_DIR, pad_token=config.get("pad_token", "<|endoftext|>"))

@@ -1,0 +1,72 @@
+"""Mode pipelines (txt2img / img2img / inpaint) made from one loaded model with `from_pipe`, and VAE decoding.
+
+`from_pipe` builds the other pipeline classes around the very same UNet, VAE and text encoders, so switching
+modes costs no loading and no memory. A 9-channel inpainting UNet only runs in the inpaint pipeline; the engine
+feeds it a full mask for txt2img/img2img, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from huabu.engine.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+MODES = ("txt2img", "img2img", "inpaint")
+
+
+def pipeline_mode(model: LoadedModel, mode: str) -> str:
+    """The pipeline that serves `mode` on this model: the inpaint one for every mode of a 9-channel UNet."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    return "inpaint" if model.is_inpaint_unet else mode
+
+
+def mode_pipeline(model: LoadedModel, mode: str) -> Any:
+    """The cached pipeline for `mode`, sharing every component with `model.pipeline`."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    key = pipeline_mode(model, mode)
+    pipe = model.pipelines.get(key)
+    if pipe is None:
+        auto = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+                "inpaint": AutoPipelineForInpainting}[key]
+        # dtype: from_pipe casts to float32 unless told otherwise, which would cast the shared modules in place.
+        pipe = auto.from_pipe(model.pipeline, dtype=model.pipeline.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        model.pipelines[key] = pipe
+    return pipe
+
+
+def decode_latents(pipe: Any, latents) -> list:
+    """Latents -> PIL images. A float16 VAE that yields NaN/inf (SD VAEs overflow in fp16) is moved to float32 and
+    the decode retried; it then stays in float32 for this model, like A1111's automatic VAE upcast."""
+    import torch
+
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
+    scaled = _unscale(vae, latents)
+    with torch.no_grad():
+        image = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        if vae.dtype != torch.float32 and not torch.isfinite(image).all():
+            log.warning("the %s VAE decode gave NaN/inf; decoding again in float32", vae.dtype)
+            vae.to(torch.float32)
+            image = vae.decode(scaled.to(torch.float32), return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+def _unscale(vae: Any, latents):
+    """Undo the latent normalisation the pipelines apply before the UNet (scaling factor; mean/std when set)."""
+    import torch
+
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        return latents * std / config.scaling_factor + mean
+    shift = getattr(config, "shift_factor", None) or 0.0
+    return latents / config.scaling_factor + shift
