@@ -1,0 +1,1 @@
+"""Shared pieces of huabu's training loops (huabu-tiny stages, LoRA, ControlNet, motion modules)."""
