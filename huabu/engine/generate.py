@@ -222,6 +222,10 @@ def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask)
     inputs: dict[str, Any] = {"height": request.height, "width": request.width}
     if pipeline_mode(model, request.mode) == "txt2img":
         return inputs
+    if request.mode != "txt2img" and int(request.steps * request.denoising_strength) < 1:
+        # diffusers runs int(steps * strength) steps of an img2img/inpaint schedule; zero would return nothing.
+        raise InvalidRequest(f"denoising strength {request.denoising_strength} with {request.steps} steps leaves no "
+                             f"step to run; raise the strength or the steps (steps x strength must be at least 1)")
     full_mask = Image.new("L", size, 255)
     if request.mode == "txt2img":  # 9-channel UNet
         image, mask, strength = Image.new("RGB", size, (127, 127, 127)), full_mask, 1.0

@@ -152,31 +152,28 @@ class ModelManager:
         return ModelRef(spec, "single-file", name, str(path), config)
 
     def _find_in_models_dir(self, spec: str) -> Path | None:
-        root = self.settings.models_dir
-        if not root.is_dir():
-            return None
         title = _A1111_TITLE.match(spec)
         wanted = (title.group(1) if title else spec).lower()
-        for candidate in sorted(root.rglob("*")):
-            if candidate.is_dir() and (candidate / "model_index.json").is_file():
-                if candidate.name.lower() == wanted or str(candidate.relative_to(root)).lower() == wanted:
-                    return candidate
-            elif candidate.suffix.lower() in CHECKPOINT_SUFFIXES and wanted in (
-                    candidate.name.lower(), candidate.stem.lower(), str(candidate.relative_to(root)).lower()):
-                return candidate
+        root = self.settings.models_dir
+        for ref in self.list_models()[1:]:
+            path = Path(ref.location)
+            if wanted in (path.name.lower(), path.stem.lower(), str(path.relative_to(root)).lower()):
+                return path
         return None
 
     def list_models(self) -> list[ModelRef]:
-        """The built-in model and every diffusers folder or checkpoint file in the models folder."""
+        """The built-in model and every diffusers folder or checkpoint file in the models folder (files inside
+        diffusers folders excluded)."""
         refs = [ModelRef(BUILTIN_MODEL, "builtin", BUILTIN_MODEL, str(BUILTIN_DIR))]
         root = self.settings.models_dir
-        if root.is_dir():
-            for candidate in sorted(root.rglob("*")):
-                if candidate.is_dir() and (candidate / "model_index.json").is_file():
-                    refs.append(ModelRef(str(candidate), "diffusers", candidate.name, str(candidate)))
-                elif candidate.is_file() and candidate.suffix.lower() in CHECKPOINT_SUFFIXES and not any(
-                        (p / "model_index.json").is_file() for p in candidate.parents if root in p.parents):
-                    refs.append(ModelRef(str(candidate), "single-file", candidate.stem, str(candidate)))
+        if not root.is_dir():
+            return refs
+        folders = sorted(p.parent for p in root.rglob("model_index.json"))
+        refs += [ModelRef(str(folder), "diffusers", folder.name, str(folder)) for folder in folders]
+        for candidate in sorted(root.rglob("*")):
+            if (candidate.is_file() and candidate.suffix.lower() in CHECKPOINT_SUFFIXES
+                    and not any(folder in candidate.parents for folder in folders)):
+                refs.append(ModelRef(str(candidate), "single-file", candidate.stem, str(candidate)))
         return refs
 
     def find_by_hash(self, short: str) -> ModelRef | None:

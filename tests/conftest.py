@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny random SD-shaped models built once per session (diffusers folder, LDM-key single file,
+9-channel inpaint variant, pickle checkpoints) and a huabu home holding them, all offline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# The test suite never reaches the hub; huggingface_hub reads this when first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "huabu" / "tiny" / "huabu-tiny" / "tokenizer"
+
+
+def build_tiny_pipeline(in_channels: int = 4, vae_blocks: int = 3, seed: int = 0):
+    """A random StableDiffusionPipeline (or inpaint pipeline for 9 channels) small enough for 2 CPU cores: UNet
+    (32, 64) with cross-attention 32, a CLIPTextModel of width 32 with the real CLIP tokenizer, and an
+    AutoencoderKL with `vae_blocks` blocks (VAE factor 2 ** (vae_blocks - 1))."""
+    import torch
+    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=16)
+    channels = [16, 32, 32, 32][:vae_blocks]
+    vae = AutoencoderKL(block_out_channels=channels, in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * vae_blocks,
+                        up_block_types=["UpDecoderBlock2D"] * vae_blocks, norm_num_groups=8, sample_size=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=32,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32, layer_norm_eps=1e-5))
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
+    return cls(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> dict[str, Path]:
+    """Paths of the session's tiny models: "folder" (diffusers, in the models dir as `tiny-sd`), "single" (its
+    LDM-key .safetensors export, outside the models dir), "inpaint" (9-channel UNet folder in the models dir), "ckpt" (pickle), "fake_safetensors" (a pickle
+    named .SAFETENSORS), "f8" (a folder with an SD-like VAE factor of 8), "home" (HUABU_HOME with these)."""
+    import torch
+
+    from huabu.engine.convert import export_single_file, pipeline_to_ldm
+
+    home = tmp_path_factory.mktemp("huabu-home")
+    models = home / "models"
+    pipe = build_tiny_pipeline()
+    pipe.save_pretrained(models / "tiny-sd")
+    single = export_single_file(pipe, home / "elsewhere" / "tiny-single.safetensors")
+    build_tiny_pipeline(in_channels=9, seed=1).save_pretrained(models / "tiny-inpaint")
+    build_tiny_pipeline(vae_blocks=4, seed=2).save_pretrained(home / "elsewhere" / "tiny-f8")
+    unsafe = home / "unsafe"
+    unsafe.mkdir()
+    torch.save({"state_dict": pipeline_to_ldm(pipe)}, unsafe / "tiny.ckpt")
+    shutil.copy(unsafe / "tiny.ckpt", unsafe / "renamed.SAFETENSORS")
+    return {"home": home, "folder": models / "tiny-sd", "single": single, "inpaint": models / "tiny-inpaint",
+            "f8": home / "elsewhere" / "tiny-f8", "ckpt": unsafe / "tiny.ckpt",
+            "fake_safetensors": unsafe / "renamed.SAFETENSORS"}
+
+
+@pytest.fixture(scope="session")
+def settings(model_store, tmp_path_factory):
+    from huabu.settings import Settings
+
+    home = model_store["home"]
+    return Settings.for_home(home, outputs_dir=tmp_path_factory.mktemp("outputs"), model_cache_size=4,
+                             device="cpu", dtype="fp32", hub_offline=True)
+
+
+@pytest.fixture(scope="session")
+def engine(settings):
+    """One Engine for the session so the tiny models load once."""
+    from huabu.engine.generate import Engine
+
+    return Engine(settings)
+
+
+@pytest.fixture
+def huabu_env(model_store, monkeypatch, tmp_path):
+    """Environment for in-process CLI runs: HUABU_HOME = the session home (models), a fresh gallery per test."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(model_store["home"] / "models")
+    monkeypatch.setenv("HUABU_HOME", str(home))
+    monkeypatch.setenv("HUABU_DEVICE", "cpu")
+    return home
