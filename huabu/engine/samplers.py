@@ -166,17 +166,21 @@ def scheduler_config(
 def build_scheduler(name: str, schedule: str | None, base_config: Mapping[str, Any],
                     seeds: Sequence[int] | None = None):
     """A fresh diffusers scheduler for this sampler and schedule, built from the model's scheduler config."""
+    import inspect
+
     import diffusers
 
     class_name, config = scheduler_config(name, schedule, base_config, seeds)
-    scheduler = getattr(diffusers, class_name).from_config(config)
+    cls = getattr(diffusers, class_name)
     sampler, sched = parse_sampler(name, schedule)
     sched = resolved_schedule(sampler, sched)
-    unsupported = [k for k, v in sched.options.items() if v and scheduler.config.get(k) != v]
+    # from_config keeps options the class does not take as hidden config, so ask the constructor itself.
+    accepted = inspect.signature(cls.__init__).parameters
+    unsupported = [k for k, v in sched.options.items() if v and k not in accepted]
     if unsupported:
         raise InvalidRequest(f"schedule type {sched.label!r} is not available with sampler {sampler.name!r} "
                              f"(diffusers' {class_name} has no {unsupported[0]}); pick another schedule type")
-    return scheduler
+    return cls.from_config(config)
 
 
 def list_samplers() -> list[dict[str, Any]]:
