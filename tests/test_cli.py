@@ -1,0 +1,173 @@
+"""The `huabu` command line, run in-process: outputs, png-info, reproduce, history, listings and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from huabu.cli import main
+from huabu.engine.models import builtin_has_weights
+
+FAST = ["--steps", "3", "--size", "32x32", "--model", "tiny-sd"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_imports_no_heavy_libraries():
+    probe = ("import sys; from huabu.cli import build_parser; build_parser().format_help(); "
+             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.fixture
+def generated(huabu_env, capsys, tmp_path):
+    outdir = tmp_path / "made" / "here"
+    code, out, err = run(capsys, "generate", "a red apple on a blue background", "--negative", "blurry",
+                         "--cfg", "7", "--sampler", "DPM++ 2M Karras", "--seed", "42", "--batch", "2",
+                         "-o", outdir, *FAST)
+    assert code == 0, err
+    return outdir, out
+
+
+def test_generate_writes_pngs_with_parameters(generated, capsys):
+    outdir, out = generated
+    files = sorted(outdir.glob("*.png"))
+    assert [f.name for f in files] == ["00000-42.png", "00001-43.png"]
+    assert out.splitlines() == [f"{files[0]}  (seed 42)", f"{files[1]}  (seed 43)"]
+    code, out, _ = run(capsys, "png-info", files[1])
+    assert code == 0
+    lines = out.strip().split("\n")
+    assert lines[:2] == ["a red apple on a blue background", "Negative prompt: blurry"]
+    assert lines[2].startswith("Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 43, "
+                               "Size: 32x32, Model hash: ")
+    assert ", Model: tiny-sd, Version: huabu " in lines[2]
+
+
+def test_reproduce_matches_and_detects_changes(generated, capsys, tmp_path):
+    from huabu.gallery import read_parameters, save_png_atomic
+
+    code, out, err = run(capsys, "generate", "a lone apple", "--seed", "7", "-o", tmp_path, *FAST)
+    single = tmp_path / "00000-7.png"
+    assert run(capsys, "reproduce", single)[:2] == (0, "match\n")
+    # An image from a batch is remade alone: batched matrix products may round one level differently.
+    outdir, _ = generated
+    second = outdir / "00001-43.png"
+    code, out, err = run(capsys, "reproduce", second, "--tolerance", "1")
+    assert (code, out) == (0, "match\n"), err
+    changed = np.asarray(Image.open(second)).copy()
+    changed[5, 5] = (changed[5, 5].astype(int) + 40) % 256
+    tampered = save_png_atomic(Image.fromarray(changed), tmp_path / "tampered.png", read_parameters(second))
+    code, out, _ = run(capsys, "reproduce", tampered)
+    assert code == 1 and out.startswith("differs (max abs pixel difference ") and out.strip()[-1] == ")"
+
+
+def test_history_searches_prompts(generated, capsys):
+    code, out, _ = run(capsys, "history", "blue background")
+    assert code == 0
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert [row[3].rsplit("/", 1)[1] for row in rows] == ["00001-43.png", "00000-42.png"]
+    assert all(row[2] == "txt2img" and row[4] == "a red apple on a blue background" for row in rows)
+    assert run(capsys, "history", "banana")[1] == ""
+
+
+@pytest.fixture
+def picture(tmp_path):
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[..., 1] = 180
+    image[10:22, 10:22] = (240, 240, 0)
+    path = tmp_path / "picture.png"
+    Image.fromarray(image).save(path)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    return path, tmp_path / "mask.png"
+
+
+def test_img2img_and_inpaint_commands(huabu_env, capsys, tmp_path, picture):
+    image, mask = picture
+    code, out, err = run(capsys, "img2img", "a yellow square", "--image", image, "--strength", "0.6", "--seed", "1",
+                         "-o", tmp_path / "i2i", *FAST)
+    assert code == 0, err
+    assert "Denoising strength: 0.6" in Image.open(out.split()[0]).text["parameters"]
+    code, out, err = run(capsys, "inpaint", "a yellow square", "--image", image, "--mask", mask, "--seed", "1",
+                         "--mask-blur", "0", "-o", tmp_path / "inp", *FAST)
+    assert code == 0, err
+    result = np.asarray(Image.open(out.split()[0]), dtype=np.int16)
+    original = np.asarray(Image.open(image), dtype=np.int16)
+    assert np.abs(result[:8] - original[:8]).max() <= 1  # outside the mask
+    assert "Mask blur: 0" in Image.open(out.split()[0]).text["parameters"]
+
+
+def test_allowed_pickle_checkpoint_generates(huabu_env, capsys, tmp_path, model_store):
+    code, _, err = run(capsys, "generate", "a cat", "--steps", "2", "--size", "32x32", "-o", tmp_path,
+                       "--model", model_store["ckpt"], "--model-config", model_store["folder"],
+                       "--allow-unsafe-pickle")
+    assert code == 0, err
+    assert len(list(tmp_path.glob("*.png"))) == 1
+
+
+def bad_inputs(model_store, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image at all")
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    Image.new("L", (16, 16)).save(tmp_path / "small-mask.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "plain.png")
+    image, small_mask = tmp_path / "image.png", tmp_path / "small-mask.png"
+    return {
+        "size": (["generate", "x", *FAST, "--size", "33x32"], "width 33 is not a multiple of 4"),
+        "steps": (["generate", "x", *FAST, "--steps", "0"], "steps must be between 1 and 150 (got 0)"),
+        "cfg": (["generate", "x", *FAST, "--cfg", "31"], "cfg_scale must be between 0.0 and 30.0 (got 31.0)"),
+        "batch": (["generate", "x", *FAST, "--batch", "17"], "batch_size must be between 1 and 16 (got 17)"),
+        "sampler": (["generate", "x", *FAST, "--sampler", "Eulr"], "unknown sampler 'Eulr'"),
+        "non-image": (["img2img", "x", *FAST, "--image", notes], f"cannot read image {notes}: not an image"),
+        "missing image": (["img2img", "x", *FAST, "--image", tmp_path / "gone.png"], "image file not found"),
+        "mask size": (["inpaint", "x", *FAST, "--image", image, "--mask", small_mask],
+                      "the mask is 16x16 but the image is 32x32"),
+        "missing model": (["generate", "x", "--model", "/no/where/model.safetensors"],
+                          "model file or folder not found: /no/where/model.safetensors"),
+        "pickle": (["generate", "x", "--model", model_store["ckpt"]], "tiny.ckpt is a pickle checkpoint"),
+        "renamed pickle": (["generate", "x", "--model", model_store["fake_safetensors"]],
+                           "renamed.SAFETENSORS is a pickle checkpoint"),
+        "hub offline": (["generate", "x", "--model", "someone/some-model"],
+                        "model 'someone/some-model' is not a local path and the hub is offline"),
+        "no parameters": (["reproduce", tmp_path / "plain.png"], "has no A1111 parameters chunk"),
+    }
+
+
+CASES = ["size", "steps", "cfg", "batch", "sampler", "non-image", "missing image", "mask size", "missing model",
+         "pickle", "renamed pickle", "hub offline", "no parameters"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_exit_code_2(huabu_env, capsys, tmp_path, model_store, case):
+    argv, expected = bad_inputs(model_store, tmp_path)[case]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_builtin_model_without_weights(huabu_env, capsys):
+    if builtin_has_weights():
+        pytest.skip("huabu-tiny weights are present")
+    code, _, err = run(capsys, "generate", "a red apple")
+    assert (code, err) == (2, "error: built-in model huabu-tiny has no weights in this checkout yet\n")
+
+
+def test_samplers_and_models_listings(huabu_env, capsys):
+    code, out, _ = run(capsys, "samplers")
+    assert code == 0
+    names = {line.strip().split("  ")[0] for line in out.splitlines() if line.startswith("  ")}
+    assert {"Euler", "Euler a", "Heun", "LMS", "DDIM", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM2", "UniPC",
+            "LCM", "Karras", "Exponential", "SGM Uniform"} <= names
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "tiny-sd  (diffusers)" in out and "tiny-inpaint  (diffusers)" in out
