@@ -1,0 +1,110 @@
+"""Images per second: huabu's Engine.generate vs a bare diffusers pipeline call, same model, sampler, steps, size, seed.
+
+    .venv/bin/python benchmarks/engine_overhead.py [--model PATH] [--steps 20] [--size 64] [--repeats 7]
+
+Runs are interleaved (bare, engine, bare, engine, ...) after one warm-up each, so machine load affects both alike;
+the median of each is reported with their ratio. Without --model it uses huabu-tiny, or, while its weights are
+absent, a random SD-shaped model (f=4 VAE, 64x64) built in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def build_random_model(folder: Path) -> Path:
+    """A random SD-1.x-shaped pipeline the size of huabu-tiny's plan (64x64 images, 16x16x4 latents)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from huabu.engine.models import CLIP_TOKENIZER_DIR
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(64, 128, 128), layers_per_block=1, sample_size=16, cross_attention_dim=128,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=4)
+    vae = AutoencoderKL(block_out_channels=[32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 3,
+                        up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4, norm_num_groups=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=128,
+        intermediate_size=512, num_attention_heads=4, num_hidden_layers=4, projection_dim=128))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder,
+                                   tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR), scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model spec (default: huabu-tiny, else a random model)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--sampler", default="DPM++ 2M Karras")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+
+    from huabu.cli import quiet_libraries
+
+    quiet_libraries()
+    import torch
+
+    from huabu.engine import samplers
+    from huabu.engine.generate import Engine
+    from huabu.engine.models import builtin_has_weights
+    from huabu.requests import GenerateRequest
+    from huabu.settings import Settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="huabu-bench-"))
+    model = args.model or ("huabu-tiny" if builtin_has_weights() else str(build_random_model(workdir / "random")))
+    engine = Engine(Settings.for_home(workdir / "home", device=args.device))
+    prompt, negative = "a red apple on a blue background", "blurry"
+    request = GenerateRequest.create(prompt=prompt, negative_prompt=negative, steps=args.steps, width=args.size,
+                                     height=args.size, seed=1234, batch_size=args.batch, sampler=args.sampler,
+                                     model=model)
+    loaded = engine.models.load(model)
+    pipe = loaded.pipeline  # the bare call runs on the very same modules
+    sampler, schedule = samplers.canonical_names(args.sampler)
+    pipe.scheduler = samplers.build_scheduler(sampler, schedule, loaded.scheduler_config)
+
+    def bare() -> None:
+        generators = [torch.Generator("cpu").manual_seed(1234 + i) for i in range(args.batch)]
+        pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
+             height=args.size, width=args.size, num_images_per_prompt=args.batch, generator=generators)
+
+    def huabu() -> None:
+        engine.generate(request)
+
+    timings: dict[str, list[float]] = {"diffusers": [], "huabu": []}
+    for run in range(args.repeats + 1):
+        for name, call in (("diffusers", bare), ("huabu", huabu)):
+            start = time.perf_counter()
+            call()
+            if run:  # the first round warms caches up and is not counted
+                timings[name].append(time.perf_counter() - start)
+
+    rate = {name: args.batch / statistics.median(values) for name, values in timings.items()}
+    print(f"model {loaded.name} ({loaded.ref.kind}), device {pipe.device}, {args.sampler}, {args.steps} steps, "
+          f"{args.size}x{args.size}, batch {args.batch}, {args.repeats} interleaved repeats, torch threads "
+          f"{torch.get_num_threads()}")
+    for name in ("diffusers", "huabu"):
+        spread = f"{min(timings[name]):.3f}-{max(timings[name]):.3f} s"
+        print(f"  {name:<9} {rate[name]:8.3f} images/s  (median of {len(timings[name])}, range {spread})")
+    print(f"  huabu / diffusers = {rate['huabu'] / rate['diffusers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
