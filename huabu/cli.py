@@ -300,7 +300,8 @@ def _model_from_infotext(models, fields: dict) -> str:
     name, short = fields.get("Model"), fields.get("Model hash")
     if name:
         try:
-            return models.resolve(str(name)).location
+            models.resolve(str(name))
+            return str(name)
         except ModelNotFound:
             pass
     if short:

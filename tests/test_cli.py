@@ -140,11 +140,12 @@ def bad_inputs(model_store, tmp_path):
         "hub offline": (["generate", "x", "--model", "someone/some-model"],
                         "model 'someone/some-model' is not a local path and the hub is offline"),
         "no parameters": (["reproduce", tmp_path / "plain.png"], "has no A1111 parameters chunk"),
+        "fp16 on cpu": (["generate", "x", *FAST, "--device", "cpu", "--dtype", "fp16"], "--dtype fp16 needs a GPU"),
     }
 
 
 CASES = ["size", "steps", "cfg", "batch", "sampler", "non-image", "missing image", "mask size", "missing model",
-         "pickle", "renamed pickle", "hub offline", "no parameters"]
+         "pickle", "renamed pickle", "hub offline", "no parameters", "fp16 on cpu"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -154,6 +155,15 @@ def test_bad_input_is_one_line_and_exit_code_2(huabu_env, capsys, tmp_path, mode
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert "Traceback" not in err and out == ""
+
+
+def test_missing_gpu_is_one_line(huabu_env, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    code, _, err = run(capsys, "generate", "x", *FAST, "--device", "cuda")
+    assert (code, err) == (2, "error: --device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False)\n")
 
 
 def test_builtin_model_without_weights(huabu_env, capsys):

@@ -269,3 +269,26 @@ def test_enabled_controlnet_units_are_refused_until_supported(engine, model_stor
         engine.generate(request(model_store, controlnets=[{"module": "canny", "model": "x"}]))
     result = engine.generate(request(model_store, steps=2, controlnets=[{"enabled": False}]))
     assert len(result.images) == 1
+
+
+def test_fp16_vae_overflow_is_decoded_again_in_fp32():
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+    from diffusers.image_processor import VaeImageProcessor
+
+    from huabu.engine.pipelines import decode_latents
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[16, 32], down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8, force_upcast=False)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.fill_(4000.0)  # finite in fp16, but sums past fp16's 65504
+    vae = vae.to(torch.float16)
+    latents = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert not torch.isfinite(vae.decode(latents.half() / vae.config.scaling_factor).sample).all()
+    pipe = SimpleNamespace(vae=vae, image_processor=VaeImageProcessor(vae_scale_factor=2))
+    images = decode_latents(pipe, latents)
+    assert vae.dtype == torch.float32 and images[0].size == (16, 16)
+    assert np.asarray(images[0]).std() > 0  # a real picture, not a NaN-black one
