@@ -49,11 +49,36 @@ def build_tiny_pipeline(in_channels: int = 4, vae_blocks: int = 3, seed: int = 0
                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
+def build_tiny_sdxl_pipeline(seed: int = 3):
+    """A random StableDiffusionXLPipeline: two width-32 text encoders (one with projection), text_time embeddings."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=80, cross_attention_dim=64)
+    vae = AutoencoderKL(block_out_channels=[16, 32, 32], down_block_types=["DownEncoderBlock2D"] * 3,
+                        up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4, norm_num_groups=8)
+    config = CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408,
+                            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                            projection_dim=32)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(config),
+                                     text_encoder_2=CLIPTextModelWithProjection(config), tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> dict[str, Path]:
     """Paths of the session's tiny models: "folder" (diffusers, in the models dir as `tiny-sd`), "single" (its
     LDM-key .safetensors export, outside the models dir), "inpaint" (9-channel UNet folder in the models dir), "ckpt" (pickle), "fake_safetensors" (a pickle
-    named .SAFETENSORS), "f8" (a folder with an SD-like VAE factor of 8), "home" (HUABU_HOME with these)."""
+    named .SAFETENSORS), "f8" (a folder with an SD-like VAE factor of 8), "sdxl" (an SDXL-shaped folder), "home" (HUABU_HOME with these)."""
     import torch
 
     from huabu.engine.convert import export_single_file, pipeline_to_ldm
@@ -65,12 +90,13 @@ def model_store(tmp_path_factory) -> dict[str, Path]:
     single = export_single_file(pipe, home / "elsewhere" / "tiny-single.safetensors")
     build_tiny_pipeline(in_channels=9, seed=1).save_pretrained(models / "tiny-inpaint")
     build_tiny_pipeline(vae_blocks=4, seed=2).save_pretrained(home / "elsewhere" / "tiny-f8")
+    build_tiny_sdxl_pipeline().save_pretrained(home / "elsewhere" / "tiny-sdxl")
     unsafe = home / "unsafe"
     unsafe.mkdir()
     torch.save({"state_dict": pipeline_to_ldm(pipe)}, unsafe / "tiny.ckpt")
     shutil.copy(unsafe / "tiny.ckpt", unsafe / "renamed.SAFETENSORS")
     return {"home": home, "folder": models / "tiny-sd", "single": single, "inpaint": models / "tiny-inpaint",
-            "f8": home / "elsewhere" / "tiny-f8", "ckpt": unsafe / "tiny.ckpt",
+            "f8": home / "elsewhere" / "tiny-f8", "sdxl": home / "elsewhere" / "tiny-sdxl", "ckpt": unsafe / "tiny.ckpt",
             "fake_safetensors": unsafe / "renamed.SAFETENSORS"}
 
 

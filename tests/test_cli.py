@@ -181,3 +181,24 @@ def test_samplers_and_models_listings(huabu_env, capsys):
             "LCM", "Karras", "Exponential", "SGM Uniform"} <= names
     code, out, _ = run(capsys, "models")
     assert code == 0 and "tiny-sd  (diffusers)" in out and "tiny-inpaint  (diffusers)" in out
+
+
+def test_progress_bar_per_pipeline_call(monkeypatch):
+    import io
+
+    from huabu.cli import progress_bars
+    from huabu.engine.generate import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    update, close = progress_bars()
+    for iteration in range(2):
+        for step in range(1, 4):
+            update(Progress(iteration, 2, step, 3, iteration, 1, 2))
+    close()
+    text = terminal.getvalue()
+    assert "image 1/2" in text and "image 2/2" in text and "3/3" in text

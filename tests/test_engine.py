@@ -292,3 +292,21 @@ def test_fp16_vae_overflow_is_decoded_again_in_fp32():
     images = decode_latents(pipe, latents)
     assert vae.dtype == torch.float32 and images[0].size == (16, 16)
     assert np.asarray(images[0]).std() > 0  # a real picture, not a NaN-black one
+
+
+def test_sdxl_pipelines_run_every_mode_with_pooled_embeddings(engine, model_store, source_image, mask_image):
+    sdxl = str(model_store["sdxl"])
+    first = engine.generate(request(model_store, model=sdxl))
+    again = engine.generate(request(model_store, model=sdxl))
+    assert first.model["family"] == "sdxl" and max_diff(first.images[0], again.images[0]) == 0
+    edited = engine.generate(request(model_store, model=sdxl, prompt="[red:blue:1] apple"))  # swaps pooled too
+    assert max_diff(edited.images[0], first.images[0]) > 0
+    img = engine.generate(request(model_store, model=sdxl, mode="img2img", init_image=str(source_image), steps=4,
+                                  denoising_strength=0.5))
+    inp = engine.generate(request(model_store, model=sdxl, mode="inpaint", init_image=str(source_image),
+                                  mask=str(mask_image), mask_blur=0))
+    assert img.images[0].size == inp.images[0].size == (32, 32)
+    loaded = engine.models.load(sdxl)
+    assert {type(p).__name__ for p in loaded.pipelines.values()} == {
+        "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
+    assert all(p.text_encoder_2 is loaded.pipeline.text_encoder_2 for p in loaded.pipelines.values())
