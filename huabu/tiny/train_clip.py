@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,30 +24,11 @@ from tqdm import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from huabu.tiny import scenes as S
+from huabu.tiny.configs import ClipTrainConfig
 from huabu.tiny.data import load_dataset
 from huabu.training.checkpoint import load_latest, save_checkpoint
 
 TOKENIZER_DIR = Path(__file__).parent / "huabu-tiny" / "tokenizer"
-
-
-@dataclass
-class ClipTrainConfig:
-    data: str = "data/scenes"
-    out: str = "runs/clip"
-    seed: int = 0
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 0.05
-    head_weight: float = 1.0
-    text_hidden: int = 128
-    text_layers: int = 4
-    vision_hidden: int = 128
-    vision_layers: int = 4
-    projection_dim: int = 128
-    checkpoint_every: int = 250
-    eval_every: int = 500
 
 
 def build_clip(cfg: ClipTrainConfig) -> CLIPModel:
@@ -141,6 +122,13 @@ def retrieval_gate(model: CLIPModel, tok: CLIPTokenizer, device: torch.device) -
     return results
 
 
+def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over the batch."""
+    logits = logit_scale.exp() * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
+    target = torch.arange(len(text), device=text.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def lr_at(step: int, cfg: ClipTrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -154,9 +142,9 @@ def train(cfg: ClipTrainConfig) -> dict[str, float]:
     data = load_dataset(Path(cfg.data))
     tok = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     model = build_clip(cfg)
-    width = {"text": model.config.text_config.hidden_size, "image": model.config.vision_config.hidden_size}
-    heads = torch.nn.ModuleDict({f"{side}_{name}": torch.nn.Linear(width[side], n)
-                                 for side in width for name, n in HEADS.items()})
+    # The heads read the projected (joint-space) embeddings, so the space retrieval and scoring use holds them all.
+    heads = torch.nn.ModuleDict({f"{side}_{name}": torch.nn.Linear(cfg.projection_dim, n)
+                                 for side in ("text", "image") for name, n in HEADS.items()})
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
@@ -175,14 +163,14 @@ def train(cfg: ClipTrainConfig) -> dict[str, float]:
         idx = np.sort(rng.choice(len(data), size=cfg.batch_size, replace=False))
         ids = tokenize(tok, [data.captions[i] for i in idx]).to(accelerator.device)
         px = pixels(data.images[idx]).to(accelerator.device)
-        out_m = model(input_ids=ids, pixel_values=px, return_loss=True)
-        loss = out_m.loss
+        text = model.get_text_features(input_ids=ids).pooler_output  # projected, not yet normalised
+        image = model.get_image_features(pixel_values=px).pooler_output
+        loss = clip_loss(text, image, accelerator.unwrap_model(model).logit_scale)
         head_loss = 0.0
-        for side, pooled, labels in (("text", out_m.text_model_output.pooler_output, labels_text),
-                                     ("image", out_m.vision_model_output.pooler_output, labels_image)):
+        for side, embeds, labels in (("text", text, labels_text), ("image", image, labels_image)):
             for name in HEADS:
                 target = torch.tensor([labels[i][name] for i in idx], device=accelerator.device)
-                head_loss = head_loss + F.cross_entropy(heads[f"{side}_{name}"](pooled), target)
+                head_loss = head_loss + F.cross_entropy(heads[f"{side}_{name}"](embeds), target)
         loss = loss + cfg.head_weight * head_loss / (2 * len(HEADS))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)

@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,30 +24,10 @@ from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from huabu.tiny import scenes as S
+from huabu.tiny.configs import CAPTION_DROPOUT, UnetTrainConfig
 from huabu.tiny.data import load_dataset
 from huabu.tiny.train_vae import to_tensor
 from huabu.training.checkpoint import load_latest, save_checkpoint
-
-CAPTION_DROPOUT = 0.1
-
-
-@dataclass
-class UnetTrainConfig:
-    data: str = "data/scenes"
-    clip: str = "runs/clip/final"
-    vae: str = "runs/vae/final"
-    out: str = "runs/unet"
-    seed: int = 0
-    steps: int = 8000
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup: int = 200
-    snr_gamma: float = 5.0
-    ema_decay: float = 0.999
-    channels: tuple[int, ...] = (64, 128, 192)
-    heads: int = 4
-    checkpoint_every: int = 250
-    sample_every: int = 1000
 
 
 def build_unet(cfg: UnetTrainConfig, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -62,7 +42,7 @@ def build_unet(cfg: UnetTrainConfig, cross_attention_dim: int) -> UNet2DConditio
 def noise_scheduler() -> DDPMScheduler:
     """SD 1.x's training schedule."""
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                         prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
 @torch.no_grad()

@@ -1,0 +1,33 @@
+"""Put the trained stages together as huabu-tiny: a standard StableDiffusionPipeline folder in fp16 safetensors,
+plus the CLIP vision tower that `huabu tiny eval` scores with (shipped beside it, not inside the pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from huabu.tiny.train_unet import noise_scheduler
+
+DEFAULT_OUT = Path(__file__).parent / "huabu-tiny"
+
+
+def assemble(clip_dir: Path, vae_dir: Path, unet_dir: Path, out: Path = DEFAULT_OUT) -> Path:
+    """Write the pipeline to `out` and the scorer to `<out>-scorer`; both fp16."""
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(vae_dir),
+        text_encoder=CLIPTextModel.from_pretrained(clip_dir),
+        tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
+        unet=UNet2DConditionModel.from_pretrained(unet_dir),
+        scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler().config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    scorer = Path(f"{out}-scorer")
+    CLIPVisionModelWithProjection.from_pretrained(clip_dir).to(torch.float16).save_pretrained(scorer)
+    projection = CLIPModel.from_pretrained(clip_dir).text_projection.weight.detach().to(torch.float16).contiguous()
+    save_file({"weight": projection}, str(scorer / "text_projection.safetensors"))
+    return out

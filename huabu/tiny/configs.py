@@ -1,0 +1,69 @@
+"""Hyper-parameters of each huabu-tiny training stage, one dataclass per stage.
+
+Kept apart from the training code (no torch import) so that the CLI can build its options from them cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CAPTION_DROPOUT = 0.1  # share of empty captions in UNet training, for classifier-free guidance
+
+
+@dataclass
+class ClipTrainConfig:
+    data: str = "data/scenes"
+    out: str = "runs/clip"
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.05
+    head_weight: float = 1.0
+    text_hidden: int = 128
+    text_layers: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    projection_dim: int = 128
+    checkpoint_every: int = 250
+    eval_every: int = 500
+
+
+@dataclass
+class VaeTrainConfig:
+    data: str = "data/scenes"
+    out: str = "runs/vae"
+    seed: int = 0
+    steps: int = 4000
+    crop_steps: int = 3000  # the first steps train on crops around objects (see crop_batch)
+    crop: int = 32
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    object_weight: float = 5.0
+    gradient_weight: float = 1.0
+    kl_weight: float = 1e-6
+    channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    checkpoint_every: int = 250
+    sample_every: int = 500
+
+
+@dataclass
+class UnetTrainConfig:
+    data: str = "data/scenes"
+    clip: str = "runs/clip/final"
+    vae: str = "runs/vae/final"
+    out: str = "runs/unet"
+    seed: int = 0
+    steps: int = 8000
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup: int = 200
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    channels: tuple[int, ...] = (64, 128, 192)
+    heads: int = 4
+    checkpoint_every: int = 250
+    sample_every: int = 1000

@@ -1,0 +1,120 @@
+"""huabu-tiny's training stages on toy sizes: a run killed after a checkpoint resumes to the same weights."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from huabu.tiny import configs
+from huabu.tiny.data import write_dataset
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("scenes") / "data", 96, seed=1, progress=False)
+
+
+def _kill_after(module, monkeypatch, step: int) -> None:
+    """Make the stage die right after writing its `step` checkpoint, as a killed process would."""
+    real = module.save_checkpoint
+
+    def save_then_die(folder, done, *args, **kwargs):
+        path = real(folder, done, *args, **kwargs)
+        if done == step:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
+
+
+def _weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    newest = sorted((folder / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(newest / f"{name}.safetensors"))
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _clip_cfg(data: Path, out: Path) -> configs.ClipTrainConfig:
+    return configs.ClipTrainConfig(data=str(data), out=str(out), steps=4, batch_size=8, warmup=1, text_hidden=32,
+                                   text_layers=1, vision_hidden=32, vision_layers=1, projection_dim=16,
+                                   checkpoint_every=2, eval_every=10**6)
+
+
+def test_clip_stage_resumes_identically(scenes, tmp_path, monkeypatch):
+    from huabu.tiny import train_clip
+
+    monkeypatch.setattr(train_clip, "retrieval_gate", lambda *a, **k: {})
+    train_clip.train(_clip_cfg(scenes, tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        _kill_after(train_clip, m, 2)
+        with pytest.raises(Killed):
+            train_clip.train(_clip_cfg(scenes, killed))
+    assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
+    train_clip.train(_clip_cfg(scenes, killed))
+    _assert_same(_weights(tmp_path / "straight", "clip"), _weights(killed, "clip"))
+    assert (killed / "final" / "config.json").is_file()
+
+
+def _vae_cfg(data: Path, out: Path) -> configs.VaeTrainConfig:
+    return configs.VaeTrainConfig(data=str(data), out=str(out), steps=4, crop_steps=2, batch_size=4, warmup=1,
+                                  channels=(8, 8, 8), checkpoint_every=2, sample_every=10**6)
+
+
+def test_vae_stage_resumes_identically_and_sets_latent_scale(scenes, tmp_path, monkeypatch):
+    from huabu.tiny import train_vae
+
+    result = train_vae.train(_vae_cfg(scenes, tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        _kill_after(train_vae, m, 2)
+        with pytest.raises(Killed):
+            train_vae.train(_vae_cfg(scenes, killed))
+    train_vae.train(_vae_cfg(scenes, killed))
+    _assert_same(_weights(tmp_path / "straight", "vae"), _weights(killed, "vae"))
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tmp_path / "straight" / "final")
+    assert vae.config.scaling_factor == pytest.approx(result["scaling_factor"])
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 4  # f=4: 64x64 pixels -> 16x16 latents
+
+
+def test_unet_stage_resumes_identically_and_writes_samples(scenes, tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    from huabu.tiny import train_clip, train_unet, train_vae
+
+    clip_dir, vae_dir = tmp_path / "clip", tmp_path / "vae"
+    clip = train_clip.build_clip(_clip_cfg(scenes, tmp_path))
+    clip.save_pretrained(clip_dir)
+    CLIPTokenizer.from_pretrained(train_clip.TOKENIZER_DIR).save_pretrained(clip_dir)
+    vae: AutoencoderKL = train_vae.build_vae(_vae_cfg(scenes, tmp_path))
+    vae.save_pretrained(vae_dir)
+
+    def cfg(out: Path) -> configs.UnetTrainConfig:
+        return configs.UnetTrainConfig(data=str(scenes), clip=str(clip_dir), vae=str(vae_dir), out=str(out), steps=4,
+                                       batch_size=4, warmup=1, channels=(32, 32, 32), heads=2,
+                                       checkpoint_every=2, sample_every=10**6)
+
+    monkeypatch.setattr(train_unet, "sample_prompts", lambda: ["a red apple on a blue background"] * 2)
+    train_unet.train(cfg(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        _kill_after(train_unet, m, 2)
+        with pytest.raises(Killed):
+            train_unet.train(cfg(killed))
+    train_unet.train(cfg(killed))
+    for name in ("unet", "ema"):
+        _assert_same(_weights(tmp_path / "straight", name), _weights(killed, name))
+    assert (killed / "samples-0000004.png").is_file()
+    assert (killed / "final" / "config.json").is_file()
