@@ -7,7 +7,7 @@ flags) to the engine, the gallery and the server, so nothing reads global state 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -39,7 +39,6 @@ class Settings:
     hub_offline: bool = False
     default_model: str = BUILTIN_MODEL
     model_cache_size: int = 1
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

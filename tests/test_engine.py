@@ -289,9 +289,12 @@ def test_fp16_vae_overflow_is_decoded_again_in_fp32():
     with torch.no_grad():
         assert not torch.isfinite(vae.decode(latents.half() / vae.config.scaling_factor).sample).all()
     pipe = SimpleNamespace(vae=vae, image_processor=VaeImageProcessor(vae_scale_factor=2))
-    images = decode_latents(pipe, latents)
-    assert vae.dtype == torch.float32 and images[0].size == (16, 16)
+    images, upcast = decode_latents(pipe, latents)
+    assert upcast and images[0].size == (16, 16)
     assert np.asarray(images[0]).std() > 0  # a real picture, not a NaN-black one
+    assert vae.dtype == torch.float16  # cast back: pipelines encode init images in the model's dtype
+    again, upcast = decode_latents(pipe, latents, force_fp32=True)
+    assert upcast and np.array_equal(np.asarray(again[0]), np.asarray(images[0]))
 
 
 def test_sdxl_pipelines_run_every_mode_with_pooled_embeddings(engine, model_store, source_image, mask_image):

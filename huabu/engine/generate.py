@@ -23,6 +23,7 @@ from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text, reso
 from huabu.engine.models import LoadedModel, ModelManager
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.errors import InvalidRequest
+from huabu.prompts.syntax import extract_loras
 from huabu.requests import MAX_SEED, ControlUnit, GenerateRequest
 from huabu.settings import Settings
 
@@ -111,8 +112,6 @@ class Engine:
             raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
                                  f"{init_image.width}x{init_image.height}; they must be the same size")
         prompt, negative = self._styled(request)
-        from huabu.prompts.syntax import extract_loras
-
         text, tag_loras = extract_loras(prompt)
         loras = resolve_loras([*request.loras, *tag_loras], self.settings.loras_dir, self.models.hashes,
                               self.settings.allow_unsafe_pickle)
@@ -136,7 +135,7 @@ class Engine:
                 scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config, seeds)
             pipe.scheduler = scheduler
             callback = _step_callback(conditioning, progress, interrupt, iteration, used, total)
-            images = self._run(pipe, used, conditioning, inputs, seeds, callback)
+            images = self._run(model, pipe, used, conditioning, inputs, seeds, callback)
             if used.mode == "inpaint":
                 images = _overlay(pipe, images, init_image.resize((width, height)), mask.resize((width, height)),
                                   used.mask_blur)
@@ -175,7 +174,8 @@ class Engine:
             model.encoders[request.clip_skip] = encoder
         return ScheduledConditioning.build(encoder, text, negative, steps, request.batch_size)
 
-    def _run(self, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int], callback) -> list:
+    def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
+             callback) -> list:
         import torch
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -185,7 +185,8 @@ class Engine:
             call["callback_on_step_end"] = callback
             call["callback_on_step_end_tensor_inputs"] = ["latents", *conditioning.callback_tensor_inputs]
         latents = pipe(**call).images
-        return decode_latents(pipe, latents)
+        images, model.vae_needs_fp32 = decode_latents(pipe, latents, model.vae_needs_fp32)
+        return images
 
     def _save(self, image, seed, infotext, prompt, negative, params, kind, outdir, result) -> None:
         from huabu.gallery import next_output_path, save_png_atomic

@@ -81,6 +81,7 @@ class LoadedModel:
     scheduler_config: dict[str, Any]  # the model's own scheduler config, the base of every sampler
     pipelines: dict[str, Any] = field(default_factory=dict)  # mode -> pipeline (see pipelines.mode_pipeline)
     encoders: dict[int, Any] = field(default_factory=dict)  # clip_skip -> PromptEncoder
+    vae_needs_fp32: bool = False  # set once a half-precision decode overflowed (see pipelines.decode_latents)
 
     @property
     def name(self) -> str:
@@ -135,7 +136,7 @@ class ModelManager:
         found = self._find_in_models_dir(spec)
         if found is not None:
             return self._ref_for_path(spec, found, config)
-        if _HUB_ID.match(spec) and not path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if _HUB_ID.match(spec) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             return ModelRef(spec, "hub", spec, spec)
         if path.suffix.lower() in CHECKPOINT_SUFFIXES or os.sep in spec or spec.startswith((".", "~")):
             raise ModelNotFound(f"model file or folder not found: {path}")

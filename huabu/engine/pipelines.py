@@ -40,22 +40,32 @@ def mode_pipeline(model: LoadedModel, mode: str) -> Any:
     return pipe
 
 
-def decode_latents(pipe: Any, latents) -> list:
-    """Latents -> PIL images. A float16 VAE that yields NaN/inf (SD VAEs overflow in fp16) is moved to float32 and
-    the decode retried; it then stays in float32 for this model, like A1111's automatic VAE upcast."""
+def decode_latents(pipe: Any, latents, force_fp32: bool = False) -> tuple[list, bool]:
+    """Latents -> (PIL images, whether float32 was needed).
+
+    A half-precision VAE whose decode overflows to NaN/inf (SD VAEs do in fp16) decodes again in float32, like
+    A1111's automatic VAE upcast; callers pass `force_fp32` afterwards to skip the failing try. The VAE is cast
+    back to its dtype after each float32 decode, because the pipelines encode init images in the model's dtype.
+    """
     import torch
 
     vae = pipe.vae
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        vae.to(torch.float32)
     scaled = _unscale(vae, latents)
+    low_precision = vae.dtype in (torch.float16, torch.bfloat16)
+    upcast = low_precision and (force_fp32 or bool(getattr(vae.config, "force_upcast", False)))
     with torch.no_grad():
-        image = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
-        if vae.dtype != torch.float32 and not torch.isfinite(image).all():
+        image = None if upcast else vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        if image is not None and low_precision and not torch.isfinite(image).all():
             log.warning("the %s VAE decode gave NaN/inf; decoding again in float32", vae.dtype)
+            upcast = True
+        if upcast:
+            dtype = vae.dtype
             vae.to(torch.float32)
-            image = vae.decode(scaled.to(torch.float32), return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type="pil")
+            try:
+                image = vae.decode(scaled.to(torch.float32), return_dict=False)[0]
+            finally:
+                vae.to(dtype)
+    return pipe.image_processor.postprocess(image, output_type="pil"), upcast
 
 
 def _unscale(vae: Any, latents):
