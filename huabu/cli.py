@@ -30,6 +30,8 @@ COMMANDS = [
     "huabu.cli:register_history",
     "huabu.cli:register_samplers",
     "huabu.cli:register_models",
+    "huabu.control.cli:register",
+    "huabu.tiny.cli:register",
 ]
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
