@@ -106,6 +106,10 @@ class GenerateRequest(BaseModel):
             raise ValueError("inpaint needs a mask image (mask / --mask): white = repaint, black = keep")
         if self.mode == "txt2img" and (self.init_image or self.mask):
             raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")
+        if self.mode != "txt2img" and int(self.steps * self.denoising_strength) < 1:
+            # diffusers runs int(steps * strength) steps of an img2img/inpaint schedule; zero would return nothing.
+            raise ValueError(f"denoising strength {self.denoising_strength} with {self.steps} steps leaves no step "
+                             f"to run; raise the strength or the steps (steps x strength must be at least 1)")
         return self
 
     @classmethod

@@ -118,6 +118,9 @@ class Engine:
 
         model = self.models.load(request.model, request.checkpoint_config)
         width, height = _output_size(request, model, init_image)
+        if init_image is not None:  # "just resize", as A1111's default resize mode
+            init_image = init_image.resize((width, height), Image.LANCZOS)
+            mask = mask.resize((width, height), Image.LANCZOS) if mask is not None else None
         base_seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
         used = request.model_copy(update={"seed": base_seed, "width": width, "height": height,
                                           "sampler": sampler.name, "schedule_type": schedule.label})
@@ -137,8 +140,7 @@ class Engine:
             callback = _step_callback(conditioning, progress, interrupt, iteration, used, total)
             images = self._run(model, pipe, used, conditioning, inputs, seeds, callback)
             if used.mode == "inpaint":
-                images = _overlay(pipe, images, init_image.resize((width, height)), mask.resize((width, height)),
-                                  used.mask_blur)
+                images = _overlay(pipe, images, init_image, mask, used.mask_blur)
             for seed, image in zip(seeds, images):
                 params = _infotext_params(used, model, seed, loras, extra_params)
                 infotext = _infotext(prompt, negative, params)
@@ -223,16 +225,12 @@ def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask)
     inputs: dict[str, Any] = {"height": request.height, "width": request.width}
     if pipeline_mode(model, request.mode) == "txt2img":
         return inputs
-    if request.mode != "txt2img" and int(request.steps * request.denoising_strength) < 1:
-        # diffusers runs int(steps * strength) steps of an img2img/inpaint schedule; zero would return nothing.
-        raise InvalidRequest(f"denoising strength {request.denoising_strength} with {request.steps} steps leaves no "
-                             f"step to run; raise the strength or the steps (steps x strength must be at least 1)")
     full_mask = Image.new("L", size, 255)
     if request.mode == "txt2img":  # 9-channel UNet
         image, mask, strength = Image.new("RGB", size, (127, 127, 127)), full_mask, 1.0
-    else:
-        image, strength = init_image.resize(size, Image.LANCZOS), request.denoising_strength
-        mask = mask.resize(size, Image.LANCZOS) if mask is not None else full_mask
+    else:  # init_image and mask already have the output size
+        image, strength = init_image, request.denoising_strength
+        mask = mask if mask is not None else full_mask
     if pipeline_mode(model, request.mode) == "img2img":
         return {"image": [image] * batch, "strength": strength}  # img2img takes its size from the image
     inputs.update(image=[image] * batch, mask_image=[mask] * batch, strength=strength)
