@@ -77,8 +77,9 @@ def build_tiny_sdxl_pipeline(seed: int = 3):
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> dict[str, Path]:
     """Paths of the session's tiny models: "folder" (diffusers, in the models dir as `tiny-sd`), "single" (its
-    LDM-key .safetensors export, outside the models dir), "inpaint" (9-channel UNet folder in the models dir), "ckpt" (pickle), "fake_safetensors" (a pickle
-    named .SAFETENSORS), "f8" (a folder with an SD-like VAE factor of 8), "sdxl" (an SDXL-shaped folder), "home" (HUABU_HOME with these)."""
+    LDM-key .safetensors export, outside the models dir), "inpaint" (9-channel UNet folder in the models dir),
+    "f8" (a folder with an SD-like VAE factor of 8), "sdxl" (an SDXL-shaped folder), "ckpt" (pickle),
+    "fake_safetensors" (a pickle named .SAFETENSORS), "home" (HUABU_HOME with these)."""
     import torch
 
     from huabu.engine.convert import export_single_file, pipeline_to_ldm
@@ -96,8 +97,8 @@ def model_store(tmp_path_factory) -> dict[str, Path]:
     torch.save({"state_dict": pipeline_to_ldm(pipe)}, unsafe / "tiny.ckpt")
     shutil.copy(unsafe / "tiny.ckpt", unsafe / "renamed.SAFETENSORS")
     return {"home": home, "folder": models / "tiny-sd", "single": single, "inpaint": models / "tiny-inpaint",
-            "f8": home / "elsewhere" / "tiny-f8", "sdxl": home / "elsewhere" / "tiny-sdxl", "ckpt": unsafe / "tiny.ckpt",
-            "fake_safetensors": unsafe / "renamed.SAFETENSORS"}
+            "f8": home / "elsewhere" / "tiny-f8", "sdxl": home / "elsewhere" / "tiny-sdxl",
+            "ckpt": unsafe / "tiny.ckpt", "fake_safetensors": unsafe / "renamed.SAFETENSORS"}
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,8 @@ def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # UnpicklingError and friends: the file holds more than tensors
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UnsafeCheckpoint(f"{path.name} could not be read with torch.load(weights_only=True): {first}") from None
+            raise UnsafeCheckpoint(
+                f"{path.name} could not be read with torch.load(weights_only=True): {first}") from None
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -98,7 +98,8 @@ def vae_to_ldm(state_dict: Mapping[str, Any], config: Mapping[str, Any]) -> dict
                 rest = ".".join(parts[5:]).replace("conv_shortcut", "nin_shortcut")
                 new = f"{coder}.{name}.{level}.block.{parts[4]}.{rest}"
             else:  # downsamplers.0.conv.* / upsamplers.0.conv.*
-                new = f"{coder}.{name}.{level}.{'downsample' if coder == 'encoder' else 'upsample'}.{'.'.join(parts[5:])}"
+                sampler = "downsample" if coder == "encoder" else "upsample"
+                new = f"{coder}.{name}.{level}.{sampler}.{'.'.join(parts[5:])}"
         elif coder in ("encoder", "decoder") and parts[1] == "mid_block":
             kind, index, rest = parts[2], int(parts[3]), ".".join(parts[4:])
             if kind == "resnets":
