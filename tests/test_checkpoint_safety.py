@@ -104,3 +104,22 @@ def test_model_manager_refuses_pickle_checkpoints(settings, model_store):
     for key in ("ckpt", "fake_safetensors"):
         with pytest.raises(UnsafeCheckpoint, match="is a pickle checkpoint"):
             ModelManager(settings).load(str(model_store[key]))
+
+
+def test_diffusers_folder_with_pickle_weights_is_refused_unless_allowed(settings, model_store, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from huabu.engine.models import ModelManager
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(model_store["folder"], folder)
+    for weights in folder.glob("*/*.safetensors"):  # re-save every component as a pickle .bin
+        name = "pytorch_model.bin" if weights.parent.name == "text_encoder" else "diffusion_pytorch_model.bin"
+        torch.save(load_file(weights), weights.with_name(name))
+        weights.unlink()
+    with pytest.raises(UnsafeCheckpoint, match="holds no .safetensors weights"):
+        ModelManager(settings).load(str(folder))
+    loaded = ModelManager(settings.with_(allow_unsafe_pickle=True)).load(str(folder))
+    assert loaded.pipeline.unet.config.in_channels == 4

@@ -249,7 +249,7 @@ class ModelManager:
                 folder, dtype=dtype, local_files_only=True,
                 # Folders with only pickle (.bin) weights are refused unless pickle is allowed.
                 use_safetensors=None if self.settings.allow_unsafe_pickle else True, **kwargs)
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError) as err:
             if ".bin" in str(err) or "safetensors" in str(err):
                 raise UnsafeCheckpoint(f"{folder} holds no .safetensors weights (only pickle files?); pass "
                                        f"--allow-unsafe-pickle if you trust it") from None
