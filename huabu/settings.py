@@ -31,6 +31,7 @@ class Settings:
     models_dir: Path
     loras_dir: Path
     controlnet_dir: Path
+    motion_dir: Path  # AnimateDiff motion modules (huabu video --motion-module NAME)
     gallery_db: Path
     cache_dir: Path
     device: str = "auto"
@@ -58,6 +59,7 @@ class Settings:
             models_dir=home / "models",
             loras_dir=home / "loras",
             controlnet_dir=home / "controlnet",
+            motion_dir=home / "motion",
             gallery_db=home / "gallery.sqlite",
             cache_dir=home / "cache",
         )
