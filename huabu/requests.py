@@ -129,6 +129,81 @@ class GenerateRequest(BaseModel):
         return self.model_dump(mode="json")
 
 
+VideoFormat = Literal["mp4", "gif", "webm"]
+
+
+class VideoRequest(BaseModel):
+    """One video: text-to-video, or image-to-video when `init_image` is given (its first frame stays close to the
+    image). Runs an AnimateDiff motion module on an SD 1.x-shaped model, or a ModelScope / I2VGen-XL video model
+    when `model` is one; prompt syntax, samplers, seeds and LoRAs work as for stills."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    frames: int = Field(default=16, ge=2, le=128)
+    fps: int = Field(default=8, ge=1, le=60)
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
+    sampler: str = "DPM++ 2M"
+    schedule_type: str = "Automatic"
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    width: int | None = Field(default=None, ge=8, le=4096)
+    height: int | None = Field(default=None, ge=8, le=4096)
+    model: str | None = None
+    checkpoint_config: str | None = None
+    # A name in the motion folder, a diffusers MotionAdapter folder, a .safetensors file or a hub id; None = the
+    # model folder's own `motion_adapter/`, else the only module in the motion folder.
+    motion_module: str | None = None
+    init_image: str | None = None
+    denoising_strength: float = Field(default=0.8, ge=0.0, le=1.0)  # how far frames may move from init_image
+    anchor_first_frame: bool = True  # re-inject the image's latents into frame 0 at every step
+    sparse_control: str | None = None  # a SparseCtrl RGB model (folder, name in the ControlNet folder, hub id)
+    sparse_control_scale: float = Field(default=1.0, ge=0.0, le=2.0)
+    clip_skip: int = Field(default=1, ge=1, le=12)
+    loras: list[LoraSpec] = Field(default_factory=list)
+    controlnets: list[ControlUnit] = Field(default_factory=list)
+    format: VideoFormat = "mp4"
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        try:
+            parse_sampler(value)
+        except InvalidRequest as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _inputs(self) -> "VideoRequest":
+        try:
+            parse_sampler(self.sampler, self.schedule_type)
+        except InvalidRequest as err:
+            raise ValueError(str(err)) from None
+        if self.sparse_control and not self.init_image:
+            raise ValueError("sparse_control (SparseCtrl RGB) animates an image: give init_image / --image too")
+        if self.init_image and not self.sparse_control and int(self.steps * self.denoising_strength) < 1:
+            raise ValueError(f"denoising strength {self.denoising_strength} with {self.steps} steps leaves no step "
+                             f"to run; raise the strength or the steps (steps x strength must be at least 1)")
+        return self
+
+    @classmethod
+    def create(cls, **fields: Any) -> "VideoRequest":
+        """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
+        return cls.from_data(fields)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "VideoRequest":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise InvalidRequest(one_line(err)) from None
+
+    def to_data(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 _RANGE_WORDS = {"greater_than_equal": "at least {ge}", "less_than_equal": "at most {le}",
                 "greater_than": "more than {gt}", "less_than": "less than {lt}"}
 
@@ -155,7 +230,8 @@ def one_line(err: ValidationError) -> str:
     return f"{field}: {first['msg'].lower()} (got {given!r})"
 
 
-_MODELS = {"GenerateRequest": GenerateRequest, "ControlUnit": ControlUnit, "LoraSpec": LoraSpec}
+_MODELS = {"GenerateRequest": GenerateRequest, "VideoRequest": VideoRequest, "ControlUnit": ControlUnit,
+           "LoraSpec": LoraSpec}
 
 
 def _field_bounds(title: str, loc: tuple) -> tuple[Any, Any] | None:
