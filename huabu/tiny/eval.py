@@ -39,8 +39,8 @@ class ClipScorer:
         from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
         self.tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
-        self.text = CLIPTextModel.from_pretrained(model_dir / "text_encoder", torch_dtype=torch.float32).eval()
-        self.vision = CLIPVisionModelWithProjection.from_pretrained(scorer_dir, torch_dtype=torch.float32).eval()
+        self.text = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=torch.float32).eval()
+        self.vision = CLIPVisionModelWithProjection.from_pretrained(scorer_dir, dtype=torch.float32).eval()
         self.text_projection = load_file(str(scorer_dir / "text_projection.safetensors"))["weight"].float()
 
     @torch.no_grad()
@@ -72,7 +72,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def load_pipeline(model: Path):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, local_files_only=True,
+    pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, local_files_only=True,
                                                    safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
