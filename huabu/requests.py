@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from huabu.control.units import control_mode_name, resize_mode_name
 from huabu.engine.samplers import parse_sampler
 from huabu.errors import InvalidRequest
 
@@ -30,7 +31,11 @@ class LoraSpec(BaseModel):
 
 
 class ControlUnit(BaseModel):
-    """One ControlNet unit, shaped like sd-webui-controlnet's API unit (filled in by the ControlNet work)."""
+    """One ControlNet unit, shaped like sd-webui-controlnet's API unit (see huabu.engine.controlnets).
+
+    `image` is a path or data URL (raw base64 too); None uses the img2img/inpaint input image. `model` is a name in
+    the ControlNet folder ("name [hash]" too), a path, or empty for the folder's model whose name holds the module's
+    name. As in the extension, -1 for processor_res / thresholds and "None" for model mean "not set"."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +52,31 @@ class ControlUnit(BaseModel):
     guidance_end: float = Field(default=1.0, ge=0.0, le=1.0)
     control_mode: str = "Balanced"
     pixel_perfect: bool = False
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _unset_model(cls, value: Any) -> Any:
+        return "" if value is None or value == "None" else value
+
+    @field_validator("processor_res", mode="before")
+    @classmethod
+    def _unset_resolution(cls, value: Any) -> Any:
+        return 512 if isinstance(value, (int, float)) and value < 0 else value
+
+    @field_validator("threshold_a", "threshold_b", mode="before")
+    @classmethod
+    def _unset_threshold(cls, value: Any) -> Any:
+        return None if isinstance(value, (int, float)) and value < 0 else value
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _resize_mode(cls, value: Any) -> str:
+        return resize_mode_name(value)
+
+    @field_validator("control_mode", mode="before")
+    @classmethod
+    def _control_mode(cls, value: Any) -> str:
+        return control_mode_name(value)
 
     @model_validator(mode="after")
     def _guidance_window(self) -> "ControlUnit":
