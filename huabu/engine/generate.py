@@ -42,6 +42,7 @@ class Progress:
     first_image: int
     batch_size: int
     total_images: int
+    latents: Any = field(default=None, repr=False, compare=False)  # this step's latents, for live previews
 
 
 @dataclass
@@ -256,7 +257,7 @@ def _step_callback(conditioning, progress, interrupt, iteration: int, request: G
             callback_kwargs = conditioning.step_callback(pipe, step, timestep, callback_kwargs)
         if progress is not None:
             progress(Progress(iteration, request.n_iter, step + 1, pipe.num_timesteps, iteration * request.batch_size,
-                              request.batch_size, total))
+                              request.batch_size, total, callback_kwargs.get("latents")))
         if interrupt is not None and interrupt():
             pipe._interrupt = True  # diffusers' documented way to stop a pipeline from its callback
         return callback_kwargs
