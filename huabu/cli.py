@@ -32,6 +32,7 @@ COMMANDS = [
     "huabu.cli:register_models",
     "huabu.control.cli:register",
     "huabu.tiny.cli:register",
+    "huabu.server.cli:register",
 ]
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"

@@ -1,0 +1,519 @@
+"""AUTOMATIC1111-compatible `/sdapi/v1/*` routes.
+
+The request models accept A1111 1.10's whole txt2img/img2img schema (StableDiffusionProcessingTxt2Img/Img2Img plus
+the API's own fields) and any extra key, because real clients send them all. `to_generate` maps a request onto a
+GenerateRequest; what huabu cannot honour is ignored and named in `info["warnings"]`, never refused. Each call is a
+job on the shared queue that the route awaits, so `/progress` and `/interrupt` see it like any other job.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+import huabu
+from huabu.engine.samplers import UNAVAILABLE, parse_sampler
+from huabu.errors import BadImage, InvalidRequest
+from huabu.gallery import parse_infotext, read_parameters
+from huabu.requests import GenerateRequest
+from huabu.server.catalog import cmd_flags, memory
+from huabu.server.jobs import Job
+from huabu.server.runner import Outcome, png_base64
+from huabu.server.security import image_data_url
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
+
+# A1111 values that mean "not used": a field holding one of these is not worth a warning.
+_NO_OPS: dict[str, tuple] = {
+    "subseed_strength": (0, None), "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None),
+    "restore_faces": (False, None), "tiling": (False, None), "eta": (None,), "s_min_uncond": (None, 0),
+    "s_churn": (None, 0), "s_tmax": (None, 0), "s_tmin": (None, 0), "s_noise": (None, 1),
+    "refiner_checkpoint": (None, "", "None"), "refiner_switch_at": (None,), "disable_extra_networks": (False, None),
+    "firstpass_image": (None, ""), "script_name": (None, ""), "enable_hr": (False, None),
+    "firstphase_width": (0, None), "firstphase_height": (0, None), "image_cfg_scale": (None,),
+    "initial_noise_multiplier": (None, 1), "latent_mask": (None, ""), "resize_mode": (0, None),
+}
+# Fields with no effect on the images (bookkeeping and UI hints): accepted silently.
+_SILENT = {"subseed", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
+           "comments", "force_task_id", "script_args", "sampler_index", "hr_scale", "hr_upscaler",
+           "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
+           "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_cfg", "hr_distilled_cfg", "inpaint_full_res_padding",
+           "mask_round", "include_init_images", "mask_blur_x", "mask_blur_y"}
+
+
+class _A1111Base(BaseModel):
+    """Fields of A1111 1.10's StableDiffusionProcessing and the API's additions (defaults as A1111's)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float = 0.75
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    sampler_index: str | int | None = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    force_task_id: str | None = None
+    infotext: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_mean_default(cls, data: Any) -> Any:
+        # A1111's API model makes every field Optional, and clients send null for "not set": use the default.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
+
+class Txt2ImgRequest(_A1111Base):
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+
+class Img2ImgRequest(_A1111Base):
+    init_images: list[str] | None = None
+    resize_mode: int = 0
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+
+class GenerationResponse(BaseModel):
+    images: list[str] | None = Field(default=None, description="base64 PNGs (no data: prefix)")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON string: seeds, infotexts, model, warnings, ...")
+
+
+class PNGInfoRequest(BaseModel):
+    image: str
+
+
+class ProgressRequest(BaseModel):
+    skip_current_image: bool = False
+
+
+# --- mapping A1111 -> GenerateRequest ------------------------------------------------------------------------
+
+def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, list[str]]:
+    """The GenerateRequest an A1111 request asks for, and warnings for what was ignored."""
+    warnings: list[str] = []
+    req = _apply_infotext(req, warnings)
+    fields = req.model_fields_set | set(req.model_extra or {})
+    for name, no_ops in _NO_OPS.items():
+        if name in fields and getattr(req, name, None) not in no_ops:
+            warnings.append(f"{name}: ignored (huabu does not support it yet)")
+    for name in sorted(req.model_extra or {}):
+        if name not in _SILENT:
+            warnings.append(f"{name}: ignored (not an A1111 field huabu knows)")
+
+    sampler, schedule = _sampler(req, warnings)
+    limits = catalog.limits
+    data: dict[str, Any] = dict(
+        mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, cfg_scale=req.cfg_scale,
+        sampler=sampler, schedule_type=schedule, seed=req.seed, width=req.width, height=req.height,
+        batch_size=req.batch_size, n_iter=req.n_iter, styles=_styles(req.styles, catalog, warnings),
+        model=catalog.default_model, clip_skip=catalog.default_clip_skip)
+    _override_settings(req.override_settings, catalog, data, warnings)
+    if isinstance(req, Img2ImgRequest):
+        _img2img_fields(req, limits, data, warnings)
+    data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
+    request = GenerateRequest.from_data(data)
+    catalog.check_limits(request)
+    return request, warnings
+
+
+def _apply_infotext(req: _A1111Base, warnings: list[str]) -> _A1111Base:
+    """A1111 1.8+: fields an `infotext` names fill in those the request leaves unset."""
+    if not req.infotext:
+        return req
+    parsed = parse_infotext(req.infotext)
+    mapping = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "steps": "Steps", "sampler_name": "Sampler",
+               "scheduler": "Schedule type", "cfg_scale": "CFG scale", "seed": "Seed", "width": "Size-1",
+               "height": "Size-2", "denoising_strength": "Denoising strength"}
+    updates = {name: parsed[key] for name, key in mapping.items()
+               if key in parsed and name not in req.model_fields_set and parsed[key] != ""}
+    if "Clip skip" in parsed:
+        overrides = dict(req.override_settings)
+        overrides.setdefault("CLIP_stop_at_last_layers", parsed["Clip skip"])
+        updates["override_settings"] = overrides
+    try:
+        return type(req).model_validate({**req.model_dump(exclude_unset=True), **updates})
+    except ValueError:
+        warnings.append("infotext: ignored (its values do not fit the request fields)")
+        return req
+
+
+def _sampler(req: _A1111Base, warnings: list[str]) -> tuple[str, str]:
+    name = req.sampler_name or (req.sampler_index if isinstance(req.sampler_index, str) else None) or "Euler"
+    schedule = req.scheduler or "Automatic"
+    try:
+        parse_sampler(name)
+    except InvalidRequest:
+        if name.strip().lower() not in (u.lower() for u in UNAVAILABLE):
+            raise
+        warnings.append(f"sampler_name: {name!r} has no diffusers equivalent; used 'Euler'")
+        name = "Euler"
+    try:
+        parse_sampler(name, schedule)
+    except InvalidRequest as err:
+        warnings.append(f"scheduler: {schedule!r} ignored ({err}); used 'Automatic'")
+        schedule = "Automatic"
+    return name, schedule
+
+
+def _styles(styles: list[str], catalog, warnings: list[str]) -> list[str]:
+    if not styles:
+        return []
+    known = catalog.style_names()
+    for name in styles:
+        if name not in known:
+            warnings.append(f"styles: {name!r} ignored (not in the prompt book; GET /sdapi/v1/prompt-styles)")
+    return [name for name in styles if name in known]
+
+
+def _override_settings(overrides: dict[str, Any], catalog, data: dict[str, Any], warnings: list[str]) -> None:
+    for key, value in overrides.items():
+        if key == "sd_model_checkpoint":
+            data["model"] = catalog.resolve_model(str(value))
+        elif key == "CLIP_stop_at_last_layers":
+            data["clip_skip"] = value
+        elif key == "sd_vae" and value in ("Automatic", "None", None):
+            continue
+        else:
+            warnings.append(f"override_settings.{key}: ignored (huabu does not support it yet)")
+
+
+def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings: list[str]) -> None:
+    if not req.init_images:
+        raise InvalidRequest("img2img needs init_images: a list with one base64-encoded image")
+    if len(req.init_images) > 1:
+        warnings.append(f"init_images: only the first of {len(req.init_images)} images is used")
+    data["init_image"] = image_data_url(req.init_images[0], limits, "init_images[0]")
+    data["denoising_strength"] = req.denoising_strength
+    if not req.mask:
+        return
+    mask = image_data_url(req.mask, limits, "mask")
+    if req.inpainting_mask_invert:
+        mask = _inverted(mask)
+    data.update(mode="inpaint", mask=mask)
+    blur = req.mask_blur if req.mask_blur is not None else max(req.mask_blur_x, req.mask_blur_y)
+    if req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
+        warnings.append(f"mask_blur_x/mask_blur_y: one radius is used for both ({blur})")
+    data["mask_blur"] = blur
+    if req.inpainting_fill not in (0, 1):
+        warnings.append(f"inpainting_fill: {req.inpainting_fill} ignored; huabu starts from the original image "
+                        f"under the mask (A1111's 'original')")
+    if req.inpaint_full_res:
+        warnings.append("inpaint_full_res: ignored; huabu inpaints at the whole picture's resolution")
+
+
+def _inverted(data_url: str) -> str:
+    header, payload = data_url.split(",", 1)
+    with Image.open(io.BytesIO(base64.b64decode(payload))) as image:
+        inverted = ImageOps.invert(image.convert("L"))
+    buffer = io.BytesIO()
+    inverted.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_UNIT_FIELDS = ("enabled", "module", "model", "weight", "resize_mode", "processor_res", "threshold_a", "threshold_b",
+                "guidance_start", "guidance_end", "control_mode", "pixel_perfect")
+_UNIT_SILENT = {"image", "input_image", "mask", "low_vram", "lowvram", "is_ui", "input_mode", "batch_images",
+                "output_dir", "loopback", "hr_option", "save_detected_map", "advanced_weighting", "inpaint_crop_input_image"}
+
+
+def controlnet_units(scripts: dict[str, Any], limits, warnings: list[str]) -> list[dict[str, Any]]:
+    """`alwayson_scripts.controlnet.args` as sd-webui-controlnet reads it -> ControlUnit data. Images are raw base64,
+    a data URL, or {"image": ..., "mask": ...}; a unit without one uses the img2img input."""
+    units: list[dict[str, Any]] = []
+    for name, script in scripts.items():
+        if name.lower() != "controlnet":
+            warnings.append(f"alwayson_scripts.{name}: ignored (huabu has no such script)")
+            continue
+        args = script.get("args", []) if isinstance(script, dict) else []
+        for index, arg in enumerate(args if isinstance(args, list) else []):
+            if not isinstance(arg, dict):
+                warnings.append(f"alwayson_scripts.controlnet.args[{index}]: ignored (a unit must be a JSON object)")
+                continue
+            if arg.get("enabled", True) is False:
+                continue
+            unit = {key: arg[key] for key in _UNIT_FIELDS if key in arg and arg[key] is not None}
+            image = arg.get("image", arg.get("input_image"))
+            if isinstance(image, dict):
+                if image.get("mask"):
+                    warnings.append(f"controlnet unit {index}: its mask is ignored")
+                image = image.get("image")
+            if image:
+                unit["image"] = image_data_url(image, limits, f"controlnet unit {index} image")
+            if arg.get("guessmode"):
+                warnings.append(f"controlnet unit {index}: guessmode ignored (use control_mode)")
+            for key in sorted(set(arg) - set(_UNIT_FIELDS) - _UNIT_SILENT - {"guessmode"}):
+                warnings.append(f"controlnet unit {index}: {key} ignored")
+            units.append(unit)
+    return units
+
+
+# --- responses -----------------------------------------------------------------------------------------------------
+
+_STANDARD_KEYS = {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1", "Size-2",
+                  "Model hash", "Model", "Denoising strength", "Clip skip", "Version"}
+
+
+def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None, job: Job,
+              warnings: list[str]) -> str:
+    """A1111's `info` string (Processed.js()): seeds, sizes, infotexts, model, plus huabu's `warnings`."""
+    used = GenerateRequest.from_data(outcome.request_used) if outcome else request
+    model = outcome.model if outcome else {}
+    infotexts = outcome.infotexts if outcome else []
+    parsed = [parse_infotext(text) for text in infotexts]
+    seeds = outcome.seeds if outcome else []
+    extra = {k: v for k, v in (parsed[0] if parsed else {}).items() if k not in _STANDARD_KEYS}
+    subseed = req.subseed if req.subseed != -1 else (seeds[0] if seeds else -1)
+    info = {
+        "prompt": req.prompt, "all_prompts": [p["Prompt"] for p in parsed],
+        "negative_prompt": req.negative_prompt, "all_negative_prompts": [p["Negative prompt"] for p in parsed],
+        "seed": seeds[0] if seeds else used.seed, "all_seeds": seeds, "subseed": subseed,
+        "all_subseeds": [subseed + i for i in range(len(seeds))], "subseed_strength": req.subseed_strength,
+        "width": used.width, "height": used.height, "sampler_name": used.sampler, "cfg_scale": used.cfg_scale,
+        "steps": used.steps, "batch_size": used.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": model.get("name"), "sd_model_hash": model.get("hash"), "sd_vae_name": None,
+        "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": used.denoising_strength if used.mode != "txt2img" else None,
+        "extra_generation_params": extra, "index_of_first_image": 0, "infotexts": infotexts, "styles": used.styles,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)), "clip_skip": used.clip_skip,
+        "is_using_inpainting_conditioning": bool(model.get("inpaint_unet")),
+        "version": f"huabu {huabu.__version__}", "warnings": warnings,
+        "interrupted": bool(outcome and outcome.interrupted), "job_id": job.id,
+    }
+    return json.dumps(info, ensure_ascii=False)
+
+
+async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]:
+    state = http.app.state.huabu
+    request, warnings = await run_in_threadpool(to_generate, req, state.catalog, mode)
+    for line in warnings:
+        log.info("A1111 request: %s", line)
+    job = Job.new("image", request.to_data(), origin="a1111", save=req.save_images)
+    await run_in_threadpool(state.queue.submit, job)
+    finished = await state.queue.wait(job.id)
+    if finished is not None and finished.state == "failed":
+        raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
+            else JobFailed(finished.error or "generation failed")
+    outcome = state.queue.take_outcome(job.id)
+    images = [png_base64(image, text) for image, text in zip(outcome.images, outcome.infotexts)] if outcome else []
+    parameters = req.model_dump()
+    if isinstance(req, Img2ImgRequest) and not req.include_init_images:
+        parameters.update(init_images=None, mask=None)
+    return {"images": images if req.send_images else [], "parameters": parameters,
+            "info": info_json(req, request, outcome, finished or job, warnings)}
+
+
+class JobFailed(Exception):
+    """A job failed for a reason that is not the request's fault (HTTP 500 with the job's error line)."""
+
+
+@router.post("/txt2img", response_model=GenerationResponse)
+async def txt2img(http: Request, req: Txt2ImgRequest) -> dict[str, Any]:
+    return await _generate(http, req, "txt2img")
+
+
+@router.post("/img2img", response_model=GenerationResponse)
+async def img2img(http: Request, req: Img2ImgRequest) -> dict[str, Any]:
+    return await _generate(http, req, "img2img")
+
+
+@router.post("/png-info")
+def png_info(http: Request, req: PNGInfoRequest) -> dict[str, Any]:
+    data_url = image_data_url(req.image, http.app.state.huabu.catalog.limits, "image")
+    raw = base64.b64decode(data_url.split(",", 1)[1])
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            text = read_parameters(image) or ""
+            items = {k: v for k, v in image.info.items() if k != "parameters" and isinstance(v, (str, int, float))}
+    except (OSError, ValueError) as err:
+        raise BadImage(f"image could not be read: {err}") from None
+    return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
+
+@router.post("/progress")
+@router.get("/progress")
+async def progress(http: Request, skip_current_image: bool = False) -> dict[str, Any]:
+    return await run_in_threadpool(http.app.state.huabu.queue.progress_view, not skip_current_image)
+
+
+@router.post("/interrupt")
+def interrupt(http: Request) -> None:
+    http.app.state.huabu.queue.interrupt_running(skip=False)
+
+
+@router.post("/skip")
+def skip(http: Request) -> None:
+    http.app.state.huabu.queue.interrupt_running(skip=True)
+
+
+@router.get("/options")
+def get_options(http: Request) -> dict[str, Any]:
+    catalog = http.app.state.huabu.catalog
+    with catalog.lock:
+        options = dict(catalog.options)
+    options.update(sd_model_checkpoint=catalog.current_model_title(), CLIP_stop_at_last_layers=catalog.default_clip_skip)
+    options.setdefault("sd_vae", "Automatic")
+    options.setdefault("samples_format", "png")
+    return options
+
+
+@router.post("/options")
+def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
+    """Any key round-trips; `sd_model_checkpoint` switches the default model (only to a model the server lists) and
+    `CLIP_stop_at_last_layers` the default clip skip."""
+    catalog = http.app.state.huabu.catalog
+    updates = dict(options)
+    if "sd_model_checkpoint" in updates:
+        model = catalog.resolve_model(str(updates.pop("sd_model_checkpoint")))
+        with catalog.lock:
+            catalog.default_model = model
+    if "CLIP_stop_at_last_layers" in updates:
+        value = updates.pop("CLIP_stop_at_last_layers")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
+            raise InvalidRequest(f"CLIP_stop_at_last_layers must be an integer from 1 to 12 (got {value!r})")
+        catalog.default_clip_skip = value
+    with catalog.lock:
+        catalog.options.update(updates)
+
+
+@router.get("/cmd-flags")
+def get_cmd_flags(http: Request) -> dict[str, Any]:
+    state = http.app.state.huabu
+    return cmd_flags(state.config, state.settings)
+
+
+@router.get("/sd-models")
+def sd_models(http: Request) -> list[dict[str, Any]]:
+    catalog = http.app.state.huabu.catalog
+    return [catalog.model_item(ref) for ref in catalog.model_refs()]
+
+
+@router.get("/samplers")
+def samplers() -> list[dict[str, Any]]:
+    from huabu.engine.samplers import list_samplers
+
+    return list_samplers()
+
+
+@router.get("/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    from huabu.engine.samplers import list_schedules
+
+    return [{**row, "default_rho": None, "need_inner_model": None} for row in list_schedules()]
+
+
+@router.get("/loras")
+def loras(http: Request) -> list[dict[str, Any]]:
+    return http.app.state.huabu.catalog.loras()
+
+
+@router.post("/refresh-loras")
+@router.post("/refresh-checkpoints")
+@router.post("/refresh-vae")
+@router.post("/refresh-embeddings")
+def refresh() -> None:
+    """Lists are read from disk on every call; nothing to refresh."""
+
+
+@router.get("/prompt-styles")
+def prompt_styles(http: Request) -> list[dict[str, Any]]:
+    return http.app.state.huabu.catalog.styles()
+
+
+@router.get("/memory")
+def get_memory() -> dict[str, Any]:
+    return memory()
+
+
+@router.get("/embeddings")
+def embeddings() -> dict[str, Any]:
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.get("/scripts")
+def scripts() -> dict[str, Any]:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/upscalers")
+def upscalers() -> list[dict[str, Any]]:
+    return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+
+
+def _empty_list() -> list:
+    return []
+
+
+for _path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-vae", "/sd-modules", "/script-info",
+              "/extensions", "/latent-upscale-modes"):
+    router.add_api_route(_path, _empty_list, methods=["GET"], name=_path.strip("/"))

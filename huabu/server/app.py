@@ -1,0 +1,105 @@
+"""The FastAPI application: routes, the security guard, one-line JSON errors, and the queue's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import huabu
+from huabu.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
+from huabu.server.catalog import Catalog
+from huabu.server.config import ServerConfig
+from huabu.server.jobs import JobStore
+from huabu.server.queue import JobQueue
+from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge
+from huabu.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOBS_DB = "jobs.sqlite"
+
+_STATUS = ((NotFound, 404), (ModelNotFound, 404), (PayloadTooLarge, 413), (NotAllowed, 403), (UnsafeCheckpoint, 403))
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    config: ServerConfig
+    queue: JobQueue
+    catalog: Catalog
+
+
+def create_app(settings: Settings, config: ServerConfig | None = None, engines: list | None = None) -> FastAPI:
+    """The API app. Local mode runs jobs on `engines` (default: `config.workers` new Engines); with
+    `config.broker_url` jobs go to Celery workers. Pickle checkpoints are never loaded on behalf of HTTP clients,
+    whatever the environment says."""
+    config = config or ServerConfig()
+    settings = replace(settings, allow_unsafe_pickle=False)
+    store = JobStore(settings.home / JOBS_DB)
+    if config.broker_url:
+        from huabu.engine.models import ModelManager
+        from huabu.server.distributed import CeleryQueue
+
+        queue: JobQueue = CeleryQueue(store, config, config.broker_url)
+        models = ModelManager(settings)
+    else:
+        from huabu.engine.generate import Engine
+        from huabu.server.queue import LocalQueue
+
+        engines = engines or [Engine(settings) for _ in range(config.workers)]
+        queue = LocalQueue(store, config, engines)
+        models = engines[0].models
+    state = ServerState(settings, config, queue,
+                        Catalog(settings, models, config.limits, default_model=settings.default_model))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        queue.start()
+        try:
+            yield
+        finally:
+            queue.stop()
+
+    app = FastAPI(title="huabu API", version=huabu.__version__, lifespan=lifespan,
+                  description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.")
+    app.state.huabu = state
+    from huabu.server import a1111, native
+
+    app.include_router(a1111.router)
+    app.include_router(native.router)
+
+    @app.get("/health", tags=["server"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": huabu.__version__}
+
+    @app.exception_handler(HuabuError)
+    async def huabu_error(request: Request, err: HuabuError) -> JSONResponse:
+        status = next((code for cls, code in _STATUS if isinstance(err, cls)), 400)
+        return _error(status, type(err).__name__, str(err))
+
+    @app.exception_handler(a1111.JobFailed)
+    async def job_failed(request: Request, err: a1111.JobFailed) -> JSONResponse:
+        return _error(500, "JobFailed", str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        return _error(422, "ValidationError", _validation_line(err))
+
+    app.add_middleware(Guard, config=config)
+    return app
+
+
+def _error(status: int, kind: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status)
+
+
+def _validation_line(err: RequestValidationError) -> str:
+    first = err.errors()[0] if err.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+    return f"{where}: {str(first.get('msg', 'invalid value')).lower()}"

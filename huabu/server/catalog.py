@@ -1,0 +1,192 @@
+"""What the server offers (models, LoRAs, styles, memory) and the checks every HTTP request passes before it becomes
+a job: models only from the registry's list, images only inside the request, sizes within the limits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huabu.engine import checkpoints
+from huabu.engine.models import ModelManager, ModelRef, bundled_configs, builtin_has_weights
+from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.requests import GenerateRequest, VideoRequest
+from huabu.server.config import Limits, ServerConfig
+from huabu.server.security import NotAllowed, require_data_url
+from huabu.settings import BUILTIN_MODEL, Settings
+
+
+@dataclass
+class Catalog:
+    """The server's view of its models and defaults. `options` is A1111's /options store (any key round-trips);
+    `default_model` / `default_clip_skip` are what `sd_model_checkpoint` / `CLIP_stop_at_last_layers` set."""
+
+    settings: Settings
+    models: ModelManager
+    limits: Limits
+    options: dict[str, Any] = field(default_factory=dict)
+    default_model: str | None = None
+    default_clip_skip: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- models ---------------------------------------------------------------------------------------------
+
+    def model_refs(self) -> list[ModelRef]:
+        refs = self.models.list_models()
+        return [ref for ref in refs if ref.kind != "builtin" or builtin_has_weights()]
+
+    def model_item(self, ref: ModelRef) -> dict[str, Any]:
+        """A1111's /sd-models row; file names are relative to the models folder (the server's layout stays
+        private)."""
+        digest = self.models.model_sha256(ref)
+        short = checkpoints.short_hash(digest)
+        return {"title": f"{ref.name} [{short}]" if short else ref.name, "model_name": ref.name, "hash": short,
+                "sha256": digest, "filename": self._public_name(ref), "config": None}
+
+    def _public_name(self, ref: ModelRef) -> str:
+        if ref.kind == "builtin":
+            return BUILTIN_MODEL
+        try:
+            return Path(ref.location).relative_to(self.settings.models_dir).as_posix()
+        except ValueError:
+            return ref.name
+
+    def resolve_model(self, spec: str | None) -> str | None:
+        """The engine model spec for a name sent over HTTP: only models the registry lists (built-in or in the
+        models folder), matched by name, A1111 title `name [hash]`, file name, relative path or short hash. Single
+        files must be safetensors by their bytes. None = the server's current default."""
+        if spec is None or not str(spec).strip():
+            return self.default_model
+        wanted = str(spec).strip()
+        bare = wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else wanted
+        for ref in self.model_refs():
+            names = {ref.name, self._public_name(ref), Path(ref.location).name, Path(ref.location).stem}
+            if wanted in names or bare in names or self._hash_matches(ref, wanted):
+                if ref.kind == "single-file":
+                    fmt = checkpoints.sniff_format(ref.location)
+                    if fmt != checkpoints.SAFETENSORS:
+                        raise UnsafeCheckpoint(f"model {ref.name!r} is not a safetensors file; the API loads only "
+                                               f"safetensors checkpoints")
+                return BUILTIN_MODEL if ref.kind == "builtin" else ref.location
+        raise ModelNotFound(f"no model {wanted[:200]!r} on this server (GET /sdapi/v1/sd-models lists them)")
+
+    def _hash_matches(self, ref: ModelRef, wanted: str) -> bool:
+        text = wanted.lower()
+        if not (8 <= len(text) <= 64 and all(c in "0123456789abcdef" for c in text)):
+            return False
+        digest = self.models.model_sha256(ref)
+        return bool(digest and digest.startswith(text))
+
+    def current_model_title(self) -> str:
+        spec = self.default_model or self.settings.default_model
+        for ref in self.model_refs():
+            if ref.location == spec or ref.name == spec or (ref.kind == "builtin" and spec == BUILTIN_MODEL):
+                return self.model_item(ref)["title"]
+        return Path(spec).name
+
+    # --- requests from HTTP ----------------------------------------------------------------------------------
+
+    def check_generate(self, data: dict[str, Any], kind: str = "image") -> GenerateRequest | VideoRequest:
+        """A native job request made safe: validated, model from the registry, images only as data URLs, within
+        the limits."""
+        if kind not in ("image", "video"):
+            raise InvalidRequest(f"job kind must be 'image' or 'video', got {kind!r}")
+        cls = GenerateRequest if kind == "image" else VideoRequest
+        request = cls.from_data(data)
+        updates: dict[str, Any] = {"model": self.resolve_model(request.model)}
+        if request.checkpoint_config is not None and request.checkpoint_config not in bundled_configs():
+            raise NotAllowed(f"checkpoint_config must be a bundled config name ({', '.join(bundled_configs())}); "
+                             f"folders are not accepted over HTTP")
+        updates["init_image"] = require_data_url(request.init_image, self.limits, "init_image")
+        if kind == "image":
+            updates["mask"] = require_data_url(request.mask, self.limits, "mask")
+        if request.controlnets:
+            updates["controlnets"] = [
+                unit.model_copy(update={"image": require_data_url(unit.image, self.limits, f"controlnets.{i}.image")})
+                for i, unit in enumerate(request.controlnets)]
+        for name in ("motion_module", "sparse_control"):
+            value = getattr(request, name, None)
+            if value is not None and (os.sep in value or "/" in value or value.startswith((".", "~"))):
+                raise NotAllowed(f"{name} must be a name in the server's folder, not a path")
+        request = request.model_copy(update=updates)
+        self.check_limits(request)
+        return request
+
+    def check_limits(self, request: GenerateRequest | VideoRequest) -> None:
+        limits = self.limits
+        checks = [("width", request.width, limits.max_width), ("height", request.height, limits.max_height),
+                  ("steps", request.steps, limits.max_steps)]
+        if isinstance(request, GenerateRequest):
+            checks += [("batch_size", request.batch_size, limits.max_batch_size),
+                       ("n_iter", request.n_iter, limits.max_n_iter)]
+        else:
+            checks.append(("frames", request.frames, limits.max_video_frames))
+        for name, value, limit in checks:
+            if value is not None and value > limit:
+                raise InvalidRequest(f"{name} {value} is over this server's limit of {limit}")
+
+    # --- lists ----------------------------------------------------------------------------------------------------
+
+    def loras(self) -> list[dict[str, Any]]:
+        """A1111's /loras rows: name, alias, path (relative to the LoRA folder), metadata."""
+        root = self.settings.loras_dir
+        if not root.is_dir():
+            return []
+        rows = []
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix.lower() in (".safetensors",):
+                metadata = {}
+                if checkpoints.sniff_format(path) == checkpoints.SAFETENSORS:
+                    metadata = checkpoints.safetensors_metadata(path)
+                rows.append({"name": path.stem, "alias": metadata.get("ss_output_name", path.stem),
+                             "path": path.relative_to(root).as_posix(), "metadata": metadata})
+        return rows
+
+    def styles(self) -> list[dict[str, Any]]:
+        from huabu.prompts.book import load_book
+
+        return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+                for style in load_book().styles.values()]
+
+    def style_names(self) -> set[str]:
+        from huabu.prompts.book import load_book
+
+        return set(load_book().styles)
+
+
+def memory() -> dict[str, Any]:
+    """A1111's /memory: system RAM from /proc/meminfo and CUDA figures when torch sees a GPU."""
+    ram: dict[str, Any] = {}
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        total = int(info["MemTotal"].split()[0]) * 1024
+        free = int(info.get("MemAvailable", info["MemFree"]).split()[0]) * 1024
+        ram = {"free": free, "used": total - free, "total": total}
+    except (OSError, KeyError, ValueError):
+        ram = {"error": "system memory figures are not available on this platform"}
+    cuda: dict[str, Any] = {"error": "CUDA is not available"}
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        cuda = {"system": {"free": free, "used": total - free, "total": total},
+                "active": {"current": stats.get("active_bytes.all.current", 0),
+                           "peak": stats.get("active_bytes.all.peak", 0)},
+                "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                              "peak": stats.get("allocated_bytes.all.peak", 0)},
+                "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
+                             "peak": stats.get("reserved_bytes.all.peak", 0)}}
+    return {"ram": ram, "cuda": cuda}
+
+
+def cmd_flags(config: ServerConfig, settings: Settings) -> dict[str, Any]:
+    """The command-line state A1111 clients read from /cmd-flags, never the credentials: whether auth is on,
+    not its values."""
+    return {"listen": not config.is_loopback, "port": config.port, "api": True, "nowebui": True,
+            "api_auth_enabled": config.requires_auth, "device": settings.device, "precision": settings.dtype,
+            "workers": config.workers, "distributed": bool(config.broker_url),
+            "callback_allow": list(config.callback_allow)}

@@ -1,0 +1,65 @@
+"""How the server runs: where it binds, who may call it, and the limits on what one request may ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from huabu.errors import InvalidRequest
+
+LOOPBACK = "127.0.0.1"
+ANY_ADDRESS = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on one request, so a single call cannot exhaust the machine. Each breach is a one-line 4xx error."""
+
+    max_width: int = 2048
+    max_height: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_n_iter: int = 16
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_image_bytes: int = 32 * 1024 * 1024  # one decoded base64 image
+    max_image_pixels: int = 16 * 1024 * 1024  # width x height of one input image
+    max_video_frames: int = 256
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = LOOPBACK
+    port: int = 7861
+    api_key: str | None = field(default=None, repr=False)
+    api_auth: str | None = field(default=None, repr=False)  # "user:pass" or "u1:p1,u2:p2", as A1111's --api-auth
+    limits: Limits = field(default_factory=Limits)
+    callback_allow: tuple[str, ...] = ()  # host names completion callbacks may go to
+    workers: int = 1  # local engine threads (each owns an Engine)
+    broker_url: str | None = None  # Redis URL: run jobs on Celery workers instead of local threads
+    max_attempts: int = 2  # a job interrupted by a server stop this many times is failed, not retried again
+
+    def __post_init__(self) -> None:
+        if self.api_auth is not None:
+            for pair in self.api_auth.split(","):
+                user, sep, password = pair.partition(":")
+                if not sep or not user or not password:
+                    raise InvalidRequest("--api-auth must look like user:password (several: u1:p1,u2:p2)")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidRequest("--api-key must not be empty")
+        if not self.is_loopback and not self.requires_auth:
+            raise InvalidRequest(f"refusing to listen on {self.host} without authentication: pass --api-key KEY "
+                                 f"or --api-auth user:password (or bind 127.0.0.1)")
+        if self.workers < 1:
+            raise InvalidRequest(f"--workers must be at least 1, got {self.workers}")
+
+    @property
+    def requires_auth(self) -> bool:
+        return bool(self.api_key or self.api_auth)
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+    def credentials(self) -> list[tuple[str, str]]:
+        if not self.api_auth:
+            return []
+        return [tuple(pair.split(":", 1)) for pair in self.api_auth.split(",")]  # type: ignore[misc]

@@ -1,0 +1,198 @@
+"""Scale-out: the same jobs on Celery workers over Redis, each worker process with its own Engine.
+
+The server stays the only writer of the SQLite jobs table: it sends each persisted job to the broker (task id =
+job id) and a mirror thread copies the workers' states, progress and results back into SQLite, so the native API
+reads one place whichever backend runs. Celery is set up so that no accepted job is lost when a worker dies:
+`task_acks_late` + `task_reject_on_worker_lost` keep a message unacknowledged until its job has finished, and
+Redis hands an unacknowledged message to another worker once `visibility_timeout` has passed. Only JSON crosses
+the broker (`accept_content=["json"]`): nothing from it is ever unpickled.
+
+Workers write result files into their own `HUABU_HOME` outputs folder, which must be the server's (same machine
+or a shared folder) for /api/v1/files; A1111 responses carry their images through Redis and need no shared folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from huabu.server.config import ServerConfig
+from huabu.server.jobs import Job, JobStore
+from huabu.server.queue import JobQueue, error_line
+from huabu.server.runner import Outcome, progress_data, run_job
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "huabu.run_job"
+QUEUE_NAME = "huabu"
+MIRROR_INTERVAL = 0.3  # seconds between the server's looks at the workers' states
+FLAG_CHECK_INTERVAL = 0.5  # seconds between a worker's looks for cancel / interrupt flags
+PROGRESS_INTERVAL = 0.25  # seconds between a worker's progress reports
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # a job running longer than this may start a second time on another worker
+
+
+def make_celery(broker_url: str, settings=None, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
+                preload: str | None = None):
+    """A Celery app on `broker_url` (Redis, also the result backend). With `settings` it can run jobs: its task
+    builds one Engine for the worker process on first use (or now, loading `preload`)."""
+    from celery import Celery
+
+    app = Celery("huabu", broker=broker_url, backend=broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1, task_track_started=True,
+        task_serializer="json", result_serializer="json", accept_content=["json"], result_accept_content=["json"],
+        task_default_queue=QUEUE_NAME, result_expires=7 * 24 * 3600, broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False, task_ignore_result=False,
+        broker_transport_options={"visibility_timeout": visibility_timeout,
+                                  "unacked_restore_interval": max(1, int(visibility_timeout / 4)),
+                                  "unacked_restore_throttle": 1})
+    if settings is not None:
+        _register_task(app, settings, preload)
+    return app
+
+
+def _flag_key(kind: str, job_id: str) -> str:
+    return f"huabu:{kind}:{job_id}"
+
+
+def _register_task(app, settings, preload: str | None) -> None:
+    engines: list = []  # this worker process's Engine, made once
+
+    def engine():
+        if not engines:
+            from huabu.engine.generate import Engine
+
+            engines.append(Engine(settings))
+        return engines[0]
+
+    if preload is not None:
+        engine().models.load(preload)
+
+    @app.task(name=TASK_NAME, bind=True)
+    def run(task, payload: dict[str, Any]) -> dict[str, Any]:
+        job = Job(id=payload["id"], kind=payload["kind"], request=payload["request"], origin=payload["origin"],
+                  save=payload["save"])
+        worker = task.request.hostname
+        redis = app.backend.client
+        if redis.exists(_flag_key("cancel", job.id)):
+            return {"status": "cancelled", "worker": worker}
+        task.update_state(state="PROGRESS", meta={"worker": worker, "progress": {}})
+        flags = {"checked": 0.0, "stop": False, "cancel": False}
+        reported = [0.0]
+
+        def on_progress(p) -> None:
+            now = time.monotonic()
+            if now - reported[0] >= PROGRESS_INTERVAL or p.step == p.steps:
+                reported[0] = now
+                task.update_state(state="PROGRESS", meta={"worker": worker, "progress": progress_data(p)})
+
+        def should_stop() -> bool:
+            now = time.monotonic()
+            if now - flags["checked"] >= FLAG_CHECK_INTERVAL:
+                flags["checked"] = now
+                flags["cancel"] = bool(redis.exists(_flag_key("cancel", job.id)))
+                flags["stop"] = flags["cancel"] or bool(redis.exists(_flag_key("interrupt", job.id)))
+            return flags["stop"]
+
+        try:
+            outcome = run_job(engine(), job, on_progress, should_stop)
+        except Exception as err:  # the job's line goes back to the server; bugs are logged here too
+            message, kind = error_line(err)
+            if kind == "internal":
+                log.exception("job %s failed", job.id)
+            return {"status": "failed", "error": message, "error_kind": kind, "worker": worker}
+        return {"status": "cancelled" if flags["cancel"] else "done", "worker": worker, **outcome.to_wire()}
+
+
+def run_worker(settings, broker_url: str, name: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
+               preload: str | None = None) -> None:
+    """Run one Celery worker process (solo pool: the process itself owns the Engine) until it is stopped."""
+    app = make_celery(broker_url, settings, visibility_timeout, preload)
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--hostname={name}", f"--queues={QUEUE_NAME}",
+                     "--without-gossip", "--without-mingle", "--loglevel=INFO"])
+
+
+class CeleryQueue(JobQueue):
+    """Sends jobs to Celery and mirrors their states into SQLite."""
+
+    def __init__(self, store: JobStore, config: ServerConfig, broker_url: str) -> None:
+        super().__init__(store, config)
+        self.app = make_celery(broker_url)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        _, failed = self.store.recover(self.config.max_attempts, local_runs=False)
+        for job_id in failed:
+            self._finished(job_id)
+        for job in self.store.active():
+            if not job.dispatched:  # persisted, but the server stopped before the broker had it
+                self._dispatch(job)
+        self._thread = threading.Thread(target=self._mirror, daemon=True, name="huabu-celery-mirror")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _dispatch(self, job: Job) -> None:
+        payload = {"id": job.id, "kind": job.kind, "request": job.request, "origin": job.origin, "save": job.save}
+        self.app.send_task(TASK_NAME, args=[payload], task_id=job.id, queue=QUEUE_NAME)
+        self.store.mark_dispatched(job.id)
+
+    def _revoke(self, job_id: str) -> None:
+        self._set_flag("cancel", job_id)
+        self.app.control.revoke(job_id)
+
+    def cancel_running(self, job_id: str) -> None:
+        self._set_flag("cancel", job_id)
+
+    def interrupt_running(self, skip: bool = False) -> None:
+        for job in self.running():
+            self._set_flag("interrupt", job.id)
+
+    def _set_flag(self, kind: str, job_id: str) -> None:
+        self.app.backend.client.set(_flag_key(kind, job_id), 1, ex=7 * 24 * 3600)
+
+    def _flags(self, job_id: str) -> tuple[bool, bool]:
+        return False, bool(self.app.backend.client.exists(_flag_key("interrupt", job_id)))
+
+    def _mirror(self) -> None:
+        while not self._stopping.wait(MIRROR_INTERVAL):
+            try:
+                for job in self.store.active():
+                    if job.dispatched:
+                        self._mirror_job(job)
+            except Exception:  # a broker hiccup must not end the mirror; it retries on the next round
+                log.exception("mirroring job states from Celery failed")
+
+    def _mirror_job(self, job: Job) -> None:
+        result = self.app.AsyncResult(job.id)
+        state = result.state
+        if state in ("STARTED", "PROGRESS"):
+            info = result.info if isinstance(result.info, dict) else {}
+            worker = info.get("worker") or info.get("hostname")  # PROGRESS meta / Celery's STARTED meta
+            self.store.mark_running(job.id, worker)
+            if info.get("progress"):
+                self.store.set_progress(job.id, info["progress"], worker)
+        elif state == "SUCCESS":
+            data = result.result or {}
+            self.store.mark_running(job.id, data.get("worker"))
+            if data.get("status") == "failed":
+                self._complete(job, "failed", error=data.get("error"), error_kind=data.get("error_kind"))
+            elif data.get("status") == "cancelled" and "images" not in data:
+                self._complete(job, "cancelled")
+            else:
+                self._complete(job, data.get("status", "done"), Outcome.from_wire(data))
+            result.forget()
+        elif state == "FAILURE":
+            message, _ = error_line(result.result if isinstance(result.result, BaseException)
+                                    else RuntimeError(str(result.result)))
+            self._complete(job, "failed", error=message, error_kind="internal")
+            result.forget()
+        elif state == "REVOKED":
+            self._complete(job, "cancelled")
+            result.forget()

@@ -1,0 +1,250 @@
+"""Jobs in SQLite (`Settings.home/"jobs.sqlite"`): a job is JSON data plus its state, persisted before it is
+accepted, so a server that stops mid-job finds every queued or running job again when it starts.
+
+States: queued -> running -> done | failed | cancelled. A job accepted over the native API (`origin="api"`) that
+was running when the server stopped is queued again (up to `max_attempts` starts); an A1111 call
+(`origin="a1111"`) is synchronous, so once its client connection is gone it is failed with a line saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+FINISHED = ("done", "failed", "cancelled")
+KINDS = ("image", "video")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    request TEXT NOT NULL,
+    save INTEGER NOT NULL,
+    callback_url TEXT,
+    state TEXT NOT NULL,
+    progress TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    error_kind TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    dispatched INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+"""
+
+_COLUMNS = ("id, kind, origin, request, save, callback_url, state, progress, result, error, error_kind, attempts, "
+            "worker, dispatched, created, started, finished")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    request: dict[str, Any]
+    origin: str = "api"  # "api" (native jobs API) | "a1111" (a synchronous /sdapi/v1 call)
+    save: bool = True
+    callback_url: str | None = None
+    state: str = "queued"
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    error_kind: str | None = None  # "invalid" (the user's input) | "internal" (a bug or the machine)
+    attempts: int = 0
+    worker: str | None = None
+    dispatched: bool = False
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+
+    @classmethod
+    def new(cls, kind: str, request: dict[str, Any], **fields: Any) -> "Job":
+        return cls(id=uuid.uuid4().hex, kind=kind, request=request, created=time.time(), **fields)
+
+    def public(self) -> dict[str, Any]:
+        """The job as the native API shows it: results as URLs under /api/v1/files, embedded images elided."""
+        result = None
+        if self.result is not None:
+            result = {"images": [FILES_PREFIX + quote(name) for name in self.result.get("files", [])],
+                      "seeds": self.result.get("seeds", []), "infotexts": self.result.get("infotexts", []),
+                      "interrupted": self.result.get("interrupted", False), "count": self.result.get("count", 0)}
+        return {"id": self.id, "kind": self.kind, "state": self.state, "origin": self.origin,
+                "progress": self.progress, "result": result, "error": self.error, "attempts": self.attempts,
+                "worker": self.worker, "created": self.created, "started": self.started, "finished": self.finished,
+                "request": _elide_images(self.request)}
+
+
+FILES_PREFIX = "/api/v1/files/"
+
+
+def _elide_images(value: Any) -> Any:
+    """Requests carry input images as data URLs; job listings show their size, not megabytes of base64."""
+    if isinstance(value, str) and value.startswith("data:"):
+        return f"{value.split(',', 1)[0]},... ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {k: _elide_images(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_elide_images(v) for v in value]
+    return value
+
+
+def _job(row: tuple) -> Job:
+    (job_id, kind, origin, request, save, callback_url, state, progress, result, error, error_kind, attempts, worker,
+     dispatched, created, started, finished) = row
+    return Job(job_id, kind, json.loads(request), origin, bool(save), callback_url, state, json.loads(progress),
+               json.loads(result) if result else None, error, error_kind, attempts, worker, bool(dispatched), created,
+               started, finished)
+
+
+class JobStore:
+    """The jobs table. A connection per call (threads share one store); writes are short transactions."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)) as con:
+            con.execute("PRAGMA synchronous=FULL")  # an accepted job must survive a power cut, not only a crash
+            yield con
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def add(self, job: Job) -> Job:
+        """Persist a new job (committed when this returns)."""
+        with self._transaction() as con:
+            seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            con.execute(
+                f"INSERT INTO jobs ({_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.kind, job.origin, json.dumps(job.request), int(job.save), job.callback_url, job.state,
+                 json.dumps(job.progress), None, None, None, job.attempts, None, 0, job.created, None, None, seq))
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._connect() as con:
+            row = con.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list(self, state: str | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
+        """Jobs newest first, optionally in one state."""
+        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        with self._connect() as con:
+            rows = con.execute(f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                               (*args, limit, offset)).fetchall()
+        return [_job(row) for row in rows]
+
+    def active(self) -> list[Job]:
+        """Queued and running jobs, oldest first."""
+        with self._connect() as con:
+            rows = con.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
+                               ).fetchall()
+        return [_job(row) for row in rows]
+
+    def claim_next(self, worker: str) -> Job | None:
+        """Atomically move the oldest queued job to running for `worker`."""
+        with self._transaction() as con:
+            row = con.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            con.execute("UPDATE jobs SET state = 'running', worker = ?, started = ?, attempts = attempts + 1 "
+                        "WHERE id = ?", (worker, time.time(), row[0]))
+        return self.get(row[0])
+
+    def mark_running(self, job_id: str, worker: str | None) -> None:
+        """A remote worker started the job (distributed mode)."""
+        with self._connect() as con:
+            con.execute("UPDATE jobs SET state = 'running', worker = ?, started = COALESCE(started, ?), "
+                        "attempts = MAX(attempts, 1) WHERE id = ? AND state IN ('queued', 'running')",
+                        (worker, time.time(), job_id))
+
+    def mark_dispatched(self, job_id: str) -> None:
+        with self._connect() as con:
+            con.execute("UPDATE jobs SET dispatched = 1 WHERE id = ?", (job_id,))
+
+    def set_progress(self, job_id: str, progress: dict[str, Any], worker: str | None = None) -> None:
+        with self._connect() as con:
+            con.execute("UPDATE jobs SET progress = ?, worker = COALESCE(?, worker) WHERE id = ? AND state = 'running'",
+                        (json.dumps(progress), worker, job_id))
+
+    def finish(self, job_id: str, state: str, result: dict[str, Any] | None = None, error: str | None = None,
+               error_kind: str | None = None) -> bool:
+        """Record the end of an active job; False if it had already ended (e.g. cancelled meanwhile)."""
+        if state not in FINISHED:
+            raise ValueError(f"not a final state: {state!r}")
+        with self._connect() as con:
+            cur = con.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, error_kind = ?, finished = ? "
+                "WHERE id = ? AND state IN ('queued', 'running')",
+                (state, json.dumps(result) if result is not None else None, error, error_kind, time.time(), job_id))
+            return cur.rowcount == 1
+
+    def requeue(self, job_id: str) -> None:
+        """Put a running job back in the queue (the server is stopping before it finished)."""
+        with self._connect() as con:
+            con.execute("UPDATE jobs SET state = 'queued', worker = NULL, progress = '{}', started = NULL "
+                        "WHERE id = ? AND state = 'running'", (job_id,))
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """Cancel a job that has not started; False if it is running or over."""
+        with self._connect() as con:
+            cur = con.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
+                              (time.time(), job_id))
+            return cur.rowcount == 1
+
+    def recover(self, max_attempts: int, local_runs: bool = True) -> tuple[list[str], list[str]]:
+        """After a stop: queue again every native job that was running (attempts left), fail the rest with a line
+        saying why, and fail A1111 calls whose clients have gone. Returns (requeued ids, failed ids).
+
+        `local_runs=False` (distributed mode): running jobs belong to workers that outlive the server, so only the
+        A1111 calls are failed."""
+        requeued, failed = [], []
+        now = time.time()
+        with self._transaction() as con:
+            rows = con.execute("SELECT id, origin, state, attempts FROM jobs WHERE state IN ('queued', 'running') "
+                               "ORDER BY seq").fetchall()
+            for job_id, origin, state, attempts in rows:
+                if origin == "a1111":
+                    error = ("the server stopped before this A1111 request finished; its client connection is gone, "
+                             "send the request again")
+                elif not local_runs:
+                    continue
+                elif state == "running" and attempts >= max_attempts:
+                    error = (f"the server stopped while running this job {attempts} times; not retrying it again "
+                             f"(check the server log, then submit it again)")
+                else:
+                    if state == "running":
+                        con.execute("UPDATE jobs SET state = 'queued', worker = NULL, progress = '{}', started = NULL "
+                                    "WHERE id = ?", (job_id,))
+                        requeued.append(job_id)
+                    continue
+                con.execute("UPDATE jobs SET state = 'failed', error = ?, error_kind = 'internal', finished = ? "
+                            "WHERE id = ?", (error, now, job_id))
+                failed.append(job_id)
+        return requeued, failed

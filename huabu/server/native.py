@@ -1,0 +1,107 @@
+"""The native jobs API: a job is JSON data (`{"kind", "request", "callback_url"}`), persisted before the 202, with
+its state, progress (also as server-sent events), cancel, and results served from the output folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from huabu.server.jobs import FINISHED, STATES, Job
+from huabu.server.security import NotFound, check_callback_url, safe_output_file
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+EVENT_POLL = 0.25  # seconds between progress checks of one event stream
+KEEPALIVE = 15.0  # seconds between comments that keep idle event streams open through proxies
+
+
+class JobSubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["image", "video"] = "image"
+    request: dict[str, Any] = Field(description="GenerateRequest (image) or VideoRequest (video) fields")
+    callback_url: str | None = Field(default=None, description="POSTed the finished job; host must be allowed")
+
+
+def _job_or_404(http: Request, job_id: str) -> Job:
+    job = http.app.state.huabu.queue.store.get(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id[:64]!r}")
+    return job
+
+
+@router.post("/jobs", status_code=202)
+def submit(http: Request, submission: JobSubmission) -> JSONResponse:
+    state = http.app.state.huabu
+    request = state.catalog.check_generate(submission.request, submission.kind)
+    callback = check_callback_url(submission.callback_url, state.config.callback_allow) \
+        if submission.callback_url else None
+    job = state.queue.submit(Job.new(submission.kind, request.to_data(), callback_url=callback))
+    return JSONResponse(job.public(), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+@router.get("/jobs")
+def list_jobs(http: Request, state: Literal[STATES] | None = None,  # type: ignore[valid-type]
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+    return [job.public() for job in http.app.state.huabu.queue.store.list(state, limit, offset)]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(http: Request, job_id: str) -> dict[str, Any]:
+    return _job_or_404(http, job_id).public()
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(http: Request, job_id: str) -> dict[str, Any]:
+    _job_or_404(http, job_id)
+    return http.app.state.huabu.queue.cancel(job_id).public()
+
+
+@router.get("/jobs/{job_id}/events")
+async def events(http: Request, job_id: str) -> StreamingResponse:
+    """Server-sent events: `progress` whenever the state or step changes, then one `done` / `failed` /
+    `cancelled` event with the job, and the stream ends."""
+    await run_in_threadpool(_job_or_404, http, job_id)
+    store = http.app.state.huabu.queue.store
+
+    async def stream() -> AsyncIterator[str]:
+        last: tuple | None = None
+        quiet = 0.0
+        while True:
+            job = await run_in_threadpool(store.get, job_id)
+            if job is None:
+                return
+            if job.state in FINISHED:
+                yield _event(job.state, job.public())
+                return
+            key = (job.state, json.dumps(job.progress, sort_keys=True))
+            if key != last:
+                last, quiet = key, 0.0
+                yield _event("progress", {"id": job.id, "state": job.state, "progress": job.progress})
+            elif quiet >= KEEPALIVE:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+            if await http.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL)
+            quiet += EVENT_POLL
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/files/{path:path}")
+def files(http: Request, path: str) -> FileResponse:
+    """A result file from the output folder: images and videos only, never outside the folder."""
+    target, media_type = safe_output_file(http.app.state.huabu.settings.outputs_dir, path)
+    return FileResponse(target, media_type=media_type, headers={
+        "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"})

@@ -1,0 +1,313 @@
+"""The job queue behind every route: `JobQueue` holds what both backends share (the SQLite store, waiting for a
+job from async routes, completion callbacks, the A1111 `/progress` view); `LocalQueue` runs jobs on engine threads
+in this process. `huabu.server.distributed.CeleryQueue` runs them on Celery workers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from huabu.engine.generate import Engine, Progress
+from huabu.errors import HuabuError
+from huabu.server.config import ServerConfig
+from huabu.server.jobs import FINISHED, Job, JobStore
+from huabu.server.runner import Outcome, png_base64, progress_data, progress_fraction, run_job
+
+log = logging.getLogger(__name__)
+
+PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress rows written for one job
+
+
+def error_line(err: BaseException) -> tuple[str, str]:
+    """(one-line message, kind) for a failed job: the user's input ("invalid") or a bug/the machine ("internal")."""
+    if isinstance(err, HuabuError):
+        return str(err), "invalid"
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    return f"internal error: {type(err).__name__}{': ' + text if text else ''}", "internal"
+
+
+class JobQueue:
+    """Base of the backends. Subclasses implement `_dispatch`, `cancel_running`, `interrupt_running`, `start`,
+    `stop`."""
+
+    def __init__(self, store: JobStore, config: ServerConfig) -> None:
+        self.store = store
+        self.config = config
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._outcomes: dict[str, Outcome] = {}  # finished A1111 jobs' images, until their route takes them
+
+    # --- submitting and waiting ---------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        """Persist `job` (committed before this returns), then hand it to the backend."""
+        self.store.add(job)
+        self._dispatch(job)
+        return job
+
+    async def wait(self, job_id: str, poll: float = 1.0) -> Job | None:
+        """The job once it has finished (woken by the backend; the store is polled too, as a safety net)."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._lock:
+            self._waiters.setdefault(job_id, []).append((loop, event))
+        try:
+            while True:
+                job = self.store.get(job_id)
+                if job is None or job.state in FINISHED:
+                    return job
+                try:
+                    await asyncio.wait_for(event.wait(), poll)
+                except asyncio.TimeoutError:
+                    pass
+                event.clear()
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(job_id, [])
+                if (loop, event) in waiters:
+                    waiters.remove((loop, event))
+                if not waiters:
+                    self._waiters.pop(job_id, None)
+
+    def take_outcome(self, job_id: str) -> Outcome | None:
+        with self._lock:
+            return self._outcomes.pop(job_id, None)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued job now, or ask a running one to stop (it ends as cancelled)."""
+        job = self.store.get(job_id)
+        if job is None or job.state in FINISHED:
+            return job
+        if self.store.cancel_queued(job_id):
+            self._revoke(job_id)
+            self._finished(job_id)
+        else:
+            self.cancel_running(job_id)
+        return self.store.get(job_id)
+
+    # --- completion ----------------------------------------------------------------------------------------------
+
+    def _complete(self, job: Job, state: str, outcome: Outcome | None = None, error: str | None = None,
+                  error_kind: str | None = None) -> None:
+        """Record a job's end, keep the images of an A1111 call for its route, wake waiters, send the callback."""
+        recorded = self.store.finish(job.id, state, outcome.summary() if outcome else None, error, error_kind)
+        if recorded and outcome is not None and job.origin == "a1111":
+            with self._lock:
+                self._outcomes[job.id] = outcome
+        self._finished(job.id)
+
+    def _finished(self, job_id: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(job_id, []))
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+        job = self.store.get(job_id)
+        if job is not None and job.callback_url:
+            threading.Thread(target=send_callback, args=(job,), daemon=True, name=f"callback-{job_id[:8]}").start()
+
+    # --- the A1111 /progress view -----------------------------------------------------------------------------------
+
+    def running(self) -> list[Job]:
+        return [job for job in self.store.active() if job.state == "running"]
+
+    def progress_view(self, with_image: bool = True) -> dict[str, Any]:
+        """A1111's `/sdapi/v1/progress` answer for the oldest running job (idle: zeros)."""
+        active = self.store.active()
+        running = [job for job in active if job.state == "running"]
+        if not running:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None, {}, False, False, len(active)),
+                    "current_image": None, "textinfo": None, "current_task": None}
+        job = running[0]
+        progress = job.progress or {}
+        fraction = float(progress.get("fraction", 0.0))
+        elapsed = time.time() - (job.started or time.time())
+        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        skipped, interrupted = self._flags(job.id)
+        image = self.current_image(job) if with_image else None
+        return {"progress": fraction, "eta_relative": round(eta, 3),
+                "state": _state(job, progress, skipped, interrupted, len(active)), "current_image": image,
+                "textinfo": f"step {progress.get('step', 0)}/{progress.get('steps', 0)}", "current_task": job.id}
+
+    def current_image(self, job: Job) -> str | None:
+        return None
+
+    def _flags(self, job_id: str) -> tuple[bool, bool]:
+        return False, False
+
+    # --- backend hooks --------------------------------------------------------------------------------------------
+
+    def _dispatch(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def _revoke(self, job_id: str) -> None:
+        """A queued job was cancelled in the store; a backend with its own queue drops it there too."""
+
+    def cancel_running(self, job_id: str) -> None:
+        raise NotImplementedError
+
+    def interrupt_running(self, skip: bool = False) -> None:
+        """A1111's /interrupt and /skip: stop the running jobs, keeping what they made so far."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+def _state(job: Job | None, progress: dict, skipped: bool, interrupted: bool, count: int) -> dict[str, Any]:
+    stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)) if job else "0"
+    return {"skipped": skipped, "interrupted": interrupted, "stopping_generation": False,
+            "job": f"task({job.id})" if job else "", "job_count": count, "job_timestamp": stamp,
+            "job_no": int(progress.get("iteration", 0)), "sampling_step": int(progress.get("step", 0)),
+            "sampling_steps": int(progress.get("steps", 0))}
+
+
+def send_callback(job: Job) -> None:
+    """POST the finished job to its callback URL (checked against --callback-allow when accepted). Redirects are
+    never followed: a redirect could point anywhere."""
+    import httpx
+
+    try:
+        response = httpx.post(job.callback_url, json=job.public(), timeout=10.0, follow_redirects=False)
+        log.info("callback for job %s: HTTP %s", job.id, response.status_code)
+    except httpx.HTTPError as err:
+        log.warning("callback for job %s to %s failed: %s", job.id, job.callback_url, err)
+
+
+# --- local backend ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class LiveJob:
+    """A job running on a local engine thread: the flags the engine polls and the latest latents."""
+
+    job: Job
+    engine: Engine
+    cancel: bool = False
+    interrupt: bool = False
+    skip: bool = False
+    latents: Any = None
+    step: int = 0
+    last_write: float = 0.0
+    preview: tuple[int, str | None] = (-1, None)  # (step, base64 PNG) of the last preview made
+    preview_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def should_stop(self) -> bool:
+        return self.cancel or self.interrupt or self.skip
+
+
+class LocalQueue(JobQueue):
+    """Jobs run on `len(engines)` threads of this process, oldest queued job first, each thread with its Engine."""
+
+    def __init__(self, store: JobStore, config: ServerConfig, engines: list[Engine]) -> None:
+        super().__init__(store, config)
+        self.engines = engines
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._live: dict[str, LiveJob] = {}
+
+    def start(self) -> None:
+        requeued, failed = self.store.recover(self.config.max_attempts)
+        if requeued or failed:
+            log.warning("after a restart: %d job(s) queued again, %d failed", len(requeued), len(failed))
+        for job_id in failed:
+            self._finished(job_id)
+        for index, engine in enumerate(self.engines):
+            thread = threading.Thread(target=self._work, args=(engine, f"local-{index}"), daemon=True,
+                                      name=f"huabu-worker-{index}")
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop the threads; a running job is interrupted and queued again (it runs anew on the next start)."""
+        self._stopping = True
+        for live in list(self._live.values()):
+            live.interrupt = True
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _dispatch(self, job: Job) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def cancel_running(self, job_id: str) -> None:
+        live = self._live.get(job_id)
+        if live is not None:
+            live.cancel = True
+
+    def interrupt_running(self, skip: bool = False) -> None:
+        for live in list(self._live.values()):
+            if skip:
+                live.skip = True
+            else:
+                live.interrupt = True
+
+    def _flags(self, job_id: str) -> tuple[bool, bool]:
+        live = self._live.get(job_id)
+        return (live.skip, live.interrupt) if live else (False, False)
+
+    def _work(self, engine: Engine, name: str) -> None:
+        while not self._stopping:
+            job = self.store.claim_next(name)
+            if job is None:
+                with self._wake:
+                    self._wake.wait(timeout=1.0)
+                continue
+            self._run(engine, job)
+
+    def _run(self, engine: Engine, job: Job) -> None:
+        live = LiveJob(job, engine)
+        self._live[job.id] = live
+
+        def on_progress(p: Progress) -> None:
+            live.latents, live.step = p.latents, p.iteration * p.steps + p.step
+            now = time.monotonic()
+            if now - live.last_write >= PROGRESS_WRITE_INTERVAL or progress_fraction(p) >= 1.0:
+                live.last_write = now
+                self.store.set_progress(job.id, progress_data(p))
+
+        try:
+            outcome = run_job(engine, job, on_progress, live.should_stop)
+        except Exception as err:  # every failure ends the job with its line; bugs are logged with a traceback
+            message, kind = error_line(err)
+            if kind == "internal":
+                log.exception("job %s failed", job.id)
+            self._complete(job, "failed", error=message, error_kind=kind)
+        else:
+            if self._stopping and not live.cancel:
+                self.store.requeue(job.id)
+            else:
+                self._complete(job, "cancelled" if live.cancel else "done", outcome)
+        finally:
+            self._live.pop(job.id, None)
+
+    def current_image(self, job: Job) -> str | None:
+        """A preview of the running job's first image, decoded from the latest latents with the model's VAE."""
+        live = self._live.get(job.id)
+        if live is None or live.latents is None:
+            return None
+        with live.preview_lock:
+            if live.preview[0] == live.step:
+                return live.preview[1]
+            step, latents = live.step, live.latents[:1]
+            image = None
+            try:
+                from huabu.engine.pipelines import decode_latents
+
+                model = live.engine.models.load(job.request.get("model"), job.request.get("checkpoint_config"))
+                images, _ = decode_latents(model.pipeline, latents.to(model.pipeline.vae.device),
+                                           model.vae_needs_fp32)
+                image = png_base64(images[0])
+            except Exception as err:  # a preview is best effort: never fail /progress because of it
+                log.debug("no preview for job %s: %s", job.id, err)
+            live.preview = (step, image)
+            return image

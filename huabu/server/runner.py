@@ -1,0 +1,83 @@
+"""Running one job on an Engine: the only place the server calls into generation, shared by the local threads and
+the Celery workers. A job's request was validated when it was accepted; it is validated again here because a
+job read back from SQLite or a broker is just data.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+
+from huabu.engine.generate import Engine, Progress
+from huabu.errors import HuabuError
+from huabu.requests import GenerateRequest
+from huabu.server.jobs import Job
+
+
+@dataclass
+class Outcome:
+    """What a finished job produced. `images` stay in memory for the A1111 response; `summary()` is the JSON kept
+    in the job row."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    request_used: dict[str, Any]
+    model: dict[str, Any]
+    files: list[str] = field(default_factory=list)  # relative to the outputs folder (served by /api/v1/files)
+    interrupted: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {"files": self.files, "seeds": self.seeds, "infotexts": self.infotexts,
+                "request_used": self.request_used, "model": self.model, "interrupted": self.interrupted,
+                "count": len(self.images)}
+
+    def to_wire(self) -> dict[str, Any]:
+        """The summary plus the images as base64 PNGs (a Celery result travels through Redis as JSON)."""
+        return {**self.summary(), "images": [png_base64(image, text) for image, text in zip(self.images, self.infotexts)]}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "Outcome":
+        images = [Image.open(io.BytesIO(base64.b64decode(text))) for text in data.get("images", [])]
+        return cls(images, data["seeds"], data["infotexts"], data["request_used"], data["model"], data["files"],
+                   data["interrupted"])
+
+
+def progress_fraction(p: Progress) -> float:
+    return (p.iteration * p.steps + p.step) / max(1, p.n_iter * p.steps)
+
+
+def progress_data(p: Progress) -> dict[str, Any]:
+    return {"fraction": round(progress_fraction(p), 4), "step": p.step, "steps": p.steps, "iteration": p.iteration,
+            "n_iter": p.n_iter, "first_image": p.first_image, "total_images": p.total_images}
+
+
+def run_job(engine: Engine, job: Job, progress: Callable[[Progress], None] | None = None,
+            interrupt: Callable[[], bool] | None = None) -> Outcome:
+    """Run `job` through `Engine.generate`; user errors raise HuabuError with one line."""
+    if job.kind != "image":
+        raise HuabuError(f"job kind {job.kind!r} is not supported by this build")
+    request = GenerateRequest.from_data(job.request)
+    result = engine.generate(request, progress=progress, interrupt=interrupt, save=job.save)
+    root = Path(os.path.realpath(engine.settings.outputs_dir))
+    files = [Path(os.path.realpath(path)).relative_to(root).as_posix() for path in result.paths]
+    return Outcome(result.images, result.seeds, result.infotexts, result.request_used.to_data(), result.model, files,
+                   result.interrupted)
+
+
+def png_base64(image: Image.Image, infotext: str | None = None) -> str:
+    """An image as A1111 returns it: base64 PNG without a data: prefix, with the `parameters` chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if infotext:
+        info.add_itxt("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,229 @@
+"""What stands between the network and the engine: authentication, CSRF and DNS-rebinding checks, body and image
+size limits, and safe file serving. Each rule answers a known attack on SD servers (see DESIGN.md, "Security
+lessons"); every refusal is a one-line JSON error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+from PIL import Image, UnidentifiedImageError
+
+from huabu.errors import BadImage, HuabuError, InvalidRequest
+from huabu.server.config import Limits, ServerConfig
+
+OPEN_PATHS = ("/health",)  # answer without credentials: load balancers and `huabu serve` readiness checks
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+# Served files get one of these types by extension; anything else (html, svg, js, ...) is never served.
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+               ".gif": "image/gif", ".mp4": "video/mp4", ".webm": "video/webm"}
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A body or an embedded image is larger than the server accepts (HTTP 413)."""
+
+
+class NotAllowed(InvalidRequest):
+    """The request asks for something the server does not allow over HTTP (HTTP 403)."""
+
+
+class NotFound(HuabuError):
+    """No such job or file (HTTP 404). File refusals say only this, so probing learns nothing."""
+
+
+# --- ASGI guard: host, auth, origin, body size ---------------------------------------------------------------
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+class Guard:
+    """Pure ASGI middleware (it has to see the raw body stream to cap it) checking, in order:
+
+    1. Host: on a loopback bind only loopback names, which stops DNS rebinding (a page on evil.example whose name
+       resolves to 127.0.0.1 sends `Host: evil.example`);
+    2. credentials (Bearer key or HTTP Basic) on every path but /health, loopback included; compared in
+       constant time;
+    3. on state-changing methods, a browser's Origin (or Referer) must be this server (CSRF: a page the user visits
+       must not drive the API);
+    4. the body size, by Content-Length and while streaming.
+    """
+
+    def __init__(self, app: ASGIApp, config: ServerConfig) -> None:
+        self.app = app
+        self.config = config
+        self._keys = [config.api_key.encode()] if config.api_key else []
+        self._basic = [f"{user}:{password}".encode() for user, password in config.credentials()]
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem = self._check(scope, headers)
+        if problem is not None:
+            status, message, extra = problem
+            await _send_error(send, status, message, extra)
+            return
+        limit = self.config.limits.max_body_bytes
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            await _send_error(send, 413, f"request body is {int(length)} bytes; the limit is {limit}")
+            return
+        received = 0
+        too_large = False
+
+        async def capped_receive() -> dict:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            return message
+
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, tracking_send)
+        except PayloadTooLarge as err:
+            if not too_large or started:
+                raise
+            await _send_error(send, 413, str(err))
+
+    def _check(self, scope: dict, headers: dict[str, str]) -> tuple[int, str, dict] | None:
+        host = _hostname(headers.get("host", ""))
+        if self.config.is_loopback and host not in (*LOOPBACK_NAMES, self.config.host):
+            return 421, f"this server answers to localhost only, not to host {host!r}", {}
+        if scope["path"] not in OPEN_PATHS and self.config.requires_auth and not self._authorised(headers):
+            extra = {"www-authenticate": 'Basic realm="huabu"'} if self._basic else {}
+            return 401, "authentication required: send Authorization: Bearer <key> or HTTP Basic credentials", extra
+        if scope["method"] not in SAFE_METHODS:
+            origin = headers.get("origin") or headers.get("referer")
+            if origin is not None and not _same_origin(origin, headers.get("host", "")):
+                return 403, f"cross-origin request refused (Origin {origin[:100]!r} is not this server)", {}
+        return None
+
+    def _authorised(self, headers: dict[str, str]) -> bool:
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        value = value.strip().encode("latin-1", "replace")
+        ok = False
+        # Compare against every configured secret without stopping early, so timing tells nothing.
+        if scheme.lower() == "bearer":
+            for key in self._keys:
+                ok |= hmac.compare_digest(value, key)
+        elif scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            for pair in self._basic:
+                ok |= hmac.compare_digest(decoded, pair)
+        return ok
+
+
+def _hostname(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _same_origin(origin: str, host_header: str) -> bool:
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host_header.lower()
+
+
+async def _send_error(send, status: int, message: str, extra: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": _REASONS.get(status, "Error"), "detail": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge", 421: "MisdirectedRequest"}
+
+
+# --- images received over HTTP --------------------------------------------------------------------------------
+
+def image_data_url(text: Any, limits: Limits, what: str = "image") -> str:
+    """Check a base64 image from a request (raw base64 as A1111 clients send it, or a `data:image/...;base64,`
+    URL) and return it as a data URL for the engine. Sizes are checked before anything is decoded fully, so a
+    small file that would expand to a huge bitmap (a decompression bomb) is refused from its header."""
+    if not isinstance(text, str) or not text:
+        raise BadImage(f"{what} must be a base64-encoded image string")
+    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    payload = "".join(payload.split())  # clients wrap long base64 lines
+    if len(payload) * 3 // 4 > limits.max_image_bytes:
+        raise PayloadTooLarge(f"{what} is about {len(payload) * 3 // 4} bytes; the limit is {limits.max_image_bytes}")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadImage(f"{what} is not valid base64 (send the image file's bytes base64-encoded)") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as image:  # reads the header only
+            size, fmt = image.size, image.format
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        raise BadImage(f"{what} is not an image Pillow can read") from None
+    if fmt not in IMAGE_FORMATS:
+        raise BadImage(f"{what} is a {fmt} file; send PNG, JPEG, WebP, BMP or GIF")
+    if size[0] * size[1] > limits.max_image_pixels:
+        raise PayloadTooLarge(f"{what} is {size[0]}x{size[1]} pixels; the limit is {limits.max_image_pixels} pixels")
+    return f"data:image/{fmt.lower()};base64,{payload}"
+
+
+def require_data_url(value: str | None, limits: Limits, what: str) -> str | None:
+    """Images in native job requests must travel in the request: a server-side path is never read for a client."""
+    if value is None:
+        return None
+    if not value.startswith("data:"):
+        raise NotAllowed(f"{what} must be a data:image/...;base64, URL; file paths are not accepted over HTTP")
+    return image_data_url(value, limits, what)
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+
+def safe_output_file(root: Path, relative: str) -> tuple[Path, str]:
+    """The file `relative` names under `root` and its media type, or NotFound. Refused: empty, absolute,
+    backslash or `..` paths, anything whose real path (symlinks followed) leaves `root`, and non-media types."""
+    if not relative or "\\" in relative or "\x00" in relative or relative.startswith("/"):
+        raise NotFound("file not found")
+    if any(part in ("..", ".") for part in relative.split("/")):
+        raise NotFound("file not found")
+    base = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(base / relative))
+    if not target.is_relative_to(base) or not target.is_file():
+        raise NotFound("file not found")
+    media_type = MEDIA_TYPES.get(target.suffix.lower())
+    if media_type is None:
+        raise NotFound("file not found")
+    return target, media_type
+
+
+def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
+    """A completion callback URL is accepted only for http(s) to a host the operator listed (--callback-allow)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"callback_url must be an http(s) URL, got {url[:100]!r}")
+    if parts.hostname.lower() not in {h.lower() for h in allowed_hosts}:
+        allowed = ", ".join(allowed_hosts) or "none (start the server with --callback-allow HOST)"
+        raise NotAllowed(f"callback host {parts.hostname!r} is not allowed; allowed hosts: {allowed}")
+    return url
