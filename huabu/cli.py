@@ -33,6 +33,7 @@ COMMANDS = [
     "huabu.control.cli:register",
     "huabu.tiny.cli:register",
     "huabu.server.cli:register",
+    "huabu.video.cli:register",
 ]
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
