@@ -335,8 +335,8 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
     extra = {k: v for k, v in (parsed[0] if parsed else {}).items() if k not in _STANDARD_KEYS}
     subseed = req.subseed if req.subseed != -1 else (seeds[0] if seeds else -1)
     info = {
-        "prompt": req.prompt, "all_prompts": [p["Prompt"] for p in parsed],
-        "negative_prompt": req.negative_prompt, "all_negative_prompts": [p["Negative prompt"] for p in parsed],
+        "prompt": used.prompt, "all_prompts": [p["Prompt"] for p in parsed],
+        "negative_prompt": used.negative_prompt, "all_negative_prompts": [p["Negative prompt"] for p in parsed],
         "seed": seeds[0] if seeds else used.seed, "all_seeds": seeds, "subseed": subseed,
         "all_subseeds": [subseed + i for i in range(len(seeds))], "subseed_strength": req.subseed_strength,
         "width": used.width, "height": used.height, "sampler_name": used.sampler, "cfg_scale": used.cfg_scale,

@@ -1,0 +1,87 @@
+"""Helpers for the HTTP API tests: a server home per test on the session's tiny models, tiny requests, PNG
+base64, a live uvicorn server on a loopback port."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+
+TINY = {"steps": 2, "width": 32, "height": 32}  # a txt2img in a fraction of a second on the session's tiny model
+LOCAL = "http://127.0.0.1"
+
+
+def api_settings(model_store, home: Path, **overrides):
+    """Settings whose home (jobs.sqlite, outputs, gallery) is `home` and whose models are the session's."""
+    from huabu.settings import Settings
+
+    fields = dict(models_dir=model_store["home"] / "models", default_model="tiny-sd", device="cpu", dtype="fp32",
+                  hub_offline=True)
+    fields.update(overrides)
+    return Settings.for_home(home, **fields)
+
+
+def make_app(settings, engine, config=None):
+    """An app whose local worker shares the session engine's loaded models."""
+    from huabu.engine.generate import Engine
+    from huabu.server import ServerConfig, create_app
+
+    return create_app(settings, config or ServerConfig(), engines=[Engine(settings, models=engine.models)])
+
+
+def png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_png(text: str) -> Image.Image:
+    assert not text.startswith("data:")
+    image = Image.open(io.BytesIO(base64.b64decode(text)))
+    assert image.format == "PNG"
+    image.load()
+    return image
+
+
+def wait_for(client, job_id: str, timeout: float = 60.0, states=("done", "failed", "cancelled")) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout}s (last: {job})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """Run `app` under uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
