@@ -1,0 +1,176 @@
+"""The native jobs API: submit, state, list, server-sent progress events, cancel, results from the output folder,
+completion callbacks to allowed hosts only, and the SQLite store's recovery rules."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from server_support import LOCAL, TINY, api_settings, make_app, wait_for
+
+from huabu.gallery import read_parameters
+from huabu.server import ServerConfig
+from huabu.server.jobs import Job, JobStore
+
+SLOW = {"prompt": "slow", "steps": 150, "width": 32, "height": 32, "sampler": "Euler"}
+
+
+@pytest.fixture
+def client(engine, model_store, tmp_path):
+    config = ServerConfig(callback_allow=("127.0.0.1",))
+    app = make_app(api_settings(model_store, tmp_path / "home"), engine, config)
+    with TestClient(app, base_url=LOCAL) as test_client:
+        yield test_client
+
+
+def test_a_job_is_accepted_persisted_run_and_its_files_served(client, tmp_path):
+    response = client.post("/api/v1/jobs", json={"kind": "image", "request": {"prompt": "a kite", "seed": 21,
+                                                                              "batch_size": 2, **TINY}})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/api/v1/jobs/{job['id']}"
+    stored = JobStore(tmp_path / "home" / "jobs.sqlite").get(job["id"])  # in SQLite before the 202
+    assert stored is not None and stored.request["prompt"] == "a kite" and stored.request["model"] == "tiny-sd"
+
+    done = wait_for(client, job["id"])
+    assert done["state"] == "done" and done["result"]["seeds"] == [21, 22] and done["progress"]["fraction"] == 1.0
+    assert done["error"] is None and done["worker"] == "local-0" and done["attempts"] == 1
+    for url, infotext in zip(done["result"]["images"], done["result"]["infotexts"]):
+        served = client.get(url)
+        assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+        path = tmp_path / "home" / "outputs" / url.rsplit("/", 1)[1]
+        assert served.content == path.read_bytes() and read_parameters(path) == infotext
+    assert [j["id"] for j in client.get("/api/v1/jobs", params={"state": "done"}).json()] == [job["id"]]
+    assert client.get("/api/v1/jobs", params={"state": "queued"}).json() == []
+    assert client.get("/api/v1/jobs/nope").status_code == 404
+
+
+def test_bad_job_requests_are_refused_with_one_line(client):
+    response = client.post("/api/v1/jobs", json={"request": {"prompt": "x", "steps": 0}})
+    assert response.status_code == 400 and response.json()["detail"] == "steps must be between 1 and 150 (got 0)"
+    assert client.post("/api/v1/jobs", json={"kind": "audio", "request": {}}).status_code == 422
+    unknown = client.post("/api/v1/jobs", json={"request": {"prompt": "x", "colour": "red"}})
+    assert unknown.status_code == 400 and "colour" in unknown.json()["detail"]
+    video = client.post("/api/v1/jobs", json={"kind": "video", "request": {"prompt": "x", "frames": 1}})
+    assert video.status_code == 400 and "frames" in video.json()["detail"]
+
+
+def test_events_stream_progress_then_the_final_state(client):
+    job = client.post("/api/v1/jobs", json={"request": {"prompt": "sse", "steps": 6, "width": 32, "height": 32,
+                                                        "sampler": "Euler"}}).json()
+    with client.stream("GET", f"/api/v1/jobs/{job['id']}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        text = "".join(stream.iter_text())
+    events = [block.split("\n") for block in text.strip().split("\n\n") if block.startswith("event:")]
+    names = [lines[0].removeprefix("event: ") for lines in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"progress"}
+    final = json.loads(events[-1][1].removeprefix("data: "))
+    assert final["id"] == job["id"] and final["result"]["count"] == 1
+    steps = [json.loads(lines[1].removeprefix("data: "))["progress"].get("step", 0) for lines in events[:-1]]
+    assert steps == sorted(steps)
+
+
+def test_cancel_a_queued_and_a_running_job(client):
+    running = client.post("/api/v1/jobs", json={"request": SLOW}).json()
+    queued = client.post("/api/v1/jobs", json={"request": {"prompt": "never", **TINY}}).json()
+    cancelled = client.post(f"/api/v1/jobs/{queued['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled"
+    wait_for(client, running["id"], states=("running",))
+    client.post(f"/api/v1/jobs/{running['id']}/cancel")
+    stopped = wait_for(client, running["id"])
+    assert stopped["state"] == "cancelled" and stopped["progress"]["step"] < 150
+    assert client.get(f"/api/v1/jobs/{queued['id']}").json()["result"] is None
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.hits.append((self.path, json.loads(body)))
+        if self.server.redirect_to:
+            self.send_response(307)
+            self.send_header("Location", self.server.redirect_to)
+        else:
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _recorder(redirect_to: str | None = None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.hits, server.redirect_to = [], redirect_to
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _wait_hits(server, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(server.hits) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_completion_callback_goes_to_allowed_hosts_only_and_never_follows_redirects(client):
+    target = _recorder()
+    elsewhere = _recorder()
+    redirector = _recorder(redirect_to=f"http://localhost:{elsewhere.server_port}/stolen")
+    try:
+        url = f"http://127.0.0.1:{target.server_port}/done"
+        job = client.post("/api/v1/jobs", json={"request": {"prompt": "cb", **TINY}, "callback_url": url}).json()
+        _wait_hits(target, 1)
+        assert target.hits[0][0] == "/done"
+        assert target.hits[0][1]["id"] == job["id"] and target.hits[0][1]["state"] == "done"
+
+        refused = client.post("/api/v1/jobs", json={"request": {"prompt": "cb", **TINY},
+                                                    "callback_url": f"http://localhost:{target.server_port}/x"})
+        assert refused.status_code == 403 and "not allowed" in refused.json()["detail"]
+        assert client.post("/api/v1/jobs", json={"request": {"prompt": "cb", **TINY},
+                                                 "callback_url": "file:///etc/passwd"}).status_code == 400
+
+        url = f"http://127.0.0.1:{redirector.server_port}/hop"
+        client.post("/api/v1/jobs", json={"request": {"prompt": "cb", **TINY}, "callback_url": url})
+        _wait_hits(redirector, 1)
+        time.sleep(0.3)
+        assert len(redirector.hits) == 1 and elsewhere.hits == []
+    finally:
+        for server in (target, elsewhere, redirector):
+            server.shutdown()
+
+
+def test_recovery_requeues_native_jobs_and_fails_the_rest_with_a_line(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    queued = store.add(Job.new("image", {"prompt": "a"}))
+    running = store.add(Job.new("image", {"prompt": "b"}))
+    tired = store.add(Job.new("image", {"prompt": "c"}))
+    sync = store.add(Job.new("image", {"prompt": "d"}, origin="a1111"))
+    done = store.add(Job.new("image", {"prompt": "e"}))
+    assert store.claim_next("w").id == queued.id  # oldest first
+    store.finish(queued.id, "done", {"files": []})
+    store.add(Job.new("image", {"prompt": "f"}))
+    for job_id in (running.id, tired.id, sync.id, done.id):
+        with store._connect() as con:
+            con.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job_id,))
+    store.finish(done.id, "done", {})
+    with store._connect() as con:
+        con.execute("UPDATE jobs SET attempts = 2 WHERE id = ?", (tired.id,))
+    requeued, failed = store.recover(max_attempts=2)
+    assert requeued == [running.id] and set(failed) == {tired.id, sync.id}
+    assert store.get(running.id).state == "queued"
+    assert "2 times" in store.get(tired.id).error and "send the request again" in store.get(sync.id).error
+    assert store.get(done.id).state == "done"
+    assert not store.cancel_queued(done.id) and store.cancel_queued(running.id)
+
+
+def test_job_listing_elides_embedded_images(client):
+    from server_support import png_b64
+
+    image = "data:image/png;base64," + png_b64(Image.new("RGB", (32, 32)))
+    job = client.post("/api/v1/jobs", json={"request": {"mode": "img2img", "prompt": "x", "init_image": image,
+                                                        "denoising_strength": 0.5, **TINY}}).json()
+    assert job["request"]["init_image"].startswith("data:image/png;base64,...")
+    assert wait_for(client, job["id"])["state"] == "done"
