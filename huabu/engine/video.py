@@ -456,8 +456,8 @@ def _animatediff_callback(job: _Job, frames: int, anchor: tuple | None):
             callback_kwargs = per_frame.step_callback(pipe, step, timestep, callback_kwargs)
         if anchor is not None:
             callback_kwargs["latents"] = _anchor_first_frame(pipe, step, callback_kwargs["latents"], *anchor)
-        if job.progress is not None:
-            job.progress(Progress(0, 1, step + 1, pipe.num_timesteps, 0, 1, 1))
+        if job.progress is not None:  # frame 0's latents: what still-image previews decode
+            job.progress(Progress(0, 1, step + 1, pipe.num_timesteps, 0, 1, 1, callback_kwargs["latents"][:, :, 0]))
         if job.interrupt is not None and job.interrupt():
             pipe._interrupt = True  # diffusers' documented way to stop a pipeline from its callback
         return callback_kwargs
