@@ -127,3 +127,37 @@ def huabu_env(model_store, monkeypatch, tmp_path):
     monkeypatch.setenv("HUABU_HOME", str(home))
     monkeypatch.setenv("HUABU_DEVICE", "cpu")
     return home
+
+
+def build_tiny_controlnet(unet, seed: int = 0, embedding: tuple[int, ...] = (16, 32, 64)):
+    """ControlNetModel.from_unet of a tiny UNet (`embedding` channels: 3 = 4x, the tiny VAE's factor), with random
+    rather than zero output convolutions so that it visibly steers from the first step."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding)
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0.0, 0.3)
+    return net
+
+
+@pytest.fixture(scope="session")
+def controlnet_store(model_store) -> dict[str, Path]:
+    """Tiny ControlNets for the `tiny-sd` model in the session home's ControlNet folder: "canny" (diffusers folder
+    tiny-canny) and "color" (original-layout single file tiny-color.safetensors); outside it "sdxl" (a folder for the
+    SDXL-shaped model) and "f8" (a folder whose control embedding shrinks 8x, which fits no tiny model)."""
+    from diffusers import UNet2DConditionModel
+
+    from huabu.control.convert import export_controlnet
+
+    home = model_store["home"]
+    unet = UNet2DConditionModel.from_pretrained(model_store["folder"] / "unet")
+    build_tiny_controlnet(unet, seed=10).save_pretrained(home / "controlnet" / "tiny-canny")
+    export_controlnet(build_tiny_controlnet(unet, seed=11), home / "controlnet" / "tiny-color.safetensors")
+    sdxl_unet = UNet2DConditionModel.from_pretrained(model_store["sdxl"] / "unet")
+    build_tiny_controlnet(sdxl_unet, seed=12).save_pretrained(home / "elsewhere" / "tiny-sdxl-canny")
+    build_tiny_controlnet(unet, seed=13, embedding=(16, 32, 64, 64)).save_pretrained(home / "elsewhere" / "tiny-cn-f8")
+    return {"canny": home / "controlnet" / "tiny-canny", "color": home / "controlnet" / "tiny-color.safetensors",
+            "sdxl": home / "elsewhere" / "tiny-sdxl-canny", "f8": home / "elsewhere" / "tiny-cn-f8"}

@@ -264,11 +264,12 @@ def test_lora_tags_are_taken_out_validated_and_hashed(engine, model_store, setti
     assert max_diff(plain.images[0], result.images[0]) == 0  # the tag text itself never reaches the encoder
 
 
-def test_enabled_controlnet_units_are_refused_until_supported(engine, model_store):
-    with pytest.raises(InvalidRequest, match="ControlNet"):
+def test_controlnet_units_need_an_image_and_disabled_ones_are_skipped(engine, model_store):
+    # ControlNet itself is tested in test_controlnet_engine.py.
+    with pytest.raises(InvalidRequest, match="ControlNet unit 0 \\(canny\\) has no image"):
         engine.generate(request(model_store, controlnets=[{"module": "canny", "model": "x"}]))
     result = engine.generate(request(model_store, steps=2, controlnets=[{"enabled": False}]))
-    assert len(result.images) == 1
+    assert len(result.images) == 1 and "ControlNet" not in result.infotexts[0]
 
 
 def test_fp16_vae_overflow_is_decoded_again_in_fp32():

@@ -107,3 +107,29 @@ def unit_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
             if not (value == default and type(value) is type(default)):
                 fields[key] = float(value)
     return fields
+
+
+def units_from_cli(controls: list[str], models: list[str], control_mode: str = BALANCED,
+                   resize_mode: str = CROP_AND_RESIZE, processor_res: int | None = None) -> list[dict[str, Any]]:
+    """ControlUnit fields for the CLI's repeated `--control` specs: the i-th `--controlnet-model` goes with the i-th
+    `--control` (later ones use the ControlNet folder's default for their module). Without a processor resolution
+    the units are pixel perfect: preprocessed at the output's own resolution."""
+    from huabu.errors import InvalidRequest
+
+    if len(models) > len(controls):
+        raise InvalidRequest(f"{len(models)} --controlnet-model for {len(controls)} --control; give one per "
+                             f"--control, in the same order")
+    units = []
+    for index, text in enumerate(controls):
+        try:
+            fields = parse_control_spec(text)
+        except ValueError as err:
+            raise InvalidRequest(str(err)) from None
+        fields.update(model=models[index] if index < len(models) else "", control_mode=control_mode,
+                      resize_mode=resize_mode)
+        if processor_res is None:
+            fields["pixel_perfect"] = True
+        else:
+            fields["processor_res"] = processor_res
+        units.append(fields)
+    return units

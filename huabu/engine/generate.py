@@ -18,13 +18,14 @@ from PIL import Image
 
 import huabu
 from huabu.engine import samplers
+from huabu.engine.controlnets import ControlNetManager, check_units
 from huabu.engine.images import load_image, load_mask
 from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text, resolve_loras
 from huabu.engine.models import LoadedModel, ModelManager
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.errors import InvalidRequest
 from huabu.prompts.syntax import extract_loras
-from huabu.requests import MAX_SEED, ControlUnit, GenerateRequest
+from huabu.requests import MAX_SEED, GenerateRequest
 from huabu.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ def format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def controlnet_params(units: list[ControlUnit]) -> dict[str, str]:
-    """Infotext fields for ControlNet units (`ControlNet 0: "..."`): extension point for the ControlNet work, which
-    also has to run them. Until then an enabled unit is refused rather than silently ignored."""
-    if any(unit.enabled for unit in units):
-        raise InvalidRequest("ControlNet units are not supported by this build yet; remove them or disable them")
-    return {}
-
-
 class Engine:
     """Runs GenerateRequests on models from a ModelManager. One generation at a time (a lock guards the models)."""
 
@@ -79,6 +72,7 @@ class Engine:
         self._gallery = gallery
         self._book = None
         self._lock = threading.Lock()
+        self.controlnets = ControlNetManager(settings)
 
     @property
     def gallery(self):
@@ -117,7 +111,7 @@ class Engine:
     def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
         sampler, schedule = samplers.parse_sampler(request.sampler, request.schedule_type)
         schedule = samplers.resolved_schedule(sampler, schedule)
-        extra_params = controlnet_params(request.controlnets)
+        control_units = check_units(request.controlnets, request.mode)
         init_image = load_image(request.init_image) if request.init_image else None
         mask = load_mask(request.mask) if request.mask else None
         if mask is not None and mask.size != init_image.size:
@@ -136,12 +130,16 @@ class Engine:
         base_seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
         used = request.model_copy(update={"seed": base_seed, "width": width, "height": height,
                                           "sampler": sampler.name, "schedule_type": schedule.label})
-        pipe = mode_pipeline(model, request.mode)
+        control = self.controlnets.plan(control_units, model) if control_units else None
+        pipe = control.pipeline(model, request.mode, used.cfg_scale) if control else mode_pipeline(model, request.mode)
         apply_loras(pipe, loras)
 
         scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config)
         conditioning = self._conditioning(model, used, text, negative, request.steps * scheduler.order)
         inputs = _mode_inputs(model, used, init_image, mask)
+        if control:
+            inputs.update(control.inputs(pipe, width, height, init_image))
+        extra_params = control.infotext_params() if control else {}
         total = used.batch_size * used.n_iter
         result = GenerationResult([], [], [], used, model.info())
         for iteration in range(used.n_iter):

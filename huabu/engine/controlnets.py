@@ -1,0 +1,458 @@
+"""ControlNet at inference: which ControlNet a unit names, loading it once, turning the unit's image into a control
+map of the output size, and running diffusers' ControlNet pipelines built with `from_pipe` around the loaded
+model (same UNet, VAE and text encoders; the ControlNets ride in a MultiControlNetModel).
+
+A unit's `model` is a path (diffusers folder or single file), a name in `Settings.controlnet_dir` (A1111's
+"name [hash]" too, found by hash when the name is not there), or empty: then the folder's one ControlNet whose name
+holds the module's name (canny -> "control_v11p_sd15_canny"). Single files in the original layout are read with
+`ControlNetModel.from_single_file`, safely (format judged by the bytes, pickle only when allowed), with a config
+derived from the base model's UNet plus the file's own control-image embedding: the two must match anyway, and it
+keeps loading offline.
+
+Per unit, as sd-webui-controlnet: weight (conditioning scale), guidance start/end (fractions of the steps), resize
+mode, processor resolution or "pixel perfect", thresholds (Canny low/high) and control mode (see control_modes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from huabu.engine import checkpoints
+from huabu.engine.images import load_image
+from huabu.engine.models import LoadedModel
+from huabu.engine.pipelines import pipeline_mode
+from huabu.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.requests import ControlUnit
+from huabu.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONTROLNET_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+ANNOTATORS = "annotators"  # preprocessor weights live here inside the ControlNet folder, not ControlNets
+# Words that name a module's ControlNets in file names (sd-webui-controlnet's naming: control_v11p_sd15_canny).
+MODULE_WORDS = {
+    "canny": ("canny",), "softedge": ("softedge", "hed"), "softedge_hed": ("softedge", "hed"),
+    "softedge_gradient": ("softedge", "hed"), "depth": ("depth",), "pose": ("openpose", "pose"),
+    "pose_json": ("openpose", "pose"), "color": ("color", "colour"),
+}
+# Preprocessors that take annotator weights, and the name find_annotator_weights knows them by.
+_ANNOTATOR_KINDS = {"softedge": "softedge_hed", "softedge_hed": "softedge_hed", "pose": "pose"}
+_A1111_TITLE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+
+
+def legacy_hash(path: str | os.PathLike) -> str:
+    """A1111's old 8-hex-digit checkpoint hash (sha256 of 64 KiB at offset 1 MiB), which sd-webui-controlnet shows
+    in model titles: "control_v11p_sd15_canny [d14c016b]"."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        digest.update(f.read(0x10000))
+    return digest.hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class ControlNetRef:
+    """A ControlNet on disk: a diffusers folder or a single file; nothing loaded yet."""
+
+    name: str
+    location: str
+    kind: str  # "diffusers" | "single-file"
+    short_hash: str
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]"
+
+
+@dataclass
+class CheckedUnit:
+    """An enabled unit whose module and image were checked; `image` None means "the img2img/inpaint input"."""
+
+    index: int  # position among the request's units (disabled ones included), for messages
+    unit: ControlUnit
+    preprocessor: str  # canonical huabu.control module name
+    image: Image.Image | None
+
+
+def check_units(units: list[ControlUnit], mode: str) -> list[CheckedUnit]:
+    """The enabled units, with their images read and modules known; one-line errors for anything unusable.
+
+    Called before the model loads, so bad input fails fast."""
+    from huabu.control.registry import get_preprocessor
+
+    checked = []
+    for index, unit in enumerate(units):
+        if not unit.enabled:
+            continue
+        preprocessor = get_preprocessor(unit.module).name
+        if unit.image:
+            image = _unit_image(unit.image, f"ControlNet unit {index} image")
+        elif mode in ("img2img", "inpaint"):
+            image = None
+        else:
+            raise InvalidRequest(f"ControlNet unit {index} ({unit.module}) has no image: give it one (image, or "
+                                 f"--control {unit.module}:IMAGE); only img2img/inpaint units may use the input image")
+        checked.append(CheckedUnit(index, unit, preprocessor, image))
+    return checked
+
+
+def _unit_image(ref: str, what: str) -> Image.Image:
+    """A path or data URL; also the bare base64 that sd-webui-controlnet's API clients send."""
+    if not ref.startswith("data:") and len(ref) > 256 and _BASE64.match(ref) and not Path(ref[:200]).exists():
+        ref = "data:image/png;base64," + "".join(ref.split())
+    return load_image(ref, what)
+
+
+class ControlNetManager:
+    """Finds ControlNets (paths or names in `settings.controlnet_dir`) and keeps the last few loaded (LRU)."""
+
+    def __init__(self, settings: Settings, max_loaded: int = 3) -> None:
+        self.settings = settings
+        self.max_loaded = max_loaded
+        self._cache: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # --- finding -----------------------------------------------------------------------------------------------
+
+    def list_controlnets(self) -> list[ControlNetRef]:
+        """Every diffusers ControlNet folder and checkpoint file under the ControlNet folder (annotators aside)."""
+        root = self.settings.controlnet_dir
+        if not root.is_dir():
+            return []
+        skip = root / ANNOTATORS
+        folders = sorted(p.parent for p in root.rglob("config.json")
+                         if skip not in p.parents and _is_controlnet_config(p))
+        refs = [self._ref_for_path(folder) for folder in folders]
+        for candidate in sorted(root.rglob("*")):
+            if (candidate.is_file() and candidate.suffix.lower() in CONTROLNET_SUFFIXES and skip not in
+                    candidate.parents and not any(folder in candidate.parents for folder in folders)):
+                refs.append(self._ref_for_path(candidate))
+        return refs
+
+    def resolve(self, spec: str, module: str, unet_config: Any = None, vae_factor: int | None = None) -> ControlNetRef:
+        """The ControlNet a unit's `model` names, or for an empty one, the default for `module` (see module doc)."""
+        spec = (spec or "").strip()
+        if not spec:
+            return self._default_for(module, unet_config, vae_factor)
+        path = Path(spec).expanduser()
+        if path.exists():
+            return self._ref_for_path(path)
+        title = _A1111_TITLE.match(spec)
+        wanted, short = (title.group(1), title.group(2).lower()) if title else (spec, None)
+        root = self.settings.controlnet_dir
+        available = self.list_controlnets()
+        for ref in available:
+            location = Path(ref.location)
+            names = {location.name.lower(), location.stem.lower(), str(location.relative_to(root)).lower()}
+            if wanted.lower() in names:
+                return ref
+        if short:
+            for ref in available:
+                if ref.short_hash.startswith(short[:8]):
+                    return ref
+        raise ModelNotFound(f"ControlNet {spec!r} not found: not a path and not in {root}"
+                            + (f" (it holds: {', '.join(r.name for r in available)})" if available else ""))
+
+    def _default_for(self, module: str, unet_config: Any, vae_factor: int | None) -> ControlNetRef:
+        from huabu.control.registry import get_preprocessor
+
+        name = get_preprocessor(module).name
+        words = MODULE_WORDS.get(name)
+        if not words:
+            raise InvalidRequest(f"module {module!r} has no default ControlNet: name one (model, or "
+                                 f"--controlnet-model)")
+        root = self.settings.controlnet_dir
+        matches = [ref for ref in self.list_controlnets() if any(word in ref.name.lower() for word in words)]
+        if len(matches) > 1 and unet_config is not None:
+            matches = [ref for ref in matches if _may_fit(ref, unet_config, vae_factor)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ModelNotFound(f"no ControlNet for {name} in {root} (looked for a name holding "
+                                f"{' or '.join(words)}); put one there or name it (model / --controlnet-model)")
+        raise InvalidRequest(f"several ControlNets in {root} could serve {name} "
+                             f"({', '.join(ref.name for ref in matches)}); name one (model / --controlnet-model)")
+
+    def _ref_for_path(self, path: Path) -> ControlNetRef:
+        path = path.resolve()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelNotFound(f"folder {path} is not a diffusers ControlNet (it has no config.json)")
+            weights = _folder_weights(path)
+            if weights is None:
+                raise ModelNotFound(f"ControlNet folder {path} holds no weights file")
+            if weights.suffix != ".safetensors" and not self.settings.allow_unsafe_pickle:
+                raise UnsafeCheckpoint(f"{path} holds no .safetensors weights (only pickle files?); pass "
+                                       f"--allow-unsafe-pickle if you trust it")
+            return ControlNetRef(path.name, str(path), "diffusers", legacy_hash(weights))
+        checkpoints.check_loadable(path, self.settings.allow_unsafe_pickle)
+        return ControlNetRef(path.stem, str(path), "single-file", legacy_hash(path))
+
+    # --- loading -------------------------------------------------------------------------------------------------
+
+    def load(self, ref: ControlNetRef, model: LoadedModel) -> Any:
+        """The ControlNetModel of `ref` on the model's device and dtype, checked to fit the model."""
+        pipe = model.pipeline
+        key = (ref.location, str(pipe.device), str(pipe.dtype))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                net = self._cache[key]
+            else:
+                while len(self._cache) >= self.max_loaded:
+                    self._cache.popitem(last=False)
+                net = self._load_uncached(ref, pipe.unet.config, pipe.dtype).to(pipe.device).eval()
+                self._cache[key] = net
+        _check_fits(ref, net.config, pipe.unet.config, model)
+        return net
+
+    def _load_uncached(self, ref: ControlNetRef, unet_config: Any, dtype) -> Any:
+        import torch
+        from diffusers import ControlNetModel
+
+        load_dtype = None if dtype == torch.float32 else dtype  # casting to fp32 only makes diffusers warn
+        if ref.kind == "diffusers":
+            try:
+                return ControlNetModel.from_pretrained(
+                    ref.location, dtype=load_dtype, local_files_only=True,
+                    use_safetensors=None if self.settings.allow_unsafe_pickle else True)
+            except (OSError, ValueError) as err:
+                raise ModelNotFound(f"cannot load ControlNet folder {ref.location}: {_first_line(err)}") from None
+        from huabu.control.convert import for_diffusers_reader
+
+        state = checkpoints.load_state_dict(ref.location, self.settings.allow_unsafe_pickle)
+        try:
+            state = for_diffusers_reader(state)
+            config = controlnet_config(unet_config, state)
+            with tempfile.TemporaryDirectory(prefix="huabu-controlnet-") as folder:
+                Path(folder, "config.json").write_text(json.dumps(config), encoding="utf-8")
+                return ControlNetModel.from_single_file(state, config=folder, local_files_only=True, dtype=load_dtype)
+        except HuabuError:
+            raise
+        except Exception as err:  # key/shape mismatches surface as several exception types
+            raise ModelNotFound(f"ControlNet {Path(ref.location).name} does not fit this model's UNet or is not a "
+                                f"ControlNet ({_first_line(err)})") from None
+
+    # --- a request's plan --------------------------------------------------------------------------------------
+
+    def plan(self, units: list[CheckedUnit], model: LoadedModel) -> "ControlPlan":
+        """Resolve and load each unit's ControlNet for `model`."""
+        unet_config = model.pipeline.unet.config
+        refs = [self.resolve(u.unit.model, u.preprocessor, unet_config, model.vae_scale_factor) for u in units]
+        nets = [self.load(ref, model) for ref in refs]
+        return ControlPlan(units, refs, nets, self.settings.controlnet_dir / ANNOTATORS,
+                           self.settings.allow_unsafe_pickle)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+def _is_controlnet_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("_class_name") == "ControlNetModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _folder_weights(folder: Path) -> Path | None:
+    for pattern in ("diffusion_pytorch_model*.safetensors", "*.safetensors", "diffusion_pytorch_model*.bin"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def _fit_problem(name: str, config: Any, unet_config: Any, vae_factor: int) -> str | None:
+    """Why a ControlNet config cannot steer this UNet, or None."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    if get("cross_attention_dim") != unet_config.cross_attention_dim:
+        return (f"ControlNet {name} was made for text width {get('cross_attention_dim')}, the model has "
+                f"{unet_config.cross_attention_dim} (a ControlNet for another model family?)")
+    if list(get("block_out_channels") or []) != list(unet_config.block_out_channels):
+        return (f"ControlNet {name} has UNet widths {list(get('block_out_channels') or [])}, the model "
+                f"{list(unet_config.block_out_channels)} (a ControlNet for another model?)")
+    factor = 2 ** (len(get("conditioning_embedding_out_channels") or (16, 32, 96, 256)) - 1)
+    if factor != vae_factor:
+        return (f"ControlNet {name} shrinks control images {factor}x but this model's VAE works at {vae_factor}x; "
+                f"use a ControlNet trained for this model")
+    return None
+
+
+def _check_fits(ref: ControlNetRef, config: Any, unet_config: Any, model: LoadedModel) -> None:
+    problem = _fit_problem(ref.name, config, unet_config, model.vae_scale_factor)
+    if problem:
+        raise InvalidRequest(problem)
+
+
+def _may_fit(ref: ControlNetRef, unet_config: Any, vae_factor: int | None) -> bool:
+    """Whether a ControlNet could fit, judged from a folder's config.json; single files cannot tell cheaply."""
+    if ref.kind != "diffusers" or vae_factor is None:
+        return True
+    config = json.loads((Path(ref.location) / "config.json").read_text(encoding="utf-8"))
+    return _fit_problem(ref.name, config, unet_config, vae_factor) is None
+
+
+# The UNet config entries a ControlNet shares with its base UNet (as ControlNetModel.from_unet copies them).
+_SHARED_WITH_UNET = (
+    "encoder_hid_dim", "encoder_hid_dim_type", "addition_embed_type", "addition_time_embed_dim",
+    "transformer_layers_per_block", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
+    "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
+    "norm_num_groups", "norm_eps", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
+    "use_linear_projection", "class_embed_type", "num_class_embeds", "upcast_attention", "resnet_time_scale_shift",
+    "projection_class_embeddings_input_dim", "mid_block_type",
+)
+
+
+def controlnet_config(unet_config: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """A ControlNetModel config for a single-file state dict: the base UNet's shape, with the input and
+    control-image embedding channels read from the file."""
+    from huabu.control.convert import conditioning_channels_of
+
+    conditioning_channels, embedding_channels = conditioning_channels_of(state)
+    config: dict[str, Any] = {"_class_name": "ControlNetModel"}
+    for key in _SHARED_WITH_UNET:
+        if key in unet_config:
+            value = unet_config[key]
+            config[key] = list(value) if isinstance(value, tuple) else value
+    conv_in = next((state[k] for k in ("conv_in.weight", "control_model.input_blocks.0.0.weight",
+                                        "input_blocks.0.0.weight") if k in state), None)
+    config["in_channels"] = int(conv_in.shape[1]) if conv_in is not None else 4
+    config["conditioning_channels"] = conditioning_channels
+    config["conditioning_embedding_out_channels"] = list(embedding_channels)
+    return config
+
+
+@dataclass
+class ControlPlan:
+    """A request's ControlNet units with their resolved, loaded ControlNets."""
+
+    units: list[CheckedUnit]
+    refs: list[ControlNetRef]
+    nets: list[Any]
+    annotators_dir: Path
+    allow_unsafe_pickle: bool = False
+    maps: list[Image.Image] = field(default_factory=list)  # the control maps of the last `inputs` call
+
+    @property
+    def active(self) -> list[tuple[CheckedUnit, Any]]:
+        """Units whose guidance window is not empty, with their nets. diffusers refuses start == end; such a unit
+        never acts (it is still recorded in the infotext, as sd-webui-controlnet does)."""
+        return [(checked, net) for checked, net in zip(self.units, self.nets)
+                if checked.unit.guidance_start < checked.unit.guidance_end]
+
+    def pipeline(self, model: LoadedModel, mode: str, cfg_scale: float) -> Any:
+        """The ControlNet variant of the mode's pipeline (SD or SDXL), sharing every component of the model; the
+        plain mode pipeline when no unit acts."""
+        from diffusers import (AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image,
+                               MultiControlNetModel)
+
+        from huabu.control.units import BALANCED, CONTROL_FIRST
+        from huabu.engine.control_modes import ModeControlNet
+        from huabu.engine.pipelines import mode_pipeline
+
+        if not self.active:
+            return mode_pipeline(model, mode)
+        guided = cfg_scale > 1.0  # diffusers runs classifier-free guidance only then
+        nets = []
+        for checked, net in self.active:
+            control_mode = checked.unit.control_mode
+            if control_mode == BALANCED:
+                nets.append(net)
+            else:
+                nets.append(ModeControlNet(net, soft=True, prompt_half_only=guided and control_mode == CONTROL_FIRST))
+        auto = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+                "inpaint": AutoPipelineForInpainting}[pipeline_mode(model, mode)]
+        # dtype: from_pipe casts to float32 unless told otherwise, which would cast the shared modules in place.
+        pipe = auto.from_pipe(model.pipeline, controlnet=MultiControlNetModel(nets), dtype=model.pipeline.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def inputs(self, pipe: Any, width: int, height: int, init_image: Image.Image | None) -> dict[str, Any]:
+        """The pipeline arguments of the units: control maps of the output size and per-unit scales/windows."""
+        active = [checked for checked, _ in self.active]
+        self.maps = [self.control_map(checked, checked.image or init_image, width, height, pipe.device)
+                     for checked in active]
+        if not active:
+            return {}
+        accepted = inspect.signature(pipe.__call__).parameters
+        key = "control_image" if "control_image" in accepted else "image"
+        kwargs: dict[str, Any] = {
+            key: self.maps,
+            "controlnet_conditioning_scale": [float(c.unit.weight) for c in active],
+            "control_guidance_start": [float(c.unit.guidance_start) for c in active],
+            "control_guidance_end": [float(c.unit.guidance_end) for c in active],
+        }
+        if "height" in accepted:
+            kwargs.update(height=height, width=width)
+        return kwargs
+
+    def control_map(self, checked: CheckedUnit, image: Image.Image | None, width: int, height: int,
+                    device: Any = "cpu") -> Image.Image:
+        """The unit's preprocessed image, fitted to width x height by its resize mode."""
+        from huabu.control.canny import DEFAULT_HIGH, DEFAULT_LOW
+        from huabu.control.images import MAX_RESOLUTION, MIN_RESOLUTION
+        from huabu.control.registry import get_preprocessor, preprocess
+        from huabu.control.resize import pixel_perfect_resolution, resize_control_map
+        from huabu.control.weights import find_annotator_weights
+
+        unit, name = checked.unit, checked.preprocessor
+        if image is None:
+            raise InvalidRequest(f"ControlNet unit {checked.index} ({unit.module}) has no image and there is no "
+                                 f"input image to use")
+        if image.width < 1 or image.height < 1:
+            raise BadImage(f"ControlNet unit {checked.index} image is empty ({image.width}x{image.height})")
+        options: dict[str, Any] = {}
+        takes = get_preprocessor(name).options
+        if name != "none" and "resolution" in takes:
+            resolution = (pixel_perfect_resolution(image.size, width, height, unit.resize_mode)
+                          if unit.pixel_perfect else unit.processor_res)
+            options["resolution"] = min(max(resolution, MIN_RESOLUTION), MAX_RESOLUTION)
+        if name == "canny":
+            options["low"] = DEFAULT_LOW if unit.threshold_a is None else unit.threshold_a
+            options["high"] = DEFAULT_HIGH if unit.threshold_b is None else unit.threshold_b
+        if name in _ANNOTATOR_KINDS:
+            weights = find_annotator_weights(self.annotators_dir, _ANNOTATOR_KINDS[name], self.allow_unsafe_pickle)
+            if weights is not None:
+                options["weights"] = weights
+        if "allow_unsafe_pickle" in takes:
+            options["allow_unsafe_pickle"] = self.allow_unsafe_pickle
+        if "device" in takes:
+            options["device"] = device
+        try:
+            detected = preprocess(name, image, **options)
+        except TypeError as err:  # a preprocessor that needs an option a unit cannot carry (keypoints, weights)
+            raise InvalidRequest(f"ControlNet unit {checked.index}: {name} cannot run from a unit ({err}); "
+                                 f"preprocess the image first (huabu preprocess) and use module none") from None
+        return resize_control_map(detected, width, height, unit.resize_mode)
+
+    def infotext_params(self) -> dict[str, str]:
+        """`ControlNet i` fields, numbered over the enabled units as sd-webui-controlnet does."""
+        from huabu.control.infotext import serialize_unit, thresholds_shown
+
+        params = {}
+        for number, (checked, ref) in enumerate(zip(self.units, self.refs)):
+            unit = checked.unit
+            threshold_a, threshold_b = thresholds_shown(checked.preprocessor, unit.threshold_a, unit.threshold_b)
+            params[f"ControlNet {number}"] = serialize_unit({
+                "module": unit.module, "model": ref.title, "weight": float(unit.weight),
+                "resize_mode": unit.resize_mode, "processor_res": unit.processor_res, "threshold_a": threshold_a,
+                "threshold_b": threshold_b, "guidance_start": float(unit.guidance_start),
+                "guidance_end": float(unit.guidance_end), "pixel_perfect": unit.pixel_perfect,
+                "control_mode": unit.control_mode})
+        return params
