@@ -97,18 +97,24 @@ def _write_ffmpeg(frames: Iterable, path: Path, fps: int, fmt: str, parameters: 
                 writer = imageio_ffmpeg.write_frames(str(path), (frame.shape[1], frame.shape[0]), fps=fps, codec=codec,
                                                      quality=None, macro_block_size=2, ffmpeg_log_level="error",
                                                      output_params=[*options, *metadata])
-                writer.send(None)
+                _ffmpeg(path, writer.send, None)
             elif frame.shape != size:
                 raise InvalidRequest(f"video frames differ in size: {size} then {frame.shape}")
-            writer.send(frame.tobytes())
+            _ffmpeg(path, writer.send, frame.tobytes())
         if writer is None:
             raise InvalidRequest("a video needs at least one frame")
-        writer.close()
-    except (OSError, RuntimeError) as err:  # ffmpeg died (broken pipe) or reported an error
-        raise HuabuError(f"ffmpeg could not write {path.suffix} video: {_first_line(err)}") from None
+        _ffmpeg(path, writer.close)
     finally:
         if writer is not None:
             writer.close()
+
+
+def _ffmpeg(path: Path, call, *args) -> None:
+    """One exchange with the ffmpeg process; its failures (a broken pipe, an error exit) become one line."""
+    try:
+        call(*args)
+    except (OSError, RuntimeError) as err:
+        raise HuabuError(f"ffmpeg could not write {path.suffix} video: {_first_line(err)}") from None
 
 
 def _first_line(err: BaseException) -> str:
