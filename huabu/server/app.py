@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import huabu
 from huabu.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
@@ -43,18 +44,18 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
     settings = replace(settings, allow_unsafe_pickle=False)
     store = JobStore(settings.home / JOBS_DB)
     if config.broker_url:
-        from huabu.engine.models import ModelManager
         from huabu.server.distributed import CeleryQueue
 
         queue: JobQueue = CeleryQueue(store, config, config.broker_url)
-        models = ModelManager(settings)
     else:
         from huabu.engine.generate import Engine
         from huabu.server.queue import LocalQueue
 
         engines = engines or [Engine(settings) for _ in range(config.workers)]
         queue = LocalQueue(store, config, engines)
-        models = engines[0].models
+    from huabu.engine.models import ModelManager
+
+    models = ModelManager(settings)  # lists and resolves names for HTTP clients; loads nothing
     state = ServerState(settings, config, queue,
                         Catalog(settings, models, config.limits, default_model=settings.default_model))
 
@@ -87,6 +88,10 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
     async def job_failed(request: Request, err: a1111.JobFailed) -> JSONResponse:
         return _error(500, "JobFailed", str(err))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return _error(err.status_code, "HTTPException", str(err.detail), err.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         return _error(422, "ValidationError", _validation_line(err))
@@ -95,8 +100,8 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
     return app
 
 
-def _error(status: int, kind: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": kind, "detail": detail}, status_code=status)
+def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
 
 
 def _validation_line(err: RequestValidationError) -> str:

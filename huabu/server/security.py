@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
+from starlette.exceptions import HTTPException
 
 from huabu.errors import BadImage, HuabuError, InvalidRequest
 from huabu.server.config import Limits, ServerConfig
@@ -81,32 +82,19 @@ class Guard:
             await _send_error(send, 413, f"request body is {int(length)} bytes; the limit is {limit}")
             return
         received = 0
-        too_large = False
 
         async def capped_receive() -> dict:
-            nonlocal received, too_large
+            # Raised inside the app, which turns an HTTPException into its response (FastAPI re-raises
+            # HTTPExceptions from body reading; any other error there would become a 400).
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    too_large = True
-                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                    raise HTTPException(413, f"request body is over the limit of {limit} bytes")
             return message
 
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, capped_receive, tracking_send)
-        except PayloadTooLarge as err:
-            if not too_large or started:
-                raise
-            await _send_error(send, 413, str(err))
+        await self.app(scope, capped_receive, send)
 
     def _check(self, scope: dict, headers: dict[str, str]) -> tuple[int, str, dict] | None:
         host = _hostname(headers.get("host", ""))
@@ -181,7 +169,9 @@ def image_data_url(text: Any, limits: Limits, what: str = "image") -> str:
     try:
         with Image.open(io.BytesIO(raw)) as image:  # reads the header only
             size, fmt = image.size, image.format
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+    except Image.DecompressionBombError:  # Pillow's own guard, far above ours, fired on the header
+        raise PayloadTooLarge(f"{what} has more pixels than the limit of {limits.max_image_pixels}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise BadImage(f"{what} is not an image Pillow can read") from None
     if fmt not in IMAGE_FORMATS:
         raise BadImage(f"{what} is a {fmt} file; send PNG, JPEG, WebP, BMP or GIF")
