@@ -1,0 +1,218 @@
+"""The studio: a gradio Blocks app over the same Engine, Gallery and request objects as the CLI and the API.
+
+`Studio(settings, language).launch(host, port)` serves it; `Studio.build()` returns the Blocks for tests. Every
+generation runs in gradio's queue under one concurrency id, one at a time (the engine holds one model lock), while
+page loads and the cheap unqueued events (prompt book, language, gallery) keep answering.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from huabu.engine.generate import Engine, GenerationResult
+from huabu.engine.models import ModelManager, builtin_has_weights
+from huabu.errors import ModelNotFound
+from huabu.prompts.book import PromptBook, load_book
+from huabu.requests import GenerateRequest
+from huabu.settings import Settings
+from huabu.ui.fields import GENERATION_FIELDS, fields_from_infotext
+from huabu.ui.i18n import LANGUAGES, Key, check_language, load_texts
+from huabu.ui.jobs import Interrupts, progress_reporter
+from huabu.ui.labels import Labels
+
+log = logging.getLogger(__name__)
+
+LANGUAGE_CHOICES = [("中文", "zh"), ("English", "en")]
+# Compact prompt-book chips; the rest is gradio's default theme.
+CSS = """
+.huabu-chips label { padding: 2px 8px !important; font-size: 0.9em; }
+#language { max-width: 220px; margin-left: auto; }
+"""
+
+
+class Studio:
+    """The studio's state: settings, the engine (and its model manager and gallery), the prompt book and the
+    interrupt flags of running jobs. Nothing module-level; tests build one per app."""
+
+    def __init__(self, settings: Settings, language: str = "zh", engine: Engine | None = None,
+                 book: PromptBook | None = None, checkpoint_config: str | None = None) -> None:
+        self.settings = settings
+        self.checkpoint_config = checkpoint_config  # for the default model, when it is a single file
+        self.language = check_language(language)
+        self.engine = engine or Engine(settings, ModelManager(settings))
+        self.gallery = self.engine.gallery
+        self.book = book or load_book()
+        self.texts = {lang: load_texts(lang) for lang in LANGUAGES}
+        self.interrupts = Interrupts()
+        self.labels: Labels | None = None
+        self._scratch: Path | None = None
+
+    # --- what the tabs call ------------------------------------------------------------------------------------
+
+    @property
+    def default_sampler(self) -> str:
+        return GenerateRequest.model_fields["sampler"].default
+
+    @property
+    def default_model(self) -> str:
+        """The settings' default model as the model dropdown names it."""
+        try:
+            ref = self.engine.models.resolve(None)
+        except ModelNotFound:
+            return self.settings.default_model
+        return ref.spec if ref.kind == "builtin" else ref.location
+
+    def model_choices(self, language: str) -> list[tuple[str, str]]:
+        """(label, value) pairs for the model dropdown: the built-in model and the models folder."""
+        texts = self.texts[language]
+        choices = []
+        for ref in self.engine.models.list_models():
+            if ref.kind == "builtin":
+                label = ref.name if builtin_has_weights() else texts["settings.no_weights"].format(name=ref.name)
+                choices.append((label, ref.spec))
+            else:
+                choices.append((f"{ref.name} ({ref.kind})", ref.location))
+        default = self.default_model
+        if default not in [value for _, value in choices]:
+            choices.append((default, default))
+        return choices
+
+    def generate(self, request: GenerateRequest, language: str, prefs: dict | None, session: gr.Request | None,
+                 progress) -> GenerationResult:
+        """Run a request through the engine with progress and this session's interrupt flag; images are saved and
+        indexed, and carry their infotext (so a downloaded PNG keeps its parameters)."""
+        outdir = (prefs or {}).get("outputs_dir") or self.settings.outputs_dir
+        key = _session_key(session)
+        event = self.interrupts.start(key)
+        try:
+            result = self.engine.generate(request, progress=progress_reporter(progress, self.texts[language][
+                "progress.images"]), interrupt=event.is_set, save=True, outdir=outdir)
+        finally:
+            self.interrupts.finish(key, event)
+        for image, text in zip(result.images, result.infotexts):
+            image.info["parameters"] = text
+        return result
+
+    def generate_video(self, request, language: str, prefs: dict | None, session: gr.Request | None, progress):
+        outdir = (prefs or {}).get("outputs_dir") or self.settings.outputs_dir
+        key = _session_key(session)
+        event = self.interrupts.start(key)
+        try:
+            return self.engine.generate_video(request, progress=progress_reporter(progress, self.texts[language][
+                "progress.frames"]), interrupt=event.is_set, save=True, output=outdir)
+        finally:
+            self.interrupts.finish(key, event)
+
+    def interrupt(self, language: str, session: gr.Request) -> str:
+        """The Interrupt button: stop this browser session's running job after its current step."""
+        stopped = self.interrupts.interrupt(_session_key(session))
+        return self.texts[language]["status.interrupting" if stopped else "status.nothing_running"]
+
+    def displayable(self, path: str | os.PathLike) -> Any:
+        """A file the page can show: its path when gradio may serve it (outputs folder, temp, working folder),
+        otherwise an image loaded into memory, or a copy in a scratch folder for videos."""
+        path = Path(path).resolve()
+        roots = [Path(self.settings.outputs_dir).resolve(), Path(tempfile.gettempdir()).resolve(), Path.cwd()]
+        if any(path.is_relative_to(root) for root in roots):
+            return str(path)
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+            with Image.open(path) as image:
+                image.load()
+                return image
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="huabu-studio-"))
+        copy = self._scratch / path.name
+        shutil.copyfile(path, copy)
+        return str(copy)
+
+    # --- the page ----------------------------------------------------------------------------------------------
+
+    def build(self) -> gr.Blocks:
+        """The Blocks app (not launched)."""
+        from huabu.ui.tabs.controlnet import build_controlnet
+        from huabu.ui.tabs.gallery import build_gallery
+        from huabu.ui.tabs.generate import build_img2img, build_inpaint, build_txt2img
+        from huabu.ui.tabs.lora import build_lora
+        from huabu.ui.tabs.settings import build_settings
+        from huabu.ui.tabs.video import build_video
+
+        labels = self.labels = Labels(self.language)
+        with gr.Blocks(title="huabu 画布") as demo:
+            with gr.Row(equal_height=True):
+                labels(gr.Markdown, value=Key("app.heading"), elem_id="heading")
+                language = gr.Radio(LANGUAGE_CHOICES, value=self.language, show_label=False, container=False,
+                                    elem_id="language")
+            prefs = gr.State({"model": self.default_model, "checkpoint_config": self.checkpoint_config,
+                              "outputs_dir": str(self.settings.outputs_dir)})
+            with gr.Tabs(selected="txt2img", elem_id="tabs") as tabs:
+                with labels(gr.Tab, label=Key("tab.txt2img"), id="txt2img", elem_id="tab-txt2img"):
+                    txt2img = build_txt2img(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.img2img"), id="img2img", elem_id="tab-img2img"):
+                    img2img = build_img2img(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.inpaint"), id="inpaint", elem_id="tab-inpaint"):
+                    inpaint = build_inpaint(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.controlnet"), id="controlnet", elem_id="tab-controlnet"):
+                    controlnet = build_controlnet(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.lora"), id="lora", elem_id="tab-lora"):
+                    build_lora(self, labels, language, prefs, txt2img, img2img)
+                with labels(gr.Tab, label=Key("tab.video"), id="video", elem_id="tab-video"):
+                    video = build_video(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.gallery"), id="gallery", elem_id="tab-gallery"):
+                    gallery = build_gallery(self, labels, language)
+                with labels(gr.Tab, label=Key("tab.settings"), id="settings", elem_id="tab-settings"):
+                    settings = build_settings(self, labels, language, prefs)
+
+            forms = [txt2img, img2img, inpaint, controlnet]
+            for event in [form.event for form in forms] + [video["event"]]:
+                event.success(gallery.listing, gallery.listing_inputs, gallery.listing_outputs, queue=False,
+                              api_visibility="private")
+            demo.load(gallery.listing, gallery.listing_inputs, gallery.listing_outputs, queue=False,
+                      api_visibility="private")
+            _wire_send_to(gallery.send_txt2img, gallery, txt2img, tabs, with_image=False)
+            _wire_send_to(gallery.send_img2img, gallery, img2img, tabs, with_image=True)
+            samplers = [form.fields["sampler"] for form in forms] + [video["fields"]["sampler"]]
+            settings.sampler.change(lambda name: [name] * len(samplers), settings.sampler, samplers, queue=False,
+                                    api_visibility="private")
+            language.change(labels.updates, language, labels.components, queue=False, api_name="set_language")
+        return demo
+
+    def launch(self, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False):
+        """Serve the studio; `block=False` returns at once (tests), leaving the server running in a thread."""
+        demo = self.build()
+        demo.queue(max_size=64)
+        demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
+                    allowed_paths=[str(self.settings.outputs_dir)], css=CSS, footer_links=["api"])
+        return demo
+
+
+def _session_key(session: gr.Request | None) -> str:
+    return getattr(session, "session_hash", None) or "local"
+
+
+def _wire_send_to(button, gallery, target, tabs, with_image: bool) -> None:
+    """Fill `target`'s fields from the parameters shown in the gallery (an A1111 infotext) and switch to it."""
+    names = list(GENERATION_FIELDS)
+    outputs = [target.fields[name] for name in names] + [target.area.styles]
+    if with_image:
+        outputs += [target.fields["init_image"], target.fields["denoising_strength"]]
+
+    def send(text: str, source: str | None):
+        if not (text or "").strip():
+            return [gr.update()] * len(outputs) + [gr.update()]
+        values = fields_from_infotext(text)
+        updates = [gr.update(value=values[name]) if name in values else gr.update() for name in names]
+        updates.append(gr.update(value=[]))  # the prompt already holds the styles it was made with
+        if with_image:
+            updates.append(gr.update(value=source) if source else gr.update())
+            strength = values.get("denoising_strength")
+            updates.append(gr.update(value=strength) if strength is not None else gr.update())
+        return [*updates, gr.Tabs(selected=target.mode)]
+
+    button.click(send, [gallery.parameters, gallery.source], [*outputs, tabs], queue=False,
+                 api_visibility="private")

@@ -1,0 +1,147 @@
+"""Pure functions behind the studio's fields: slider limits, infotext -> field values, prompt-book insertion, LoRA
+tags, mask extraction. No gradio here, so each is tested directly."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from typing import Any, Sequence
+
+from PIL import Image
+
+from huabu.engine.samplers import parse_sampler
+from huabu.errors import InvalidRequest
+from huabu.prompts.book import PromptPart
+from huabu.requests import GenerateRequest
+
+# Fields "send to" fills, in the order of GENERATION_FIELDS below (what every generation tab has).
+GENERATION_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width",
+                     "height", "clip_skip")
+
+
+def field_bounds(name: str, model: type = GenerateRequest) -> tuple[Any, Any]:
+    """(minimum, maximum) the request model allows for `name`, so sliders and validation never disagree."""
+    info = model.model_fields[name]
+    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+    if low is None or high is None:
+        raise KeyError(f"{model.__name__}.{name} has no ge/le bounds")
+    return low, high
+
+
+def size_or_default(value: float | int | None) -> int | None:
+    """A size slider's value: 0 (or nothing) means the model's default size."""
+    return int(value) if value else None
+
+
+def fields_from_infotext(text: str) -> dict[str, Any]:
+    """Field values for a generation tab from an A1111 infotext (huabu.gallery.parse_infotext). Only fields the
+    text states are returned; a combined sampler name ("DPM++ 2M Karras") is split into sampler and schedule, and
+    an unknown sampler is left out rather than guessed."""
+    from huabu.gallery import parse_infotext
+
+    parsed = parse_infotext(text)
+    fields: dict[str, Any] = {"prompt": parsed["Prompt"], "negative_prompt": parsed["Negative prompt"]}
+    if "Sampler" in parsed:
+        try:
+            sampler, schedule = parse_sampler(str(parsed["Sampler"]), str(parsed.get("Schedule type") or "") or None)
+            fields.update(sampler=sampler.name, schedule_type=schedule.label)
+        except InvalidRequest:
+            pass
+    numeric = {"steps": ("Steps", int), "cfg_scale": ("CFG scale", float), "seed": ("Seed", int),
+               "width": ("Size-1", int), "height": ("Size-2", int), "clip_skip": ("Clip skip", int),
+               "denoising_strength": ("Denoising strength", float), "mask_blur": ("Mask blur", int)}
+    for name, (key, kind) in numeric.items():
+        if key in parsed:
+            try:
+                fields[name] = kind(parsed[key])
+            except (TypeError, ValueError):
+                continue
+    if "Model" in parsed:
+        fields["model"] = str(parsed["Model"])
+    return fields
+
+
+def _pieces(text: str) -> list[str]:
+    return [piece.strip() for piece in text.split(",") if piece.strip()]
+
+
+def remove_part(prompt: str, part: PromptPart) -> str:
+    """Take the part's comma-separated pieces out of the prompt (case-insensitive), keeping everything else."""
+    drop = {piece.lower() for piece in _pieces(part.prompt)}
+    return ", ".join(piece for piece in _pieces(prompt) if piece.lower() not in drop)
+
+
+def toggle_part(prompt: str, part: PromptPart, selected: bool) -> str:
+    """A prompt-book chip clicked on (add the part's English text) or off (remove it)."""
+    from huabu.prompts.book import add_part
+
+    return add_part(prompt, part) if selected else remove_part(prompt, part)
+
+
+_LORA_TAG = r"<lora:{name}(?::[^>]*)?>"
+
+
+def set_lora_tag(prompt: str, name: str, weight: float) -> str:
+    """Put `<lora:name:weight>` in the prompt (A1111's syntax, which the engine reads), replacing an existing tag
+    for the same LoRA; weight 0 removes it."""
+    if not name or any(c in name for c in "<>:"):
+        raise InvalidRequest(f"LoRA name {name!r} cannot be written as a prompt tag")
+    pattern = re.compile(_LORA_TAG.format(name=re.escape(name)))
+    tag = f"<lora:{name}:{float(weight):g}>"
+    if pattern.search(prompt):
+        replaced = pattern.sub(tag if weight else "", prompt, count=1)
+        return re.sub(r"\s{2,}", " ", replaced).strip()
+    if not weight:
+        return prompt
+    return f"{prompt.rstrip()} {tag}".strip()
+
+
+def mask_from_editor(value: dict[str, Any] | None) -> tuple[Image.Image, Image.Image]:
+    """(image, mask) from gradio's ImageMask/ImageEditor value: the background, and white wherever any layer has
+    paint (white = repaint, black = keep). One-line errors when there is no image or no paint."""
+    background = (value or {}).get("background")
+    if background is None:
+        raise InvalidRequest("upload an image to inpaint first")
+    background = _as_pil(background)
+    mask = Image.new("L", background.size, 0)
+    for layer in value.get("layers") or []:
+        layer = _as_pil(layer).convert("RGBA")
+        if layer.size != background.size:
+            layer = layer.resize(background.size, Image.NEAREST)
+        painted = layer.getchannel("A").point(lambda alpha: 255 if alpha > 0 else 0)
+        mask.paste(255, (0, 0), painted)
+    if mask.getbbox() is None:
+        raise InvalidRequest("paint over the part of the image to repaint (the mask is empty)")
+    return background.convert("RGB"), mask
+
+
+def _as_pil(value: Any) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str):
+        with Image.open(value) as image:
+            image.load()
+            return image
+    import numpy as np
+
+    return Image.fromarray(np.asarray(value))
+
+
+def data_url(image: Image.Image) -> str:
+    """A PNG data URL, the form request objects accept for images that are not files."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def styled_preview(prompt: str, negative_prompt: str, styles: Sequence[str], book) -> str:
+    """What the engine will run once the picked styles are applied (apply_styles): the prompt, and the negative
+    prompt after a `---` line when there is one."""
+    from huabu.prompts.book import apply_styles
+
+    if not styles:
+        return ""
+    styled, negative = apply_styles(prompt or "", negative_prompt or "", list(styles), book)
+    return f"{styled}\n---\n{negative}" if negative else styled

@@ -1,0 +1,230 @@
+"""txt2img, img2img and inpainting tabs: a prompt area, the sampling fields, and a run that goes through
+Engine.generate (the CLI's and the API's path) with progress and an Interrupt button."""
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gradio as gr
+
+from huabu.engine.samplers import SAMPLERS, SCHEDULES
+from huabu.requests import GenerateRequest
+from huabu.ui.fields import data_url, field_bounds, mask_from_editor, size_or_default
+from huabu.ui.i18n import Key
+from huabu.ui.jobs import readable_errors
+from huabu.ui.prompt_area import PromptArea, build_prompt_area
+
+SAMPLER_NAMES = [s.name for s in SAMPLERS]
+SCHEDULE_LABELS = [s.label for s in SCHEDULES]
+
+
+@dataclass
+class GenerationForm:
+    """The components of one generation tab. `fields` maps GENERATION_FIELDS names (plus mode extras such as
+    init_image, denoising_strength, mask_blur) to components, for "send to" and the settings tab."""
+
+    mode: str
+    area: PromptArea
+    fields: dict[str, Any]
+    generate: Any
+    interrupt: Any
+    gallery: Any
+    parameters: Any
+    status: Any
+    event: Any = None  # the generate click's dependency, for chaining
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_sampling_fields(labels, prefix: str, default_sampler: str, batch: bool = True) -> dict[str, Any]:
+    """Sampler, schedule, steps, CFG, seed (with random / reuse-last buttons), size, batch (unless `batch` is
+    False) and clip skip."""
+    steps_min, steps_max = field_bounds("steps")
+    cfg_min, cfg_max = field_bounds("cfg_scale")
+    size_max = field_bounds("width")[1]
+    batch_max, count_max = field_bounds("batch_size")[1], field_bounds("n_iter")[1]
+    with gr.Row():
+        sampler = labels(gr.Dropdown, choices=SAMPLER_NAMES, value=default_sampler, label=Key("gen.sampler"),
+                         elem_id=f"{prefix}-sampler")
+        schedule = labels(gr.Dropdown, choices=SCHEDULE_LABELS, value=SCHEDULE_LABELS[0], label=Key("gen.schedule"),
+                          elem_id=f"{prefix}-schedule")
+    with gr.Row():
+        steps = labels(gr.Slider, minimum=steps_min, maximum=steps_max, step=1, value=20, label=Key("gen.steps"),
+                       elem_id=f"{prefix}-steps")
+        cfg = labels(gr.Slider, minimum=cfg_min, maximum=cfg_max, step=0.5, value=7.0, label=Key("gen.cfg"),
+                     elem_id=f"{prefix}-cfg")
+    with gr.Row():
+        width = labels(gr.Slider, minimum=0, maximum=size_max, step=8, value=0, label=Key("gen.width"),
+                       info=Key("gen.size_info"), elem_id=f"{prefix}-width")
+        height = labels(gr.Slider, minimum=0, maximum=size_max, step=8, value=0, label=Key("gen.height"),
+                        info=Key("gen.size_info"), elem_id=f"{prefix}-height")
+    batches = {}
+    if batch:
+        with gr.Row():
+            batches["batch_size"] = labels(gr.Slider, minimum=1, maximum=batch_max, step=1, value=1,
+                                           label=Key("gen.batch_size"), elem_id=f"{prefix}-batch-size")
+            batches["n_iter"] = labels(gr.Slider, minimum=1, maximum=count_max, step=1, value=1,
+                                       label=Key("gen.n_iter"), elem_id=f"{prefix}-n-iter")
+    with gr.Row():
+        seed = labels(gr.Number, value=-1, precision=0, minimum=-1, maximum=field_bounds("seed")[1],
+                      label=Key("gen.seed"), info=Key("gen.seed_info"), scale=2, elem_id=f"{prefix}-seed")
+        with gr.Column(scale=1, min_width=120):
+            random_seed = labels(gr.Button, value=Key("gen.random_seed"), size="sm", elem_id=f"{prefix}-random-seed")
+            reuse_seed = labels(gr.Button, value=Key("gen.reuse_seed"), size="sm", elem_id=f"{prefix}-reuse-seed")
+        clip_skip = labels(gr.Slider, minimum=1, maximum=field_bounds("clip_skip")[1], step=1, value=1,
+                           label=Key("gen.clip_skip"), scale=2, elem_id=f"{prefix}-clip-skip")
+    random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
+    return dict(sampler=sampler, schedule_type=schedule, steps=steps, cfg_scale=cfg, seed=seed, width=width,
+                height=height, clip_skip=clip_skip, _reuse_seed=reuse_seed, **batches)
+
+
+def build_results(labels, prefix: str) -> dict[str, Any]:
+    """Generate/Interrupt buttons and the output gallery, parameters and status line."""
+    with gr.Row():
+        generate = labels(gr.Button, value=Key("gen.generate"), variant="primary", scale=3,
+                          elem_id=f"{prefix}-generate")
+        interrupt = labels(gr.Button, value=Key("gen.interrupt"), variant="stop", scale=1,
+                           elem_id=f"{prefix}-interrupt")
+    gallery = labels(gr.Gallery, label=Key("gen.output"), format="png", columns=2, height=360, interactive=False,
+                     elem_id=f"{prefix}-output")
+    parameters = labels(gr.Textbox, label=Key("gen.parameters"), lines=3, interactive=False,
+                        elem_id=f"{prefix}-parameters")
+    status = gr.Markdown(elem_id=f"{prefix}-status")
+    return dict(generate=generate, interrupt=interrupt, gallery=gallery, parameters=parameters, status=status)
+
+
+def common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width,
+                          height, batch_size, n_iter, clip_skip, prefs) -> dict[str, Any]:
+    """GenerateRequest fields from the values every generation tab has (sliders give floats)."""
+    return dict(prompt=prompt or "", negative_prompt=negative_prompt or "", styles=list(styles or []),
+                sampler=sampler, schedule_type=schedule_type, steps=int(steps), cfg_scale=float(cfg_scale),
+                seed=int(seed if seed is not None else -1), width=size_or_default(width),
+                height=size_or_default(height), batch_size=int(batch_size), n_iter=int(n_iter),
+                clip_skip=int(clip_skip), model=(prefs or {}).get("model") or None,
+                checkpoint_config=(prefs or {}).get("checkpoint_config"))
+
+
+def wire_generation(studio, form: GenerationForm, run: Callable, inputs: list, language, prefs) -> None:
+    """Generate (queued, one engine job at a time across all users), Interrupt (unqueued), seed reuse and the
+    parameters of a clicked output image."""
+    last_seed = gr.State(None)
+    infotexts = gr.State([])
+    outputs = [form.gallery, form.parameters, form.status, last_seed, infotexts]
+    form.event = form.generate.click(run, [*inputs, language, prefs], outputs, api_name=form.mode,
+                                     concurrency_id="engine", concurrency_limit=1, show_progress_on=[form.gallery])
+    form.interrupt.click(studio.interrupt, language, form.status, queue=False, api_name=f"{form.mode}_interrupt")
+    form.fields["_reuse_seed"].click(lambda seed, last: seed if last is None else last,
+                                     [form.fields["seed"], last_seed], form.fields["seed"], queue=False,
+                                     api_visibility="private")
+    form.gallery.select(_selected_infotext, infotexts, form.parameters, queue=False, api_visibility="private")
+
+
+def _selected_infotext(texts: list[str], evt: gr.SelectData) -> str:
+    index = evt.index if isinstance(evt.index, int) else 0
+    return texts[index] if 0 <= index < len(texts) else ""
+
+
+def generation_outputs(studio, request: GenerateRequest, language: str, prefs: dict, session: gr.Request,
+                       progress) -> tuple:
+    """Run `request` and return the values of the outputs wire_generation lists."""
+    result = studio.generate(request, language, prefs, session, progress)
+    texts = studio.labels.texts[language]
+    key = "status.interrupted" if result.interrupted else "status.done"
+    status = texts[key].format(count=len(result.images), seed=result.seeds[0] if result.seeds else "-")
+    first = result.infotexts[0] if result.infotexts else ""
+    last_seed = result.request_used.seed
+    return list(zip(result.images, [str(s) for s in result.seeds])), first, status, last_seed, result.infotexts
+
+
+def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
+    form = layout(studio, labels, "txt2img", None)
+
+    def txt2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
+                batch_size, n_iter, clip_skip, language, prefs, session: gr.Request, progress=gr.Progress()):
+        with readable_errors(labels.texts[language]):
+            fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
+                                           cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
+            request = GenerateRequest.create(mode="txt2img", **fields)
+            return generation_outputs(studio, request, language, prefs, session, progress)
+
+    wire_generation(studio, form, txt2img, common_inputs(form), language, prefs)
+    return form
+
+
+def build_img2img(studio, labels, language, prefs) -> GenerationForm:
+    def extra() -> dict[str, Any]:
+        image = labels(gr.Image, label=Key("gen.init_image"), type="filepath", image_mode=None, height=280,
+                       elem_id="img2img-image")
+        return {"init_image": image}
+
+    form = layout(studio, labels, "img2img", extra)
+
+    def img2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
+                batch_size, n_iter, clip_skip, init_image, denoising_strength, language, prefs, session: gr.Request,
+                progress=gr.Progress()):
+        with readable_errors(labels.texts[language]):
+            fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
+                                           cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
+            if not init_image:
+                raise gr.Error(labels.texts[language]["error.no_image"], print_exception=False)
+            request = GenerateRequest.create(mode="img2img", init_image=str(init_image),
+                                             denoising_strength=float(denoising_strength), **fields)
+            return generation_outputs(studio, request, language, prefs, session, progress)
+
+    inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"]]
+    wire_generation(studio, form, img2img, inputs, language, prefs)
+    return form
+
+
+def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
+    def extra() -> dict[str, Any]:
+        editor = labels(gr.ImageMask, label=Key("gen.mask_editor"), type="pil", height=360, format="png",
+                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="inpaint-editor")
+        blur = labels(gr.Slider, minimum=0, maximum=field_bounds("mask_blur")[1], step=1, value=4,
+                      label=Key("gen.mask_blur"), elem_id="inpaint-mask-blur")
+        return {"editor": editor, "mask_blur": blur}
+
+    form = layout(studio, labels, "inpaint", extra)
+
+    def inpaint(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
+                batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, language, prefs,
+                session: gr.Request, progress=gr.Progress()):
+        with readable_errors(labels.texts[language]):
+            fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
+                                           cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
+            image, mask = mask_from_editor(editor)
+            request = GenerateRequest.create(mode="inpaint", init_image=data_url(image), mask=data_url(mask),
+                                             mask_blur=int(mask_blur), denoising_strength=float(denoising_strength),
+                                             **fields)
+            return generation_outputs(studio, request, language, prefs, session, progress)
+
+    inputs = [*common_inputs(form), form.fields["editor"], form.fields["mask_blur"],
+              form.fields["denoising_strength"]]
+    wire_generation(studio, form, inpaint, inputs, language, prefs)
+    return form
+
+
+# The sampling inputs of every generation handler, after prompt, negative prompt and styles.
+SAMPLING_INPUTS = ("sampler", "schedule_type", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "n_iter",
+                   "clip_skip")
+
+
+def common_inputs(form: GenerationForm) -> list:
+    return [form.area.prompt, form.area.negative, form.area.styles, *(form.fields[n] for n in SAMPLING_INPUTS)]
+
+
+def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None,
+            side: Callable[[], dict[str, Any]] | None = None) -> GenerationForm:
+    """Two columns: inputs (mode extras, prompt area, sampling fields) and results."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            extras = extra() if extra else {}
+            area = build_prompt_area(labels, studio.book, mode)
+            fields = build_sampling_fields(labels, mode, studio.default_sampler)
+            if mode in ("img2img", "inpaint"):
+                fields["denoising_strength"] = labels(gr.Slider, minimum=0, maximum=1, step=0.01, value=0.75,
+                                                      label=Key("gen.denoising"), elem_id=f"{mode}-denoising")
+        with gr.Column(scale=2):
+            results = build_results(labels, mode)
+            sides = side() if side else {}
+    fields.update(prompt=area.prompt, negative_prompt=area.negative, **extras)
+    return GenerationForm(mode, area, fields, results["generate"], results["interrupt"], results["gallery"],
+                          results["parameters"], results["status"], extra=sides)

@@ -1,0 +1,98 @@
+"""The studio's page as built (no server): every visible text follows the language toggle, the tabs and limits are
+the ones the issue asks for, and `huabu studio` is registered."""
+
+from __future__ import annotations
+
+import pytest
+
+from ui_support import ui_settings
+
+
+@pytest.fixture(scope="module")
+def built(model_store, tmp_path_factory):
+    from huabu.ui.app import Studio
+
+    studio = Studio(ui_settings(model_store, tmp_path_factory.mktemp("ui-app")), "zh")
+    return studio, studio.build()
+
+
+def _texts_of(block) -> dict[str, str]:
+    """The visible texts of a component: its label (when shown), a button's or markdown's value, an info line."""
+    import gradio as gr
+
+    found = {}
+    label = getattr(block, "label", None)
+    if isinstance(label, str) and label and getattr(block, "show_label", True) is not False:
+        found["label"] = label
+    if isinstance(block, (gr.Button, gr.Markdown)) and isinstance(block.value, str) and block.value:
+        found["value"] = block.value
+    if isinstance(getattr(block, "info", None), str) and block.info:
+        found["info"] = block.info
+    return found
+
+
+def test_every_visible_text_is_relabelled_by_the_toggle(built):
+    studio, demo = built
+    registered = {id(c) for c in studio.labels.components}
+    missing = [(type(b).__name__, _texts_of(b)) for b in demo.blocks.values()
+               if _texts_of(b) and id(b) not in registered and getattr(b, "elem_id", None) != "language"]
+    assert missing == []
+
+
+def test_language_updates_carry_the_other_table(built):
+    from huabu.ui.i18n import load_texts
+
+    studio, _ = built
+    en, zh = load_texts("en"), load_texts("zh")
+    components = studio.labels.components
+    tab_updates = {c.elem_id: u for c, u in zip(components, studio.labels.updates("en"))
+                   if (c.elem_id or "").startswith("tab-")}
+    assert tab_updates["tab-txt2img"]["label"] == en["tab.txt2img"]
+    assert tab_updates["tab-gallery"]["label"] == en["tab.gallery"]
+    assert [c.label for c in components if (c.elem_id or "").startswith("tab-")] == [
+        zh[f"tab.{t}"] for t in ("txt2img", "img2img", "inpaint", "controlnet", "lora", "video", "gallery",
+                                  "settings")]
+    # Prompt-book chips switch to the English labels and keep their values (the part's English name).
+    chips = next((c, u) for c, u in zip(components, studio.labels.updates("en"))
+                 if c.elem_id == "txt2img-chips-subject")
+    assert ("年轻女子", "Young woman") in chips[0].choices
+    assert ("Young woman", "Young woman") in chips[1]["choices"]
+    # Updates change labels only, never values (so prompts and images survive a switch).
+    assert all("value" not in u or c.__class__.__name__ in ("Button", "Markdown")
+               for c, u in zip(components, studio.labels.updates("en")))
+
+
+def test_sliders_use_the_engine_limits(built):
+    import gradio as gr
+
+    _, demo = built
+    sliders = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Slider)}
+    assert (sliders["txt2img-steps"].minimum, sliders["txt2img-steps"].maximum) == (1, 150)
+    assert (sliders["txt2img-cfg"].minimum, sliders["txt2img-cfg"].maximum) == (0, 30)
+    assert (sliders["txt2img-width"].maximum, sliders["txt2img-batch-size"].maximum) == (4096, 16)
+    samplers = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "txt2img-sampler")
+    assert ("Euler a", "Euler a") in samplers.choices and ("DPM++ 2M", "DPM++ 2M") in samplers.choices
+
+
+def test_generation_runs_queued_with_one_engine_slot(built):
+    _, demo = built
+    by_name = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    for name in ("txt2img", "img2img", "inpaint", "controlnet", "video"):
+        assert by_name[name].queue is True
+        assert by_name[name].concurrency_id == "engine" and by_name[name].concurrency_limit == 1
+    for name in ("txt2img_interrupt", "gallery_search", "png_info", "set_language"):
+        assert by_name[name].queue is False
+
+
+def test_studio_command_is_registered(monkeypatch, huabu_env):
+    from huabu import cli
+    from huabu.ui import app
+
+    launched = {}
+    monkeypatch.setattr(app.Studio, "launch", lambda self, host, port: launched.update(
+        host=host, port=port, language=self.language, model=self.settings.default_model))
+    assert "huabu.ui.cli:register" in cli.COMMANDS
+    assert cli.main(["studio", "--language", "en", "--port", "7999", "--model", "tiny-sd"]) == 0
+    assert launched == {"host": "127.0.0.1", "port": 7999, "language": "en", "model": "tiny-sd"}
+    with pytest.raises(SystemExit):
+        cli.main(["studio", "--share"])
