@@ -32,6 +32,7 @@ COMMANDS = [
     "huabu.cli:register_models",
     "huabu.control.cli:register",
     "huabu.tiny.cli:register",
+    "huabu.ui.cli:register",
     "huabu.server.cli:register",
     "huabu.video.cli:register",
 ]
