@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 
 from huabu.tiny import configs
+from huabu.video.configs import MotionTrainConfig
 
 # stage -> (training module, its config dataclass)
 STAGES = {
     "clip": ("huabu.tiny.train_clip", configs.ClipTrainConfig),
     "vae": ("huabu.tiny.train_vae", configs.VaeTrainConfig),
     "unet": ("huabu.tiny.train_unet", configs.UnetTrainConfig),
+    "motion": ("huabu.video.train_motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
 }
 
 

@@ -1,0 +1,27 @@
+"""Hyper-parameters of motion-module training (no torch import: the CLI builds its options from this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "tiny" / "huabu-tiny"
+
+
+@dataclass
+class MotionTrainConfig:
+    base: str = str(BUILTIN_DIR)  # SD-shaped diffusers folder: its UNet stays frozen, its VAE encodes the clips
+    out: str = "runs/motion"
+    seed: int = 0  # the moving-scene stream and the training order both derive from it
+    clips: int = 4000  # moving-scene clips encoded once up front
+    frames: int = 16
+    steps: int = 6000
+    batch_size: int = 4  # clips per step
+    lr: float = 5e-4
+    warmup: int = 100
+    snr_gamma: float = 5.0  # min-SNR loss weighting; 0 turns it off
+    heads: int = 4  # attention heads of each temporal transformer
+    max_frames: int = 16  # the adapter's longest clip (its position table)
+    checkpoint_every: int = 250
+    sample_every: int = 1000
+    sample_steps: int = 20

@@ -1,0 +1,218 @@
+"""Training an AnimateDiff motion module for an SD-shaped model (huabu-tiny) on moving scenes.
+
+A fresh diffusers MotionAdapter, shaped to the base UNet, is merged into it with `UNetMotionModel.from_unet2d`;
+the 2D weights stay frozen and only the motion modules learn. The recipe is SD 1.x's: epsilon prediction on the
+scaled-linear DDPM schedule with one timestep per clip (all its frames), 10% empty captions for classifier-free
+guidance, optional min-SNR weighting. Clip latents are encoded once through the VAE. Batches, caption dropout,
+timesteps and noise are functions of (seed, step) and checkpoints are pickle-free (huabu.training.checkpoint), so a
+killed run resumes exactly. The result is a MotionAdapter folder that `huabu video --motion-module` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers.training_utils import compute_snr
+from tqdm import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from huabu.errors import HuabuError
+from huabu.tiny.configs import CAPTION_DROPOUT
+from huabu.tiny.train_unet import encode_text, lr_at, noise_scheduler
+from huabu.tiny.train_vae import to_tensor
+from huabu.training.checkpoint import load_latest, save_checkpoint
+from huabu.video.configs import MotionTrainConfig
+from huabu.video.scenes import MOTIONS, eval_moving_scenes, training_clip
+
+# (frames uint8 [F, H, W, 3], caption) for clip index i
+ClipSource = Callable[[int], tuple[np.ndarray, str]]
+
+
+def build_motion_adapter(unet: UNet2DConditionModel, heads: int, max_frames: int) -> MotionAdapter:
+    """A fresh MotionAdapter shaped to `unet`, whose temporal layers start as the identity.
+
+    UNetMotionModel builds its temporal layers with the UNet's own norm groups, so the adapter records those. As in
+    AnimateDiff, each temporal transformer's output projection starts at zero: the residual path then leaves the
+    image model's output untouched until the motion modules have learned something.
+    """
+    config = unet.config
+    adapter = MotionAdapter(block_out_channels=tuple(config.block_out_channels),
+                            motion_layers_per_block=config.layers_per_block, motion_num_attention_heads=heads,
+                            motion_norm_num_groups=config.norm_num_groups, motion_max_seq_length=max_frames,
+                            use_motion_mid_block=True)
+    for module in adapter.modules():
+        if type(module).__name__ == "AnimateDiffTransformer3D":
+            torch.nn.init.zeros_(module.proj_out.weight)
+            torch.nn.init.zeros_(module.proj_out.bias)
+    return adapter
+
+
+def motion_modules(unet: UNetMotionModel) -> torch.nn.ModuleDict:
+    """The motion modules of a UNetMotionModel as one module (the same objects, not copies): what is trained,
+    optimised and checkpointed."""
+    parts = {f"down_{i}": block.motion_modules for i, block in enumerate(unet.down_blocks)}
+    if hasattr(unet.mid_block, "motion_modules"):
+        parts["mid"] = unet.mid_block.motion_modules
+    parts.update({f"up_{i}": block.motion_modules for i, block in enumerate(unet.up_blocks)})
+    return torch.nn.ModuleDict(parts)
+
+
+def motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
+    """The base UNet with the adapter's temporal layers; only the temporal layers require gradients."""
+    merged = UNetMotionModel.from_unet2d(unet, adapter)
+    merged.freeze_unet2d_params()
+    return merged
+
+
+@torch.no_grad()
+def encode_clips(vae: AutoencoderKL, data: ClipSource, count: int, frames: int, out: Path,
+                 batch_clips: int = 8) -> tuple[np.ndarray, list[str]]:
+    """Scaled VAE latent means [count, frames, C, h, w] (float16 .npy, memory-mapped) and captions, cached in `out`
+    and written atomically."""
+    latents_path, captions_path = out / "clip_latents.npy", out / "clip_captions.json"
+    if latents_path.is_file() and captions_path.is_file():
+        cached = np.load(latents_path, mmap_mode="r")
+        captions = json.loads(captions_path.read_text(encoding="utf-8"))
+        if cached.shape[:2] == (count, frames) and len(captions) == count:
+            return cached, captions
+    tmp = latents_path.with_suffix(".partial.npy")
+    scale = vae.config.scaling_factor
+    latents, captions = None, []
+    for start in tqdm(range(0, count, batch_clips), desc="encoding clips", mininterval=2.0):
+        clips = [data(i) for i in range(start, min(start + batch_clips, count))]
+        for clip, caption in clips:
+            if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[0] != frames or clip.shape[3] != 3:
+                raise HuabuError(f"training clips must be uint8 [{frames}, H, W, 3]; got {clip.dtype} {clip.shape}")
+            captions.append(caption)
+        pixels = to_tensor(np.concatenate([clip for clip, _ in clips])).to(vae.device, vae.dtype)
+        z = (vae.encode(pixels).latent_dist.mode() * scale).float().cpu().numpy().astype(np.float16)
+        z = z.reshape(len(clips), frames, *z.shape[1:])
+        if latents is None:
+            latents = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(count, *z.shape[1:]))
+        latents[start : start + len(clips)] = z
+    latents.flush()
+    del latents
+    tmp.replace(latents_path)
+    captions_tmp = captions_path.with_suffix(".partial.json")
+    captions_tmp.write_text(json.dumps(captions), encoding="utf-8")
+    captions_tmp.replace(captions_path)
+    return np.load(latents_path, mmap_mode="r"), captions
+
+
+def motion_loss(unet: UNetMotionModel, scheduler, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor,
+                timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """Epsilon-prediction loss of clips x0 [B, C, F, h, w] under text `cond` [B, L, D], one timestep per clip."""
+    frames = x0.shape[2]
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    pred = unet(noisy, timesteps, encoder_hidden_states=cond.repeat_interleave(frames, dim=0)).sample
+    per_clip = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+    if snr_gamma > 0:
+        snr = compute_snr(scheduler, timesteps.cpu()).to(per_clip.device)
+        per_clip = per_clip * torch.minimum(snr, torch.full_like(snr, snr_gamma)) / snr
+    return per_clip.mean()
+
+
+def _load_base(folder: Path):
+    if not (folder / "unet" / "config.json").is_file():
+        raise HuabuError(f"{folder} is not an SD-shaped diffusers folder (no unet/config.json); pass --base")
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").float().eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").float().eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").float().eval().requires_grad_(False)
+    tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    return unet, vae, text_encoder, tok
+
+
+def sample_prompts() -> list[str]:
+    """One held-out prompt per motion."""
+    return [scene.caption for scene in eval_moving_scenes(len(MOTIONS))]
+
+
+def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path:
+    """Train a motion module for `cfg.base`; returns the MotionAdapter folder (`out/final`). `data` gives clip i
+    (default: the moving-scene stream of `cfg.seed`, held-out combinations excluded)."""
+    data = data or (lambda i: training_clip(cfg.seed, i, cfg.frames))
+    if cfg.frames > cfg.max_frames:
+        raise HuabuError(f"frames ({cfg.frames}) must not exceed max_frames ({cfg.max_frames})")
+    accelerator = Accelerator()
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base_unet, vae, text_encoder, tok = _load_base(Path(cfg.base))
+    vae.to(accelerator.device)
+    latents, captions = encode_clips(vae, data, cfg.clips, cfg.frames, out)
+    unet = motion_unet(base_unet, build_motion_adapter(base_unet, cfg.heads, cfg.max_frames))
+    del base_unet
+    trained = motion_modules(unet)
+    opt = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=0.01)
+    state = load_latest(out / "checkpoints", {"motion": trained}, {"opt": opt})
+    start = state["step"] if state else 0
+    unet, opt = accelerator.prepare(unet, opt)
+    text_encoder.to(accelerator.device)
+    sched = noise_scheduler()
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    log = open(out / "log.jsonl", "a")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="motion",
+               disable=not accelerator.is_main_process)
+    t0, seen = time.time(), 0
+    for step in bar:
+        # Everything random is a function of (seed, step): a resumed run continues as the uninterrupted one would.
+        rng = np.random.default_rng([cfg.seed, step])
+        idx = np.sort(rng.choice(len(captions), size=min(cfg.batch_size, len(captions)), replace=False))
+        texts = ["" if rng.random() < CAPTION_DROPOUT else captions[i] for i in idx]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x0 = torch.from_numpy(latents[idx].astype(np.float32)).permute(0, 2, 1, 3, 4)  # [B, C, F, h, w]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        cond = encode_text(tok, text_encoder, texts)
+        device = accelerator.device
+        loss = motion_loss(unet, sched, x0.to(device), cond, noise.to(device), t.to(device), cfg.snr_gamma)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(trained.parameters(), 1.0)
+        opt.step()
+        seen += len(idx)
+        bar.set_postfix(loss=f"{loss.item():.4f}", clips_per_s=f"{seen / (time.time() - t0):.1f}")
+        done = step + 1
+        log.write(json.dumps({"step": done, "loss": loss.item()}) + "\n")
+        log.flush()
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(out / "checkpoints", done, {"motion": trained}, {"opt": opt})
+        if done % cfg.sample_every == 0 or done == cfg.steps:
+            write_sample_gif(accelerator.unwrap_model(unet), vae, tok, text_encoder, out / f"samples-{done:07d}.gif",
+                             cfg.frames, cfg.sample_steps)
+    log.close()
+    accelerator.unwrap_model(unet).save_motion_modules(str(out / "final"))
+    return out / "final"
+
+
+@torch.no_grad()
+def write_sample_gif(unet: UNetMotionModel, vae: AutoencoderKL, tok: CLIPTokenizer, text_encoder: CLIPTextModel,
+                     path: Path, frames: int, steps: int, cfg_scale: float = 5.0) -> None:
+    """Held-out prompts (fixed seeds) side by side in one GIF, sampled with diffusers' AnimateDiffPipeline."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler
+
+    from huabu.video.export import write_video
+
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, motion_adapter=None,
+                               scheduler=DDIMScheduler.from_config(noise_scheduler().config))
+    pipe.set_progress_bar_config(disable=True)
+    videos = []
+    for seed, prompt in enumerate(sample_prompts()):
+        out = pipe(prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=cfg_scale,
+                   generator=torch.Generator().manual_seed(seed), output_type="np")
+        videos.append((np.asarray(out.frames[0]) * 255).round().astype(np.uint8))
+    write_video(np.concatenate(videos, axis=2), path, fps=8)
+
+
+train = train_motion  # the name `huabu tiny train <stage>` calls
