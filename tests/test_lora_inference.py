@@ -1,0 +1,138 @@
+"""LoRAs at generation time: a hand-written kohya file (with a LyCORIS LoCon conv layer) and a diffusers-format file
+load through diffusers, weights combine, switching never leaks into the next image, `Lora hashes` is A1111's."""
+
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from huabu.errors import HuabuError
+from huabu.lora import formats
+from huabu.requests import GenerateRequest
+
+PROMPT = "a red dragon"
+
+
+def _kohya_state(pipe, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """The keys sd-scripts writes for SD 1.x (networks.lora: every Linear of the transformer blocks and of CLIP's
+    attention and MLP) plus one LoCon 3x3 conv, in fp16 as kohya saves them."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    targets = [("lora_unet_", pipe.unet, lambda n: "transformer_blocks" in n or n.endswith(("proj_in", "proj_out"))),
+               ("lora_te_text_model_", pipe.text_encoder, lambda n: "self_attn." in n or ".mlp." in n)]
+    for prefix, model, wanted in targets:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and wanted(name):
+                key = prefix + name.replace(".", "_")
+                state[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.3
+                state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.3
+                state[f"{key}.alpha"] = torch.tensor(float(rank / 2))
+    conv = pipe.unet.down_blocks[0].resnets[0].conv1
+    state["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"] = torch.randn(rank, conv.in_channels, 3, 3,
+                                                                                    generator=g) * 0.3
+    state["lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"] = torch.randn(conv.out_channels, rank, 1, 1,
+                                                                                  generator=g) * 0.3
+    state["lora_unet_down_blocks_0_resnets_0_conv1.alpha"] = torch.tensor(float(rank))
+    return {key: value.half() for key, value in state.items()}
+
+
+@pytest.fixture(scope="module")
+def lora_files(engine, model_store, settings) -> dict[str, Path]:
+    pipe = engine.models.load(str(model_store["folder"])).pipeline
+    settings.loras_dir.mkdir(parents=True, exist_ok=True)
+    kohya = settings.loras_dir / "kohya-hand.safetensors"
+    save_file(_kohya_state(pipe, 0), kohya, metadata={"ss_network_module": "networks.lora", "ss_network_dim": "4"})
+    layers = formats.from_kohya({k: v.float() for k, v in _kohya_state(pipe, 1, rank=2).items() if "_te_" not in k})
+    style = formats.write_lora(settings.loras_dir / "sub" / "diff-style.safetensors", layers, formats.DIFFUSERS,
+                               {"huabu_trigger_word": "zqx", "ss_sd_model_name": "tiny-sd"})
+    outside = formats.write_lora(model_store["home"] / "elsewhere" / "loose.safetensors", layers, formats.KOHYA)
+    return {"kohya": kohya, "style": style, "outside": outside}
+
+
+def _generate(engine, model_store, prompt: str, **fields):
+    request = GenerateRequest.create(prompt=prompt, model=str(model_store["folder"]), steps=4, seed=5, width=32,
+                                     height=32, **fields)
+    result = engine.generate(request)
+    return np.asarray(result.images[0], dtype=np.int16), result.infotexts[0]
+
+
+def _addnet_hash(path: Path) -> str:
+    """sha256 of the safetensors file after its header, computed here independently."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return hashlib.sha256(raw[8 + length:]).hexdigest()
+
+
+def test_weights_combine_and_switching_never_leaks(engine, model_store, lora_files):
+    base, _ = _generate(engine, model_store, PROMPT)
+    zero, _ = _generate(engine, model_store, PROMPT + "<lora:kohya-hand:0>")
+    assert np.array_equal(zero, base)
+    one, info = _generate(engine, model_store, PROMPT + "<lora:kohya-hand:1>")
+    assert np.abs(one - base).max() > 10
+    assert f'Lora hashes: "kohya-hand: {_addnet_hash(lora_files["kohya"])[:12]}"' in info
+    style, _ = _generate(engine, model_store, PROMPT + "<lora:diff-style:1>")
+    both, info = _generate(engine, model_store, PROMPT + "<lora:kohya-hand:1><lora:diff-style:1>")
+    assert min(np.abs(both - one).max(), np.abs(both - style).max(), np.abs(style - base).max()) > 10
+    assert "kohya-hand: " in info and "diff-style: " in info
+    assert np.array_equal(_generate(engine, model_store, PROMPT)[0], base)  # LoRAs off again: the base, exactly
+    assert np.array_equal(_generate(engine, model_store, PROMPT + "<lora:kohya-hand:1>")[0], one)
+
+
+def test_kohya_file_reaches_unet_text_encoder_and_locon_conv(engine, model_store, lora_files):
+    from peft.tuners.lora import LoraLayer
+
+    _generate(engine, model_store, PROMPT + "<lora:kohya-hand:0.5:1>")  # text encoder 0.5, UNet 1
+    pipe = engine.models.load(str(model_store["folder"])).pipeline
+    name = f"lora_{hashlib.sha256(lora_files['kohya'].read_bytes()).hexdigest()[:16]}"  # one adapter per file
+    assert name in pipe.get_list_adapters()["unet"] and name in pipe.get_list_adapters()["text_encoder"]
+    conv = pipe.unet.down_blocks[0].resnets[0].conv1
+    assert isinstance(conv, LoraLayer) and conv.scaling[name] == pytest.approx(1.0)  # alpha 4 / rank 4, weight 1
+    q = pipe.text_encoder.encoder.layers[0].self_attn.q_proj
+    assert q.scaling[name] == pytest.approx(0.5 * 2 / 4)  # weight 0.5 x alpha 2 / rank 4
+
+
+def test_each_file_loads_once_and_paths_work(engine, model_store, lora_files, monkeypatch):
+    pipe_class = type(engine.models.load(str(model_store["folder"])).pipeline)
+    real, calls = pipe_class.load_lora_weights, []
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("adapter_name"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_class, "load_lora_weights", counting)
+    first, info = _generate(engine, model_store, PROMPT, loras=[{"name": str(lora_files["outside"]), "weight": 0.8}])
+    second, _ = _generate(engine, model_store, PROMPT, loras=[{"name": str(lora_files["outside"]), "weight": 0.8}])
+    assert np.array_equal(first, second) and len(calls) == 1
+    assert f'Lora hashes: "loose: {_addnet_hash(lora_files["outside"])[:12]}"' in info
+
+
+def test_a_lora_that_does_not_fit_fails_in_one_line_and_leaves_no_trace(engine, model_store, settings, lora_files):
+    base, _ = _generate(engine, model_store, PROMPT)
+    bad = settings.loras_dir / "wrong-shape.safetensors"
+    key = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{key}.lora_down.weight": torch.zeros(4, 7), f"{key}.lora_up.weight": torch.zeros(64, 4)}, bad,
+              metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    with pytest.raises(HuabuError, match="wrong-shape.*cannot be applied.*trained on sdxl_base_v1-0") as err:
+        _generate(engine, model_store, PROMPT + "<lora:wrong-shape:1>")
+    assert "\n" not in str(err.value)
+    bad.unlink()
+    assert np.array_equal(_generate(engine, model_store, PROMPT)[0], base)
+
+
+def test_list_loras_reads_the_metadata(settings, lora_files, huabu_env, capsys):
+    from huabu.cli import main
+    from huabu.lora.library import list_loras
+
+    found = {info.name: info for info in list_loras(settings)}
+    kohya, style = found["kohya-hand"], found["diff-style"]
+    assert (kohya.format, kohya.rank, kohya.short_hash) == ("kohya", 4, _addnet_hash(lora_files["kohya"])[:12])
+    assert (style.format, style.rank, style.alpha, style.trigger_words) == ("diffusers", 2, 1.0, ("zqx",))
+    assert style.base_model == "tiny-sd" and style.to_a1111()["path"] == str(lora_files["style"])
+    (huabu_env / "loras").symlink_to(settings.loras_dir)
+    assert main(["loras"]) == 0
+    out = capsys.readouterr().out
+    assert f"kohya-hand [{kohya.short_hash}]  kohya  rank 4/alpha 2" in out and "trigger: zqx" in out
