@@ -35,6 +35,13 @@ COMMANDS = [
     "huabu.ui.cli:register",
     "huabu.server.cli:register",
     "huabu.video.cli:register",
+    "huabu.lora.cli:register",
+    "huabu.cli:register_train",
+]
+
+# `huabu train <stage>`: each training task adds its stage here ("module:function", given the stage sub-parsers).
+TRAIN_STAGES = [
+    "huabu.lora.cli:register_train",
 ]
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -403,6 +410,17 @@ def run_models(args: argparse.Namespace) -> int:
         title = f"{ref.name} [{digest[:10]}]" if digest else ref.name
         print(f"  {title}  ({ref.kind})  {ref.location}")
     return 0
+
+
+# --- train ------------------------------------------------------------------------------------------------------
+
+def register_train(sub: Subparsers) -> None:
+    parser = sub.add_parser("train", help="train add-ons for a model (LoRA, ...) on your images",
+                            description="Train something on your own images; one stage per kind (huabu train lora).")
+    stages = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for target in TRAIN_STAGES:
+        module, _, function = target.partition(":")
+        getattr(importlib.import_module(module), function)(stages)
 
 
 if __name__ == "__main__":
