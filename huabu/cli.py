@@ -108,7 +108,28 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
                         help="LoRA from the LoRA folder (repeatable; same as <lora:NAME:WEIGHT> in the prompt)")
     parser.add_argument("--clip-skip", type=int, default=1)
+    add_control_options(parser)
     add_runtime_options(parser)
+
+
+def add_control_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ControlNet")
+    group.add_argument("--control", action="append", default=[], metavar="MODULE:IMAGE[:WEIGHT[:START:END]]",
+                       help="steer with a ControlNet (repeatable): MODULE is canny, softedge, depth, pose, color, or "
+                            "none when IMAGE already is a control map; WEIGHT (default 1) and the START:END fraction "
+                            "of the steps it acts in (default 0:1), e.g. canny:ref.png:0.8:0:0.6")
+    group.add_argument("--controlnet-model", action="append", default=[], metavar="NAME_OR_PATH",
+                       help="the ControlNet of the i-th --control (repeatable, in order): a diffusers folder, a "
+                            ".safetensors file or a name in ~/.huabu/controlnet; default: the one there whose name "
+                            "holds the module's name")
+    group.add_argument("--control-mode", choices=("balanced", "prompt", "control"), default="balanced",
+                       help="which matters more for all units: balanced, prompt, or control (sd-webui-controlnet's "
+                            "control modes)")
+    group.add_argument("--control-resize", choices=("crop", "just", "fill"), default="crop",
+                       help="fit control images to the output: crop (Crop and Resize), just (stretch), fill (Resize "
+                            "and Fill)")
+    group.add_argument("--control-res", type=int, metavar="PIXELS",
+                       help="preprocessor resolution (short side); default: the output's own (pixel perfect)")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -155,12 +176,19 @@ def request_from_args(args: argparse.Namespace, mode: str):
                   cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, seed=args.seed, width=width,
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
                   checkpoint_config=args.checkpoint_config, clip_skip=args.clip_skip,
-                  loras=[parse_lora(text) for text in args.lora])
+                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args))
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
         fields.update(mask=str(args.mask), mask_blur=args.mask_blur)
     return GenerateRequest.create(**fields)
+
+
+def control_units_from_args(args: argparse.Namespace) -> list[dict]:
+    from huabu.control.units import units_from_cli
+
+    return units_from_cli(args.control, args.controlnet_model, args.control_mode, args.control_resize,
+                          args.control_res)
 
 
 def progress_bars() -> tuple[Callable, Callable[[], None]]:
@@ -240,13 +268,23 @@ def register_reproduce(sub: Subparsers) -> None:
     parser.add_argument("file", type=Path)
     parser.add_argument("--image", type=Path, help="source image, for files made by img2img/inpaint")
     parser.add_argument("--mask", type=Path, help="mask, for files made by inpaint")
+    parser.add_argument("--control-image", type=Path, action="append", default=[], metavar="IMAGE",
+                        help="the image of each ControlNet unit, in order (repeatable; PNGs do not store them); "
+                             "img2img/inpaint units without one use --image")
+    parser.add_argument("--controlnet-model", action="append", default=[], metavar="NAME_OR_PATH",
+                        help="the ControlNet of each unit, in order, when the one the PNG names is not in "
+                             "~/.huabu/controlnet")
     parser.add_argument("--tolerance", type=int, default=0, help="largest pixel difference still called a match")
     add_runtime_options(parser)
     parser.set_defaults(handler=run_reproduce)
 
 
-def request_from_infotext(text: str, model: str | None, image: Path | None, mask: Path | None):
-    """A GenerateRequest that remakes the image an A1111 infotext describes (the model spec given separately)."""
+def request_from_infotext(text: str, model: str | None, image: Path | None, mask: Path | None,
+                          control_images: list[Path] | None = None):
+    """A GenerateRequest that remakes the image an A1111 infotext describes (the model spec given separately;
+    ControlNet units' images given in order, as PNGs do not hold them)."""
+    from huabu.control.infotext import units_in_params
+    from huabu.control.units import unit_fields_from_infotext
     from huabu.gallery import parse_infotext
     from huabu.requests import GenerateRequest
 
@@ -268,6 +306,14 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
         data.update(init_image=str(image), denoising_strength=float(fields["Denoising strength"]))
     if mode == "inpaint":
         data.update(mask=str(mask), mask_blur=fields["Mask blur"])
+    units = [unit_fields_from_infotext(unit) for unit in units_in_params(fields)]
+    control_images = list(control_images or [])
+    if len(control_images) > len(units) or (mode == "txt2img" and len(control_images) < len(units)):
+        raise InvalidRequest(f"this image was made with {len(units)} ControlNet unit(s); pass the image of each with "
+                             f"--control-image, in order (got {len(control_images)})")
+    for unit, control_image in zip(units, control_images):
+        unit["image"] = str(control_image)
+    data["controlnets"] = units
     return GenerateRequest.create(**data)
 
 
@@ -289,7 +335,14 @@ def run_reproduce(args: argparse.Namespace) -> int:
     models = ModelManager(settings)
     fields = parse_infotext(text)
     model = args.model or _model_from_infotext(models, fields)
-    request = request_from_infotext(text, model, args.image, args.mask)
+    request = request_from_infotext(text, model, args.image, args.mask, args.control_image)
+    if args.controlnet_model:
+        if len(args.controlnet_model) > len(request.controlnets):
+            raise InvalidRequest(f"{len(args.controlnet_model)} --controlnet-model for {len(request.controlnets)} "
+                                 f"ControlNet unit(s) in the PNG")
+        units = [unit.model_copy(update={"model": name}) for unit, name in zip(request.controlnets,
+                                                                             args.controlnet_model)]
+        request = request.model_copy(update={"controlnets": units + request.controlnets[len(units):]})
     result = Engine(settings, models).generate(request)
     if result.model.get("hash") and fields.get("Model hash") and result.model["hash"] != fields["Model hash"]:
         print(f"note: model hash is {result.model['hash']}, the file says {fields['Model hash']}", file=sys.stderr)
@@ -328,6 +381,8 @@ def register_png_info(sub: Subparsers) -> None:
     parser = sub.add_parser("png-info", help="print a PNG's generation parameters",
                             description="Print the A1111 `parameters` text stored in an image.")
     parser.add_argument("file", type=Path)
+    parser.add_argument("--json", action="store_true",
+                        help="print the parsed fields as JSON (ControlNet units as objects)")
     parser.set_defaults(handler=run_png_info)
 
 
@@ -339,6 +394,21 @@ def run_png_info(args: argparse.Namespace) -> int:
     text = read_parameters(args.file)
     if not text:
         raise InvalidRequest(f"{args.file} has no generation parameters")
+    if args.json:
+        import json
+
+        from huabu.control.infotext import PREFIX, parse_unit
+        from huabu.gallery import parse_infotext
+
+        fields = parse_infotext(text)
+        for key, value in fields.items():
+            if key.startswith(PREFIX) and isinstance(value, str):
+                try:
+                    fields[key] = parse_unit(value)
+                except ValueError:
+                    pass  # not the extension's format: keep the text
+        print(json.dumps(fields, ensure_ascii=False, indent=1))
+        return 0
     print(text)
     return 0
 

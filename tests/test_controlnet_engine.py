@@ -91,7 +91,7 @@ def test_controlnet_pipelines_share_the_base_model_and_cache_controlnets(engine,
     from huabu.engine.controlnets import check_units
 
     model = engine.models.load(str(model_store["folder"]))
-    units = check_units(request(model_store, controlnets=[unit(controlnet_store, reference)]).controlnets, "txt2img")
+    units = check_units(request(model_store, controlnets=[unit(controlnet_store, reference)]).controlnets)
     first, second = engine.controlnets.plan(units, model), engine.controlnets.plan(units, model)
     assert first.nets[0] is second.nets[0]  # loaded once
     for mode in ("txt2img", "img2img", "inpaint"):
@@ -127,8 +127,7 @@ def test_models_are_found_in_the_controlnet_folder(engine, model_store, controln
     for other in (by_module, by_name):
         assert max_diff(explicit.images[0], other.images[0]) == 0
     assert f"Model: tiny-canny [{short}]" in by_module.infotexts[0]
-    # Not in the folder by that name, so found by its hash (files under 1 MiB all share the empty-read hash; the
-    # first listed wins).
+    # Not in the folder by that name, so found by its hash.
     assert f"Model: tiny-canny [{short}]" in by_title.infotexts[0]
     color = engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference, module="color",
                                                                    model="")]))
@@ -194,9 +193,9 @@ def test_control_maps_are_preprocessed_at_the_output_size(engine, model_store, c
     model = engine.models.load(str(model_store["folder"]))
     fields = [unit(controlnet_store, reference, pixel_perfect=True),
               unit(controlnet_store, reference, module="none", resize_mode="Just Resize")]
-    units = check_units(request(model_store, controlnets=fields).controlnets, "txt2img")
+    units = check_units(request(model_store, controlnets=fields).controlnets)
     plan = engine.controlnets.plan(units, model)
-    edges, passed = (plan.control_map(u, u.image, 40, 24) for u in units)
+    edges, passed = (plan.control_map(u, 40, 24) for u in units)
     assert edges.size == passed.size == (40, 24)
     assert set(np.unique(np.asarray(edges))) <= {0, 255} and np.asarray(edges).max() == 255
     assert tuple(np.asarray(passed)[0, 0]) == (30, 60, 200)  # "none" keeps the picture itself

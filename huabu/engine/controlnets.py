@@ -80,18 +80,19 @@ class ControlNetRef:
 
 @dataclass
 class CheckedUnit:
-    """An enabled unit whose module and image were checked; `image` None means "the img2img/inpaint input"."""
+    """An enabled unit whose module and image were checked (the img2img/inpaint input when it has none)."""
 
     index: int  # position among the request's units (disabled ones included), for messages
     unit: ControlUnit
     preprocessor: str  # canonical huabu.control module name
-    image: Image.Image | None
+    image: Image.Image
 
 
-def check_units(units: list[ControlUnit], mode: str) -> list[CheckedUnit]:
+def check_units(units: list[ControlUnit], init_image: Image.Image | None = None) -> list[CheckedUnit]:
     """The enabled units, with their images read and modules known; one-line errors for anything unusable.
 
-    Called before the model loads, so bad input fails fast."""
+    A unit without an image uses `init_image`, the img2img/inpaint input as loaded (before it is resized to the
+    output), as sd-webui-controlnet does. Called before the model loads, so bad input fails fast."""
     from huabu.control.registry import get_preprocessor
 
     checked = []
@@ -101,8 +102,8 @@ def check_units(units: list[ControlUnit], mode: str) -> list[CheckedUnit]:
         preprocessor = get_preprocessor(unit.module).name
         if unit.image:
             image = _unit_image(unit.image, f"ControlNet unit {index} image")
-        elif mode in ("img2img", "inpaint"):
-            image = None
+        elif init_image is not None:
+            image = init_image
         else:
             raise InvalidRequest(f"ControlNet unit {index} ({unit.module}) has no image: give it one (image, or "
                                  f"--control {unit.module}:IMAGE); only img2img/inpaint units may use the input image")
@@ -157,7 +158,9 @@ class ControlNetManager:
         available = self.list_controlnets()
         for ref in available:
             location = Path(ref.location)
-            names = {location.name.lower(), location.stem.lower(), str(location.relative_to(root)).lower()}
+            names = {location.name.lower(), location.stem.lower()}
+            if location.is_relative_to(root.resolve()):
+                names.add(str(location.relative_to(root.resolve())).lower())
             if wanted.lower() in names:
                 return ref
         if short:
@@ -383,11 +386,10 @@ class ControlPlan:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def inputs(self, pipe: Any, width: int, height: int, init_image: Image.Image | None) -> dict[str, Any]:
+    def inputs(self, pipe: Any, width: int, height: int) -> dict[str, Any]:
         """The pipeline arguments of the units: control maps of the output size and per-unit scales/windows."""
         active = [checked for checked, _ in self.active]
-        self.maps = [self.control_map(checked, checked.image or init_image, width, height, pipe.device)
-                     for checked in active]
+        self.maps = [self.control_map(checked, width, height, pipe.device) for checked in active]
         if not active:
             return {}
         accepted = inspect.signature(pipe.__call__).parameters
@@ -402,8 +404,7 @@ class ControlPlan:
             kwargs.update(height=height, width=width)
         return kwargs
 
-    def control_map(self, checked: CheckedUnit, image: Image.Image | None, width: int, height: int,
-                    device: Any = "cpu") -> Image.Image:
+    def control_map(self, checked: CheckedUnit, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The unit's preprocessed image, fitted to width x height by its resize mode."""
         from huabu.control.canny import DEFAULT_HIGH, DEFAULT_LOW
         from huabu.control.images import MAX_RESOLUTION, MIN_RESOLUTION
@@ -411,10 +412,7 @@ class ControlPlan:
         from huabu.control.resize import pixel_perfect_resolution, resize_control_map
         from huabu.control.weights import find_annotator_weights
 
-        unit, name = checked.unit, checked.preprocessor
-        if image is None:
-            raise InvalidRequest(f"ControlNet unit {checked.index} ({unit.module}) has no image and there is no "
-                                 f"input image to use")
+        unit, name, image = checked.unit, checked.preprocessor, checked.image
         if image.width < 1 or image.height < 1:
             raise BadImage(f"ControlNet unit {checked.index} image is empty ({image.width}x{image.height})")
         options: dict[str, Any] = {}

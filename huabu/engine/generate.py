@@ -111,9 +111,9 @@ class Engine:
     def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
         sampler, schedule = samplers.parse_sampler(request.sampler, request.schedule_type)
         schedule = samplers.resolved_schedule(sampler, schedule)
-        control_units = check_units(request.controlnets, request.mode)
         init_image = load_image(request.init_image) if request.init_image else None
         mask = load_mask(request.mask) if request.mask else None
+        control_units = check_units(request.controlnets, init_image)
         if mask is not None and mask.size != init_image.size:
             raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
                                  f"{init_image.width}x{init_image.height}; they must be the same size")
@@ -138,7 +138,7 @@ class Engine:
         conditioning = self._conditioning(model, used, text, negative, request.steps * scheduler.order)
         inputs = _mode_inputs(model, used, init_image, mask)
         if control:
-            inputs.update(control.inputs(pipe, width, height, init_image))
+            inputs.update(control.inputs(pipe, width, height))
         extra_params = control.infotext_params() if control else {}
         total = used.batch_size * used.n_iter
         result = GenerationResult([], [], [], used, model.info())
