@@ -162,6 +162,15 @@ def test_list_routes_answer_with_what_huabu_has(client):
     assert {"name", "prompt", "negative_prompt"} <= set(styles[0]) and "{prompt}" in styles[0]["prompt"]
     assert client.get("/sdapi/v1/memory").json()["ram"]["total"] > 0
     assert client.get("/sdapi/v1/loras").json() == []
+    import torch
+    from safetensors.torch import save_file
+
+    loras_dir = client.app.state.huabu.settings.loras_dir
+    (loras_dir / "styles").mkdir(parents=True)
+    save_file({"lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 64)},
+              str(loras_dir / "styles" / "inkwash.safetensors"), metadata={"ss_output_name": "ink wash"})
+    assert [(row["name"], row["alias"], row["path"]) for row in client.get("/sdapi/v1/loras").json()] == \
+        [("inkwash", "ink wash", "styles/inkwash.safetensors")]
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}

@@ -234,4 +234,11 @@ def test_nothing_from_http_is_unpickled_and_only_listed_safetensors_models_load(
                         {"checkpoint_config": str(model_store["folder"])}):
             response = client.post("/api/v1/jobs", json={"request": {"prompt": "x", **request}})
             assert response.status_code == 403, request
+        outside = tmp_path / "outside.safetensors"
+        outside.write_bytes((models / "evil.safetensors").read_bytes())
+        for prompt in (f"a cat <lora:{outside.with_suffix('')}:1>", "a cat <lora:../models/evil:0.5>"):
+            refused = client.post("/sdapi/v1/txt2img", json={"prompt": prompt, **TINY})
+            assert refused.status_code == 403 and "LoRA" in refused.json()["detail"], prompt
+        native = client.post("/api/v1/jobs", json={"request": {"prompt": "x", "loras": [{"name": str(outside)}]}})
+        assert native.status_code == 403
         assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY}).status_code == 200

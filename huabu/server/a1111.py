@@ -184,6 +184,7 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
     request = GenerateRequest.from_data(data)
     catalog.check_limits(request)
+    catalog.check_lora_names(request)
     return request, warnings
 
 

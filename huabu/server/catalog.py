@@ -113,6 +113,7 @@ class Catalog:
                 raise NotAllowed(f"{name} must be a name in the server's folder, not a path")
         request = request.model_copy(update=updates)
         self.check_limits(request)
+        self.check_lora_names(request)
         return request
 
     def check_limits(self, request: GenerateRequest | VideoRequest) -> None:
@@ -131,19 +132,32 @@ class Catalog:
     # --- lists ----------------------------------------------------------------------------------------------------
 
     def loras(self) -> list[dict[str, Any]]:
-        """A1111's /loras rows: name, alias, path (relative to the LoRA folder), metadata."""
-        root = self.settings.loras_dir
-        if not root.is_dir():
-            return []
+        """A1111's /loras rows (`huabu.lora.list_loras`), paths relative to the LoRA folder."""
+        from huabu.lora.library import list_loras
+
         rows = []
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and path.suffix.lower() in (".safetensors",):
-                metadata = {}
-                if checkpoints.sniff_format(path) == checkpoints.SAFETENSORS:
-                    metadata = checkpoints.safetensors_metadata(path)
-                rows.append({"name": path.stem, "alias": metadata.get("ss_output_name", path.stem),
-                             "path": path.relative_to(root).as_posix(), "metadata": metadata})
+        for info in list_loras(self.settings, self.models.hashes):
+            row = info.to_a1111()
+            row["path"] = Path(info.path).relative_to(self.settings.loras_dir).as_posix()
+            rows.append(row)
         return rows
+
+    def check_lora_names(self, request: GenerateRequest | VideoRequest) -> None:
+        """LoRAs named over HTTP (request fields and `<lora:...>` tags) must be files in the LoRA folder: the engine
+        also takes paths, which a client must not be able to point anywhere on the server."""
+        from huabu.engine.loras import find_lora
+        from huabu.prompts.syntax import extract_loras
+
+        names = [spec.name for spec in request.loras]
+        for text in (request.prompt, request.negative_prompt):
+            names += [ref.name for ref in extract_loras(text)[1]]
+        root = Path(os.path.realpath(self.settings.loras_dir))
+        for name in names:
+            if "/" in name or "\\" in name or name.startswith((".", "~")):
+                raise NotAllowed(f"LoRA {name[:100]!r}: over HTTP a LoRA is a name in the server's LoRA folder, "
+                                 f"not a path")
+            if not Path(os.path.realpath(find_lora(name, self.settings.loras_dir))).is_relative_to(root):
+                raise NotAllowed(f"LoRA {name[:100]!r} is not in the server's LoRA folder")
 
     def styles(self) -> list[dict[str, Any]]:
         from huabu.prompts.book import load_book
