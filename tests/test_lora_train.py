@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_the_same_weights(straight, images, model_store, s
             raise Killed
         return path
 
-    request = _request(images, model_store, tmp_path, "killed")
+    request = _request(images, model_store, tmp_path, "killed", sample_every=0)  # samples change no weights
     with monkeypatch.context() as m:
         m.setattr(lora_train, "save_checkpoint", save_then_die)
         with pytest.raises(Killed):
@@ -136,7 +136,7 @@ def test_killed_run_resumes_to_the_same_weights(straight, images, model_store, s
 
 def test_cancel_writes_a_checkpoint_and_the_lora_so_far(straight, images, model_store, settings, tmp_path):
     cancel = threading.Event()
-    request = _request(images, model_store, tmp_path, "cancelled", checkpoint_every=100)
+    request = _request(images, model_store, tmp_path, "cancelled", checkpoint_every=100, sample_every=0)
     steps = []
 
     def progress(p):
@@ -166,10 +166,14 @@ def test_cli_trains_and_errors(images, model_store, huabu_env, capsys):
     from huabu.cli import main
 
     code = main(["train", "lora", "--data", str(images), "--out", "cli-lora", "--base", str(model_store["folder"]),
-                 "--steps", "2", "--resolution", "32", "--trigger", "zqx", "--rank", "2", "--device", "cpu"])
+                 "--steps", "2", "--resolution", "32", "--trigger", "zqx", "--rank", "2", "--device", "cpu",
+                 "--format", "diffusers"])
     assert code == 0
     path = huabu_env / "loras" / "cli-lora.safetensors"
     assert capsys.readouterr().out.strip() == str(path) and path.is_file()
+    with safe_open(str(path), framework="pt") as f:
+        assert "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in f.keys()
+        assert json.loads(f.metadata()["lora_adapter_metadata"])["unet.r"] == 2
     empty = huabu_env / "empty"
     empty.mkdir()
     assert main(["train", "lora", "--data", str(empty), "--out", "x", "--device", "cpu"]) == 2

@@ -57,8 +57,8 @@ def register_train(stages) -> None:
             options["choices"] = typing.get_args(kind)
         else:
             options.update(type=kind, required=info.is_required())
-        if not info.is_required() and kind is not bool and "help" in options:
-            options["help"] = f"{info.description} (default: {info.default if info.default is not None else '-'})"
+        if info.default not in (None, False) and not info.is_required() and "default" not in info.description:
+            options["help"] = f"{info.description} (default: {info.default})"
         parser.add_argument(flag, **options)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
     parser.add_argument("--allow-unsafe-pickle", action="store_true", help="allow a pickle .ckpt base model")
