@@ -234,3 +234,24 @@ def test_controlnet_units_from_alwayson_scripts_become_generate_request_units(cl
     bad = {"prompt": "x", **TINY, "alwayson_scripts": {"controlnet": {"args": [{"image": control, "weight": 5}]}}}
     response = client.post("/sdapi/v1/txt2img", json=bad)
     assert response.status_code == 400 and "weight" in response.json()["detail"]
+
+
+def test_controlnet_units_steer_the_image_through_the_engine(engine, model_store, controlnet_store, tmp_path):
+    settings = api_settings(model_store, tmp_path / "home", controlnet_dir=controlnet_store["canny"].parent)
+    edges = Image.new("RGB", (32, 32), (0, 0, 0))
+    edges.paste((255, 255, 255), (8, 8, 24, 24))
+    unit = {"enabled": True, "image": png_b64(edges), "module": "none", "model": "tiny-canny", "weight": 1.0,
+            "resize_mode": "Crop and Resize", "control_mode": 0, "processor_res": -1}
+    base = {"prompt": "a box", "seed": 4, "sampler_name": "Euler", **TINY}
+    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
+        plain = client.post("/sdapi/v1/txt2img", json=base).json()
+        steered = client.post("/sdapi/v1/txt2img", json={**base, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+        assert steered.status_code == 200, steered.text
+        info = json.loads(steered.json()["info"])
+        assert "tiny-canny" in info["extra_generation_params"]["ControlNet 0"]
+        a, b = (np.asarray(decode_png(body["images"][0]), dtype=np.int16) for body in (plain, steered.json()))
+        assert np.abs(a - b).mean() > 1.0
+        path_unit = {**unit, "model": str(controlnet_store["canny"])}
+        refused = client.post("/sdapi/v1/txt2img", json={**base, "alwayson_scripts": {"controlnet": {"args": [
+            path_unit]}}})
+        assert refused.status_code == 403 and "not a path" in refused.json()["detail"]

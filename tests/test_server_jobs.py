@@ -3,6 +3,7 @@ completion callbacks to allowed hosts only, and the SQLite store's recovery rule
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -174,3 +175,24 @@ def test_job_listing_elides_embedded_images(client):
                                                         "denoising_strength": 0.5, **TINY}}).json()
     assert job["request"]["init_image"].startswith("data:image/png;base64,...")
     assert wait_for(client, job["id"])["state"] == "done"
+
+
+def test_video_jobs_run_through_the_engine_and_serve_their_file(engine, model_store, tmp_path):
+    from video_support import tiny_motion_adapter
+
+    tiny_motion_adapter(seed=0).save_pretrained(tmp_path / "motion" / "tiny-mm")
+    settings = api_settings(model_store, tmp_path / "home", motion_dir=tmp_path / "motion")
+    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
+        request = {"prompt": "a red apple", "frames": 4, "steps": 2, "width": 32, "height": 32, "seed": 9,
+                   "format": "gif"}
+        job = client.post("/api/v1/jobs", json={"kind": "video", "request": request}).json()
+        done = wait_for(client, job["id"], timeout=120)
+        assert done["state"] == "done", done["error"]
+        assert done["result"]["seeds"] == [9] and "Frames: 4" in done["result"]["infotexts"][0]
+        served = client.get(done["result"]["images"][0])
+        assert served.status_code == 200 and served.headers["content-type"] == "image/gif"
+        with Image.open(io.BytesIO(served.content)) as gif:
+            assert gif.n_frames == 4 and gif.size == (32, 32)
+        refused = client.post("/api/v1/jobs", json={"kind": "video", "request": {
+            **request, "motion_module": str(tmp_path / "motion" / "tiny-mm")}})
+        assert refused.status_code == 403

@@ -183,8 +183,7 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
         _img2img_fields(req, limits, data, warnings)
     data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
     request = GenerateRequest.from_data(data)
-    catalog.check_limits(request)
-    catalog.check_lora_names(request)
+    catalog.check_http_request(request)
     return request, warnings
 
 

@@ -107,14 +107,20 @@ class Catalog:
             updates["controlnets"] = [
                 unit.model_copy(update={"image": require_data_url(unit.image, self.limits, f"controlnets.{i}.image")})
                 for i, unit in enumerate(request.controlnets)]
-        for name in ("motion_module", "sparse_control"):
-            value = getattr(request, name, None)
-            if value is not None and (os.sep in value or "/" in value or value.startswith((".", "~"))):
-                raise NotAllowed(f"{name} must be a name in the server's folder, not a path")
         request = request.model_copy(update=updates)
+        self.check_http_request(request)
+        return request
+
+    def check_http_request(self, request: GenerateRequest | VideoRequest) -> None:
+        """What every request from HTTP must satisfy on top of its own validation: limits, and models named by
+        name only (the engine also takes paths, which a client must not point anywhere on the server)."""
         self.check_limits(request)
         self.check_lora_names(request)
-        return request
+        named = [(f"controlnets.{i}.model", unit.model) for i, unit in enumerate(request.controlnets)]
+        named += [(name, getattr(request, name, None)) for name in ("motion_module", "sparse_control")]
+        for what, value in named:
+            if value and ("/" in value or "\\" in value or value.startswith((".", "~"))):
+                raise NotAllowed(f"{what} must be a name in the server's folder, not a path")
 
     def check_limits(self, request: GenerateRequest | VideoRequest) -> None:
         limits = self.limits

@@ -15,8 +15,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from huabu.engine.generate import Engine, Progress
-from huabu.errors import HuabuError
-from huabu.requests import GenerateRequest
+from huabu.requests import GenerateRequest, VideoRequest
 from huabu.server.jobs import Job
 
 
@@ -60,12 +59,16 @@ def progress_data(p: Progress) -> dict[str, Any]:
 
 def run_job(engine: Engine, job: Job, progress: Callable[[Progress], None] | None = None,
             interrupt: Callable[[], bool] | None = None) -> Outcome:
-    """Run `job` through `Engine.generate`; user errors raise HuabuError with one line."""
-    if job.kind != "image":
-        raise HuabuError(f"job kind {job.kind!r} is not supported by this build")
+    """Run `job` through `Engine.generate` (images) or `Engine.generate_video`; user errors raise HuabuError with
+    one line."""
+    root = Path(os.path.realpath(engine.settings.outputs_dir))
+    if job.kind == "video":  # the file is the result: no frames travel back in memory
+        video = engine.generate_video(VideoRequest.from_data(job.request), progress, interrupt, save=True)
+        files = [Path(os.path.realpath(video.path)).relative_to(root).as_posix()] if video.path else []
+        return Outcome([], [video.seed], [video.infotext], video.request_used.to_data(), video.model, files,
+                       video.interrupted)
     request = GenerateRequest.from_data(job.request)
     result = engine.generate(request, progress=progress, interrupt=interrupt, save=job.save)
-    root = Path(os.path.realpath(engine.settings.outputs_dir))
     files = [Path(os.path.realpath(path)).relative_to(root).as_posix() for path in result.paths]
     return Outcome(result.images, result.seeds, result.infotexts, result.request_used.to_data(), result.model, files,
                    result.interrupted)
