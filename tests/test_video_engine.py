@@ -116,6 +116,19 @@ def test_sparsectrl_conditions_on_the_image(vengine, video_dirs):
     assert "SparseCtrl: tiny-sparse" in sparse.infotext and "Denoising strength" not in sparse.infotext
 
 
+def test_controlnet_units_steer_text_and_image_to_video(vengine, video_dirs, controlnet_store):
+    unit = {"module": "none", "image": str(video_dirs / "ramp.png"), "model": str(controlnet_store["canny"])}
+    plain = _stack(_video(vengine).frames)
+    steered = _video(vengine, controlnets=[unit])
+    assert np.abs(_stack(steered.frames) - plain).mean() > 0.5
+    assert 'ControlNet 0: "Module: none, Model: tiny-canny [' in steered.infotext
+    weightless = _video(vengine, controlnets=[{**unit, "weight": 0.0}])
+    assert np.array_equal(_stack(weightless.frames), plain)
+    # Image-to-video with a unit: the unit's image defaults to the input image, frame 0 stays pinned.
+    i2v = _video(vengine, init_image=str(video_dirs / "ramp.png"), controlnets=[{**unit, "image": None}])
+    assert "ControlNet 0" in i2v.infotext and len(i2v.frames) == 4
+
+
 def test_progress_and_interrupt(vengine):
     seen = []
     finished = vengine.generate_video(VideoRequest.create(**BASE), progress=seen.append)
@@ -180,11 +193,14 @@ def test_pickle_motion_module_is_refused(vengine, tmp_path):
     ({"motion_module": "guoyww/animatediff-motion-adapter-v1-5-2"}, ModelNotFound, "hub is offline"),
     ({"init_image": "NOT_AN_IMAGE"}, BadImage, "not an image"),
     ({"sparse_control": "nowhere", "init_image": "RAMP"}, ModelNotFound, "SparseCtrl model 'nowhere' not found"),
-    ({"controlnets": [{"module": "canny"}]}, InvalidRequest, "ControlNet units are not supported for video"),
+    ({"controlnets": [{"module": "canny"}]}, InvalidRequest, "ControlNet unit 0 .canny. has no image"),
+    ({"sparse_control": "tiny-sparse", "init_image": "RAMP", "controlnets": [{"module": "none", "image": "RAMP"}]},
+     InvalidRequest, "SparseCtrl or ControlNet units"),
 ])
 def test_bad_input_is_one_line(vengine, video_dirs, fields, error, words):
     paths = {"NOT_AN_IMAGE": str(video_dirs / "not-an-image.png"), "RAMP": str(video_dirs / "ramp.png")}
     fields = {k: paths.get(v, v) if isinstance(v, str) else v for k, v in fields.items()}
+    fields["controlnets"] = [{k: paths.get(v, v) for k, v in unit.items()} for unit in fields.get("controlnets", [])]
     with pytest.raises(error, match=words) as caught:
         _video(vengine, **fields)
     assert "\n" not in str(caught.value)

@@ -69,10 +69,13 @@ def test_i2vgen_xl_folder_animates_an_image(video_models):
     ({"model": "I2V"}, "animates an image: pass --image"),
     ({"model": "MS", "motion_module": "x"}, "takes no motion module"),
     ({"model": "MS", "prompt": "a [cat:dog:0.5]"}, "prompt editing and alternation"),
+    ({"model": "MS", "controlnets": [{"module": "none", "image": "IMAGE"}]}, "ControlNet units work with AnimateDiff"),
 ])
 def test_video_model_misuse_is_one_line(video_models, fields, words):
     engine, paths = video_models
     fields = {**fields, "model": str(paths["i2vgen" if fields["model"] == "I2V" else "modelscope"])}
+    if "controlnets" in fields:
+        fields["controlnets"] = [{**unit, "image": str(paths["image"])} for unit in fields["controlnets"]]
     with pytest.raises(InvalidRequest, match=words) as caught:
         engine.generate_video(VideoRequest.create(**{**BASE, **fields}))
     assert "\n" not in str(caught.value)

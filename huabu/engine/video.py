@@ -14,7 +14,8 @@ Image-to-video with AnimateDiff: the image is VAE-encoded and noised to `denoisi
 (AnimateDiff's video-to-video pipeline run on a still video), and frame 0's latents are replaced at every step by
 the image's latents noised to the next step's level, as diffusers' inpaint pipeline does for 4-channel UNets: frame
 0 ends on the image and the motion module carries it into the other frames. A SparseCtrl RGB model conditions frame
-0 instead when the user has one.
+0 instead when the user has one. ControlNet units work as for stills (every frame gets the unit's control map)
+through diffusers' AnimateDiff ControlNet pipelines.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from huabu.engine.models import _HUB_ID, LoadedModel, ModelRef
 from huabu.engine.pipelines import decode_latents
 from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
 from huabu.prompts.syntax import extract_loras
-from huabu.requests import MAX_SEED, ControlUnit, VideoRequest
+from huabu.requests import MAX_SEED, VideoRequest
 from huabu.settings import Settings
 
 if TYPE_CHECKING:
@@ -262,12 +263,23 @@ class _Job:
 
     model: LoadedModel
     request: VideoRequest  # as used
-    conditioning: Any  # ScheduledConditioning (batch 1)
+    text: str  # the prompt without its LoRA tags
+    negative: str
     scheduler: Any
     init_image: Image.Image | None
     loras: list[ResolvedLora]
+    control_units: list  # huabu.engine.controlnets.CheckedUnit
     progress: Callable[[Progress], None] | None
     interrupt: Callable[[], bool] | None
+    conditioning: Any = None  # ScheduledConditioning (batch 1), made by ready()
+
+    def ready(self, pipe) -> None:
+        """Set the pipeline up for this job: LoRAs first, since they change the text encoder that then encodes the
+        prompt schedule, and the scheduler."""
+        apply_loras(pipe, self.loras)
+        pipe.scheduler = self.scheduler
+        self.conditioning = _conditioning(self.model, self.request.clip_skip, self.text, self.negative,
+                                          self.request.steps * self.scheduler.order)
 
 
 def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[Progress], None] | None = None,
@@ -276,8 +288,10 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
     """One video for `request` (see Engine.generate_video, which holds the engine lock around this)."""
     sampler, schedule = samplers.parse_sampler(request.sampler, request.schedule_type)
     schedule = samplers.resolved_schedule(sampler, schedule)
-    refuse_controlnets(request.controlnets)
     init_image = load_image(request.init_image) if request.init_image else None
+    from huabu.engine.controlnets import check_units
+
+    control_units = check_units(request.controlnets, init_image)  # units without an image use init_image
     target = _target_path(output, request.format, engine.settings.outputs_dir) if save else None
     prompt, negative = engine._styled(request)
     text, tag_loras = extract_loras(prompt)
@@ -297,8 +311,7 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
     sde_seeds = [seed] if kind == ANIMATEDIFF else [seed + i for i in range(used.frames)]
     scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config,
                                          sde_seeds if sampler.scheduler == "DPMSolverSDEScheduler" else None)
-    conditioning = _conditioning(model, used.clip_skip, text, negative, used.steps * scheduler.order)
-    job = _Job(model, used, conditioning, scheduler, init_image, loras, progress, interrupt)
+    job = _Job(model, used, text, negative, scheduler, init_image, loras, control_units, progress, interrupt)
     runner = {ANIMATEDIFF: _run_animatediff, MODELSCOPE: _run_modelscope, I2VGEN_XL: _run_i2vgen_xl}[kind]
     frames, interrupted, extra = runner(engine, job)
 
@@ -314,13 +327,6 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
     if save and frames:
         _save(engine, result, target[0], target[1], prompt, negative)
     return result
-
-
-def refuse_controlnets(units: list[ControlUnit]) -> None:
-    """Extension point for ControlNet video (diffusers' AnimateDiffControlNetPipeline): until the engine's ControlNet
-    layer is wired in here, an enabled unit is refused rather than silently ignored."""
-    if any(unit.enabled for unit in units):
-        raise InvalidRequest("ControlNet units are not supported for video yet; remove them or disable them")
 
 
 def _target_path(output: str | Path | None, fmt: str, default_folder: Path) -> tuple[Path | None, Path, str]:
@@ -367,6 +373,8 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
     extra: dict[str, Any] = {"Motion module": motion.name,
                              "Motion module hash": motion_module_hash(motion, engine.models.hashes)}
     call: dict[str, Any] = {"height": request.height, "width": request.width}
+    if request.sparse_control and job.control_units:
+        raise InvalidRequest("use SparseCtrl or ControlNet units for a video, not both")
     if request.sparse_control:
         name, location, controlnet = load_sparse_control(request.sparse_control, engine.settings)
         pipe = _derived_pipeline(model, f"sparsectrl|{motion.location}|{location}", pipe, "sparsectrl",
@@ -375,12 +383,13 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
                     controlnet_conditioning_scale=request.sparse_control_scale)
         extra.update({"SparseCtrl": name, "SparseCtrl weight": format_number(request.sparse_control_scale)})
     elif job.init_image is not None:
-        pipe = _derived_pipeline(model, f"img2vid|{motion.location}", pipe, "img2vid")
         call.update(video=[job.init_image] * request.frames, strength=request.denoising_strength)
+        pipe = _derived_pipeline(model, f"img2vid|{motion.location}", pipe, "img2vid")
     else:
         call.update(num_frames=request.frames)
-    apply_loras(pipe, job.loras)
-    pipe.scheduler = job.scheduler
+    if job.control_units:
+        pipe = _with_controlnets(engine, job, pipe, call, extra)
+    job.ready(pipe)
 
     generator = torch.Generator("cpu").manual_seed(request.seed)
     anchor = None
@@ -412,11 +421,26 @@ def _motion_pipeline(engine: "Engine", model: LoadedModel, motion: MotionModuleR
     for old in [k for k in model.pipelines if k.split("|")[0] in ("animatediff", "img2vid", "sparsectrl")]:
         del model.pipelines[old]
     base = model.pipeline
-    pipe = AnimateDiffPipeline.from_pipe(base, motion_adapter=adapter, dtype=base.dtype)
+    pipe = AnimateDiffPipeline.from_pipe(base, unet=_without_lora_layers(base.unet), motion_adapter=adapter,
+                                         dtype=base.dtype)
     pipe.to(base.device)  # the new motion UNet is built on the CPU
     pipe.set_progress_bar_config(disable=True)
     model.pipelines[key] = pipe
     return pipe
+
+
+def _without_lora_layers(unet):
+    """The UNet's own weights in a plain UNet2DConditionModel. LoRAs used for stills stay loaded in the base UNet
+    as peft layers (their weights beside `base_layer`), which UNetMotionModel.from_unet2d's state-dict copy cannot
+    read; the video pipeline gets its LoRAs itself (apply_loras)."""
+    if not getattr(unet, "peft_config", None):
+        return unet
+    from diffusers import UNet2DConditionModel
+
+    state = {k.replace(".base_layer.", "."): v for k, v in unet.state_dict().items() if ".lora_" not in k}
+    plain = UNet2DConditionModel.from_config(unet.config)
+    plain.load_state_dict(state)
+    return plain.to(device=unet.device, dtype=unet.dtype)
 
 
 def _check_adapter_fits(adapter, model: LoadedModel, motion: MotionModuleRef) -> None:
@@ -442,6 +466,36 @@ def _derived_pipeline(model: LoadedModel, key: str, motion_pipe, label: str, **c
         pipe.to(motion_pipe.device)
         pipe.set_progress_bar_config(disable=True)
         model.pipelines[key] = pipe
+    return pipe
+
+
+def _with_controlnets(engine: "Engine", job: _Job, pipe, call: dict[str, Any], extra: dict[str, Any]):
+    """The ControlNet variant of the AnimateDiff pipeline (text- or video-to-video) around the same modules, with
+    each unit's control map given to every frame; fills in the call's ControlNet arguments and infotext fields."""
+    from diffusers import (AnimateDiffControlNetPipeline, AnimateDiffVideoToVideoControlNetPipeline,
+                           MultiControlNetModel)
+
+    from huabu.control.units import BALANCED, CONTROL_FIRST
+    from huabu.engine.control_modes import ModeControlNet
+
+    request, model = job.request, job.model
+    plan = engine.controlnets.plan(job.control_units, model)
+    extra.update(plan.infotext_params())
+    if not plan.active:
+        return pipe
+    # Per unit control modes, as ControlPlan.pipeline does for stills.
+    nets = [net if checked.unit.control_mode == BALANCED else
+            ModeControlNet(net, soft=True,
+                           prompt_half_only=request.cfg_scale > 1.0 and checked.unit.control_mode == CONTROL_FIRST)
+            for checked, net in plan.active]
+    cls = AnimateDiffVideoToVideoControlNetPipeline if "video" in call else AnimateDiffControlNetPipeline
+    pipe = cls.from_pipe(pipe, controlnet=MultiControlNetModel(nets), dtype=pipe.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    maps = [plan.control_map(checked, request.width, request.height, pipe.device) for checked, _ in plan.active]
+    call.update(conditioning_frames=[[m] * request.frames for m in maps],
+                controlnet_conditioning_scale=[float(c.unit.weight) for c, _ in plan.active],
+                control_guidance_start=[float(c.unit.guidance_start) for c, _ in plan.active],
+                control_guidance_end=[float(c.unit.guidance_end) for c, _ in plan.active])
     return pipe
 
 
@@ -538,11 +592,10 @@ def _plain_video_call(pipe, job: _Job, denoise: float | None, **call) -> tuple[l
     import torch
 
     request = job.request
+    job.ready(pipe)
     if _is_scheduled(job.conditioning):
         raise InvalidRequest(f"prompt editing and alternation ([from:to:when], [a|b]) need an AnimateDiff model; "
                              f"{job.model.name}'s pipeline cannot change the prompt during sampling")
-    apply_loras(pipe, job.loras)
-    pipe.scheduler = job.scheduler
     generator = torch.Generator("cpu").manual_seed(request.seed)
     total = _planned_steps(job.scheduler, request.steps, denoise)
     try:
@@ -556,6 +609,8 @@ def _plain_video_call(pipe, job: _Job, denoise: float | None, **call) -> tuple[l
 
 
 def _refuse_animatediff_options(job: _Job, kind: str) -> None:
+    if job.control_units:
+        raise InvalidRequest(f"ControlNet units work with AnimateDiff motion modules, not with {kind} models")
     if job.request.motion_module:
         raise InvalidRequest(f"{job.model.name} is a {kind} video model; it takes no motion module")
     if job.request.sparse_control:
