@@ -43,6 +43,7 @@ def build_prompt_area(labels: Labels, book: PromptBook, prefix: str) -> PromptAr
                                      lambda lang, names=names: {"label": names[lang]}):
                     chips[category] = labels.register(
                         gr.CheckboxGroup(choices=_part_choices(book, category, labels.language), show_label=False,
+                                         interactive=True,
                                          elem_id=f"{prefix}-chips-{category}", elem_classes=["huabu-chips"]),
                         lambda lang, category=category: {"choices": _part_choices(book, category, lang)})
             with labels(gr.Tab, label=Key("prompt.style_preview"), elem_id=f"{prefix}-book-styles"):
