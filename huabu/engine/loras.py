@@ -51,9 +51,10 @@ def find_lora(name: str, loras_dir: Path) -> Path:
     """The file for LoRA `name`: a path to a file (`dir/x.safetensors`), else a file in `loras_dir` by file name or
     stem (searching subfolders), else a LoRA file of that name in the working folder."""
     path = Path(name).expanduser()
-    if _is_path(name):
-        if path.is_file():
-            return path
+    if _is_path(name):  # a file, or a sub-folder path inside the LoRA folder
+        for candidate in (path, loras_dir / name, *(loras_dir / f"{name}{suffix}" for suffix in LORA_SUFFIXES)):
+            if candidate.is_file():
+                return candidate
         raise ModelNotFound(f"LoRA file not found: {path}")
     if loras_dir.is_dir():
         wanted = name.lower()
@@ -113,7 +114,8 @@ def _load(pipe: Any, lora: ResolvedLora) -> None:
     try:
         with warnings.catch_warnings():  # peft warns on every adapter after the first, which is how we use it
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            pipe.load_lora_weights(source, adapter_name=lora.adapter_name)
+            # use_safetensors=True: diffusers would otherwise retry a file it cannot parse with torch.load.
+            pipe.load_lora_weights(source, adapter_name=lora.adapter_name, use_safetensors=not lora.pickle)
     except Exception as err:  # diffusers raises ValueError, KeyError, RuntimeError... for files that do not fit
         if any(lora.adapter_name in names for names in pipe.get_list_adapters().values()):
             pipe.delete_adapters([lora.adapter_name])
