@@ -16,7 +16,7 @@ done
 
 # Debian packages the test suite needs (emoji font for huabu-tiny's scene renderer; chromium and CJK fonts for the
 # studio's browser tests and screenshots). Add new needs here.
-DEV_DEBIAN_PACKAGES=(fonts-noto-color-emoji chromium fonts-noto-cjk)
+DEV_DEBIAN_PACKAGES=(fonts-noto-color-emoji chromium fonts-noto-cjk redis-server)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
