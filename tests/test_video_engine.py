@@ -129,6 +129,31 @@ def test_controlnet_units_steer_text_and_image_to_video(vengine, video_dirs, con
     assert "ControlNet 0" in i2v.infotext and len(i2v.frames) == 4
 
 
+def test_loras_reach_the_motion_unet_whatever_ran_before(vengine, engine, tmp_path):
+    """A LoRA changes the video and leaves no trace after; stills that loaded it first (into the base UNet and the
+    shared text encoder) change nothing about either."""
+    from huabu.engine.generate import Engine
+    from huabu.engine.models import ModelManager
+    from huabu.requests import GenerateRequest
+    from video_support import save_tiny_lora
+
+    def fresh_engine():
+        local = vengine.settings.with_(loras_dir=tmp_path / "loras")
+        return Engine(local, ModelManager(local, engine.models.hashes))
+
+    first = fresh_engine()
+    save_tiny_lora(first.models.load("tiny-sd").pipeline, tmp_path / "loras" / "tiny-style.safetensors")
+    plain = _stack(_video(first).frames)
+    styled = _stack(_video(first, prompt="a red apple <lora:tiny-style:1>").frames)
+    assert np.abs(styled - plain).mean() > 1.0
+    assert np.array_equal(_stack(_video(first).frames), plain)
+    after_stills = fresh_engine()
+    after_stills.generate(GenerateRequest.create(prompt="a pear <lora:tiny-style:1>", model="tiny-sd", steps=2,
+                                                 width=32, height=32))
+    assert np.array_equal(_stack(_video(after_stills, prompt="a red apple <lora:tiny-style:1>").frames), styled)
+    assert np.array_equal(_stack(_video(after_stills).frames), plain)
+
+
 def test_progress_and_interrupt(vengine):
     seen = []
     finished = vengine.generate_video(VideoRequest.create(**BASE), progress=seen.append)

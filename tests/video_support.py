@@ -90,3 +90,25 @@ def save_sparsectrl(path: Path, seed: int = 0) -> Path:
                 param.normal_(0.0, 0.2)
     model.save_pretrained(path)
     return path
+
+
+def save_tiny_lora(pipe, path: Path, seed: int = 0, rank: int = 2) -> Path:
+    """A kohya-format LoRA for conftest's tiny SD: every attention projection of the UNet's transformer blocks and
+    of the text encoder's self-attention, with random weights big enough to change the image."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    targets = (("lora_unet_", pipe.unet, lambda n: "transformer_blocks" in n and ".attn" in n),
+               ("lora_te_text_model_", pipe.text_encoder, lambda n: "self_attn." in n))
+    for prefix, model, wanted in targets:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and wanted(name):
+                key = prefix + name.replace(".", "_")
+                state[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.5
+                state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.5
+                state[f"{key}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora"})
+    return path
