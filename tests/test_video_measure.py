@@ -65,3 +65,15 @@ def test_moving_objects_stay_inside_the_frame():
         scene = V.training_moving_scene(1, i)
         for (placed,) in scene.frames:
             assert placed.x >= 0 and placed.y >= 0 and placed.x + placed.size <= 64 and placed.y + placed.size <= 64
+
+
+def test_score_motion_counts_per_motion():
+    from huabu.video.measure import score_motion
+
+    scenes = V.eval_moving_scenes(6, frames=8)
+    videos = [V.render_moving(s) for s in scenes]
+    perfect = score_motion(videos, [s.motion for s in scenes], [s.background for s in scenes])
+    assert perfect["direction_accuracy"] == 1.0 and perfect["per_motion"] == {m: 1.0 for m in V.MOTIONS}
+    assert perfect["frame_consistency"] > 0.8
+    swapped = score_motion(videos, ["right", "left", "down", "up", "shrink", "grow"])
+    assert swapped["direction_accuracy"] == 0.0

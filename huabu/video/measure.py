@@ -115,3 +115,19 @@ def frame_consistency(frames: Sequence) -> float:
         raise ValueError("frame consistency needs at least two frames")
     grey = [_array(f).astype(np.float64) @ np.array([0.299, 0.587, 0.114]) for f in frames]
     return float(np.mean([_ssim(a, b) for a, b in zip(grey, grey[1:])]))
+
+
+def score_motion(videos: Sequence[Sequence], motions: Sequence[str], backgrounds: Sequence | None = None
+                 ) -> dict[str, object]:
+    """Direction accuracy (overall and per asked motion) and mean frame consistency of generated videos, each
+    scored against the motion its prompt asked for; `backgrounds` (colour names) help when a frame's border is busy."""
+    backgrounds = list(backgrounds) if backgrounds is not None else [None] * len(videos)
+    hits: dict[str, list[bool]] = {}
+    for frames, motion, background in zip(videos, motions, backgrounds):
+        hits.setdefault(motion, []).append(motion_direction(frames, background) == motion)
+    every = [hit for results in hits.values() for hit in results]
+    return {
+        "direction_accuracy": sum(every) / max(1, len(every)),
+        "per_motion": {motion: sum(results) / len(results) for motion, results in hits.items()},
+        "frame_consistency": float(np.mean([frame_consistency(frames) for frames in videos])) if videos else 0.0,
+    }
