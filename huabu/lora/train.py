@@ -144,11 +144,11 @@ def setup(request: TrainLoraRequest, settings: Settings) -> LoraRun:
     groups = [("unet", unet, request.lr)]
     if request.train_text_encoder:
         groups.append(("text_encoder", text_encoder, request.text_encoder_lr or request.lr))
-    named = {f"{prefix}/{name}": p for prefix, module, _ in groups for name, p in module.named_parameters()
-             if p.requires_grad}
-    params = torch.nn.ParameterDict({name.replace(".", ":"): p for name, p in named.items()})
+    params = torch.nn.ParameterDict({f"{prefix}/{name}".replace(".", ":"): p for prefix, module, _ in groups
+                                     for name, p in module.named_parameters() if p.requires_grad})
     optimizer = torch.optim.AdamW([{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr}
                                    for _, m, lr in groups])
+    version = base_model_version(text_encoder, noise_scheduler)
     text_encoder.to(accelerator.device)
     if request.train_text_encoder:
         unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
@@ -158,8 +158,7 @@ def setup(request: TrainLoraRequest, settings: Settings) -> LoraRun:
             "resolution": resolution, "train_text_encoder": request.train_text_encoder,
             "dataset_hash": dataset.content_hash(), "processes": accelerator.num_processes,
             "base_name": model.name, "base_sha256": model.sha256, "base_spec": request.base,
-            "base_version": base_model_version(text_encoder, noise_scheduler), "bucket_step": step,
-            "prediction_type": noise_scheduler.config.prediction_type}
+            "base_version": version, "prediction_type": noise_scheduler.config.prediction_type}
     return LoraRun(request, model_settings, accelerator, unet, text_encoder, tokenizer, noise_scheduler, optimizer,
                    params, dataset, latents, input_ids, out_path, folder, [lr for _, _, lr in groups], info)
 
