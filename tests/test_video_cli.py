@@ -55,6 +55,18 @@ def test_video_from_image_prints_first_frame_fidelity(video_env, capsys, tmp_pat
     assert sum(1 for _ in imageio_ffmpeg.read_frames(str(made))) - 1 == 4
 
 
+def test_video_with_a_controlnet_unit(video_env, capsys, tmp_path, controlnet_store):
+    from huabu.video.export import read_video_parameters
+
+    control = tmp_path / "edges.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))).save(control)
+    target = tmp_path / "steered.webm"
+    code, out, err = run(capsys, "video", "a cat", "--control", f"none:{control}:0.8", "--controlnet-model",
+                         controlnet_store["canny"], "-o", target, *FAST)
+    assert code == 0, err
+    assert 'ControlNet 0: "Module: none, Model: tiny-canny [' in read_video_parameters(target)
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--frames", "0"], "frames must be between 2 and 128 (got 0)"),
     (["--image", "NOT_IMAGE"], "not an image file Pillow can open"),

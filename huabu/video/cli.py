@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from huabu.cli import add_runtime_options, parse_lora, parse_size, quiet_libraries, settings_from_args
+from huabu.cli import (add_control_options, add_runtime_options, control_units_from_args, parse_lora, parse_size,
+                       quiet_libraries, settings_from_args)
 
 FORMATS = ("mp4", "gif", "webm")
 
@@ -44,6 +45,7 @@ def register(sub) -> None:
     parser.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
                         help="LoRA from the LoRA folder (repeatable; same as <lora:NAME:WEIGHT> in the prompt)")
     parser.add_argument("--clip-skip", type=int, default=1)
+    add_control_options(parser)
     add_runtime_options(parser)
     parser.set_defaults(handler=run_video)
 
@@ -58,6 +60,7 @@ def request_from_args(args: argparse.Namespace):
                   schedule_type=args.schedule, seed=args.seed, width=width, height=height, model=args.model,
                   checkpoint_config=args.checkpoint_config, motion_module=args.motion_module,
                   clip_skip=args.clip_skip, loras=[parse_lora(text) for text in args.lora],
+                  controlnets=control_units_from_args(args),
                   format=suffix if suffix in FORMATS else args.format)
     if args.image is not None:
         fields.update(init_image=str(args.image), denoising_strength=args.strength, anchor_first_frame=args.anchor,
