@@ -42,6 +42,7 @@ COMMANDS = [
 # `huabu train <stage>`: each training task adds its stage here ("module:function", given the stage sub-parsers).
 TRAIN_STAGES = [
     "huabu.lora.cli:register_train",
+    "huabu.control.train_cli:register_train",
 ]
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"

@@ -1,0 +1,119 @@
+"""ControlNet training on a tiny base model: the loss falls, a killed run resumes exactly, sample grids, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from huabu.control import train
+from huabu.control.train_config import ControlNetTrainConfig
+from huabu.errors import InvalidRequest
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    from huabu.tiny.data import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("scenes") / "data", 12, seed=3, progress=False)
+
+
+def config(model_store, scenes, out: Path, **changes) -> ControlNetTrainConfig:
+    fields = dict(type="canny", base=str(model_store["folder"]), data=str(scenes), out=str(out), steps=4,
+                  batch_size=4, lr=1e-3, warmup=1, checkpoint_every=2, sample_every=10**6, samples=3, sample_steps=2)
+    fields.update(changes)
+    return ControlNetTrainConfig(**fields)
+
+
+def newest_weights(out: Path) -> dict[str, torch.Tensor]:
+    newest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(newest / "controlnet.safetensors"))
+
+
+def test_killed_run_resumes_to_the_same_weights(model_store, scenes, settings, tmp_path, monkeypatch):
+    train.train_controlnet(config(model_store, scenes, tmp_path / "straight"), settings=settings)
+    killed = tmp_path / "killed"
+    real = train.save_checkpoint
+
+    def save_then_die(folder, done, *args, **kwargs):
+        path = real(folder, done, *args, **kwargs)
+        if done == 2:
+            raise Killed
+        return path
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            train.train_controlnet(config(model_store, scenes, killed), settings=settings)
+    assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
+    final = train.train_controlnet(config(model_store, scenes, killed), settings=settings)
+    straight, resumed = newest_weights(tmp_path / "straight"), newest_weights(killed)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    assert (final / "config.json").is_file() and (killed / "log.jsonl").read_text().strip()
+
+
+def test_training_lowers_the_loss_and_writes_sample_grids(model_store, scenes, settings, tmp_path):
+    from diffusers import ControlNetModel
+
+    cfg = config(model_store, scenes, tmp_path / "run", steps=12, checkpoint_every=100, sample_every=12)
+    final = train.train_controlnet(cfg, settings=settings)
+    trained = ControlNetModel.from_pretrained(final)
+    assert list(trained.config.conditioning_embedding_out_channels) == [16, 32, 64]  # 4x: the tiny VAE factor
+    from huabu.tiny.data import load_dataset
+
+    data = load_dataset(scenes)
+    frozen = train.load_frozen(cfg, data.images, settings)
+    initial = train.build_controlnet(cfg, frozen.unet, 4)
+    with torch.no_grad():
+        probes = [train.batch_at(cfg, data, frozen, step) for step in range(4)]
+        before = np.mean([train.batch_loss(initial, frozen, b, 0.0, "cpu").item() for b in probes])
+        after = np.mean([train.batch_loss(trained, frozen, b, 0.0, "cpu").item() for b in probes])
+    assert after < 0.97 * before, (before, after)  # 1.118 -> 1.050 when written
+    grid = Image.open(tmp_path / "run" / "samples-0000012.png")
+    assert grid.size == (3 * 64, 2 * 64)  # control maps above outputs
+    top = np.asarray(grid)[:64, :64]
+    assert set(np.unique(top)) <= {0, 255}  # the first control map is a Canny edge map
+
+
+def test_control_maps_follow_the_preprocessor(scenes):
+    from huabu.tiny.data import load_dataset
+
+    images = load_dataset(scenes).images[:2]
+    edges, colours = train.control_maps("canny", images), train.control_maps("color", images)
+    assert edges.shape == colours.shape == (2, 3, 64, 64)
+    assert set(torch.unique(edges).tolist()) <= {0.0, 1.0} and edges.max() == 1.0
+    assert len(torch.unique(colours[0, 0])) <= 64  # an 8x8 grid of block colours
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    ({"type": "scribble"}, "unknown preprocessor 'scribble'"),
+    ({"embedding_channels": (16, 32, 96, 256)}, "shrink control images 8x but the VAE factor is 4"),
+    ({"caption_dropout": 1.5}, "caption_dropout must be between 0 and 1"),
+])
+def test_bad_configs_give_one_line_errors(model_store, scenes, settings, tmp_path, changes, pattern):
+    with pytest.raises(InvalidRequest, match=pattern):
+        train.train_controlnet(config(model_store, scenes, tmp_path / "bad", **changes), settings=settings)
+
+
+def test_cli_stage_trains_and_refuses_to_mix_runs(model_store, scenes, huabu_env, tmp_path, capsys):
+    from huabu.cli import main
+
+    out = tmp_path / "cli-run"
+    argv = ["train", "controlnet", "--type", "color", "--base", str(model_store["folder"]), "--data", str(scenes),
+            "--out", str(out), "--steps", "2", "--batch-size", "2", "--samples", "2", "--sample-steps", "1",
+            "--embedding-channels", "16,32,64"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(out / "final")
+    assert (out / "final" / "diffusion_pytorch_model.safetensors").is_file() and (out / "samples-0000002.png").is_file()
+    argv[argv.index("color")] = "canny"
+    assert main(argv) == 2
+    assert "holds a run with type 'color', not 'canny'" in capsys.readouterr().err
