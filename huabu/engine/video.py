@@ -33,6 +33,7 @@ from PIL import Image
 
 import huabu
 from huabu.engine import checkpoints, samplers
+from huabu.engine.controlnets import check_units
 from huabu.engine.generate import Progress, _output_size, format_number
 from huabu.engine.images import load_image
 from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text, resolve_loras
@@ -312,8 +313,6 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
     sampler, schedule = samplers.parse_sampler(request.sampler, request.schedule_type)
     schedule = samplers.resolved_schedule(sampler, schedule)
     init_image = load_image(request.init_image) if request.init_image else None
-    from huabu.engine.controlnets import check_units
-
     control_units = check_units(request.controlnets, init_image)  # units without an image use init_image
     target = _target_path(output, request.format, engine.settings.outputs_dir) if save else None
     prompt, negative = engine._styled(request)
