@@ -66,7 +66,7 @@ def test_clip_stage_resumes_identically(scenes, tmp_path, monkeypatch):
 
 
 def _vae_cfg(data: Path, out: Path) -> configs.VaeTrainConfig:
-    return configs.VaeTrainConfig(data=str(data), out=str(out), steps=4, crop_steps=2, batch_size=4, warmup=1,
+    return configs.VaeTrainConfig(data=str(data), out=str(out), steps=4, stop_after=4, crop_steps=2, batch_size=4, warmup=1,
                                   channels=(8, 8, 8), checkpoint_every=2, sample_every=10**6)
 
 

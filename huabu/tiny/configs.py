@@ -35,7 +35,8 @@ class VaeTrainConfig:
     data: str = "data/scenes"
     out: str = "runs/vae"
     seed: int = 0
-    steps: int = 4000
+    steps: int = 4000  # length of the learning-rate schedule
+    stop_after: int = 3000  # where training stops (the shipped VAE: the 4000-step schedule stopped here)
     crop_steps: int = 3000  # the first steps train on crops around objects (see crop_batch)
     crop: int = 32
     batch_size: int = 16

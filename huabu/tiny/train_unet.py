@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -73,10 +72,9 @@ def encode_text(tok: CLIPTokenizer, text_encoder: CLIPTextModel, captions: list[
 
 
 def lr_at(step: int, cfg: UnetTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Linear warm-up, then constant: with EMA weights doing the averaging, a run stopped at step N is exactly the
+    run configured for N steps, so `--steps` can be raised or lowered after the fact."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
 
 
 @torch.no_grad()

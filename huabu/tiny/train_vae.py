@@ -128,7 +128,8 @@ def train(cfg: VaeTrainConfig) -> dict[str, float]:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     held_out = eval_images()
     log = open(out / "log.jsonl", "a")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="vae", disable=not accelerator.is_main_process)
+    last = min(cfg.steps, cfg.stop_after)
+    bar = tqdm(range(start, last), initial=start, total=last, desc="vae", disable=not accelerator.is_main_process)
     t0, seen = time.time(), 0
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])  # data and noise are functions of the step: resumes identically
@@ -161,14 +162,14 @@ def train(cfg: VaeTrainConfig) -> dict[str, float]:
                                   "grad": grad_loss.item(), "kl": kl.item(),
                                   "images_per_s": seen / (time.time() - t0)}) + "\n")
             log.flush()
-        if done % cfg.sample_every == 0 or done == cfg.steps:
+        if done % cfg.sample_every == 0 or done == last:
             recon_eval = reconstruct(vae, held_out, accelerator.device)
             score = psnr(held_out, recon_eval)
             save_grid([held_out, recon_eval], out / f"samples-{done:07d}.png")
             log.write(json.dumps({"step": done, "psnr": score}) + "\n")
             log.flush()
             tqdm.write(f"step {done} held-out PSNR {score:.2f} dB")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or done == last:
             save_checkpoint(out / "checkpoints", done, {"vae": vae}, {"opt": opt})
     final = vae
     scale = latent_scale(final, data, accelerator.device)
