@@ -80,6 +80,13 @@ def test_prompt_editing_switches_prompt_mid_video(vengine):
     assert np.abs(edited - cat).mean() > 0.1 and np.abs(edited - dog).mean() > 0.1
 
 
+def test_long_prompts_and_break_are_conditioning(vengine):
+    short = _stack(_video(vengine, prompt="a red apple").frames)
+    split = _video(vengine, prompt="a red apple BREAK on a blue table")
+    long = _video(vengine, prompt=", ".join(["a red apple on a blue table"] * 14))  # about 100 tokens: two chunks
+    assert np.abs(_stack(split.frames) - short).mean() > 0.5 and np.abs(_stack(long.frames) - short).mean() > 0.5
+
+
 def _round_trip(vengine, image: Image.Image) -> Image.Image:
     """What the tiny random VAE makes of an image: the closest a first frame can get with this model."""
     from huabu.engine.pipelines import decode_latents
