@@ -48,7 +48,7 @@ def submit(http: Request, submission: JobSubmission) -> JSONResponse:
 
 @router.get("/jobs")
 def list_jobs(http: Request, state: Literal[STATES] | None = None,  # type: ignore[valid-type]
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=2**62)) -> list[dict[str, Any]]:
     return [job.public() for job in http.app.state.huabu.queue.store.list(state, limit, offset)]
 
 
