@@ -284,7 +284,8 @@ def _inverted(data_url: str) -> str:
 _UNIT_FIELDS = ("enabled", "module", "model", "weight", "resize_mode", "processor_res", "threshold_a", "threshold_b",
                 "guidance_start", "guidance_end", "control_mode", "pixel_perfect")
 _UNIT_SILENT = {"image", "input_image", "mask", "low_vram", "lowvram", "is_ui", "input_mode", "batch_images",
-                "output_dir", "loopback", "hr_option", "save_detected_map", "advanced_weighting", "inpaint_crop_input_image"}
+                "output_dir", "loopback", "hr_option", "save_detected_map", "advanced_weighting",
+                "inpaint_crop_input_image"}
 
 
 def controlnet_units(scripts: dict[str, Any], limits, warnings: list[str]) -> list[dict[str, Any]]:
@@ -421,7 +422,8 @@ def get_options(http: Request) -> dict[str, Any]:
     catalog = http.app.state.huabu.catalog
     with catalog.lock:
         options = dict(catalog.options)
-    options.update(sd_model_checkpoint=catalog.current_model_title(), CLIP_stop_at_last_layers=catalog.default_clip_skip)
+    options.update(sd_model_checkpoint=catalog.current_model_title(),
+                   CLIP_stop_at_last_layers=catalog.default_clip_skip)
     options.setdefault("sd_vae", "Automatic")
     options.setdefault("samples_format", "png")
     return options

@@ -39,7 +39,8 @@ class Outcome:
 
     def to_wire(self) -> dict[str, Any]:
         """The summary plus the images as base64 PNGs (a Celery result travels through Redis as JSON)."""
-        return {**self.summary(), "images": [png_base64(image, text) for image, text in zip(self.images, self.infotexts)]}
+        images = [png_base64(image, text) for image, text in zip(self.images, self.infotexts)]
+        return {**self.summary(), "images": images}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> "Outcome":
