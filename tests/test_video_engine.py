@@ -196,12 +196,16 @@ def test_motion_module_single_files(vengine, video_dirs, tmp_path):
     adapter.save_pretrained(tmp_path / "folder")
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
     save_file(state, str(tmp_path / "diffusers-keys.safetensors"), metadata={"huabu_config": json.dumps(adapter.config)})
-    original = {_original_key(k): v for k, v in state.items() if not k.endswith("pos_embed.pe")}
+    original = {_original_key(k).replace("pos_embed", "pos_encoder"): v for k, v in state.items()}
     save_file(original, str(tmp_path / "mm_original.safetensors"))
+    short = {k: v[:, :24].contiguous() if k.endswith("pos_encoder.pe") else v for k, v in original.items()}
+    save_file(short, str(tmp_path / "mm_v1.safetensors"))  # AnimateDiff v1 modules hold 24 positions
     expected = _stack(_video(vengine, motion_module=str(tmp_path / "folder")).frames)
     for name in ("diffusers-keys.safetensors", "mm_original.safetensors"):
         frames = _stack(_video(vengine, motion_module=str(tmp_path / name)).frames)
         assert np.array_equal(frames, expected), name
+    with pytest.raises(InvalidRequest, match="makes at most 24 frames"):
+        _video(vengine, motion_module=str(tmp_path / "mm_v1.safetensors"), frames=25)
 
 
 def _original_key(key: str) -> str:

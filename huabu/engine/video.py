@@ -162,9 +162,14 @@ def motion_adapter_from_state_dict(state: dict, metadata: dict[str, str] | None 
     from diffusers import MotionAdapter
     from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
+    # The position table's length is the module's frame limit (24 for AnimateDiff v1, 32 for v2); diffusers'
+    # converter drops the original tables (MotionAdapter rebuilds the same sinusoids), so read it first.
+    table = next((v for k, v in state.items() if k.endswith(("pos_encoder.pe", "pos_embed.pe"))), None)
     state = convert_animatediff_checkpoint_to_diffusers(state)
-    config = json.loads(metadata["huabu_config"]) if metadata and "huabu_config" in metadata else _infer_motion_config(
-        state, label)
+    if metadata and "huabu_config" in metadata:
+        config = json.loads(metadata["huabu_config"])
+    else:
+        config = _infer_motion_config(state, label, int(table.shape[1]) if table is not None else 32)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     if config.get("conv_in_channels"):
         raise InvalidRequest(f"{label} is a PIA motion module (9-channel input); huabu runs AnimateDiff ones")
@@ -179,7 +184,7 @@ def motion_adapter_from_state_dict(state: dict, metadata: dict[str, str] | None 
     return adapter
 
 
-def _infer_motion_config(state: dict, label: str) -> dict[str, Any]:
+def _infer_motion_config(state: dict, label: str, max_frames: int) -> dict[str, Any]:
     def count(prefix: str) -> int:
         indices = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
         return max(indices) + 1 if indices else 0
@@ -188,7 +193,6 @@ def _infer_motion_config(state: dict, label: str) -> dict[str, Any]:
     if not blocks or "down_blocks.0.motion_modules.0.proj_in.weight" not in state:
         raise ModelNotFound(f"{label} is not an AnimateDiff motion module (no down_blocks.*.motion_modules weights)")
     channels = [int(state[f"down_blocks.{i}.motion_modules.0.proj_in.weight"].shape[0]) for i in range(blocks)]
-    pe = next((v for k, v in state.items() if k.endswith("pos_embed.pe")), None)
     mid = any(k.startswith("mid_block.") for k in state)
     return {
         "block_out_channels": channels,
@@ -197,7 +201,7 @@ def _infer_motion_config(state: dict, label: str) -> dict[str, Any]:
         "use_motion_mid_block": mid,
         "motion_mid_block_layers_per_block": count("mid_block.motion_modules.") if mid else 1,
         "motion_transformer_layers_per_mid_block": count("mid_block.motion_modules.0.transformer_blocks.") if mid else 1,
-        "motion_max_seq_length": int(pe.shape[1]) if pe is not None else 32,
+        "motion_max_seq_length": max_frames,
         "motion_num_attention_heads": 8,
         "motion_norm_num_groups": 32,
     }
