@@ -122,3 +122,45 @@ def test_progress_shows_steps_and_interrupt_stops_the_run(app):
     assert status == "Interrupted: 1 unfinished image(s), first seed 9."
     assert len(images) == 1 and engine.steps == 1
     assert client.predict(api_name="/txt2img_interrupt") == "Nothing is running."
+
+
+def test_lora_training_streams_loss_and_installs_the_lora(app, tmp_path):
+    import zipfile
+
+    from gradio_client import handle_file
+
+    studio, _, _, client = app
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for i in range(2):
+            image = tmp_path / f"img{i}.png"
+            Image.new("RGB", (32, 32), (200, 20 + 60 * i, 20)).save(image)
+            bundle.write(image, f"3_red/img{i}.png")
+            bundle.writestr(f"3_red/img{i}.txt", "zqx red square")
+    assert client.predict(api_name="/train_lora_cancel") == "No training is running."
+    job = client.submit(folder=None, archive=handle_file(str(archive)), name="red_test", steps=3, rank=4, alpha=4, lr=1e-3,
+                        resolution=32, sample_prompt="zqx", sample_every=3, api_name="/train_lora")
+    loss, samples, status = job.result(timeout=300)
+    written = studio.settings.loras_dir / "red_test.safetensors"
+    assert status == f"Done: 3/3 steps, written to {written}."
+    assert [row[0] for row in loss["data"]] == [1, 2, 3] and all(row[1] > 0 for row in loss["data"])
+    with Image.open(samples[0]["image"]) as sample:
+        assert sample.size == (32, 32)
+    listed = client.predict(None, api_name="/lora_list")
+    assert [value for _, value in listed["choices"]] == ["red_test"]
+
+
+def test_video_tab_makes_a_playable_video(app):
+    import imageio.v3 as iio
+
+    from video_support import tiny_motion_adapter
+
+    studio, _, _, client = app
+    tiny_motion_adapter().save_pretrained(studio.settings.motion_dir / "tiny-motion")
+    video, parameters, status = client.predict(prompt="a kite", init_image=None, steps=2, seed=3, frames=4, fps=4, video_format="mp4",
+                                               api_name="/video")
+    assert status == "Done: 4 frames, seed 3."
+    assert "Seed: 3" in parameters and "tiny-motion" in parameters
+    frames = iio.imread(video)
+    assert frames.shape[0] == 4 and frames.shape[1:3] == (32, 32)
+    assert studio.gallery.search("a kite", kind="video")[0].path.endswith(".mp4")

@@ -160,3 +160,35 @@ def test_readable_errors_give_one_line(caplog):
     assert err.value.message == texts["error.generic"]
     assert "internal detail" not in err.value.message
     assert "Traceback" in caplog.text or caplog.records[-1].exc_info is not None
+
+
+def test_training_uploads_are_collected_safely(tmp_path):
+    import zipfile
+
+    from huabu.ui.tabs.lora import collect_training_data
+
+    uploads = tmp_path / "uploads"
+    for sub in ("a", "b"):
+        (uploads / sub).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(uploads / sub / "cat.png")
+        (uploads / sub / "cat.txt").write_text(f"cat {sub}")
+    (uploads / "a" / "notes.doc").write_text("ignored")
+    files = [str(p) for p in sorted(uploads.rglob("*")) if p.is_file()]
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.write(uploads / "a" / "cat.png", "10_cats/dog.png")
+        bundle.writestr("10_cats/dog.txt", "a dog")
+        bundle.writestr("10_cats/.hidden.png", "x")
+    data = collect_training_data(files, str(archive), tmp_path / "data")
+    found = sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file())
+    assert found == ["10_cats/dog.png", "10_cats/dog.txt", "cat-1.png", "cat-1.txt", "cat.png", "cat.txt"]
+    assert {(data / "cat.txt").read_text(), (data / "cat-1.txt").read_text()} == {"cat a", "cat b"}
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as bundle:
+        bundle.writestr("../outside.png", "x")
+    with pytest.raises(InvalidRequest, match="unsafe path"):
+        collect_training_data([], str(evil), tmp_path / "data2")
+    assert not (tmp_path / "outside.png").exists()
+    with pytest.raises(InvalidRequest, match="no training images"):
+        collect_training_data([str(uploads / "a" / "notes.doc")], None, tmp_path / "data3")

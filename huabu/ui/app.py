@@ -49,7 +49,8 @@ class Studio:
         self.gallery = self.engine.gallery
         self.book = book or load_book()
         self.texts = {lang: load_texts(lang) for lang in LANGUAGES}
-        self.interrupts = Interrupts()
+        self.interrupts = Interrupts()  # running generations, by browser session
+        self.training = Interrupts()  # running LoRA trainings (their cancel events), by browser session
         self.labels: Labels | None = None
         self._scratch: Path | None = None
 
@@ -113,6 +114,11 @@ class Studio:
         """The Interrupt button: stop this browser session's running job after its current step."""
         stopped = self.interrupts.interrupt(_session_key(session))
         return self.texts[language]["status.interrupting" if stopped else "status.nothing_running"]
+
+    def cancel_training(self, language: str, session: gr.Request) -> str:
+        """The LoRA tab's Cancel: stop this session's training after its current step (the LoRA so far is kept)."""
+        stopped = self.training.interrupt(_session_key(session))
+        return self.texts[language]["lora.cancelling" if stopped else "lora.nothing_training"]
 
     def displayable(self, path: str | os.PathLike) -> Any:
         """A file the page can show: its path when gradio may serve it (outputs folder, temp, working folder),

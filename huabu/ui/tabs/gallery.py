@@ -54,7 +54,7 @@ def item_parameters(item) -> str:
 
 def build_gallery(studio, labels, language) -> GalleryTab:
     with gr.Row():
-        search = labels(gr.Textbox, label=Key("gallery.search"), scale=3, elem_id="gallery-search")
+        search = labels(gr.Textbox, value="", label=Key("gallery.search"), scale=3, elem_id="gallery-search")
         kind = labels(gr.Dropdown, choices=[(Key("gallery.all"), ""), *((k, k) for k in KINDS)], value="",
                       label=Key("gallery.kind"), scale=1, elem_id="gallery-kind")
         refresh = labels(gr.Button, value=Key("gallery.refresh"), scale=1, elem_id="gallery-refresh")
