@@ -196,3 +196,15 @@ def test_video_jobs_run_through_the_engine_and_serve_their_file(engine, model_st
         refused = client.post("/api/v1/jobs", json={"kind": "video", "request": {
             **request, "motion_module": str(tmp_path / "motion" / "tiny-mm")}})
         assert refused.status_code == 403
+
+
+def test_a_graceful_stop_puts_the_running_job_back_in_the_queue(engine, model_store, tmp_path):
+    settings = api_settings(model_store, tmp_path / "home")
+    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
+        job = client.post("/api/v1/jobs", json={"request": SLOW}).json()
+        wait_for(client, job["id"], states=("running",))
+    stored = JobStore(tmp_path / "home" / "jobs.sqlite").get(job["id"])
+    assert (stored.state, stored.attempts, stored.result) == ("queued", 1, None)
+    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
+        client.post(f"/api/v1/jobs/{job['id']}/cancel")  # no need to run 150 steps again
+        assert wait_for(client, job["id"])["state"] in ("cancelled", "done")
