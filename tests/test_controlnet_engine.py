@@ -117,21 +117,38 @@ def test_single_file_controlnet_equals_its_folder(engine, model_store, controlne
 def test_models_are_found_in_the_controlnet_folder(engine, model_store, controlnet_store, reference):
     from huabu.engine.controlnets import legacy_hash
 
+    manager, canny, color = engine.controlnets, controlnet_store["canny"], controlnet_store["color"]
+    short = legacy_hash(canny / "diffusion_pytorch_model.safetensors")
+    assert [ref.name for ref in manager.list_controlnets()] == ["tiny-canny", "tiny-color"]
+    for spec in ("tiny-canny", f"tiny-canny [{short}]", f"renamed [{short}]", str(canny)):  # last: found by hash
+        assert manager.resolve(spec, "canny").location == str(canny.resolve())
+    assert manager.resolve("", "canny").title == f"tiny-canny [{short}]"  # the module's default
+    assert manager.resolve("", "t2ia_color_grid").location == str(color.resolve())  # the extension's module name
+    by_default = engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference, model="")]))
     explicit = engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference)]))
-    by_module = engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference, model="")]))
-    by_name = engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference,
-                                                                     model="tiny-canny")]))
-    short = legacy_hash(controlnet_store["canny"] / "diffusion_pytorch_model.safetensors")
-    by_title = engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference,
-                                                                      model=f"renamed [{short}]", module="canny")]))
-    for other in (by_module, by_name):
-        assert max_diff(explicit.images[0], other.images[0]) == 0
-    assert f"Model: tiny-canny [{short}]" in by_module.infotexts[0]
-    # Not in the folder by that name, so found by its hash.
-    assert f"Model: tiny-canny [{short}]" in by_title.infotexts[0]
-    color = engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference, module="color",
-                                                                   model="")]))
-    assert "Model: tiny-color [" in color.infotexts[0]
+    assert max_diff(by_default.images[0], explicit.images[0]) == 0
+    assert f"Model: tiny-canny [{short}]" in by_default.infotexts[0]
+
+
+def test_folder_listing_skips_annotators_and_asks_when_a_default_is_ambiguous(controlnet_store, tmp_path):
+    import shutil
+
+    from huabu.engine.controlnets import ControlNetManager
+    from huabu.settings import Settings
+
+    settings = Settings.for_home(tmp_path)
+    root = settings.controlnet_dir
+    shutil.copytree(controlnet_store["canny"], root / "sd15" / "control_canny")
+    (root / "annotators").mkdir()
+    (root / "annotators" / "body_pose_model.safetensors").write_bytes(b"not a ControlNet")
+    (root / "vae").mkdir()
+    (root / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    manager = ControlNetManager(settings)
+    assert [ref.name for ref in manager.list_controlnets()] == ["control_canny"]
+    assert manager.resolve("sd15/control_canny", "canny").name == "control_canny"  # a path inside the folder
+    shutil.copytree(controlnet_store["canny"], root / "canny-copy")
+    with pytest.raises(InvalidRequest, match="several ControlNets .* could serve canny .*control_canny"):
+        manager.resolve("", "canny")
 
 
 def test_infotext_field_reads_back_with_the_a1111_regex(engine, model_store, controlnet_store, reference):
@@ -278,3 +295,24 @@ def test_pickle_controlnets_are_refused_unless_allowed(engine, model_store, cont
     torch.save(controlnet_to_ldm(net.state_dict(), net.config), path)
     with pytest.raises(UnsafeCheckpoint, match="pickle"):
         engine.generate(request(model_store, controlnets=[unit(controlnet_store, reference, model=str(path))]))
+
+
+def test_loras_apply_under_control_and_do_not_leak(engine, model_store, controlnet_store, reference, settings):
+    import torch
+
+    from huabu.lora import formats
+
+    pipe = engine.models.load(str(model_store["folder"])).pipeline
+    generator, state = torch.Generator().manual_seed(3), {}
+    for name, module in pipe.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and "transformer_blocks" in name:
+            key = "lora_unet_" + name.replace(".", "_")
+            state[f"{key}.lora_down.weight"] = torch.randn(2, module.in_features, generator=generator) * 0.5
+            state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, 2, generator=generator) * 0.5
+            state[f"{key}.alpha"] = torch.tensor(2.0)
+    formats.write_lora(settings.loras_dir / "cn-style.safetensors", formats.from_kohya(state), formats.KOHYA)
+    units = [unit(controlnet_store, reference)]
+    controlled = engine.generate(request(model_store, controlnets=units)).images[0]
+    styled = engine.generate(request(model_store, prompt="a red apple <lora:cn-style:1>", controlnets=units))
+    assert max_diff(styled.images[0], controlled) > 0 and "Lora hashes" in styled.infotexts[0]
+    assert max_diff(engine.generate(request(model_store, controlnets=units)).images[0], controlled) == 0
