@@ -164,3 +164,49 @@ def test_video_tab_makes_a_playable_video(app):
     frames = iio.imread(video)
     assert frames.shape[0] == 4 and frames.shape[1:3] == (32, 32)
     assert studio.gallery.search("a kite", kind="video")[0].path.endswith(".mp4")
+
+
+def test_controlnet_tab_generates_with_a_canny_unit(app, controlnet_store, tmp_path):
+    import json
+
+    from gradio_client import handle_file
+
+    from huabu.gallery.pnginfo import _PARAM_RE
+
+    _, _, _, client = app
+    reference = tmp_path / "reference.png"
+    image = Image.new("RGB", (32, 32), (240, 240, 240))
+    image.paste((20, 20, 20), (8, 8, 24, 24))
+    image.save(reference)
+    images, parameters, status = client.predict(prompt="a box", steps=2, seed=11, reference=handle_file(str(reference)),
+                                                module="canny", controlnet_model="", resolution=64,
+                                                api_name="/controlnet")
+    assert status == "Done: 1 image(s), first seed 11."
+    unit = json.loads(dict(_PARAM_RE.findall(parameters.split("\n")[-1]))["ControlNet 0"])
+    assert unit.startswith("Module: canny, Model: tiny-canny [") and "Processor Res: 64" in unit
+    assert "Threshold A: 100" in unit and "Threshold B: 200" in unit
+
+
+def test_img2img_and_inpaint_take_uploaded_images_and_painted_masks(app, tmp_path):
+    import numpy as np
+    from gradio_client import handle_file
+
+    _, _, _, client = app
+    source = tmp_path / "source.png"
+    Image.new("RGB", (40, 32), (30, 140, 200)).save(source)
+    images, parameters, _ = client.predict(prompt="a lake", steps=4, seed=2, init_image=handle_file(str(source)),
+                                           denoising_strength=0.5, api_name="/img2img")
+    assert "Denoising strength: 0.5" in parameters and "Size: 40x32" in parameters
+    layer = tmp_path / "layer.png"
+    paint = Image.new("RGBA", (40, 32), (0, 0, 0, 0))
+    paint.paste((255, 255, 255, 255), (0, 0, 20, 32))  # the left half is repainted
+    paint.save(layer)
+    editor = {"background": handle_file(str(source)), "layers": [handle_file(str(layer))],
+              "composite": handle_file(str(source))}
+    images, parameters, _ = client.predict(prompt="a boat", steps=4, seed=2, editor=editor, mask_blur=0,
+                                           denoising_strength=1.0, api_name="/inpaint")
+    assert "Mask blur: 0" in parameters
+    with Image.open(images[0]["image"]) as result:
+        pixels = np.asarray(result.convert("RGB"), dtype=int)
+    assert (pixels[:, 24:] == (30, 140, 200)).all()  # unpainted: the original, pasted back
+    assert np.abs(pixels[:, :16] - (30, 140, 200)).max() > 20  # painted: new content

@@ -18,9 +18,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def ui_settings(model_store: dict, home: Path) -> Settings:
-    """A fresh home (gallery, outputs) that generates with the session's tiny diffusers model by default."""
+    """A fresh home (gallery, outputs, LoRAs, motion modules) that generates with the session's tiny diffusers model
+    by default and finds the session's tiny ControlNets (conftest's controlnet_store) once they are made."""
     return Settings.for_home(home, models_dir=model_store["home"] / "models", default_model=str(model_store["folder"]),
-                             device="cpu", dtype="fp32", hub_offline=True)
+                             controlnet_dir=model_store["home"] / "controlnet", device="cpu", dtype="fp32",
+                             hub_offline=True)
 
 
 class GatedEngine(Engine):
