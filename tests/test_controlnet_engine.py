@@ -133,6 +133,10 @@ def test_models_are_found_in_the_controlnet_folder(engine, model_store, controln
 def test_folder_listing_skips_annotators_and_asks_when_a_default_is_ambiguous(controlnet_store, tmp_path):
     import shutil
 
+    import torch
+
+    from huabu.errors import UnsafeCheckpoint
+
     from huabu.engine.controlnets import ControlNetManager
     from huabu.settings import Settings
 
@@ -143,9 +147,13 @@ def test_folder_listing_skips_annotators_and_asks_when_a_default_is_ambiguous(co
     (root / "annotators" / "body_pose_model.safetensors").write_bytes(b"not a ControlNet")
     (root / "vae").mkdir()
     (root / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    torch.save({"x": torch.zeros(1)}, root / "old_openpose.pth")  # a pickle: listed, refused only when used
     manager = ControlNetManager(settings)
-    assert [ref.name for ref in manager.list_controlnets()] == ["control_canny"]
+    assert [ref.name for ref in manager.list_controlnets()] == ["control_canny", "old_openpose"]
     assert manager.resolve("sd15/control_canny", "canny").name == "control_canny"  # a path inside the folder
+    assert manager.resolve("", "canny").name == "control_canny"
+    with pytest.raises(UnsafeCheckpoint, match="old_openpose.pth is a pickle checkpoint"):
+        manager.check_loadable(manager.resolve("", "pose"))
     shutil.copytree(controlnet_store["canny"], root / "canny-copy")
     with pytest.raises(InvalidRequest, match="several ControlNets .* could serve canny .*control_canny"):
         manager.resolve("", "canny")

@@ -137,11 +137,11 @@ class ControlNetManager:
         skip = root / ANNOTATORS
         folders = sorted(p.parent for p in root.rglob("config.json")
                          if skip not in p.parents and _is_controlnet_config(p))
-        refs = [self._ref_for_path(folder) for folder in folders]
+        refs = [self._ref_for_path(folder, check=False) for folder in folders]
         for candidate in sorted(root.rglob("*")):
             if (candidate.is_file() and candidate.suffix.lower() in CONTROLNET_SUFFIXES and skip not in
                     candidate.parents and not any(folder in candidate.parents for folder in folders)):
-                refs.append(self._ref_for_path(candidate))
+                refs.append(self._ref_for_path(candidate, check=False))
         return refs
 
     def resolve(self, spec: str, module: str, unet_config: Any = None, vae_factor: int | None = None) -> ControlNetRef:
@@ -190,7 +190,9 @@ class ControlNetManager:
         raise InvalidRequest(f"several ControlNets in {root} could serve {name} "
                              f"({', '.join(ref.name for ref in matches)}); name one (model / --controlnet-model)")
 
-    def _ref_for_path(self, path: Path) -> ControlNetRef:
+    def _ref_for_path(self, path: Path, check: bool = True) -> ControlNetRef:
+        """A ref for a folder or file; `check` refuses what cannot be loaded (listing a folder checks nothing, so one
+        pickle file there does not stop the others from being used)."""
         path = path.resolve()
         if path.is_dir():
             if not (path / "config.json").is_file():
@@ -198,12 +200,20 @@ class ControlNetManager:
             weights = _folder_weights(path)
             if weights is None:
                 raise ModelNotFound(f"ControlNet folder {path} holds no weights file")
-            if weights.suffix != ".safetensors" and not self.settings.allow_unsafe_pickle:
-                raise UnsafeCheckpoint(f"{path} holds no .safetensors weights (only pickle files?); pass "
-                                       f"--allow-unsafe-pickle if you trust it")
-            return ControlNetRef(path.name, str(path), "diffusers", legacy_hash(weights))
-        checkpoints.check_loadable(path, self.settings.allow_unsafe_pickle)
-        return ControlNetRef(path.stem, str(path), "single-file", legacy_hash(path))
+            ref = ControlNetRef(path.name, str(path), "diffusers", legacy_hash(weights))
+        else:
+            ref = ControlNetRef(path.stem, str(path), "single-file", legacy_hash(path))
+        if check:
+            self.check_loadable(ref)
+        return ref
+
+    def check_loadable(self, ref: ControlNetRef) -> None:
+        """Refuse pickle weights unless allowed (judged by the bytes for files; folders need .safetensors)."""
+        if ref.kind == "single-file":
+            checkpoints.check_loadable(ref.location, self.settings.allow_unsafe_pickle)
+        elif _folder_weights(Path(ref.location)).suffix != ".safetensors" and not self.settings.allow_unsafe_pickle:
+            raise UnsafeCheckpoint(f"{ref.location} holds no .safetensors weights (only pickle files?); pass "
+                                   f"--allow-unsafe-pickle if you trust it")
 
     # --- loading -------------------------------------------------------------------------------------------------
 
@@ -216,6 +226,7 @@ class ControlNetManager:
                 self._cache.move_to_end(key)
                 net = self._cache[key]
             else:
+                self.check_loadable(ref)
                 while len(self._cache) >= self.max_loaded:
                     self._cache.popitem(last=False)
                 net = self._load_uncached(ref, pipe.unet.config, pipe.dtype).to(pipe.device).eval()
