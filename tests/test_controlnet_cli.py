@@ -40,9 +40,9 @@ def test_generate_with_control_records_reads_back_and_reproduces(control_env, co
     made = control_env / "out" / "00000-5.png"
     code, out, _ = run(capsys, "png-info", made)
     assert code == 0
-    assert (f'ControlNet 0: "Module: canny, Model: tiny-canny [{canny_hash}], Weight: 0.8, Resize Mode: Crop and Resize, '
-            'Processor Res: 512, Threshold A: 100, Threshold B: 200, Guidance Start: 0.0, Guidance End: 0.5, '
-            'Pixel Perfect: True, Control Mode: Balanced"') in out
+    assert (f'ControlNet 0: "Module: canny, Model: tiny-canny [{canny_hash}], Weight: 0.8, '
+            'Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: 100, Threshold B: 200, '
+            'Guidance Start: 0.0, Guidance End: 0.5, Pixel Perfect: True, Control Mode: Balanced"') in out
     assert 'ControlNet 1: "Module: color, Model: tiny-color [' in out  # the folder's default for color
     code, out, _ = run(capsys, "png-info", made, "--json")
     units = json.loads(out)
