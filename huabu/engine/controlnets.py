@@ -183,6 +183,7 @@ class ControlNetManager:
         if len(matches) > 1 and unet_config is not None:
             matches = [ref for ref in matches if _may_fit(ref, unet_config, vae_factor)]
         if len(matches) == 1:
+            log.info("ControlNet for %s: %s", name, matches[0].location)
             return matches[0]
         if not matches:
             raise ModelNotFound(f"no ControlNet for {name} in {root} (looked for a name holding "
@@ -227,6 +228,9 @@ class ControlNetManager:
                 net = self._cache[key]
             else:
                 self.check_loadable(ref)
+                if ref.kind == "diffusers":  # a folder's config tells before its weights are read
+                    config = json.loads((Path(ref.location) / "config.json").read_text(encoding="utf-8"))
+                    _check_fits(ref, config, pipe.unet.config, model)
                 while len(self._cache) >= self.max_loaded:
                     self._cache.popitem(last=False)
                 net = self._load_uncached(ref, pipe.unet.config, pipe.dtype).to(pipe.device).eval()
