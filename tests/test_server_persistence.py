@@ -68,7 +68,7 @@ def test_a_killed_server_requeues_every_accepted_job_on_restart(engine, model_st
     server = _start(home, port)
     try:
         _wait_healthy(server, base)
-        slow = {"prompt": "long", "steps": 40, "width": 32, "height": 32, "sampler": "Euler", "seed": 3}
+        slow = {"prompt": "long", "steps": 150, "width": 32, "height": 32, "sampler": "Euler", "seed": 3}
         first = httpx.post(f"{base}/api/v1/jobs", json={"request": slow}).json()
         others = [httpx.post(f"{base}/api/v1/jobs", json={"request": {"prompt": f"p{i}", "steps": 2, "width": 32,
                                                                       "height": 32, "seed": i}}).json()
