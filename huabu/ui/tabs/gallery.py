@@ -61,6 +61,7 @@ def build_gallery(studio, labels, language) -> GalleryTab:
     with gr.Row():
         with gr.Column(scale=3):
             items = labels(gr.Gallery, label=Key("gallery.items"), columns=6, height=420, allow_preview=False,
+                           fit_columns=False,
                            interactive=False, elem_id="gallery-items")
         with gr.Column(scale=2):
             parameters = labels(gr.Textbox, label=Key("gallery.parameters"), lines=6, elem_id="gallery-parameters")
