@@ -85,9 +85,11 @@ def test_webuiapi_with_a1111_style_basic_auth(engine, model_store, tmp_path):
     config = ServerConfig(api_auth="bot:hunter22")
     with live_server(make_app(api_settings(model_store, tmp_path / "home"), engine, config)) as base:
         api = _client(base)
-        with pytest.raises(Exception):  # webuiapi raises on the 401 body
-            api.get_sd_models()[0]["title"]
+        assert api.get_sd_models()["error"] == "Unauthorized"  # webuiapi hands back the 401's JSON body
+        with pytest.raises(RuntimeError, match="401"):
+            api.txt2img(prompt="x", width=32, height=32)
         api.set_auth("bot", "hunter22")
+        assert api.get_sd_models()[0]["model_name"]
         assert api.txt2img(prompt="x", seed=1, width=32, height=32).image.size == (32, 32)
 
 
