@@ -49,7 +49,7 @@ def page(browser, studio_url):
     page.close()
 
 
-def test_generate_shows_image_and_gallery_parameters_then_chinese_labels(page):
+def test_generate_shows_image_and_gallery_parameters_sends_them_then_chinese_labels(page):
     prompt = page.locator("#txt2img-prompt textarea")
     page.locator("#txt2img-book button.label-wrap").click()
     page.locator("#txt2img-chips-subject").get_by_label("Red fox").check()
@@ -68,6 +68,11 @@ def test_generate_shows_image_and_gallery_parameters_then_chinese_labels(page):
     page.locator("#gallery-items img").first.click()
     expect(page.locator("#gallery-parameters textarea")).to_have_value(
         re.compile(rf"^a red fox, in the snow\nSteps: 4, .*Seed: {seed},"))
+    page.click("#gallery-send-img2img")  # "send to" fills the fields from the parameters and brings the image
+    expect(page.locator("#img2img-prompt textarea")).to_have_value("a red fox, in the snow")
+    expect(page.locator("#img2img-seed input[type=number]")).to_have_value(seed)
+    expect(page.locator("#img2img-steps input[type=number]")).to_have_value("4")
+    expect(page.locator("#img2img-image img").first).to_be_visible()
 
     page.locator("#language").get_by_text("中文").click()
     expect(page.locator("#tab-gallery-button")).to_have_text("画廊")

@@ -1,7 +1,7 @@
 """txt2img, img2img and inpainting tabs: a prompt area, the sampling fields, and a run that goes through
 Engine.generate (the CLI's and the API's path) with progress and an Interrupt button."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import gradio as gr
@@ -30,13 +30,14 @@ class GenerationForm:
     gallery: Any
     parameters: Any
     status: Any
+    reuse_seed: Any
     event: Any = None  # the generate click's dependency, for chaining
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_sampling_fields(labels, prefix: str, default_sampler: str, batch: bool = True) -> dict[str, Any]:
-    """Sampler, schedule, steps, CFG, seed (with random / reuse-last buttons), size, batch (unless `batch` is
-    False) and clip skip."""
+def build_sampling_fields(labels, prefix: str, default_sampler: str,
+                          batch: bool = True) -> tuple[dict[str, Any], Any]:
+    """Sampler, schedule, steps, CFG, seed (with a random button), size, batch (unless `batch` is False) and clip
+    skip by request field name, and the "last seed" button (wired by the caller, which keeps the last seed)."""
     steps_min, steps_max = field_bounds("steps")
     cfg_min, cfg_max = field_bounds("cfg_scale")
     size_max = field_bounds("width")[1]
@@ -72,8 +73,9 @@ def build_sampling_fields(labels, prefix: str, default_sampler: str, batch: bool
         clip_skip = labels(gr.Slider, minimum=1, maximum=field_bounds("clip_skip")[1], step=1, value=1,
                            label=Key("gen.clip_skip"), scale=2, elem_id=f"{prefix}-clip-skip")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
-    return dict(sampler=sampler, schedule_type=schedule, steps=steps, cfg_scale=cfg, seed=seed, width=width,
-                height=height, clip_skip=clip_skip, _reuse_seed=reuse_seed, **batches)
+    fields = dict(sampler=sampler, schedule_type=schedule, steps=steps, cfg_scale=cfg, seed=seed, width=width,
+                  height=height, clip_skip=clip_skip, **batches)
+    return fields, reuse_seed
 
 
 def build_results(labels, prefix: str) -> dict[str, Any]:
@@ -111,10 +113,13 @@ def wire_generation(studio, form: GenerationForm, run: Callable, inputs: list, l
     form.event = form.generate.click(run, [*inputs, language, prefs], outputs, api_name=form.mode,
                                      concurrency_id="engine", concurrency_limit=1, show_progress_on=[form.gallery])
     form.interrupt.click(studio.interrupt, language, form.status, queue=False, api_name=f"{form.mode}_interrupt")
-    form.fields["_reuse_seed"].click(lambda seed, last: seed if last is None else last,
-                                     [form.fields["seed"], last_seed], form.fields["seed"], queue=False,
-                                     api_visibility="private")
+    form.reuse_seed.click(reuse_last_seed, [form.fields["seed"], last_seed], form.fields["seed"], queue=False,
+                          api_visibility="private")
     form.gallery.select(_selected_infotext, infotexts, form.parameters, queue=False, api_visibility="private")
+
+
+def reuse_last_seed(seed: int, last: int | None) -> int:
+    return seed if last is None else last
 
 
 def _selected_infotext(texts: list[str], evt: gr.SelectData) -> str:
@@ -126,7 +131,7 @@ def generation_outputs(studio, request: GenerateRequest, language: str, prefs: d
                        progress) -> tuple:
     """Run `request` and return the values of the outputs wire_generation lists."""
     result = studio.generate(request, language, prefs, session, progress)
-    texts = studio.labels.texts[language]
+    texts = studio.texts[language]
     key = "status.interrupted" if result.interrupted else "status.done"
     status = texts[key].format(count=len(result.images), seed=result.seeds[0] if result.seeds else "-")
     first = result.infotexts[0] if result.infotexts else ""
@@ -211,20 +216,18 @@ def common_inputs(form: GenerationForm) -> list:
     return [form.area.prompt, form.area.negative, form.area.styles, *(form.fields[n] for n in SAMPLING_INPUTS)]
 
 
-def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None,
-            side: Callable[[], dict[str, Any]] | None = None) -> GenerationForm:
+def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None) -> GenerationForm:
     """Two columns: inputs (mode extras, prompt area, sampling fields) and results."""
     with gr.Row():
         with gr.Column(scale=3):
             extras = extra() if extra else {}
             area = build_prompt_area(labels, studio.book, mode)
-            fields = build_sampling_fields(labels, mode, studio.default_sampler)
+            fields, reuse_seed = build_sampling_fields(labels, mode, studio.default_sampler)
             if mode in ("img2img", "inpaint"):
                 fields["denoising_strength"] = labels(gr.Slider, minimum=0, maximum=1, step=0.01, value=0.75,
                                                       label=Key("gen.denoising"), elem_id=f"{mode}-denoising")
         with gr.Column(scale=2):
             results = build_results(labels, mode)
-            sides = side() if side else {}
     fields.update(prompt=area.prompt, negative_prompt=area.negative, **extras)
     return GenerationForm(mode, area, fields, results["generate"], results["interrupt"], results["gallery"],
-                          results["parameters"], results["status"], extra=sides)
+                          results["parameters"], results["status"], reuse_seed)

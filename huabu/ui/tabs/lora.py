@@ -138,8 +138,8 @@ def build_lora(studio, labels, language, prefs, txt2img, img2img) -> dict[str, A
                 resolution = labels(gr.Slider, minimum=0, maximum=2048, step=8, value=0, label=Key("lora.resolution"),
                                     info=Key("gen.size_info"), elem_id="lora-resolution")
             with gr.Row():
-                sample_prompt = labels(gr.Textbox, value="", label=Key("lora.sample_prompt"), info=Key("lora.sample_info"),
-                                       scale=3, elem_id="lora-sample-prompt")
+                sample_prompt = labels(gr.Textbox, value="", label=Key("lora.sample_prompt"),
+                                       info=Key("lora.sample_info"), scale=3, elem_id="lora-sample-prompt")
                 sample_every = labels(gr.Slider, minimum=0, maximum=1000, step=1, value=100,
                                       label=Key("lora.sample_every"), scale=2, elem_id="lora-sample-every")
                 train_te = labels(gr.Checkbox, value=False, label=Key("lora.train_text_encoder"), scale=1,

@@ -10,7 +10,7 @@ from huabu.ui.fields import field_bounds, size_or_default
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
 from huabu.ui.prompt_area import build_prompt_area
-from huabu.ui.tabs.generate import build_sampling_fields
+from huabu.ui.tabs.generate import build_sampling_fields, reuse_last_seed
 
 FORMATS = ("mp4", "webm")  # what a browser's <video> plays; the CLI also writes GIFs
 
@@ -30,7 +30,7 @@ def build_video(studio, labels, language, prefs) -> dict[str, Any]:
             image = labels(gr.Image, label=Key("video.init_image"), type="filepath", image_mode=None, height=220,
                            elem_id="video-image")
             area = build_prompt_area(labels, studio.book, "video")
-            fields = build_sampling_fields(labels, "video", studio.default_sampler, batch=False)
+            fields, reuse_seed = build_sampling_fields(labels, "video", studio.default_sampler, batch=False)
             with gr.Row():
                 frames = labels(gr.Slider, minimum=frames_min, maximum=frames_max, step=1, value=16,
                                 label=Key("video.frames"), elem_id="video-frames")
@@ -82,6 +82,6 @@ def build_video(studio, labels, language, prefs) -> dict[str, Any]:
     event = generate.click(make_video, inputs, [video, parameters, status, last_seed], api_name="video",
                            concurrency_id="engine", concurrency_limit=1, show_progress_on=[video])
     interrupt.click(studio.interrupt, language, status, queue=False, api_name="video_interrupt")
-    fields["_reuse_seed"].click(lambda seed, last: seed if last is None else last, [fields["seed"], last_seed],
-                                fields["seed"], queue=False, api_visibility="private")
+    reuse_seed.click(reuse_last_seed, [fields["seed"], last_seed], fields["seed"], queue=False,
+                     api_visibility="private")
     return {"area": area, "fields": fields, "event": event, "generate": generate}
