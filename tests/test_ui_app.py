@@ -89,7 +89,7 @@ def test_studio_command_is_registered(monkeypatch, huabu_env):
     from huabu.ui import app
 
     launched = {}
-    monkeypatch.setattr(app.Studio, "launch", lambda self, host, port: launched.update(
+    monkeypatch.setattr(app.Studio, "launch", lambda self, host, port, quiet: launched.update(
         host=host, port=port, language=self.language, model=self.settings.default_model))
     assert "huabu.ui.cli:register" in cli.COMMANDS
     assert cli.main(["studio", "--language", "en", "--port", "7999", "--model", "tiny-sd"]) == 0

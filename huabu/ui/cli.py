@@ -36,5 +36,11 @@ def run_studio(args: argparse.Namespace) -> int:
         settings = settings.with_(default_model=args.model)
     from huabu.ui.app import Studio
 
-    Studio(settings, args.language, checkpoint_config=args.checkpoint_config).launch(args.host, args.port)
+    studio = Studio(settings, args.language, checkpoint_config=args.checkpoint_config)
+    print(f"huabu studio on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    try:
+        studio.launch(args.host, args.port, quiet=True)
+    except OSError as err:  # gradio's "Cannot find empty port" and bind errors
+        raise InvalidRequest(f"cannot listen on {args.host}:{args.port} ({str(err).split('.')[0]}); pick another "
+                             f"--port or stop what uses it") from None
     return 0
