@@ -356,11 +356,15 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
 
 async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]:
     state = http.app.state.huabu
-    request, warnings = await run_in_threadpool(to_generate, req, state.catalog, mode)
-    for line in warnings:
-        log.info("A1111 request: %s", line)
-    job = Job.new("image", request.to_data(), origin="a1111", save=req.save_images)
-    await run_in_threadpool(state.queue.submit, job)
+
+    def accept() -> tuple[GenerateRequest, list[str], Job]:
+        request, warnings = to_generate(req, state.catalog, mode)
+        for line in warnings:
+            log.info("A1111 request: %s", line)
+        return request, warnings, state.queue.submit(Job.new("image", request.to_data(), origin="a1111",
+                                                             save=req.save_images))
+
+    request, warnings, job = await run_in_threadpool(accept)
     finished = await state.queue.wait(job.id)
     if finished is not None and finished.state == "failed":
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \

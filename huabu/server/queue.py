@@ -209,6 +209,8 @@ class LocalQueue(JobQueue):
         super().__init__(store, config)
         self.engines = engines
         self._wake = threading.Condition()
+        self._submitted = False  # set under _wake by _dispatch, so a submission between a worker's empty claim
+        # and its wait is not missed
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._live: dict[str, LiveJob] = {}
@@ -237,6 +239,7 @@ class LocalQueue(JobQueue):
 
     def _dispatch(self, job: Job) -> None:
         with self._wake:
+            self._submitted = True
             self._wake.notify()
 
     def cancel_running(self, job_id: str) -> None:
@@ -260,7 +263,9 @@ class LocalQueue(JobQueue):
             job = self.store.claim_next(name)
             if job is None:
                 with self._wake:
-                    self._wake.wait(timeout=1.0)
+                    if not self._submitted:
+                        self._wake.wait(timeout=1.0)
+                    self._submitted = False
                 continue
             self._run(engine, job)
 
