@@ -161,6 +161,40 @@ def test_loras_reach_the_motion_unet_whatever_ran_before(vengine, engine, tmp_pa
     assert np.array_equal(_stack(_video(after_stills).frames), plain)
 
 
+def test_each_unet_gets_the_lora_whichever_pipeline_loaded_it_first(vengine, engine, tmp_path):
+    """The motion UNet is the video pipeline's own, the text encoder is the stills': apply_loras checks each
+    component, so a LoRA loaded for a still reaches the motion UNet and one loaded for a video reaches the stills'
+    UNet (the still then equals one made on a fresh engine)."""
+    from huabu.engine.generate import Engine
+    from huabu.engine.models import ModelManager
+    from huabu.requests import GenerateRequest
+    from video_support import save_tiny_lora
+
+    def fresh_engine():
+        local = vengine.settings.with_(loras_dir=tmp_path / "loras")
+        return Engine(local, ModelManager(local, engine.models.hashes))
+
+    still = GenerateRequest.create(prompt="a pear <lora:tiny-style:1>", model="tiny-sd", steps=2, width=32,
+                                   height=32, seed=3)
+    stills_first = fresh_engine()
+    save_tiny_lora(stills_first.models.load("tiny-sd").pipeline, tmp_path / "loras" / "tiny-style.safetensors")
+    expected_still = np.asarray(stills_first.generate(still).images[0], dtype=np.int16)
+    _video(stills_first, prompt="a red apple <lora:tiny-style:1>")
+    model = stills_first.models.load("tiny-sd")
+    video_pipe = next(p for key, p in model.pipelines.items() if key.startswith("animatediff|"))
+    name = next(iter(model.lora_targets))
+    assert model.lora_targets[name] == {"unet", "text_encoder"}
+    assert type(video_pipe.unet).__name__ == "UNetMotionModel" and video_pipe.unet is not model.pipeline.unet
+    assert name in video_pipe.get_list_adapters()["unet"] and name in model.pipeline.get_list_adapters()["unet"]
+
+    videos_first = fresh_engine()
+    _video(videos_first, prompt="a red apple <lora:tiny-style:1>")
+    held = videos_first.models.load("tiny-sd").pipeline.get_list_adapters()
+    assert name in held["text_encoder"] and name not in held.get("unet", [])  # only the shared part has it yet
+    after_video = np.asarray(videos_first.generate(still).images[0], dtype=np.int16)
+    assert np.array_equal(after_video, expected_still)
+
+
 def test_progress_and_interrupt(vengine):
     seen = []
     finished = vengine.generate_video(VideoRequest.create(**BASE), progress=seen.append)

@@ -132,7 +132,7 @@ class Engine:
                                           "sampler": sampler.name, "schedule_type": schedule.label})
         control = self.controlnets.plan(control_units, model) if control_units else None
         pipe = control.pipeline(model, request.mode, used.cfg_scale) if control else mode_pipeline(model, request.mode)
-        apply_loras(pipe, loras)
+        apply_loras(pipe, loras, model.lora_targets)
 
         scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config)
         conditioning = self._conditioning(model, used, text, negative, request.steps * scheduler.order)

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 MAX_LOADED_ADAPTERS = 8  # per model; beyond this, adapters the current generation does not use are deleted
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # what a LoRA patches in SD 1.x/2.x and SDXL pipelines
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,15 @@ def resolve_loras(specs: Iterable[Any], loras_dir: Path, hashes: checkpoints.Has
     return resolved
 
 
-def apply_loras(pipe: Any, loras: list[ResolvedLora]) -> None:
+def apply_loras(pipe: Any, loras: list[ResolvedLora], targets: dict[str, frozenset[str]]) -> None:
     """Make exactly `loras` active in `pipe` (and every pipeline sharing its UNet and text encoders) with their
-    weights, loading the files not loaded yet; no LoRA disables all adapters (the base model, exactly)."""
+    weights, loading what is not loaded yet; no LoRA disables all adapters (the base model, exactly).
+
+    Pipelines of one model share some components and not others (a video pipeline has its own motion UNet beside
+    the stills' text encoder), so each component is checked on its own and a file is loaded into those that lack
+    it. `targets` (kept by the caller with the model) remembers which components a file has weights for, learned
+    when it is first loaded, so that a UNet-only LoRA is not read again for the text encoder that never holds it.
+    """
     if not hasattr(pipe, "load_lora_weights"):
         if loras:
             raise InvalidRequest(f"{type(pipe).__name__} cannot take LoRAs")
@@ -94,20 +101,41 @@ def apply_loras(pipe: Any, loras: list[ResolvedLora]) -> None:
         _, unet, te = wanted.get(lora.adapter_name, (lora, 0.0, 0.0))
         te_weight = lora.weight if lora.te_weight is None else lora.te_weight
         wanted[lora.adapter_name] = (lora, unet + lora.weight, te + te_weight)
-    present = {name for names in pipe.get_list_adapters().values() for name in names}
-    missing = [name for name in wanted if name not in present]
-    stale = [name for name in present if name not in wanted]
-    if missing and stale and len(present) + len(missing) > MAX_LOADED_ADAPTERS:
+    components = [name for name in LORA_COMPONENTS if getattr(pipe, name, None) is not None]
+    holders = _holders(pipe)
+    missing = {name: _lacking(components, holders.get(name, set()), targets.get(name)) for name in wanted}
+    missing = {name: lacking for name, lacking in missing.items() if lacking}
+    stale = [name for name in holders if name not in wanted]
+    if missing and stale and len(holders.keys() | missing.keys()) > MAX_LOADED_ADAPTERS:
         pipe.delete_adapters(stale)
-    for name in missing:
-        _load(pipe, wanted[name][0])
+    for name, lacking in missing.items():
+        _load(pipe, wanted[name][0], None if name not in holders else lacking)
+        targets[name] = targets.get(name, frozenset()) | _holders(pipe).get(name, set())
     for component, names in pipe.get_list_adapters().items():
         active = [name for name in wanted if name in names]
         weights = [wanted[name][1 if component == "unet" else 2] for name in active]
         _activate(getattr(pipe, component), active, weights)
 
 
-def _load(pipe: Any, lora: ResolvedLora) -> None:
+def _holders(pipe: Any) -> dict[str, set[str]]:
+    """adapter name -> the components of `pipe` holding it."""
+    found: dict[str, set[str]] = {}
+    for component, names in pipe.get_list_adapters().items():
+        for name in names:
+            found.setdefault(name, set()).add(component)
+    return found
+
+
+def _lacking(components: list[str], holding: set[str], targets: frozenset[str] | None) -> list[str]:
+    """The components an adapter still has to be loaded into: those its file has weights for (all of them while
+    that is not known yet) that do not hold it."""
+    return [name for name in components if name not in holding and (targets is None or name in targets)]
+
+
+def _load(pipe: Any, lora: ResolvedLora, components: list[str] | None) -> None:
+    """Load `lora` into the whole pipeline (`components` None: diffusers' load_lora_weights) or into the listed
+    components only, through diffusers' per-component loaders, when others already hold it (loading it there
+    again would fail: the adapter name is taken)."""
     source: Any = str(lora.path)
     if lora.pickle:  # allowed by the settings in resolve_loras; read with weights_only=True
         source = checkpoints.load_state_dict(lora.path, allow_pickle=True)
@@ -115,13 +143,29 @@ def _load(pipe: Any, lora: ResolvedLora) -> None:
         with warnings.catch_warnings():  # peft warns on every adapter after the first, which is how we use it
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             # use_safetensors=True: diffusers would otherwise retry a file it cannot parse with torch.load.
-            pipe.load_lora_weights(source, adapter_name=lora.adapter_name, use_safetensors=not lora.pickle)
+            if components is None:
+                pipe.load_lora_weights(source, adapter_name=lora.adapter_name, use_safetensors=not lora.pickle)
+            else:
+                _load_into(pipe, source, lora, components)
     except Exception as err:  # diffusers raises ValueError, KeyError, RuntimeError... for files that do not fit
         if any(lora.adapter_name in names for names in pipe.get_list_adapters().values()):
             pipe.delete_adapters([lora.adapter_name])
         text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ModelNotFound(f"LoRA {lora.name} ({lora.path.name}) cannot be applied to this model: {text}"
                             f"{_trained_on(lora.path)}") from None
+
+
+def _load_into(pipe: Any, source: Any, lora: ResolvedLora, components: list[str]) -> None:
+    state, alphas, metadata = pipe.lora_state_dict(source, unet_config=pipe.unet.config,
+                                                   use_safetensors=not lora.pickle, return_lora_metadata=True)
+    for component in components:
+        if component == "unet":
+            pipe.load_lora_into_unet(state, alphas, pipe.unet, adapter_name=lora.adapter_name, metadata=metadata,
+                                     _pipeline=pipe)
+        else:  # the prefix picks the encoder's keys: text_encoder or text_encoder_2 (SDXL)
+            pipe.load_lora_into_text_encoder(state, alphas, getattr(pipe, component), prefix=component,
+                                             lora_scale=pipe.lora_scale, adapter_name=lora.adapter_name,
+                                             metadata=metadata, _pipeline=pipe)
 
 
 def _trained_on(path: Path) -> str:

@@ -82,6 +82,7 @@ class LoadedModel:
     pipelines: dict[str, Any] = field(default_factory=dict)  # mode -> pipeline (see pipelines.mode_pipeline)
     encoders: dict[int, Any] = field(default_factory=dict)  # clip_skip -> PromptEncoder
     vae_needs_fp32: bool = False  # set once a half-precision decode overflowed (see pipelines.decode_latents)
+    lora_targets: dict[str, frozenset[str]] = field(default_factory=dict)  # adapter -> components (loras.apply_loras)
 
     @property
     def name(self) -> str:

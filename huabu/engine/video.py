@@ -281,33 +281,10 @@ class _Job:
     def ready(self, pipe) -> None:
         """Set the pipeline up for this job: LoRAs first, since they change the text encoder that then encodes the
         prompt schedule, and the scheduler."""
-        if _has_own_unet(pipe):
-            _complete_unet_loras(pipe, self.loras)
-        apply_loras(pipe, self.loras)
+        apply_loras(pipe, self.loras, self.model.lora_targets)
         pipe.scheduler = self.scheduler
         self.conditioning = _conditioning(self.model, self.request.clip_skip, self.text, self.negative,
                                           self.request.steps * self.scheduler.order)
-
-
-def _has_own_unet(pipe) -> bool:
-    return type(pipe.unet).__name__ == "UNetMotionModel"
-
-
-def _complete_unet_loras(pipe, loras: list[ResolvedLora]) -> None:
-    """AnimateDiff pipelines have their own (motion) UNet but share the text encoder with the still pipelines, and
-    apply_loras loads a file only when no component holds its adapter yet: a LoRA that stills put into the shared
-    text encoder would never reach the motion UNet. Load those into the UNet alone (diffusers' own loader parts)."""
-    adapters = pipe.get_list_adapters()
-    in_unet = set(adapters.get("unet", []))
-    elsewhere = {name for component, names in adapters.items() if component != "unet" for name in names}
-    for lora in loras:
-        name = lora.adapter_name
-        if name in in_unet or name not in elsewhere:
-            continue
-        source = checkpoints.load_state_dict(lora.path, allow_pickle=True) if lora.pickle else str(lora.path)
-        state, alphas = pipe.lora_state_dict(source)
-        pipe.load_lora_into_unet(state, alphas, pipe.unet, adapter_name=name, _pipeline=pipe)
-        in_unet.add(name)
 
 
 def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[Progress], None] | None = None,
