@@ -62,10 +62,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(studio) -> Iterator[str]:
-    """Serve `studio` on 127.0.0.1 for the duration; yields its URL."""
+def serving(studio, auth: list[tuple[str, str]] | None = None) -> Iterator[str]:
+    """Serve `studio` on 127.0.0.1 (behind gradio's login when `auth` is given) for the duration; yields its URL."""
     port = free_port()
-    demo = studio.launch("127.0.0.1", port, block=False, quiet=True)
+    demo = studio.launch("127.0.0.1", port, block=False, quiet=True, auth=auth)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -188,11 +188,13 @@ class Studio:
             language.change(labels.updates, language, labels.components, queue=False, api_name="set_language")
         return demo
 
-    def launch(self, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False):
-        """Serve the studio; `block=False` returns at once (tests), leaving the server running in a thread."""
+    def launch(self, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False,
+               auth: list[tuple[str, str]] | None = None):
+        """Serve the studio; `block=False` returns at once (tests), leaving the server running in a thread. With
+        `auth` (user, password) pairs, gradio's login guards the page, its API and its files."""
         demo = self.build()
         demo.queue(max_size=64)
-        demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
+        demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, auth=auth,
                     allowed_paths=[str(self.settings.outputs_dir)], css=CSS, footer_links=["api"])
         return demo
 

@@ -1,0 +1,93 @@
+"""Who may use the studio: `huabu studio` refuses to listen beyond this machine without a login, and with one,
+gradio's login guards the page's API and files (checked against a live studio on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ui_support import serving, ui_settings
+
+
+@pytest.fixture
+def launches(monkeypatch, huabu_env):
+    """`huabu studio` runs whose launch is recorded instead of served."""
+    from huabu.ui import app
+
+    monkeypatch.delenv("HUABU_STUDIO_AUTH", raising=False)
+    launched = []
+    monkeypatch.setattr(app.Studio, "launch", lambda self, host, port, quiet, auth: launched.append((host, auth)))
+    return launched
+
+
+@pytest.mark.parametrize("options", [["--host", "0.0.0.0"], ["--listen"], ["--host", "192.168.1.5"],
+                                     ["--host", "studio.example"], ["--listen", "--auth-file", "/dev/null"]])
+def test_listening_beyond_loopback_needs_a_login(launches, capsys, options):
+    from huabu import cli
+
+    assert cli.main(["studio", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: refusing to serve the studio on ") and "--auth user:password" in err
+    assert err.count("\n") == 1 and launches == []
+
+
+def test_login_options(launches, monkeypatch, tmp_path, capsys):
+    from huabu import cli
+
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# studio users\nann:s3cret:with,colon\n\nbo:pw\n", encoding="utf-8")
+    assert cli.main(["studio", "--listen", "--auth", "ann:secret,bo:pw"]) == 0
+    assert cli.main(["studio", "--host", "10.0.0.2", "--auth-file", str(logins)]) == 0
+    monkeypatch.setenv("HUABU_STUDIO_AUTH", "cy:pw")
+    assert cli.main(["studio", "--listen"]) == 0
+    monkeypatch.delenv("HUABU_STUDIO_AUTH")
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):  # this machine only: no login needed
+        assert cli.main(["studio", "--host", host]) == 0
+    assert launches == [("0.0.0.0", [("ann", "secret"), ("bo", "pw")]),
+                        ("10.0.0.2", [("ann", "s3cret:with,colon"), ("bo", "pw")]),
+                        ("0.0.0.0", [("cy", "pw")]),
+                        ("127.0.0.1", None), ("127.0.0.2", None), ("localhost", None), ("::1", None)]
+    assert "login required" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--auth", "ann"], "--auth must look like user:password"),
+    (["--auth", "ann:pw,:pw"], "--auth must look like user:password"),
+    (["--auth-file", "{dir}/logins.txt"], "line 2 of"),
+    (["--auth-file", "{dir}/missing.txt"], "cannot read --auth-file"),
+])
+def test_bad_logins_are_one_line(launches, capsys, tmp_path, options, words):
+    from huabu import cli
+
+    (tmp_path / "logins.txt").write_text("ann:pw\nbo\n", encoding="utf-8")
+    assert cli.main(["studio", "--listen", *[o.format(dir=tmp_path) for o in options]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1 and launches == []
+
+
+def test_a_studio_with_a_login_refuses_anonymous_calls(model_store, tmp_path):
+    import httpx
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+    from PIL import Image
+
+    from huabu.ui.app import Studio
+
+    studio = Studio(ui_settings(model_store, tmp_path / "home"), "en")
+    picture = studio.settings.outputs_dir / "kept.png"
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(picture)
+    with serving(studio, auth=[("ann", "secret")]) as url:
+        with httpx.Client(base_url=url) as anonymous:
+            for path in ("config", "gradio_api/info", f"gradio_api/file={picture}"):
+                assert anonymous.get(path).status_code == 401, path
+            refused = anonymous.post("gradio_api/run/gallery_search", json={"data": ["", ""]})
+            assert refused.status_code == 401 and "Not authenticated" in refused.text
+        with pytest.raises(AuthenticationError):
+            Client(url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(url, verbose=False, auth=("ann", "wrong"))
+        client = Client(url, verbose=False, auth=("ann", "secret"))
+        assert client.predict("", "", api_name="/gallery_search") == []  # an empty gallery, listed
+        with httpx.Client(base_url=url) as user:
+            assert user.post("login", data={"username": "ann", "password": "secret"}).status_code == 200
+            assert user.get(f"gradio_api/file={picture}").content == picture.read_bytes()
