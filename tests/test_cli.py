@@ -70,6 +70,31 @@ def test_reproduce_matches_and_detects_changes(generated, capsys, tmp_path):
     assert code == 1 and out.startswith("differs (max abs pixel difference ") and out.strip()[-1] == ")"
 
 
+def test_loras_given_outside_the_prompt_are_written_into_it(huabu_env, capsys, tmp_path, settings):
+    from huabu.engine.models import ModelManager
+    from video_support import save_tiny_lora
+
+    pipe = ModelManager(settings).load("tiny-sd").pipeline  # its own copy: the session's may hold LoRA layers
+    save_tiny_lora(pipe, huabu_env / "loras" / "tiny-style.safetensors")
+    code, _, err = run(capsys, "generate", "a red apple", "--lora", "tiny-style:0.8", "--seed", "3", "-o",
+                       tmp_path / "lora", *FAST)
+    assert code == 0, err
+    made = tmp_path / "lora" / "00000-3.png"
+    code, out, _ = run(capsys, "png-info", made)
+    lines = out.strip().split("\n")
+    assert lines[0] == "a red apple <lora:tiny-style:0.8>" and 'Lora hashes: "tiny-style: ' in lines[-1]
+    assert run(capsys, "reproduce", made)[:2] == (0, "match\n")
+    run(capsys, "generate", "a red apple", "--seed", "3", "-o", tmp_path / "plain", *FAST)
+    assert np.abs(np.asarray(Image.open(tmp_path / "plain" / "00000-3.png"), dtype=np.int16)
+                  - np.asarray(Image.open(made), dtype=np.int16)).max() > 10  # the match needed the LoRA
+    # The same tag already in the prompt is neither written nor applied twice.
+    run(capsys, "generate", "a red apple <lora:tiny-style:0.8>", "--lora", "tiny-style:0.8", "--seed", "3", "-o",
+        tmp_path / "both", *FAST)
+    both = tmp_path / "both" / "00000-3.png"
+    assert run(capsys, "png-info", both)[1].split("\n")[0] == "a red apple <lora:tiny-style:0.8>"
+    assert np.array_equal(np.asarray(Image.open(both)), np.asarray(Image.open(made)))
+
+
 def test_history_searches_prompts(generated, capsys):
     code, out, _ = run(capsys, "history", "blue background")
     assert code == 0

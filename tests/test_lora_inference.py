@@ -67,6 +67,21 @@ def _addnet_hash(path: Path) -> str:
     return hashlib.sha256(raw[8 + length:]).hexdigest()
 
 
+def test_loras_outside_the_prompt_become_a1111_tags():
+    from huabu.engine.loras import prompt_with_loras
+    from huabu.requests import LoraSpec
+
+    specs = [LoraSpec(name="a", weight=0.8), LoraSpec(name="b", weight=1.0, te_weight=0.5),
+             LoraSpec(name="c", weight=0.7, te_weight=0.7), LoraSpec(name="a", weight=0.8),
+             LoraSpec(name="C:/loras/d.safetensors")]
+    prompt, untaggable = prompt_with_loras("cat, <lora:a:0.8>", specs)
+    # One `a` is the prompt's own tag; the other is a second application, so it is written.
+    assert prompt == "cat, <lora:a:0.8> <lora:b:0.5:1> <lora:c:0.7> <lora:a:0.8>"
+    assert untaggable == [specs[4]]
+    assert prompt_with_loras("", specs[:1]) == ("<lora:a:0.8>", [])
+    assert prompt_with_loras("cat", []) == ("cat", [])
+
+
 def test_weights_combine_and_switching_never_leaks(engine, model_store, lora_files):
     base, _ = _generate(engine, model_store, PROMPT)
     zero, _ = _generate(engine, model_store, PROMPT + "<lora:kohya-hand:0>")

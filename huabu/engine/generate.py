@@ -20,7 +20,8 @@ import huabu
 from huabu.engine import samplers
 from huabu.engine.controlnets import ControlNetManager, check_units
 from huabu.engine.images import load_image, load_mask
-from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text, resolve_loras
+from huabu.engine.loras import (ResolvedLora, apply_loras, lora_hashes_text, prompt_with_loras,
+                                resolve_loras)
 from huabu.engine.models import LoadedModel, ModelManager
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.errors import InvalidRequest
@@ -118,8 +119,9 @@ class Engine:
             raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
                                  f"{init_image.width}x{init_image.height}; they must be the same size")
         prompt, negative = self._styled(request)
+        prompt, untaggable = prompt_with_loras(prompt, request.loras)  # the infotext names every LoRA used
         text, tag_loras = extract_loras(prompt)
-        loras = resolve_loras([*request.loras, *tag_loras], self.settings.loras_dir, self.models.hashes,
+        loras = resolve_loras([*untaggable, *tag_loras], self.settings.loras_dir, self.models.hashes,
                               self.settings.allow_unsafe_pickle)
 
         model = self.models.load(request.model, request.checkpoint_config)

@@ -83,6 +83,35 @@ def resolve_loras(specs: Iterable[Any], loras_dir: Path, hashes: checkpoints.Has
     return resolved
 
 
+def prompt_with_loras(prompt: str, specs: Iterable[Any]) -> tuple[str, list[Any]]:
+    """`prompt` with a `<lora:...>` tag appended for each LoRA given outside it (`--lora`, GenerateRequest.loras),
+    so that the infotext's prompt line names every LoRA used, as A1111 writes them, and `huabu reproduce` applies
+    them again. A spec the prompt already holds as a tag with the same weights is not added (nor applied) twice.
+    Also returns the specs no tag can name (a path with `:`, `<` or `>`), to be applied without being written."""
+    from huabu.prompts.syntax import LoraRef, extract_loras
+
+    in_prompt = extract_loras(prompt)[1]
+    tags, untaggable = [], []
+    for spec in specs:
+        weight = float(spec.weight)
+        te_weight = None if spec.te_weight is None or float(spec.te_weight) == weight else float(spec.te_weight)
+        ref = LoraRef(spec.name, weight, te_weight)
+        if ref in in_prompt:
+            in_prompt.remove(ref)  # each tag stands for one application
+        elif any(char in spec.name for char in ":<>"):
+            untaggable.append(spec)
+        else:  # A1111's order: <lora:name:te:unet>
+            weights = [weight] if te_weight is None else [te_weight, weight]
+            tags.append(f"<lora:{spec.name}:{':'.join(map(_tag_number, weights))}>")
+    if not tags:
+        return prompt, untaggable
+    return " ".join([prompt, *tags]) if prompt.strip() else "".join([prompt, *tags]), untaggable
+
+
+def _tag_number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else str(value)  # 1 rather than 1.0, as infotext numbers
+
+
 def apply_loras(pipe: Any, loras: list[ResolvedLora], targets: dict[str, frozenset[str]]) -> None:
     """Make exactly `loras` active in `pipe` (and every pipeline sharing its UNet and text encoders) with their
     weights, loading what is not loaded yet; no LoRA disables all adapters (the base model, exactly).
