@@ -58,6 +58,7 @@ class UnetTrainConfig:
     vae: str = "runs/vae/final"
     out: str = "runs/unet"
     seed: int = 0
+    images: int = 100_000  # the first N dataset scenes, VAE-encoded once up front (encoding all 200k costs hours)
     steps: int = 8000
     batch_size: int = 32
     lr: float = 5e-4

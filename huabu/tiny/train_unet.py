@@ -98,7 +98,8 @@ def train(cfg: UnetTrainConfig) -> Path:
     tok = CLIPTokenizer.from_pretrained(cfg.clip)
     text_encoder = CLIPTextModel.from_pretrained(cfg.clip).eval().requires_grad_(False)
     vae = AutoencoderKL.from_pretrained(cfg.vae).eval().requires_grad_(False)
-    latents = encode_latents(vae, data.images, out / "latents.npy")
+    n_images = min(cfg.images, len(data))
+    latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     unet = build_unet(cfg, text_encoder.config.hidden_size)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -116,7 +117,7 @@ def train(cfg: UnetTrainConfig) -> Path:
         # Data, caption dropout, timesteps and noise are all functions of (seed, step): a resumed run continues
         # exactly as the uninterrupted one would have.
         rng = np.random.default_rng([cfg.seed, step])
-        idx = np.sort(rng.choice(len(data), size=cfg.batch_size, replace=False))
+        idx = np.sort(rng.choice(n_images, size=cfg.batch_size, replace=False))
         captions = ["" if rng.random() < CAPTION_DROPOUT else data.captions[i] for i in idx]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x0 = torch.from_numpy(latents[idx].astype(np.float32))
