@@ -58,6 +58,11 @@ def register(sub) -> None:
     assemble.add_argument("--out", default=None, help="default: the shipped huabu/tiny/huabu-tiny")
     assemble.set_defaults(handler=_assemble)
 
+    export = tsub.add_parser("export", help="write huabu-tiny as one LDM-key .safetensors file (A1111/ComfyUI layout)")
+    export.add_argument("--model", help="a huabu-tiny-shaped diffusers folder (default: the shipped one)")
+    export.add_argument("-o", "--out", default="huabu-tiny.safetensors")
+    export.set_defaults(handler=_export)
+
     ev = tsub.add_parser("eval", help="prompt adherence on held-out prompts, with the reachable ceilings")
     ev.add_argument("--model", help="a huabu-tiny-shaped diffusers folder (default: the shipped one)")
     ev.add_argument("--scorer", help="the CLIP vision tower folder (default: the shipped one)")
@@ -97,6 +102,18 @@ def _assemble(args: argparse.Namespace) -> int:
 
     out = assemble(Path(args.clip), Path(args.vae), Path(args.unet), Path(args.out) if args.out else DEFAULT_OUT)
     print(f"assembled huabu-tiny in {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from huabu.engine.convert import export_single_file
+    from huabu.tiny.assemble import DEFAULT_OUT
+
+    path = export_single_file(Path(args.model) if args.model else DEFAULT_OUT, args.out, config_name="huabu-tiny",
+                              dtype=torch.float16)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
