@@ -87,7 +87,9 @@ def test_samples_go_through_the_engine_with_the_lora(straight):
     samples = sorted((run / "samples").glob("*.png"))
     assert [p.name for p in samples] == ["step-0000004-0.png"]
     text = read_parameters(samples[0])
-    assert text.startswith("a photo of zqx\n") and 'Lora hashes: "lora-latest: ' in text
+    # The LoRA, given to the engine outside the prompt, is written into the prompt line as its tag.
+    assert text.startswith(f"a photo of zqx <lora:{run / 'lora-latest.safetensors'}:1>\n")
+    assert 'Lora hashes: "lora-latest: ' in text
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
