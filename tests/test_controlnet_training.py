@@ -8,15 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from huabu.control import train
 from huabu.control.train_config import ControlNetTrainConfig
 from huabu.errors import InvalidRequest
-
-
-class Killed(Exception):
-    pass
+from training_support import Killed, kill_after, newest_weights
 
 
 @pytest.fixture(scope="module")
@@ -33,29 +29,16 @@ def config(model_store, scenes, out: Path, **changes) -> ControlNetTrainConfig:
     return ControlNetTrainConfig(**fields)
 
 
-def newest_weights(out: Path) -> dict[str, torch.Tensor]:
-    newest = sorted((out / "checkpoints").glob("step-*"))[-1]
-    return load_file(str(newest / "controlnet.safetensors"))
-
-
 def test_killed_run_resumes_to_the_same_weights(model_store, scenes, settings, tmp_path, monkeypatch):
     train.train_controlnet(config(model_store, scenes, tmp_path / "straight"), settings=settings)
     killed = tmp_path / "killed"
-    real = train.save_checkpoint
-
-    def save_then_die(folder, done, *args, **kwargs):
-        path = real(folder, done, *args, **kwargs)
-        if done == 2:
-            raise Killed
-        return path
-
     with monkeypatch.context() as m:
-        m.setattr(train, "save_checkpoint", save_then_die)
+        kill_after(train, m, 2)
         with pytest.raises(Killed):
             train.train_controlnet(config(model_store, scenes, killed), settings=settings)
     assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
     final = train.train_controlnet(config(model_store, scenes, killed), settings=settings)
-    straight, resumed = newest_weights(tmp_path / "straight"), newest_weights(killed)
+    straight, resumed = newest_weights(tmp_path / "straight", "controlnet"), newest_weights(killed, "controlnet")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
     assert (final / "config.json").is_file() and (killed / "log.jsonl").read_text().strip()

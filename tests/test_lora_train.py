@@ -16,10 +16,7 @@ from safetensors.torch import load_file
 from huabu.errors import HuabuError
 from huabu.lora import train as lora_train
 from huabu.lora.requests import TrainLoraRequest
-
-
-class Killed(Exception):
-    pass
+from training_support import Killed, assert_same, kill_after
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +47,6 @@ def straight(images, model_store, settings, tmp_path_factory) -> Path:
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_written_file_has_kohya_keys_and_metadata_that_tools_read(straight):
@@ -114,26 +105,18 @@ def test_training_lowers_the_loss(images, model_store, settings, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(straight, images, model_store, settings, tmp_path, monkeypatch):
-    real = lora_train.save_checkpoint
-
-    def save_then_die(folder, done, *args, **kwargs):
-        path = real(folder, done, *args, **kwargs)
-        if done == 2:
-            raise Killed
-        return path
-
     request = _request(images, model_store, tmp_path, "killed", sample_every=0)  # samples change no weights
     with monkeypatch.context() as m:
-        m.setattr(lora_train, "save_checkpoint", save_then_die)
+        kill_after(lora_train, m, 2)
         with pytest.raises(Killed):
             lora_train.train_lora(request, settings)
     assert [p.name for p in (tmp_path / "killed-run" / "checkpoints").iterdir()] == ["step-0000002"]
     with pytest.raises(HuabuError, match="pass --resume"):
         lora_train.train_lora(request, settings)
     resumed = lora_train.train_lora(request.model_copy(update={"resume": True}), settings)
-    _assert_same(_tensors(straight), _tensors(resumed))
+    assert_same(_tensors(straight), _tensors(resumed))
     step4 = "checkpoints/step-0000004/lora.safetensors"
-    _assert_same(_tensors(straight.parent / "straight-run" / step4), _tensors(tmp_path / "killed-run" / step4))
+    assert_same(_tensors(straight.parent / "straight-run" / step4), _tensors(tmp_path / "killed-run" / step4))
 
 
 def test_cancel_writes_a_checkpoint_and_the_lora_so_far(straight, images, model_store, settings, tmp_path):
@@ -152,7 +135,7 @@ def test_cancel_writes_a_checkpoint_and_the_lora_so_far(straight, images, model_
         assert f.metadata()["ss_steps"] == "3"
     assert [p.name for p in (tmp_path / "cancelled-run" / "checkpoints").iterdir()] == ["step-0000003"]
     resumed = lora_train.train_lora(request.model_copy(update={"resume": True}), settings)
-    _assert_same(_tensors(straight), _tensors(resumed))
+    assert_same(_tensors(straight), _tensors(resumed))
     with pytest.raises(HuabuError, match="made with rank = 4, this run has 8") as err:
         lora_train.train_lora(request.model_copy(update={"resume": True, "rank": 8}), settings)
     assert "\n" not in str(err.value)

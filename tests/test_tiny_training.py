@@ -3,44 +3,15 @@
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from huabu.tiny import configs
 from huabu.tiny.data import write_dataset
-
-
-class Killed(Exception):
-    pass
+from training_support import Killed, assert_same, kill_after, newest_weights
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("scenes") / "data", 96, seed=1, progress=False)
-
-
-def _kill_after(module, monkeypatch, step: int) -> None:
-    """Make the stage die right after writing its `step` checkpoint, as a killed process would."""
-    real = module.save_checkpoint
-
-    def save_then_die(folder, done, *args, **kwargs):
-        path = real(folder, done, *args, **kwargs)
-        if done == step:
-            raise Killed
-        return path
-
-    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
-
-
-def _weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
-    newest = sorted((folder / "checkpoints").glob("step-*"))[-1]
-    return load_file(str(newest / f"{name}.safetensors"))
-
-
-def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def _clip_cfg(data: Path, out: Path) -> configs.ClipTrainConfig:
@@ -56,12 +27,12 @@ def test_clip_stage_resumes_identically(scenes, tmp_path, monkeypatch):
     train_clip.train(_clip_cfg(scenes, tmp_path / "straight"))
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        _kill_after(train_clip, m, 2)
+        kill_after(train_clip, m, 2)
         with pytest.raises(Killed):
             train_clip.train(_clip_cfg(scenes, killed))
     assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
     train_clip.train(_clip_cfg(scenes, killed))
-    _assert_same(_weights(tmp_path / "straight", "clip"), _weights(killed, "clip"))
+    assert_same(newest_weights(tmp_path / "straight", "clip"), newest_weights(killed, "clip"))
     assert (killed / "final" / "config.json").is_file()
 
 
@@ -76,11 +47,11 @@ def test_vae_stage_resumes_identically_and_sets_latent_scale(scenes, tmp_path, m
     result = train_vae.train(_vae_cfg(scenes, tmp_path / "straight"))
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        _kill_after(train_vae, m, 2)
+        kill_after(train_vae, m, 2)
         with pytest.raises(Killed):
             train_vae.train(_vae_cfg(scenes, killed))
     train_vae.train(_vae_cfg(scenes, killed))
-    _assert_same(_weights(tmp_path / "straight", "vae"), _weights(killed, "vae"))
+    assert_same(newest_weights(tmp_path / "straight", "vae"), newest_weights(killed, "vae"))
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(tmp_path / "straight" / "final")
@@ -110,11 +81,11 @@ def test_unet_stage_resumes_identically_and_writes_samples(scenes, tmp_path, mon
     train_unet.train(cfg(tmp_path / "straight"))
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        _kill_after(train_unet, m, 2)
+        kill_after(train_unet, m, 2)
         with pytest.raises(Killed):
             train_unet.train(cfg(killed))
     train_unet.train(cfg(killed))
     for name in ("unet", "ema"):
-        _assert_same(_weights(tmp_path / "straight", name), _weights(killed, name))
+        assert_same(newest_weights(tmp_path / "straight", name), newest_weights(killed, name))
     assert (killed / "samples-0000004.png").is_file()
     assert (killed / "final" / "config.json").is_file()

@@ -8,14 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from huabu.video import scenes as V
 from huabu.video.configs import MotionTrainConfig
-
-
-class Killed(Exception):
-    pass
+from training_support import Killed, kill_after, newest_weights
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +82,6 @@ def test_fresh_adapter_leaves_the_image_model_unchanged(base):
     assert torch.allclose(video[0].permute(1, 0, 2, 3), stills, atol=1e-5)
 
 
-def _kill_after(module, monkeypatch, step: int) -> None:
-    real = module.save_checkpoint
-
-    def save_then_die(folder, done, *args, **kwargs):
-        path = real(folder, done, *args, **kwargs)
-        if done == step:
-            raise Killed
-        return path
-
-    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    newest = sorted((folder / "checkpoints").glob("step-*"))[-1]
-    return load_file(str(newest / "motion.safetensors"))
-
-
 def test_motion_training_resumes_exactly_and_makes_a_motion_module(base, tmp_path, monkeypatch, settings, engine):
     from huabu.video import train_motion
 
@@ -110,12 +89,12 @@ def test_motion_training_resumes_exactly_and_makes_a_motion_module(base, tmp_pat
     straight = train_motion.train_motion(_cfg(base, tmp_path / "straight", sample_every=4), data=clips)
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        _kill_after(train_motion, m, 2)
+        kill_after(train_motion, m, 2)
         with pytest.raises(Killed):
             train_motion.train_motion(_cfg(base, killed), data=clips)
     assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
     train_motion.train_motion(_cfg(base, killed), data=clips)
-    a, b = _weights(tmp_path / "straight"), _weights(killed)
+    a, b = newest_weights(tmp_path / "straight", "motion"), newest_weights(killed, "motion")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.endswith("proj_out.weight") and a[k].abs().max() > 0 for k in a)  # it learned something
 
