@@ -26,7 +26,7 @@ from huabu.engine.models import LoadedModel, ModelManager
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.errors import InvalidRequest
 from huabu.prompts.syntax import extract_loras
-from huabu.requests import MAX_SEED, GenerateRequest
+from huabu.requests import MAX_SEED, GenerateRequest, VideoRequest
 from huabu.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,7 @@ class Engine:
         if mask is not None and mask.size != init_image.size:
             raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
                                  f"{init_image.width}x{init_image.height}; they must be the same size")
-        prompt, negative = self._styled(request)
-        prompt, untaggable = prompt_with_loras(prompt, request.loras)  # the infotext names every LoRA used
-        text, tag_loras = extract_loras(prompt)
-        loras = resolve_loras([*untaggable, *tag_loras], self.settings.loras_dir, self.models.hashes,
-                              self.settings.allow_unsafe_pickle)
+        prompt, negative, text, loras = self._prompts(request)
 
         model = self.models.load(request.model, request.checkpoint_config)
         width, height = _output_size(request, model, init_image)
@@ -165,6 +161,16 @@ class Engine:
                 result.interrupted = True
                 break
         return result
+
+    def _prompts(self, request: GenerateRequest | VideoRequest) -> tuple[str, str, str, list[ResolvedLora]]:
+        """What a request's prompts become: the styled prompt naming every LoRA used as its tag (the infotext's
+        prompt line), the negative prompt, the prompt text without those tags (what is encoded) and the LoRAs."""
+        prompt, negative = self._styled(request)
+        prompt, untaggable = prompt_with_loras(prompt, request.loras)
+        text, tag_loras = extract_loras(prompt)
+        loras = resolve_loras([*untaggable, *tag_loras], self.settings.loras_dir, self.models.hashes,
+                              self.settings.allow_unsafe_pickle)
+        return prompt, negative, text, loras
 
     def _styled(self, request: GenerateRequest) -> tuple[str, str]:
         if not request.styles:

@@ -36,12 +36,10 @@ from huabu.engine import checkpoints, samplers
 from huabu.engine.controlnets import check_units
 from huabu.engine.generate import Progress, _output_size, format_number
 from huabu.engine.images import load_image
-from huabu.engine.loras import (ResolvedLora, apply_loras, lora_hashes_text, prompt_with_loras,
-                                resolve_loras)
+from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text
 from huabu.engine.models import _HUB_ID, LoadedModel, ModelRef
 from huabu.engine.pipelines import decode_latents
 from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
-from huabu.prompts.syntax import extract_loras
 from huabu.requests import MAX_SEED, VideoRequest
 from huabu.settings import Settings
 
@@ -297,11 +295,7 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
     init_image = load_image(request.init_image) if request.init_image else None
     control_units = check_units(request.controlnets, init_image)  # units without an image use init_image
     target = _target_path(output, request.format, engine.settings.outputs_dir) if save else None
-    prompt, negative = engine._styled(request)
-    prompt, untaggable = prompt_with_loras(prompt, request.loras)  # the infotext names every LoRA used
-    text, tag_loras = extract_loras(prompt)
-    loras = resolve_loras([*untaggable, *tag_loras], engine.settings.loras_dir, engine.models.hashes,
-                          engine.settings.allow_unsafe_pickle)
+    prompt, negative, text, loras = engine._prompts(request)
 
     model = engine.models.load(request.model, request.checkpoint_config)
     kind = video_kind(model)
