@@ -7,7 +7,7 @@ field, its allowed range and the value given, which is what the CLI shows.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -86,10 +86,45 @@ class ControlUnit(BaseModel):
         return self
 
 
-class GenerateRequest(BaseModel):
-    """One txt2img / img2img / inpaint job. Images are file paths or `data:image/...;base64,` URLs."""
+class RequestModel(BaseModel):
+    """A job as plain JSON data: unknown fields are refused, and bad input becomes one InvalidRequest line."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def create(cls, **fields: Any) -> Self:
+        """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
+        return cls.from_data(fields)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise InvalidRequest(one_line(err)) from None
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON-ready dict (what a job row, an API response or a test stores)."""
+        return self.model_dump(mode="json")
+
+
+def _check_sampler(sampler: str, schedule_type: str | None = None) -> None:
+    """A sampler (and schedule type) parse_sampler knows, else ValueError for pydantic to report."""
+    try:
+        parse_sampler(sampler, schedule_type)
+    except InvalidRequest as err:
+        raise ValueError(str(err)) from None
+
+
+def _check_steps_left(steps: int, strength: float) -> None:
+    # diffusers runs int(steps * strength) steps of an img2img/inpaint schedule; zero would return nothing.
+    if int(steps * strength) < 1:
+        raise ValueError(f"denoising strength {strength} with {steps} steps leaves no step to run; raise the "
+                         f"strength or the steps (steps x strength must be at least 1)")
+
+
+class GenerateRequest(RequestModel):
+    """One txt2img / img2img / inpaint job. Images are file paths or `data:image/...;base64,` URLs."""
 
     mode: Mode = "txt2img"
     prompt: str = ""
@@ -118,56 +153,30 @@ class GenerateRequest(BaseModel):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
-        try:
-            parse_sampler(value)
-        except InvalidRequest as err:
-            raise ValueError(str(err)) from None
+        _check_sampler(value)
         return value
 
     @model_validator(mode="after")
     def _mode_inputs(self) -> "GenerateRequest":
-        try:
-            parse_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
-        except InvalidRequest as err:
-            raise ValueError(str(err)) from None
+        _check_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
         if self.mode in ("img2img", "inpaint") and not self.init_image:
             raise ValueError(f"{self.mode} needs an input image (init_image / --image)")
         if self.mode == "inpaint" and not self.mask:
             raise ValueError("inpaint needs a mask image (mask / --mask): white = repaint, black = keep")
         if self.mode == "txt2img" and (self.init_image or self.mask):
             raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")
-        if self.mode != "txt2img" and int(self.steps * self.denoising_strength) < 1:
-            # diffusers runs int(steps * strength) steps of an img2img/inpaint schedule; zero would return nothing.
-            raise ValueError(f"denoising strength {self.denoising_strength} with {self.steps} steps leaves no step "
-                             f"to run; raise the strength or the steps (steps x strength must be at least 1)")
+        if self.mode != "txt2img":
+            _check_steps_left(self.steps, self.denoising_strength)
         return self
-
-    @classmethod
-    def create(cls, **fields: Any) -> "GenerateRequest":
-        """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
-        return cls.from_data(fields)
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> "GenerateRequest":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise InvalidRequest(one_line(err)) from None
-
-    def to_data(self) -> dict[str, Any]:
-        """JSON-ready dict (what a job row, an API response or a test stores)."""
-        return self.model_dump(mode="json")
 
 
 VideoFormat = Literal["mp4", "gif", "webm"]
 
 
-class VideoRequest(BaseModel):
+class VideoRequest(RequestModel):
     """One video: text-to-video, or image-to-video when `init_image` is given (its first frame stays close to the
     image). Runs an AnimateDiff motion module on an SD 1.x-shaped model, or a ModelScope / I2VGen-XL video model
     when `model` is one; prompt syntax, samplers, seeds and LoRAs work as for stills."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -199,39 +208,17 @@ class VideoRequest(BaseModel):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
-        try:
-            parse_sampler(value)
-        except InvalidRequest as err:
-            raise ValueError(str(err)) from None
+        _check_sampler(value)
         return value
 
     @model_validator(mode="after")
     def _inputs(self) -> "VideoRequest":
-        try:
-            parse_sampler(self.sampler, self.schedule_type)
-        except InvalidRequest as err:
-            raise ValueError(str(err)) from None
+        _check_sampler(self.sampler, self.schedule_type)
         if self.sparse_control and not self.init_image:
             raise ValueError("sparse_control (SparseCtrl RGB) animates an image: give init_image / --image too")
-        if self.init_image and not self.sparse_control and int(self.steps * self.denoising_strength) < 1:
-            raise ValueError(f"denoising strength {self.denoising_strength} with {self.steps} steps leaves no step "
-                             f"to run; raise the strength or the steps (steps x strength must be at least 1)")
+        if self.init_image and not self.sparse_control:
+            _check_steps_left(self.steps, self.denoising_strength)
         return self
-
-    @classmethod
-    def create(cls, **fields: Any) -> "VideoRequest":
-        """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
-        return cls.from_data(fields)
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> "VideoRequest":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise InvalidRequest(one_line(err)) from None
-
-    def to_data(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
 
 
 _RANGE_WORDS = {"greater_than_equal": "at least {ge}", "less_than_equal": "at most {le}",

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from huabu.errors import InvalidRequest
-from huabu.requests import one_line
+from huabu.requests import RequestModel
 
 DEFAULT_TEMPLATE = "a photo of {trigger}"
 
 
-class TrainLoraRequest(BaseModel):
+class TrainLoraRequest(RequestModel):
     """One `huabu train lora` run. Field names are the CLI flags (`caption_template` = `--caption-template`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: str = Field(description="folder of training images with optional caption sidecars (img.png + img.txt)")
     out: str = Field(min_length=1, description="LoRA name (written to the LoRA folder) or a path ending .safetensors")
@@ -68,14 +65,3 @@ class TrainLoraRequest(BaseModel):
         if self.caption_template is None and self.trigger:
             return DEFAULT_TEMPLATE
         return self.caption_template
-
-    @classmethod
-    def create(cls, **fields: Any) -> "TrainLoraRequest":
-        """Validate keyword fields; bad input raises InvalidRequest with one line."""
-        try:
-            return cls.model_validate(fields)
-        except ValidationError as err:
-            raise InvalidRequest(one_line(err)) from None
-
-    def to_data(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
