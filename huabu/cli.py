@@ -105,12 +105,17 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-iter", type=int, default=1, help="pipeline calls (batches)")
     parser.add_argument("-o", "--output", type=Path, help="output folder (created if missing); default: "
                                                           "~/.huabu/outputs")
+    add_prompt_options(parser)
+    add_control_options(parser)
+    add_runtime_options(parser)
+
+
+def add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    """What shapes the prompt beside its text: styles, LoRAs, clip skip (images and videos alike)."""
     parser.add_argument("--style", action="append", default=[], help="prompt-book style (repeatable)")
     parser.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
                         help="LoRA from the LoRA folder (repeatable; same as <lora:NAME:WEIGHT> in the prompt)")
     parser.add_argument("--clip-skip", type=int, default=1)
-    add_control_options(parser)
-    add_runtime_options(parser)
 
 
 def add_control_options(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from huabu.cli import (add_control_options, add_runtime_options, control_units_from_args, parse_lora, parse_size,
-                       quiet_libraries, settings_from_args)
+from huabu.cli import (add_control_options, add_prompt_options, add_runtime_options, control_units_from_args,
+                       parse_lora, parse_size, quiet_libraries, settings_from_args)
 
 FORMATS = ("mp4", "gif", "webm")
 
@@ -41,10 +41,7 @@ def register(sub) -> None:
     parser.add_argument("--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential...")
     parser.add_argument("--seed", type=int, default=-1, help="-1 picks a random seed (recorded in the video)")
     parser.add_argument("--size", type=parse_size, metavar="WxH", help="default: the model's size (or the image's)")
-    parser.add_argument("--style", action="append", default=[], help="prompt-book style (repeatable)")
-    parser.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
-                        help="LoRA from the LoRA folder (repeatable; same as <lora:NAME:WEIGHT> in the prompt)")
-    parser.add_argument("--clip-skip", type=int, default=1)
+    add_prompt_options(parser)
     add_control_options(parser)
     add_runtime_options(parser)
     parser.set_defaults(handler=run_video)
