@@ -6,10 +6,9 @@ Import-light: huabu.control (OpenCV, torch) is imported by the handler, not at r
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 from pathlib import Path
 
+from huabu.atomic import atomic_file, atomic_path
 from huabu.errors import InvalidRequest
 
 # Preprocessor options with a CLI flag of the same name. Only flags the user gave are passed, so a flag the module
@@ -83,30 +82,14 @@ def save_image_atomic(image, path: Path) -> Path:
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise InvalidRequest(f"cannot tell the image format from {path.name!r}; use a .png (or .jpg/.webp) name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            image.save(f, format=image_format)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format=image_format)
     return path
 
 
 def _save_text_atomic(text: str, path: Path) -> None:
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
+    with atomic_path(Path(path).expanduser()) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def run_preprocess(args: argparse.Namespace) -> int:

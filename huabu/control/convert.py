@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
+from huabu.atomic import atomic_path
 from huabu.engine.convert import unet_to_ldm
 
 PREFIX = "control_model."
@@ -104,11 +104,6 @@ def export_controlnet(controlnet_or_folder, path: str | os.PathLike, dtype=None)
     state = controlnet_to_ldm(controlnet.state_dict(), controlnet.config)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

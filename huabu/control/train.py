@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from diffusers.training_utils import compute_snr
 from PIL import Image
 from tqdm import tqdm
 
+from huabu.atomic import atomic_path
 from huabu.control.train_config import ControlNetTrainConfig
 from huabu.errors import HuabuError, InvalidRequest
 from huabu.training.checkpoint import load_latest, save_checkpoint
@@ -94,10 +93,8 @@ def _latents(cfg: ControlNetTrainConfig, vae, images: np.ndarray, batch: int = 6
     # C order: the encoder hands back channels-last strides, and the UNet's kernels round differently on those,
     # which would make a resumed run (reading the saved file) drift from an uninterrupted one.
     latents = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".latents.{secrets.token_hex(4)}.npy")
-    np.save(tmp, latents)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:  # np.save would add .npy to any other name
+        np.save(tmp, latents)
     return latents
 
 
@@ -285,7 +282,6 @@ def write_samples(cfg: ControlNetTrainConfig, controlnet, frozen: Frozen, data, 
     top = (maps.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     bottom = (outputs * 255).round().astype(np.uint8)
     grid = np.concatenate([np.concatenate(list(top), axis=1), np.concatenate(list(bottom), axis=1)], axis=0)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
     return path

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import struct
 import threading
 from pathlib import Path
 from typing import Any
 
+from huabu.atomic import atomic_path
 from huabu.errors import ModelNotFound, UnsafeCheckpoint
 
 SAFETENSORS = "safetensors"
@@ -140,10 +140,8 @@ class HashCache:
     def _save(self) -> None:
         if not self.cache_file:
             return
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps(self._entries, indent=1), encoding="utf-8")
-        os.replace(tmp, self.cache_file)
+        with atomic_path(self.cache_file) as tmp:
+            tmp.write_text(json.dumps(self._entries, indent=1), encoding="utf-8")
 
     def sha256(self, path: str | os.PathLike, kind: str = "sha256") -> str:
         """Full hex sha256 of the file (`kind="sshs"`: of its safetensors tensor data)."""

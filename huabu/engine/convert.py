@@ -9,9 +9,10 @@ of UNet / VAE blocks works (huabu-tiny has three of each).
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Mapping
+
+from huabu.atomic import atomic_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -160,11 +161,6 @@ def export_single_file(pipe_or_folder, path: str | os.PathLike, config_name: str
     if config_name:
         metadata["huabu_config"] = config_name
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

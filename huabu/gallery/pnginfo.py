@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from huabu.atomic import atomic_file
 from huabu.errors import BadImage
 
 PARAMETERS_KEY = "parameters"
@@ -157,8 +157,6 @@ def _parameters_of(image: Image.Image) -> str | None:
 
 def save_png_atomic(image: Image.Image, path: Path, parameters: str | None) -> Path:
     """Write `image` as PNG with a `parameters` text chunk (iTXt when not latin-1), via a temp file and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     if parameters is not None:
         try:
@@ -166,19 +164,9 @@ def save_png_atomic(image: Image.Image, path: Path, parameters: str | None) -> P
             info.add_text(PARAMETERS_KEY, parameters)
         except UnicodeEncodeError:
             info.add_itxt(PARAMETERS_KEY, parameters)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with mode 0o666 lets the umask decide the final permissions (mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as f:
+        image.save(f, format="PNG", pnginfo=info)
+    return Path(path)
 
 
 def next_output_path(folder: Path, seed: int, ext: str = "png") -> Path:

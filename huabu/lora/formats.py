@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
+from huabu.atomic import atomic_path
 from huabu.errors import InvalidRequest, ModelNotFound
 
 KOHYA = "kohya"
@@ -317,12 +317,6 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def _save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> Path:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -9,7 +9,6 @@ comment extension, and `read_video_parameters` reads them back.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +16,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from huabu.atomic import atomic_path
 from huabu.errors import BadImage, HuabuError, InvalidRequest
 
 VIDEO_FORMATS = ("mp4", "gif", "webm")
@@ -51,17 +51,11 @@ def write_video(frames: Iterable, path: str | os.PathLike, fps: int, parameters:
     fmt = video_format(path)
     if fps < 1:
         raise InvalidRequest(f"fps must be at least 1, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
-    try:
+    with atomic_path(path, suffix=f".tmp{path.suffix}") as tmp:  # the writers go by the extension
         if fmt == "gif":
             _write_gif([_rgb(f) for f in frames], tmp, fps, parameters)
         else:
             _write_ffmpeg(frames, tmp, fps, fmt, parameters)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

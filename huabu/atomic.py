@@ -1,0 +1,34 @@
+"""Atomic file output: everything huabu writes goes to a temporary name beside its target and is moved onto it with
+os.replace, so that a reader never sees half a file and a failure leaves the old file (or none) and no temp file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside `path` (its folder created) for a writer that wants a file name; moved onto `path`
+    when the block ends, removed if it raises. `suffix` ends the temporary name, for writers that go by it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A new binary file beside `path`, flushed to disk (fsync) and moved onto `path` when the block ends. Its
+    permissions follow the umask, as an ordinary new file's do (mkstemp would force 0o600)."""
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())

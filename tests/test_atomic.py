@@ -1,0 +1,36 @@
+"""huabu.atomic, which every writer of outputs uses: the target only ever holds a whole file, a failure leaves the
+old one and no temporary file, and new files get the umask's permissions."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from huabu.atomic import atomic_file, atomic_path
+
+
+def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "deep" / "er" / "out.npy"
+    with atomic_path(target, suffix=".npy") as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.npy.") and tmp.suffix == ".npy"
+        assert not target.exists()  # the folder is made, the target only appears at the end
+        tmp.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"first" and os.listdir(target.parent) == ["out.npy"]
+
+
+def test_atomic_file_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with atomic_file(tmp_path / "a.png") as f:
+            f.write(b"png")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.png").read_bytes() == b"png"
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["a.png"]
