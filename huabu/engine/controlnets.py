@@ -2,12 +2,14 @@
 map of the output size, and running diffusers' ControlNet pipelines built with `from_pipe` around the loaded
 model (same UNet, VAE and text encoders; the ControlNets ride in a MultiControlNetModel).
 
-A unit's `model` is a path (diffusers folder or single file), a name in `Settings.controlnet_dir` (A1111's
-"name [hash]" too, found by hash when the name is not there), or empty: then the folder's one ControlNet whose name
-holds the module's name (canny -> "control_v11p_sd15_canny"). Single files in the original layout are read with
-`ControlNetModel.from_single_file`, safely (format judged by the bytes, pickle only when allowed), with a config
-derived from the base model's UNet plus the file's own control-image embedding: the two must match anyway, and it
-keeps loading offline.
+A unit's `model` is a path (diffusers folder or single file), a name in `Settings.controlnet_dir` or among the
+model's own ControlNets (A1111's "name [hash]" too, found by hash when the name is not there), or empty: then the
+model's own ControlNet for the module, else the folder's one ControlNet whose name holds the module's name
+(canny -> "control_v11p_sd15_canny"). A model folder's own ControlNets are diffusers folders beside it named
+`<folder>-controlnet-<module>`, as huabu-tiny ships huabu-tiny-controlnet-canny. Single files in the original
+layout are read with `ControlNetModel.from_single_file`, safely (format judged by the bytes, pickle only when
+allowed), with a config derived from the base model's UNet plus the file's own control-image embedding: the two
+must match anyway, and it keeps loading offline.
 
 Per unit, as sd-webui-controlnet: weight (conditioning scale), guidance start/end (fractions of the steps), resize
 mode, processor resolution or "pixel perfect", thresholds (Canny low/high) and control mode (see control_modes).
@@ -144,18 +146,28 @@ class ControlNetManager:
                 refs.append(self._ref_for_path(candidate, check=False))
         return refs
 
-    def resolve(self, spec: str, module: str, unet_config: Any = None, vae_factor: int | None = None) -> ControlNetRef:
-        """The ControlNet a unit's `model` names, or for an empty one, the default for `module` (see module doc)."""
+    def own_controlnets(self, model_path: Path | None) -> list[ControlNetRef]:
+        """The ControlNets shipped with a model folder: `<folder>-controlnet-*` diffusers folders beside it."""
+        if model_path is None or not model_path.is_dir():
+            return []
+        found = sorted(model_path.parent.glob(f"{model_path.name}-controlnet-*"))
+        return [self._ref_for_path(p, check=False) for p in found if _is_controlnet_config(p / "config.json")]
+
+    def resolve(self, spec: str, module: str, unet_config: Any = None, vae_factor: int | None = None,
+                model_path: Path | None = None) -> ControlNetRef:
+        """The ControlNet a unit's `model` names, or for an empty one, the default for `module` (see module doc);
+        `model_path` is the model's folder, whose own ControlNets come first."""
         spec = (spec or "").strip()
+        own = self.own_controlnets(model_path)
         if not spec:
-            return self._default_for(module, unet_config, vae_factor)
+            return self._default_for(module, unet_config, vae_factor, own)
         path = Path(spec).expanduser()
         if path.exists():
             return self._ref_for_path(path)
         title = _A1111_TITLE.match(spec)
         wanted, short = (title.group(1), title.group(2).lower()) if title else (spec, None)
         root = self.settings.controlnet_dir
-        available = self.list_controlnets()
+        available = self.list_controlnets() + own
         for ref in available:
             location = Path(ref.location)
             names = {location.name.lower(), location.stem.lower()}
@@ -170,7 +182,8 @@ class ControlNetManager:
         raise ModelNotFound(f"ControlNet {spec!r} not found: not a path and not in {root}"
                             + (f" (it holds: {', '.join(r.name for r in available)})" if available else ""))
 
-    def _default_for(self, module: str, unet_config: Any, vae_factor: int | None) -> ControlNetRef:
+    def _default_for(self, module: str, unet_config: Any, vae_factor: int | None,
+                     own: list[ControlNetRef] | None = None) -> ControlNetRef:
         from huabu.control.registry import get_preprocessor
 
         name = get_preprocessor(module).name
@@ -178,6 +191,10 @@ class ControlNetManager:
         if not words:
             raise InvalidRequest(f"module {module!r} has no default ControlNet: name one (model, or "
                                  f"--controlnet-model)")
+        mine = [ref for ref in own or [] if any(word in ref.name.lower() for word in words)]
+        if len(mine) == 1:
+            log.info("ControlNet for %s: %s (the model's own)", name, mine[0].location)
+            return mine[0]
         root = self.settings.controlnet_dir
         matches = [ref for ref in self.list_controlnets() if any(word in ref.name.lower() for word in words)]
         if len(matches) > 1 and unet_config is not None:
@@ -270,7 +287,8 @@ class ControlNetManager:
     def plan(self, units: list[CheckedUnit], model: LoadedModel) -> "ControlPlan":
         """Resolve and load each unit's ControlNet for `model`."""
         unet_config = model.pipeline.unet.config
-        refs = [self.resolve(u.unit.model, u.preprocessor, unet_config, model.vae_scale_factor) for u in units]
+        refs = [self.resolve(u.unit.model, u.preprocessor, unet_config, model.vae_scale_factor, model.ref.path)
+                for u in units]
         nets = [self.load(ref, model) for ref in refs]
         return ControlPlan(units, refs, nets, self.settings.controlnet_dir / ANNOTATORS,
                            self.settings.allow_unsafe_pickle)
