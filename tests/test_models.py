@@ -34,11 +34,12 @@ def test_single_file_of_unknown_shape_asks_for_a_config(settings, model_store):
         ModelManager(settings).load(str(model_store["single"]))
 
 
-def test_pickle_checkpoint_loads_only_when_allowed(settings, model_store, engine):
+def test_pickle_checkpoint_loads_only_when_allowed(settings, model_store):
     config = str(model_store["folder"])
     allowed = ModelManager(settings.with_(allow_unsafe_pickle=True))
     loaded = allowed.load(str(model_store["ckpt"]), config)
-    reference = engine.models.load(config).pipeline.unet.state_dict()
+    # A fresh manager: the session engine's copy may hold (disabled) LoRA adapters from other tests.
+    reference = ModelManager(settings).load(config).pipeline.unet.state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in loaded.pipeline.unet.state_dict().items())
 
 
