@@ -1,0 +1,59 @@
+"""Settings of huabu-tiny's demonstrations: its ControlNet preset, and the ControlNet, video and LoRA evaluations.
+
+No torch import: `huabu tiny` builds its options from these dataclasses cheaply. An empty `model` means the built-in
+huabu-tiny; empty ControlNet / motion / LoRA paths mean the ones shipped with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from huabu.control.train_config import ControlNetTrainConfig
+
+CONTROL_TYPES = ("canny", "color")  # the ControlNets huabu-tiny ships and eval-control measures
+
+
+@dataclass
+class TinyControlNetConfig(ControlNetTrainConfig):
+    """`huabu train controlnet` preset for huabu-tiny: the UNet stage's latent cache (its first N scenes, encoded by
+    the same VAE) spares hours of VAE encoding, and batch 16 x 2500 steps fits an hour of this CPU per type."""
+
+    latents: str = "runs/unet/latents.npy"
+    steps: int = 2500
+    batch_size: int = 16
+
+
+@dataclass
+class ControlEvalConfig:
+    model: str = ""
+    controlnet: str = ""  # a ControlNet folder for the one type in `types`; empty = the model's shipped ones
+    types: str = "canny,color"
+    singles: int = 40  # held-out single-object scenes
+    pairs: int = 10  # held-out two-object scenes
+    steps: int = 20
+    cfg: float = 5.0
+    weight: float = 1.0  # ControlNet conditioning scale
+    seed: int = 0
+
+
+@dataclass
+class VideoEvalConfig:
+    model: str = ""
+    motion: str = ""  # a MotionAdapter folder or file; empty = the model's own motion_adapter/
+    clips: int = 60  # held-out moving scenes, every motion equally often
+    frames: int = 16
+    steps: int = 20
+    cfg: float = 5.0
+    seed: int = 0
+
+
+@dataclass
+class LoraEvalConfig:
+    model: str = ""
+    style: str = ""  # the paper-cut style LoRA file
+    subject: str = ""  # the hbdragon subject LoRA file
+    weights: tuple[float, ...] = (0.0, 0.5, 1.0)
+    count: int = 30  # held-out prompts per LoRA
+    steps: int = 20
+    cfg: float = 5.0
+    seed: int = 0

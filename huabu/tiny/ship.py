@@ -1,0 +1,101 @@
+"""Ship trained add-ons with a huabu-tiny-shaped model folder, as fp16 safetensors where the engine finds them:
+
+    <model folder>-controlnet-<type>/  a diffusers ControlNet beside the model (huabu-tiny-controlnet-canny, -color):
+                                       the engine's default ControlNet for that module on this model
+    <model folder>/motion_adapter/     a diffusers MotionAdapter inside the model folder: the engine's default motion
+                                       module for this model (pipelines load only what model_index.json lists)
+
+ControlNets stay outside the model folder so that the model itself keeps its size; a motion module is the model's
+own temporal half, which the engine already looks for inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from huabu.errors import InvalidRequest, ModelNotFound
+from huabu.engine.models import BUILTIN_DIR
+
+
+def controlnet_folder(model_dir: Path, kind: str) -> Path:
+    model_dir = Path(model_dir)
+    return model_dir.parent / f"{model_dir.name}-controlnet-{kind}"
+
+
+def motion_folder(model_dir: Path) -> Path:
+    return Path(model_dir) / "motion_adapter"
+
+
+def _trained_folder(run_dir: Path, what: str) -> Path:
+    """A run folder's final/ (what training writes last), or the folder itself when it already is a saved model."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir / "final", run_dir):
+        if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+            return folder
+    raise ModelNotFound(f"no trained {what} in {run_dir} (looked for final/ with config.json and .safetensors "
+                        f"weights); finish or resume the training run first")
+
+
+def _unet_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "unet" / "config.json"
+    if not path.is_file():
+        raise ModelNotFound(f"{model_dir} is not a diffusers model folder with a UNet (no unet/config.json); pass "
+                            f"--model with a huabu-tiny-shaped folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_widths(name: str, channels, model_dir: Path) -> None:
+    wanted = list(_unet_config(model_dir)["block_out_channels"])
+    if list(channels) != wanted:
+        raise InvalidRequest(f"{name} was trained for a UNet with widths {list(channels)}, {model_dir.name} has "
+                             f"{wanted}; ship it with the model it was trained on")
+
+
+def _write_fp16(model, target: Path) -> Path:
+    """save_pretrained in fp16 safetensors into a temporary folder beside `target`, then swap it in, so a failed
+    write leaves the shipped folder as it was."""
+    tmp, old = target.with_name(f".{target.name}.partial"), target.with_name(f".{target.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def ship_controlnet(run_dir: Path, kind: str, model_dir: Path = BUILTIN_DIR) -> Path:
+    """Write the ControlNet trained in `run_dir` (for control type `kind`) beside `model_dir`; returns its folder."""
+    from diffusers import ControlNetModel
+
+    from huabu.engine.controlnets import MODULE_WORDS
+
+    if kind not in MODULE_WORDS:
+        raise InvalidRequest(f"unknown control type {kind!r}; one of {', '.join(MODULE_WORDS)}")
+    run_config = Path(run_dir) / "config.json"
+    if run_config.is_file():
+        trained_type = json.loads(run_config.read_text(encoding="utf-8")).get("type", kind)
+        if trained_type != kind:
+            raise InvalidRequest(f"{run_dir} trained a {trained_type} ControlNet, not {kind}; pass --type "
+                                 f"{trained_type}")
+    controlnet = ControlNetModel.from_pretrained(_trained_folder(run_dir, "ControlNet"), dtype=torch.float32)
+    _check_widths(f"ControlNet {run_dir}", controlnet.config.block_out_channels, model_dir)
+    if controlnet.config.cross_attention_dim != _unet_config(model_dir)["cross_attention_dim"]:
+        raise InvalidRequest(f"ControlNet {run_dir} was trained for another text encoder width; ship it with the "
+                             f"model it was trained on")
+    return _write_fp16(controlnet, controlnet_folder(model_dir, kind))
+
+
+def ship_motion(run_dir: Path, model_dir: Path = BUILTIN_DIR) -> Path:
+    """Write the motion module trained in `run_dir` into `model_dir`/motion_adapter; returns that folder."""
+    from diffusers import MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(_trained_folder(run_dir, "motion module"), dtype=torch.float32)
+    _check_widths(f"motion module {run_dir}", adapter.config.block_out_channels, model_dir)
+    return _write_fp16(adapter, motion_folder(model_dir))
