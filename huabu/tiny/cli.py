@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from huabu.tiny import configs
+from huabu.tiny.demo_configs import TinyControlNetConfig
 from huabu.video.configs import MotionTrainConfig
 
 # stage -> (training module, its config dataclass)
@@ -19,6 +20,7 @@ STAGES = {
     "vae": ("huabu.tiny.train_vae", configs.VaeTrainConfig),
     "unet": ("huabu.tiny.train_unet", configs.UnetTrainConfig),
     "motion": ("huabu.video.train_motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
+    "controlnet": ("huabu.tiny.controlnet", TinyControlNetConfig),  # huabu tiny's preset of huabu train controlnet
 }
 
 
@@ -72,6 +74,10 @@ def register(sub) -> None:
     ev.add_argument("--pairs", type=int, default=100)
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(handler=_eval)
+
+    from huabu.tiny import demo_cli  # lora-data, eval-control/-video/-lora, ship-controlnet/-motion
+
+    demo_cli.register(tsub)
 
 
 def _data(args: argparse.Namespace) -> int:
