@@ -211,7 +211,7 @@ def test_eval_video_prints_every_figure_and_the_real_clip_ceiling(toy, shipped, 
     assert set(r["per_motion"]) == {"left", "right"}  # eval scenes cycle through the motions
     assert r["real_direction_accuracy"] == 1.0 and 0.0 <= r["direction_accuracy"] <= 1.0
     assert -1.0 <= r["frame_consistency"] <= 1.0
-    assert "motion_adapter" in r["settings"]["motion"]
+    assert r["settings"]["motion"] == "huabu-tiny/motion_adapter"  # the model's own, found by default
 
 
 # --- LoRA data and eval-lora ----------------------------------------------------------------------------------

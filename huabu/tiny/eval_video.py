@@ -18,18 +18,20 @@ from huabu.video import scenes as V
 DIRECTION_TARGET = 0.7
 
 
-def generate_clips(engine, cfg: VideoEvalConfig, prompts: list[str]) -> list[list[np.ndarray]]:
-    """One video per prompt, prompt i at seed cfg.seed + i, with the model's own motion module unless cfg.motion."""
+def generate_clips(engine, cfg: VideoEvalConfig, prompts: list[str]) -> tuple[list[list[np.ndarray]], str]:
+    """One video per prompt, prompt i at seed cfg.seed + i, with the model's own motion module unless cfg.motion;
+    also the motion module's name as the engine resolved it."""
     from huabu.requests import VideoRequest
 
-    videos = []
+    videos, motion = [], ""
     for i, prompt in enumerate(prompts):
         request = VideoRequest.create(prompt=prompt, model=cfg.model or BUILTIN_MODEL, frames=cfg.frames,
                                       steps=cfg.steps, cfg_scale=cfg.cfg, seed=cfg.seed + i,
                                       motion_module=cfg.motion or None)
         result = engine.generate_video(request)
         videos.append([np.asarray(frame.convert("RGB")) for frame in result.frames])
-    return videos
+        motion = result.params.get("Motion module", motion)
+    return videos, motion
 
 
 def evaluate_video(cfg: VideoEvalConfig, settings: Settings | None = None, engine=None) -> dict[str, object]:
@@ -41,7 +43,8 @@ def evaluate_video(cfg: VideoEvalConfig, settings: Settings | None = None, engin
     scenes = V.eval_moving_scenes(cfg.clips, frames=cfg.frames)
     motions = [scene.motion for scene in scenes]
     backgrounds = [scene.background for scene in scenes]
-    generated = score_motion(generate_clips(engine, cfg, [scene.caption for scene in scenes]), motions, backgrounds)
+    videos, motion = generate_clips(engine, cfg, [scene.caption for scene in scenes])
+    generated = score_motion(videos, motions, backgrounds)
     real = score_motion([list(V.render_moving(scene)) for scene in scenes], motions, backgrounds)
     return {
         "direction_accuracy": generated["direction_accuracy"],
@@ -51,7 +54,7 @@ def evaluate_video(cfg: VideoEvalConfig, settings: Settings | None = None, engin
         "real_direction_accuracy": real["direction_accuracy"],
         "real_per_motion": real["per_motion"],
         "real_frame_consistency": real["frame_consistency"],
-        "settings": {"model": cfg.model or BUILTIN_MODEL, "motion": cfg.motion or "the model's own motion_adapter",
+        "settings": {"model": cfg.model or BUILTIN_MODEL, "motion": motion,
                      "clips": len(scenes), "frames": cfg.frames, "steps": cfg.steps, "cfg_scale": cfg.cfg,
                      "sampler": "DPM++ 2M", "seeds": [cfg.seed, cfg.seed + len(scenes) - 1]},
     }
@@ -60,7 +63,8 @@ def evaluate_video(cfg: VideoEvalConfig, settings: Settings | None = None, engin
 def format_video_report(r: dict[str, object]) -> str:
     s = r["settings"]
     lines = [f"held-out moving-scene prompts ({s['clips']} clips of {s['frames']} frames, {s['steps']} steps, CFG "
-             f"{s['cfg_scale']:g}, seeds {s['seeds'][0]}-{s['seeds'][1]}), generated | real clips:",
+             f"{s['cfg_scale']:g}, seeds {s['seeds'][0]}-{s['seeds'][1]}, motion module {s['motion']}), "
+             f"generated | real clips:",
              f"  direction accuracy  {r['direction_accuracy']:>6.1%} | {r['real_direction_accuracy']:>6.1%}  "
              f"(target >= {DIRECTION_TARGET:.0%}: {'met' if r['target_met'] else 'not met'})"]
     for motion in V.MOTIONS:
