@@ -22,7 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from huabu.errors import InvalidRequest
 from huabu.tiny import scenes as S
@@ -61,38 +61,13 @@ def papercut_glyph(obj: int, size: int) -> np.ndarray:
     return _papercut(S.glyph(obj, size)[..., 3])
 
 
-@lru_cache(maxsize=None)
 def dragon_glyph(size: int) -> np.ndarray:
-    """The dragon emoji fitted into a size x size square (RGBA float32 in [0, 1], aspect kept, centred), drawn as
-    huabu.tiny.scenes draws its objects (the colour font loads only at its strike size)."""
-    font = ImageFont.truetype(str(S.find_emoji_font()), 109)
-    canvas = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text((0, 0), DRAGON, font=font, embedded_color=True)
-    master = canvas.crop(canvas.getbbox())
-    scale = size / max(master.size)
-    w, h = max(1, round(master.width * scale)), max(1, round(master.height * scale))
-    square = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    square.paste(master.resize((w, h), Image.LANCZOS), ((size - w) // 2, (size - h) // 2))
-    return np.asarray(square, dtype=np.float32) / 255.0
-
-
-def compose(background: str, glyphs: list[tuple[np.ndarray, int, int]], image_size: int = S.IMAGE_SIZE) -> np.ndarray:
-    """RGBA glyphs alpha-blended at (x, y) onto a named background (clipped at the edges), as HxWx3 uint8."""
-    canvas = np.empty((image_size, image_size, 3), np.float32)
-    canvas[:] = np.asarray(S.COLOURS[background], np.float32) / 255.0
-    for g, x, y in glyphs:
-        size = g.shape[0]
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + size, image_size), min(y + size, image_size)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        patch = g[y0 - y : y1 - y, x0 - x : x1 - x]
-        alpha = patch[..., 3:4]
-        canvas[y0:y1, x0:x1] = patch[..., :3] * alpha + canvas[y0:y1, x0:x1] * (1 - alpha)
-    return np.round(canvas * 255).astype(np.uint8)
+    """The dragon emoji drawn as huabu.tiny.scenes draws its objects."""
+    return S.char_glyph(DRAGON, size)
 
 
 def render_papercut(scene: S.Scene) -> np.ndarray:
-    return compose(scene.background, [(papercut_glyph(p.obj, p.size), p.x, p.y) for p in scene.objects])
+    return S.compose(scene.background, [(papercut_glyph(p.obj, p.size), p.x, p.y) for p in scene.objects])
 
 
 # --- style --------------------------------------------------------------------------------------------------
@@ -133,7 +108,7 @@ class SubjectScene:
 
 
 def is_held_out_subject(background: str, position: str) -> bool:
-    return S._stable_fraction("subject", background, position) < SUBJECT_HELD_OUT
+    return S.stable_fraction("subject", background, position) < SUBJECT_HELD_OUT
 
 
 def _subject_scenes(combos: list[tuple[str, str]], count: int, rng: np.random.Generator) -> list[SubjectScene]:
@@ -142,7 +117,7 @@ def _subject_scenes(combos: list[tuple[str, str]], count: int, rng: np.random.Ge
         background, position = combos[k % len(combos)]
         size_name = S.SIZE_NAMES[k % len(S.SIZE_NAMES)] if k < len(combos) else S.SIZE_NAMES[rng.integers(2)]
         size = S.SIZES[size_name]
-        x, y = S._jitter(rng, *S.anchor_xy(position, size), size)
+        x, y = S.jitter(rng, *S.anchor_xy(position, size), size)
         noun = f"{size_name} {TRIGGER}"
         caption = (f"{S.article(noun)} {noun} {S.POSITION_PHRASES[position]} on {S.article(background)} {background} "
                    f"background")
@@ -167,7 +142,7 @@ def subject_eval_scenes(count: int, seed: int = 2024) -> list[SubjectScene]:
 
 
 def render_subject(scene: SubjectScene) -> np.ndarray:
-    return compose(scene.background, [(dragon_glyph(scene.size), scene.x, scene.y)])
+    return S.compose(scene.background, [(dragon_glyph(scene.size), scene.x, scene.y)])
 
 
 # --- writing ------------------------------------------------------------------------------------------------

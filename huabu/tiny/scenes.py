@@ -96,20 +96,20 @@ class Scene:
     attrs: dict = field(hash=False, compare=False, default_factory=dict)
 
 
-def _stable_fraction(*parts: object) -> float:
+def stable_fraction(*parts: object) -> float:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64
 
 
 def is_held_out_triple(obj: int, colour: str, position: str) -> bool:
     """The fixed held-out object-colour-position triples: never rendered for training."""
-    return _stable_fraction("triple", OBJECT_NAMES[obj], colour, position) < HELD_OUT_FRACTION
+    return stable_fraction("triple", OBJECT_NAMES[obj], colour, position) < HELD_OUT_FRACTION
 
 
 def is_held_out_pair(a: int, b: int) -> bool:
     """The fixed held-out object pairs (unordered): never shown together in training."""
     lo, hi = sorted((OBJECT_NAMES[a], OBJECT_NAMES[b]))
-    return _stable_fraction("pair", lo, hi) < HELD_OUT_FRACTION
+    return stable_fraction("pair", lo, hi) < HELD_OUT_FRACTION
 
 
 def held_out_triples() -> list[tuple[int, str, str]]:
@@ -128,23 +128,28 @@ def find_emoji_font() -> Path:
 
 
 @lru_cache(maxsize=None)
-def _glyph_master(obj: int) -> Image.Image:
+def _glyph_master(char: str) -> Image.Image:
     font = ImageFont.truetype(str(find_emoji_font()), _EMOJI_STRIKE)
     canvas = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text((0, 0), OBJECTS[obj][0], font=font, embedded_color=True)
+    ImageDraw.Draw(canvas).text((0, 0), char, font=font, embedded_color=True)
     return canvas.crop(canvas.getbbox())
 
 
 @lru_cache(maxsize=None)
-def glyph(obj: int, size: int) -> np.ndarray:
-    """The glyph as float32 RGBA in [0, 1], fitted into a size x size square (aspect kept, centred)."""
-    master = _glyph_master(obj)
+def char_glyph(char: str, size: int) -> np.ndarray:
+    """An emoji as float32 RGBA in [0, 1], fitted into a size x size square (aspect kept, centred)."""
+    master = _glyph_master(char)
     scale = size / max(master.size)
     w, h = max(1, round(master.width * scale)), max(1, round(master.height * scale))
     fitted = master.resize((w, h), Image.LANCZOS)
     square = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     square.paste(fitted, ((size - w) // 2, (size - h) // 2))
     return np.asarray(square, dtype=np.float32) / 255.0
+
+
+def glyph(obj: int, size: int) -> np.ndarray:
+    """Object `obj` of OBJECTS as char_glyph draws it."""
+    return char_glyph(OBJECTS[obj][0], size)
 
 
 def anchor_xy(position: str, size: int, image_size: int = IMAGE_SIZE) -> tuple[int, int]:
@@ -154,20 +159,25 @@ def anchor_xy(position: str, size: int, image_size: int = IMAGE_SIZE) -> tuple[i
     return MARGIN + round(fx * travel), MARGIN + round(fy * travel)
 
 
-def render(background: str, objects: tuple[Placed, ...] | list[Placed], image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """Compose a scene into an HxWx3 uint8 array (objects drawn in order, clipped at the edges)."""
+def compose(background: str, glyphs: list[tuple[np.ndarray, int, int]], image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """RGBA glyphs alpha-blended in order at their (x, y) onto a named background, clipped at the edges: HxWx3 uint8."""
     canvas = np.empty((image_size, image_size, 3), np.float32)
     canvas[:] = np.asarray(COLOURS[background], np.float32) / 255.0
-    for p in objects:
-        g = glyph(p.obj, p.size)
-        x0, y0 = max(p.x, 0), max(p.y, 0)
-        x1, y1 = min(p.x + p.size, image_size), min(p.y + p.size, image_size)
+    for g, x, y in glyphs:
+        size = g.shape[0]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + size, image_size), min(y + size, image_size)
         if x0 >= x1 or y0 >= y1:
             continue
-        patch = g[y0 - p.y : y1 - p.y, x0 - p.x : x1 - p.x]
+        patch = g[y0 - y : y1 - y, x0 - x : x1 - x]
         alpha = patch[..., 3:4]
         canvas[y0:y1, x0:x1] = patch[..., :3] * alpha + canvas[y0:y1, x0:x1] * (1 - alpha)
     return np.round(canvas * 255).astype(np.uint8)
+
+
+def render(background: str, objects: tuple[Placed, ...] | list[Placed], image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Compose a scene into an HxWx3 uint8 array (objects drawn in order, clipped at the edges)."""
+    return compose(background, [(glyph(p.obj, p.size), p.x, p.y) for p in objects], image_size)
 
 
 def article(word: str) -> str:
@@ -186,7 +196,7 @@ def pair_caption(a: int, side_a: str, b: int, side_b: str, background: str) -> s
             f" on {article(background)} {background} background")
 
 
-def _jitter(rng: np.random.Generator, x: int, y: int, size: int, amount: int = 2) -> tuple[int, int]:
+def jitter(rng: np.random.Generator, x: int, y: int, size: int, amount: int = 2) -> tuple[int, int]:
     limit = IMAGE_SIZE - size
     jx, jy = rng.integers(-amount, amount + 1, size=2)
     return int(np.clip(x + jx, 0, limit)), int(np.clip(y + jy, 0, limit))
@@ -195,7 +205,7 @@ def _jitter(rng: np.random.Generator, x: int, y: int, size: int, amount: int = 2
 def single_scene(rng: np.random.Generator, obj: int, background: str, position: str, size_name: str,
                  say_position: bool = True, say_size: bool = True) -> Scene:
     size = SIZES[size_name]
-    x, y = _jitter(rng, *anchor_xy(position, size), size)
+    x, y = jitter(rng, *anchor_xy(position, size), size)
     placed = Placed(obj, x, y, size, position, size_name)
     caption = single_caption(obj, background, position if say_position else None, size_name if say_size else None)
     attrs = {"objects": [obj], "background": background, "positions": [position], "sizes": [size_name],
@@ -206,7 +216,7 @@ def single_scene(rng: np.random.Generator, obj: int, background: str, position: 
 def pair_scene(rng: np.random.Generator, a: int, b: int, background: str, layout: tuple[str, str]) -> Scene:
     placed = []
     for obj, side in ((a, layout[0]), (b, layout[1])):
-        x, y = _jitter(rng, *anchor_xy(side, PAIR_SIZE), PAIR_SIZE)
+        x, y = jitter(rng, *anchor_xy(side, PAIR_SIZE), PAIR_SIZE)
         placed.append(Placed(obj, x, y, PAIR_SIZE, side, None))
     caption = pair_caption(a, layout[0], b, layout[1], background)
     attrs = {"objects": [a, b], "background": background, "positions": list(layout), "sizes": [None, None],

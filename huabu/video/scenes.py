@@ -7,7 +7,6 @@ Like huabu.tiny.scenes, every clip is a pure function of (seed, index), and a fi
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -39,14 +38,9 @@ def motion_caption(obj: int, motion: str, background: str) -> str:
     return f"{S.article(name)} {name} {MOTION_PHRASES[motion]} on {S.article(background)} {background} background"
 
 
-def _stable_fraction(*parts: object) -> float:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64
-
-
 def is_held_out_motion(obj: int, background: str, motion: str) -> bool:
     """The fixed held-out object-background-motion triples: never rendered for training."""
-    return _stable_fraction("motion", S.OBJECT_NAMES[obj], background, motion) < HELD_OUT_FRACTION
+    return S.stable_fraction("motion", S.OBJECT_NAMES[obj], background, motion) < HELD_OUT_FRACTION
 
 
 def held_out_motions() -> list[tuple[int, str, str]]:
