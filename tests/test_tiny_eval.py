@@ -57,7 +57,12 @@ def test_eval_prints_every_figure(stages):
     from huabu.tiny.eval import EvalSettings, evaluate, format_report
 
     out = assemble(stages["clip"], stages["vae"], stages["unet"], stages["root"] / "eval-model")
-    result = evaluate(EvalSettings(model=out, scorer=Path(f"{out}-scorer"), steps=2, singles=4, pairs=2, batch=4))
+    grid = stages["root"] / "grid.png"
+    result = evaluate(EvalSettings(model=out, scorer=Path(f"{out}-scorer"), steps=2, singles=4, pairs=2, batch=4,
+                                   grid=grid))
+    from PIL import Image
+
+    assert Image.open(grid).size == (6 * 64 * 2, 2 * 64 * 2)  # 4 singles + 2 pairs, real above generated
     for key in ("background_accuracy", "position_accuracy", "identity_top1", "all_three_accuracy", "pair_accuracy",
                 "clip_score", "fd_clip", "vae_psnr"):
         assert isinstance(result[key], float), key

@@ -72,6 +72,7 @@ def register(sub) -> None:
     ev.add_argument("--cfg", type=float, default=5.0)
     ev.add_argument("--singles", type=int, default=200)
     ev.add_argument("--pairs", type=int, default=100)
+    ev.add_argument("--grid", help="also write a PNG: real held-out scenes above the generated ones")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(handler=_eval)
 
@@ -126,7 +127,8 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from huabu.tiny.eval import EvalSettings, evaluate, format_report
 
-    settings = EvalSettings(steps=args.steps, cfg_scale=args.cfg, singles=args.singles, pairs=args.pairs)
+    settings = EvalSettings(steps=args.steps, cfg_scale=args.cfg, singles=args.singles, pairs=args.pairs,
+                            grid=Path(args.grid) if args.grid else None)
     if args.model:
         settings.model = Path(args.model)
     if args.scorer:

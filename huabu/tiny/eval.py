@@ -29,6 +29,7 @@ class EvalSettings:
     singles: int = 200
     pairs: int = 100
     batch: int = 25
+    grid: Path | None = None  # where to write a PNG of real held-out scenes above the generated ones
 
 
 class ClipScorer:
@@ -112,6 +113,10 @@ def evaluate(settings: EvalSettings) -> dict[str, object]:
     gen_singles = generate(pipe, [s.caption for s in singles], settings)
     gen_pairs = generate(pipe, [s.caption for s in pairs], settings, seed_offset=len(singles))
     vae_singles = vae_round_trip(pipe.vae, real_singles)
+    if settings.grid is not None:
+        from huabu.tiny.train_vae import save_grid
+
+        save_grid([real_singles[:12] + real_pairs[:4], gen_singles[:12] + gen_pairs[:4]], Path(settings.grid), scale=2)
     result: dict[str, object] = dict(M.score_singles(gen_singles, singles))
     result["pair_accuracy"] = M.score_pairs(gen_pairs, pairs)
     scorer = ClipScorer(Path(settings.model), Path(settings.scorer))

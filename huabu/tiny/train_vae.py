@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm import tqdm
 
+from huabu.atomic import atomic_path
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import VaeTrainConfig
 from huabu.tiny.data import load_dataset
@@ -88,10 +88,15 @@ def reconstruct(vae: AutoencoderKL, images: np.ndarray, device: torch.device, ba
     return np.concatenate(out)
 
 
-def save_grid(rows: list[np.ndarray], path: Path, cols: int = 16) -> None:
-    """Stack equally long image lists as rows of one PNG (e.g. originals above reconstructions)."""
+def save_grid(rows: list, path: Path, cols: int = 16, scale: int = 1) -> None:
+    """Stack equally long image lists as rows of one PNG (e.g. originals above reconstructions), written atomically
+    and enlarged `scale` times with nearest-neighbour so 64x64 scenes stay readable."""
     grid = np.concatenate([np.concatenate(list(r[:cols]), axis=1) for r in rows], axis=0)
-    Image.fromarray(grid).save(path)
+    image = Image.fromarray(grid)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 class RoundTrip(torch.nn.Module):
