@@ -9,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -136,6 +137,38 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
                             "and Fill)")
     group.add_argument("--control-res", type=int, metavar="PIXELS",
                        help="preprocessor resolution (short side); default: the output's own (pixel perfect)")
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls, notes: dict[str, str] | None = None) -> None:
+    """One `--field-name` option per field of the config dataclass `cls`, typed by its default (a tuple field takes
+    a comma-separated list), so a command and its Python API cannot drift. Options left out keep the dataclass's
+    default: build the config with `config_from_args`."""
+    notes = notes or {}
+    for field in dataclasses.fields(cls):
+        default = field.default
+        if isinstance(default, tuple):
+            kind = _comma_list(float if "float" in str(field.type) else int)
+            shown = ",".join(map(str, default)) or "-"
+        else:
+            kind, shown = type(default), default if default != "" else "-"
+        note = notes.get(field.name, "")
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind, default=argparse.SUPPRESS,
+                            help=f"{note} (default: {shown})".lstrip())
+
+
+def config_from_args(args: argparse.Namespace, cls):
+    """The config dataclass `cls` with the options add_config_options added and the user gave."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def _comma_list(item: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(value) for value in text.split(",") if value.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+    return parse
 
 
 def parse_size(text: str) -> tuple[int, int]:

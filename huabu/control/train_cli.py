@@ -6,8 +6,8 @@ Import-light: the training module (torch, diffusers) is imported by the handler.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
+from huabu.cli import add_config_options, config_from_args
 from huabu.control.train_config import ControlNetTrainConfig
 
 _HELP = {
@@ -23,26 +23,13 @@ _HELP = {
 }
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-
-
 def register_train(stages) -> None:
     parser = stages.add_parser(
         "controlnet", help="train a ControlNet for a model on a scene dataset",
         description="Train a ControlNet (canny, color, ...) on a frozen base model; control maps are made from each "
                     "image on the fly. Resumes from the newest checkpoint in --out; writes --out/final (a diffusers "
                     "folder) and sample grids.")
-    for field in dataclasses.fields(ControlNetTrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = _channels if field.name == "embedding_channels" else type(field.default)
-        shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
-        note = _HELP.get(field.name, "")
-        parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{note} (default: {shown if shown != '' else '-'})".lstrip())
+    add_config_options(parser, ControlNetTrainConfig, _HELP)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--allow-unsafe-pickle", action="store_true", help="allow a pickle .ckpt base model")
     parser.set_defaults(handler=run_train_controlnet)
@@ -51,8 +38,7 @@ def register_train(stages) -> None:
 def run_train_controlnet(args: argparse.Namespace) -> int:
     from huabu.cli import quiet_libraries, settings_from_args
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ControlNetTrainConfig) if hasattr(args, f.name)}
-    config = ControlNetTrainConfig(**values)
+    config = config_from_args(args, ControlNetTrainConfig)
     quiet_libraries()
     import torch
 

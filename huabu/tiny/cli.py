@@ -6,10 +6,10 @@ Each training stage's options are generated from its config dataclass, so the CL
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
+from huabu.cli import add_config_options, config_from_args
 from huabu.tiny import configs
 from huabu.tiny.demo_configs import TinyControlNetConfig
 from huabu.video.configs import MotionTrainConfig
@@ -22,17 +22,6 @@ STAGES = {
     "motion": ("huabu.video.train_motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
     "controlnet": ("huabu.tiny.controlnet", TinyControlNetConfig),  # huabu tiny's preset of huabu train controlnet
 }
-
-
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
-    for f in dataclasses.fields(cls):
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, tuple):
-            parser.add_argument(flag, dest=f.name, type=lambda s: tuple(int(v) for v in s.split(",")),
-                                help=f"comma-separated (default {','.join(map(str, default))})")
-        else:
-            parser.add_argument(flag, dest=f.name, type=type(default), help=f"default {default}")
 
 
 def register(sub) -> None:
@@ -49,7 +38,7 @@ def register(sub) -> None:
     stages = train.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for stage in STAGES:
         p = stages.add_parser(stage, help=f"train the {stage} stage")
-        _add_dataclass_options(p, STAGES[stage][1])
+        add_config_options(p, STAGES[stage][1])
         p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
         p.set_defaults(handler=_train)
 
@@ -96,10 +85,9 @@ def _train(args: argparse.Namespace) -> int:
 
     module_name, cls = STAGES[args.stage]
     module = importlib.import_module(module_name)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = module.train(cls(**values))
+    result = module.train(config_from_args(args, cls))
     print(result)
     return 0
 

@@ -6,10 +6,10 @@ dataclasses (the ControlNet training preset is a `huabu tiny train` stage). Impo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
+from huabu.cli import add_config_options, config_from_args
 from huabu.tiny.demo_configs import CONTROL_TYPES, ControlEvalConfig, LoraEvalConfig, VideoEvalConfig
 
 _HELP = {
@@ -30,30 +30,6 @@ _HELP = {
     "steps": "sampling steps",
     "frames": "frames per video",
 }
-
-
-def _add_config_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One option per dataclass field, typed by its default; tuples are comma-separated lists of their type."""
-    for field in dataclasses.fields(cls):
-        default, flag = field.default, "--" + field.name.replace("_", "-")
-        if isinstance(default, tuple):
-            kind = _list_of(type(default[0]))
-            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
-        else:
-            kind, shown = type(default), default
-        note = _HELP.get(field.name, "")  # an empty default's meaning is in its help text
-        parser.add_argument(flag, dest=field.name, type=kind, default=default,
-                            help=note if default == "" else f"{note} (default: {shown})".lstrip())
-
-
-def _list_of(item: type):
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(item(value) for value in text.split(",") if value.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-    return parse
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +55,7 @@ def register(tsub) -> None:
             ("eval-lora", LoraEvalConfig, _eval_lora,
              "style and subject LoRAs at weights 0, 0.5, 1: distance to the target and prompt adherence")):
         parser = tsub.add_parser(name, help=text, description=text)
-        _add_config_options(parser, cls)
+        add_config_options(parser, cls, _HELP)
         _add_device_options(parser)
         parser.set_defaults(handler=handler, config_class=cls)
 
@@ -108,7 +84,7 @@ def _lora_data(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, evaluate, report) -> int:
     from huabu.cli import quiet_libraries, settings_from_args
 
-    config = args.config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args.config_class)})
+    config = config_from_args(args, args.config_class)
     quiet_libraries()
     result = evaluate(config, settings_from_args(args))
     print(json.dumps(result) if args.json else report(result))
