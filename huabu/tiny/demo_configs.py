@@ -41,7 +41,7 @@ class VideoEvalConfig:
     model: str = ""
     motion: str = ""  # a MotionAdapter folder or file; empty = the model's own motion_adapter/
     clips: int = 60  # held-out moving scenes, every motion equally often
-    frames: int = 16
+    frames: int = 8  # as the motion module was trained
     steps: int = 20
     cfg: float = 5.0
     seed: int = 0
