@@ -7,7 +7,7 @@ field, its allowed range and the value given, which is what the CLI shows.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -92,12 +92,12 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def create(cls, **fields: Any) -> Self:
+    def create(cls, **fields: Any) -> "RequestModel":
         """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
         return cls.from_data(fields)
 
     @classmethod
-    def from_data(cls, data: dict[str, Any]) -> Self:
+    def from_data(cls, data: dict[str, Any]) -> "RequestModel":
         try:
             return cls.model_validate(data)
         except ValidationError as err:
