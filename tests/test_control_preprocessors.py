@@ -457,6 +457,18 @@ def test_cli_writes_the_control_image(tmp_path, monkeypatch, capsys):
         cli("canny", str(tmp_path / "missing.png"), "-o", str(out))
 
 
+def test_cli_passes_zero_thresholds(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUABU_HOME", str(tmp_path / "home"))
+    source = tmp_path / "ref.png"
+    random_image(32, 32, seed=4).save(source)
+    out = tmp_path / "edges.png"
+    # Dropped, --low 0 would become the default 100, above --high 50: an error instead of this map.
+    cli("canny", str(source), "-o", str(out), "--low", "0", "--high", "50")
+    with Image.open(out) as written:
+        assert np.array_equal(np.asarray(written),
+                              np.asarray(preprocess("canny", random_image(32, 32, seed=4), low=0, high=50)))
+
+
 def test_cli_uses_annotator_weights_from_home_and_round_trips_pose_json(tmp_path, monkeypatch):
     home = tmp_path / "home"
     annotators = home / "controlnet" / "annotators"

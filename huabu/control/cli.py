@@ -52,7 +52,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def _options(args: argparse.Namespace, takes: tuple[str, ...]) -> dict:
-    options = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) not in (None, False)}
+    # Identity checks: `0.0 in (None, False)` is true, which would drop `--low 0`.
+    options = {name: value for name in _OPTIONS
+               if (value := getattr(args, name)) is not None and value is not False}
     if args.device is not None or "device" in takes:
         from huabu.engine.devices import resolve_device
 
