@@ -212,6 +212,16 @@ def test_binary_maps_stay_binary_when_resized():
     assert set(np.unique(small)) == {0, 255} and small[15:18].max() == 255
 
 
+def test_two_colour_maps_that_are_not_grey_keep_their_colours():
+    from huabu.control.resize import resize_control_map
+
+    red = np.zeros((64, 64, 3), dtype=np.uint8)
+    red[16:48, 16:48] = (255, 0, 0)  # black and pure red: two colours, not an edge map
+    small = np.asarray(resize_control_map(Image.fromarray(red), 32, 32, "Just Resize"))
+    assert {tuple(c) for c in small.reshape(-1, 3)} == {(0, 0, 0), (255, 0, 0)}
+    assert tuple(small[16, 16]) == (255, 0, 0)
+
+
 def test_control_maps_are_preprocessed_at_the_output_size(engine, model_store, controlnet_store, reference):
     from huabu.engine.controlnets import check_units
 

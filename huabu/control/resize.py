@@ -35,7 +35,9 @@ def _scaled(array: np.ndarray, width: int, height: int) -> np.ndarray:
     if (old_w, old_h) == (width, height):
         return array
     colours = np.unique(array.reshape(-1, 3), axis=0)
-    binary = len(colours) == 2 and array.min() < 16 and array.max() > 240
+    # Binary only for two near-black/near-white greys (edge maps): black and pure red is a two-colour map to keep.
+    binary = (len(colours) == 2 and bool((colours == colours[:, :1]).all()) and array.min() < 16
+              and array.max() > 240)
     shrinking = width * height < old_w * old_h
     if 2 < len(colours) < 200:
         interpolation = cv2.INTER_NEAREST
