@@ -89,3 +89,11 @@ def test_unet_stage_resumes_identically_and_writes_samples(scenes, tmp_path, mon
         assert_same(newest_weights(tmp_path / "straight", name), newest_weights(killed, name))
     assert (killed / "samples-0000004.png").is_file()
     assert (killed / "final" / "config.json").is_file()
+
+
+def test_learning_rate_warms_up_linearly_and_zero_warmup_is_constant():
+    from huabu.tiny.train_unet import lr_at
+
+    warm = configs.UnetTrainConfig(lr=1e-3, warmup=4)
+    assert [lr_at(step, warm) for step in (0, 1, 3, 10)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
+    assert [lr_at(step, configs.UnetTrainConfig(lr=1e-3, warmup=0)) for step in (0, 5)] == [1e-3, 1e-3]

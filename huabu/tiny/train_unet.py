@@ -74,6 +74,8 @@ def encode_text(tok: CLIPTokenizer, text_encoder: CLIPTextModel, captions: list[
 def lr_at(step: int, cfg: UnetTrainConfig) -> float:
     """Linear warm-up, then constant: with EMA weights doing the averaging, a run stopped at step N is exactly the
     run configured for N steps, so `--steps` can be raised or lowered after the fact."""
+    if cfg.warmup <= 0:
+        return cfg.lr
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
 
 
