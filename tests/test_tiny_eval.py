@@ -45,11 +45,14 @@ def test_assembled_folder_is_a_standard_fp16_pipeline(stages):
         files = list((out / part).glob("*.safetensors"))
         assert files and all(_safetensors_dtypes(f) == {"F16"} for f in files)
     assert (Path(f"{out}-scorer") / "text_projection.safetensors").is_file()
+    # the BPE pair (what transformers 4 and SD tools read) is shipped, not only transformers 5's tokenizer.json
+    assert {"vocab.json", "merges.txt"} <= {f.name for f in (out / "tokenizer").iterdir()}
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, dtype=torch.float32)
     assert pipe.vae_scale_factor == 4
     image = pipe("a red apple", num_inference_steps=2, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (64, 64, 3)
+    assert pipe.tokenizer("a red apple").input_ids == [49406, 320, 736, 3055, 49407]  # SD 1.x's CLIP ids
 
 
 def test_eval_prints_every_figure(stages):

@@ -3,6 +3,7 @@ plus the CLIP vision tower that `huabu tiny eval` scores with (shipped beside it
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -13,6 +14,9 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionMode
 from huabu.tiny.train_unet import noise_scheduler
 
 DEFAULT_OUT = Path(__file__).parent / "huabu-tiny"
+# The committed BPE tokenizer files (see huabu.tiny.tokenizer). transformers 5 saves a tokenizer as tokenizer.json
+# alone; the vocab.json + merges.txt pair is what transformers 4 and SD tooling read, so the shipped folder keeps it.
+BPE_TOKENIZER = DEFAULT_OUT / "tokenizer"
 
 
 def assemble(clip_dir: Path, vae_dir: Path, unet_dir: Path, out: Path = DEFAULT_OUT) -> Path:
@@ -25,7 +29,12 @@ def assemble(clip_dir: Path, vae_dir: Path, unet_dir: Path, out: Path = DEFAULT_
         scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler().config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+    bpe_files = {f.name: f.read_bytes() for f in BPE_TOKENIZER.iterdir()}  # read first: `out` may be DEFAULT_OUT
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    shutil.rmtree(out / "tokenizer")
+    (out / "tokenizer").mkdir()
+    for name, data in bpe_files.items():
+        (out / "tokenizer" / name).write_bytes(data)
     scorer = Path(f"{out}-scorer")
     CLIPVisionModelWithProjection.from_pretrained(clip_dir).to(torch.float16).save_pretrained(scorer)
     projection = CLIPModel.from_pretrained(clip_dir).text_projection.weight.detach().to(torch.float16).contiguous()
