@@ -158,7 +158,11 @@ def image_data_url(text: Any, limits: Limits, what: str = "image") -> str:
     small file that would expand to a huge bitmap (a decompression bomb) is refused from its header."""
     if not isinstance(text, str) or not text:
         raise BadImage(f"{what} must be a base64-encoded image string")
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    payload = text
+    if text.startswith("data:"):
+        _, comma, payload = text.partition(",")
+        if not comma:
+            raise BadImage(f"{what} is a data URL without data (expected data:image/png;base64,<base64>)")
     payload = "".join(payload.split())  # clients wrap long base64 lines
     if len(payload) * 3 // 4 > limits.max_image_bytes:
         raise PayloadTooLarge(f"{what} is about {len(payload) * 3 // 4} bytes; the limit is {limits.max_image_bytes}")
