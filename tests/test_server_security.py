@@ -242,3 +242,36 @@ def test_nothing_from_http_is_unpickled_and_only_listed_safetensors_models_load(
         native = client.post("/api/v1/jobs", json={"request": {"prompt": "x", "loras": [{"name": str(outside)}]}})
         assert native.status_code == 403
         assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY}).status_code == 200
+
+
+def test_a_scale_out_worker_accepts_json_only_and_checks_each_job_as_http_does(model_store, tmp_path):
+    pytest.importorskip("celery", reason="celery (the server extra) is not installed")
+    from huabu.engine.models import ModelManager
+    from huabu.errors import HuabuError
+    from huabu.server.catalog import Catalog
+    from huabu.server.distributed import job_from_wire, make_celery
+
+    settings = api_settings(model_store, tmp_path / "home")
+    conf = make_celery("redis://127.0.0.1:1/0", settings).conf  # builds the app; connects to nothing
+    assert conf.accept_content == ["json"] and conf.result_accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+
+    catalog = Catalog(settings, ModelManager(settings), SMALL, default_model=settings.default_model)
+    wire = {"id": "j1", "kind": "image", "origin": "api", "save": True, "request": {"prompt": "x", **TINY}}
+    job = job_from_wire(wire, catalog)
+    assert job.request["prompt"] == "x" and job.request["model"] == "tiny-sd"
+    named = job_from_wire({**wire, "request": {"prompt": "x", "model": "tiny-sd", **TINY}}, catalog)
+    assert job_from_wire({**wire, "request": named.request}, catalog).request["model"] == named.request["model"]
+    image = "data:image/png;base64," + png_b64(Image.new("RGB", (32, 32)))
+    for bad, words in (({"steps": 11}, "limit of 10"), ({"width": 128}, "limit of 64"),
+                       ({"model": str(model_store["ckpt"])}, "no model"),
+                       ({"mode": "img2img", "init_image": "/etc/hosts"}, "file paths are not accepted"),
+                       ({"mode": "inpaint", "init_image": image, "mask": "/etc/hosts"}, "file paths"),
+                       ({"controlnets": [{"image": "/etc/hosts"}]}, "file paths"),
+                       ({"controlnets": [{"model": "../x", "image": image}]}, "not a path"),
+                       ({"loras": [{"name": "/tmp/evil"}]}, "not a path")):
+        with pytest.raises(HuabuError, match=words):
+            job_from_wire({**wire, "request": {"prompt": "x", **TINY, **bad}}, catalog)
+    for bad in ("not a dict", {**wire, "request": "x"}, {**wire, "origin": "pickle"}, {**wire, "kind": "audio"}):
+        with pytest.raises(HuabuError):
+            job_from_wire(bad, catalog)

@@ -61,9 +61,12 @@ class Catalog:
         if spec is None or not str(spec).strip():
             return self.default_model
         wanted = str(spec).strip()
+        if wanted == self.default_model:  # the operator's choice, as a job read back from SQLite or a broker has it
+            return wanted
         bare = wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else wanted
         for ref in self.model_refs():
-            names = {ref.name, self._public_name(ref), Path(ref.location).name, Path(ref.location).stem}
+            # ref.location: what this method returned for an accepted job, checked again by a worker
+            names = {ref.name, self._public_name(ref), Path(ref.location).name, Path(ref.location).stem, ref.location}
             if wanted in names or bare in names or self._hash_matches(ref, wanted):
                 if ref.kind == "single-file":
                     fmt = checkpoints.sniff_format(ref.location)

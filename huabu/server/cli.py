@@ -25,11 +25,8 @@ def register(sub) -> None:
                        help="run jobs on Celery workers (`huabu worker`) through this Redis instead of locally")
     serve.add_argument("--callback-allow", default="", metavar="HOST[,HOST]",
                        help="hosts that job completion callbacks may be sent to (default: none)")
-    serve.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
-    serve.add_argument("--max-steps", type=int, default=150)
-    serve.add_argument("--max-batch", type=int, default=8, help="largest batch_size")
-    serve.add_argument("--max-n-iter", type=int, default=16)
     serve.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB")
+    _limit_options(serve)
     _runtime(serve)
     serve.set_defaults(handler=run_serve)
 
@@ -42,8 +39,23 @@ def register(sub) -> None:
                         help="a job unacknowledged this long (its worker died) is given to another worker; keep it "
                              "above your longest job")
     worker.add_argument("--preload", metavar="MODEL", help="load this model before taking jobs")
+    _limit_options(worker)  # a worker checks each job itself: anyone who can write to Redis can send one
     _runtime(worker)
     worker.set_defaults(handler=run_worker)
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
+    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--max-batch", type=int, default=8, help="largest batch_size")
+    parser.add_argument("--max-n-iter", type=int, default=16)
+
+
+def _limits(args: argparse.Namespace):
+    from huabu.server.config import Limits
+
+    return Limits(max_width=args.max_size, max_height=args.max_size, max_steps=args.max_steps,
+                  max_batch_size=args.max_batch, max_n_iter=args.max_n_iter)
 
 
 def _runtime(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +71,11 @@ def _settings(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from huabu.server.config import ANY_ADDRESS, Limits, ServerConfig
+    from dataclasses import replace
 
-    limits = Limits(max_width=args.max_size, max_height=args.max_size, max_steps=args.max_steps,
-                    max_batch_size=args.max_batch, max_n_iter=args.max_n_iter,
-                    max_body_bytes=args.max_body_mb * 1024 * 1024)
+    from huabu.server.config import ANY_ADDRESS, ServerConfig
+
+    limits = replace(_limits(args), max_body_bytes=args.max_body_mb * 1024 * 1024)
     config = ServerConfig(host=ANY_ADDRESS if args.listen else args.host, port=args.port, api_key=args.api_key,
                           api_auth=args.api_auth, limits=limits, workers=args.workers, broker_url=args.broker,
                           callback_allow=tuple(h.strip() for h in args.callback_allow.split(",") if h.strip()))
@@ -86,5 +98,5 @@ def run_worker(args: argparse.Namespace) -> int:
     quiet_libraries()
     from huabu.server.distributed import run_worker as worker_main
 
-    worker_main(_settings(args), args.broker, args.name, args.requeue_after, args.preload)
+    worker_main(_settings(args), args.broker, args.name, args.requeue_after, args.preload, _limits(args))
     return 0

@@ -5,7 +5,8 @@ job id) and a mirror thread copies the workers' states, progress and results bac
 reads one place whichever backend runs. Celery is set up so that no accepted job is lost when a worker dies:
 `task_acks_late` + `task_reject_on_worker_lost` keep a message unacknowledged until its job has finished, and
 Redis hands an unacknowledged message to another worker once `visibility_timeout` has passed. Only JSON crosses
-the broker (`accept_content=["json"]`): nothing from it is ever unpickled.
+the broker (`accept_content=["json"]`): nothing from it is ever unpickled. Anyone who can write to Redis can send a
+job, so a worker checks each one as the HTTP routes check a request (`job_from_wire`).
 
 Workers write result files into their own `HUABU_HOME` outputs folder, which must be the server's (same machine
 or a shared folder) for /api/v1/files; A1111 responses carry their images through Redis and need no shared folder.
@@ -16,9 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
-from huabu.server.config import ServerConfig
+from huabu.errors import InvalidRequest
+from huabu.server.catalog import Catalog
+from huabu.server.config import Limits, ServerConfig
 from huabu.server.jobs import Job, JobStore
 from huabu.server.queue import JobQueue, error_line
 from huabu.server.runner import Outcome, progress_data, run_job
@@ -34,9 +38,9 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # a job running longer than this may start 
 
 
 def make_celery(broker_url: str, settings=None, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
-                preload: str | None = None):
-    """A Celery app on `broker_url` (Redis, also the result backend). With `settings` it can run jobs: its task
-    builds one Engine for the worker process on first use (or now, loading `preload`)."""
+                preload: str | None = None, limits: Limits | None = None):
+    """A Celery app on `broker_url` (Redis, also the result backend). With `settings` it can run jobs within
+    `limits`: its task builds one Engine for the worker process on first use (or now, loading `preload`)."""
     from celery import Celery
 
     app = Celery("huabu", broker=broker_url, backend=broker_url, set_as_current=False)
@@ -49,16 +53,31 @@ def make_celery(broker_url: str, settings=None, visibility_timeout: float = DEFA
                                   "unacked_restore_interval": max(1, int(visibility_timeout / 4)),
                                   "unacked_restore_throttle": 1})
     if settings is not None:
-        _register_task(app, settings, preload)
+        _register_task(app, replace(settings, allow_unsafe_pickle=False), preload, limits or Limits())
     return app
+
+
+def job_from_wire(payload: Any, catalog: Catalog) -> Job:
+    """A job message from the broker, checked as the HTTP routes check a request: models from the registry only,
+    images inside the request, no paths, within the limits."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("request"), dict):
+        raise InvalidRequest("a job message must be a JSON object with a request object")
+    origin = payload.get("origin")
+    if origin not in ("api", "a1111"):
+        raise InvalidRequest(f"job origin must be 'api' or 'a1111', got {str(origin)[:50]!r}")
+    kind = payload.get("kind")
+    request = catalog.check_generate(payload["request"], kind)
+    return Job(id=str(payload.get("id")), kind=kind, request=request.to_data(), origin=origin,
+               save=bool(payload.get("save", True)))
 
 
 def _flag_key(kind: str, job_id: str) -> str:
     return f"huabu:{kind}:{job_id}"
 
 
-def _register_task(app, settings, preload: str | None) -> None:
+def _register_task(app, settings, preload: str | None, limits: Limits) -> None:
     engines: list = []  # this worker process's Engine, made once
+    catalogs: list[Catalog] = []
 
     def engine():
         if not engines:
@@ -67,14 +86,23 @@ def _register_task(app, settings, preload: str | None) -> None:
             engines.append(Engine(settings))
         return engines[0]
 
+    def catalog() -> Catalog:
+        if not catalogs:
+            catalogs.append(Catalog(settings, engine().models, limits, default_model=settings.default_model))
+        return catalogs[0]
+
     if preload is not None:
         engine().models.load(preload)
 
     @app.task(name=TASK_NAME, bind=True)
     def run(task, payload: dict[str, Any]) -> dict[str, Any]:
-        job = Job(id=payload["id"], kind=payload["kind"], request=payload["request"], origin=payload["origin"],
-                  save=payload["save"])
         worker = task.request.hostname
+        try:
+            job = job_from_wire(payload, catalog())
+        except Exception as err:
+            message, kind = error_line(err)
+            log.warning("refused a job message: %s", message)
+            return {"status": "failed", "error": message, "error_kind": kind, "worker": worker}
         redis = app.backend.client
         if redis.exists(_flag_key("cancel", job.id)):
             return {"status": "cancelled", "worker": worker}
@@ -107,9 +135,9 @@ def _register_task(app, settings, preload: str | None) -> None:
 
 
 def run_worker(settings, broker_url: str, name: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
-               preload: str | None = None) -> None:
+               preload: str | None = None, limits: Limits | None = None) -> None:
     """Run one Celery worker process (solo pool: the process itself owns the Engine) until it is stopped."""
-    app = make_celery(broker_url, settings, visibility_timeout, preload)
+    app = make_celery(broker_url, settings, visibility_timeout, preload, limits)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--hostname={name}", f"--queues={QUEUE_NAME}",
                      "--without-gossip", "--without-mingle", "--loglevel=INFO"])
 
