@@ -208,3 +208,17 @@ def test_a_graceful_stop_puts_the_running_job_back_in_the_queue(engine, model_st
     with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
         client.post(f"/api/v1/jobs/{job['id']}/cancel")  # no need to run 150 steps again
         assert wait_for(client, job["id"])["state"] in ("cancelled", "done")
+
+
+def test_job_answers_name_the_model_not_its_path_on_the_server(client, model_store):
+    title = next(m["title"] for m in client.get("/sdapi/v1/sd-models").json() if m["model_name"] == "tiny-sd")
+    job = client.post("/api/v1/jobs", json={"request": {"prompt": "x", "model": title, **TINY}}).json()
+    done = wait_for(client, job["id"])
+    assert done["state"] == "done" and done["request"]["model"] == "tiny-sd"
+    assert all(url.startswith("/api/v1/files/") for url in done["result"]["images"])
+    home = str(model_store["home"])
+    for answer in (job, done, client.get("/api/v1/jobs").json()):
+        assert home not in json.dumps(answer)
+    resubmitted = client.post("/api/v1/jobs", json={"request": done["request"]})  # a listing's request runs again
+    assert resubmitted.status_code == 202
+    assert wait_for(client, resubmitted.json()["id"])["state"] == "done"

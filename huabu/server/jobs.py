@@ -14,7 +14,7 @@ import time
 import uuid
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 from urllib.parse import quote
 
@@ -85,10 +85,19 @@ class Job:
         return {"id": self.id, "kind": self.kind, "state": self.state, "origin": self.origin,
                 "progress": self.progress, "result": result, "error": self.error, "attempts": self.attempts,
                 "worker": self.worker, "created": self.created, "started": self.started, "finished": self.finished,
-                "request": _elide_images(self.request)}
+                "request": _elide_images(_model_by_name(self.request))}
 
 
 FILES_PREFIX = "/api/v1/files/"
+
+
+def _model_by_name(request: dict[str, Any]) -> dict[str, Any]:
+    """An accepted job runs the model at its path on the server; answers name it by its folder or file name (which
+    the routes accept back), keeping the server's layout private."""
+    model = request.get("model")
+    if isinstance(model, str) and PurePath(model).is_absolute():
+        return {**request, "model": PurePath(model).name}
+    return request
 
 
 def _elide_images(value: Any) -> Any:
