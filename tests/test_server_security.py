@@ -124,6 +124,16 @@ def test_limits_on_sizes_steps_batches_bodies_and_images_answer_one_line_4xx(ope
         native = open_client.post("/api/v1/jobs", json={"request": {"prompt": "x", **TINY, field: value}})
         assert native.status_code == 400 and "\n" not in native.json()["detail"]
 
+    for field in ("prompt", "negative_prompt"):  # under the body limit, over the prompt limit: never tokenised
+        long = {"prompt": "x", **TINY, field: "a cat, " * 3000}
+        response = open_client.post("/sdapi/v1/txt2img", json=long)
+        assert response.status_code == 400 and response.json()["detail"] == \
+            f"{field} is 21000 characters; this server's limit is 20000", field
+        native = open_client.post("/api/v1/jobs", json={"request": long})
+        assert native.status_code == 400 and native.json()["detail"].startswith(f"{field} is 21000 characters")
+        video = open_client.post("/api/v1/jobs", json={"kind": "video", "request": {**long, "frames": 2}})
+        assert video.status_code == 400 and video.json()["detail"].startswith(f"{field} is 21000 characters")
+
     big = {"prompt": "x" * 400_000}
     response = open_client.post("/sdapi/v1/txt2img", json=big)
     assert response.status_code == 413 and "limit is 300000" in response.json()["detail"]

@@ -127,6 +127,11 @@ class Catalog:
 
     def check_limits(self, request: GenerateRequest | VideoRequest) -> None:
         limits = self.limits
+        for name in ("prompt", "negative_prompt"):
+            length = len(getattr(request, name))
+            if length > limits.max_prompt_chars:
+                raise InvalidRequest(f"{name} is {length} characters; this server's limit is "
+                                     f"{limits.max_prompt_chars}")
         checks = [("width", request.width, limits.max_width), ("height", request.height, limits.max_height),
                   ("steps", request.steps, limits.max_steps)]
         if isinstance(request, GenerateRequest):
