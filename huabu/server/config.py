@@ -23,7 +23,7 @@ class Limits:
     max_image_bytes: int = 32 * 1024 * 1024  # one decoded base64 image
     max_image_pixels: int = 16 * 1024 * 1024  # width x height of one input image
     max_video_frames: int = 256
-    max_prompt_chars: int = 20_000  # prompt and negative prompt each: ample for real prompts; megabytes would tokenise for minutes
+    max_prompt_chars: int = 20_000  # prompt and negative prompt each; megabytes would tokenise for minutes
 
 
 @dataclass(frozen=True)
