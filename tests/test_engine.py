@@ -50,6 +50,18 @@ def test_batch_image_i_is_the_single_image_of_seed_plus_i(engine, model_store):
     assert max_diff(batch.images[0], batch.images[1]) > 10
 
 
+def test_seeds_past_the_largest_wrap_around_as_recorded(engine, model_store):
+    from huabu.gallery import parse_infotext
+    from huabu.requests import MAX_SEED
+
+    for sampler in ("Euler", "DPM++ SDE"):  # DPM++ SDE seeds its Brownian noise per image too
+        batch = engine.generate(request(model_store, seed=MAX_SEED - 1, batch_size=2, n_iter=2, sampler=sampler))
+        assert batch.seeds == [MAX_SEED - 1, MAX_SEED, 0, 1]
+        assert [parse_infotext(text)["Seed"] for text in batch.infotexts] == batch.seeds
+        single = engine.generate(request(model_store, seed=0, sampler=sampler))  # the recorded seed reproduces it
+        assert max_diff(batch.images[2], single.images[0]) <= 1
+
+
 def test_random_seed_is_picked_and_recorded(engine, model_store):
     result = engine.generate(request(model_store, seed=-1))
     seed = result.seeds[0]

@@ -141,7 +141,8 @@ class Engine:
         total = used.batch_size * used.n_iter
         result = GenerationResult([], [], [], used, model.info())
         for iteration in range(used.n_iter):
-            seeds = [base_seed + iteration * used.batch_size + i for i in range(used.batch_size)]
+            # Past MAX_SEED the numbering wraps to 0, so every recorded seed is one a request can ask for again.
+            seeds = [(base_seed + iteration * used.batch_size + i) % (MAX_SEED + 1) for i in range(used.batch_size)]
             if sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image, see samplers
                 scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config, seeds)
             pipe.scheduler = scheduler

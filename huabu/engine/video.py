@@ -307,7 +307,7 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
     used = request.model_copy(update={"seed": seed, "width": width, "height": height, "sampler": sampler.name,
                                       "schedule_type": schedule.label, "format": fmt})
     # DPM++ SDE seeds its Brownian noise per batch entry: one video for AnimateDiff, one per frame for the others.
-    sde_seeds = [seed] if kind == ANIMATEDIFF else [seed + i for i in range(used.frames)]
+    sde_seeds = [seed] if kind == ANIMATEDIFF else [(seed + i) % (MAX_SEED + 1) for i in range(used.frames)]
     scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config,
                                          sde_seeds if sampler.scheduler == "DPMSolverSDEScheduler" else None)
     job = _Job(model, used, text, negative, scheduler, init_image, loras, control_units, progress, interrupt)
