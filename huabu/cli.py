@@ -332,19 +332,22 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
     if missing:
         raise InvalidRequest(f"the parameters lack {', '.join(missing)}; cannot reproduce")
     mode = "inpaint" if "Mask blur" in fields else "img2img" if "Denoising strength" in fields else "txt2img"
+    if mode == "inpaint" and "Denoising strength" not in fields:
+        raise InvalidRequest("the parameters have Mask blur (inpaint) but lack Denoising strength; cannot reproduce")
     if mode != "txt2img" and image is None:
         raise InvalidRequest(f"this image was made by {mode}; its source image is not stored in the PNG: pass it "
                              f"with --image{' and --mask' if mode == 'inpaint' else ''}")
     if mode == "inpaint" and mask is None:
         raise InvalidRequest("this image was made by inpaint: pass its mask with --mask")
-    data = dict(mode=mode, prompt=fields["Prompt"], negative_prompt=fields["Negative prompt"], steps=fields["Steps"],
-                cfg_scale=float(fields["CFG scale"]), sampler=str(fields["Sampler"]),
-                schedule_type=str(fields.get("Schedule type", "Automatic")), seed=fields["Seed"],
-                width=fields["Size-1"], height=fields["Size-2"], model=model, clip_skip=fields.get("Clip skip", 1))
+    data = dict(mode=mode, prompt=fields["Prompt"], negative_prompt=fields["Negative prompt"],
+                steps=_number(fields, "Steps", int), cfg_scale=_number(fields, "CFG scale", float),
+                sampler=str(fields["Sampler"]), schedule_type=str(fields.get("Schedule type", "Automatic")),
+                seed=_number(fields, "Seed", int), width=fields["Size-1"], height=fields["Size-2"], model=model,
+                clip_skip=_number({"Clip skip": 1, **fields}, "Clip skip", int))
     if mode != "txt2img":
-        data.update(init_image=str(image), denoising_strength=float(fields["Denoising strength"]))
+        data.update(init_image=str(image), denoising_strength=_number(fields, "Denoising strength", float))
     if mode == "inpaint":
-        data.update(mask=str(mask), mask_blur=fields["Mask blur"])
+        data.update(mask=str(mask), mask_blur=_number(fields, "Mask blur", int))
     units = [unit_fields_from_infotext(unit) for unit in units_in_params(fields)]
     control_images = list(control_images or [])
     if len(control_images) > len(units) or (mode == "txt2img" and len(control_images) < len(units)):
@@ -354,6 +357,17 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
         unit["image"] = str(control_image)
     data["controlnets"] = units
     return GenerateRequest.create(**data)
+
+
+def _number(fields: dict, key: str, kind: type) -> int | float:
+    """An infotext field as a number, or a one-line error naming it (a hand-edited PNG may hold anything)."""
+    value = fields[key]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return kind(value)
+    try:
+        return kind(str(value))
+    except ValueError:
+        raise InvalidRequest(f"the parameters' {key} is {str(value)[:50]!r}, not a number; cannot reproduce") from None
 
 
 def run_reproduce(args: argparse.Namespace) -> int:

@@ -227,3 +227,19 @@ def test_progress_bar_per_pipeline_call(monkeypatch):
     close()
     text = terminal.getvalue()
     assert "image 1/2" in text and "image 2/2" in text and "3/3" in text
+
+
+@pytest.mark.parametrize("bad", ["Steps: abc", "Seed: x", "CFG scale: much", "Size: 32xbig", "Clip skip: two",
+                                 "Denoising strength: lots", "Mask blur: soft"])
+def test_reproduce_with_a_non_numeric_parameter_is_one_line(huabu_env, capsys, tmp_path, bad):
+    from huabu.gallery import save_png_atomic
+
+    good = {"Steps": "3", "Sampler": "Euler", "CFG scale": "7", "Seed": "1", "Size": "32x32", "Model": "tiny-sd"}
+    key, value = bad.split(": ")
+    fields = {**good, key: value}
+    text = "a kite\n" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + ", Version: huabu 0"
+    made = save_png_atomic(Image.new("RGB", (32, 32)), tmp_path / "bad.png", text)
+    image = ["--image", made, "--mask", made]
+    code, out, err = run(capsys, "reproduce", made, *image)
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and key in err, err
