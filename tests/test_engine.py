@@ -248,6 +248,22 @@ def test_save_writes_pngs_and_indexes_them(engine, model_store, tmp_path):
     assert {item.params["Seed"] for item in found} >= {1234, 1235}
 
 
+def test_a_failed_save_leaves_no_reserved_file(engine, model_store, tmp_path, monkeypatch):
+    import huabu.gallery
+
+    def disk_full(image, path, parameters):
+        raise OSError(28, "No space left on device")
+
+    outdir = tmp_path / "out"
+    monkeypatch.setattr(huabu.gallery, "save_png_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        engine.generate(request(model_store), save=True, outdir=outdir)
+    assert list(outdir.iterdir()) == []
+    monkeypatch.undo()
+    saved = engine.generate(request(model_store), save=True, outdir=outdir)
+    assert [p.name for p in saved.paths] == ["00000-1234.png"]  # the number is free again
+
+
 def test_styles_apply_before_encoding(engine, model_store):
     from huabu.prompts.book import load_book
 

@@ -213,7 +213,12 @@ class Engine:
         from huabu.gallery import next_output_path, save_png_atomic
 
         folder = Path(outdir) if outdir is not None else self.settings.outputs_dir
-        path = save_png_atomic(image, next_output_path(folder, seed), infotext)
+        reserved = next_output_path(folder, seed)
+        try:
+            path = save_png_atomic(image, reserved, infotext)
+        except BaseException:
+            reserved.unlink(missing_ok=True)  # the empty placeholder next_output_path created
+            raise
         result.paths.append(path)
         result.gallery_ids.append(self.gallery.add(path, kind, prompt, negative, params))
 
