@@ -123,3 +123,32 @@ def test_diffusers_folder_with_pickle_weights_is_refused_unless_allowed(settings
         ModelManager(settings).load(str(folder))
     loaded = ModelManager(settings.with_(allow_unsafe_pickle=True)).load(str(folder))
     assert loaded.pipeline.unet.config.in_channels == 4
+
+
+def test_damaged_safetensors_files_are_one_line_errors_naming_the_file(settings, model_store, tmp_path):
+    import shutil
+
+    from huabu.engine.models import ModelManager
+    from huabu.errors import HuabuError
+
+    data = model_store["single"].read_bytes()
+    header = 8 + struct.unpack("<Q", data[:8])[0]
+    damaged = {"truncated.safetensors": data[:header + 1000],  # a valid header, most tensor bytes missing
+               "badjson.safetensors": data[:8] + b"{" + b"x" * (header - 9) + data[header:],
+               "random.safetensors": os.urandom(4096)}
+    for name, content in damaged.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(HuabuError, match=name.replace(".", r"\.")) as caught:
+            ModelManager(settings).load(str(path))
+        assert "\n" not in str(caught.value), name
+    with pytest.raises(ModelNotFound, match="damaged or truncated"):
+        checkpoints.load_state_dict(tmp_path / "truncated.safetensors")
+
+    folder = tmp_path / "cut-folder"
+    shutil.copytree(model_store["folder"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(HuabuError, match="diffusion_pytorch_model.safetensors") as caught:
+        ModelManager(settings).load(str(folder))
+    assert "\n" not in str(caught.value) and "pickle" not in str(caught.value)

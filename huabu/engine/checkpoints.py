@@ -47,8 +47,30 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `__metadata__` strings of a safetensors file (empty when it has none)."""
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:  # JSON and UTF-8 errors alike
+            raise _damaged(Path(path), "its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _damaged(Path(path), "its header is not a JSON object")
     return dict(header.get("__metadata__") or {})
+
+
+def check_safetensors(path: str | os.PathLike, shown: str | None = None) -> None:
+    """Refuse a safetensors file whose header is damaged or whose data is cut short (read from the header alone),
+    naming it as `shown` (default: its file name)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except Exception as err:  # safetensors raises its own SafetensorError for every kind of damage
+        raise _damaged(Path(path), _first_line(err), shown) from None
+
+
+def _damaged(path: Path, why: str, shown: str | None = None) -> ModelNotFound:
+    return ModelNotFound(f"{shown or path.name} is a damaged or truncated safetensors file ({why}); download or "
+                         f"copy it again")
 
 
 def _refuse_pickle(path: Path) -> UnsafeCheckpoint:
@@ -80,19 +102,26 @@ def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     path = Path(path)
     fmt = check_loadable(path, allow_pickle)
     if fmt == SAFETENSORS:
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except Exception as err:  # safetensors raises its own SafetensorError for every kind of damage
+            raise _damaged(path, _first_line(err)) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # UnpicklingError and friends: the file holds more than tensors
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UnsafeCheckpoint(
-                f"{path.name} could not be read with torch.load(weights_only=True): {first}") from None
+                f"{path.name} could not be read with torch.load(weights_only=True): {_first_line(err)}") from None
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelNotFound(f"{path.name} holds no state dict (found {type(state).__name__})")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -251,6 +251,8 @@ class ModelManager:
                 # Folders with only pickle (.bin) weights are refused unless pickle is allowed.
                 use_safetensors=None if self.settings.allow_unsafe_pickle else True, **kwargs)
         except (OSError, ValueError) as err:
+            for weights in sorted(folder.glob("*/*.safetensors")):  # a damaged file is named, not taken for pickle
+                checkpoints.check_safetensors(weights, f"{folder.name}/{weights.relative_to(folder).as_posix()}")
             if ".bin" in str(err) or "safetensors" in str(err):
                 raise UnsafeCheckpoint(f"{folder} holds no .safetensors weights (only pickle files?); pass "
                                        f"--allow-unsafe-pickle if you trust it") from None
