@@ -4,6 +4,7 @@ sharing with the base model, infotext fields and bad input."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,34 @@ def test_folder_listing_skips_annotators_and_asks_when_a_default_is_ambiguous(co
     shutil.copytree(controlnet_store["canny"], root / "canny-copy")
     with pytest.raises(InvalidRequest, match="several ControlNets .* could serve canny .*control_canny"):
         manager.resolve("", "canny")
+
+
+def test_bare_names_come_from_huabu_folders_not_the_working_directory(controlnet_store, tmp_path, monkeypatch):
+    import shutil
+
+    from video_support import tiny_motion_adapter
+
+    from huabu.engine.controlnets import ControlNetManager
+    from huabu.engine.video import resolve_motion_module
+    from huabu.settings import Settings
+
+    settings = Settings.for_home(tmp_path / "home")
+    root, cwd = settings.controlnet_dir, tmp_path / "cwd"
+    shutil.copytree(controlnet_store["canny"], root / "canny")
+    shutil.copytree(controlnet_store["canny"], root / "canny2")
+    shutil.copytree(controlnet_store["canny"], cwd / "canny")  # same name, in the working directory
+    tiny_motion_adapter(seed=0).save_pretrained(settings.motion_dir / "mm")
+    tiny_motion_adapter(seed=1).save_pretrained(cwd / "mm")
+    monkeypatch.chdir(cwd)
+    manager = ControlNetManager(settings)
+    assert manager.resolve("canny", "canny").location == str((root / "canny").resolve())
+    assert manager.resolve("./canny", "canny").location == str((cwd / "canny").resolve())  # explicit: a path
+    assert manager.resolve("", "canny").name == "canny"  # the whole word, not canny2
+    assert Path(resolve_motion_module("mm", settings).location) == settings.motion_dir / "mm"
+    assert Path(resolve_motion_module("./mm", settings).location) == (cwd / "mm").resolve()
+    (root / "canny").rename(root / "other")
+    with pytest.raises(ModelNotFound, match="ControlNet 'canny' not found"):
+        manager.resolve("canny", "canny")
 
 
 def test_infotext_field_reads_back_with_the_a1111_regex(engine, model_store, controlnet_store, reference):

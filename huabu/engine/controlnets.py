@@ -34,7 +34,7 @@ from PIL import Image
 
 from huabu.engine import checkpoints
 from huabu.engine.images import load_image
-from huabu.engine.models import LoadedModel
+from huabu.engine.models import LoadedModel, looks_like_path
 from huabu.engine.pipelines import pipeline_mode
 from huabu.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint
 from huabu.requests import ControlUnit
@@ -162,7 +162,7 @@ class ControlNetManager:
         if not spec:
             return self._default_for(module, unet_config, vae_factor, own)
         path = Path(spec).expanduser()
-        if path.exists():
+        if looks_like_path(spec) and path.exists():
             return self._ref_for_path(path)
         title = _A1111_TITLE.match(spec)
         wanted, short = (title.group(1), title.group(2).lower()) if title else (spec, None)
@@ -180,7 +180,8 @@ class ControlNetManager:
                 if ref.short_hash.startswith(short[:8]):
                     return ref
         raise ModelNotFound(f"ControlNet {spec!r} not found: not a path and not in {root}"
-                            + (f" (it holds: {', '.join(r.name for r in available)})" if available else ""))
+                            + (f" (it holds: {', '.join(r.name for r in available)})" if available else "")
+                            + ("; for a file or folder here, write ./" + spec if not looks_like_path(spec) else ""))
 
     def _default_for(self, module: str, unet_config: Any, vae_factor: int | None,
                      own: list[ControlNetRef] | None = None) -> ControlNetRef:
@@ -191,12 +192,12 @@ class ControlNetManager:
         if not words:
             raise InvalidRequest(f"module {module!r} has no default ControlNet: name one (model, or "
                                  f"--controlnet-model)")
-        mine = [ref for ref in own or [] if any(word in ref.name.lower() for word in words)]
+        mine = _named_for(own or [], words)
         if len(mine) == 1:
             log.info("ControlNet for %s: %s (the model's own)", name, mine[0].location)
             return mine[0]
         root = self.settings.controlnet_dir
-        matches = [ref for ref in self.list_controlnets() if any(word in ref.name.lower() for word in words)]
+        matches = _named_for(self.list_controlnets(), words)
         if len(matches) > 1 and unet_config is not None:
             matches = [ref for ref in matches if _may_fit(ref, unet_config, vae_factor)]
         if len(matches) == 1:
@@ -292,6 +293,13 @@ class ControlNetManager:
         nets = [self.load(ref, model) for ref in refs]
         return ControlPlan(units, refs, nets, self.settings.controlnet_dir / ANNOTATORS,
                            self.settings.allow_unsafe_pickle)
+
+
+def _named_for(refs: list[ControlNetRef], words: tuple[str, ...]) -> list[ControlNetRef]:
+    """The refs whose name holds one of `words`; those holding it as a whole word (`x-canny`, not `canny2`) if any."""
+    loose = [ref for ref in refs if any(word in ref.name.lower() for word in words)]
+    whole = [ref for ref in loose if set(re.split(r"[^a-z0-9]+", ref.name.lower())) & set(words)]
+    return whole or loose
 
 
 def _first_line(err: BaseException) -> str:

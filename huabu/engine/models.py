@@ -45,6 +45,12 @@ _SINGLE_FILE_TYPES = {
 _UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 
 
+def looks_like_path(spec: str) -> bool:
+    """Whether a ControlNet / motion module spec is meant as a path (a separator, or a leading `.` or `~`); a bare
+    name is looked up in huabu's folders only, so a same-named entry in the working directory never shadows it."""
+    return "/" in spec or os.sep in spec or spec.startswith((".", "~"))
+
+
 def bundled_configs() -> dict[str, Path]:
     """Offline diffusers config folders for single-file checkpoints, by name (plus huabu-tiny's own folder)."""
     found = {p.name: p for p in sorted(CONFIGS_DIR.iterdir()) if (p / "model_index.json").is_file()}

@@ -37,7 +37,7 @@ from huabu.engine.controlnets import check_units
 from huabu.engine.generate import Progress, _output_size, format_number
 from huabu.engine.images import load_image
 from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text
-from huabu.engine.models import _HUB_ID, LoadedModel, ModelRef
+from huabu.engine.models import _HUB_ID, LoadedModel, ModelRef, looks_like_path
 from huabu.engine.pipelines import decode_latents
 from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
 from huabu.requests import MAX_SEED, VideoRequest
@@ -106,11 +106,11 @@ def resolve_motion_module(spec: str | None, settings: Settings, model: ModelRef 
         raise ModelNotFound(f"no motion module given: pass --motion-module NAME (the motion folder "
                             f"{settings.motion_dir} {held})")
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if looks_like_path(spec) and path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"folder {path} is not a diffusers MotionAdapter (it has no config.json)")
         return MotionModuleRef(path.name, str(path.resolve()), "folder")
-    if path.is_file():
+    if looks_like_path(spec) and path.is_file():
         return MotionModuleRef(path.stem, str(path.resolve()), "file")
     wanted = spec.lower()
     for ref in available:
@@ -222,9 +222,7 @@ def load_sparse_control(spec: str, settings: Settings) -> tuple[str, str, Any]:
     """(name, location, SparseControlNetModel) for a folder, a folder name in the ControlNet folder, or a hub id."""
     from diffusers import SparseControlNetModel
 
-    path = Path(spec).expanduser()
-    if not path.is_dir() and (settings.controlnet_dir / spec).is_dir():
-        path = settings.controlnet_dir / spec
+    path = Path(spec).expanduser() if looks_like_path(spec) else settings.controlnet_dir / spec
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"folder {path} is not a diffusers SparseCtrl model (it has no config.json)")
