@@ -255,3 +255,23 @@ def test_controlnet_units_steer_the_image_through_the_engine(engine, model_store
         refused = client.post("/sdapi/v1/txt2img", json={**base, "alwayson_scripts": {"controlnet": {"args": [
             path_unit]}}})
         assert refused.status_code == 403 and "not a path" in refused.json()["detail"]
+
+
+def test_a_sync_call_whose_client_goes_away_is_cancelled_and_leaves_no_state(engine, model_store, tmp_path):
+    import httpx
+    from server_support import live_server
+
+    app = make_app(api_settings(model_store, tmp_path / "home"), engine)
+    slow = {"prompt": "slow", "steps": 150, "width": 32, "height": 32, "sampler": "Euler"}
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=60) as api:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            httpx.post(f"{base}/sdapi/v1/txt2img", json=slow, timeout=httpx.Timeout(60, read=1.0))
+        job = api.get("/api/v1/jobs").json()[0]
+        assert job["origin"] == "a1111"
+        finished = wait_for(api, job["id"], timeout=60)
+        assert finished["state"] == "cancelled"
+        assert finished["progress"].get("step", 0) < 150  # stopped early, not run to the end
+        queue = app.state.huabu.queue
+        assert queue._outcomes == {} and queue._waiters == {} and queue._live == {}
+        done = api.post("/sdapi/v1/txt2img", json={"prompt": "after", **TINY})  # the slot is free again
+        assert done.status_code == 200 and queue._outcomes == {}

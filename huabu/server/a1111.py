@@ -8,6 +8,7 @@ job on the shared queue that the route awaits, so `/progress` and `/interrupt` s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -33,6 +34,8 @@ from huabu.server.security import image_data_url
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
+
+DISCONNECT_POLL = 0.5  # seconds between looks at whether a waiting call's client is still there
 
 # A1111 values that mean "not used": a field holding one of these is not worth a warning.
 _NO_OPS: dict[str, tuple] = {
@@ -365,7 +368,7 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
                                                              save=req.save_images))
 
     request, warnings, job = await run_in_threadpool(accept)
-    finished = await state.queue.wait(job.id)
+    finished = await _wait_while_connected(http, state.queue, job.id)
     if finished is not None and finished.state == "failed":
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
@@ -376,6 +379,25 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
         parameters.update(init_images=None, mask=None)
     return {"images": images if req.send_images else [], "parameters": parameters,
             "info": info_json(req, request, outcome, finished or job, warnings)}
+
+
+async def _wait_while_connected(http: Request, queue, job_id: str) -> Job | None:
+    """The finished job. A call is synchronous: once its client has gone, no one will read the images, so the job is
+    cancelled (it still ends, and releases its state, like any other)."""
+    waiting = asyncio.ensure_future(queue.wait(job_id))
+    cancelled = False
+    try:
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
+            if not waiting.done() and not cancelled and await http.is_disconnected():
+                log.info("A1111 job %s: the client disconnected; cancelling it", job_id)
+                await run_in_threadpool(queue.cancel, job_id)
+                cancelled = True
+        return waiting.result()
+    finally:
+        if not waiting.done():  # this route itself was cancelled (the server is stopping)
+            waiting.cancel()
+            queue.cancel(job_id)
 
 
 class JobFailed(Exception):

@@ -94,11 +94,13 @@ class JobQueue:
 
     def _complete(self, job: Job, state: str, outcome: Outcome | None = None, error: str | None = None,
                   error_kind: str | None = None) -> None:
-        """Record a job's end, keep the images of an A1111 call for its route, wake waiters, send the callback."""
+        """Record a job's end, keep the images of an A1111 call for its route (only while the route waits: a gone
+        route would never take them), wake waiters, send the callback."""
         recorded = self.store.finish(job.id, state, outcome.summary() if outcome else None, error, error_kind)
         if recorded and outcome is not None and job.origin == "a1111":
             with self._lock:
-                self._outcomes[job.id] = outcome
+                if self._waiters.get(job.id):
+                    self._outcomes[job.id] = outcome
         self._finished(job.id)
 
     def _finished(self, job_id: str) -> None:
