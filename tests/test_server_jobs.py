@@ -222,3 +222,19 @@ def test_job_answers_name_the_model_not_its_path_on_the_server(client, model_sto
     resubmitted = client.post("/api/v1/jobs", json={"request": done["request"]})  # a listing's request runs again
     assert resubmitted.status_code == 202
     assert wait_for(client, resubmitted.json()["id"])["state"] == "done"
+
+
+def test_a_job_that_finished_while_the_server_stops_stays_done(engine, model_store, tmp_path):
+    from huabu.engine.generate import Engine
+    from huabu.server.queue import LocalQueue
+
+    settings = api_settings(model_store, tmp_path / "home")
+    store = JobStore(tmp_path / "jobs.sqlite")
+    worker = Engine(settings, models=engine.models)
+    queue = LocalQueue(store, ServerConfig(), [worker])
+    job = store.add(Job.new("image", {"prompt": "x", "seed": 3, "model": "tiny-sd", **TINY}))
+    queue.stop()  # the stop arrives while the job's last step runs: nothing is left to interrupt
+    queue._run(worker, store.claim_next("local-0"))
+    finished = store.get(job.id)
+    assert finished.state == "done", finished.error
+    assert finished.result["seeds"] == [3] and not finished.result["interrupted"]

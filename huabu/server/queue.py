@@ -290,7 +290,7 @@ class LocalQueue(JobQueue):
                 log.exception("job %s failed", job.id)
             self._complete(job, "failed", error=message, error_kind=kind)
         else:
-            if self._stopping and not live.cancel:
+            if self._stopping and outcome.interrupted and not live.cancel:  # cut short by the stop: run it anew
                 self.store.requeue(job.id)
             else:
                 self._complete(job, "cancelled" if live.cancel else "done", outcome)
