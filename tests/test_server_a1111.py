@@ -179,7 +179,16 @@ def test_list_routes_answer_with_what_huabu_has(client):
         assert client.get(f"/sdapi/v1/{route}").status_code == 200, route
 
 
-def test_progress_shows_a_running_job_with_a_preview_and_interrupt_stops_it(client):
+def test_progress_shows_a_running_job_with_a_preview_and_interrupt_stops_it(client, monkeypatch):
+    import huabu.engine.pipelines as pipelines
+
+    decode, decoded_on = pipelines.decode_latents, []
+
+    def recording_decode(*args, **kwargs):
+        decoded_on.append(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines, "decode_latents", recording_decode)
     job = client.post("/api/v1/jobs", json={"request": {"prompt": "slow", "steps": 150, "width": 32, "height": 32,
                                                         "sampler": "Euler", "seed": 1}}).json()
     deadline = time.monotonic() + 60
@@ -190,6 +199,8 @@ def test_progress_shows_a_running_job_with_a_preview_and_interrupt_stops_it(clie
     assert progress["current_task"] == job["id"] and progress["state"]["sampling_steps"] == 150
     assert 0 < progress["progress"] < 1 and progress["state"]["job"] == f"task({job['id']})"
     assert decode_png(progress["current_image"]).size == (32, 32)
+    # The preview is made on the engine thread between two steps, never beside it on the request's thread.
+    assert decoded_on and set(decoded_on) == {"huabu-worker-0"}
     assert client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["current_image"] is None
     assert client.post("/sdapi/v1/interrupt").status_code == 200
     finished = wait_for(client, job["id"])

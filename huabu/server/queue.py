@@ -21,6 +21,7 @@ from huabu.server.runner import Outcome, png_base64, progress_data, progress_fra
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress rows written for one job
+PREVIEW_WAIT = 1.0  # seconds /progress waits for the engine thread to make a preview
 
 
 def error_line(err: BaseException) -> tuple[str, str]:
@@ -187,18 +188,18 @@ def send_callback(job: Job) -> None:
 
 @dataclass
 class LiveJob:
-    """A job running on a local engine thread: the flags the engine polls and the latest latents."""
+    """A job running on a local engine thread: the flags the engine polls and the last preview it made. Previews
+    are decoded on the engine thread between two steps, when asked for: the model is never used by two threads."""
 
     job: Job
     engine: Engine
     cancel: bool = False
     interrupt: bool = False
     skip: bool = False
-    latents: Any = None
-    step: int = 0
     last_write: float = 0.0
-    preview: tuple[int, str | None] = (-1, None)  # (step, base64 PNG) of the last preview made
-    preview_lock: threading.Lock = field(default_factory=threading.Lock)
+    preview: str | None = None  # base64 PNG of the first image at the last step a preview was asked for
+    preview_wanted: threading.Event = field(default_factory=threading.Event)
+    preview_made: threading.Event = field(default_factory=threading.Event)
 
     def should_stop(self) -> bool:
         return self.cancel or self.interrupt or self.skip
@@ -276,7 +277,10 @@ class LocalQueue(JobQueue):
         self._live[job.id] = live
 
         def on_progress(p: Progress) -> None:
-            live.latents, live.step = p.latents, p.iteration * p.steps + p.step
+            if live.preview_wanted.is_set() and p.latents is not None:
+                live.preview_wanted.clear()
+                live.preview = _preview(engine, job, p.latents)
+                live.preview_made.set()
             now = time.monotonic()
             if now - live.last_write >= PROGRESS_WRITE_INTERVAL or progress_fraction(p) >= 1.0:
                 live.last_write = now
@@ -298,23 +302,25 @@ class LocalQueue(JobQueue):
             self._live.pop(job.id, None)
 
     def current_image(self, job: Job) -> str | None:
-        """A preview of the running job's first image, decoded from the latest latents with the model's VAE."""
+        """A preview of the running job's first image: asked of its engine thread, which makes it at its next step
+        (waiting for that at most PREVIEW_WAIT seconds; else the last one made)."""
         live = self._live.get(job.id)
-        if live is None or live.latents is None:
+        if live is None:
             return None
-        with live.preview_lock:
-            if live.preview[0] == live.step:
-                return live.preview[1]
-            step, latents = live.step, live.latents[:1]
-            image = None
-            try:
-                from huabu.engine.pipelines import decode_latents
+        live.preview_made.clear()
+        live.preview_wanted.set()
+        live.preview_made.wait(PREVIEW_WAIT)
+        return live.preview
 
-                model = live.engine.models.load(job.request.get("model"), job.request.get("checkpoint_config"))
-                images, _ = decode_latents(model.pipeline, latents.to(model.pipeline.vae.device),
-                                           model.vae_needs_fp32)
-                image = png_base64(images[0])
-            except Exception as err:  # a preview is best effort: never fail /progress because of it
-                log.debug("no preview for job %s: %s", job.id, err)
-            live.preview = (step, image)
-            return image
+
+def _preview(engine: Engine, job: Job, latents: Any) -> str | None:
+    """The first image of `latents` decoded with the job's model VAE, as base64 PNG; None when that fails."""
+    try:
+        from huabu.engine.pipelines import decode_latents
+
+        model = engine.models.load(job.request.get("model"), job.request.get("checkpoint_config"))
+        images, _ = decode_latents(model.pipeline, latents[:1].to(model.pipeline.vae.device), model.vae_needs_fp32)
+        return png_base64(images[0])
+    except Exception as err:  # a preview is best effort: never fail a job or /progress because of it
+        log.debug("no preview for job %s: %s", job.id, err)
+        return None
