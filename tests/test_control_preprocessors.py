@@ -381,6 +381,26 @@ def test_depth_model_from_a_local_folder_gives_a_normalised_map(tiny_dpt):
     assert np.corrcoef(out.ravel(), expected.ravel())[0, 1] > 0.99
 
 
+def test_depth_model_folders_with_pickle_weights_load_only_when_allowed(tiny_dpt, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from huabu.errors import UnsafeCheckpoint
+
+    folder = tmp_path / "pickled-dpt"
+    shutil.copytree(tiny_dpt, folder)
+    weights = folder / "model.safetensors"
+    torch.save(load_file(weights), folder / "pytorch_model.bin")
+    weights.unlink()
+    image = random_image(16, 16)
+    with pytest.raises(UnsafeCheckpoint) as err:
+        preprocess("depth", image, weights=folder)
+    assert "--allow-unsafe-pickle" in one_line(err) and "pickled-dpt" in one_line(err)
+    allowed = gray(preprocess("depth", image, weights=folder, allow_unsafe_pickle=True))
+    assert np.array_equal(allowed, gray(preprocess("depth", image, weights=tiny_dpt)))
+
+
 def test_depth_hub_id_offline_and_missing_folder_are_one_line_errors(tmp_path):
     image = random_image(16, 16)
     with pytest.raises(ModelNotFound) as err:

@@ -321,6 +321,12 @@ def test_prompt_editing_batches_and_samplers_work_with_control(engine, model_sto
     ({"model": "F8"}, InvalidRequest, r"shrinks control images 8x but this model's VAE works at 4x"),
     ({"model": "SDXL"}, InvalidRequest, r"was made for text width 64, the model has 32"),
     ({"module": "none", "model": ""}, InvalidRequest, r"module 'none' has no default ControlNet"),
+    ({"module": "depth_midas"}, InvalidRequest,
+     r"ControlNet unit 0: depth needs a depth model: put a transformers depth model folder .* at .*annotators/depth"
+     r", or send a ready depth map with module none"),
+    ({"module": "openpose"}, InvalidRequest,
+     r"ControlNet unit 0: pose needs OpenPose body weights: put body_pose_model\.safetensors in .*annotators"
+     r", or send a ready pose map with module none"),
 ])
 def test_bad_units_give_one_line_errors(engine, model_store, controlnet_store, reference, fields, error, pattern):
     if fields.get("model") in ("F8", "SDXL"):

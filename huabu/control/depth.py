@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from huabu.control.images import fit_resolution, gray_to_rgb, rgb_array
-from huabu.errors import BadImage, InvalidRequest, ModelNotFound
+from huabu.errors import BadImage, InvalidRequest, ModelNotFound, UnsafeCheckpoint
 
 # Models that predict metric distance (far = large) rather than relative inverse depth (near = large).
 _METRIC_MODEL_TYPES = {"zoedepth"}
@@ -37,8 +37,9 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def load_depth_model(ref: str | os.PathLike, device: str | torch.device = "cpu",
-                     local_files_only: bool = False) -> DepthEstimator:
-    """A depth estimator from a local folder (config.json + weights + preprocessor_config.json) or a hub id."""
+                     local_files_only: bool = False, allow_unsafe_pickle: bool = False) -> DepthEstimator:
+    """A depth estimator from a local folder (config.json + weights + preprocessor_config.json) or a hub id;
+    pickle weights (.bin) only when `allow_unsafe_pickle`."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     text = os.fspath(ref)
@@ -57,8 +58,12 @@ def load_depth_model(ref: str | os.PathLike, device: str | torch.device = "cpu",
     try:
         # The PIL backend: transformers' default "fast" processors need torchvision, which huabu avoids.
         processor = AutoImageProcessor.from_pretrained(source, backend="pil", local_files_only=local_files_only)
-        model = AutoModelForDepthEstimation.from_pretrained(source, local_files_only=local_files_only)
+        model = AutoModelForDepthEstimation.from_pretrained(
+            source, local_files_only=local_files_only, use_safetensors=None if allow_unsafe_pickle else True)
     except (OSError, ValueError) as err:
+        if path.exists() and not allow_unsafe_pickle and not any(path.glob("*.safetensors")):
+            raise UnsafeCheckpoint(f"depth model folder {path} holds no .safetensors weights (only pickle files?); "
+                                   f"pass --allow-unsafe-pickle if you trust it") from None
         if path.exists():
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelNotFound(f"cannot load the depth model in {path}: {first}") from None
@@ -83,10 +88,11 @@ def normalise_depth(depth: np.ndarray, far_is_large: bool = False) -> np.ndarray
 
 @torch.no_grad()
 def estimate_depth(image: Image.Image, weights: str | os.PathLike | DepthEstimator, resolution: int | None = None,
-                   device: str | torch.device = "cpu") -> Image.Image:
+                   device: str | torch.device = "cpu", allow_unsafe_pickle: bool = False) -> Image.Image:
     """Depth of `image` by a transformers model (`weights`: folder, hub id or a loaded DepthEstimator)."""
     array = fit_resolution(rgb_array(image, "depth"), resolution)
-    estimator = weights if isinstance(weights, DepthEstimator) else load_depth_model(weights, device)
+    estimator = weights if isinstance(weights, DepthEstimator) else load_depth_model(
+        weights, device, allow_unsafe_pickle=allow_unsafe_pickle)
     height, width = array.shape[:2]
     inputs = estimator.processor(images=Image.fromarray(array), return_tensors="pt")
     model_device = next(estimator.model.parameters()).device
@@ -138,14 +144,17 @@ def depth_from_map(image: Image.Image | None, depth_map: str | os.PathLike | Ima
 
 def depth(image: Image.Image | None, weights: str | os.PathLike | DepthEstimator | None = None,
           depth_map: str | os.PathLike | Image.Image | None = None, invert: bool = False,
-          resolution: int | None = None, device: str | torch.device = "cpu") -> Image.Image:
-    """Depth from a model (`weights`) or from the user's own `depth_map`."""
+          resolution: int | None = None, device: str | torch.device = "cpu",
+          allow_unsafe_pickle: bool = False) -> Image.Image:
+    """Depth from a model (`weights`; pickle weights only when `allow_unsafe_pickle`) or from the user's own
+    `depth_map`."""
     if weights is not None and depth_map is not None:
         raise InvalidRequest("depth takes either weights (a depth model) or depth_map (your own map), not both")
     if weights is not None:
         if invert:
             raise InvalidRequest("invert applies to a supplied depth_map; model output is already near = bright")
-        return estimate_depth(image, weights, resolution=resolution, device=device)
+        return estimate_depth(image, weights, resolution=resolution, device=device,
+                              allow_unsafe_pickle=allow_unsafe_pickle)
     if depth_map is None:
         raise InvalidRequest("depth needs weights (a transformers depth model folder or hub id, e.g. a DPT or "
                              "Depth-Anything model) or depth_map (your own grayscale depth image, near = bright)")
