@@ -68,6 +68,9 @@ def test_data_errors_are_one_line_and_name_the_problem(tmp_path):
     _image(bad / "ok.png")
     (bad / "broken.png").write_bytes(b"not a png")
     cases.append((bad, "broken.png"))
+    _image(tmp_path / "latin1" / "sub" / "cat.png")
+    (tmp_path / "latin1" / "sub" / "cat.txt").write_bytes("un chat \xe0 poils".encode("latin-1"))
+    cases.append((tmp_path / "latin1", r"caption file sub/cat\.txt is not UTF-8 text"))
     for folder, words in cases:
         with pytest.raises(HuabuError, match=words) as err:
             load_dataset(folder, "x" if folder == bad else None, "{trigger}" if folder == bad else None)

@@ -145,7 +145,11 @@ def to_pixels(image: Image.Image) -> np.ndarray:
 def caption_for(path: Path, trigger: str | None, template: str | None, root: Path) -> str:
     sidecar = path.with_suffix(".txt")
     if sidecar.is_file():
-        return sidecar.read_text(encoding="utf-8").strip()
+        try:
+            return sidecar.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"caption file {sidecar.relative_to(root).as_posix()} is not UTF-8 text; save it "
+                                 f"as UTF-8") from None
     if template is None:
         raise InvalidRequest(f"{path.relative_to(root)} has no caption file {sidecar.name}; write one beside it, or "
                              f"pass --caption-template (e.g. \"a photo of {{trigger}}\" with --trigger WORD)")
