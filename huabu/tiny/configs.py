@@ -59,7 +59,7 @@ class UnetTrainConfig:
     out: str = "runs/unet"
     seed: int = 0
     images: int = 100_000  # the first N dataset scenes, VAE-encoded once up front (encoding all 200k costs hours)
-    steps: int = 5000  # the shipped UNet; the LR is constant after warm-up, so a longer run just goes on
+    steps: int = 4500  # the shipped UNet; the LR is constant after warm-up, so a longer run just goes on
     batch_size: int = 32
     lr: float = 5e-4
     warmup: int = 200
