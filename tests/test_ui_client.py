@@ -149,6 +149,15 @@ def test_lora_training_streams_loss_and_installs_the_lora(app, tmp_path):
     listed = client.predict(None, api_name="/lora_list")
     assert [value for _, value in listed["choices"]] == ["red_test"]
 
+    from gradio_client.exceptions import AppError
+
+    installed = written.read_bytes()
+    with pytest.raises(AppError) as err:  # the same name again: the installed LoRA is kept, not overwritten
+        client.predict(folder=None, archive=handle_file(str(archive)), name="red_test", steps=1, rank=4, alpha=4,
+                       lr=1e-3, resolution=32, sample_prompt="", sample_every=0, api_name="/train_lora")
+    assert str(err.value) == "A LoRA named red_test is already installed; pick another name (or delete it first)."
+    assert written.read_bytes() == installed
+
 
 def test_video_tab_makes_a_playable_video(app):
     import imageio.v3 as iio

@@ -174,6 +174,7 @@ def build_lora(studio, labels, language, prefs, txt2img, img2img) -> dict[str, A
     def train_lora(folder, archive, name, trigger, steps, rank, alpha, lr, batch, resolution, sample_prompt,
                    sample_every, train_text_encoder, language, prefs, session: gr.Request, progress=gr.Progress()):
         from huabu.lora.requests import TrainLoraRequest
+        from huabu.lora.train import output_path
 
         texts = studio.texts[language]
         data = Path(tempfile.mkdtemp(prefix="huabu-lora-data-"))
@@ -191,6 +192,8 @@ def build_lora(studio, labels, language, prefs, txt2img, img2img) -> dict[str, A
                     sample_every=int(sample_every), train_text_encoder=bool(train_text_encoder),
                     sample_prompt=[sample_prompt.strip()] if (sample_prompt or "").strip() else [],
                     sample_steps=20)
+                if output_path(request, studio.settings).exists():  # never overwrite an installed LoRA
+                    raise InvalidRequest(texts["lora.exists"].format(name=request.out))
                 yield from _run_training(studio, request, texts, session, progress)
         finally:
             shutil.rmtree(data, ignore_errors=True)
