@@ -182,10 +182,13 @@ def test_the_engine_makes_exactly_the_training_control_map_from_a_real_scene(toy
 
 # --- evaluations ------------------------------------------------------------------------------------------------
 
-def test_eval_control_prints_every_figure(toy, shipped, env, capsys):
+def test_eval_control_prints_every_figure(toy, shipped, env, capsys, tmp_path):
+    grid = tmp_path / "control.png"
     assert main(["tiny", "eval-control", "--model", str(toy["model"]), "--singles", "2", "--pairs", "1",
-                 "--steps", "2", "--json"]) == 0
+                 "--steps", "2", "--json", "--grid", str(grid)]) == 0
     r = _json_line(capsys)
+    # 3 prompts across; rows: real scenes, canny maps, canny outputs, colour maps, colour outputs, no control
+    assert Image.open(grid).size == (3 * 64 * 2, 6 * 64 * 2)
     assert r["controlnets"] == {"canny": "huabu-tiny-controlnet-canny", "color": "huabu-tiny-controlnet-color"}
     for key in ("edge_f1", "edge_f1_uncontrolled", "edge_f1_vae", "colour_error", "colour_error_uncontrolled",
                 "colour_error_vae"):

@@ -29,6 +29,8 @@ _HELP = {
     "count": "held-out prompts per LoRA",
     "steps": "sampling steps",
     "frames": "frames per video",
+    "grid": "also write a PNG of the first 8 prompts: real scenes, each type's control maps above its outputs, "
+            "and the outputs without control",
 }
 
 

@@ -34,6 +34,7 @@ class ControlEvalConfig:
     cfg: float = 5.0
     weight: float = 1.0  # ControlNet conditioning scale
     seed: int = 0
+    grid: str = ""  # a PNG to write: real scenes, then per type its maps and outputs, then outputs without control
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -97,6 +98,7 @@ def evaluate_control(cfg: ControlEvalConfig, settings: Settings | None = None, e
     uncontrolled = generate(engine, model_spec, prompts, cfg)
     round_trip = vae_round_trip(model.pipeline.vae, real)
     result: dict[str, object] = {"controlnets": names}
+    grid_rows = [real]
     for kind in kinds:
         maps = [preprocess(kind, Image.fromarray(image)) for image in real]
 
@@ -107,6 +109,7 @@ def evaluate_control(cfg: ControlEvalConfig, settings: Settings | None = None, e
         controlled = generate(engine, model_spec, prompts, cfg, units)
         with_control, without = fidelity(kind, maps, controlled), fidelity(kind, maps, uncontrolled)
         ceiling = fidelity(kind, maps, round_trip)
+        grid_rows += [[np.asarray(m.convert("RGB")) for m in maps], controlled]
         if kind == "canny":
             result.update(edge_f1=with_control, edge_f1_uncontrolled=without,
                           edge_f1_ratio=_ratio(with_control, without), edge_f1_vae=ceiling,
@@ -115,6 +118,10 @@ def evaluate_control(cfg: ControlEvalConfig, settings: Settings | None = None, e
             result.update(colour_error=with_control, colour_error_uncontrolled=without,
                           colour_error_ratio=_ratio(with_control, without), colour_error_vae=ceiling,
                           colour_target_met=with_control <= COLOUR_TARGET * without)
+    if cfg.grid:
+        from huabu.tiny.train_vae import save_grid
+
+        save_grid(grid_rows + [uncontrolled], Path(cfg.grid), cols=8, scale=2)
     result["settings"] = {"model": model.name, "singles": cfg.singles, "pairs": cfg.pairs, "steps": cfg.steps,
                           "cfg_scale": cfg.cfg, "weight": cfg.weight, "sampler": "DPM++ 2M",
                           "seeds": [cfg.seed, cfg.seed + len(prompts) - 1]}
