@@ -223,6 +223,27 @@ def test_saves_video_with_parameters_and_gallery_entry(vengine, tmp_path):
     assert numbered.path.parent == tmp_path / "dir" and numbered.path.name.endswith("-7.gif")
 
 
+def test_a_motion_module_changed_on_disk_is_loaded_again(vengine, tmp_path):
+    import os
+
+    path = tmp_path / "mm.safetensors"
+
+    def write(seed: int) -> None:
+        adapter = tiny_motion_adapter(seed=seed)
+        save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(path),
+                  metadata={"huabu_config": json.dumps(adapter.config)})
+
+    write(0)
+    first = _stack(_video(vengine, motion_module=str(path)).frames)
+    stamp = path.stat().st_mtime_ns
+    write(1)  # the same size: only the modification time tells the file changed
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    second = _stack(_video(vengine, motion_module=str(path)).frames)
+    assert np.abs(first - second).mean() > 1.0
+    write(0)
+    assert np.array_equal(_stack(_video(vengine, motion_module=str(path)).frames), first)
+
+
 def test_motion_module_single_files(vengine, video_dirs, tmp_path):
     """A diffusers-key .safetensors (config in huabu_config metadata) and one with the original AnimateDiff keys
     (architecture read off the weights) make the same video as the folder they came from."""

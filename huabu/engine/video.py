@@ -405,11 +405,11 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
 
 
 def _motion_pipeline(engine: "Engine", model: LoadedModel, motion: MotionModuleRef):
-    """The cached AnimateDiffPipeline for this model and motion module; another module replaces it (each holds a
-    full copy of the UNet)."""
+    """The cached AnimateDiffPipeline for this model and motion module; another module, or this one changed on
+    disk, replaces it (each holds a full copy of the UNet)."""
     from diffusers import AnimateDiffPipeline
 
-    key = f"animatediff|{motion.location}"
+    key = f"animatediff|{motion.location}|{_disk_stamp(motion)}"
     pipe = model.pipelines.get(key)
     if pipe is not None:
         return pipe
@@ -424,6 +424,15 @@ def _motion_pipeline(engine: "Engine", model: LoadedModel, motion: MotionModuleR
     pipe.set_progress_bar_config(disable=True)
     model.pipelines[key] = pipe
     return pipe
+
+
+def _disk_stamp(motion: MotionModuleRef) -> str:
+    """Size and modification time of a local module's files: a file written again gets a new stamp."""
+    if motion.kind == "hub":
+        return ""
+    path = Path(motion.location)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return ";".join(f"{p.name}:{st.st_size}:{st.st_mtime_ns}" for p in files for st in (p.stat(),))
 
 
 def _without_lora_layers(unet):
