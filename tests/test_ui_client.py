@@ -219,3 +219,22 @@ def test_img2img_and_inpaint_take_uploaded_images_and_painted_masks(app, tmp_pat
         pixels = np.asarray(result.convert("RGB"), dtype=int)
     assert (pixels[:, 24:] == (30, 140, 200)).all()  # unpainted: the original, pasted back
     assert np.abs(pixels[:, :16] - (30, 140, 200)).max() > 20  # painted: new content
+
+
+@pytest.mark.parametrize("module, words", [
+    ("softedge_hed", "softedge_hed needs HED weights: put ControlNetHED.safetensors in "),
+    ("depth", "depth needs a depth model: put a transformers depth model folder"),
+    ("pose", "pose needs OpenPose body weights: put body_pose_model.safetensors in "),
+])
+def test_controlnet_preview_errors_are_one_readable_line(app, tmp_path, module, words):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    studio, _, _, client = app
+    reference = tmp_path / "reference.png"
+    Image.new("RGB", (32, 32), (200, 200, 200)).save(reference)
+    with pytest.raises(AppError) as err:
+        client.predict(reference=handle_file(str(reference)), module=module, api_name="/controlnet_preview")
+    text = str(err.value)
+    assert text.startswith(words) and text.endswith(", or upload a ready map with module none") and "\n" not in text
+    assert text != studio.texts["en"]["error.generic"]

@@ -53,11 +53,12 @@ MODULE_WORDS = {
 # Preprocessors that take annotator weights, and the name find_annotator_weights knows them by.
 _ANNOTATOR_KINDS = {"softedge": "softedge_hed", "softedge_hed": "softedge_hed", "pose": "pose"}
 DEPTH_ANNOTATOR = "depth"  # a transformers depth model folder (DPT, Depth-Anything) inside the annotators folder
-# What a unit's preprocessor needs in the annotators folder when it has no weight-free fallback.
-_NEEDS_WEIGHTS = {
+# What a preprocessor needs in the annotators folder ({} in the text) when it has no weight-free fallback.
+NEEDS_WEIGHTS = {
     "depth": "depth needs a depth model: put a transformers depth model folder (DPT or Depth-Anything) at "
              "{}/" + DEPTH_ANNOTATOR,
     "pose": "pose needs OpenPose body weights: put body_pose_model.safetensors in {}",
+    "softedge_hed": "softedge_hed needs HED weights: put ControlNetHED.safetensors in {}",
 }
 _A1111_TITLE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
@@ -478,8 +479,8 @@ class ControlPlan:
                 options["weights"] = weights
         if name == "depth" and (self.annotators_dir / DEPTH_ANNOTATOR / "config.json").is_file():
             options["weights"] = self.annotators_dir / DEPTH_ANNOTATOR
-        if name in _NEEDS_WEIGHTS and "weights" not in options:  # a unit cannot carry a depth map or keypoints
-            raise InvalidRequest(f"ControlNet unit {checked.index}: {_NEEDS_WEIGHTS[name].format(self.annotators_dir)}"
+        if name in NEEDS_WEIGHTS and "weights" not in options:  # a unit cannot carry a depth map or keypoints
+            raise InvalidRequest(f"ControlNet unit {checked.index}: {NEEDS_WEIGHTS[name].format(self.annotators_dir)}"
                                  f", or send a ready {name} map with module none")
         if "allow_unsafe_pickle" in takes:
             options["allow_unsafe_pickle"] = self.allow_unsafe_pickle

@@ -5,8 +5,10 @@ from typing import Any
 
 import gradio as gr
 
-from huabu.control.registry import PREPROCESSORS, preprocess
+from huabu.control.registry import get_preprocessor, preprocess
+from huabu.engine.controlnets import ANNOTATORS, DEPTH_ANNOTATOR, NEEDS_WEIGHTS
 from huabu.engine.images import load_image
+from huabu.errors import InvalidRequest
 from huabu.requests import GenerateRequest
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
@@ -24,16 +26,22 @@ def preview_control_map(studio, reference: str | None, module: str, low: float, 
     """The control map the unit will use: the preprocessor run on the reference with the tab's options."""
     from huabu.control.weights import find_annotator_weights
 
+    takes = get_preprocessor(module).options
     image = load_image(reference, "reference image") if reference else None
-    takes = PREPROCESSORS[module].options
     options: dict[str, Any] = {"resolution": int(resolution)} if "resolution" in takes else {}
     if "low" in takes:
         options.update(low=float(low), high=float(high))
+    annotators = studio.settings.controlnet_dir / ANNOTATORS
     if module in _ANNOTATORS:
-        found = find_annotator_weights(studio.settings.controlnet_dir / "annotators", _ANNOTATORS[module],
-                                       studio.settings.allow_unsafe_pickle)
+        found = find_annotator_weights(annotators, _ANNOTATORS[module], studio.settings.allow_unsafe_pickle)
         if found is not None:
             options["weights"] = found
+    if module == "depth" and (annotators / DEPTH_ANNOTATOR / "config.json").is_file():
+        options["weights"] = annotators / DEPTH_ANNOTATOR
+    if module in NEEDS_WEIGHTS and "weights" not in options:  # the tab cannot take a depth map or keypoints
+        raise InvalidRequest(f"{NEEDS_WEIGHTS[module].format(annotators)}, or upload a ready map with module none")
+    if "allow_unsafe_pickle" in takes:
+        options["allow_unsafe_pickle"] = studio.settings.allow_unsafe_pickle
     return preprocess(module, image, **options)
 
 
@@ -82,7 +90,7 @@ def build_controlnet(studio, labels, language, prefs) -> GenerationForm:
 
     def control_preview(reference, module, low, high, resolution, language):
         with readable_errors(labels.texts[language]):
-            if not reference and PREPROCESSORS[module].needs_image:
+            if not reference and get_preprocessor(module).needs_image:
                 raise gr.Error(labels.texts[language]["error.no_reference"], print_exception=False)
             return preview_control_map(studio, reference, module, low, high, resolution)
 
