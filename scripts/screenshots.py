@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
-PROMPT = "a red fox sitting in the snow"
 
 
 def tiny_random_model(folder: Path) -> str:
@@ -69,8 +68,8 @@ def shoot(url: str, out: Path, reference: Path) -> list[Path]:
     written = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for language, locale, toggle, chips in (("en", "en-US", "English", ("Red fox", "Golden hour")),
-                                                ("zh", "zh-CN", "中文", ("红狐狸", "黄金时刻"))):
+        for language, locale, toggle, chips in (("en", "en-US", "English", ("Cat", "White background")),
+                                                ("zh", "zh-CN", "中文", ("猫", "纯白背景"))):
             page = browser.new_page(viewport={"width": 1280, "height": 860}, locale=locale)
             page.set_default_timeout(120_000)
             page.goto(url)
@@ -96,9 +95,9 @@ def _save(page, out: Path, name: str) -> Path:
 def _txt2img(page, out: Path, language: str, chips: tuple[str, str]) -> Path:
     page.click("#tab-txt2img-button")
     page.locator("#txt2img-book button.label-wrap").click()
-    page.locator("#txt2img-chips-subject").get_by_label(chips[0]).check()
-    page.click("#txt2img-book-lighting-button")
-    page.locator("#txt2img-chips-lighting").get_by_label(chips[1]).check()
+    page.locator("#txt2img-chips-subject").get_by_label(chips[0], exact=True).check()
+    page.click("#txt2img-book-background-button")  # a subject and background huabu-tiny was trained on
+    page.locator("#txt2img-chips-background").get_by_label(chips[1], exact=True).check()
     page.wait_for_function("() => document.querySelector('#txt2img-prompt textarea').value.includes(',')")
     page.click("#txt2img-generate")
     page.wait_for_selector("#txt2img-output img")
