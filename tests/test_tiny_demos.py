@@ -182,6 +182,17 @@ def test_the_engine_makes_exactly_the_training_control_map_from_a_real_scene(toy
 
 # --- evaluations ------------------------------------------------------------------------------------------------
 
+def test_eval_control_prompts_name_the_objects_or_give_the_whole_caption():
+    from huabu.tiny.eval_control import scene_prompt
+
+    single, pair = S.eval_single_scenes(1)[0], S.eval_pair_scenes(1)[0]
+    assert scene_prompt(single, "caption") == single.caption
+    assert scene_prompt(single, "objects") == f"a {S.OBJECT_NAMES[single.objects[0].obj]}"
+    a, b = (S.OBJECT_NAMES[p.obj] for p in pair.objects)
+    assert scene_prompt(pair, "objects") == f"a {a} and a {b}"
+    assert "background" not in scene_prompt(pair, "objects")
+
+
 def test_eval_control_prints_every_figure(toy, shipped, env, capsys, tmp_path):
     grid = tmp_path / "control.png"
     assert main(["tiny", "eval-control", "--model", str(toy["model"]), "--singles", "2", "--pairs", "1",
@@ -196,7 +207,9 @@ def test_eval_control_prints_every_figure(toy, shipped, env, capsys, tmp_path):
     assert r["colour_error"] != r["colour_error_uncontrolled"]  # the random ControlNet steers
     assert r["colour_error_ratio"] == pytest.approx(r["colour_error"] / r["colour_error_uncontrolled"])
     assert isinstance(r["edge_target_met"], bool) and isinstance(r["colour_target_met"], bool)
-    assert r["settings"]["seeds"] == [0, 2]
+    assert r["settings"]["seeds"] == [0, 2] and r["settings"]["prompt"] == "objects"
+    assert main(["tiny", "eval-control", "--prompt", "layout"]) == 2
+    assert "--prompt takes objects or caption" in capsys.readouterr().err
     assert main(["tiny", "eval-control", "--model", str(toy["model"]), "--singles", "1", "--pairs", "0",
                  "--steps", "1", "--types", "color", "--controlnet", str(shipped["color"])]) == 0
     report = capsys.readouterr().out

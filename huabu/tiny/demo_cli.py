@@ -16,6 +16,8 @@ _HELP = {
     "model": "a huabu-tiny-shaped diffusers folder or model name (default: the shipped huabu-tiny)",
     "controlnet": "a ControlNet folder for the one type in --types (default: the model's shipped ones)",
     "types": "comma-separated control types to measure",
+    "prompt": "what the prompts say: objects (their names only; layout and colours must come from the control) or "
+              "caption (the whole scene caption)",
     "singles": "held-out one-object prompts",
     "pairs": "held-out two-object prompts",
     "cfg": "CFG scale",

@@ -28,6 +28,9 @@ class ControlEvalConfig:
     model: str = ""
     controlnet: str = ""  # a ControlNet folder for the one type in `types`; empty = the model's shipped ones
     types: str = "canny,color"
+    # what each prompt says: "caption" (the full scene caption, which already fixes layout and colours) or
+    # "objects" (only the object names, so position, size and colours must come from the control map)
+    prompt: str = "objects"
     singles: int = 40  # held-out single-object scenes
     pairs: int = 10  # held-out two-object scenes
     steps: int = 20
