@@ -2,6 +2,7 @@ import re
 from collections import Counter
 
 import pytest
+from PIL import Image
 
 from huabu.errors import HuabuError, InvalidRequest
 from huabu.prompts.book import PromptBookError, PromptPart, add_part, apply_styles, load_book
@@ -47,7 +48,10 @@ def test_style_templates(book):
     for style in book.styles.values():
         assert style.prompt.count("{prompt}") <= 1, style.name
         assert "{prompt}" not in style.negative_prompt, style.name
-        assert style.example is None  # example images are not rendered yet; the loader tolerates that
+        # every style has its example, made with huabu-tiny through the style (read back by Pillow, not huabu)
+        with Image.open(style.example) as example:
+            assert example.size == (64, 64) and "Model: huabu-tiny" in example.info["parameters"], style.name
+            assert style.prompt.split("{prompt}")[0].strip(", ") in example.info["parameters"], style.name
     # The course's craft styles are there.
     for name in ("paper_cut", "ink_wash", "spring_festival", "pixel_art", "anime", "render_3d", "oil_painting"):
         assert name in book.styles
