@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install huabu into .venv/ at the repository root (torch pinned to 2.13.0 by pyproject.toml).
-#   scripts/install.sh         the app: .venv/bin/huabu
-#   scripts/install.sh --dev   also the test, studio and server extras, and the Debian packages the tests need
+#   scripts/install.sh         the app with its studio and server extras: .venv/bin/huabu
+#   scripts/install.sh --dev   also the test extras and the Debian packages the tests need
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +45,6 @@ if [ "$dev" -eq 1 ]; then
   .venv/bin/python -m pip install -e ".[dev,studio,server]"
   apt_install "${DEV_DEBIAN_PACKAGES[@]}"
 else
-  .venv/bin/python -m pip install -e .
+  .venv/bin/python -m pip install -e ".[studio,server]"
 fi
 echo "huabu installed: .venv/bin/huabu"
