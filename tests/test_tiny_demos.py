@@ -14,6 +14,7 @@ from PIL import Image
 from huabu.cli import main
 from huabu.tiny import lora_data as L
 from huabu.tiny import scenes as S
+from training_support import toy_stages
 
 
 @pytest.fixture(scope="module")
@@ -22,22 +23,14 @@ def toy(tmp_path_factory) -> dict[str, Path]:
     latent cache of its first 8 scenes made by the model's VAE, as the UNet stage writes it (float16)."""
     import torch
     from diffusers import AutoencoderKL
-    from transformers import CLIPTokenizer
 
-    from huabu.tiny import configs, train_clip, train_unet, train_vae
     from huabu.tiny.assemble import assemble
     from huabu.tiny.data import load_dataset, write_dataset
 
     root = tmp_path_factory.mktemp("demos")
     torch.manual_seed(0)
-    clip = train_clip.build_clip(configs.ClipTrainConfig(text_hidden=32, text_layers=1, vision_hidden=32,
-                                                         vision_layers=1, projection_dim=16))
-    clip.save_pretrained(root / "clip")
-    CLIPTokenizer.from_pretrained(train_clip.TOKENIZER_DIR).save_pretrained(root / "clip")
-    train_vae.build_vae(configs.VaeTrainConfig(channels=(8, 8, 8))).save_pretrained(root / "vae")
-    unet = train_unet.build_unet(configs.UnetTrainConfig(channels=(32, 32, 32), heads=2), cross_attention_dim=32)
-    unet.save_pretrained(root / "unet")
-    model = assemble(root / "clip", root / "vae", root / "unet", root / "models" / "huabu-tiny")
+    stages = toy_stages(root)
+    model = assemble(stages["clip"], stages["vae"], stages["unet"], root / "models" / "huabu-tiny")
     data = write_dataset(root / "scenes", 12, seed=3, progress=False)
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", dtype=torch.float32)
     with torch.no_grad():

@@ -6,24 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from huabu.tiny import configs
+from training_support import toy_stages
 
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory) -> dict[str, Path]:
-    from transformers import CLIPTokenizer
-
-    from huabu.tiny import train_clip, train_unet, train_vae
-
     root = tmp_path_factory.mktemp("stages")
-    clip = train_clip.build_clip(configs.ClipTrainConfig(text_hidden=32, text_layers=1, vision_hidden=32,
-                                                         vision_layers=1, projection_dim=16))
-    clip.save_pretrained(root / "clip")
-    CLIPTokenizer.from_pretrained(train_clip.TOKENIZER_DIR).save_pretrained(root / "clip")
-    train_vae.build_vae(configs.VaeTrainConfig(channels=(8, 8, 8))).save_pretrained(root / "vae")
-    unet = train_unet.build_unet(configs.UnetTrainConfig(channels=(32, 32, 32), heads=2), cross_attention_dim=32)
-    unet.save_pretrained(root / "unet")
-    return {"clip": root / "clip", "vae": root / "vae", "unet": root / "unet", "root": root}
+    return {**toy_stages(root), "root": root}
 
 
 def _safetensors_dtypes(path: Path) -> set[str]:
