@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -32,3 +33,23 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         yield f
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """An empty folder beside `path` to fill; swapped in for `path` when the block ends (an old folder is moved aside
+    first, then removed), removed if the block raises, so `path` is always the old folder or the whole new one. Its
+    name is fixed, so the next attempt clears what a killed one left."""
+    path = Path(path)
+    tmp, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from huabu.atomic import atomic_file, atomic_path
+from huabu.atomic import atomic_dir, atomic_file, atomic_path
 
 
 def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
@@ -34,3 +34,21 @@ def test_atomic_file_follows_the_umask(tmp_path):
     assert (tmp_path / "a.png").read_bytes() == b"png"
     assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o640
     assert os.listdir(tmp_path) == ["a.png"]
+
+
+def test_atomic_dir_swaps_a_whole_folder_or_keeps_the_old_one(tmp_path):
+    target = tmp_path / "model"
+    (tmp_path / ".model.partial").mkdir()  # what a killed attempt left
+    (tmp_path / ".model.partial" / "junk").write_bytes(b"half")
+    with atomic_dir(target) as tmp:
+        assert list(tmp.iterdir()) == [] and not target.exists()
+        (tmp / "weights").write_bytes(b"first")
+    assert os.listdir(tmp_path) == ["model"] and (target / "weights").read_bytes() == b"first"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_bytes(b"second")
+    assert os.listdir(target) == ["weights"] and (target / "weights").read_bytes() == b"second"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert os.listdir(tmp_path) == ["model"] and (target / "weights").read_bytes() == b"second"

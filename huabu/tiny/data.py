@@ -8,14 +8,13 @@ attributes per image) and `meta.json` (seed, count, object/colour/position vocab
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from huabu.atomic import atomic_dir
 from huabu.errors import HuabuError
 from huabu.tiny import scenes as S
 
@@ -44,22 +43,18 @@ def write_dataset(out_dir: Path, count: int, seed: int = 0, progress: bool = Tru
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()) == _meta(seed, count):
         return out_dir
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     size = S.IMAGE_SIZE
-    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
-    with open(tmp / "scenes.jsonl", "w", encoding="utf-8") as f:
-        for i in tqdm(range(count), desc="rendering scenes", disable=not progress, mininterval=1.0):
-            scene = S.training_scene(seed, i)
-            images[i] = S.render(scene.background, scene.objects)
-            f.write(json.dumps({"caption": scene.caption, **scene.attrs}) + "\n")
-    images.flush()
-    del images
-    (tmp / "meta.json").write_text(json.dumps(_meta(seed, count), indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(count, size, size, 3))
+        with open(tmp / "scenes.jsonl", "w", encoding="utf-8") as f:
+            for i in tqdm(range(count), desc="rendering scenes", disable=not progress, mininterval=1.0):
+                scene = S.training_scene(seed, i)
+                images[i] = S.render(scene.background, scene.objects)
+                f.write(json.dumps({"caption": scene.caption, **scene.attrs}) + "\n")
+        images.flush()
+        del images
+        (tmp / "meta.json").write_text(json.dumps(_meta(seed, count), indent=1))
     return out_dir
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from huabu.atomic import atomic_dir
 from huabu.errors import InvalidRequest
 from huabu.tiny import scenes as S
 
@@ -165,14 +164,9 @@ def write_lora_data(kind: str, out: Path, count: int | None = None, seed: int | 
         seed = 0 if seed is None else seed
         items = [(f"{TRIGGER}-{i:03d}", render_subject(s), s.caption)
                  for i, s in enumerate(subject_scenes(count, seed))]
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, image, caption in items:
-        Image.fromarray(image).save(tmp / f"{name}.png")
-        (tmp / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
-    (tmp / _META).write_text(json.dumps({"kind": kind, "count": count, "seed": seed}), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        for name, image, caption in items:
+            Image.fromarray(image).save(tmp / f"{name}.png")
+            (tmp / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
+        (tmp / _META).write_text(json.dumps({"kind": kind, "count": count, "seed": seed}), encoding="utf-8")
     return out

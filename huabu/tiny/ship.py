@@ -12,12 +12,11 @@ own temporal half, which the engine already looks for inside it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from huabu.atomic import atomic_dir
 from huabu.errors import InvalidRequest, ModelNotFound
 from huabu.engine.models import BUILTIN_DIR
 
@@ -57,16 +56,9 @@ def _check_widths(name: str, channels, model_dir: Path) -> None:
 
 
 def _write_fp16(model, target: Path) -> Path:
-    """save_pretrained in fp16 safetensors into a temporary folder beside `target`, then swap it in, so a failed
-    write leaves the shipped folder as it was."""
-    tmp, old = target.with_name(f".{target.name}.partial"), target.with_name(f".{target.name}.old")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    """save_pretrained in fp16 safetensors, swapped in whole, so a failed write leaves the shipped folder as it was."""
+    with atomic_dir(target) as tmp:
+        model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     return target
 
 
