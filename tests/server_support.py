@@ -36,6 +36,27 @@ def make_app(settings, engine, config=None):
     return create_app(settings, config or ServerConfig(), engines=[Engine(settings, models=engine.models)])
 
 
+def held_app(settings, engine, config=None, hold_at: int = 2):
+    """An app whose worker holds every job of more than `hold_at` steps at step `hold_at` (repeating that step's
+    progress report, so previews are still made) until it is asked to stop: cancel, interrupt or server stop. Tests
+    of stopping a job then never race a job that ends first on a fast machine; TINY jobs run through."""
+    from huabu.engine.generate import Engine
+    from huabu.server import ServerConfig, create_app
+
+    class HeldEngine(Engine):
+        def generate(self, request, progress=None, interrupt=None, save=False, outdir=None):
+            def held(p):
+                progress(p)
+                deadline = time.monotonic() + 60
+                while hold_at <= p.step < p.steps and not interrupt() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    progress(p)
+
+            return super().generate(request, held, interrupt, save, outdir)
+
+    return create_app(settings, config or ServerConfig(), engines=[HeldEngine(settings, models=engine.models)])
+
+
 def png_b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

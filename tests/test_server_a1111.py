@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from server_support import LOCAL, TINY, api_settings, decode_png, make_app, png_b64, wait_for
+from server_support import LOCAL, TINY, api_settings, decode_png, held_app, make_app, png_b64, wait_for
 
 from huabu.gallery import parse_infotext
 from huabu.requests import GenerateRequest
@@ -179,7 +179,7 @@ def test_list_routes_answer_with_what_huabu_has(client):
         assert client.get(f"/sdapi/v1/{route}").status_code == 200, route
 
 
-def test_progress_shows_a_running_job_with_a_preview_and_interrupt_stops_it(client, monkeypatch):
+def test_progress_shows_a_running_job_with_a_preview_and_interrupt_stops_it(engine, model_store, tmp_path, monkeypatch):
     import huabu.engine.pipelines as pipelines
 
     decode, decoded_on = pipelines.decode_latents, []
@@ -189,23 +189,25 @@ def test_progress_shows_a_running_job_with_a_preview_and_interrupt_stops_it(clie
         return decode(*args, **kwargs)
 
     monkeypatch.setattr(pipelines, "decode_latents", recording_decode)
-    job = client.post("/api/v1/jobs", json={"request": {"prompt": "slow", "steps": 150, "width": 32, "height": 32,
-                                                        "sampler": "Euler", "seed": 1}}).json()
-    deadline = time.monotonic() + 60
-    progress = client.get("/sdapi/v1/progress").json()
-    while progress["state"]["sampling_step"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with TestClient(held_app(api_settings(model_store, tmp_path / "home"), engine), base_url=LOCAL) as client:
+        job = client.post("/api/v1/jobs", json={"request": {"prompt": "slow", "steps": 20, "width": 32,
+                                                            "height": 32, "sampler": "Euler", "seed": 1}}).json()
+        deadline = time.monotonic() + 60
         progress = client.get("/sdapi/v1/progress").json()
-    assert progress["current_task"] == job["id"] and progress["state"]["sampling_steps"] == 150
-    assert 0 < progress["progress"] < 1 and progress["state"]["job"] == f"task({job['id']})"
-    assert decode_png(progress["current_image"]).size == (32, 32)
-    # The preview is made on the engine thread between two steps, never beside it on the request's thread.
-    assert decoded_on and set(decoded_on) == {"huabu-worker-0"}
-    assert client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["current_image"] is None
-    assert client.post("/sdapi/v1/interrupt").status_code == 200
-    finished = wait_for(client, job["id"])
-    assert finished["state"] == "done" and finished["result"]["interrupted"] is True
-    assert client.get("/sdapi/v1/progress").json()["progress"] == 0
+        while progress["state"]["sampling_step"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            progress = client.get("/sdapi/v1/progress").json()
+        assert progress["current_task"] == job["id"] and progress["state"]["sampling_steps"] == 20
+        assert 0 < progress["progress"] < 1 and progress["state"]["job"] == f"task({job['id']})"
+        assert decode_png(progress["current_image"]).size == (32, 32)
+        # The preview is made on the engine thread between two steps, never beside it on the request's thread.
+        assert decoded_on and set(decoded_on) == {"huabu-worker-0"}
+        assert client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["current_image"] is None
+        assert client.post("/sdapi/v1/interrupt").status_code == 200
+        finished = wait_for(client, job["id"])
+        assert finished["state"] == "done" and finished["result"]["interrupted"] is True
+        assert finished["progress"]["step"] < 20
+        assert client.get("/sdapi/v1/progress").json()["progress"] == 0
 
 
 def test_a1111_calls_run_through_the_shared_queue(client):
@@ -272,8 +274,8 @@ def test_a_sync_call_whose_client_goes_away_is_cancelled_and_leaves_no_state(eng
     import httpx
     from server_support import live_server
 
-    app = make_app(api_settings(model_store, tmp_path / "home"), engine)
-    slow = {"prompt": "slow", "steps": 150, "width": 32, "height": 32, "sampler": "Euler"}
+    app = held_app(api_settings(model_store, tmp_path / "home"), engine)
+    slow = {"prompt": "slow", "steps": 20, "width": 32, "height": 32, "sampler": "Euler"}
     with live_server(app) as base, httpx.Client(base_url=base, timeout=60) as api:
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
             httpx.post(f"{base}/sdapi/v1/txt2img", json=slow, timeout=httpx.Timeout(60, read=1.0))
@@ -281,7 +283,7 @@ def test_a_sync_call_whose_client_goes_away_is_cancelled_and_leaves_no_state(eng
         assert job["origin"] == "a1111"
         finished = wait_for(api, job["id"], timeout=60)
         assert finished["state"] == "cancelled"
-        assert finished["progress"].get("step", 0) < 150  # stopped early, not run to the end
+        assert finished["progress"].get("step", 0) < 20  # stopped early, not run to the end
         queue = app.state.huabu.queue
         assert queue._outcomes == {} and queue._waiters == {} and queue._live == {}
         done = api.post("/sdapi/v1/txt2img", json={"prompt": "after", **TINY})  # the slot is free again

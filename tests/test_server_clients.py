@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_support import TINY, api_settings, live_server, make_app
+from server_support import TINY, api_settings, held_app, live_server, make_app
 
 from huabu.server import ServerConfig
 
@@ -64,21 +64,22 @@ def test_webuiapi_txt2img_img2img_png_info_options_models_samplers(server):
         listing()
 
 
-def test_webuiapi_progress_and_interrupt_during_a_blocking_call(server):
-    api = _client(server)
-    results = []
-    call = threading.Thread(target=lambda: results.append(api.txt2img(prompt="long", steps=150, width=32,
-                                                                      height=32, sampler_name="Euler")))
-    call.start()
-    deadline = time.monotonic() + 60
-    progress = api.get_progress()
-    while progress["state"]["sampling_step"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+def test_webuiapi_progress_and_interrupt_during_a_blocking_call(engine, model_store, tmp_path):
+    with live_server(held_app(api_settings(model_store, tmp_path / "home"), engine)) as base:
+        api = _client(base)
+        results = []
+        call = threading.Thread(target=lambda: results.append(api.txt2img(prompt="long", steps=20, width=32,
+                                                                          height=32, sampler_name="Euler")))
+        call.start()
+        deadline = time.monotonic() + 60
         progress = api.get_progress()
-    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 150
-    api.interrupt()
-    call.join(timeout=60)
-    assert results[0].info["interrupted"] is True and len(results[0].images) == 1
+        while progress["state"]["sampling_step"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            progress = api.get_progress()
+        assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 20
+        api.interrupt()
+        call.join(timeout=60)
+        assert results[0].info["interrupted"] is True and len(results[0].images) == 1
 
 
 def test_webuiapi_with_a1111_style_basic_auth(engine, model_store, tmp_path):

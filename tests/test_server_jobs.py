@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from server_support import LOCAL, TINY, api_settings, make_app, wait_for
+from server_support import LOCAL, TINY, api_settings, held_app, make_app, wait_for
 
 from huabu.gallery import read_parameters
 from huabu.server import ServerConfig
 from huabu.server.jobs import Job, JobStore
 
-SLOW = {"prompt": "slow", "steps": 150, "width": 32, "height": 32, "sampler": "Euler"}
+HELD = {"prompt": "held", "steps": 20, "width": 32, "height": 32, "sampler": "Euler"}  # for held_app
 
 
 @pytest.fixture
@@ -76,16 +76,17 @@ def test_events_stream_progress_then_the_final_state(client):
     assert steps == sorted(steps)
 
 
-def test_cancel_a_queued_and_a_running_job(client):
-    running = client.post("/api/v1/jobs", json={"request": SLOW}).json()
-    queued = client.post("/api/v1/jobs", json={"request": {"prompt": "never", **TINY}}).json()
-    cancelled = client.post(f"/api/v1/jobs/{queued['id']}/cancel").json()
-    assert cancelled["state"] == "cancelled"
-    wait_for(client, running["id"], states=("running",))
-    client.post(f"/api/v1/jobs/{running['id']}/cancel")
-    stopped = wait_for(client, running["id"])
-    assert stopped["state"] == "cancelled" and stopped["progress"]["step"] < 150
-    assert client.get(f"/api/v1/jobs/{queued['id']}").json()["result"] is None
+def test_cancel_a_queued_and_a_running_job(engine, model_store, tmp_path):
+    with TestClient(held_app(api_settings(model_store, tmp_path / "home"), engine), base_url=LOCAL) as client:
+        running = client.post("/api/v1/jobs", json={"request": HELD}).json()
+        queued = client.post("/api/v1/jobs", json={"request": {"prompt": "never", **TINY}}).json()
+        cancelled = client.post(f"/api/v1/jobs/{queued['id']}/cancel").json()
+        assert cancelled["state"] == "cancelled"
+        wait_for(client, running["id"], states=("running",))
+        client.post(f"/api/v1/jobs/{running['id']}/cancel")
+        stopped = wait_for(client, running["id"])
+        assert stopped["state"] == "cancelled" and stopped["progress"]["step"] < HELD["steps"]
+        assert client.get(f"/api/v1/jobs/{queued['id']}").json()["result"] is None
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -200,14 +201,14 @@ def test_video_jobs_run_through_the_engine_and_serve_their_file(engine, model_st
 
 def test_a_graceful_stop_puts_the_running_job_back_in_the_queue(engine, model_store, tmp_path):
     settings = api_settings(model_store, tmp_path / "home")
-    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
-        job = client.post("/api/v1/jobs", json={"request": SLOW}).json()
+    with TestClient(held_app(settings, engine), base_url=LOCAL) as client:
+        job = client.post("/api/v1/jobs", json={"request": HELD}).json()
         wait_for(client, job["id"], states=("running",))
     stored = JobStore(tmp_path / "home" / "jobs.sqlite").get(job["id"])
     assert (stored.state, stored.attempts, stored.result) == ("queued", 1, None)
-    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
-        client.post(f"/api/v1/jobs/{job['id']}/cancel")  # no need to run 150 steps again
-        assert wait_for(client, job["id"])["state"] in ("cancelled", "done")
+    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:  # the next start runs it anew, to the end
+        again = wait_for(client, job["id"])
+        assert (again["state"], again["attempts"], again["result"]["count"]) == ("done", 2, 1)
 
 
 def test_job_answers_name_the_model_not_its_path_on_the_server(client, model_store):

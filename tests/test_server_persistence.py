@@ -68,7 +68,8 @@ def test_a_killed_server_requeues_every_accepted_job_on_restart(engine, model_st
     server = _start(home, port)
     try:
         _wait_healthy(server, base)
-        slow = {"prompt": "long", "steps": 150, "width": 32, "height": 32, "sampler": "Euler", "seed": 3}
+        # 128x128 x 150 steps takes seconds, so the job is still running when the server is killed below
+        slow = {"prompt": "long", "steps": 150, "width": 128, "height": 128, "sampler": "Euler", "seed": 3}
         first = httpx.post(f"{base}/api/v1/jobs", json={"request": slow}).json()
         others = [httpx.post(f"{base}/api/v1/jobs", json={"request": {"prompt": f"p{i}", "steps": 2, "width": 32,
                                                                       "height": 32, "seed": i}}).json()

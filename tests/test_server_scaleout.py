@@ -81,7 +81,7 @@ def test_two_workers_share_the_queue_and_a_killed_worker_loses_no_job(engine, mo
             control = app.state.huabu.queue.app.control
             _until(lambda: len(control.ping(timeout=0.5)) == 2, 180, "both workers to answer a ping", logs)
 
-            request = {"prompt": "spread", "steps": 100, "width": 32, "height": 32, "sampler": "Euler"}
+            request = {"prompt": "spread", "steps": 100, "width": 96, "height": 96, "sampler": "Euler"}
             ids = [api.post("/api/v1/jobs", json={"request": {**request, "seed": i}}).json()["id"]
                    for i in range(JOBS)]
             seen: dict[str, set[str]] = {job_id: set() for job_id in ids}
