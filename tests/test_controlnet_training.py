@@ -77,10 +77,30 @@ def test_control_maps_follow_the_preprocessor(scenes):
     assert len(torch.unique(colours[0, 0])) <= 64  # an 8x8 grid of block colours
 
 
+def test_cubic_timesteps_favour_the_noisy_end_and_noise_offset_shifts_whole_channels(model_store, scenes, settings):
+    uniform = train.draw_timesteps("uniform", 1000, 20000, torch.Generator().manual_seed(0))
+    cubic = train.draw_timesteps("cubic", 1000, 20000, torch.Generator().manual_seed(0))
+    assert 0 <= int(cubic.min()) and int(cubic.max()) <= 999 and cubic.dtype == torch.int64
+    assert abs(float(uniform.float().mean()) - 499.5) < 10
+    assert abs(float(cubic.float().mean()) - 750) < 10  # E[1 - u^3] = 3/4
+    assert abs(float((cubic >= 500).float().mean()) - 0.5 ** (1 / 3)) < 0.02  # P(u <= cbrt(1/2)): 79%, not 50%
+
+    from huabu.tiny.data import load_dataset
+
+    data = load_dataset(scenes)
+    plain, offset = (config(model_store, scenes, Path("unused"), noise_offset=value) for value in (0.0, 3.0))
+    frozen = train.load_frozen(plain, data.images, settings)
+    channel_means = {cfg.noise_offset: torch.cat([train.batch_at(cfg, data, frozen, step).noise.mean(dim=(2, 3))
+                                                  for step in range(8)]) for cfg in (plain, offset)}
+    assert float(channel_means[0.0].std()) < 0.3  # means of 64 unit normals per channel: std 1/8
+    assert 2.0 < float(channel_means[3.0].std()) < 4.0  # the per-channel offset of std 3 dominates
+
+
 @pytest.mark.parametrize("changes, pattern", [
     ({"type": "scribble"}, "unknown preprocessor 'scribble'"),
     ({"embedding_channels": (16, 32, 96, 256)}, "shrink control images 8x but the VAE factor is 4"),
     ({"caption_dropout": 1.5}, "caption_dropout must be between 0 and 1"),
+    ({"timesteps": "logit"}, "timesteps must be one of uniform, cubic"),
 ])
 def test_bad_configs_give_one_line_errors(model_store, scenes, settings, tmp_path, changes, pattern):
     with pytest.raises(InvalidRequest, match=pattern):

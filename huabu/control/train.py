@@ -138,8 +138,21 @@ def batch_at(cfg: ControlNetTrainConfig, data, frozen: Frozen, step: int) -> Bat
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     latents = torch.from_numpy(np.ascontiguousarray(frozen.latents[indices], dtype=np.float32))
     noise = torch.randn(latents.shape, generator=generator)
-    timesteps = torch.randint(0, frozen.scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn(*latents.shape[:2], 1, 1, generator=generator)
+    timesteps = draw_timesteps(cfg.timesteps, frozen.scheduler.config.num_train_timesteps, len(indices), generator)
     return Batch(indices, captions, control_maps(cfg.type, data.images[indices]), latents, noise, timesteps)
+
+
+TIMESTEP_SAMPLING = ("uniform", "cubic")
+
+
+def draw_timesteps(sampling: str, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """`size` training timesteps in [0, count): uniform, or cubic as T2I-Adapter trains (biased to the noisy end)."""
+    if sampling == "cubic":
+        u = torch.rand(size, generator=generator)
+        return ((1 - u ** 3) * count).long().clamp(max=count - 1)
+    return torch.randint(0, count, (size,), generator=generator)
 
 
 @torch.no_grad()
@@ -186,7 +199,7 @@ def _check_same_run(cfg: ControlNetTrainConfig, out: Path) -> None:
     if not saved.is_file():
         return
     before = json.loads(saved.read_text())
-    for key in ("type", "base", "embedding_channels"):
+    for key in ("type", "base", "embedding_channels", "timesteps"):
         now = list(getattr(cfg, key)) if key == "embedding_channels" else getattr(cfg, key)
         if key in before and before[key] != now:
             raise InvalidRequest(f"{out} holds a run with {key} {before[key]!r}, not {now!r}; pick another out folder")
@@ -202,6 +215,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, data=None, settings=None) -> Pa
     get_preprocessor(cfg.type)  # unknown types fail before anything loads
     if not 0 <= cfg.caption_dropout <= 1:
         raise InvalidRequest(f"caption_dropout must be between 0 and 1, got {cfg.caption_dropout}")
+    if cfg.timesteps not in TIMESTEP_SAMPLING:
+        raise InvalidRequest(f"timesteps must be one of {', '.join(TIMESTEP_SAMPLING)}, got {cfg.timesteps!r}")
     if data is None:
         from huabu.tiny.data import load_dataset
 

@@ -20,6 +20,13 @@ class ControlNetTrainConfig:
     warmup: int = 100
     caption_dropout: float = 0.5  # the ControlNet paper drops half the prompts so the control alone must carry
     snr_gamma: float = 0.0  # min-SNR loss weighting; 0 = plain MSE
+    # how training timesteps are drawn: "uniform", or "cubic" (T2I-Adapter's t = (1 - u**3) * T, most of them noisy):
+    # global layout and colour are settled in the noisy steps, where uniform draws teach a colour map too slowly
+    timesteps: str = "uniform"
+    # kohya's --noise_offset: each image's noise gets a per-channel constant of this std. The frozen base model reads
+    # an image's overall colour from the mean of its noisy latents, which at sampling time is random; with the offset
+    # that mean is unreliable in training too, so the ControlNet must learn to set the colour from its map.
+    noise_offset: float = 0.0
     # ControlNet conditioning_embedding_out_channels; its length sets how far the control image is shrunk
     # (2 ** (len - 1)) and must match the VAE factor. Empty = chosen by the VAE factor ((16, 32, 64) for f=4).
     embedding_channels: tuple[int, ...] = ()
