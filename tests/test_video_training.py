@@ -118,3 +118,58 @@ def test_clips_must_have_the_configured_frames(base, tmp_path):
 
     with pytest.raises(HuabuError, match=r"uint8 \[3, H, W, 3\]"):
         train_motion(_cfg(base, tmp_path / "bad", frames=3), data=clips)
+
+
+def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp_path, monkeypatch, settings, engine):
+    from safetensors import safe_open
+
+    from huabu.video import train_motion
+
+    monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
+    def cfg(out: Path) -> MotionTrainConfig:  # a high rate, so 4 steps change the images visibly
+        return _cfg(base, out, text_lora_rank=4, lr=1e-2)
+
+    straight = train_motion.train_motion(cfg(tmp_path / "straight"), data=clips)
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        kill_after(train_motion, m, 2)
+        with pytest.raises(Killed):
+            train_motion.train_motion(cfg(killed), data=clips)
+    train_motion.train_motion(cfg(killed), data=clips)
+    for part in ("motion", "text_lora"):
+        a, b = newest_weights(tmp_path / "straight", part), newest_weights(killed, part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lora = newest_weights(killed, "text_lora")
+    assert any(".lora_B." in k and v.abs().max() > 0 for k, v in lora.items())  # B starts at zero: it learned
+
+    with safe_open(str(straight / train_motion.TEXT_LORA_FILE), framework="pt") as f:  # an independent reader
+        keys = list(f.keys())
+        assert f.metadata()["ss_network_dim"] == "4"
+    assert keys and all(k.startswith("unet.") and ".attentions." in k and ".attn2.to_" in k for k in keys)
+    assert {k.rsplit(".", 2)[0].rsplit(".", 1)[1] for k in keys} == {"to_k", "to_v"}
+
+    # The engine applies the LoRA whenever it runs the module (named in the infotext, not among the prompt's LoRAs).
+    import shutil
+
+    from huabu.engine.generate import Engine
+    from huabu.requests import VideoRequest
+
+    bare = tmp_path / "bare"
+    shutil.copytree(straight, bare)
+    (bare / train_motion.TEXT_LORA_FILE).unlink()
+    runs = {}
+    for module in (straight, bare):
+        runs[module.name] = Engine(settings, engine.models).generate_video(VideoRequest.create(
+            prompt="a rocket moving up", model="tiny-sd", motion_module=str(module), frames=4, width=32, height=32,
+            steps=2, seed=1))
+    assert "Motion text LoRA: " in runs["final"].infotext and "Lora hashes" not in runs["final"].infotext
+    assert "Motion text LoRA" not in runs["bare"].infotext
+    assert any(np.asarray(a, dtype=int).tolist() != np.asarray(b, dtype=int).tolist()
+               for a, b in zip(runs["final"].frames, runs["bare"].frames))
+
+    # --init starts from that module: with no steps left to run, the result is the module it started from.
+    again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), data=clips)
+    from safetensors.torch import load_file
+
+    first, second = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (straight, again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -123,6 +123,19 @@ def resolve_motion_module(spec: str | None, settings: Settings, model: ModelRef 
                         f"{settings.motion_dir} holds {names}")
 
 
+def motion_text_lora(ref: MotionModuleRef, engine: "Engine") -> ResolvedLora | None:
+    """The cross-attention LoRA trained with a motion module (huabu.video.configs.TEXT_LORA_FILE in its folder), at
+    weight 1, or None."""
+    from huabu.engine.loras import resolve_loras
+    from huabu.prompts.syntax import LoraRef
+    from huabu.video.configs import TEXT_LORA_FILE
+
+    path = Path(ref.location) / TEXT_LORA_FILE
+    if ref.kind != "folder" or not path.is_file():
+        return None
+    return resolve_loras([LoraRef(str(path), 1.0)], engine.settings.loras_dir, engine.models.hashes)[0]
+
+
 def load_motion_adapter(ref: MotionModuleRef, settings: Settings):
     """The MotionAdapter `ref` names. Single files are judged by their bytes (pickle refused unless allowed) and
     may hold diffusers keys or the original AnimateDiff keys."""
@@ -369,6 +382,10 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
         raise InvalidRequest(f"motion module {motion.name} makes at most {limit} frames; ask for {limit} or fewer")
     extra: dict[str, Any] = {"Motion module": motion.name,
                              "Motion module hash": motion_module_hash(motion, engine.models.hashes)}
+    text_lora = motion_text_lora(motion, engine)
+    if text_lora is not None:  # part of the module: applied with it, not listed among the prompt's LoRAs
+        job.loras = [*job.loras, text_lora]
+        extra["Motion text LoRA"] = text_lora.short_hash
     call: dict[str, Any] = {"height": request.height, "width": request.width}
     if request.sparse_control and job.control_units:
         raise InvalidRequest("use SparseCtrl or ControlNet units for a video, not both")

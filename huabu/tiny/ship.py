@@ -12,6 +12,7 @@ own temporal half, which the engine already looks for inside it.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -55,10 +56,13 @@ def _check_widths(name: str, channels, model_dir: Path) -> None:
                              f"{wanted}; ship it with the model it was trained on")
 
 
-def _write_fp16(model, target: Path) -> Path:
-    """save_pretrained in fp16 safetensors, swapped in whole, so a failed write leaves the shipped folder as it was."""
+def _write_fp16(model, target: Path, extra_files: tuple[Path, ...] = ()) -> Path:
+    """save_pretrained in fp16 safetensors (plus `extra_files`, copied), swapped in whole, so a failed write leaves
+    the shipped folder as it was."""
     with atomic_dir(target) as tmp:
         model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        for path in extra_files:
+            shutil.copyfile(path, Path(tmp) / path.name)
     return target
 
 
@@ -85,9 +89,14 @@ def ship_controlnet(run_dir: Path, kind: str, model_dir: Path = BUILTIN_DIR) -> 
 
 
 def ship_motion(run_dir: Path, model_dir: Path = BUILTIN_DIR) -> Path:
-    """Write the motion module trained in `run_dir` into `model_dir`/motion_adapter; returns that folder."""
+    """Write the motion module trained in `run_dir` into `model_dir`/motion_adapter, with the text LoRA trained
+    beside it if any (already fp16); returns that folder."""
     from diffusers import MotionAdapter
 
-    adapter = MotionAdapter.from_pretrained(_trained_folder(run_dir, "motion module"), dtype=torch.float32)
+    from huabu.video.configs import TEXT_LORA_FILE
+
+    trained = _trained_folder(run_dir, "motion module")
+    adapter = MotionAdapter.from_pretrained(trained, dtype=torch.float32)
     _check_widths(f"motion module {run_dir}", adapter.config.block_out_channels, model_dir)
-    return _write_fp16(adapter, motion_folder(model_dir))
+    text_lora = trained / TEXT_LORA_FILE
+    return _write_fp16(adapter, motion_folder(model_dir), (text_lora,) if text_lora.is_file() else ())

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "tiny" / "huabu-tiny"
+# A motion-module folder may hold this LoRA of the image model's cross-attention, trained with the module (see
+# MotionTrainConfig.text_lora_rank); the video engine applies it whenever it runs that module.
+TEXT_LORA_FILE = "text_lora.safetensors"
 
 
 @dataclass
@@ -25,3 +28,8 @@ class MotionTrainConfig:
     checkpoint_every: int = 250
     sample_every: int = 1000
     sample_steps: int = 20
+    init: str = ""  # a MotionAdapter folder to start from (e.g. a shipped module); empty = fresh, identity layers
+    # rank of a LoRA on the image model's cross-attention (attn2 to_k/to_v) trained with the motion module; 0 = none.
+    # The temporal layers have no text input: this LoRA is how motion words ("moving up") reach the features they
+    # read, when the frozen image model never saw those words. Saved beside the module as text_lora.safetensors.
+    text_lora_rank: int = 0

@@ -30,11 +30,15 @@ from huabu.tiny.configs import CAPTION_DROPOUT
 from huabu.tiny.train_unet import encode_text, lr_at, noise_scheduler
 from huabu.tiny.train_vae import to_tensor
 from huabu.training.checkpoint import load_latest, save_checkpoint
-from huabu.video.configs import MotionTrainConfig
+from huabu.video.configs import TEXT_LORA_FILE, MotionTrainConfig
 from huabu.video.scenes import MOTIONS, eval_moving_scenes, training_clip
 
 # (frames uint8 [F, H, W, 3], caption) for clip index i
 ClipSource = Callable[[int], tuple[np.ndarray, str]]
+
+# The image model's cross-attention key/value projections (spatial transformers live under `attentions`, temporal ones
+# under `motion_modules`): where a text LoRA lets words the image model never learned change its features.
+TEXT_LORA_TARGETS = r".*\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(to_k|to_v)"
 
 
 def build_motion_adapter(unet: UNet2DConditionModel, heads: int, max_frames: int) -> MotionAdapter:
@@ -66,11 +70,39 @@ def motion_modules(unet: UNetMotionModel) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict(parts)
 
 
-def motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
-    """The base UNet with the adapter's temporal layers; only the temporal layers require gradients."""
+def motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter, text_lora_rank: int = 0) -> UNetMotionModel:
+    """The base UNet with the adapter's temporal layers, and a cross-attention LoRA of `text_lora_rank` (0: none);
+    only the temporal layers and the LoRA require gradients."""
     merged = UNetMotionModel.from_unet2d(unet, adapter)
     merged.freeze_unet2d_params()
+    if text_lora_rank > 0:
+        from peft import LoraConfig
+
+        merged.add_adapter(LoraConfig(r=text_lora_rank, lora_alpha=text_lora_rank, init_lora_weights="gaussian",
+                                      target_modules=TEXT_LORA_TARGETS))
+        motion_modules(merged).requires_grad_(True)  # peft leaves only its own layers trainable
     return merged
+
+
+def text_lora_layers(unet: UNetMotionModel) -> torch.nn.ModuleDict:
+    """The LoRA-wrapped cross-attention projections of `unet` (empty without a text LoRA), for checkpoints."""
+    from peft.tuners.lora import LoraLayer
+
+    return torch.nn.ModuleDict({name.replace(".", "-"): module for name, module in unet.named_modules()
+                                if isinstance(module, LoraLayer)})
+
+
+def save_text_lora(unet: UNetMotionModel, rank: int, base: str, path: Path) -> Path:
+    """The text LoRA as a diffusers-layout LoRA file (what `load_lora_weights` and huabu's LoRA tools read)."""
+    from peft.utils import get_peft_model_state_dict
+
+    from huabu.lora import formats
+
+    layers = formats.from_peft("unet", get_peft_model_state_dict(unet), rank)
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": rank, "ss_network_alpha": rank,
+                "ss_base_model_version": "sd_v1", "huabu_base_model": Path(base).name,
+                "huabu_purpose": "motion words for the motion module beside this file"}
+    return formats.write_lora(path, layers, formats.DIFFUSERS, metadata, dtype=torch.float16)
 
 
 @torch.no_grad()
@@ -149,11 +181,18 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     base_unet, vae, text_encoder, tok = _load_base(Path(cfg.base))
     vae.to(accelerator.device)
     latents, captions = encode_clips(vae, data, cfg.clips, cfg.frames, out)
-    unet = motion_unet(base_unet, build_motion_adapter(base_unet, cfg.heads, cfg.max_frames))
+    if cfg.init:
+        adapter = MotionAdapter.from_pretrained(cfg.init).float()
+    else:
+        adapter = build_motion_adapter(base_unet, cfg.heads, cfg.max_frames)
+    unet = motion_unet(base_unet, adapter, cfg.text_lora_rank)
     del base_unet
-    trained = motion_modules(unet)
-    opt = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=0.01)
-    state = load_latest(out / "checkpoints", {"motion": trained}, {"opt": opt})
+    parts = {"motion": motion_modules(unet)}
+    if cfg.text_lora_rank > 0:
+        parts["text_lora"] = text_lora_layers(unet)
+    trained = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.01)
+    state = load_latest(out / "checkpoints", parts, {"opt": opt})
     start = state["step"] if state else 0
     unet, opt = accelerator.prepare(unet, opt)
     text_encoder.to(accelerator.device)
@@ -179,7 +218,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trained.parameters(), 1.0)
+        accelerator.clip_grad_norm_(trained, 1.0)
         opt.step()
         seen += len(idx)
         bar.set_postfix(loss=f"{loss.item():.4f}", clips_per_s=f"{seen / (time.time() - t0):.1f}")
@@ -187,12 +226,15 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
         log.write(json.dumps({"step": done, "loss": loss.item()}) + "\n")
         log.flush()
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(out / "checkpoints", done, {"motion": trained}, {"opt": opt})
+            save_checkpoint(out / "checkpoints", done, parts, {"opt": opt})
         if done % cfg.sample_every == 0 or done == cfg.steps:
             write_sample_gif(accelerator.unwrap_model(unet), vae, tok, text_encoder, out / f"samples-{done:07d}.gif",
                              cfg.frames, cfg.sample_steps)
     log.close()
-    accelerator.unwrap_model(unet).save_motion_modules(str(out / "final"))
+    unet = accelerator.unwrap_model(unet)
+    unet.save_motion_modules(str(out / "final"))
+    if cfg.text_lora_rank > 0:
+        save_text_lora(unet, cfg.text_lora_rank, cfg.base, out / "final" / TEXT_LORA_FILE)
     return out / "final"
 
 
