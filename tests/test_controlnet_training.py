@@ -77,7 +77,8 @@ def test_control_maps_follow_the_preprocessor(scenes):
     assert len(torch.unique(colours[0, 0])) <= 64  # an 8x8 grid of block colours
 
 
-def test_cubic_timesteps_favour_the_noisy_end_and_noise_offset_shifts_whole_channels(model_store, scenes, settings):
+def test_cubic_timesteps_favour_the_noisy_end_and_noise_offset_shifts_whole_channels(model_store, scenes, settings,
+                                                                                     tmp_path):
     uniform = train.draw_timesteps("uniform", 1000, 20000, torch.Generator().manual_seed(0))
     cubic = train.draw_timesteps("cubic", 1000, 20000, torch.Generator().manual_seed(0))
     assert 0 <= int(cubic.min()) and int(cubic.max()) <= 999 and cubic.dtype == torch.int64
@@ -88,7 +89,7 @@ def test_cubic_timesteps_favour_the_noisy_end_and_noise_offset_shifts_whole_chan
     from huabu.tiny.data import load_dataset
 
     data = load_dataset(scenes)
-    plain, offset = (config(model_store, scenes, Path("unused"), noise_offset=value) for value in (0.0, 3.0))
+    plain, offset = (config(model_store, scenes, tmp_path, noise_offset=value) for value in (0.0, 3.0))
     frozen = train.load_frozen(plain, data.images, settings)
     channel_means = {cfg.noise_offset: torch.cat([train.batch_at(cfg, data, frozen, step).noise.mean(dim=(2, 3))
                                                   for step in range(8)]) for cfg in (plain, offset)}
