@@ -9,13 +9,14 @@ resumed run continue identically.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from huabu.atomic import atomic_dir
 
 _STATE = "state.json"
 
@@ -44,24 +45,19 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 def save_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer] | None = None, extra: dict | None = None,
                     keep: int = 2) -> Path:
-    """Write `folder/step-XXXXXXX` atomically (temp dir + rename) and keep only the newest `keep` checkpoints."""
+    """Write `folder/step-XXXXXXX` atomically (huabu.atomic.atomic_dir) and keep only the newest `keep` checkpoints."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:07d}"
-    tmp = folder / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     opt_meta = {}
-    for name, module in modules.items():
-        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(state, str(tmp / f"{name}.safetensors"))
-    for name, opt in (optimizers or {}).items():
-        tensors, rest = _optimizer_tensors(opt)
-        save_file(tensors, str(tmp / f"optim-{name}.safetensors"))
-        opt_meta[name] = rest
-    (tmp / _STATE).write_text(json.dumps({"step": step, "optimizers": opt_meta, "extra": extra or {}}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        for name, module in modules.items():
+            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(state, str(tmp / f"{name}.safetensors"))
+        for name, opt in (optimizers or {}).items():
+            tensors, rest = _optimizer_tensors(opt)
+            save_file(tensors, str(tmp / f"optim-{name}.safetensors"))
+            opt_meta[name] = rest
+        (tmp / _STATE).write_text(json.dumps({"step": step, "optimizers": opt_meta, "extra": extra or {}}))
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
