@@ -3,6 +3,7 @@ with safetensors), samples go through the engine, and a killed or cancelled run 
 
 import hashlib
 import json
+import shutil
 import struct
 import threading
 from pathlib import Path
@@ -159,6 +160,15 @@ def test_cli_trains_and_errors(images, model_store, huabu_env, capsys):
     with safe_open(str(path), framework="pt") as f:
         assert "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in f.keys()
         assert json.loads(f.metadata()["lora_adapter_metadata"])["unet.r"] == 2
+    written = path.read_bytes()
+    again = ["train", "lora", "--data", str(images), "--out", "cli-lora", "--base", str(model_store["folder"]),
+             "--steps", "1", "--resolution", "32", "--trigger", "zqx", "--rank", "2", "--device", "cpu"]
+    assert main(again) == 2 and path.read_bytes() == written  # an installed LoRA is never replaced unasked
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (f"error: {path} already exists: pick another --out, "
+                                                                f"or pass --overwrite to replace it")
+    shutil.rmtree(huabu_env / "lora-training" / "cli-lora")  # its checkpoints would ask for --resume instead
+    assert main([*again, "--overwrite"]) == 0 and path.read_bytes() != written
+    capsys.readouterr()
     empty = huabu_env / "empty"
     empty.mkdir()
     assert main(["train", "lora", "--data", str(empty), "--out", "x", "--device", "cpu"]) == 2
