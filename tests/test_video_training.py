@@ -121,11 +121,17 @@ def test_clips_must_have_the_configured_frames(base, tmp_path):
 
 
 def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp_path, monkeypatch, settings, engine):
-    from safetensors import safe_open
+    import shutil
 
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from huabu.engine.generate import Engine
+    from huabu.requests import VideoRequest
     from huabu.video import train_motion
 
     monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
+
     def cfg(out: Path) -> MotionTrainConfig:  # a high rate, so 4 steps change the images visibly
         return _cfg(base, out, text_lora_rank=4, lr=1e-2)
 
@@ -149,11 +155,6 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
     assert {k.rsplit(".", 2)[0].rsplit(".", 1)[1] for k in keys} == {"to_k", "to_v"}
 
     # The engine applies the LoRA whenever it runs the module (named in the infotext, not among the prompt's LoRAs).
-    import shutil
-
-    from huabu.engine.generate import Engine
-    from huabu.requests import VideoRequest
-
     bare = tmp_path / "bare"
     shutil.copytree(straight, bare)
     (bare / train_motion.TEXT_LORA_FILE).unlink()
@@ -169,7 +170,5 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
 
     # --init starts from that module: with no steps left to run, the result is the module it started from.
     again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), data=clips)
-    from safetensors.torch import load_file
-
     first, second = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (straight, again))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
