@@ -26,3 +26,10 @@ class UnsafeCheckpoint(HuabuError):
 
 class PromptSyntaxError(HuabuError):
     """A prompt could not be parsed."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type name when it has none: how a
+    library's error is quoted inside one of ours."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from huabu.control.images import fit_resolution, gray_to_rgb, rgb_array
-from huabu.errors import BadImage, InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.errors import BadImage, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
 
 # Models that predict metric distance (far = large) rather than relative inverse depth (near = large).
 _METRIC_MODEL_TYPES = {"zoedepth"}
@@ -65,8 +65,7 @@ def load_depth_model(ref: str | os.PathLike, device: str | torch.device = "cpu",
             raise UnsafeCheckpoint(f"depth model folder {path} holds no .safetensors weights (only pickle files?); "
                                    f"pass --allow-unsafe-pickle if you trust it") from None
         if path.exists():
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelNotFound(f"cannot load the depth model in {path}: {first}") from None
+            raise ModelNotFound(f"cannot load the depth model in {path}: {first_line(err)}") from None
         raise ModelNotFound(
             f"depth model {text!r} is not available offline: download it first (huggingface-cli download {text}) "
             f"or pass a local model folder") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from huabu.atomic import atomic_path
-from huabu.errors import ModelNotFound, UnsafeCheckpoint
+from huabu.errors import ModelNotFound, UnsafeCheckpoint, first_line
 
 SAFETENSORS = "safetensors"
 PICKLE = "pickle"
@@ -65,7 +65,7 @@ def check_safetensors(path: str | os.PathLike, shown: str | None = None) -> None
         with safe_open(path, framework="pt"):
             pass
     except Exception as err:  # safetensors raises its own SafetensorError for every kind of damage
-        raise _damaged(Path(path), _first_line(err), shown) from None
+        raise _damaged(Path(path), first_line(err), shown) from None
 
 
 def _damaged(path: Path, why: str, shown: str | None = None) -> ModelNotFound:
@@ -105,23 +105,19 @@ def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
         try:
             state = load_file(path)
         except Exception as err:  # safetensors raises its own SafetensorError for every kind of damage
-            raise _damaged(path, _first_line(err)) from None
+            raise _damaged(path, first_line(err)) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # UnpicklingError and friends: the file holds more than tensors
             raise UnsafeCheckpoint(
-                f"{path.name} could not be read with torch.load(weights_only=True): {_first_line(err)}") from None
+                f"{path.name} could not be read with torch.load(weights_only=True): {first_line(err)}") from None
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelNotFound(f"{path.name} holds no state dict (found {type(state).__name__})")
     return state
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -36,7 +36,7 @@ from huabu.engine import checkpoints
 from huabu.engine.images import load_image
 from huabu.engine.models import LoadedModel, looks_like_path
 from huabu.engine.pipelines import pipeline_mode
-from huabu.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.requests import ControlUnit
 from huabu.settings import Settings
 
@@ -275,7 +275,7 @@ class ControlNetManager:
                     ref.location, dtype=load_dtype, local_files_only=True,
                     use_safetensors=None if self.settings.allow_unsafe_pickle else True)
             except (OSError, ValueError) as err:
-                raise ModelNotFound(f"cannot load ControlNet folder {ref.location}: {_first_line(err)}") from None
+                raise ModelNotFound(f"cannot load ControlNet folder {ref.location}: {first_line(err)}") from None
         from huabu.control.convert import for_diffusers_reader
 
         state = checkpoints.load_state_dict(ref.location, self.settings.allow_unsafe_pickle)
@@ -289,7 +289,7 @@ class ControlNetManager:
             raise
         except Exception as err:  # key/shape mismatches surface as several exception types
             raise ModelNotFound(f"ControlNet {Path(ref.location).name} does not fit this model's UNet or is not a "
-                                f"ControlNet ({_first_line(err)})") from None
+                                f"ControlNet ({first_line(err)})") from None
 
     # --- a request's plan --------------------------------------------------------------------------------------
 
@@ -309,10 +309,6 @@ def _named_for(refs: list[ControlNetRef], words: tuple[str, ...]) -> list[Contro
     whole = [ref for ref in loose if set(re.split(r"[^a-z0-9]+", ref.name.lower())) & set(words)]
     return whole or loose
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def _is_controlnet_config(path: Path) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from huabu.engine import checkpoints
-from huabu.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
+from huabu.errors import HuabuError, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.settings import BUILTIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class ModelManager:
             if ".bin" in str(err) or "safetensors" in str(err):
                 raise UnsafeCheckpoint(f"{folder} holds no .safetensors weights (only pickle files?); pass "
                                        f"--allow-unsafe-pickle if you trust it") from None
-            raise ModelNotFound(f"cannot load diffusers folder {folder}: {_first_line(err)}") from None
+            raise ModelNotFound(f"cannot load diffusers folder {folder}: {first_line(err)}") from None
 
     def _load_hub(self, repo_id: str, dtype) -> Any:
         from diffusers import DiffusionPipeline
@@ -275,7 +275,7 @@ class ModelManager:
             return DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, use_safetensors=True,
                                                      safety_checker=None, requires_safety_checker=False)
         except Exception as err:  # network and repository errors: many types, all reported the same way
-            raise ModelNotFound(f"cannot load {repo_id!r} from the hub: {_first_line(err)}") from None
+            raise ModelNotFound(f"cannot load {repo_id!r} from the hub: {first_line(err)}") from None
 
     def _load_single_file(self, path: Path, config: str | None, dtype) -> Any:
         fmt = checkpoints.check_loadable(path, self.settings.allow_unsafe_pickle)
@@ -288,14 +288,10 @@ class ModelManager:
         except HuabuError:
             raise
         except Exception as err:  # shape mismatches and missing keys, raised as several exception types
-            raise ModelNotFound(f"{path.name} does not fit the {config_name} config ({_first_line(err)}); pass "
+            raise ModelNotFound(f"{path.name} does not fit the {config_name} config ({first_line(err)}); pass "
                                 f"--model-config with a bundled config ({', '.join(bundled_configs())}) or a "
                                 f"diffusers folder") from None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def _no_safety_checker(model_index: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from huabu.engine.images import load_image
 from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text
 from huabu.engine.models import _HUB_ID, LoadedModel, ModelRef, looks_like_path
 from huabu.engine.pipelines import decode_latents
-from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.requests import MAX_SEED, VideoRequest
 from huabu.settings import Settings
 
@@ -156,7 +156,7 @@ def load_motion_adapter(ref: MotionModuleRef, settings: Settings):
         try:
             return MotionAdapter.from_pretrained(ref.location, use_safetensors=True)
         except Exception as err:  # network and repository errors, all reported the same way
-            raise ModelNotFound(f"cannot load motion module {ref.location!r} from the hub: {_first_line(err)}") from None
+            raise ModelNotFound(f"cannot load motion module {ref.location!r} from the hub: {first_line(err)}") from None
     try:
         return MotionAdapter.from_pretrained(ref.location, local_files_only=True,
                                              use_safetensors=None if settings.allow_unsafe_pickle else True)
@@ -164,7 +164,7 @@ def load_motion_adapter(ref: MotionModuleRef, settings: Settings):
         if ".bin" in str(err) or "safetensors" in str(err):
             raise UnsafeCheckpoint(f"{ref.location} holds no .safetensors weights (only pickle files?); pass "
                                    f"--allow-unsafe-pickle if you trust it") from None
-        raise ModelNotFound(f"cannot load motion module {ref.location}: {_first_line(err)}") from None
+        raise ModelNotFound(f"cannot load motion module {ref.location}: {first_line(err)}") from None
 
 
 def motion_adapter_from_state_dict(state: dict, metadata: dict[str, str] | None = None, label: str = "file"):
@@ -243,7 +243,7 @@ def load_sparse_control(spec: str, settings: Settings) -> tuple[str, str, Any]:
             model = SparseControlNetModel.from_pretrained(path, local_files_only=True, use_safetensors=None
                                                           if settings.allow_unsafe_pickle else True)
         except (OSError, ValueError) as err:
-            raise ModelNotFound(f"cannot load SparseCtrl model {path}: {_first_line(err)}") from None
+            raise ModelNotFound(f"cannot load SparseCtrl model {path}: {first_line(err)}") from None
         return path.name, str(path.resolve()), model
     if not _HUB_ID.match(spec):
         raise ModelNotFound(f"SparseCtrl model {spec!r} not found: not a folder, and not in {settings.controlnet_dir}")
@@ -255,7 +255,7 @@ def load_sparse_control(spec: str, settings: Settings) -> tuple[str, str, Any]:
     try:
         return spec, spec, SparseControlNetModel.from_pretrained(spec, use_safetensors=True)
     except Exception as err:  # network and repository errors
-        raise ModelNotFound(f"cannot load SparseCtrl model {spec!r} from the hub: {_first_line(err)}") from None
+        raise ModelNotFound(f"cannot load SparseCtrl model {spec!r} from the hub: {first_line(err)}") from None
 
 
 # --- generation -----------------------------------------------------------------------------------------------
@@ -713,8 +713,4 @@ def _save(engine: "Engine", result: VideoResult, path: Path | None, folder: Path
     result.path = path
     result.gallery_id = engine.gallery.add(path, "video", prompt, negative, result.params)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from huabu.atomic import atomic_path
-from huabu.errors import BadImage, HuabuError, InvalidRequest
+from huabu.errors import BadImage, HuabuError, InvalidRequest, first_line
 
 VIDEO_FORMATS = ("mp4", "gif", "webm")
 # Codec and quality options per container: visually lossless H.264 that every player opens; VP9 in
@@ -108,12 +108,8 @@ def _ffmpeg(path: Path, call, *args) -> None:
     try:
         call(*args)
     except (OSError, RuntimeError) as err:
-        raise HuabuError(f"ffmpeg could not write {path.suffix} video: {_first_line(err)}") from None
+        raise HuabuError(f"ffmpeg could not write {path.suffix} video: {first_line(err)}") from None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def read_video_parameters(path: str | os.PathLike) -> str | None:
