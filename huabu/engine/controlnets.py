@@ -303,6 +303,18 @@ class ControlNetManager:
                            self.settings.allow_unsafe_pickle)
 
 
+def annotator_weights(name: str, annotators_dir: Path, allow_unsafe_pickle: bool = False) -> Path | None:
+    """What preprocessor `name` loads from the annotators folder: its HED or OpenPose weights file, or the depth
+    model folder; None when that is not there, or the preprocessor takes no weights."""
+    from huabu.control.weights import find_annotator_weights
+
+    if name in _ANNOTATOR_KINDS:
+        return find_annotator_weights(annotators_dir, _ANNOTATOR_KINDS[name], allow_unsafe_pickle)
+    if name == "depth" and (annotators_dir / DEPTH_ANNOTATOR / "config.json").is_file():
+        return annotators_dir / DEPTH_ANNOTATOR
+    return None
+
+
 def _named_for(refs: list[ControlNetRef], words: tuple[str, ...]) -> list[ControlNetRef]:
     """The refs whose name holds one of `words`; those holding it as a whole word (`x-canny`, not `canny2`) if any."""
     loose = [ref for ref in refs if any(word in ref.name.lower() for word in words)]
@@ -455,7 +467,6 @@ class ControlPlan:
         from huabu.control.images import MAX_RESOLUTION, MIN_RESOLUTION
         from huabu.control.registry import get_preprocessor, preprocess
         from huabu.control.resize import pixel_perfect_resolution, resize_control_map
-        from huabu.control.weights import find_annotator_weights
 
         unit, name, image = checked.unit, checked.preprocessor, checked.image
         if image.width < 1 or image.height < 1:
@@ -469,13 +480,10 @@ class ControlPlan:
         if name == "canny":
             options["low"] = DEFAULT_LOW if unit.threshold_a is None else unit.threshold_a
             options["high"] = DEFAULT_HIGH if unit.threshold_b is None else unit.threshold_b
-        if name in _ANNOTATOR_KINDS:
-            weights = find_annotator_weights(self.annotators_dir, _ANNOTATOR_KINDS[name], self.allow_unsafe_pickle)
-            if weights is not None:
-                options["weights"] = weights
-        if name == "depth" and (self.annotators_dir / DEPTH_ANNOTATOR / "config.json").is_file():
-            options["weights"] = self.annotators_dir / DEPTH_ANNOTATOR
-        if name in NEEDS_WEIGHTS and "weights" not in options:  # a unit cannot carry a depth map or keypoints
+        weights = annotator_weights(name, self.annotators_dir, self.allow_unsafe_pickle)
+        if weights is not None:
+            options["weights"] = weights
+        elif name in NEEDS_WEIGHTS:  # a unit cannot carry a depth map or keypoints
             raise InvalidRequest(f"ControlNet unit {checked.index}: {NEEDS_WEIGHTS[name].format(self.annotators_dir)}"
                                  f", or send a ready {name} map with module none")
         if "allow_unsafe_pickle" in takes:

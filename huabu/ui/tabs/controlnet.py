@@ -6,7 +6,7 @@ from typing import Any
 import gradio as gr
 
 from huabu.control.registry import get_preprocessor, preprocess
-from huabu.engine.controlnets import ANNOTATORS, DEPTH_ANNOTATOR, NEEDS_WEIGHTS
+from huabu.engine.controlnets import ANNOTATORS, NEEDS_WEIGHTS, annotator_weights
 from huabu.engine.images import load_image
 from huabu.errors import InvalidRequest
 from huabu.requests import GenerateRequest
@@ -18,27 +18,20 @@ from huabu.ui.tabs.generate import (GenerationForm, common_inputs, common_reques
 # Preprocessors that work from an uploaded picture alone (depth and pose also take maps or keypoint files, which
 # the CLI offers); "none" passes a ready control map through.
 MODULES = ("canny", "softedge", "softedge_gradient", "softedge_hed", "depth", "pose", "color", "none")
-# Preprocessors taking annotator weights, and the name huabu.control.find_annotator_weights knows them by.
-_ANNOTATORS = {"softedge": "softedge_hed", "softedge_hed": "softedge_hed", "pose": "pose"}
 
 
 def preview_control_map(studio, reference: str | None, module: str, low: float, high: float, resolution: int):
     """The control map the unit will use: the preprocessor run on the reference with the tab's options."""
-    from huabu.control.weights import find_annotator_weights
-
     takes = get_preprocessor(module).options
     image = load_image(reference, "reference image") if reference else None
     options: dict[str, Any] = {"resolution": int(resolution)} if "resolution" in takes else {}
     if "low" in takes:
         options.update(low=float(low), high=float(high))
     annotators = studio.settings.controlnet_dir / ANNOTATORS
-    if module in _ANNOTATORS:
-        found = find_annotator_weights(annotators, _ANNOTATORS[module], studio.settings.allow_unsafe_pickle)
-        if found is not None:
-            options["weights"] = found
-    if module == "depth" and (annotators / DEPTH_ANNOTATOR / "config.json").is_file():
-        options["weights"] = annotators / DEPTH_ANNOTATOR
-    if module in NEEDS_WEIGHTS and "weights" not in options:  # the tab cannot take a depth map or keypoints
+    weights = annotator_weights(module, annotators, studio.settings.allow_unsafe_pickle)
+    if weights is not None:
+        options["weights"] = weights
+    elif module in NEEDS_WEIGHTS:  # the tab cannot take a depth map or keypoints
         raise InvalidRequest(f"{NEEDS_WEIGHTS[module].format(annotators)}, or upload a ready map with module none")
     if "allow_unsafe_pickle" in takes:
         options["allow_unsafe_pickle"] = studio.settings.allow_unsafe_pickle
