@@ -7,7 +7,6 @@ import argparse
 import sys
 import typing
 
-from huabu.errors import InvalidRequest
 from huabu.lora.requests import TrainLoraRequest
 
 
@@ -63,7 +62,6 @@ def register_train(stages) -> None:
         parser.add_argument(flag, **options)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
     parser.add_argument("--allow-unsafe-pickle", action="store_true", help="allow a pickle .ckpt base model")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing LoRA file of that name")
     parser.set_defaults(handler=run_train_lora)
 
 
@@ -86,12 +84,7 @@ def run_train_lora(args: argparse.Namespace) -> int:
     request = TrainLoraRequest.create(**{name: getattr(args, name) for name in TrainLoraRequest.model_fields
                                          if hasattr(args, name)})
     quiet_libraries()
-    from huabu.lora.train import output_path, train_lora
-
-    settings = settings_from_args(args)
-    existing = output_path(request, settings)
-    if existing.exists() and not (request.resume or args.overwrite):
-        raise InvalidRequest(f"{existing} already exists: pick another --out, or pass --overwrite to replace it")
+    from huabu.lora.train import train_lora
 
     cancel = threading.Event()
     bar = tqdm(total=request.steps, desc=f"lora {request.out}", unit="step", file=sys.stderr, disable=None)
@@ -109,7 +102,7 @@ def run_train_lora(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        path = train_lora(request, settings, progress=update, cancel=cancel)
+        path = train_lora(request, settings_from_args(args), progress=update, cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()

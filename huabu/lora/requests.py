@@ -45,6 +45,7 @@ class TrainLoraRequest(RequestModel):
                                                                          "the caption template)")
     sample_steps: int = Field(default=20, ge=1, le=150, description="sampling steps of the samples")
     resume: bool = Field(default=False, description="continue from the newest checkpoint of this run")
+    overwrite: bool = Field(default=False, description="replace an existing LoRA file of that name")
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="seed of LoRA init, data order and noise")
     format: Literal["kohya", "diffusers"] = Field(default="kohya", description="keys of the written file")
     save_dtype: Literal["fp16", "bf16", "fp32"] = Field(default="fp16", description="dtype of the written file")

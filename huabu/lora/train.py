@@ -101,6 +101,8 @@ def setup(request: TrainLoraRequest, settings: Settings) -> LoraRun:
     if request.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise InvalidRequest("mixed precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
     out_path = output_path(request, settings)
+    if out_path.exists() and not (request.resume or request.overwrite):
+        raise InvalidRequest(f"{out_path} already exists: pick another --out, or pass --overwrite to replace it")
     folder = Path(request.workdir).expanduser() if request.workdir else settings.home / "lora-training" / out_path.stem
     if list_checkpoints(folder / "checkpoints") and not request.resume:
         raise InvalidRequest(f"{folder} already holds checkpoints of a run named {out_path.stem!r}: pass --resume to "
