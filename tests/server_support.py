@@ -57,6 +57,15 @@ def held_app(settings, engine, config=None, hold_at: int = 2):
     return create_app(settings, config or ServerConfig(), engines=[HeldEngine(settings, models=engine.models)])
 
 
+def wait_until_held(client, job_id: str, hold_at: int = 2, timeout: float = 60.0) -> None:
+    """Wait until a held_app job reports step `hold_at`: "running" is written when a worker claims the job, a moment
+    before the worker registers it as stoppable; a held job surely is."""
+    deadline = time.monotonic() + timeout
+    while client.get(f"/api/v1/jobs/{job_id}").json()["progress"].get("step", 0) < hold_at:
+        assert time.monotonic() < deadline, f"job {job_id} never reached step {hold_at}"
+        time.sleep(0.05)
+
+
 def png_b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

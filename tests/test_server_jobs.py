@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from server_support import LOCAL, TINY, api_settings, held_app, make_app, wait_for
+from server_support import LOCAL, TINY, api_settings, held_app, make_app, wait_for, wait_until_held
 
 from huabu.gallery import read_parameters
 from huabu.server import ServerConfig
@@ -82,7 +82,7 @@ def test_cancel_a_queued_and_a_running_job(engine, model_store, tmp_path):
         queued = client.post("/api/v1/jobs", json={"request": {"prompt": "never", **TINY}}).json()
         cancelled = client.post(f"/api/v1/jobs/{queued['id']}/cancel").json()
         assert cancelled["state"] == "cancelled"
-        wait_for(client, running["id"], states=("running",))
+        wait_until_held(client, running["id"])
         client.post(f"/api/v1/jobs/{running['id']}/cancel")
         stopped = wait_for(client, running["id"])
         assert stopped["state"] == "cancelled" and stopped["progress"]["step"] < HELD["steps"]
@@ -203,7 +203,7 @@ def test_a_graceful_stop_puts_the_running_job_back_in_the_queue(engine, model_st
     settings = api_settings(model_store, tmp_path / "home")
     with TestClient(held_app(settings, engine), base_url=LOCAL) as client:
         job = client.post("/api/v1/jobs", json={"request": HELD}).json()
-        wait_for(client, job["id"], states=("running",))
+        wait_until_held(client, job["id"])
     stored = JobStore(tmp_path / "home" / "jobs.sqlite").get(job["id"])
     assert (stored.state, stored.attempts, stored.result) == ("queued", 1, None)
     with TestClient(make_app(settings, engine), base_url=LOCAL) as client:  # the next start runs it anew, to the end
