@@ -34,6 +34,7 @@ from huabu.atomic import atomic_path
 from huabu.control.train_config import ControlNetTrainConfig
 from huabu.errors import HuabuError, InvalidRequest
 from huabu.training.checkpoint import load_latest, save_checkpoint
+from huabu.training.noise import check_timestep_sampling, draw_timesteps
 
 # conditioning_embedding_out_channels by VAE factor: diffusers' SD default for 8x, DESIGN.md's advice for 4x.
 EMBEDDING_CHANNELS = {2: (16, 32), 4: (16, 32, 64), 8: (16, 32, 96, 256)}
@@ -144,17 +145,6 @@ def batch_at(cfg: ControlNetTrainConfig, data, frozen: Frozen, step: int) -> Bat
     return Batch(indices, captions, control_maps(cfg.type, data.images[indices]), latents, noise, timesteps)
 
 
-TIMESTEP_SAMPLING = ("uniform", "cubic")
-
-
-def draw_timesteps(sampling: str, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """`size` training timesteps in [0, count): uniform, or cubic as T2I-Adapter trains (biased to the noisy end)."""
-    if sampling == "cubic":
-        u = torch.rand(size, generator=generator)
-        return ((1 - u ** 3) * count).long().clamp(max=count - 1)
-    return torch.randint(0, count, (size,), generator=generator)
-
-
 @torch.no_grad()
 def encode_captions(frozen: Frozen, captions: list[str], device) -> torch.Tensor:
     ids = frozen.tokenizer(captions, padding="max_length", max_length=frozen.tokenizer.model_max_length,
@@ -215,8 +205,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, data=None, settings=None) -> Pa
     get_preprocessor(cfg.type)  # unknown types fail before anything loads
     if not 0 <= cfg.caption_dropout <= 1:
         raise InvalidRequest(f"caption_dropout must be between 0 and 1, got {cfg.caption_dropout}")
-    if cfg.timesteps not in TIMESTEP_SAMPLING:
-        raise InvalidRequest(f"timesteps must be one of {', '.join(TIMESTEP_SAMPLING)}, got {cfg.timesteps!r}")
+    check_timestep_sampling(cfg.timesteps)
     if data is None:
         from huabu.tiny.data import load_dataset
 

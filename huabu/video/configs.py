@@ -33,3 +33,10 @@ class MotionTrainConfig:
     # The temporal layers have no text input: this LoRA is how motion words ("moving up") reach the features they
     # read, when the frozen image model never saw those words. Saved beside the module as text_lora.safetensors.
     text_lora_rank: int = 0
+    # "uniform" or "cubic" (most draws noisy: where a clip's path is decided, so where the motion words matter)
+    timesteps: str = "uniform"
+    # std of per-frame low-frequency noise added in training (huabu.training.noise.lowfreq_noise). The frozen image
+    # model reads where the object is in each frame from the noisy clip even at the noisiest step, so without it
+    # the path comes from the starting noise and the words are ignored; hidden under smooth noise, the words must
+    # carry it. 0 = none.
+    lowfreq_noise: float = 0.0

@@ -30,6 +30,7 @@ from huabu.tiny.configs import CAPTION_DROPOUT
 from huabu.tiny.train_unet import encode_text, lr_at, noise_scheduler
 from huabu.tiny.train_vae import to_tensor
 from huabu.training.checkpoint import load_latest, save_checkpoint
+from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
 from huabu.video.configs import TEXT_LORA_FILE, MotionTrainConfig
 from huabu.video.scenes import MOTIONS, eval_moving_scenes, training_clip
 
@@ -153,6 +154,21 @@ def motion_loss(unet: UNetMotionModel, scheduler, x0: torch.Tensor, cond: torch.
     return per_clip.mean()
 
 
+def clip_batch(cfg: MotionTrainConfig, latents: np.ndarray, captions: list[str], step: int, timesteps: int
+               ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch of `step`: captions (some dropped), clip latents x0 [B, C, F, h, w], noise and timesteps.
+    Everything random is a function of (seed, step): a resumed run continues as the uninterrupted one would."""
+    rng = np.random.default_rng([cfg.seed, step])
+    idx = np.sort(rng.choice(len(captions), size=min(cfg.batch_size, len(captions)), replace=False))
+    texts = ["" if rng.random() < CAPTION_DROPOUT else captions[i] for i in idx]
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    x0 = torch.from_numpy(latents[idx].astype(np.float32)).permute(0, 2, 1, 3, 4)
+    noise = torch.randn(x0.shape, generator=gen)
+    if cfg.lowfreq_noise:
+        noise = noise + lowfreq_noise(tuple(x0.shape), cfg.lowfreq_noise, gen)
+    return texts, x0, noise, draw_timesteps(cfg.timesteps, timesteps, len(idx), gen)
+
+
 def _load_base(folder: Path):
     if not (folder / "unet" / "config.json").is_file():
         raise HuabuError(f"{folder} is not an SD-shaped diffusers folder (no unet/config.json); pass --base")
@@ -172,6 +188,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     """Train a motion module for `cfg.base`; returns the MotionAdapter folder (`out/final`). `data` gives clip i
     (default: the moving-scene stream of `cfg.seed`, held-out combinations excluded)."""
     data = data or (lambda i: training_clip(cfg.seed, i, cfg.frames))
+    check_timestep_sampling(cfg.timesteps)
     if cfg.frames > cfg.max_frames:
         raise HuabuError(f"frames ({cfg.frames}) must not exceed max_frames ({cfg.max_frames})")
     accelerator = Accelerator()
@@ -203,14 +220,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
                disable=not accelerator.is_main_process)
     t0, seen = time.time(), 0
     for step in bar:
-        # Everything random is a function of (seed, step): a resumed run continues as the uninterrupted one would.
-        rng = np.random.default_rng([cfg.seed, step])
-        idx = np.sort(rng.choice(len(captions), size=min(cfg.batch_size, len(captions)), replace=False))
-        texts = ["" if rng.random() < CAPTION_DROPOUT else captions[i] for i in idx]
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x0 = torch.from_numpy(latents[idx].astype(np.float32)).permute(0, 2, 1, 3, 4)  # [B, C, F, h, w]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        texts, x0, noise, t = clip_batch(cfg, latents, captions, step, sched.config.num_train_timesteps)
         cond = encode_text(tok, text_encoder, texts)
         device = accelerator.device
         loss = motion_loss(unet, sched, x0.to(device), cond, noise.to(device), t.to(device), cfg.snr_gamma)
@@ -220,7 +230,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trained, 1.0)
         opt.step()
-        seen += len(idx)
+        seen += len(texts)
         bar.set_postfix(loss=f"{loss.item():.4f}", clips_per_s=f"{seen / (time.time() - t0):.1f}")
         done = step + 1
         log.write(json.dumps({"step": done, "loss": loss.item()}) + "\n")
