@@ -239,3 +239,19 @@ def test_a_job_that_finished_while_the_server_stops_stays_done(engine, model_sto
     finished = store.get(job.id)
     assert finished.state == "done", finished.error
     assert finished.result["seeds"] == [3] and not finished.result["interrupted"]
+
+
+def test_a_cancel_between_the_claim_and_the_run_is_not_lost(engine, model_store, tmp_path):
+    from huabu.engine.generate import Engine
+    from huabu.server.queue import LocalQueue
+
+    settings = api_settings(model_store, tmp_path / "home")
+    store = JobStore(tmp_path / "jobs.sqlite")
+    worker = Engine(settings, models=engine.models)
+    queue = LocalQueue(store, ServerConfig(), [worker])
+    job = store.add(Job.new("image", {"prompt": "x", "seed": 3, "model": "tiny-sd", **{**TINY, "steps": 20}}))
+    claimed = store.claim_next("local-0")  # the worker has the job; its run has not started
+    assert queue.cancel(job.id).state == "running"
+    queue._run(worker, claimed)
+    cancelled = store.get(job.id)
+    assert cancelled.state == "cancelled" and cancelled.progress["step"] < 20

@@ -217,6 +217,9 @@ class LocalQueue(JobQueue):
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._live: dict[str, LiveJob] = {}
+        # cancels of jobs a worker has claimed but not yet registered in _live; _run takes them up
+        self._early_cancels: set[str] = set()
+        self._live_lock = threading.Lock()
 
     def start(self) -> None:
         requeued, failed = self.store.recover(self.config.max_attempts)
@@ -246,9 +249,12 @@ class LocalQueue(JobQueue):
             self._wake.notify()
 
     def cancel_running(self, job_id: str) -> None:
-        live = self._live.get(job_id)
-        if live is not None:
-            live.cancel = True
+        with self._live_lock:
+            live = self._live.get(job_id)
+            if live is None:
+                self._early_cancels.add(job_id)
+            else:
+                live.cancel = True
 
     def interrupt_running(self, skip: bool = False) -> None:
         for live in list(self._live.values()):
@@ -274,7 +280,10 @@ class LocalQueue(JobQueue):
 
     def _run(self, engine: Engine, job: Job) -> None:
         live = LiveJob(job, engine)
-        self._live[job.id] = live
+        with self._live_lock:
+            live.cancel = job.id in self._early_cancels
+            self._early_cancels.discard(job.id)
+            self._live[job.id] = live
 
         def on_progress(p: Progress) -> None:
             if live.preview_wanted.is_set() and p.latents is not None:
