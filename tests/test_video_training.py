@@ -66,6 +66,27 @@ def test_only_motion_layers_learn_and_loss_falls(base):
             assert torch.equal(value, frozen[key]), key
 
 
+def test_x0_floor_weights_the_noisiest_steps_as_x0_prediction(base):
+    from diffusers import UNet2DConditionModel
+    from diffusers.training_utils import compute_snr
+
+    from huabu.tiny.train_unet import noise_scheduler
+    from huabu.video.train_motion import build_motion_adapter, motion_loss, motion_unet
+
+    unet2d = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    unet = motion_unet(unet2d, build_motion_adapter(unet2d, heads=2, max_frames=8))
+    gen = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(1, 4, 4, 8, 8, generator=gen), torch.randn(1, 4, 4, 8, 8, generator=gen)
+    cond = torch.randn(1, 77, 32, generator=gen)
+    sched = noise_scheduler()
+    with torch.no_grad():
+        # t=999: SNR 0.0047, so the floor weighs that clip about 213 times more; t=100: SNR > 1, no change
+        for t, expected in ((999, 1 / float(compute_snr(sched, torch.tensor([999])))), (100, 1.0)):
+            plain, floored = (motion_loss(unet, sched, x0, cond, noise, torch.tensor([t]), 5.0, x0_floor=floor)
+                              for floor in (0.0, 1.0))
+            assert float(floored / plain) == pytest.approx(expected, rel=1e-4), t
+
+
 def test_fresh_adapter_leaves_the_image_model_unchanged(base):
     from diffusers import UNet2DConditionModel
 

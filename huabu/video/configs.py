@@ -40,3 +40,7 @@ class MotionTrainConfig:
     # the path comes from the starting noise and the words are ignored; hidden under smooth noise, the words must
     # carry it. 0 = none.
     lowfreq_noise: float = 0.0
+    # the loss is weighted at least as an x0-prediction loss of this weight (epsilon loss x max(1, x0_floor / SNR)):
+    # the path is decided in the noisiest steps, whose x0 errors plain epsilon loss scales by SNR (0.005 at t=999)
+    # until Adam's step sizes, set by the other steps, leave them unlearned. 0 = off.
+    x0_floor: float = 0.0

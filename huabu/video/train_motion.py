@@ -142,16 +142,21 @@ def encode_clips(vae: AutoencoderKL, data: ClipSource, count: int, frames: int, 
 
 
 def motion_loss(unet: UNetMotionModel, scheduler, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor,
-                timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
-    """Epsilon-prediction loss of clips x0 [B, C, F, h, w] under text `cond` [B, L, D], one timestep per clip."""
+                timesteps: torch.Tensor, snr_gamma: float, x0_floor: float = 0.0) -> torch.Tensor:
+    """Epsilon-prediction loss of clips x0 [B, C, F, h, w] under text `cond` [B, L, D], one timestep per clip,
+    weighted by min-SNR (`snr_gamma`) and, with `x0_floor`, never less than an x0-prediction loss of that weight
+    (an epsilon error is sqrt(SNR) times the x0 error, so plain epsilon loss all but ignores the noisiest steps)."""
     frames = x0.shape[2]
     noisy = scheduler.add_noise(x0, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=cond.repeat_interleave(frames, dim=0)).sample
     per_clip = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+    snr = compute_snr(scheduler, timesteps.cpu()).to(per_clip.device)
+    weight = torch.ones_like(snr)
     if snr_gamma > 0:
-        snr = compute_snr(scheduler, timesteps.cpu()).to(per_clip.device)
-        per_clip = per_clip * torch.minimum(snr, torch.full_like(snr, snr_gamma)) / snr
-    return per_clip.mean()
+        weight = torch.minimum(snr, torch.full_like(snr, snr_gamma)) / snr
+    if x0_floor > 0:
+        weight = torch.maximum(weight, x0_floor / snr)
+    return (per_clip * weight).mean()
 
 
 def clip_batch(cfg: MotionTrainConfig, latents: np.ndarray, captions: list[str], step: int, timesteps: int
@@ -223,7 +228,8 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
         texts, x0, noise, t = clip_batch(cfg, latents, captions, step, sched.config.num_train_timesteps)
         cond = encode_text(tok, text_encoder, texts)
         device = accelerator.device
-        loss = motion_loss(unet, sched, x0.to(device), cond, noise.to(device), t.to(device), cfg.snr_gamma)
+        loss = motion_loss(unet, sched, x0.to(device), cond, noise.to(device), t.to(device), cfg.snr_gamma,
+                           cfg.x0_floor)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
