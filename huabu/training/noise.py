@@ -1,9 +1,9 @@
 """Timestep draws and extra training noise shared by huabu's training loops (ControlNet, motion module).
 
-Both answer one failure of a frozen base model: in the noisiest steps it still reads an image's overall colour, or
-a clip's object path, from the noisy latents themselves, so a new condition (a colour map, motion words) is never
-needed in training and is ignored at sampling time, where those latents are random. Drawing more noisy timesteps
-and hiding those cues under extra noise makes the condition carry them.
+Both answer one failure of a frozen base model: in the noisy steps where layout is decided it still reads an image's
+overall colour, or a clip's object path, from the noisy latents themselves, so a new condition (a colour map, motion
+words) is not needed in training and is ignored at sampling time, where those latents are random. Drawing more
+noisy timesteps and hiding those cues under extra noise leaves the condition to carry them.
 """
 
 from __future__ import annotations

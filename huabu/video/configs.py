@@ -35,12 +35,11 @@ class MotionTrainConfig:
     text_lora_rank: int = 0
     # "uniform" or "cubic" (most draws noisy: where a clip's path is decided, so where the motion words matter)
     timesteps: str = "uniform"
-    # std of per-frame low-frequency noise added in training (huabu.training.noise.lowfreq_noise). The frozen image
-    # model reads where the object is in each frame from the noisy clip even at the noisiest step, so without it
-    # the path comes from the starting noise and the words are ignored; hidden under smooth noise, the words must
-    # carry it. 0 = none.
+    # std of per-frame low-frequency noise added in training (huabu.training.noise.lowfreq_noise). Sampling started
+    # from a real clip noised to the first DDIM step (t=901) follows that clip's path, not the words: in training the
+    # path can be read from the noisy clip. Hidden under smooth noise, it has to come from the words. 0 = none.
     lowfreq_noise: float = 0.0
     # the loss is weighted at least as an x0-prediction loss of this weight (epsilon loss x max(1, x0_floor / SNR)):
-    # the path is decided in the noisiest steps, whose x0 errors plain epsilon loss scales by SNR (0.005 at t=999)
-    # until Adam's step sizes, set by the other steps, leave them unlearned. 0 = off.
+    # the path is decided in the noisiest steps, whose x0 errors plain epsilon loss scales by SNR (0.005 at t=999),
+    # so they barely move the weights. 0 = off.
     x0_floor: float = 0.0
