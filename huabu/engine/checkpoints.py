@@ -119,7 +119,6 @@ def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     return state
 
 
-
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -322,7 +322,6 @@ def _named_for(refs: list[ControlNetRef], words: tuple[str, ...]) -> list[Contro
     return whole or loose
 
 
-
 def _is_controlnet_config(path: Path) -> bool:
     try:
         return json.loads(path.read_text(encoding="utf-8")).get("_class_name") == "ControlNetModel"

@@ -293,7 +293,6 @@ class ModelManager:
                                 f"diffusers folder") from None
 
 
-
 def _no_safety_checker(model_index: dict[str, Any]) -> dict[str, Any]:
     """Pipeline kwargs that leave out the NSFW checker (huabu does not filter images) where the class has one."""
     if "safety_checker" not in model_index:

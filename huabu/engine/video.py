@@ -712,5 +712,3 @@ def _save(engine: "Engine", result: VideoResult, path: Path | None, folder: Path
         raise
     result.path = path
     result.gallery_id = engine.gallery.add(path, "video", prompt, negative, result.params)
-
-

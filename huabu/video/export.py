@@ -111,7 +111,6 @@ def _ffmpeg(path: Path, call, *args) -> None:
         raise HuabuError(f"ffmpeg could not write {path.suffix} video: {first_line(err)}") from None
 
 
-
 def read_video_parameters(path: str | os.PathLike) -> str | None:
     """The infotext stored in a video written by `write_video` (None when it has none)."""
     path = Path(path)
