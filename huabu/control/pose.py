@@ -36,7 +36,7 @@ from huabu.control.images import fit_resolution, pad_to_multiple, rgb_array
 from huabu.control.skeleton import (DRAWN_LIMBS, LIMBS, NUM_KEYPOINTS, Person, PoseCanvas, draw_poses,
                                     json_to_keypoints, load_keypoints)
 from huabu.control.weights import read_weights
-from huabu.errors import InvalidRequest, ModelNotFound
+from huabu.errors import InvalidRequest, ModelNotFound, first_line
 
 BACKBONE_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4",
                    "conv4_1", "conv4_2", "conv4_3_CPM", "conv4_4_CPM")
@@ -132,7 +132,7 @@ class BodyPoseNetwork(nn.Module):
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
-            raise ModelNotFound(f"OpenPose weights do not fit the body model: {str(err).splitlines()[0]}") from None
+            raise ModelNotFound(f"OpenPose weights do not fit the body model: {first_line(err)}") from None
         return network.eval()
 
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from huabu.control.images import fit_resolution, pad_to_multiple, rgb_array, unit_to_rgb
 from huabu.control.weights import read_weights
-from huabu.errors import ModelNotFound
+from huabu.errors import ModelNotFound, first_line
 
 HED_WIDTHS = (64, 128, 256, 512, 512)
 HED_DEPTHS = (2, 2, 3, 3, 3)
@@ -97,7 +97,7 @@ class HEDNetwork(nn.Module):
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
-            raise ModelNotFound(f"HED weights do not fit the HED architecture: {str(err).splitlines()[0]}") from None
+            raise ModelNotFound(f"HED weights do not fit the HED architecture: {first_line(err)}") from None
         return network.eval()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from huabu.engine import checkpoints
-from huabu.errors import InvalidRequest, ModelNotFound
+from huabu.errors import InvalidRequest, ModelNotFound, first_line
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +179,8 @@ def _load(pipe: Any, lora: ResolvedLora, components: list[str] | None) -> None:
     except Exception as err:  # diffusers raises ValueError, KeyError, RuntimeError... for files that do not fit
         if any(lora.adapter_name in names for names in pipe.get_list_adapters().values()):
             pipe.delete_adapters([lora.adapter_name])
-        text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ModelNotFound(f"LoRA {lora.name} ({lora.path.name}) cannot be applied to this model: {text}"
-                            f"{_trained_on(lora.path)}") from None
+        raise ModelNotFound(f"LoRA {lora.name} ({lora.path.name}) cannot be applied to this model: "
+                            f"{first_line(err)[:200]}{_trained_on(lora.path)}") from None
 
 
 def _load_into(pipe: Any, source: Any, lora: ResolvedLora, components: list[str]) -> None:
