@@ -26,18 +26,15 @@ FRAMES = 8
 
 
 def load(motion: Path):
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import MotionAdapter, UNetMotionModel
 
     from huabu.video.configs import BUILTIN_DIR, TEXT_LORA_FILE
+    from huabu.video.train_motion import load_base
 
-    unet2d = UNet2DConditionModel.from_pretrained(BUILTIN_DIR, subfolder="unet").float()
+    unet2d, vae, text_encoder, tokenizer = load_base(BUILTIN_DIR)
     unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(motion).float()).eval()
     if (motion / TEXT_LORA_FILE).is_file():
         unet.load_lora_adapter(str(motion / TEXT_LORA_FILE), prefix="unet", adapter_name="motion_words")
-    vae = AutoencoderKL.from_pretrained(BUILTIN_DIR, subfolder="vae").float().eval()
-    text_encoder = CLIPTextModel.from_pretrained(BUILTIN_DIR, subfolder="text_encoder").float().eval()
-    tokenizer = CLIPTokenizer.from_pretrained(BUILTIN_DIR, subfolder="tokenizer")
     return unet, vae, text_encoder, tokenizer
 
 

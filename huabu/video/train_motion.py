@@ -174,7 +174,8 @@ def clip_batch(cfg: MotionTrainConfig, latents: np.ndarray, captions: list[str],
     return texts, x0, noise, draw_timesteps(cfg.timesteps, timesteps, len(idx), gen)
 
 
-def _load_base(folder: Path):
+def load_base(folder: Path) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer]:
+    """The frozen fp32 UNet, VAE, text encoder and tokenizer of an SD-shaped diffusers folder."""
     if not (folder / "unet" / "config.json").is_file():
         raise HuabuError(f"{folder} is not an SD-shaped diffusers folder (no unet/config.json); pass --base")
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").float().eval().requires_grad_(False)
@@ -200,7 +201,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    base_unet, vae, text_encoder, tok = _load_base(Path(cfg.base))
+    base_unet, vae, text_encoder, tok = load_base(Path(cfg.base))
     vae.to(accelerator.device)
     latents, captions = encode_clips(vae, data, cfg.clips, cfg.frames, out)
     if cfg.init:
