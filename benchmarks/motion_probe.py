@@ -9,7 +9,8 @@
 2. Leak: sampling (DDIM, 10 steps) started from a real held-out clip noised to the first step, with a caption that
    asks the opposite motion: how often the result follows the words, and how often the clip hidden in the noise.
 
-FOLDER is a MotionAdapter folder, with its text_lora.safetensors when it has one (default: huabu-tiny's own).
+FOLDER is a MotionAdapter folder, with its text_lora.safetensors and motion_words.safetensors when it has them
+(default: huabu-tiny's own).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ def load(motion: Path):
     from diffusers import MotionAdapter, UNetMotionModel
 
     from huabu.video.configs import BUILTIN_DIR, TEXT_LORA_FILE
+    from huabu.video.motion_words import MOTION_WORDS_FILE, attach_motion_words, load_motion_words
     from huabu.video.train_motion import load_base
 
     unet2d, vae, text_encoder, tokenizer = load_base(BUILTIN_DIR)
     unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(motion).float()).eval()
     if (motion / TEXT_LORA_FILE).is_file():
-        unet.load_lora_adapter(str(motion / TEXT_LORA_FILE), prefix="unet", adapter_name="motion_words")
+        unet.load_lora_adapter(str(motion / TEXT_LORA_FILE), prefix="unet", adapter_name="motion_text")
+    if (motion / MOTION_WORDS_FILE).is_file():
+        attach_motion_words(unet, load_motion_words(motion / MOTION_WORDS_FILE, unet))
     return unet, vae, text_encoder, tokenizer
 
 

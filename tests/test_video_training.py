@@ -193,3 +193,53 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
     again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), data=clips)
     first, second = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (straight, again))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base, tmp_path, monkeypatch, settings,
+                                                                           engine):
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from huabu.engine.generate import Engine
+    from huabu.requests import VideoRequest
+    from huabu.video import train_motion
+
+    monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
+
+    def cfg(out: Path, **changes) -> MotionTrainConfig:  # a high rate, so 4 steps change the frames visibly
+        return _cfg(base, out, motion_words_heads=2, lr=1e-2, **changes)
+
+    straight = train_motion.train_motion(cfg(tmp_path / "straight"), data=clips)
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        kill_after(train_motion, m, 2)
+        with pytest.raises(Killed):
+            train_motion.train_motion(cfg(killed), data=clips)
+    train_motion.train_motion(cfg(killed), data=clips)
+    for part in ("motion", "words"):
+        a, b = newest_weights(tmp_path / "straight", part), newest_weights(killed, part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    words = newest_weights(killed, "words")
+    assert any(k.endswith("mlp.2.weight") and v.abs().max() > 0 for k, v in words.items())  # starts at zero
+    with safe_open(str(straight / train_motion.MOTION_WORDS_FILE), framework="pt") as f:  # an independent reader
+        assert f.metadata()["huabu_kind"] == "motion_words" and f.metadata()["heads"] == "2"
+
+    # The engine hooks the words in whenever it runs the module, and names them in the infotext.
+    bare = tmp_path / "bare"
+    shutil.copytree(straight, bare)
+    (bare / train_motion.MOTION_WORDS_FILE).unlink()
+    runs = {}
+    for module in (straight, bare):
+        runs[module.name] = Engine(settings, engine.models).generate_video(VideoRequest.create(
+            prompt="a rocket moving up", model="tiny-sd", motion_module=str(module), frames=4, width=32, height=32,
+            steps=2, seed=1))
+    assert "Motion words: " in runs["final"].infotext and "Motion words" not in runs["bare"].infotext
+    assert any(np.asarray(a, dtype=int).tolist() != np.asarray(b, dtype=int).tolist()
+               for a, b in zip(runs["final"].frames, runs["bare"].frames))
+
+    # --init carries the words on: with no steps left to run, the result has the words it started from.
+    again = train_motion.train_motion(cfg(tmp_path / "again", init=str(straight), steps=0), data=clips)
+    first, second = (load_file(str(p / train_motion.MOTION_WORDS_FILE)) for p in (straight, again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -386,6 +386,9 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
     if text_lora is not None:  # part of the module: applied with it, not listed among the prompt's LoRAs
         job.loras = [*job.loras, text_lora]
         extra["Motion text LoRA"] = text_lora.short_hash
+    words = motion_words_file(motion)
+    if words is not None:
+        extra["Motion words"] = checkpoints.short_hash(engine.models.hashes.sha256(words))
     call: dict[str, Any] = {"height": request.height, "width": request.width}
     if request.sparse_control and job.control_units:
         raise InvalidRequest("use SparseCtrl or ControlNet units for a video, not both")
@@ -438,9 +441,22 @@ def _motion_pipeline(engine: "Engine", model: LoadedModel, motion: MotionModuleR
     pipe = AnimateDiffPipeline.from_pipe(base, unet=_without_lora_layers(base.unet), motion_adapter=adapter,
                                          dtype=base.dtype)
     pipe.to(base.device)  # the new motion UNet is built on the CPU
+    words = motion_words_file(motion)
+    if words is not None:  # hooked into this pipeline's own UNet, so every pipeline derived from it has them
+        from huabu.video.motion_words import attach_motion_words, load_motion_words
+
+        attach_motion_words(pipe.unet, load_motion_words(words, pipe.unet))
     pipe.set_progress_bar_config(disable=True)
     model.pipelines[key] = pipe
     return pipe
+
+
+def motion_words_file(ref: MotionModuleRef) -> Path | None:
+    """The motion-word layers trained with a motion module (huabu.video.motion_words), beside it in its folder."""
+    from huabu.video.motion_words import MOTION_WORDS_FILE
+
+    path = Path(ref.location) / MOTION_WORDS_FILE
+    return path if ref.kind == "folder" and path.is_file() else None
 
 
 def _disk_stamp(motion: MotionModuleRef) -> str:

@@ -89,14 +89,15 @@ def ship_controlnet(run_dir: Path, kind: str, model_dir: Path = BUILTIN_DIR) -> 
 
 
 def ship_motion(run_dir: Path, model_dir: Path = BUILTIN_DIR) -> Path:
-    """Write the motion module trained in `run_dir` into `model_dir`/motion_adapter, with the text LoRA trained
-    beside it if any (already fp16); returns that folder."""
+    """Write the motion module trained in `run_dir` into `model_dir`/motion_adapter, with the text LoRA and the
+    motion words trained beside it if any (already fp16); returns that folder."""
     from diffusers import MotionAdapter
 
     from huabu.video.configs import TEXT_LORA_FILE
+    from huabu.video.motion_words import MOTION_WORDS_FILE
 
     trained = _trained_folder(run_dir, "motion module")
     adapter = MotionAdapter.from_pretrained(trained, dtype=torch.float32)
     _check_widths(f"motion module {run_dir}", adapter.config.block_out_channels, model_dir)
-    text_lora = trained / TEXT_LORA_FILE
-    return _write_fp16(adapter, motion_folder(model_dir), (text_lora,) if text_lora.is_file() else ())
+    beside = tuple(p for p in (trained / TEXT_LORA_FILE, trained / MOTION_WORDS_FILE) if p.is_file())
+    return _write_fp16(adapter, motion_folder(model_dir), beside)

@@ -35,6 +35,9 @@ class MotionTrainConfig:
     text_lora_rank: int = 0
     # "uniform" or "cubic" (most draws noisy: where a clip's path is decided, so where the motion words matter)
     timesteps: str = "uniform"
+    # the lowest training timestep: below about 500 a clip's path is plain in its noisy latents, so those steps teach
+    # the motion words nothing (the README's motion paragraph)
+    min_timestep: int = 0
     # std of per-frame low-frequency noise added in training (huabu.training.noise.lowfreq_noise). Sampling started
     # from a real clip noised to the first DDIM step (t=901) follows that clip's path, not the words: in training the
     # path can be read from the noisy clip. Hidden under smooth noise, it has to come from the words. 0 = none.
@@ -43,3 +46,6 @@ class MotionTrainConfig:
     # the path is decided in the noisiest steps, whose x0 errors plain epsilon loss scales by SNR (0.005 at t=999),
     # so they barely move the weights. 0 = off.
     x0_floor: float = 0.0
+    # attention heads of the motion-word layers (huabu.video.motion_words): a cross-attention from every motion
+    # module to the caption, saved beside the module as motion_words.safetensors; 0 = none
+    motion_words_heads: int = 0

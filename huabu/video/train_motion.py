@@ -5,7 +5,8 @@ the 2D weights stay frozen and only the motion modules learn. The recipe is SD 1
 scaled-linear DDPM schedule with one timestep per clip (all its frames), 10% empty captions for classifier-free
 guidance, optional min-SNR weighting. Clip latents are encoded once through the VAE. Batches, caption dropout,
 timesteps and noise are functions of (seed, step) and checkpoints are pickle-free (huabu.training.checkpoint), so a
-killed run resumes exactly. The result is a MotionAdapter folder that `huabu video --motion-module` loads.
+killed run resumes exactly. The result is a MotionAdapter folder that `huabu video --motion-module` loads, with the
+optional text LoRA and motion-word layers (huabu.video.motion_words) trained beside the module in their own files.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from huabu.tiny.train_vae import to_tensor
 from huabu.training.checkpoint import load_latest, save_checkpoint
 from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
 from huabu.video.configs import TEXT_LORA_FILE, MotionTrainConfig
+from huabu.video.motion_words import (MOTION_WORDS_FILE, attach_motion_words, build_motion_words, load_motion_words,
+                                      save_motion_words)
 from huabu.video.scenes import MOTIONS, eval_moving_scenes, training_clip
 
 # (frames uint8 [F, H, W, 3], caption) for clip index i
@@ -171,7 +174,7 @@ def clip_batch(cfg: MotionTrainConfig, latents: np.ndarray, captions: list[str],
     noise = torch.randn(x0.shape, generator=gen)
     if cfg.lowfreq_noise:
         noise = noise + lowfreq_noise(tuple(x0.shape), cfg.lowfreq_noise, gen)
-    return texts, x0, noise, draw_timesteps(cfg.timesteps, timesteps, len(idx), gen)
+    return texts, x0, noise, draw_timesteps(cfg.timesteps, timesteps, len(idx), gen, cfg.min_timestep)
 
 
 def load_base(folder: Path) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer]:
@@ -194,7 +197,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     """Train a motion module for `cfg.base`; returns the MotionAdapter folder (`out/final`). `data` gives clip i
     (default: the moving-scene stream of `cfg.seed`, held-out combinations excluded)."""
     data = data or (lambda i: training_clip(cfg.seed, i, cfg.frames))
-    check_timestep_sampling(cfg.timesteps)
+    check_timestep_sampling(cfg.timesteps, cfg.min_timestep)
     if cfg.frames > cfg.max_frames:
         raise HuabuError(f"frames ({cfg.frames}) must not exceed max_frames ({cfg.max_frames})")
     accelerator = Accelerator()
@@ -213,7 +216,12 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     parts = {"motion": motion_modules(unet)}
     if cfg.text_lora_rank > 0:
         parts["text_lora"] = text_lora_layers(unet)
-    trained = [p for p in unet.parameters() if p.requires_grad]
+    words = None
+    if cfg.motion_words_heads > 0:
+        words = motion_words_for(cfg, unet).to(accelerator.device)
+        attach_motion_words(unet, words)
+        parts["words"] = words
+    trained = [p for p in unet.parameters() if p.requires_grad] + (list(words.parameters()) if words else [])
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.01)
     state = load_latest(out / "checkpoints", parts, {"opt": opt})
     start = state["step"] if state else 0
@@ -252,7 +260,17 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     unet.save_motion_modules(str(out / "final"))
     if cfg.text_lora_rank > 0:
         save_text_lora(unet, cfg.text_lora_rank, cfg.base, out / "final" / TEXT_LORA_FILE)
+    if words is not None:
+        save_motion_words(words, out / "final" / MOTION_WORDS_FILE)
     return out / "final"
+
+
+def motion_words_for(cfg: MotionTrainConfig, unet: UNetMotionModel) -> torch.nn.ModuleDict:
+    """The motion-word layers to train: those beside the --init module when it has them, else fresh ones."""
+    beside_init = Path(cfg.init) / MOTION_WORDS_FILE if cfg.init else None
+    if beside_init is not None and beside_init.is_file():
+        return load_motion_words(beside_init, unet).float()
+    return build_motion_words(unet, cfg.motion_words_heads)
 
 
 @torch.no_grad()
