@@ -43,16 +43,16 @@ def _learned(layers) -> None:
     gen = torch.Generator().manual_seed(3)
     for layer in layers.values():
         last = layer.mlp[-1]
-        last.weight.data = 0.05 * torch.randn(last.weight.shape, generator=gen)
+        last.weight.data = 0.1 * torch.randn(last.weight.shape, generator=gen)
 
 
 def test_fresh_words_change_nothing_learned_ones_follow_the_words_and_come_off(unet):
-    from huabu.video.motion_words import attach_motion_words, build_motion_words, named_motion_modules
+    from huabu.video.motion_words import attach_motion_words, build_motion_words
 
     text_a, text_b = _texts()
     plain_a, plain_b = _run(unet, text_a), _run(unet, text_b)
     layers = build_motion_words(unet, heads=2)
-    assert set(layers.keys()) == set(named_motion_modules(unet)) and len(layers) == 7  # 1 + 1 down, 1 mid, 2 + 2 up
+    assert set(layers.keys()) == {"down_0_0", "up_1_0", "up_1_1"}  # none at the innermost level (down_1, mid, up_0)
     handles = attach_motion_words(unet, layers)
     try:
         assert torch.allclose(_run(unet, text_a), plain_a, atol=1e-5)  # identity warps: the model without them
