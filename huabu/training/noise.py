@@ -16,20 +16,17 @@ from huabu.errors import InvalidRequest
 TIMESTEP_SAMPLING = ("uniform", "cubic")
 
 
-def check_timestep_sampling(sampling: str, low: int = 0, count: int = 1000) -> None:
+def check_timestep_sampling(sampling: str) -> None:
     if sampling not in TIMESTEP_SAMPLING:
         raise InvalidRequest(f"timesteps must be one of {', '.join(TIMESTEP_SAMPLING)}, got {sampling!r}")
-    if not 0 <= low < count:
-        raise InvalidRequest(f"the lowest training timestep must be in [0, {count}), got {low}")
 
 
-def draw_timesteps(sampling: str, count: int, size: int, generator: torch.Generator, low: int = 0) -> torch.Tensor:
-    """`size` training timesteps in [low, count): uniform, or cubic as T2I-Adapter trains (biased to the noisy
-    end)."""
+def draw_timesteps(sampling: str, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """`size` training timesteps in [0, count): uniform, or cubic as T2I-Adapter trains (biased to the noisy end)."""
     if sampling == "cubic":
         u = torch.rand(size, generator=generator)
-        return (low + (1 - u ** 3) * (count - low)).long().clamp(max=count - 1)
-    return torch.randint(low, count, (size,), generator=generator)
+        return ((1 - u ** 3) * count).long().clamp(max=count - 1)
+    return torch.randint(0, count, (size,), generator=generator)
 
 
 def lowfreq_noise(shape: tuple[int, ...], strength: float, generator: torch.Generator, grid: int = 4) -> torch.Tensor:
