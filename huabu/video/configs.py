@@ -35,9 +35,6 @@ class MotionTrainConfig:
     text_lora_rank: int = 0
     # "uniform" or "cubic" (most draws noisy: where a clip's path is decided, so where the motion words matter)
     timesteps: str = "uniform"
-    # the lowest training timestep: below about 500 a clip's path is plain in its noisy latents, so those steps teach
-    # the motion words nothing (the README's motion paragraph)
-    min_timestep: int = 0
     # std of per-frame low-frequency noise added in training (huabu.training.noise.lowfreq_noise). Sampling started
     # from a real clip noised to the first DDIM step (t=901) follows that clip's path, not the words: in training the
     # path can be read from the noisy clip. Hidden under smooth noise, it has to come from the words. 0 = none.

@@ -174,7 +174,7 @@ def clip_batch(cfg: MotionTrainConfig, latents: np.ndarray, captions: list[str],
     noise = torch.randn(x0.shape, generator=gen)
     if cfg.lowfreq_noise:
         noise = noise + lowfreq_noise(tuple(x0.shape), cfg.lowfreq_noise, gen)
-    return texts, x0, noise, draw_timesteps(cfg.timesteps, timesteps, len(idx), gen, cfg.min_timestep)
+    return texts, x0, noise, draw_timesteps(cfg.timesteps, timesteps, len(idx), gen)
 
 
 def load_base(folder: Path) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer]:
@@ -197,7 +197,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     """Train a motion module for `cfg.base`; returns the MotionAdapter folder (`out/final`). `data` gives clip i
     (default: the moving-scene stream of `cfg.seed`, held-out combinations excluded)."""
     data = data or (lambda i: training_clip(cfg.seed, i, cfg.frames))
-    check_timestep_sampling(cfg.timesteps, cfg.min_timestep)
+    check_timestep_sampling(cfg.timesteps)
     if cfg.frames > cfg.max_frames:
         raise HuabuError(f"frames ({cfg.frames}) must not exceed max_frames ({cfg.max_frames})")
     accelerator = Accelerator()
