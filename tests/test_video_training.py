@@ -141,21 +141,9 @@ def test_clips_must_have_the_configured_frames(base, tmp_path):
         train_motion(_cfg(base, tmp_path / "bad", frames=3), data=clips)
 
 
-def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp_path, monkeypatch, settings, engine):
-    import shutil
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from huabu.engine.generate import Engine
-    from huabu.requests import VideoRequest
-    from huabu.video import train_motion
-
-    monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
-
-    def cfg(out: Path) -> MotionTrainConfig:  # a high rate, so 4 steps change the images visibly
-        return _cfg(base, out, text_lora_rank=4, lr=1e-2)
-
+def _straight_and_resumed(train_motion, cfg, tmp_path: Path, monkeypatch, parts: tuple[str, ...]) -> Path:
+    """Train `cfg(out)` straight through and again killed after step 2 then resumed; the newest checkpoints of both
+    must hold the same `parts`. Returns the straight run's final folder."""
     straight = train_motion.train_motion(cfg(tmp_path / "straight"), data=clips)
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
@@ -163,10 +151,45 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
         with pytest.raises(Killed):
             train_motion.train_motion(cfg(killed), data=clips)
     train_motion.train_motion(cfg(killed), data=clips)
-    for part in ("motion", "text_lora"):
+    for part in parts:
         a, b = newest_weights(tmp_path / "straight", part), newest_weights(killed, part)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    lora = newest_weights(killed, "text_lora")
+    return straight
+
+
+def _videos_with_and_without(module: Path, extra_file: str, tmp_path: Path, settings, engine) -> dict:
+    """The same short video from `module` (key "final") and from a copy without `extra_file` (key "bare")."""
+    import shutil
+
+    from huabu.engine.generate import Engine
+    from huabu.requests import VideoRequest
+
+    bare = tmp_path / "bare"
+    shutil.copytree(module, bare)
+    (bare / extra_file).unlink()
+    runs = {}
+    for folder in (module, bare):
+        runs[folder.name] = Engine(settings, engine.models).generate_video(VideoRequest.create(
+            prompt="a rocket moving up", model="tiny-sd", motion_module=str(folder), frames=4, width=32, height=32,
+            steps=2, seed=1))
+    assert any(np.asarray(a, dtype=int).tolist() != np.asarray(b, dtype=int).tolist()
+               for a, b in zip(runs["final"].frames, runs["bare"].frames))
+    return runs
+
+
+def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp_path, monkeypatch, settings, engine):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from huabu.video import train_motion
+
+    monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
+
+    def cfg(out: Path) -> MotionTrainConfig:  # a high rate, so 4 steps change the images visibly
+        return _cfg(base, out, text_lora_rank=4, lr=1e-2)
+
+    straight = _straight_and_resumed(train_motion, cfg, tmp_path, monkeypatch, ("motion", "text_lora"))
+    lora = newest_weights(tmp_path / "killed", "text_lora")
     assert any(".lora_B." in k and v.abs().max() > 0 for k, v in lora.items())  # B starts at zero: it learned
 
     with safe_open(str(straight / train_motion.TEXT_LORA_FILE), framework="pt") as f:  # an independent reader
@@ -176,18 +199,9 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
     assert {k.rsplit(".", 2)[0].rsplit(".", 1)[1] for k in keys} == {"to_k", "to_v"}
 
     # The engine applies the LoRA whenever it runs the module (named in the infotext, not among the prompt's LoRAs).
-    bare = tmp_path / "bare"
-    shutil.copytree(straight, bare)
-    (bare / train_motion.TEXT_LORA_FILE).unlink()
-    runs = {}
-    for module in (straight, bare):
-        runs[module.name] = Engine(settings, engine.models).generate_video(VideoRequest.create(
-            prompt="a rocket moving up", model="tiny-sd", motion_module=str(module), frames=4, width=32, height=32,
-            steps=2, seed=1))
+    runs = _videos_with_and_without(straight, train_motion.TEXT_LORA_FILE, tmp_path, settings, engine)
     assert "Motion text LoRA: " in runs["final"].infotext and "Lora hashes" not in runs["final"].infotext
     assert "Motion text LoRA" not in runs["bare"].infotext
-    assert any(np.asarray(a, dtype=int).tolist() != np.asarray(b, dtype=int).tolist()
-               for a, b in zip(runs["final"].frames, runs["bare"].frames))
 
     # --init starts from that module: with no steps left to run, the result is the module it started from.
     again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), data=clips)
@@ -197,13 +211,9 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
 
 def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base, tmp_path, monkeypatch, settings,
                                                                            engine):
-    import shutil
-
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from huabu.engine.generate import Engine
-    from huabu.requests import VideoRequest
     from huabu.video import train_motion
 
     monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
@@ -211,33 +221,15 @@ def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base,
     def cfg(out: Path, **changes) -> MotionTrainConfig:  # a high rate, so 4 steps change the frames visibly
         return _cfg(base, out, motion_words_heads=2, lr=1e-2, **changes)
 
-    straight = train_motion.train_motion(cfg(tmp_path / "straight"), data=clips)
-    killed = tmp_path / "killed"
-    with monkeypatch.context() as m:
-        kill_after(train_motion, m, 2)
-        with pytest.raises(Killed):
-            train_motion.train_motion(cfg(killed), data=clips)
-    train_motion.train_motion(cfg(killed), data=clips)
-    for part in ("motion", "words"):
-        a, b = newest_weights(tmp_path / "straight", part), newest_weights(killed, part)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    words = newest_weights(killed, "words")
+    straight = _straight_and_resumed(train_motion, cfg, tmp_path, monkeypatch, ("motion", "words"))
+    words = newest_weights(tmp_path / "killed", "words")
     assert any(k.endswith("mlp.2.weight") and v.abs().max() > 0 for k, v in words.items())  # starts at zero
     with safe_open(str(straight / train_motion.MOTION_WORDS_FILE), framework="pt") as f:  # an independent reader
         assert f.metadata()["huabu_kind"] == "motion_words" and f.metadata()["heads"] == "2"
 
     # The engine hooks the words in whenever it runs the module, and names them in the infotext.
-    bare = tmp_path / "bare"
-    shutil.copytree(straight, bare)
-    (bare / train_motion.MOTION_WORDS_FILE).unlink()
-    runs = {}
-    for module in (straight, bare):
-        runs[module.name] = Engine(settings, engine.models).generate_video(VideoRequest.create(
-            prompt="a rocket moving up", model="tiny-sd", motion_module=str(module), frames=4, width=32, height=32,
-            steps=2, seed=1))
+    runs = _videos_with_and_without(straight, train_motion.MOTION_WORDS_FILE, tmp_path, settings, engine)
     assert "Motion words: " in runs["final"].infotext and "Motion words" not in runs["bare"].infotext
-    assert any(np.asarray(a, dtype=int).tolist() != np.asarray(b, dtype=int).tolist()
-               for a, b in zip(runs["final"].frames, runs["bare"].frames))
 
     # --init carries the words on: with no steps left to run, the result has the words it started from.
     again = train_motion.train_motion(cfg(tmp_path / "again", init=str(straight), steps=0), data=clips)
