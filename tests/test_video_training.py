@@ -231,7 +231,8 @@ def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base,
     runs = _videos_with_and_without(straight, train_motion.MOTION_WORDS_FILE, tmp_path, settings, engine)
     assert "Motion words: " in runs["final"].infotext and "Motion words" not in runs["bare"].infotext
 
-    # --init carries the words on: with no steps left to run, the result has the words it started from.
-    again = train_motion.train_motion(cfg(tmp_path / "again", init=str(straight), steps=0), data=clips)
+    # --init carries the words on, asked for or not: with no steps left to run, the result has the words it started
+    # from.
+    again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), data=clips)
     first, second = (load_file(str(p / train_motion.MOTION_WORDS_FILE)) for p in (straight, again))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -43,6 +43,7 @@ class MotionTrainConfig:
     # the path is decided in the noisiest steps, whose x0 errors plain epsilon loss scales by SNR (0.005 at t=999),
     # so they barely move the weights. 0 = off.
     x0_floor: float = 0.0
-    # attention heads of the motion-word layers (huabu.video.motion_words): a cross-attention from every motion
-    # module to the caption, saved beside the module as motion_words.safetensors; 0 = none
+    # attention heads of the motion-word layers (huabu.video.motion_words: a warp, chosen by the caption, of what the
+    # motion modules add to each frame), saved beside the module as motion_words.safetensors; 0 = none, unless the
+    # --init module has them (they are carried on)
     motion_words_heads: int = 0

@@ -216,9 +216,9 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     parts = {"motion": motion_modules(unet)}
     if cfg.text_lora_rank > 0:
         parts["text_lora"] = text_lora_layers(unet)
-    words = None
-    if cfg.motion_words_heads > 0:
-        words = motion_words_for(cfg, unet).to(accelerator.device)
+    words = motion_words_for(cfg, unet)
+    if words is not None:
+        words.to(accelerator.device)
         attach_motion_words(unet, words)
         parts["words"] = words
     trained = [p for p in unet.parameters() if p.requires_grad] + (list(words.parameters()) if words else [])
@@ -265,12 +265,13 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     return out / "final"
 
 
-def motion_words_for(cfg: MotionTrainConfig, unet: UNetMotionModel) -> torch.nn.ModuleDict:
-    """The motion-word layers to train: those beside the --init module when it has them, else fresh ones."""
+def motion_words_for(cfg: MotionTrainConfig, unet: UNetMotionModel) -> torch.nn.ModuleDict | None:
+    """The motion-word layers to train: those beside the --init module when it has them (the module was trained
+    with them), else fresh ones when --motion-words-heads asks for them, else none."""
     beside_init = Path(cfg.init) / MOTION_WORDS_FILE if cfg.init else None
     if beside_init is not None and beside_init.is_file():
         return load_motion_words(beside_init, unet).float()
-    return build_motion_words(unet, cfg.motion_words_heads)
+    return build_motion_words(unet, cfg.motion_words_heads) if cfg.motion_words_heads > 0 else None
 
 
 @torch.no_grad()
