@@ -5,10 +5,10 @@ so the words can only choose a motion through the image model's features. When t
 words (huabu-tiny's still captions have no "moving up"), the words barely change those features, and a motion module
 trained on clips of every direction learns no direction at all (the README's motion paragraph has the figures).
 
-Each motion module gets a MotionWords layer that warps what the module adds, frame by frame, along a path the caption
-chooses. The layers are added with PyTorch forward hooks on the model's own motion modules, so diffusers' classes stay
-as they are and the MotionAdapter's weights keep their layout; they live in their own file beside the adapter
-(MOTION_WORDS_FILE).
+Each motion module outside the innermost level gets a MotionWords layer that warps what the module adds, frame by
+frame, along a path the caption chooses. The layers are added with PyTorch forward hooks on the model's own motion
+modules, so diffusers' classes stay as they are and the MotionAdapter's weights keep their layout; they live in their
+own file beside the adapter (MOTION_WORDS_FILE).
 
 No library has this piece: diffusers' AnimateDiffTransformer3D can take text (`cross_attention_dim`), but no
 diffusers UNet passes text to it. The pooling attention is diffusers' `Attention`.
