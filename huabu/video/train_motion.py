@@ -216,12 +216,13 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     parts = {"motion": motion_modules(unet)}
     if cfg.text_lora_rank > 0:
         parts["text_lora"] = text_lora_layers(unet)
+    trained = [p for p in unet.parameters() if p.requires_grad]
     words = motion_words_for(cfg, unet)
     if words is not None:
         words.to(accelerator.device)
         attach_motion_words(unet, words)
         parts["words"] = words
-    trained = [p for p in unet.parameters() if p.requires_grad] + (list(words.parameters()) if words else [])
+        trained += list(words.parameters())
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.01)
     state = load_latest(out / "checkpoints", parts, {"opt": opt})
     start = state["step"] if state else 0
