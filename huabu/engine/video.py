@@ -130,10 +130,16 @@ def motion_text_lora(ref: MotionModuleRef, engine: "Engine") -> ResolvedLora | N
     from huabu.prompts.syntax import LoraRef
     from huabu.video.configs import TEXT_LORA_FILE
 
-    path = Path(ref.location) / TEXT_LORA_FILE
-    if ref.kind != "folder" or not path.is_file():
+    path = _beside_module(ref, TEXT_LORA_FILE)
+    if path is None:
         return None
     return resolve_loras([LoraRef(str(path), 1.0)], engine.settings.loras_dir, engine.models.hashes)[0]
+
+
+def _beside_module(ref: MotionModuleRef, name: str) -> Path | None:
+    """The file `name` trained with a motion module and kept in its folder, if the module is a folder that has it."""
+    path = Path(ref.location) / name
+    return path if ref.kind == "folder" and path.is_file() else None
 
 
 def load_motion_adapter(ref: MotionModuleRef, settings: Settings):
@@ -455,8 +461,7 @@ def motion_words_file(ref: MotionModuleRef) -> Path | None:
     """The motion-word layers trained with a motion module (huabu.video.motion_words), beside it in its folder."""
     from huabu.video.motion_words import MOTION_WORDS_FILE
 
-    path = Path(ref.location) / MOTION_WORDS_FILE
-    return path if ref.kind == "folder" and path.is_file() else None
+    return _beside_module(ref, MOTION_WORDS_FILE)
 
 
 def _disk_stamp(motion: MotionModuleRef) -> str:

@@ -77,15 +77,19 @@ class MotionWords(nn.Module):
         return F.grid_sample(hidden, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def motion_module_lists(unet: nn.Module) -> dict[str, nn.ModuleList]:
+    """The motion modules of a UNetMotionModel, block by block ("down_0", "mid", "up_2"), as the same objects."""
+    parts = {f"down_{i}": block.motion_modules for i, block in enumerate(unet.down_blocks)}
+    if hasattr(unet.mid_block, "motion_modules"):
+        parts["mid"] = unet.mid_block.motion_modules
+    parts.update({f"up_{i}": block.motion_modules for i, block in enumerate(unet.up_blocks)})
+    return parts
+
+
 def named_motion_modules(unet: nn.Module) -> dict[str, nn.Module]:
     """Every temporal transformer of a UNetMotionModel by a stable name ("down_0_0", "mid_0", "up_2_1")."""
-    found = {}
-    blocks = [(f"down_{i}", b) for i, b in enumerate(unet.down_blocks)]
-    blocks += [("mid", unet.mid_block)] + [(f"up_{i}", b) for i, b in enumerate(unet.up_blocks)]
-    for prefix, block in blocks:
-        for j, module in enumerate(getattr(block, "motion_modules", None) or []):
-            found[f"{prefix}_{j}"] = module
-    return found
+    return {f"{part}_{j}": module for part, modules in motion_module_lists(unet).items()
+            for j, module in enumerate(modules)}
 
 
 def warped_motion_modules(unet: nn.Module) -> dict[str, nn.Module]:

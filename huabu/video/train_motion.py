@@ -34,7 +34,7 @@ from huabu.training.checkpoint import load_latest, save_checkpoint
 from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
 from huabu.video.configs import TEXT_LORA_FILE, MotionTrainConfig
 from huabu.video.motion_words import (MOTION_WORDS_FILE, attach_motion_words, build_motion_words, load_motion_words,
-                                      save_motion_words)
+                                      motion_module_lists, save_motion_words)
 from huabu.video.scenes import MOTIONS, eval_moving_scenes, training_clip
 
 # (frames uint8 [F, H, W, 3], caption) for clip index i
@@ -67,11 +67,7 @@ def build_motion_adapter(unet: UNet2DConditionModel, heads: int, max_frames: int
 def motion_modules(unet: UNetMotionModel) -> torch.nn.ModuleDict:
     """The motion modules of a UNetMotionModel as one module (the same objects, not copies): what is trained,
     optimised and checkpointed."""
-    parts = {f"down_{i}": block.motion_modules for i, block in enumerate(unet.down_blocks)}
-    if hasattr(unet.mid_block, "motion_modules"):
-        parts["mid"] = unet.mid_block.motion_modules
-    parts.update({f"up_{i}": block.motion_modules for i, block in enumerate(unet.up_blocks)})
-    return torch.nn.ModuleDict(parts)
+    return torch.nn.ModuleDict(motion_module_lists(unet))
 
 
 def motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter, text_lora_rank: int = 0) -> UNetMotionModel:
