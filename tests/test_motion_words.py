@@ -129,3 +129,70 @@ def test_the_warp_moves_and_zooms_frames_the_way_its_rates_say():
         layer.mlp[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.2]))  # zooming in: the square grows frame by frame
         mass = [float(f.sum()) for f in layer(frames, text, t, num_frames=4)]
         assert mass == sorted(mass) and mass[-1] > 1.5 * mass[0]
+
+
+def _encode(pipe, text: str) -> torch.Tensor:
+    ids = pipe.tokenizer([text], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def test_word_rows_replace_only_their_words_only_while_attached_and_round_trip(unet, tmp_path):
+    from conftest import build_tiny_pipeline
+    from safetensors import safe_open
+
+    from huabu.video.motion_words import (WordRows, build_motion_words, load_motion_words, load_word_rows,
+                                          save_motion_words)
+
+    pipe = build_tiny_pipeline()
+    up, left = "a rocket moving up", "a rocket moving left"
+    plain_up, plain_left = _encode(pipe, up), _encode(pipe, left)
+    rows = WordRows.for_words({"up": "up"}, pipe.tokenizer, pipe.text_encoder)
+    handle = rows.attach(pipe.text_encoder)
+    try:
+        assert torch.equal(_encode(pipe, up), plain_up)  # they start as the encoder's own rows
+        with torch.no_grad():
+            rows.rows += torch.randn(rows.rows.shape, generator=torch.Generator().manual_seed(4))  # as if trained
+        trained_up, trained_left = _encode(pipe, up), _encode(pipe, left)
+    finally:
+        handle.remove()
+    assert (trained_up - plain_up).abs().mean() > 0.01  # the prompt with the word changes...
+    assert torch.equal(trained_left, plain_left)  # ...one without it does not
+    assert torch.equal(_encode(pipe, up), plain_up)  # detached: the encoder is as it was
+
+    layers = build_motion_words(unet, heads=2)
+    path = save_motion_words(layers, tmp_path / "motion_words.safetensors", rows)
+    with safe_open(str(path), framework="pt") as f:  # an independent reader
+        assert f.metadata()["tokens"] == '["up</w>"]'
+        assert f.get_tensor("word_rows.ids").tolist() == [705]
+        assert f.get_tensor("word_rows.rows").dtype == torch.float16
+    loaded = load_word_rows(path)
+    assert loaded.tokens == ["up</w>"] and torch.equal(loaded.rows, rows.rows.detach().half().float())
+    assert set(load_motion_words(path, unet).state_dict()) == set(layers.state_dict())  # the rows are not layers
+    assert load_word_rows(save_motion_words(layers, tmp_path / "no_rows.safetensors")) is None
+
+    with pytest.raises(HuabuError, match="trained for another tokenizer"):
+        WordRows(["upward</w>"], [705], rows.rows).check_fits(pipe.tokenizer, pipe.text_encoder)
+    with pytest.raises(HuabuError, match="rows are 8 wide; this text encoder's are 32"):
+        WordRows(["up</w>"], [705], torch.zeros(1, 8)).check_fits(pipe.tokenizer, pipe.text_encoder)
+    with pytest.raises(HuabuError, match="'supercalifragilistic' is 5 tokens"):
+        WordRows.for_words({"supercalifragilistic": "up"}, pipe.tokenizer, pipe.text_encoder)
+
+
+def test_word_rows_can_start_from_words_the_encoder_knows():
+    from conftest import build_tiny_pipeline
+
+    from huabu.video.motion_words import WordRows
+
+    pipe = build_tiny_pipeline()
+    words = WordRows.parse(" up=top, down = bottom,moving ,")
+    assert words == {"up": "top", "down": "bottom", "moving": "moving"}
+    rows = WordRows.for_words(words, pipe.tokenizer, pipe.text_encoder)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    assert rows.tokens == ["up</w>", "down</w>", "moving</w>"]
+    assert torch.equal(rows.rows[0], table[pipe.tokenizer.convert_tokens_to_ids("top</w>")])
+    handle = rows.attach(pipe.text_encoder)
+    try:  # attached, "up" reads as "top" did
+        assert torch.allclose(_encode(pipe, "a rocket moving up"), _encode(pipe, "a rocket moving top"), atol=1e-5)
+    finally:
+        handle.remove()

@@ -211,25 +211,51 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
 
 def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base, tmp_path, monkeypatch, settings,
                                                                            engine):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    import shutil
 
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from huabu.engine.generate import Engine
+    from huabu.requests import GenerateRequest, VideoRequest
     from huabu.video import train_motion
 
     monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
 
     def cfg(out: Path, **changes) -> MotionTrainConfig:  # a high rate, so 4 steps change the frames visibly
-        return _cfg(base, out, motion_words_heads=2, lr=1e-2, **changes)
+        return _cfg(base, out, motion_words_heads=2, motion_tokens="moving", lr=1e-2, motion_tokens_lr=1e-2, **changes)
 
-    straight = _straight_and_resumed(train_motion, cfg, tmp_path, monkeypatch, ("motion", "words"))
+    straight = _straight_and_resumed(train_motion, cfg, tmp_path, monkeypatch, ("motion", "words", "rows"))
     words = newest_weights(tmp_path / "killed", "words")
     assert any(k.endswith("mlp.2.weight") and v.abs().max() > 0 for k, v in words.items())  # starts at zero
+    encoder_row = load_file(str(base / "text_encoder" / "model.safetensors"))["embeddings.token_embedding.weight"][3584]
+    rows = newest_weights(tmp_path / "killed", "rows")
+    assert rows["ids"].tolist() == [3584] and (rows["rows"][0] - encoder_row).abs().max() > 1e-3  # learned
     with safe_open(str(straight / train_motion.MOTION_WORDS_FILE), framework="pt") as f:  # an independent reader
         assert f.metadata()["huabu_kind"] == "motion_words" and f.metadata()["heads"] == "2"
+        assert f.metadata()["tokens"] == '["moving</w>"]' and f.get_tensor("word_rows.rows").shape == (1, 32)
 
     # The engine hooks the words in whenever it runs the module, and names them in the infotext.
     runs = _videos_with_and_without(straight, train_motion.MOTION_WORDS_FILE, tmp_path, settings, engine)
     assert "Motion words: " in runs["final"].infotext and "Motion words" not in runs["bare"].infotext
+
+    # The word rows encode the video prompt, and only it: the same words file without them makes another video,
+    # and the text encoder the still pipelines share is left without them.
+    still = GenerateRequest.create(prompt="a rocket moving up", model="tiny-sd", width=32, height=32, steps=2, seed=1)
+    image = np.asarray(Engine(settings, engine.models).generate(still).images[0])
+    rowless = tmp_path / "rowless"
+    shutil.copytree(straight, rowless)
+    with safe_open(str(straight / train_motion.MOTION_WORDS_FILE), framework="pt") as f:
+        layers = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("word_rows.")}
+        metadata = {k: v for k, v in f.metadata().items() if k != "tokens"}
+    save_file(layers, str(rowless / train_motion.MOTION_WORDS_FILE), metadata=metadata)
+    video = Engine(settings, engine.models).generate_video(VideoRequest.create(
+        prompt="a rocket moving up", model="tiny-sd", motion_module=str(rowless), frames=4, width=32, height=32,
+        steps=2, seed=1))
+    assert any(np.asarray(a, dtype=int).tolist() != np.asarray(b, dtype=int).tolist()
+               for a, b in zip(runs["final"].frames, video.frames))
+    assert not engine.models.load("tiny-sd").pipeline.text_encoder.get_input_embeddings()._forward_hooks
+    assert np.array_equal(np.asarray(Engine(settings, engine.models).generate(still).images[0]), image)
 
     # --init carries the words on, asked for or not: with no steps left to run, the result has the words it started
     # from.

@@ -64,9 +64,9 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, out_path: Path, batch
     return np.load(out_path, mmap_mode="r")
 
 
-@torch.no_grad()
 def encode_text(tok: CLIPTokenizer, text_encoder: CLIPTextModel, captions: list[str]) -> torch.Tensor:
-    """The conditioning SD pipelines compute: last hidden state of 77-token, EOS-padded prompts."""
+    """The conditioning SD pipelines compute: last hidden state of 77-token, EOS-padded prompts. Call it under
+    torch.no_grad() unless something in the encoder learns (motion training's word rows)."""
     ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
 
@@ -126,7 +126,8 @@ def train(cfg: UnetTrainConfig) -> Path:
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
         xt = sched.add_noise(x0, noise, t).to(accelerator.device)
-        cond = encode_text(tok, text_encoder, captions)
+        with torch.no_grad():
+            cond = encode_text(tok, text_encoder, captions)
         pred = unet(xt, t.to(accelerator.device), encoder_hidden_states=cond).sample
         snr = compute_snr(sched, t)
         weight = (torch.minimum(snr, torch.full_like(snr, cfg.snr_gamma)) / snr).to(accelerator.device)

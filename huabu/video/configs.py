@@ -47,3 +47,9 @@ class MotionTrainConfig:
     # motion modules add to each frame), saved beside the module as motion_words.safetensors; 0 = none, unless the
     # --init module has them (they are carried on)
     motion_words_heads: int = 0
+    # comma-separated single-token words whose input embeddings train with the motion words, each optionally starting
+    # from a word the text encoder knows ("up=top,down=bottom"): words it never learned, whose rows are still random
+    # and which its output barely tells apart. Saved in the motion-words file and used only for video prompts
+    # (huabu.video.motion_words.WordRows); carried on from an --init module that has them
+    motion_tokens: str = ""
+    motion_tokens_lr: float = 3e-4  # their learning rate (huabu-tiny's rows have norms of 0.2 to 0.4)

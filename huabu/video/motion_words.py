@@ -10,6 +10,11 @@ frame, along a path the caption chooses. The layers are added with PyTorch forwa
 modules, so diffusers' classes stay as they are and the MotionAdapter's weights keep their layout; they live in their
 own file beside the adapter (MOTION_WORDS_FILE).
 
+The layers can only read what the text encoder gives them. Words it never learned (huabu-tiny's CLIP saw no "up",
+"down", "growing" or "shrinking") keep their random initial embeddings, and its output barely tells them apart, so
+the same file can hold WordRows: trained input embeddings for those words, used only while video prompts are
+encoded.
+
 No library has this piece: diffusers' AnimateDiffTransformer3D can take text (`cross_attention_dim`), but no
 diffusers UNet passes text to it. The pooling attention is diffusers' `Attention`.
 """
@@ -77,6 +82,63 @@ class MotionWords(nn.Module):
         return F.grid_sample(hidden, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+class WordRows(nn.Module):
+    """Trained input embeddings for a few single-token words, used in place of the text encoder's own rows.
+
+    `attach` hooks them onto the encoder's token-embedding layer, and the handle takes them off again. The engine
+    attaches them only while it encodes a video prompt, because the still pipelines share that encoder. Training
+    leaves them attached, so the gradient reaches `rows`. CLIPTextModel takes token ids, not embeddings, which is
+    why a forward hook is used here.
+    """
+
+    def __init__(self, tokens: list[str], ids: list[int], rows: torch.Tensor) -> None:
+        super().__init__()
+        self.tokens = list(tokens)
+        self.register_buffer("ids", torch.tensor(ids, dtype=torch.int64))
+        self.rows = nn.Parameter(rows.detach().clone())
+
+    @classmethod
+    def for_words(cls, words: dict[str, str], tokenizer, text_encoder: nn.Module) -> "WordRows":
+        """Rows for the keys of `words`, each starting as the encoder's row for its value: itself (attached, the
+        rows then change nothing until trained) or a word the encoder knows, as textual inversion's initializer
+        token does ("up" from "top")."""
+        ids = [_single_token(tokenizer, word) for word in words]
+        starts = [_single_token(tokenizer, start) for start in words.values()]
+        table = text_encoder.get_input_embeddings().weight
+        return cls(tokenizer.convert_ids_to_tokens(ids), ids, table[starts].float())
+
+    @staticmethod
+    def parse(spec: str) -> dict[str, str]:
+        """{word: initializer} from "up=top,down=bottom,moving" (a word without "=" starts as itself)."""
+        pairs = [item.strip().partition("=") for item in spec.split(",") if item.strip()]
+        return {word.strip(): (start.strip() or word.strip()) for word, _, start in pairs}
+
+    def check_fits(self, tokenizer, text_encoder: nn.Module) -> None:
+        """Raise if the rows were trained for another text encoder: `tokenizer` gives their ids to other tokens, or
+        the encoder's embeddings have another width."""
+        if tokenizer.convert_ids_to_tokens(self.ids.tolist()) != self.tokens:
+            raise HuabuError(f"these motion words were trained for another tokenizer (tokens {', '.join(self.tokens)})")
+        width = text_encoder.get_input_embeddings().embedding_dim
+        if self.rows.shape[1] != width:
+            raise HuabuError(f"these motion words' rows are {self.rows.shape[1]} wide; this text encoder's are {width}")
+
+    def attach(self, text_encoder: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        def hook(_module, args, output):
+            ids = args[0]
+            for k in range(len(self.tokens)):
+                output = torch.where((ids == self.ids[k])[..., None], self.rows[k].to(output.dtype), output)
+            return output
+
+        return text_encoder.get_input_embeddings().register_forward_hook(hook)
+
+
+def _single_token(tokenizer, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise HuabuError(f"motion token {word!r} is {len(ids)} tokens for this tokenizer; give single-token words")
+    return ids[0]
+
+
 def motion_module_lists(unet: nn.Module) -> dict[str, nn.ModuleList]:
     """The motion modules of a UNetMotionModel, block by block ("down_0", "mid", "up_2"), as the same objects."""
     parts = {f"down_{i}": block.motion_modules for i, block in enumerate(unet.down_blocks)}
@@ -140,18 +202,25 @@ def attach_motion_words(unet: nn.Module, layers: nn.ModuleDict) -> list[torch.ut
     return handles
 
 
-def save_motion_words(layers: nn.ModuleDict, path: Path) -> Path:
-    """The layers as fp16 safetensors, their shape in the metadata; written atomically."""
+ROWS_PREFIX = "word_rows."  # the WordRows' tensors in a motion-words file; the layers' keys are module names
+
+
+def save_motion_words(layers: nn.ModuleDict, path: Path, rows: WordRows | None = None) -> Path:
+    """The layers (and word rows) as fp16 safetensors, their shape in the metadata; written atomically."""
     first = next(iter(layers.values()))
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in layers.state_dict().items()}
     metadata = {"huabu_kind": "motion_words", "heads": str(first.pool.heads)}
+    if rows is not None:
+        state[ROWS_PREFIX + "ids"] = rows.ids.contiguous()
+        state[ROWS_PREFIX + "rows"] = rows.rows.detach().to(torch.float16).contiguous()
+        metadata["tokens"] = json.dumps(rows.tokens)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
 
 
-def load_motion_words(path: Path, unet: nn.Module) -> nn.ModuleDict:
-    """Motion-word layers for `unet` from a file save_motion_words wrote (read as safetensors, by its bytes)."""
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a motion-words file (read as safetensors, by its bytes)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -160,6 +229,22 @@ def load_motion_words(path: Path, unet: nn.Module) -> nn.ModuleDict:
         raise HuabuError(f"{path} is not a safetensors motion-words file ({type(err).__name__})") from None
     if metadata.get("huabu_kind") != "motion_words":
         raise HuabuError(f"{path} is not a motion-words file (its metadata: {json.dumps(metadata)[:200]})")
+    return metadata, state
+
+
+def load_word_rows(path: Path) -> WordRows | None:
+    """The word rows of a motion-words file (fp32), or None when it has none."""
+    metadata, state = _read(path)
+    if ROWS_PREFIX + "rows" not in state:
+        return None
+    return WordRows(json.loads(metadata["tokens"]), state[ROWS_PREFIX + "ids"].tolist(),
+                    state[ROWS_PREFIX + "rows"].float())
+
+
+def load_motion_words(path: Path, unet: nn.Module) -> nn.ModuleDict:
+    """Motion-word layers for `unet` from a file save_motion_words wrote (its word rows: load_word_rows)."""
+    metadata, state = _read(path)
+    state = {k: v for k, v in state.items() if not k.startswith(ROWS_PREFIX)}
     layers = build_motion_words(unet, int(metadata["heads"]))
     try:
         layers.load_state_dict(state)

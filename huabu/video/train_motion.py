@@ -33,8 +33,8 @@ from huabu.tiny.train_vae import to_tensor
 from huabu.training.checkpoint import load_latest, save_checkpoint
 from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
 from huabu.video.configs import TEXT_LORA_FILE, MotionTrainConfig
-from huabu.video.motion_words import (MOTION_WORDS_FILE, attach_motion_words, build_motion_words, load_motion_words,
-                                      motion_module_lists, save_motion_words)
+from huabu.video.motion_words import (MOTION_WORDS_FILE, WordRows, attach_motion_words, build_motion_words,
+                                      load_motion_words, load_word_rows, motion_module_lists, save_motion_words)
 from huabu.video.scenes import MOTIONS, eval_moving_scenes, training_clip
 
 # (frames uint8 [F, H, W, 3], caption) for clip index i
@@ -219,11 +219,21 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
         attach_motion_words(unet, words)
         parts["words"] = words
         trained += list(words.parameters())
-    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.01)
+    groups, lr_scales = [{"params": list(trained)}], [1.0]
+    text_encoder.to(accelerator.device)
+    rows = word_rows_for(cfg, tok, text_encoder)
+    if rows is not None:
+        if words is None:
+            raise HuabuError("--motion-tokens trains with the motion words: set --motion-words-heads too")
+        rows.attach(text_encoder)  # the captions are encoded with the rows from here on, so they get gradients
+        parts["rows"] = rows
+        groups.append({"params": [rows.rows], "weight_decay": 0.0})
+        lr_scales.append(cfg.motion_tokens_lr / cfg.lr)
+        trained += [rows.rows]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     state = load_latest(out / "checkpoints", parts, {"opt": opt})
     start = state["step"] if state else 0
     unet, opt = accelerator.prepare(unet, opt)
-    text_encoder.to(accelerator.device)
     sched = noise_scheduler()
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     log = open(out / "log.jsonl", "a")
@@ -232,12 +242,13 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     t0, seen = time.time(), 0
     for step in bar:
         texts, x0, noise, t = clip_batch(cfg, latents, captions, step, sched.config.num_train_timesteps)
-        cond = encode_text(tok, text_encoder, texts)
+        with torch.set_grad_enabled(rows is not None):  # the frozen encoder needs no graph, unless rows learn
+            cond = encode_text(tok, text_encoder, texts)
         device = accelerator.device
         loss = motion_loss(unet, sched, x0.to(device), cond, noise.to(device), t.to(device), cfg.snr_gamma,
                            cfg.x0_floor)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+        for group, scale in zip(opt.param_groups, lr_scales):
+            group["lr"] = lr_at(step, cfg) * scale
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trained, 1.0)
@@ -258,7 +269,7 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     if cfg.text_lora_rank > 0:
         save_text_lora(unet, cfg.text_lora_rank, cfg.base, out / "final" / TEXT_LORA_FILE)
     if words is not None:
-        save_motion_words(words, out / "final" / MOTION_WORDS_FILE)
+        save_motion_words(words, out / "final" / MOTION_WORDS_FILE, rows)
     return out / "final"
 
 
@@ -269,6 +280,19 @@ def motion_words_for(cfg: MotionTrainConfig, unet: UNetMotionModel) -> torch.nn.
     if beside_init is not None and beside_init.is_file():
         return load_motion_words(beside_init, unet).float()
     return build_motion_words(unet, cfg.motion_words_heads) if cfg.motion_words_heads > 0 else None
+
+
+def word_rows_for(cfg: MotionTrainConfig, tok: CLIPTokenizer, text_encoder: CLIPTextModel) -> WordRows | None:
+    """The word rows to train: those in the --init module's motion-words file when it has them, else fresh ones for
+    --motion-tokens, else none."""
+    beside_init = Path(cfg.init) / MOTION_WORDS_FILE if cfg.init else None
+    if beside_init is not None and beside_init.is_file():
+        rows = load_word_rows(beside_init)
+        if rows is not None:
+            rows.check_fits(tok, text_encoder)
+            return rows.to(text_encoder.device)
+    words = WordRows.parse(cfg.motion_tokens)
+    return WordRows.for_words(words, tok, text_encoder).to(text_encoder.device) if words else None
 
 
 @torch.no_grad()
