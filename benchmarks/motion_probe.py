@@ -30,7 +30,7 @@ def load(motion: Path):
     from diffusers import MotionAdapter, UNetMotionModel
 
     from huabu.video.configs import BUILTIN_DIR, TEXT_LORA_FILE
-    from huabu.video.motion_words import MOTION_WORDS_FILE, attach_motion_words, load_motion_words
+    from huabu.video.motion_words import MOTION_WORDS_FILE, attach_motion_words, load_motion_words, load_word_rows
     from huabu.video.train_motion import load_base
 
     unet2d, vae, text_encoder, tokenizer = load_base(BUILTIN_DIR)
@@ -39,6 +39,10 @@ def load(motion: Path):
         unet.load_lora_adapter(str(motion / TEXT_LORA_FILE), prefix="unet", adapter_name="motion_text")
     if (motion / MOTION_WORDS_FILE).is_file():
         attach_motion_words(unet, load_motion_words(motion / MOTION_WORDS_FILE, unet))
+        rows = load_word_rows(motion / MOTION_WORDS_FILE)
+        if rows is not None:  # this text encoder encodes only video prompts here: the rows stay on
+            rows.check_fits(tokenizer, text_encoder)
+            rows.attach(text_encoder)
     return unet, vae, text_encoder, tokenizer
 
 

@@ -293,14 +293,21 @@ class _Job:
     progress: Callable[[Progress], None] | None
     interrupt: Callable[[], bool] | None
     conditioning: Any = None  # ScheduledConditioning (batch 1), made by ready()
+    word_rows: Any = None  # huabu.video.motion_words.WordRows of the motion module, used while encoding the prompts
 
     def ready(self, pipe) -> None:
         """Set the pipeline up for this job: LoRAs first, since they change the text encoder that then encodes the
-        prompt schedule, and the scheduler."""
+        prompt schedule, and the scheduler. The motion module's word rows replace the encoder's own only for that
+        encoding: the still pipelines share the encoder."""
         apply_loras(pipe, self.loras, self.model.lora_targets)
         pipe.scheduler = self.scheduler
-        self.conditioning = _conditioning(self.model, self.request.clip_skip, self.text, self.negative,
-                                          self.request.steps * self.scheduler.order)
+        handle = self.word_rows.attach(self.model.pipeline.text_encoder) if self.word_rows is not None else None
+        try:
+            self.conditioning = _conditioning(self.model, self.request.clip_skip, self.text, self.negative,
+                                              self.request.steps * self.scheduler.order)
+        finally:
+            if handle is not None:
+                handle.remove()
 
 
 def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[Progress], None] | None = None,
@@ -395,6 +402,7 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
     words = motion_words_file(motion)
     if words is not None:
         extra["Motion words"] = checkpoints.short_hash(engine.models.hashes.sha256(words))
+        job.word_rows = _word_rows(words, model)
     call: dict[str, Any] = {"height": request.height, "width": request.width}
     if request.sparse_control and job.control_units:
         raise InvalidRequest("use SparseCtrl or ControlNet units for a video, not both")
@@ -462,6 +470,17 @@ def motion_words_file(ref: MotionModuleRef) -> Path | None:
     from huabu.video.motion_words import MOTION_WORDS_FILE
 
     return _beside_module(ref, MOTION_WORDS_FILE)
+
+
+def _word_rows(path: Path, model: LoadedModel):
+    """The word rows in a motion-words file, checked against the model's tokenizer, or None."""
+    from huabu.video.motion_words import load_word_rows
+
+    rows = load_word_rows(path)
+    if rows is None:
+        return None
+    rows.check_fits(model.pipeline.tokenizer, model.pipeline.text_encoder)
+    return rows.to(model.pipeline.text_encoder.device)
 
 
 def _disk_stamp(motion: MotionModuleRef) -> str:
