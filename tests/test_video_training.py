@@ -236,13 +236,13 @@ def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base,
         assert f.metadata()["tokens"] == '["moving</w>"]' and f.get_tensor("word_rows.rows").shape == (1, 32)
 
     # The engine hooks the words in whenever it runs the module, and names them in the infotext.
+    still = GenerateRequest.create(prompt="a rocket moving up", model="tiny-sd", width=32, height=32, steps=2, seed=1)
+    image = np.asarray(Engine(settings, engine.models).generate(still).images[0])  # before any video
     runs = _videos_with_and_without(straight, train_motion.MOTION_WORDS_FILE, tmp_path, settings, engine)
     assert "Motion words: " in runs["final"].infotext and "Motion words" not in runs["bare"].infotext
 
     # The word rows encode the video prompt, and only it: the same words file without them makes another video,
     # and the text encoder the still pipelines share is left without them.
-    still = GenerateRequest.create(prompt="a rocket moving up", model="tiny-sd", width=32, height=32, steps=2, seed=1)
-    image = np.asarray(Engine(settings, engine.models).generate(still).images[0])
     rowless = tmp_path / "rowless"
     shutil.copytree(straight, rowless)
     with safe_open(str(straight / train_motion.MOTION_WORDS_FILE), framework="pt") as f:
