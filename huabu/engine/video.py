@@ -45,6 +45,7 @@ from huabu.settings import Settings
 
 if TYPE_CHECKING:
     from huabu.engine.generate import Engine
+    from huabu.video.motion_words import WordRows
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class _Job:
     progress: Callable[[Progress], None] | None
     interrupt: Callable[[], bool] | None
     conditioning: Any = None  # ScheduledConditioning (batch 1), made by ready()
-    word_rows: Any = None  # huabu.video.motion_words.WordRows of the motion module, used while encoding the prompts
+    word_rows: "WordRows | None" = None  # the motion module's, used while the prompts are encoded
 
     def ready(self, pipe) -> None:
         """Set the pipeline up for this job: LoRAs first, since they change the text encoder that then encodes the
@@ -472,7 +473,7 @@ def motion_words_file(ref: MotionModuleRef) -> Path | None:
     return _beside_module(ref, MOTION_WORDS_FILE)
 
 
-def _word_rows(path: Path, model: LoadedModel):
+def _word_rows(path: Path, model: LoadedModel) -> "WordRows | None":
     """The word rows in a motion-words file, checked against the model's tokenizer, or None."""
     from huabu.video.motion_words import load_word_rows
 

@@ -237,6 +237,8 @@ def load_word_rows(path: Path) -> WordRows | None:
     metadata, state = _read(path)
     if ROWS_PREFIX + "rows" not in state:
         return None
+    if "tokens" not in metadata or ROWS_PREFIX + "ids" not in state:
+        raise HuabuError(f"{path} has word rows without their tokens and ids")
     return WordRows(json.loads(metadata["tokens"]), state[ROWS_PREFIX + "ids"].tolist(),
                     state[ROWS_PREFIX + "rows"].float())
 
