@@ -39,9 +39,8 @@ def load(motion: Path):
         unet.load_lora_adapter(str(motion / TEXT_LORA_FILE), prefix="unet", adapter_name="motion_text")
     if (motion / MOTION_WORDS_FILE).is_file():
         attach_motion_words(unet, load_motion_words(motion / MOTION_WORDS_FILE, unet))
-        rows = load_word_rows(motion / MOTION_WORDS_FILE)
+        rows = load_word_rows(motion / MOTION_WORDS_FILE, tokenizer, text_encoder)
         if rows is not None:  # this text encoder encodes only video prompts here: the rows stay on
-            rows.check_fits(tokenizer, text_encoder)
             rows.attach(text_encoder)
     return unet, vae, text_encoder, tokenizer
 

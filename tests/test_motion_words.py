@@ -167,16 +167,17 @@ def test_word_rows_replace_only_their_words_only_while_attached_and_round_trip(u
         assert f.metadata()["tokens"] == '["up</w>"]'
         assert f.get_tensor("word_rows.ids").tolist() == [705]
         assert f.get_tensor("word_rows.rows").dtype == torch.float16
-    loaded = load_word_rows(path)
+    loaded = load_word_rows(path, pipe.tokenizer, pipe.text_encoder)
     assert loaded.tokens == ["up</w>"] and torch.equal(loaded.rows, rows.rows.detach().half().float())
     assert set(load_motion_words(path, unet).state_dict()) == set(layers.state_dict())  # the rows are not layers
-    assert load_word_rows(save_motion_words(layers, tmp_path / "no_rows.safetensors")) is None
+    assert load_word_rows(save_motion_words(layers, tmp_path / "no_rows.safetensors"), pipe.tokenizer,
+                          pipe.text_encoder) is None
     with safe_open(str(path), framework="pt") as f:
         state, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     metadata.pop("tokens")
     save_file(state, str(tmp_path / "no_tokens.safetensors"), metadata=metadata)
     with pytest.raises(HuabuError, match="has word rows without their tokens and ids"):
-        load_word_rows(tmp_path / "no_tokens.safetensors")
+        load_word_rows(tmp_path / "no_tokens.safetensors", pipe.tokenizer, pipe.text_encoder)
 
     with pytest.raises(HuabuError, match="trained for another tokenizer"):
         WordRows(["upward</w>"], [705], rows.rows).check_fits(pipe.tokenizer, pipe.text_encoder)

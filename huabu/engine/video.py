@@ -403,7 +403,9 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
     words = motion_words_file(motion)
     if words is not None:
         extra["Motion words"] = checkpoints.short_hash(engine.models.hashes.sha256(words))
-        job.word_rows = _word_rows(words, model)
+        from huabu.video.motion_words import load_word_rows
+
+        job.word_rows = load_word_rows(words, model.pipeline.tokenizer, model.pipeline.text_encoder)
     call: dict[str, Any] = {"height": request.height, "width": request.width}
     if request.sparse_control and job.control_units:
         raise InvalidRequest("use SparseCtrl or ControlNet units for a video, not both")
@@ -471,17 +473,6 @@ def motion_words_file(ref: MotionModuleRef) -> Path | None:
     from huabu.video.motion_words import MOTION_WORDS_FILE
 
     return _beside_module(ref, MOTION_WORDS_FILE)
-
-
-def _word_rows(path: Path, model: LoadedModel) -> "WordRows | None":
-    """The word rows in a motion-words file, checked against the model's tokenizer, or None."""
-    from huabu.video.motion_words import load_word_rows
-
-    rows = load_word_rows(path)
-    if rows is None:
-        return None
-    rows.check_fits(model.pipeline.tokenizer, model.pipeline.text_encoder)
-    return rows.to(model.pipeline.text_encoder.device)
 
 
 def _disk_stamp(motion: MotionModuleRef) -> str:

@@ -219,12 +219,13 @@ def save_motion_words(layers: nn.ModuleDict, path: Path, rows: WordRows | None =
     return path
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a motion-words file (read as safetensors, by its bytes)."""
+def _read(path: Path, rows: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a motion-words file (read as safetensors, by its bytes): the word rows' tensors when
+    `rows`, else the layers'."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys() if k.startswith(ROWS_PREFIX) == rows}
     except Exception as err:  # safetensors raises its own error types for a file that is not safetensors
         raise HuabuError(f"{path} is not a safetensors motion-words file ({type(err).__name__})") from None
     if metadata.get("huabu_kind") != "motion_words":
@@ -232,21 +233,23 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return metadata, state
 
 
-def load_word_rows(path: Path) -> WordRows | None:
-    """The word rows of a motion-words file (fp32), or None when it has none."""
-    metadata, state = _read(path)
+def load_word_rows(path: Path, tokenizer, text_encoder: nn.Module) -> WordRows | None:
+    """The word rows of a motion-words file (fp32, on the encoder's device), or None when it has none; raises if
+    they were trained for another text encoder (WordRows.check_fits)."""
+    metadata, state = _read(path, rows=True)
     if ROWS_PREFIX + "rows" not in state:
         return None
     if "tokens" not in metadata or ROWS_PREFIX + "ids" not in state:
         raise HuabuError(f"{path} has word rows without their tokens and ids")
-    return WordRows(json.loads(metadata["tokens"]), state[ROWS_PREFIX + "ids"].tolist(),
+    rows = WordRows(json.loads(metadata["tokens"]), state[ROWS_PREFIX + "ids"].tolist(),
                     state[ROWS_PREFIX + "rows"].float())
+    rows.check_fits(tokenizer, text_encoder)
+    return rows.to(text_encoder.device)
 
 
 def load_motion_words(path: Path, unet: nn.Module) -> nn.ModuleDict:
     """Motion-word layers for `unet` from a file save_motion_words wrote (its word rows: load_word_rows)."""
-    metadata, state = _read(path)
-    state = {k: v for k, v in state.items() if not k.startswith(ROWS_PREFIX)}
+    metadata, state = _read(path, rows=False)
     layers = build_motion_words(unet, int(metadata["heads"]))
     try:
         layers.load_state_dict(state)

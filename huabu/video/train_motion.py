@@ -276,8 +276,8 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
 def motion_words_for(cfg: MotionTrainConfig, unet: UNetMotionModel) -> torch.nn.ModuleDict | None:
     """The motion-word layers to train: those beside the --init module when it has them (the module was trained
     with them), else fresh ones when --motion-words-heads asks for them, else none."""
-    beside_init = Path(cfg.init) / MOTION_WORDS_FILE if cfg.init else None
-    if beside_init is not None and beside_init.is_file():
+    beside_init = _words_beside_init(cfg)
+    if beside_init is not None:
         return load_motion_words(beside_init, unet).float()
     return build_motion_words(unet, cfg.motion_words_heads) if cfg.motion_words_heads > 0 else None
 
@@ -285,14 +285,18 @@ def motion_words_for(cfg: MotionTrainConfig, unet: UNetMotionModel) -> torch.nn.
 def word_rows_for(cfg: MotionTrainConfig, tok: CLIPTokenizer, text_encoder: CLIPTextModel) -> WordRows | None:
     """The word rows to train: those in the --init module's motion-words file when it has them, else fresh ones for
     --motion-tokens, else none."""
-    beside_init = Path(cfg.init) / MOTION_WORDS_FILE if cfg.init else None
-    if beside_init is not None and beside_init.is_file():
-        rows = load_word_rows(beside_init)
-        if rows is not None:
-            rows.check_fits(tok, text_encoder)
-            return rows.to(text_encoder.device)
+    beside_init = _words_beside_init(cfg)
+    rows = load_word_rows(beside_init, tok, text_encoder) if beside_init is not None else None
+    if rows is not None:
+        return rows
     words = WordRows.parse(cfg.motion_tokens)
     return WordRows.for_words(words, tok, text_encoder).to(text_encoder.device) if words else None
+
+
+def _words_beside_init(cfg: MotionTrainConfig) -> Path | None:
+    """The motion-words file of the --init module, if it has one."""
+    path = Path(cfg.init) / MOTION_WORDS_FILE if cfg.init else None
+    return path if path is not None and path.is_file() else None
 
 
 @torch.no_grad()
