@@ -32,7 +32,7 @@ def report(label: str, concurrency: int, latencies: list[float], wall: float) ->
 
 
 def direct(engine, payload: dict, count: int) -> None:
-    from huabu.requests import GenerateRequest
+    from huabu.core.requests import GenerateRequest
 
     latencies = []
     start = time.perf_counter()
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from huabu.cli import quiet_libraries
+    from huabu.cli.main import quiet_libraries
 
     quiet_libraries()
     import torch
@@ -102,7 +102,7 @@ def main() -> None:
     from huabu.engine.generate import Engine
     from huabu.engine.models import builtin_has_weights
     from huabu.server import ServerConfig, create_app
-    from huabu.settings import BUILTIN_MODEL, Settings
+    from huabu.core.settings import BUILTIN_MODEL, Settings
 
     home = Path(tempfile.mkdtemp(prefix="huabu-api-bench-"))
     model = args.model
@@ -115,7 +115,7 @@ def main() -> None:
     engine = Engine(settings)
     payload = {"prompt": "a red apple on a blue background", "steps": args.steps, "width": args.size,
                "height": args.size, "sampler": "Euler", "model": model}
-    from huabu.requests import GenerateRequest
+    from huabu.core.requests import GenerateRequest
 
     engine.generate(GenerateRequest.create(**payload))  # load and warm up
     print(f"model {model or BUILTIN_MODEL}, {args.size}x{args.size}, {args.steps} steps, torch threads "

@@ -55,16 +55,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
 
-    from huabu.cli import quiet_libraries
+    from huabu.cli.main import quiet_libraries
 
     quiet_libraries()
     import torch
 
-    from huabu.engine import samplers
+    from huabu.core import samplers
+    from huabu.engine.samplers import build_scheduler
     from huabu.engine.generate import Engine
     from huabu.engine.models import builtin_has_weights
-    from huabu.requests import GenerateRequest
-    from huabu.settings import Settings
+    from huabu.core.requests import GenerateRequest
+    from huabu.core.settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,7 +79,7 @@ def main() -> None:
     loaded = engine.models.load(model)
     pipe = loaded.pipeline  # the bare call runs on the very same modules
     sampler, schedule = samplers.canonical_names(args.sampler)
-    pipe.scheduler = samplers.build_scheduler(sampler, schedule, loaded.scheduler_config)
+    pipe.scheduler = build_scheduler(sampler, schedule, loaded.scheduler_config)
 
     def bare() -> None:
         generators = [torch.Generator("cpu").manual_seed(1234 + i) for i in range(args.batch)]

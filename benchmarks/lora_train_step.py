@@ -115,14 +115,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
 
-    from huabu.cli import quiet_libraries
+    from huabu.cli.main import quiet_libraries
 
     quiet_libraries()
     import torch
 
-    from huabu.lora.requests import TrainLoraRequest
-    from huabu.lora.train import setup, train_step
-    from huabu.settings import Settings
+    from huabu.core.lora_request import TrainLoraRequest
+    from huabu.training.lora import setup, train_step
+    from huabu.core.settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)

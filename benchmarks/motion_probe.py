@@ -29,9 +29,9 @@ FRAMES = 8
 def load(motion: Path):
     from diffusers import MotionAdapter, UNetMotionModel
 
-    from huabu.video.configs import BUILTIN_DIR, TEXT_LORA_FILE
-    from huabu.video.motion_words import MOTION_WORDS_FILE, attach_motion_words, load_motion_words, load_word_rows
-    from huabu.video.train_motion import load_base
+    from huabu.training.motion_config import BUILTIN_DIR, TEXT_LORA_FILE
+    from huabu.engine.motion_words import MOTION_WORDS_FILE, attach_motion_words, load_motion_words, load_word_rows
+    from huabu.training.motion import load_base
 
     unet2d, vae, text_encoder, tokenizer = load_base(BUILTIN_DIR)
     unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(motion).float()).eval()
@@ -75,7 +75,7 @@ def mass_rates(clips: np.ndarray, background: str) -> tuple[float, float, float]
 
 @torch.no_grad()
 def first_step(unet, vae, encode, sched, seeds: int) -> dict[str, dict[str, tuple[float, float, float]]]:
-    from huabu.video import scenes as V
+    from huabu.tiny import video_scenes as V
 
     ab = sched.alphas_cumprod[999]
     out = {}
@@ -96,8 +96,8 @@ def leak(unet, vae, encode, sched, clips: int) -> dict[str, float]:
     from diffusers import DDIMScheduler
 
     from huabu.tiny.train_vae import to_tensor
-    from huabu.video import scenes as V
-    from huabu.video.measure import motion_direction
+    from huabu.tiny import video_scenes as V
+    from huabu.tiny.video_measure import motion_direction
 
     scenes = V.eval_moving_scenes(clips, frames=FRAMES)
     pixels = to_tensor(np.concatenate([V.render_moving(s) for s in scenes]))
@@ -119,7 +119,7 @@ def leak(unet, vae, encode, sched, clips: int) -> dict[str, float]:
 
 def main() -> None:
     from huabu.tiny.train_unet import encode_text, noise_scheduler
-    from huabu.video.configs import BUILTIN_DIR
+    from huabu.training.motion_config import BUILTIN_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--motion", type=Path, default=BUILTIN_DIR / "motion_adapter")

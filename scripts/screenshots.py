@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from huabu.cli import quiet_libraries
+    from huabu.cli.main import quiet_libraries
     from huabu.engine.models import builtin_has_weights
-    from huabu.settings import BUILTIN_MODEL, Settings
+    from huabu.core.settings import BUILTIN_MODEL, Settings
     from huabu.ui.app import Studio
 
     quiet_libraries()

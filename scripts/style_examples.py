@@ -1,4 +1,4 @@
-"""Render the prompt book's style example images with huabu-tiny (huabu/prompts/book/examples/NAME.png).
+"""Render the prompt book's style example images with huabu-tiny (huabu/engine/prompts/book/examples/NAME.png).
 
     .venv/bin/python scripts/style_examples.py [--model huabu-tiny] [--only NAME ...]
 
@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 from huabu.engine.generate import Engine
-from huabu.gallery.pnginfo import save_png_atomic
-from huabu.prompts.book import load_book
-from huabu.requests import GenerateRequest
-from huabu.settings import Settings
+from huabu.core.pnginfo import save_png_atomic
+from huabu.engine.prompts.book import load_book
+from huabu.core.requests import GenerateRequest
+from huabu.core.settings import Settings
 from huabu.tiny import scenes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "huabu" / "prompts" / "book" / "examples"

@@ -103,7 +103,7 @@ def model_store(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def settings(model_store, tmp_path_factory):
-    from huabu.settings import Settings
+    from huabu.core.settings import Settings
 
     home = model_store["home"]
     return Settings.for_home(home, outputs_dir=tmp_path_factory.mktemp("outputs"), model_cache_size=4,
@@ -150,7 +150,7 @@ def controlnet_store(model_store) -> dict[str, Path]:
     SDXL-shaped model) and "f8" (a folder whose control embedding shrinks 8x, which fits no tiny model)."""
     from diffusers import UNet2DConditionModel
 
-    from huabu.control.convert import export_controlnet
+    from huabu.engine.control.convert import export_controlnet
 
     home = model_store["home"]
     unet = UNet2DConditionModel.from_pretrained(model_store["folder"] / "unet")

@@ -20,7 +20,7 @@ LOCAL = "http://127.0.0.1"
 
 def api_settings(model_store, home: Path, **overrides):
     """Settings whose home (jobs.sqlite, outputs, gallery) is `home` and whose models are the session's."""
-    from huabu.settings import Settings
+    from huabu.core.settings import Settings
 
     fields = dict(models_dir=model_store["home"] / "models", default_model="tiny-sd", device="cpu", dtype="fp32",
                   hub_offline=True)

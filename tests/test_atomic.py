@@ -1,4 +1,4 @@
-"""huabu.atomic, which every writer of outputs uses: the target only ever holds a whole file, a failure leaves the
+"""huabu.core.atomic, which every writer of outputs uses: the target only ever holds a whole file, a failure leaves the
 old one and no temporary file, and new files get the umask's permissions."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from huabu.atomic import atomic_dir, atomic_file, atomic_path
+from huabu.core.atomic import atomic_dir, atomic_file, atomic_path
 
 
 def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):

@@ -21,7 +21,7 @@ def test_folder_is_small_and_loads_with_plain_diffusers():
 
 
 def test_builtin_model_follows_the_prompt(engine):
-    from huabu.requests import GenerateRequest
+    from huabu.core.requests import GenerateRequest
     from huabu.tiny.measure import background_colour
 
     result = engine.generate(GenerateRequest.create(prompt="a red apple on a blue background", seed=0, steps=20,
@@ -32,7 +32,7 @@ def test_builtin_model_follows_the_prompt(engine):
 
 def test_single_file_export_gives_the_same_image(engine, tmp_path: Path):
     from huabu.engine.convert import export_single_file
-    from huabu.requests import GenerateRequest
+    from huabu.core.requests import GenerateRequest
 
     single = export_single_file(BUILTIN_DIR, tmp_path / "huabu-tiny.safetensors", config_name="huabu-tiny")
     images = []

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from huabu.engine import checkpoints
-from huabu.errors import ModelNotFound, UnsafeCheckpoint
+from huabu.core.errors import ModelNotFound, UnsafeCheckpoint
 
 
 class Payload:
@@ -129,7 +129,7 @@ def test_damaged_safetensors_files_are_one_line_errors_naming_the_file(settings,
     import shutil
 
     from huabu.engine.models import ModelManager
-    from huabu.errors import HuabuError
+    from huabu.core.errors import HuabuError
 
     data = model_store["single"].read_bytes()
     header = 8 + struct.unpack("<Q", data[:8])[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from huabu.cli import main
+from huabu.cli.main import main
 
 FAST = ["--steps", "3", "--size", "32x32", "--model", "tiny-sd"]
 
@@ -21,7 +21,7 @@ def run(capsys, *argv):
 
 
 def test_help_imports_no_heavy_libraries():
-    probe = ("import sys; from huabu.cli import build_parser; build_parser().format_help(); "
+    probe = ("import sys; from huabu.cli.main import build_parser; build_parser().format_help(); "
              "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -52,7 +52,7 @@ def test_generate_writes_pngs_with_parameters(generated, capsys):
 
 
 def test_reproduce_matches_and_detects_changes(generated, capsys, tmp_path):
-    from huabu.gallery import read_parameters, save_png_atomic
+    from huabu.core.pnginfo import read_parameters, save_png_atomic
 
     code, out, err = run(capsys, "generate", "a lone apple", "--seed", "7", "-o", tmp_path, *FAST)
     single = tmp_path / "00000-7.png"
@@ -209,7 +209,7 @@ def test_samplers_and_models_listings(huabu_env, capsys):
 def test_progress_bar_per_pipeline_call(monkeypatch):
     import io
 
-    from huabu.cli import progress_bars
+    from huabu.cli.main import progress_bars
     from huabu.engine.generate import Progress
 
     class Terminal(io.StringIO):
@@ -230,7 +230,7 @@ def test_progress_bar_per_pipeline_call(monkeypatch):
 @pytest.mark.parametrize("bad", ["Steps: abc", "Seed: x", "CFG scale: much", "Size: 32xbig", "Clip skip: two",
                                  "Denoising strength: lots", "Mask blur: soft"])
 def test_reproduce_with_a_non_numeric_parameter_is_one_line(huabu_env, capsys, tmp_path, bad):
-    from huabu.gallery import save_png_atomic
+    from huabu.core.pnginfo import save_png_atomic
 
     good = {"Steps": "3", "Sampler": "Euler", "CFG scale": "7", "Seed": "1", "Size": "32x32", "Model": "tiny-sd"}
     key, value = bad.split(": ")

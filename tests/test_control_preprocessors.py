@@ -11,12 +11,11 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
-from huabu.control import PREPROCESSORS, PoseCanvas, preprocess
-from huabu.control.pose import PAF_CHANNELS, BodyPoseNetwork, decode_poses, detect_poses, load_body_pose
-from huabu.control.skeleton import (COLORS, LIMB_BRIGHTNESS, LIMBS, NUM_KEYPOINTS, STICK_WIDTH, draw_poses,
-                                    json_to_keypoints, keypoints_to_json)
-from huabu.control.softedge import CAFFE_MEAN_RGB, HEDNetwork
-from huabu.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.engine.control import PREPROCESSORS, PoseCanvas, preprocess
+from huabu.engine.control.pose import PAF_CHANNELS, BodyPoseNetwork, decode_poses, detect_poses, load_body_pose
+from huabu.engine.control.skeleton import COLORS, LIMB_BRIGHTNESS, LIMBS, NUM_KEYPOINTS, STICK_WIDTH, draw_poses, json_to_keypoints, keypoints_to_json
+from huabu.engine.control.softedge import CAFFE_MEAN_RGB, HEDNetwork
+from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -386,7 +385,7 @@ def test_depth_model_folders_with_pickle_weights_load_only_when_allowed(tiny_dpt
 
     from safetensors.torch import load_file
 
-    from huabu.errors import UnsafeCheckpoint
+    from huabu.core.errors import UnsafeCheckpoint
 
     folder = tmp_path / "pickled-dpt"
     shutil.copytree(tiny_dpt, folder)
@@ -452,7 +451,7 @@ def test_registry_names_and_bad_input_errors():
 # --- CLI -------------------------------------------------------------------------------------------------------
 
 def cli(*argv: str) -> int:
-    from huabu.control.cli import register
+    from huabu.cli.control import register
 
     parser = argparse.ArgumentParser(prog="huabu")
     register(parser.add_subparsers(dest="command"))

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image, ImageDraw
 
-from huabu.cli import main
+from huabu.cli.main import main
 
 FAST = ["--steps", "2", "--size", "32x32", "--model", "tiny-sd", "--seed", "5"]
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from huabu.errors import BadImage, InvalidRequest, ModelNotFound
-from huabu.requests import GenerateRequest
+from huabu.core.errors import BadImage, InvalidRequest, ModelNotFound
+from huabu.core.requests import GenerateRequest
 
 A1111_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
@@ -104,7 +104,7 @@ def test_controlnet_pipelines_share_the_base_model_and_cache_controlnets(engine,
 
 
 def test_single_file_controlnet_equals_its_folder(engine, model_store, controlnet_store, reference, tmp_path):
-    from huabu.control.convert import export_controlnet
+    from huabu.engine.control.convert import export_controlnet
 
     single = export_controlnet(controlnet_store["canny"], tmp_path / "canny-single.safetensors")
     keys = set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(str(single)))
@@ -136,10 +136,10 @@ def test_folder_listing_skips_annotators_and_asks_when_a_default_is_ambiguous(co
 
     import torch
 
-    from huabu.errors import UnsafeCheckpoint
+    from huabu.core.errors import UnsafeCheckpoint
 
     from huabu.engine.controlnets import ControlNetManager
-    from huabu.settings import Settings
+    from huabu.core.settings import Settings
 
     settings = Settings.for_home(tmp_path)
     root = settings.controlnet_dir
@@ -167,7 +167,7 @@ def test_bare_names_come_from_huabu_folders_not_the_working_directory(controlnet
 
     from huabu.engine.controlnets import ControlNetManager
     from huabu.engine.video import resolve_motion_module
-    from huabu.settings import Settings
+    from huabu.core.settings import Settings
 
     settings = Settings.for_home(tmp_path / "home")
     root, cwd = settings.controlnet_dir, tmp_path / "cwd"
@@ -191,7 +191,7 @@ def test_bare_names_come_from_huabu_folders_not_the_working_directory(controlnet
 def test_infotext_field_reads_back_with_the_a1111_regex(engine, model_store, controlnet_store, reference):
     import json
 
-    from huabu.control.infotext import parse_unit
+    from huabu.core.control_infotext import parse_unit
     from huabu.engine.controlnets import legacy_hash
 
     units = [unit(controlnet_store, reference, weight=0.8, guidance_end=0.9, threshold_a=80),
@@ -214,7 +214,7 @@ def test_infotext_field_reads_back_with_the_a1111_regex(engine, model_store, con
 
 
 def test_resize_modes_fit_the_output_size():
-    from huabu.control.resize import pixel_perfect_resolution, resize_control_map
+    from huabu.engine.control.resize import pixel_perfect_resolution, resize_control_map
 
     wide = Image.new("RGB", (80, 40), (0, 0, 0))
     ImageDraw.Draw(wide).rectangle((0, 0, 19, 39), fill=(255, 0, 0))  # red left quarter
@@ -233,7 +233,7 @@ def test_resize_modes_fit_the_output_size():
 
 
 def test_binary_maps_stay_binary_when_resized():
-    from huabu.control.resize import resize_control_map
+    from huabu.engine.control.resize import resize_control_map
 
     edges = np.zeros((128, 128, 3), dtype=np.uint8)
     edges[64, :] = 255  # a one-pixel line
@@ -242,7 +242,7 @@ def test_binary_maps_stay_binary_when_resized():
 
 
 def test_two_colour_maps_that_are_not_grey_keep_their_colours():
-    from huabu.control.resize import resize_control_map
+    from huabu.engine.control.resize import resize_control_map
 
     red = np.zeros((64, 64, 3), dtype=np.uint8)
     red[16:48, 16:48] = (255, 0, 0)  # black and pure red: two colours, not an edge map
@@ -339,8 +339,8 @@ def test_bad_units_give_one_line_errors(engine, model_store, controlnet_store, r
 def test_pickle_controlnets_are_refused_unless_allowed(engine, model_store, controlnet_store, reference, tmp_path):
     import torch
 
-    from huabu.control.convert import controlnet_to_ldm
-    from huabu.errors import UnsafeCheckpoint
+    from huabu.engine.control.convert import controlnet_to_ldm
+    from huabu.core.errors import UnsafeCheckpoint
     from diffusers import ControlNetModel
 
     net = ControlNetModel.from_pretrained(controlnet_store["canny"])
@@ -353,7 +353,7 @@ def test_pickle_controlnets_are_refused_unless_allowed(engine, model_store, cont
 def test_loras_apply_under_control_and_do_not_leak(engine, model_store, controlnet_store, reference, settings):
     import torch
 
-    from huabu.lora import formats
+    from huabu.engine import lora_formats as formats
 
     pipe = engine.models.load(str(model_store["folder"])).pipeline
     generator, state = torch.Generator().manual_seed(3), {}

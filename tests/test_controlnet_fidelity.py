@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from huabu.control.fidelity import colour_map_error, edge_f1, output_edge_f1
-from huabu.errors import InvalidRequest
+from huabu.engine.control.fidelity import colour_map_error, edge_f1, output_edge_f1
+from huabu.core.errors import InvalidRequest
 
 
 def square_edges(offset: int = 0, size: int = 64) -> np.ndarray:
@@ -38,7 +38,7 @@ def test_edge_f1_counts_missing_and_extra_edges():
 
 
 def test_output_edge_f1_takes_the_outputs_canny_edges():
-    from huabu.control.canny import canny
+    from huabu.engine.control.canny import canny
 
     picture = Image.new("RGB", (64, 64), (20, 40, 160))
     ImageDraw.Draw(picture).rectangle((12, 12, 44, 40), fill=(240, 220, 30))
@@ -48,7 +48,7 @@ def test_output_edge_f1_takes_the_outputs_canny_edges():
 
 
 def test_colour_map_error_is_zero_for_the_same_grid_and_grows_with_the_difference():
-    from huabu.control.color import color
+    from huabu.engine.control.color import color
 
     picture = Image.new("RGB", (64, 64), (200, 30, 30))
     ImageDraw.Draw(picture).rectangle((0, 0, 31, 63), fill=(30, 30, 200))

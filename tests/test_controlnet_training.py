@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from huabu.control import train
-from huabu.control.train_config import ControlNetTrainConfig
-from huabu.errors import InvalidRequest
+from huabu.training import controlnet as train
+from huabu.training.controlnet_config import ControlNetTrainConfig
+from huabu.core.errors import InvalidRequest
 from training_support import Killed, kill_after, newest_weights
 
 
@@ -101,7 +101,7 @@ def test_bad_configs_give_one_line_errors(model_store, scenes, settings, tmp_pat
 
 
 def test_cli_stage_trains_and_refuses_to_mix_runs(model_store, scenes, huabu_env, tmp_path, capsys):
-    from huabu.cli import main
+    from huabu.cli.main import main
 
     out = tmp_path / "cli-run"
     argv = ["train", "controlnet", "--type", "color", "--base", str(model_store["folder"]), "--data", str(scenes),

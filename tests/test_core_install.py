@@ -18,7 +18,7 @@ def test_cli_builds_and_generate_parses_without_the_optional_extras():
                     raise ModuleNotFoundError(f"No module named {{name!r}}")
 
         sys.meta_path.insert(0, Block())
-        from huabu.cli import build_parser
+        from huabu.cli.main import build_parser
         import huabu.server
 
         args = build_parser().parse_args(["generate", "a red apple", "--seed", "3"])

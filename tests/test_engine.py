@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from huabu.errors import BadImage, InvalidRequest, ModelNotFound
-from huabu.requests import GenerateRequest
+from huabu.core.errors import BadImage, InvalidRequest, ModelNotFound
+from huabu.core.requests import GenerateRequest
 
 # A1111's own pattern for the `key: value` pairs of an infotext's last line (modules/infotext_utils.py).
 A1111_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -51,8 +51,8 @@ def test_batch_image_i_is_the_single_image_of_seed_plus_i(engine, model_store):
 
 
 def test_seeds_past_the_largest_wrap_around_as_recorded(engine, model_store):
-    from huabu.gallery import parse_infotext
-    from huabu.requests import MAX_SEED
+    from huabu.core.pnginfo import parse_infotext
+    from huabu.core.requests import MAX_SEED
 
     for sampler in ("Euler", "DPM++ SDE"):  # DPM++ SDE seeds its Brownian noise per image too
         batch = engine.generate(request(model_store, seed=MAX_SEED - 1, batch_size=2, n_iter=2, sampler=sampler))
@@ -234,7 +234,7 @@ def test_progress_and_interrupt(engine, model_store):
 
 
 def test_save_writes_pngs_and_indexes_them(engine, model_store, tmp_path):
-    from huabu.gallery import read_parameters
+    from huabu.core.pnginfo import read_parameters
 
     outdir = tmp_path / "new" / "folder"
     result = engine.generate(request(model_store, batch_size=2, prompt="a green cube"), save=True, outdir=outdir)
@@ -249,13 +249,13 @@ def test_save_writes_pngs_and_indexes_them(engine, model_store, tmp_path):
 
 
 def test_a_failed_save_leaves_no_reserved_file(engine, model_store, tmp_path, monkeypatch):
-    import huabu.gallery
+    import huabu.core.pnginfo
 
     def disk_full(image, path, parameters):
         raise OSError(28, "No space left on device")
 
     outdir = tmp_path / "out"
-    monkeypatch.setattr(huabu.gallery, "save_png_atomic", disk_full)
+    monkeypatch.setattr(huabu.core.pnginfo, "save_png_atomic", disk_full)
     with pytest.raises(OSError, match="No space left"):
         engine.generate(request(model_store), save=True, outdir=outdir)
     assert list(outdir.iterdir()) == []
@@ -265,7 +265,7 @@ def test_a_failed_save_leaves_no_reserved_file(engine, model_store, tmp_path, mo
 
 
 def test_styles_apply_before_encoding(engine, model_store):
-    from huabu.prompts.book import load_book
+    from huabu.engine.prompts.book import load_book
 
     book = load_book()
     style = next(iter(book.styles.values()))

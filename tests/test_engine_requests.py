@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from huabu.errors import InvalidRequest
-from huabu.requests import ControlUnit, GenerateRequest
-from huabu.settings import Settings
+from huabu.core.errors import InvalidRequest
+from huabu.core.requests import ControlUnit, GenerateRequest
+from huabu.core.settings import Settings
 
 
 def test_request_is_json_data_and_round_trips():
@@ -61,7 +61,7 @@ def test_importing_huabu_modules_has_no_side_effects():
     import subprocess
     import sys
 
-    probe = ("import sys, huabu.settings, huabu.requests, huabu.engine.samplers, huabu.cli; "
+    probe = ("import sys, huabu.core.settings, huabu.core.requests, huabu.core.samplers, huabu.cli.main; "
              "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

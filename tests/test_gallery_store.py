@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from huabu.errors import InvalidRequest
-from huabu.gallery.store import Gallery
+from huabu.core.errors import InvalidRequest
+from huabu.core.gallery import Gallery
 
 
 @pytest.fixture(params=["fts5", "like"])

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from huabu.errors import HuabuError, InvalidRequest
-from huabu.lora.data import assign_buckets, bucket_resolutions, fit_to_bucket, load_dataset, nearest_bucket
-from huabu.lora.requests import TrainLoraRequest
+from huabu.core.errors import HuabuError, InvalidRequest
+from huabu.training.lora_data import assign_buckets, bucket_resolutions, fit_to_bucket, load_dataset, nearest_bucket
+from huabu.core.lora_request import TrainLoraRequest
 
 
 def _image(path: Path, size=(64, 64), color=(200, 30, 30)) -> Path:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save, save_file
 
-from huabu.errors import HuabuError
-from huabu.lora import formats
+from huabu.core.errors import HuabuError
+from huabu.engine import lora_formats as formats
 
 CONFIGS = Path(__file__).resolve().parents[1] / "huabu" / "engine" / "configs"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from huabu.errors import HuabuError
-from huabu.lora import formats
-from huabu.requests import GenerateRequest
+from huabu.core.errors import HuabuError
+from huabu.engine import lora_formats as formats
+from huabu.core.requests import GenerateRequest
 
 PROMPT = "a red dragon"
 
@@ -69,7 +69,7 @@ def _addnet_hash(path: Path) -> str:
 
 def test_loras_outside_the_prompt_become_a1111_tags():
     from huabu.engine.loras import prompt_with_loras
-    from huabu.requests import LoraSpec
+    from huabu.core.requests import LoraSpec
 
     specs = [LoraSpec(name="a", weight=0.8), LoraSpec(name="b", weight=1.0, te_weight=0.5),
              LoraSpec(name="c", weight=0.7, te_weight=0.7), LoraSpec(name="a", weight=0.8),
@@ -147,8 +147,8 @@ def test_a_lora_that_does_not_fit_fails_in_one_line_and_leaves_no_trace(engine, 
 
 
 def test_list_loras_reads_the_metadata(settings, lora_files, huabu_env, capsys):
-    from huabu.cli import main
-    from huabu.lora.library import list_loras
+    from huabu.cli.main import main
+    from huabu.engine.lora_library import list_loras
 
     found = {info.name: info for info in list_loras(settings)}
     kohya, style = found["kohya-hand"], found["diff-style"]

@@ -14,9 +14,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from huabu.errors import HuabuError
-from huabu.lora import train as lora_train
-from huabu.lora.requests import TrainLoraRequest
+from huabu.core.errors import HuabuError
+from huabu.training import lora as lora_train
+from huabu.core.lora_request import TrainLoraRequest
 from training_support import Killed, assert_same, kill_after
 
 
@@ -73,7 +73,7 @@ def test_written_file_has_kohya_keys_and_metadata_that_tools_read(straight):
 
 
 def test_samples_go_through_the_engine_with_the_lora(straight):
-    from huabu.gallery import read_parameters
+    from huabu.core.pnginfo import read_parameters
 
     run = straight.parent / "straight-run"
     samples = sorted((run / "samples").glob("*.png"))
@@ -149,7 +149,7 @@ def test_model_errors_are_one_line(images, model_store, settings, tmp_path):
 
 
 def test_cli_trains_and_errors(images, model_store, huabu_env, capsys):
-    from huabu.cli import main
+    from huabu.cli.main import main
 
     code = main(["train", "lora", "--data", str(images), "--out", "cli-lora", "--base", str(model_store["folder"]),
                  "--steps", "2", "--resolution", "32", "--trigger", "zqx", "--rank", "2", "--device", "cpu",

@@ -11,8 +11,8 @@ import torch
 from huabu.engine.convert import unet_to_ldm, vae_to_ldm
 from huabu.engine.models import BUILTIN_DIR, ModelManager, bundled_configs
 from huabu.engine.pipelines import mode_pipeline
-from huabu.errors import ModelNotFound
-from huabu.requests import GenerateRequest
+from huabu.core.errors import ModelNotFound
+from huabu.core.requests import GenerateRequest
 
 
 def generate(engine, model, **fields):

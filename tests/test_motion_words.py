@@ -1,4 +1,4 @@
-"""Motion-word layers (huabu.video.motion_words) on a tiny random UNetMotionModel: fresh layers change nothing,
+"""Motion-word layers (huabu.engine.motion_words) on a tiny random UNetMotionModel: fresh layers change nothing,
 trained ones make the output depend on the words, hooks come off cleanly, and the file round-trips."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from huabu.errors import HuabuError
+from huabu.core.errors import HuabuError
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def unet():
     from conftest import build_tiny_pipeline
     from diffusers import UNetMotionModel
 
-    from huabu.video.train_motion import build_motion_adapter
+    from huabu.training.motion import build_motion_adapter
 
     unet2d = build_tiny_pipeline().unet
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def _learned(layers) -> None:
 
 
 def test_fresh_words_change_nothing_learned_ones_follow_the_words_and_come_off(unet):
-    from huabu.video.motion_words import attach_motion_words, build_motion_words
+    from huabu.engine.motion_words import attach_motion_words, build_motion_words
 
     text_a, text_b = _texts()
     plain_a, plain_b = _run(unet, text_a), _run(unet, text_b)
@@ -70,8 +70,7 @@ def test_fresh_words_change_nothing_learned_ones_follow_the_words_and_come_off(u
 def test_words_round_trip_through_their_file_and_refuse_what_is_not_theirs(unet, tmp_path):
     from safetensors import safe_open
 
-    from huabu.video.motion_words import (attach_motion_words, build_motion_words, load_motion_words,
-                                          save_motion_words)
+    from huabu.engine.motion_words import attach_motion_words, build_motion_words, load_motion_words, save_motion_words
 
     layers = build_motion_words(unet, heads=2)
     _learned(layers)
@@ -106,7 +105,7 @@ def test_words_round_trip_through_their_file_and_refuse_what_is_not_theirs(unet,
 
 
 def test_the_warp_moves_and_zooms_frames_the_way_its_rates_say():
-    from huabu.video.motion_words import MotionWords
+    from huabu.engine.motion_words import MotionWords
 
     layer = MotionWords(text_dim=32, heads=2)
     frames = torch.zeros(4, 1, 16, 16)
@@ -142,8 +141,7 @@ def test_word_rows_replace_only_their_words_only_while_attached_and_round_trip(u
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from huabu.video.motion_words import (WordRows, build_motion_words, load_motion_words, load_word_rows,
-                                          save_motion_words)
+    from huabu.engine.motion_words import WordRows, build_motion_words, load_motion_words, load_word_rows, save_motion_words
 
     pipe = build_tiny_pipeline()
     up, left = "a rocket moving up", "a rocket moving left"
@@ -190,7 +188,7 @@ def test_word_rows_replace_only_their_words_only_while_attached_and_round_trip(u
 def test_word_rows_can_start_from_words_the_encoder_knows():
     from conftest import build_tiny_pipeline
 
-    from huabu.video.motion_words import WordRows
+    from huabu.engine.motion_words import WordRows
 
     pipe = build_tiny_pipeline()
     words = WordRows.parse(" up=top, down = bottom,moving ,")

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from huabu.errors import BadImage
-from huabu.gallery.pnginfo import (
-    create_infotext,
-    next_output_path,
-    parse_infotext,
-    read_parameters,
-    save_png_atomic,
-)
+from huabu.core.errors import BadImage
+from huabu.core.pnginfo import create_infotext, next_output_path, parse_infotext, read_parameters, save_png_atomic
 
 # A1111's regex for the parameter line, as quoted in DESIGN.md.
 A1111_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

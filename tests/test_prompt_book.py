@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from huabu.errors import HuabuError, InvalidRequest
-from huabu.prompts.book import PromptBookError, PromptPart, add_part, apply_styles, load_book
+from huabu.core.errors import HuabuError, InvalidRequest
+from huabu.engine.prompts.book import PromptBookError, PromptPart, add_part, apply_styles, load_book
 
 MAIN = ["subject", "details", "action", "background", "colour", "lighting", "style", "quality"]
 CJK = re.compile(r"[\u4e00-\u9fff]")

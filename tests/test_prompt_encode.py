@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from huabu.errors import InvalidRequest
-from huabu.prompts.encode import Conditioning, PromptEncoder, ScheduledConditioning, chunk_tokens
+from huabu.core.errors import InvalidRequest
+from huabu.engine.prompts.encode import Conditioning, PromptEncoder, ScheduledConditioning, chunk_tokens
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "huabu" / "tiny" / "huabu-tiny" / "tokenizer"
 BOS, EOS = 49406, 49407

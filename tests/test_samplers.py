@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from huabu.engine import samplers
-from huabu.errors import InvalidRequest
-from huabu.requests import GenerateRequest
+from huabu.core import samplers
+from huabu.engine.samplers import build_scheduler
+from huabu.core.errors import InvalidRequest
+from huabu.core.requests import GenerateRequest
 
 SD_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
                 "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
@@ -56,7 +57,7 @@ def test_required_samplers_are_listed():
 
 @pytest.mark.parametrize("name", [s.name for s in samplers.SAMPLERS])
 def test_schedulers_are_built_from_the_model_config_and_serialise(name):
-    scheduler = samplers.build_scheduler(name, "Automatic", V_PREDICTION, seeds=[1, 2])
+    scheduler = build_scheduler(name, "Automatic", V_PREDICTION, seeds=[1, 2])
     assert type(scheduler).__name__ == samplers.parse_sampler(name)[0].scheduler
     assert scheduler.config.prediction_type == "v_prediction"  # kept from the model
     assert scheduler.config.beta_schedule == "scaled_linear"
@@ -66,23 +67,23 @@ def test_schedulers_are_built_from_the_model_config_and_serialise(name):
 
 
 def test_schedule_types_set_config_fields():
-    karras = samplers.build_scheduler("DPM++ 2M", "Karras", SD_SCHEDULER)
-    uniform = samplers.build_scheduler("DPM++ 2M", "Uniform", SD_SCHEDULER)
-    sgm = samplers.build_scheduler("Euler", "SGM Uniform", SD_SCHEDULER)
-    sde = samplers.build_scheduler("DPM++ 2M SDE", None, SD_SCHEDULER)
+    karras = build_scheduler("DPM++ 2M", "Karras", SD_SCHEDULER)
+    uniform = build_scheduler("DPM++ 2M", "Uniform", SD_SCHEDULER)
+    sgm = build_scheduler("Euler", "SGM Uniform", SD_SCHEDULER)
+    sde = build_scheduler("DPM++ 2M SDE", None, SD_SCHEDULER)
     assert karras.config.use_karras_sigmas and not uniform.config.use_karras_sigmas
     assert uniform.config.timestep_spacing == "linspace" and sgm.config.timestep_spacing == "trailing"
     assert sde.config.algorithm_type == "sde-dpmsolver++" and sde.config.use_exponential_sigmas
     karras.set_timesteps(10)
     uniform.set_timesteps(10)
     assert not np.allclose(karras.sigmas.numpy(), uniform.sigmas.numpy())
-    dpmpp_sde = samplers.build_scheduler("DPM++ SDE", None, SD_SCHEDULER, seeds=[5, 6])
+    dpmpp_sde = build_scheduler("DPM++ SDE", None, SD_SCHEDULER, seeds=[5, 6])
     assert dpmpp_sde.config.noise_sampler_seed == [5, 6]  # Brownian noise per image, so batches reproduce
 
 
 def test_unavailable_combination_is_one_line():
     with pytest.raises(InvalidRequest, match=r"^schedule type 'Karras' is not available with sampler 'Euler a'"):
-        samplers.build_scheduler("Euler a", "Karras", SD_SCHEDULER)
+        build_scheduler("Euler a", "Karras", SD_SCHEDULER)
 
 
 def test_request_rejects_unknown_sampler():

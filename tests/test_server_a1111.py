@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_support import LOCAL, TINY, api_settings, decode_png, held_app, make_app, png_b64, wait_for
 
-from huabu.gallery import parse_infotext
-from huabu.requests import GenerateRequest
+from huabu.core.pnginfo import parse_infotext
+from huabu.core.requests import GenerateRequest
 
 INFO_KEYS = {"prompt", "all_prompts", "negative_prompt", "seed", "all_seeds", "subseed", "width", "height",
              "sampler_name", "cfg_scale", "steps", "batch_size", "sd_model_name", "sd_model_hash",

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_support import LOCAL, TINY, api_settings, held_app, make_app, wait_for, wait_until_held
 
-from huabu.gallery import read_parameters
+from huabu.core.pnginfo import read_parameters
 from huabu.server import ServerConfig
 from huabu.server.jobs import Job, JobStore
 

@@ -24,7 +24,7 @@ def _start(home: Path, port: int) -> subprocess.Popen:
            "HUABU_DTYPE": "fp32", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("HUABU_API_KEY", None)
     env.pop("HUABU_API_AUTH", None)
-    return subprocess.Popen([sys.executable, "-m", "huabu.cli", "serve", "--port", str(port)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "huabu.cli.main", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 

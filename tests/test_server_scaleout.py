@@ -68,7 +68,7 @@ def test_two_workers_share_the_queue_and_a_killed_worker_loses_no_job(engine, mo
         env = {**os.environ, "HUABU_HOME": str(home), "HUABU_DEVICE": "cpu", "HUABU_DTYPE": "fp32",
                "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         for name, log in (("w1", logs[1]), ("w2", logs[2])):
-            processes[name] = _spawn([sys.executable, "-m", "huabu.cli", "worker", "--broker", broker, "--name",
+            processes[name] = _spawn([sys.executable, "-m", "huabu.cli.main", "worker", "--broker", broker, "--name",
                                       f"{name}@test", "--requeue-after", str(REQUEUE_AFTER), "--preload", "tiny-sd"],
                                      log, env)
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_support import LOCAL, TINY, api_settings, make_app, png_b64
 
-from huabu.cli import build_parser, main
+from huabu.cli.main import build_parser, main
 from huabu.server import Limits, ServerConfig
 from huabu.server.security import NotFound, safe_output_file
 
@@ -257,7 +257,7 @@ def test_nothing_from_http_is_unpickled_and_only_listed_safetensors_models_load(
 def test_a_scale_out_worker_accepts_json_only_and_checks_each_job_as_http_does(model_store, tmp_path):
     pytest.importorskip("celery", reason="celery (the server extra) is not installed")
     from huabu.engine.models import ModelManager
-    from huabu.errors import HuabuError
+    from huabu.core.errors import HuabuError
     from huabu.server.catalog import Catalog
     from huabu.server.distributed import job_from_wire, make_celery
 

@@ -75,7 +75,7 @@ def test_dataset_round_trip_and_determinism(tmp_path):
 
 
 def test_missing_dataset_is_one_line_error(tmp_path):
-    from huabu.errors import HuabuError
+    from huabu.core.errors import HuabuError
 
     with pytest.raises(HuabuError, match="huabu tiny data"):
         load_dataset(tmp_path / "nothing")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from huabu.errors import InvalidRequest
+from huabu.core.errors import InvalidRequest
 from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
-from huabu.video.configs import MotionTrainConfig
+from huabu.training.motion_config import MotionTrainConfig
 
 
 def test_cubic_timesteps_favour_the_noisy_end():
@@ -39,7 +39,7 @@ def test_lowfreq_noise_is_smooth_within_a_frame_and_independent_across_frames():
 
 
 def test_motion_batches_use_the_configured_timesteps_and_noise():
-    from huabu.video.train_motion import clip_batch
+    from huabu.training.motion import clip_batch
 
     latents = np.zeros((10, 8, 4, 16, 16), np.float16)
     captions = [f"clip {i}" for i in range(10)]

@@ -85,14 +85,14 @@ def test_generation_runs_queued_with_one_engine_slot(built):
 
 
 def test_studio_command_is_registered(monkeypatch, huabu_env):
-    from huabu import cli
+    from huabu.cli import main as cli
     from huabu.ui import app
 
     launched = {}
     monkeypatch.delenv("HUABU_STUDIO_AUTH", raising=False)
     monkeypatch.setattr(app.Studio, "launch", lambda self, host, port, quiet, auth: launched.update(
         host=host, port=port, language=self.language, model=self.settings.default_model, auth=auth))
-    assert "huabu.ui.cli:register" in cli.COMMANDS
+    assert "huabu.cli.studio:register" in cli.COMMANDS
     assert cli.main(["studio", "--language", "en", "--port", "7999", "--model", "tiny-sd"]) == 0
     assert launched == {"host": "127.0.0.1", "port": 7999, "language": "en", "model": "tiny-sd", "auth": None}
     with pytest.raises(SystemExit):

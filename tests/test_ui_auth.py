@@ -22,7 +22,7 @@ def launches(monkeypatch, huabu_env):
 @pytest.mark.parametrize("options", [["--host", "0.0.0.0"], ["--listen"], ["--host", "192.168.1.5"],
                                      ["--host", "studio.example"], ["--listen", "--auth-file", "/dev/null"]])
 def test_listening_beyond_loopback_needs_a_login(launches, capsys, options):
-    from huabu import cli
+    from huabu.cli import main as cli
 
     assert cli.main(["studio", *options]) == 2
     err = capsys.readouterr().err
@@ -31,7 +31,7 @@ def test_listening_beyond_loopback_needs_a_login(launches, capsys, options):
 
 
 def test_login_options(launches, monkeypatch, tmp_path, capsys):
-    from huabu import cli
+    from huabu.cli import main as cli
 
     logins = tmp_path / "logins.txt"
     logins.write_text("# studio users\nann:s3cret:with,colon\n\nbo:pw\n", encoding="utf-8")
@@ -56,7 +56,7 @@ def test_login_options(launches, monkeypatch, tmp_path, capsys):
     (["--auth-file", "{dir}/missing.txt"], "cannot read --auth-file"),
 ])
 def test_bad_logins_are_one_line(launches, capsys, tmp_path, options, words):
-    from huabu import cli
+    from huabu.cli import main as cli
 
     (tmp_path / "logins.txt").write_text("ann:pw\nbo\n", encoding="utf-8")
     assert cli.main(["studio", "--listen", *[o.format(dir=tmp_path) for o in options]]) == 2

@@ -37,7 +37,7 @@ def _wait(predicate, what: str, timeout: float = 60.0):
 
 
 def test_txt2img_returns_image_and_records_it_in_the_gallery(app):
-    from huabu.gallery import read_parameters
+    from huabu.core.pnginfo import read_parameters
 
     studio, _, _, client = app
     images, parameters, status = client.predict(prompt="a red fox", negative_prompt="blurry", steps=3, seed=1234,
@@ -56,7 +56,7 @@ def test_txt2img_returns_image_and_records_it_in_the_gallery(app):
 
 
 def test_styles_are_applied_by_the_engine(app):
-    from huabu.prompts.book import apply_styles
+    from huabu.engine.prompts.book import apply_styles
 
     studio, _, _, client = app
     _, parameters, _ = client.predict(prompt="a cat", styles=["photo_film"], steps=2, seed=7, api_name="/txt2img")
@@ -180,7 +180,7 @@ def test_controlnet_tab_generates_with_a_canny_unit(app, controlnet_store, tmp_p
 
     from gradio_client import handle_file
 
-    from huabu.gallery.pnginfo import _PARAM_RE
+    from huabu.core.pnginfo import _PARAM_RE
 
     _, _, _, client = app
     reference = tmp_path / "reference.png"

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from huabu.errors import InvalidRequest
-from huabu.gallery import create_infotext
-from huabu.prompts.book import PromptPart, apply_styles, load_book
+from huabu.core.errors import InvalidRequest
+from huabu.core.pnginfo import create_infotext
+from huabu.engine.prompts.book import PromptPart, apply_styles, load_book
 from huabu.ui import fields
 from huabu.ui.i18n import I18N_DIR, LANGUAGES, load_texts
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from huabu.cli import main
+from huabu.cli.main import main
 from video_support import tiny_motion_adapter
 
 FAST = ["--frames", "4", "--steps", "2", "--size", "32x32", "--model", "tiny-sd", "--seed", "3"]
@@ -25,7 +25,7 @@ def video_env(huabu_env):
 
 
 def test_video_writes_gif_with_parameters(video_env, capsys, tmp_path):
-    from huabu.video.export import read_video_parameters
+    from huabu.engine.video_export import read_video_parameters
 
     target = tmp_path / "out.gif"
     code, out, err = run(capsys, "video", "a rocket moving up", "--negative", "blurry", "--fps", "4", "-o", target,
@@ -56,7 +56,7 @@ def test_video_from_image_prints_first_frame_fidelity(video_env, capsys, tmp_pat
 
 
 def test_video_with_a_controlnet_unit(video_env, capsys, tmp_path, controlnet_store):
-    from huabu.video.export import read_video_parameters
+    from huabu.engine.video_export import read_video_parameters
 
     control = tmp_path / "edges.png"
     Image.fromarray(np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))).save(control)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from huabu.errors import BadImage, InvalidRequest, ModelNotFound, UnsafeCheckpoint
-from huabu.requests import VideoRequest
+from huabu.core.errors import BadImage, InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.core.requests import VideoRequest
 from video_support import save_sparsectrl, tiny_motion_adapter
 
 
@@ -97,7 +97,7 @@ def _round_trip(vengine, image: Image.Image) -> Image.Image:
 
 
 def test_image_to_video_pins_the_first_frame(vengine, video_dirs):
-    from huabu.video.measure import first_frame_fidelity
+    from huabu.engine.metrics import first_frame_fidelity
 
     image_path = video_dirs / "ramp.png"
     image = Image.open(image_path).convert("RGB")
@@ -141,7 +141,7 @@ def test_loras_reach_the_motion_unet_whatever_ran_before(vengine, engine, tmp_pa
     shared text encoder) change nothing about either."""
     from huabu.engine.generate import Engine
     from huabu.engine.models import ModelManager
-    from huabu.requests import GenerateRequest
+    from huabu.core.requests import GenerateRequest
     from video_support import save_tiny_lora
 
     def fresh_engine():
@@ -167,7 +167,7 @@ def test_each_unet_gets_the_lora_whichever_pipeline_loaded_it_first(vengine, eng
     UNet (the still then equals one made on a fresh engine)."""
     from huabu.engine.generate import Engine
     from huabu.engine.models import ModelManager
-    from huabu.requests import GenerateRequest
+    from huabu.core.requests import GenerateRequest
     from video_support import save_tiny_lora
 
     def fresh_engine():
@@ -209,7 +209,7 @@ def test_progress_and_interrupt(vengine):
 def test_saves_video_with_parameters_and_gallery_entry(vengine, tmp_path):
     import imageio_ffmpeg
 
-    from huabu.video.export import read_video_parameters
+    from huabu.engine.video_export import read_video_parameters
 
     result = vengine.generate_video(VideoRequest.create(**BASE), save=True, output=tmp_path / "clip.mp4")
     assert result.path == tmp_path / "clip.mp4" and result.request_used.format == "mp4"

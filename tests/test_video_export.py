@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from huabu.errors import InvalidRequest
-from huabu.video.export import parse_ffmetadata, read_video_parameters, write_video
+from huabu.core.errors import InvalidRequest
+from huabu.engine.video_export import parse_ffmetadata, read_video_parameters, write_video
 
 INFOTEXT = ('a cat, (orange fur:1.2), 画布\nNegative prompt: blurry; #x = y \\ z\n'
             'Steps: 3, Sampler: DPM++ 2M, Seed: 7, Frames: 5, FPS: 8, Version: huabu 0.1.0')

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from huabu.video import scenes as V
-from huabu.video.measure import STATIC, first_frame_fidelity, frame_consistency, motion_direction
+from huabu.tiny import video_scenes as V
+from huabu.engine.metrics import first_frame_fidelity
+from huabu.tiny.video_measure import STATIC, frame_consistency, motion_direction
 
 
 @pytest.mark.parametrize("motion", V.MOTIONS)
@@ -68,7 +69,7 @@ def test_moving_objects_stay_inside_the_frame():
 
 
 def test_score_motion_counts_per_motion():
-    from huabu.video.measure import score_motion
+    from huabu.tiny.video_measure import score_motion
 
     scenes = V.eval_moving_scenes(6, frames=8)
     videos = [V.render_moving(s) for s in scenes]

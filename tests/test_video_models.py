@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from huabu.errors import InvalidRequest, ModelNotFound
-from huabu.requests import VideoRequest
+from huabu.core.errors import InvalidRequest, ModelNotFound
+from huabu.core.requests import VideoRequest
 from video_support import save_i2vgen_xl, save_modelscope
 
 

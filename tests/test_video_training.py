@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from huabu.video import scenes as V
-from huabu.video.configs import MotionTrainConfig
+from huabu.tiny import video_scenes as V
+from huabu.training.motion_config import MotionTrainConfig
 from training_support import Killed, kill_after, newest_weights
 
 
@@ -38,7 +38,7 @@ def test_only_motion_layers_learn_and_loss_falls(base):
     from diffusers import UNet2DConditionModel
 
     from huabu.tiny.train_unet import noise_scheduler
-    from huabu.video.train_motion import build_motion_adapter, motion_loss, motion_modules, motion_unet
+    from huabu.training.motion import build_motion_adapter, motion_loss, motion_modules, motion_unet
 
     unet2d = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def test_x0_floor_weights_the_noisiest_steps_as_x0_prediction(base):
     from diffusers.training_utils import compute_snr
 
     from huabu.tiny.train_unet import noise_scheduler
-    from huabu.video.train_motion import build_motion_adapter, motion_loss, motion_unet
+    from huabu.training.motion import build_motion_adapter, motion_loss, motion_unet
 
     unet2d = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     unet = motion_unet(unet2d, build_motion_adapter(unet2d, heads=2, max_frames=8))
@@ -90,7 +90,7 @@ def test_x0_floor_weights_the_noisiest_steps_as_x0_prediction(base):
 def test_fresh_adapter_leaves_the_image_model_unchanged(base):
     from diffusers import UNet2DConditionModel
 
-    from huabu.video.train_motion import build_motion_adapter, motion_unet
+    from huabu.training.motion import build_motion_adapter, motion_unet
 
     unet2d = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     unet = motion_unet(unet2d, build_motion_adapter(unet2d, heads=2, max_frames=8))
@@ -104,7 +104,7 @@ def test_fresh_adapter_leaves_the_image_model_unchanged(base):
 
 
 def test_motion_training_resumes_exactly_and_makes_a_motion_module(base, tmp_path, monkeypatch, settings, engine):
-    from huabu.video import train_motion
+    from huabu.training import motion as train_motion
 
     monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
     straight = train_motion.train_motion(_cfg(base, tmp_path / "straight", sample_every=4), data=clips)
@@ -125,7 +125,7 @@ def test_motion_training_resumes_exactly_and_makes_a_motion_module(base, tmp_pat
         assert gif.n_frames == 4 and gif.size == (32, 32)  # the base model's default size
     # The result is a MotionAdapter folder that `huabu video --motion-module` runs.
     from huabu.engine.generate import Engine
-    from huabu.requests import VideoRequest
+    from huabu.core.requests import VideoRequest
 
     result = Engine(settings, engine.models).generate_video(VideoRequest.create(
         prompt="a rocket moving up", model="tiny-sd", motion_module=str(straight), frames=4, width=32, height=32,
@@ -134,8 +134,8 @@ def test_motion_training_resumes_exactly_and_makes_a_motion_module(base, tmp_pat
 
 
 def test_clips_must_have_the_configured_frames(base, tmp_path):
-    from huabu.errors import HuabuError
-    from huabu.video.train_motion import train_motion
+    from huabu.core.errors import HuabuError
+    from huabu.training.motion import train_motion
 
     with pytest.raises(HuabuError, match=r"uint8 \[3, H, W, 3\]"):
         train_motion(_cfg(base, tmp_path / "bad", frames=3), data=clips)
@@ -162,7 +162,7 @@ def _videos_with_and_without(module: Path, extra_file: str, tmp_path: Path, sett
     import shutil
 
     from huabu.engine.generate import Engine
-    from huabu.requests import VideoRequest
+    from huabu.core.requests import VideoRequest
 
     bare = tmp_path / "bare"
     shutil.copytree(module, bare)
@@ -181,7 +181,7 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from huabu.video import train_motion
+    from huabu.training import motion as train_motion
 
     monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
 
@@ -217,8 +217,8 @@ def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base,
     from safetensors.torch import load_file, save_file
 
     from huabu.engine.generate import Engine
-    from huabu.requests import GenerateRequest, VideoRequest
-    from huabu.video import train_motion
+    from huabu.core.requests import GenerateRequest, VideoRequest
+    from huabu.training import motion as train_motion
 
     monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from huabu.engine.generate import Engine
-from huabu.settings import Settings
+from huabu.core.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from huabu.atomic import atomic_path
-from huabu.errors import ModelNotFound, UnsafeCheckpoint, first_line
+from huabu.core.atomic import atomic_path
+from huabu.core.errors import ModelNotFound, UnsafeCheckpoint, first_line
 
 SAFETENSORS = "safetensors"
 PICKLE = "pickle"

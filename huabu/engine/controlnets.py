@@ -36,9 +36,9 @@ from huabu.engine import checkpoints
 from huabu.engine.images import load_image
 from huabu.engine.models import LoadedModel, looks_like_path
 from huabu.engine.pipelines import pipeline_mode
-from huabu.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
-from huabu.requests import ControlUnit
-from huabu.settings import Settings
+from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
+from huabu.core.requests import ControlUnit
+from huabu.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class CheckedUnit:
 
     index: int  # position among the request's units (disabled ones included), for messages
     unit: ControlUnit
-    preprocessor: str  # canonical huabu.control module name
+    preprocessor: str  # canonical huabu.engine.control module name
     image: Image.Image
 
 
@@ -103,7 +103,7 @@ def check_units(units: list[ControlUnit], init_image: Image.Image | None = None)
 
     A unit without an image uses `init_image`, the img2img/inpaint input as loaded (before it is resized to the
     output), as sd-webui-controlnet does. Called before the model loads, so bad input fails fast."""
-    from huabu.control.registry import get_preprocessor
+    from huabu.engine.control.registry import get_preprocessor
 
     checked = []
     for index, unit in enumerate(units):
@@ -193,7 +193,7 @@ class ControlNetManager:
 
     def _default_for(self, module: str, unet_config: Any, vae_factor: int | None,
                      own: list[ControlNetRef] | None = None) -> ControlNetRef:
-        from huabu.control.registry import get_preprocessor
+        from huabu.engine.control.registry import get_preprocessor
 
         name = get_preprocessor(module).name
         words = MODULE_WORDS.get(name)
@@ -276,7 +276,7 @@ class ControlNetManager:
                     use_safetensors=None if self.settings.allow_unsafe_pickle else True)
             except (OSError, ValueError) as err:
                 raise ModelNotFound(f"cannot load ControlNet folder {ref.location}: {first_line(err)}") from None
-        from huabu.control.convert import for_diffusers_reader
+        from huabu.engine.control.convert import for_diffusers_reader
 
         state = checkpoints.load_state_dict(ref.location, self.settings.allow_unsafe_pickle)
         try:
@@ -306,7 +306,7 @@ class ControlNetManager:
 def annotator_weights(name: str, annotators_dir: Path, allow_unsafe_pickle: bool = False) -> Path | None:
     """What preprocessor `name` loads from the annotators folder: its HED or OpenPose weights file, or the depth
     model folder; None when that is not there, or the preprocessor takes no weights."""
-    from huabu.control.weights import find_annotator_weights
+    from huabu.engine.control.weights import find_annotator_weights
 
     if name in _ANNOTATOR_KINDS:
         return find_annotator_weights(annotators_dir, _ANNOTATOR_KINDS[name], allow_unsafe_pickle)
@@ -381,7 +381,7 @@ _SHARED_WITH_UNET = (
 def controlnet_config(unet_config: Any, state: dict[str, Any]) -> dict[str, Any]:
     """A ControlNetModel config for a single-file state dict: the base UNet's shape, with the input and
     control-image embedding channels read from the file."""
-    from huabu.control.convert import conditioning_channels_of
+    from huabu.engine.control.convert import conditioning_channels_of
 
     conditioning_channels, embedding_channels = conditioning_channels_of(state)
     config: dict[str, Any] = {"_class_name": "ControlNetModel"}
@@ -421,7 +421,7 @@ class ControlPlan:
         from diffusers import (AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image,
                                MultiControlNetModel)
 
-        from huabu.control.units import BALANCED, CONTROL_FIRST
+        from huabu.core.control_units import BALANCED, CONTROL_FIRST
         from huabu.engine.control_modes import ModeControlNet
         from huabu.engine.pipelines import mode_pipeline
 
@@ -462,10 +462,10 @@ class ControlPlan:
 
     def control_map(self, checked: CheckedUnit, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The unit's preprocessed image, fitted to width x height by its resize mode."""
-        from huabu.control.canny import DEFAULT_HIGH, DEFAULT_LOW
-        from huabu.control.images import MAX_RESOLUTION, MIN_RESOLUTION
-        from huabu.control.registry import get_preprocessor, preprocess
-        from huabu.control.resize import pixel_perfect_resolution, resize_control_map
+        from huabu.engine.control.canny import DEFAULT_HIGH, DEFAULT_LOW
+        from huabu.engine.control.images import MAX_RESOLUTION, MIN_RESOLUTION
+        from huabu.engine.control.registry import get_preprocessor, preprocess
+        from huabu.engine.control.resize import pixel_perfect_resolution, resize_control_map
 
         unit, name, image = checked.unit, checked.preprocessor, checked.image
         if image.width < 1 or image.height < 1:
@@ -498,7 +498,7 @@ class ControlPlan:
 
     def infotext_params(self) -> dict[str, str]:
         """`ControlNet i` fields, numbered over the enabled units as sd-webui-controlnet does."""
-        from huabu.control.infotext import serialize_unit, thresholds_shown
+        from huabu.core.control_infotext import serialize_unit, thresholds_shown
 
         params = {}
         for number, (checked, ref) in enumerate(zip(self.units, self.refs)):

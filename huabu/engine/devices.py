@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from huabu.errors import InvalidRequest
+from huabu.core.errors import InvalidRequest
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

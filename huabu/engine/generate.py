@@ -17,17 +17,18 @@ from typing import Any, Callable
 from PIL import Image
 
 import huabu
-from huabu.engine import samplers
+from huabu.core import samplers
+from huabu.engine.samplers import build_scheduler
 from huabu.engine.controlnets import ControlNetManager, check_units
 from huabu.engine.images import load_image, load_mask
 from huabu.engine.loras import (ResolvedLora, apply_loras, lora_hashes_text, prompt_with_loras,
                                 resolve_loras)
 from huabu.engine.models import LoadedModel, ModelManager
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
-from huabu.errors import InvalidRequest
-from huabu.prompts.syntax import extract_loras
-from huabu.requests import MAX_SEED, GenerateRequest, VideoRequest
-from huabu.settings import Settings
+from huabu.core.errors import InvalidRequest
+from huabu.engine.prompts.syntax import extract_loras
+from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
+from huabu.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Engine:
     @property
     def gallery(self):
         if self._gallery is None:
-            from huabu.gallery import Gallery
+            from huabu.core.gallery import Gallery
 
             self._gallery = Gallery(self.settings.gallery_db)
         return self._gallery
@@ -132,7 +133,7 @@ class Engine:
         pipe = control.pipeline(model, request.mode, used.cfg_scale) if control else mode_pipeline(model, request.mode)
         apply_loras(pipe, loras, model.lora_targets)
 
-        scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config)
+        scheduler = build_scheduler(sampler.name, schedule.label, model.scheduler_config)
         conditioning = self._conditioning(model, used, text, negative, request.steps * scheduler.order)
         inputs = _mode_inputs(model, used, init_image, mask)
         if control:
@@ -144,7 +145,7 @@ class Engine:
             # Past MAX_SEED the numbering wraps to 0, so every recorded seed is one a request can ask for again.
             seeds = [(base_seed + iteration * used.batch_size + i) % (MAX_SEED + 1) for i in range(used.batch_size)]
             if sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image, see samplers
-                scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config, seeds)
+                scheduler = build_scheduler(sampler.name, schedule.label, model.scheduler_config, seeds)
             pipe.scheduler = scheduler
             callback = _step_callback(conditioning, progress, interrupt, iteration, used, total)
             images = self._run(model, pipe, used, conditioning, inputs, seeds, callback)
@@ -176,14 +177,14 @@ class Engine:
     def _styled(self, request: GenerateRequest) -> tuple[str, str]:
         if not request.styles:
             return request.prompt, request.negative_prompt
-        from huabu.prompts.book import apply_styles, load_book
+        from huabu.engine.prompts.book import apply_styles, load_book
 
         if self._book is None:
             self._book = load_book()
         return apply_styles(request.prompt, request.negative_prompt, request.styles, self._book)
 
     def _conditioning(self, model: LoadedModel, request: GenerateRequest, text: str, negative: str, steps: int):
-        from huabu.prompts.encode import PromptEncoder, ScheduledConditioning
+        from huabu.engine.prompts.encode import PromptEncoder, ScheduledConditioning
 
         encoder = model.encoders.get(request.clip_skip)
         if encoder is None:
@@ -210,7 +211,7 @@ class Engine:
         return images
 
     def _save(self, image, seed, infotext, prompt, negative, params, kind, outdir, result) -> None:
-        from huabu.gallery import next_output_path, save_png_atomic
+        from huabu.core.pnginfo import next_output_path, save_png_atomic
 
         folder = Path(outdir) if outdir is not None else self.settings.outputs_dir
         reserved = next_output_path(folder, seed)
@@ -309,6 +310,6 @@ def _infotext_params(request: GenerateRequest, model: LoadedModel, seed: int, lo
 
 
 def _infotext(prompt: str, negative: str, params: dict[str, Any]) -> str:
-    from huabu.gallery import create_infotext
+    from huabu.core.pnginfo import create_infotext
 
     return create_infotext(prompt, negative, params, huabu.__version__)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from huabu.errors import BadImage
+from huabu.core.errors import BadImage
 
 # Decompression bombs: Pillow warns above ~89 Mpx and raises above twice that; we refuse above 64 Mpx.
 MAX_PIXELS = 64 * 1024 * 1024

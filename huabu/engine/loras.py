@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from huabu.engine import checkpoints
-from huabu.errors import InvalidRequest, ModelNotFound, first_line
+from huabu.core.errors import InvalidRequest, ModelNotFound, first_line
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def find_lora(name: str, loras_dir: Path) -> Path:
 def resolve_loras(specs: Iterable[Any], loras_dir: Path, hashes: checkpoints.HashCache,
                   allow_pickle: bool = False) -> list[ResolvedLora]:
     """Files and hashes for LoRA specs (anything with name/weight/te_weight: request LoraSpecs, prompt tags)."""
-    from huabu.lora.formats import a1111_lora_hash
+    from huabu.engine.lora_formats import a1111_lora_hash
 
     resolved = []
     for spec in specs:
@@ -88,7 +88,7 @@ def prompt_with_loras(prompt: str, specs: Iterable[Any]) -> tuple[str, list[Any]
     so that the infotext's prompt line names every LoRA used, as A1111 writes them, and `huabu reproduce` applies
     them again. A spec the prompt already holds as a tag with the same weights is not added (nor applied) twice.
     Also returns the specs no tag can name (a path with `:`, `<` or `>`), to be applied without being written."""
-    from huabu.prompts.syntax import LoraRef, extract_loras
+    from huabu.engine.prompts.syntax import LoraRef, extract_loras
 
     in_prompt = extract_loras(prompt)[1]
     tags, untaggable = [], []

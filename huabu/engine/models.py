@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from huabu.engine import checkpoints
-from huabu.errors import HuabuError, ModelNotFound, UnsafeCheckpoint, first_line
-from huabu.settings import BUILTIN_MODEL, Settings
+from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint, first_line
+from huabu.core.settings import BUILTIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
 

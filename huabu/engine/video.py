@@ -32,20 +32,22 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from PIL import Image
 
 import huabu
-from huabu.engine import checkpoints, samplers
+from huabu.core import samplers
+from huabu.engine import checkpoints
+from huabu.engine.samplers import build_scheduler
 from huabu.engine.controlnets import check_units
 from huabu.engine.generate import Progress, _output_size, format_number
 from huabu.engine.images import load_image
 from huabu.engine.loras import ResolvedLora, apply_loras, lora_hashes_text
 from huabu.engine.models import _HUB_ID, LoadedModel, ModelRef, looks_like_path
 from huabu.engine.pipelines import decode_latents
-from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
-from huabu.requests import MAX_SEED, VideoRequest
-from huabu.settings import Settings
+from huabu.core.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
+from huabu.core.requests import MAX_SEED, VideoRequest
+from huabu.core.settings import Settings
 
 if TYPE_CHECKING:
     from huabu.engine.generate import Engine
-    from huabu.video.motion_words import WordRows
+    from huabu.engine.motion_words import WordRows
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +127,11 @@ def resolve_motion_module(spec: str | None, settings: Settings, model: ModelRef 
 
 
 def motion_text_lora(ref: MotionModuleRef, engine: "Engine") -> ResolvedLora | None:
-    """The cross-attention LoRA trained with a motion module (huabu.video.configs.TEXT_LORA_FILE in its folder), at
+    """The cross-attention LoRA trained with a motion module (huabu.engine.motion_words.TEXT_LORA_FILE in its folder), at
     weight 1, or None."""
     from huabu.engine.loras import resolve_loras
-    from huabu.prompts.syntax import LoraRef
-    from huabu.video.configs import TEXT_LORA_FILE
+    from huabu.engine.prompts.syntax import LoraRef
+    from huabu.engine.motion_words import TEXT_LORA_FILE
 
     path = _beside_module(ref, TEXT_LORA_FILE)
     if path is None:
@@ -333,19 +335,19 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
                                       "schedule_type": schedule.label, "format": fmt})
     # DPM++ SDE seeds its Brownian noise per batch entry: one video for AnimateDiff, one per frame for the others.
     sde_seeds = [seed] if kind == ANIMATEDIFF else [(seed + i) % (MAX_SEED + 1) for i in range(used.frames)]
-    scheduler = samplers.build_scheduler(sampler.name, schedule.label, model.scheduler_config,
+    scheduler = build_scheduler(sampler.name, schedule.label, model.scheduler_config,
                                          sde_seeds if sampler.scheduler == "DPMSolverSDEScheduler" else None)
     job = _Job(model, used, text, negative, scheduler, init_image, loras, control_units, progress, interrupt)
     runner = {ANIMATEDIFF: _run_animatediff, MODELSCOPE: _run_modelscope, I2VGEN_XL: _run_i2vgen_xl}[kind]
     frames, interrupted, extra = runner(engine, job)
 
     params = _infotext_params(used, model, kind, loras, extra)
-    from huabu.gallery import create_infotext
+    from huabu.core.pnginfo import create_infotext
 
     infotext = create_infotext(prompt, negative, params, huabu.__version__)
     result = VideoResult(frames, seed, infotext, used, model.info(), kind, params, interrupted=interrupted)
     if init_image is not None and frames:
-        from huabu.video.measure import first_frame_fidelity
+        from huabu.engine.metrics import first_frame_fidelity
 
         result.first_frame = first_frame_fidelity(init_image, frames[0])
     if save and frames:
@@ -356,7 +358,7 @@ def generate_video(engine: "Engine", request: VideoRequest, progress: Callable[[
 def _target_path(output: str | Path | None, fmt: str, default_folder: Path) -> tuple[Path | None, Path, str]:
     """(the file, or None for a numbered name; its folder; the format). `output` with a video extension is the file,
     otherwise a folder (default: the outputs folder)."""
-    from huabu.video.export import VIDEO_FORMATS, video_format
+    from huabu.engine.video_export import VIDEO_FORMATS, video_format
 
     if output is None:
         return None, default_folder, fmt
@@ -370,7 +372,7 @@ def _target_path(output: str | Path | None, fmt: str, default_folder: Path) -> t
 
 def _conditioning(model: LoadedModel, clip_skip: int, text: str, negative: str, steps: int):
     """The prompt schedule for one video (batch 1), with the engine's cached PromptEncoder for this clip skip."""
-    from huabu.prompts.encode import PromptEncoder, ScheduledConditioning
+    from huabu.engine.prompts.encode import PromptEncoder, ScheduledConditioning
 
     encoder = model.encoders.get(clip_skip)
     if encoder is None:
@@ -403,7 +405,7 @@ def _run_animatediff(engine: "Engine", job: _Job) -> tuple[list[Image.Image], bo
     words = motion_words_file(motion)
     if words is not None:
         extra["Motion words"] = checkpoints.short_hash(engine.models.hashes.sha256(words))
-        from huabu.video.motion_words import load_word_rows
+        from huabu.engine.motion_words import load_word_rows
 
         job.word_rows = load_word_rows(words, model.pipeline.tokenizer, model.pipeline.text_encoder)
     call: dict[str, Any] = {"height": request.height, "width": request.width}
@@ -460,7 +462,7 @@ def _motion_pipeline(engine: "Engine", model: LoadedModel, motion: MotionModuleR
     pipe.to(base.device)  # the new motion UNet is built on the CPU
     words = motion_words_file(motion)
     if words is not None:  # hooked into this pipeline's own UNet, so every pipeline derived from it has them
-        from huabu.video.motion_words import attach_motion_words, load_motion_words
+        from huabu.engine.motion_words import attach_motion_words, load_motion_words
 
         attach_motion_words(pipe.unet, load_motion_words(words, pipe.unet))
     pipe.set_progress_bar_config(disable=True)
@@ -469,8 +471,8 @@ def _motion_pipeline(engine: "Engine", model: LoadedModel, motion: MotionModuleR
 
 
 def motion_words_file(ref: MotionModuleRef) -> Path | None:
-    """The motion-word layers trained with a motion module (huabu.video.motion_words), beside it in its folder."""
-    from huabu.video.motion_words import MOTION_WORDS_FILE
+    """The motion-word layers trained with a motion module (huabu.engine.motion_words), beside it in its folder."""
+    from huabu.engine.motion_words import MOTION_WORDS_FILE
 
     return _beside_module(ref, MOTION_WORDS_FILE)
 
@@ -530,7 +532,7 @@ def _with_controlnets(engine: "Engine", job: _Job, pipe, call: dict[str, Any], e
     from diffusers import (AnimateDiffControlNetPipeline, AnimateDiffVideoToVideoControlNetPipeline,
                            MultiControlNetModel)
 
-    from huabu.control.units import BALANCED, CONTROL_FIRST
+    from huabu.core.control_units import BALANCED, CONTROL_FIRST
     from huabu.engine.control_modes import ModeControlNet
 
     request, model = job.request, job.model
@@ -728,8 +730,8 @@ def _infotext_params(request: VideoRequest, model: LoadedModel, kind: str, loras
 
 
 def _save(engine: "Engine", result: VideoResult, path: Path | None, folder: Path, prompt: str, negative: str) -> None:
-    from huabu.gallery import next_output_path
-    from huabu.video.export import write_video
+    from huabu.core.pnginfo import next_output_path
+    from huabu.engine.video_export import write_video
 
     request = result.request_used
     reserved = None

@@ -22,10 +22,10 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import huabu
-from huabu.engine.samplers import UNAVAILABLE, parse_sampler
-from huabu.errors import BadImage, InvalidRequest
-from huabu.gallery import parse_infotext, read_parameters
-from huabu.requests import GenerateRequest
+from huabu.core.samplers import UNAVAILABLE, parse_sampler
+from huabu.core.errors import BadImage, InvalidRequest
+from huabu.core.pnginfo import parse_infotext, read_parameters
+from huabu.core.requests import GenerateRequest
 from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome, png_base64
@@ -488,14 +488,14 @@ def sd_models(http: Request) -> list[dict[str, Any]]:
 
 @router.get("/samplers")
 def samplers() -> list[dict[str, Any]]:
-    from huabu.engine.samplers import list_samplers
+    from huabu.core.samplers import list_samplers
 
     return list_samplers()
 
 
 @router.get("/schedulers")
 def schedulers() -> list[dict[str, Any]]:
-    from huabu.engine.samplers import list_schedules
+    from huabu.core.samplers import list_schedules
 
     return [{**row, "default_rho": None, "need_inner_model": None} for row in list_schedules()]
 

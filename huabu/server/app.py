@@ -13,13 +13,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import huabu
-from huabu.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
+from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
 from huabu.server.catalog import Catalog
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import JobStore
 from huabu.server.queue import JobQueue
 from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge
-from huabu.settings import Settings
+from huabu.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from huabu.engine import checkpoints
 from huabu.engine.models import ModelManager, ModelRef, bundled_configs, builtin_has_weights
-from huabu.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
-from huabu.requests import GenerateRequest, VideoRequest
+from huabu.core.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
+from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.server.config import Limits, ServerConfig
 from huabu.server.security import NotAllowed, require_data_url
-from huabu.settings import BUILTIN_MODEL, Settings
+from huabu.core.settings import BUILTIN_MODEL, Settings
 
 
 @dataclass
@@ -146,8 +146,8 @@ class Catalog:
     # --- lists ----------------------------------------------------------------------------------------------------
 
     def loras(self) -> list[dict[str, Any]]:
-        """A1111's /loras rows (`huabu.lora.list_loras`), paths relative to the LoRA folder."""
-        from huabu.lora.library import list_loras
+        """A1111's /loras rows (`huabu.engine.lora_library.list_loras`), paths relative to the LoRA folder."""
+        from huabu.engine.lora_library import list_loras
 
         rows = []
         for info in list_loras(self.settings, self.models.hashes):
@@ -160,7 +160,7 @@ class Catalog:
         """LoRAs named over HTTP (request fields and `<lora:...>` tags) must be files in the LoRA folder: the engine
         also takes paths, which a client must not be able to point anywhere on the server."""
         from huabu.engine.loras import find_lora
-        from huabu.prompts.syntax import extract_loras
+        from huabu.engine.prompts.syntax import extract_loras
 
         names = [spec.name for spec in request.loras]
         for text in (request.prompt, request.negative_prompt):
@@ -174,13 +174,13 @@ class Catalog:
                 raise NotAllowed(f"LoRA {name[:100]!r} is not in the server's LoRA folder")
 
     def styles(self) -> list[dict[str, Any]]:
-        from huabu.prompts.book import load_book
+        from huabu.engine.prompts.book import load_book
 
         return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
                 for style in load_book().styles.values()]
 
     def style_names(self) -> set[str]:
-        from huabu.prompts.book import load_book
+        from huabu.engine.prompts.book import load_book
 
         return set(load_book().styles)
 

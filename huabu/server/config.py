@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from huabu.errors import InvalidRequest
+from huabu.core.errors import InvalidRequest
 
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"

@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from huabu.errors import InvalidRequest
+from huabu.core.errors import InvalidRequest
 from huabu.server.catalog import Catalog
 from huabu.server.config import Limits, ServerConfig
 from huabu.server.jobs import Job, JobStore

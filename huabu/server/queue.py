@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from huabu.engine.generate import Engine, Progress
-from huabu.errors import HuabuError
+from huabu.core.errors import HuabuError
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import FINISHED, Job, JobStore
 from huabu.server.runner import Outcome, png_base64, progress_data, progress_fraction, run_job

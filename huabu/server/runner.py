@@ -15,7 +15,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from huabu.engine.generate import Engine, Progress
-from huabu.requests import GenerateRequest, VideoRequest
+from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.server.jobs import Job
 
 

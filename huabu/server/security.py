@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException
 
-from huabu.errors import BadImage, HuabuError, InvalidRequest
+from huabu.core.errors import BadImage, HuabuError, InvalidRequest
 from huabu.server.config import Limits, ServerConfig
 
 OPEN_PATHS = ("/health",)  # answer without credentials: load balancers and `huabu serve` readiness checks

@@ -1,4 +1,4 @@
-"""`huabu tiny train controlnet`: huabu.control.train on huabu-tiny, reusing the UNet stage's latent cache.
+"""`huabu tiny train controlnet`: huabu.training.controlnet on huabu-tiny, reusing the UNet stage's latent cache.
 
 The UNet stage caches the scaled VAE latents of the dataset's first N scenes (runs/unet/latents.npy, N x 4 x 16 x 16,
 float16, in dataset order), which is exactly what ControlNet training needs for those scenes: the run trains on the
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from huabu.control.train import train_controlnet
-from huabu.errors import InvalidRequest
+from huabu.training.controlnet import train_controlnet
+from huabu.core.errors import InvalidRequest
 from huabu.tiny.data import load_dataset
 from huabu.tiny.demo_configs import TinyControlNetConfig
 
@@ -28,7 +28,7 @@ def _vae_of(base: str, settings=None):
     from diffusers import AutoencoderKL
 
     from huabu.engine.models import ModelManager
-    from huabu.settings import Settings
+    from huabu.core.settings import Settings
 
     ref = ModelManager(settings or Settings.from_env()).resolve(base)
     if ref.path is None or not (ref.path / "vae").is_dir():

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from huabu.atomic import atomic_dir
-from huabu.errors import HuabuError
+from huabu.core.atomic import atomic_dir
+from huabu.core.errors import HuabuError
 from huabu.tiny import scenes as S
 
 FORMAT_VERSION = 1

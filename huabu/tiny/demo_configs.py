@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from huabu.control.train_config import ControlNetTrainConfig
+from huabu.training.controlnet_config import ControlNetTrainConfig
 
 CONTROL_TYPES = ("canny", "color")  # the ControlNets huabu-tiny ships and eval-control measures
 

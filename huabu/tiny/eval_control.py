@@ -3,7 +3,7 @@
 Each held-out scene (huabu.tiny.scenes' eval scenes) is rendered, and its control map is made from that real render:
 Canny edges or the colour grid. The scene's prompt is generated at a fixed seed through `Engine.generate` twice:
 with a ControlUnit (the module run on the real render, pixel perfect, so the engine makes exactly the map the
-ControlNet was trained on) and without control. Fidelity is measured by huabu.control.fidelity: edge F1 between
+ControlNet was trained on) and without control. Fidelity is measured by huabu.engine.control.fidelity: edge F1 between
 the control edges and the output's edges, and the error between the control colour grid and the output's. Targets
 (issue 4): edge F1 with canny control at least 2x the uncontrolled figure, colour-map error at most 0.5x. The real
 renders after a VAE round trip give the ceilings.
@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from huabu.errors import InvalidRequest
-from huabu.settings import BUILTIN_MODEL, Settings
+from huabu.core.errors import InvalidRequest
+from huabu.core.settings import BUILTIN_MODEL, Settings
 from huabu.tiny import scenes as S
 from huabu.tiny.demo_configs import CONTROL_TYPES, ControlEvalConfig
 
@@ -63,7 +63,7 @@ def generate(engine, model: str, prompts: list[str], cfg, fields: Callable[[int]
              ) -> list[np.ndarray]:
     """One image per prompt through the engine, prompt i at seed cfg.seed + i with `cfg.steps` and `cfg.cfg`;
     `fields(i)` adds request fields for prompt i (ControlNet units, LoRAs)."""
-    from huabu.requests import GenerateRequest
+    from huabu.core.requests import GenerateRequest
 
     images = []
     for i, prompt in enumerate(prompts):
@@ -86,7 +86,7 @@ def vae_round_trip(vae, images: list[np.ndarray]) -> list[np.ndarray]:
 
 def fidelity(kind: str, maps: list[Image.Image], images: list[np.ndarray]) -> float:
     """Mean edge F1 (canny) or colour-map error (color) of images against their control maps."""
-    from huabu.control.fidelity import colour_map_error, output_edge_f1
+    from huabu.engine.control.fidelity import colour_map_error, output_edge_f1
 
     measure = output_edge_f1 if kind == "canny" else colour_map_error
     return float(np.mean([measure(m, Image.fromarray(image)) for m, image in zip(maps, images)]))
@@ -98,7 +98,7 @@ def _ratio(controlled: float, uncontrolled: float) -> float | None:
 
 def evaluate_control(cfg: ControlEvalConfig, settings: Settings | None = None, engine=None) -> dict[str, object]:
     """Every figure of `huabu tiny eval-control` as one dict (its --json line)."""
-    from huabu.control.registry import preprocess
+    from huabu.engine.control.registry import preprocess
     from huabu.engine.generate import Engine
 
     kinds = control_types(cfg)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from huabu.errors import InvalidRequest
-from huabu.settings import BUILTIN_MODEL, Settings
+from huabu.core.errors import InvalidRequest
+from huabu.core.settings import BUILTIN_MODEL, Settings
 from huabu.tiny import lora_data as L
 from huabu.tiny import measure as M
 from huabu.tiny import scenes as S

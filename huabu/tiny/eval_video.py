@@ -1,8 +1,8 @@
 """`huabu tiny eval-video`: does huabu-tiny's motion module move objects the way held-out prompts ask?
 
-Held-out moving scenes (huabu.video.scenes.eval_moving_scenes: object-background-motion triples never trained on,
+Held-out moving scenes (huabu.tiny.video_scenes.eval_moving_scenes: object-background-motion triples never trained on,
 every motion equally often) are generated at fixed seeds through `Engine.generate_video`, and scored by
-huabu.video.measure: motion-direction accuracy (the object's centroid and size trajectory against the caption),
+huabu.tiny.video_measure: motion-direction accuracy (the object's centroid and size trajectory against the caption),
 per motion, and frame-to-frame consistency (mean SSIM of consecutive frames). The real rendered clips, scored the
 same way, are the ceiling. Target (issue 6): direction accuracy >= 70%.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from huabu.settings import BUILTIN_MODEL, Settings
+from huabu.core.settings import BUILTIN_MODEL, Settings
 from huabu.tiny.demo_configs import VideoEvalConfig
-from huabu.video import scenes as V
+from huabu.tiny import video_scenes as V
 
 DIRECTION_TARGET = 0.7
 
@@ -21,7 +21,7 @@ DIRECTION_TARGET = 0.7
 def generate_clips(engine, cfg: VideoEvalConfig, prompts: list[str]) -> tuple[list[list[np.ndarray]], str]:
     """One video per prompt, prompt i at seed cfg.seed + i, with the model's own motion module unless cfg.motion;
     also the motion module's name as the engine resolved it."""
-    from huabu.requests import VideoRequest
+    from huabu.core.requests import VideoRequest
 
     videos, motion = [], ""
     for i, prompt in enumerate(prompts):
@@ -37,7 +37,7 @@ def generate_clips(engine, cfg: VideoEvalConfig, prompts: list[str]) -> tuple[li
 def evaluate_video(cfg: VideoEvalConfig, settings: Settings | None = None, engine=None) -> dict[str, object]:
     """Every figure of `huabu tiny eval-video` as one dict (its --json line)."""
     from huabu.engine.generate import Engine
-    from huabu.video.measure import score_motion
+    from huabu.tiny.video_measure import score_motion
 
     engine = engine or Engine(settings or Settings.from_env())
     scenes = V.eval_moving_scenes(cfg.clips, frames=cfg.frames)

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from huabu.atomic import atomic_dir
-from huabu.errors import InvalidRequest
+from huabu.core.atomic import atomic_dir
+from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 
 PAPER_RED = (196, 18, 32)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from huabu.errors import HuabuError
+from huabu.core.errors import HuabuError
 
 IMAGE_SIZE = 64
 EMOJI_FONT_PATHS = (

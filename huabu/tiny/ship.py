@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from huabu.atomic import atomic_dir
-from huabu.errors import InvalidRequest, ModelNotFound
+from huabu.core.atomic import atomic_dir
+from huabu.core.errors import InvalidRequest, ModelNotFound
 from huabu.engine.models import BUILTIN_DIR
 
 
@@ -93,8 +93,8 @@ def ship_motion(run_dir: Path, model_dir: Path = BUILTIN_DIR) -> Path:
     motion words trained beside it if any (already fp16); returns that folder."""
     from diffusers import MotionAdapter
 
-    from huabu.video.configs import TEXT_LORA_FILE
-    from huabu.video.motion_words import MOTION_WORDS_FILE
+    from huabu.engine.motion_words import TEXT_LORA_FILE
+    from huabu.engine.motion_words import MOTION_WORDS_FILE
 
     trained = _trained_folder(run_dir, "motion module")
     adapter = MotionAdapter.from_pretrained(trained, dtype=torch.float32)

@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm import tqdm
 
-from huabu.atomic import atomic_path
+from huabu.core.atomic import atomic_path
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import VaeTrainConfig
 from huabu.tiny.data import load_dataset

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from huabu.atomic import atomic_dir
+from huabu.core.atomic import atomic_dir
 
 _STATE = "state.json"
 
@@ -45,7 +45,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 def save_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer] | None = None, extra: dict | None = None,
                     keep: int = 2) -> Path:
-    """Write `folder/step-XXXXXXX` atomically (huabu.atomic.atomic_dir) and keep only the newest `keep` checkpoints."""
+    """Write `folder/step-XXXXXXX` atomically (huabu.core.atomic.atomic_dir) and keep only the newest `keep` checkpoints."""
     folder = Path(folder)
     final = folder / f"step-{step:07d}"
     opt_meta = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from huabu.errors import InvalidRequest
+from huabu.core.errors import InvalidRequest
 
 TIMESTEP_SAMPLING = ("uniform", "cubic")
 

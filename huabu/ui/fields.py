@@ -10,10 +10,10 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from huabu.engine.samplers import parse_sampler
-from huabu.errors import InvalidRequest
-from huabu.prompts.book import PromptPart
-from huabu.requests import GenerateRequest
+from huabu.core.samplers import parse_sampler
+from huabu.core.errors import InvalidRequest
+from huabu.engine.prompts.book import PromptPart
+from huabu.core.requests import GenerateRequest
 
 # Fields "send to" fills, in the order of GENERATION_FIELDS below (what every generation tab has).
 GENERATION_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width",
@@ -36,10 +36,10 @@ def size_or_default(value: float | int | None) -> int | None:
 
 
 def fields_from_infotext(text: str) -> dict[str, Any]:
-    """Field values for a generation tab from an A1111 infotext (huabu.gallery.parse_infotext). Only fields the
+    """Field values for a generation tab from an A1111 infotext (huabu.core.pnginfo.parse_infotext). Only fields the
     text states are returned; a combined sampler name ("DPM++ 2M Karras") is split into sampler and schedule, and
     an unknown sampler is left out rather than guessed."""
-    from huabu.gallery import parse_infotext
+    from huabu.core.pnginfo import parse_infotext
 
     parsed = parse_infotext(text)
     fields: dict[str, Any] = {"prompt": parsed["Prompt"], "negative_prompt": parsed["Negative prompt"]}
@@ -75,7 +75,7 @@ def remove_part(prompt: str, part: PromptPart) -> str:
 
 def toggle_part(prompt: str, part: PromptPart, selected: bool) -> str:
     """A prompt-book chip clicked on (add the part's English text) or off (remove it)."""
-    from huabu.prompts.book import add_part
+    from huabu.engine.prompts.book import add_part
 
     return add_part(prompt, part) if selected else remove_part(prompt, part)
 
@@ -139,7 +139,7 @@ def data_url(image: Image.Image) -> str:
 def styled_preview(prompt: str, negative_prompt: str, styles: Sequence[str], book) -> str:
     """What the engine will run once the picked styles are applied (apply_styles): the prompt, and the negative
     prompt after a `---` line when there is one."""
-    from huabu.prompts.book import apply_styles
+    from huabu.engine.prompts.book import apply_styles
 
     if not styles:
         return ""

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from huabu.engine.generate import Progress
-from huabu.errors import HuabuError
+from huabu.core.errors import HuabuError
 
 log = logging.getLogger(__name__)
 

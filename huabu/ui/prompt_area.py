@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from huabu.prompts.book import PromptBook
+from huabu.engine.prompts.book import PromptBook
 from huabu.ui.fields import styled_preview, toggle_part
 from huabu.ui.i18n import Key
 from huabu.ui.labels import Labels

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from huabu.errors import InvalidRequest
+from huabu.core.errors import InvalidRequest
 
 LANGUAGES = ("zh", "en")
 I18N_DIR = Path(__file__).parent

@@ -5,11 +5,11 @@ from typing import Any
 
 import gradio as gr
 
-from huabu.control.registry import get_preprocessor, preprocess
+from huabu.engine.control.registry import get_preprocessor, preprocess
 from huabu.engine.controlnets import ANNOTATORS, NEEDS_WEIGHTS, annotator_weights
 from huabu.engine.images import load_image
-from huabu.errors import InvalidRequest
-from huabu.requests import GenerateRequest
+from huabu.core.errors import InvalidRequest
+from huabu.core.requests import GenerateRequest
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
 from huabu.ui.tabs.generate import (GenerationForm, common_inputs, common_request_fields, generation_outputs, layout,

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 import huabu
-from huabu.gallery import create_infotext, read_parameters
+from huabu.core.pnginfo import create_infotext, read_parameters
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
 
@@ -45,7 +45,7 @@ def item_parameters(item) -> str:
     if path.is_file():
         try:
             text = read_parameters(path)
-        except huabu.errors.HuabuError:
+        except huabu.core.errors.HuabuError:
             text = None
         if text:
             return text

@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from huabu.engine.samplers import SAMPLERS, SCHEDULES
-from huabu.requests import GenerateRequest
+from huabu.core.samplers import SAMPLERS, SCHEDULES
+from huabu.core.requests import GenerateRequest
 from huabu.ui.fields import data_url, field_bounds, mask_from_editor, size_or_default
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors

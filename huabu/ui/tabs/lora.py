@@ -1,5 +1,5 @@
 """The LoRA tab: pick installed LoRAs and their weights (as `<lora:name:weight>` prompt tags, which the engine
-reads), and train a new one from an uploaded folder or zip (huabu.lora.train_lora) with live loss, sample previews
+reads), and train a new one from an uploaded folder or zip (huabu.training.lora.train_lora) with live loss, sample previews
 and Cancel."""
 
 import logging
@@ -15,8 +15,8 @@ from typing import Any
 
 import gradio as gr
 
-from huabu.errors import InvalidRequest
-from huabu.lora.data import IMAGE_SUFFIXES
+from huabu.core.errors import InvalidRequest
+from huabu.training.lora_data import IMAGE_SUFFIXES
 from huabu.ui.fields import set_lora_tag
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
@@ -82,14 +82,14 @@ def _extract(archive: Path, target: Path) -> None:
 
 
 def lora_choices(studio) -> list[tuple[str, str]]:
-    from huabu.lora import library
+    from huabu.engine import lora_library as library
 
     return [(f"{info.name} [{info.short_hash}]", info.name) for info in library.list_loras(
         studio.settings, studio.engine.models.hashes)]
 
 
 def lora_details(studio, name: str | None, language: str) -> str:
-    from huabu.lora import library
+    from huabu.engine import lora_library as library
 
     texts = studio.texts[language]
     for info in library.list_loras(studio.settings, studio.engine.models.hashes):
@@ -173,8 +173,8 @@ def build_lora(studio, labels, language, prefs, txt2img, img2img) -> dict[str, A
 
     def train_lora(folder, archive, name, trigger, steps, rank, alpha, lr, batch, resolution, sample_prompt,
                    sample_every, train_text_encoder, language, prefs, session: gr.Request, progress=gr.Progress()):
-        from huabu.lora.requests import TrainLoraRequest
-        from huabu.lora.train import output_path
+        from huabu.core.lora_request import TrainLoraRequest
+        from huabu.training.lora import output_path
 
         texts = studio.texts[language]
         data = Path(tempfile.mkdtemp(prefix="huabu-lora-data-"))
@@ -211,7 +211,7 @@ def _run_training(studio, request, texts: dict[str, str], session, progress):
     end; Cancel sets the run's event, which stops it after the current step with the LoRA so far written."""
     import pandas as pd
 
-    from huabu.lora.train import TrainProgress, train_lora
+    from huabu.training.lora import TrainProgress, train_lora
 
     updates: queue.Queue = queue.Queue()
     key = getattr(session, "session_hash", None) or "local"

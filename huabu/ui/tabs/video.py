@@ -5,7 +5,7 @@ from typing import Any
 
 import gradio as gr
 
-from huabu.requests import VideoRequest
+from huabu.core.requests import VideoRequest
 from huabu.ui.fields import field_bounds, size_or_default
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors

@@ -1,0 +1,129 @@
+"""`huabu tiny ...`: make the scene dataset, train each huabu-tiny stage, assemble and evaluate the model.
+
+Each training stage's options are generated from its config dataclass, so the CLI and the Python API cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from huabu.cli.main import add_config_options, config_from_args
+from huabu.tiny import configs
+from huabu.tiny.demo_configs import TinyControlNetConfig
+from huabu.training.motion_config import MotionTrainConfig
+
+# stage -> (training module, its config dataclass)
+STAGES = {
+    "clip": ("huabu.tiny.train_clip", configs.ClipTrainConfig),
+    "vae": ("huabu.tiny.train_vae", configs.VaeTrainConfig),
+    "unet": ("huabu.tiny.train_unet", configs.UnetTrainConfig),
+    "motion": ("huabu.training.motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
+    "controlnet": ("huabu.tiny.controlnet", TinyControlNetConfig),  # huabu tiny's preset of huabu train controlnet
+}
+
+
+def register(sub) -> None:
+    tiny = sub.add_parser("tiny", help="huabu-tiny: dataset, training stages, evaluation, assembly")
+    tsub = tiny.add_subparsers(dest="tiny_command", metavar="<step>", required=True)
+
+    data = tsub.add_parser("data", help="render the captioned scene dataset (deterministic from --seed)")
+    data.add_argument("--out", default="data/scenes")
+    data.add_argument("--count", type=int, default=200_000)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(handler=_data)
+
+    train = tsub.add_parser("train", help="train one stage (resumes from its newest checkpoint)")
+    stages = train.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for stage in STAGES:
+        p = stages.add_parser(stage, help=f"train the {stage} stage")
+        add_config_options(p, STAGES[stage][1])
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+        p.set_defaults(handler=_train)
+
+    assemble = tsub.add_parser("assemble", help="build the huabu-tiny diffusers folder (fp16) from trained stages")
+    assemble.add_argument("--clip", default="runs/clip/final")
+    assemble.add_argument("--vae", default="runs/vae/final")
+    assemble.add_argument("--unet", default="runs/unet/final")
+    assemble.add_argument("--out", default=None, help="default: the shipped huabu/tiny/huabu-tiny")
+    assemble.set_defaults(handler=_assemble)
+
+    export = tsub.add_parser("export", help="write huabu-tiny as one LDM-key .safetensors file (A1111/ComfyUI layout)")
+    export.add_argument("--model", help="a huabu-tiny-shaped diffusers folder (default: the shipped one)")
+    export.add_argument("-o", "--out", default="huabu-tiny.safetensors")
+    export.set_defaults(handler=_export)
+
+    ev = tsub.add_parser("eval", help="prompt adherence on held-out prompts, with the reachable ceilings")
+    ev.add_argument("--model", help="a huabu-tiny-shaped diffusers folder (default: the shipped one)")
+    ev.add_argument("--scorer", help="the CLIP vision tower folder (default: the shipped one)")
+    ev.add_argument("--steps", type=int, default=20)
+    ev.add_argument("--cfg", type=float, default=5.0)
+    ev.add_argument("--singles", type=int, default=200)
+    ev.add_argument("--pairs", type=int, default=100)
+    ev.add_argument("--grid", help="also write a PNG: real held-out scenes above the generated ones")
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.set_defaults(handler=_eval)
+
+    from huabu.cli import tiny_demos as demo_cli
+
+    demo_cli.register(tsub)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from huabu.tiny.data import write_dataset
+
+    path = write_dataset(Path(args.out), args.count, args.seed)
+    print(f"{args.count} scenes in {path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import importlib
+
+    import torch
+
+    module_name, cls = STAGES[args.stage]
+    module = importlib.import_module(module_name)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = module.train(config_from_args(args, cls))
+    print(result)
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    from huabu.tiny.assemble import DEFAULT_OUT, assemble
+
+    out = assemble(Path(args.clip), Path(args.vae), Path(args.unet), Path(args.out) if args.out else DEFAULT_OUT)
+    print(f"assembled huabu-tiny in {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from huabu.engine.convert import export_single_file
+    from huabu.tiny.assemble import DEFAULT_OUT
+
+    path = export_single_file(Path(args.model) if args.model else DEFAULT_OUT, args.out, config_name="huabu-tiny",
+                              dtype=torch.float16)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from huabu.tiny.eval import EvalSettings, evaluate, format_report
+
+    settings = EvalSettings(steps=args.steps, cfg_scale=args.cfg, singles=args.singles, pairs=args.pairs,
+                            grid=Path(args.grid) if args.grid else None)
+    if args.model:
+        settings.model = Path(args.model)
+    if args.scorer:
+        settings.scorer = Path(args.scorer)
+    result = evaluate(settings)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_report(result))
+    return 0

@@ -1,0 +1,270 @@
+"""Request models shared by the CLI, the web UI and the HTTP API: a job is plain JSON data.
+
+`GenerateRequest.model_validate(data)` raises pydantic's ValidationError (FastAPI turns it into a 422);
+`GenerateRequest.create(**fields)` / `GenerateRequest.from_data(data)` raise InvalidRequest with one line naming the
+field, its allowed range and the value given, which is what the CLI shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from huabu.core.control_units import control_mode_name, resize_mode_name
+from huabu.core.samplers import parse_sampler
+from huabu.core.errors import InvalidRequest
+
+Mode = Literal["txt2img", "img2img", "inpaint"]
+
+MAX_SEED = 2**32 - 1
+
+
+class LoraSpec(BaseModel):
+    """A LoRA to apply by name (a file in the LoRA folder), as `<lora:name:weight>` in a prompt would."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    weight: float = Field(default=1.0, ge=-10.0, le=10.0)
+    te_weight: float | None = Field(default=None, ge=-10.0, le=10.0)
+
+
+class ControlUnit(BaseModel):
+    """One ControlNet unit, shaped like sd-webui-controlnet's API unit (see huabu.engine.controlnets).
+
+    `image` is a path or data URL (raw base64 too); None uses the img2img/inpaint input image. `model` is a name in
+    the ControlNet folder ("name [hash]" too), a path, or empty for the folder's model whose name holds the module's
+    name. As in the extension, -1 for processor_res / thresholds and "None" for model mean "not set"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    module: str = "none"
+    model: str = ""
+    image: str | None = None
+    weight: float = Field(default=1.0, ge=0.0, le=2.0)
+    resize_mode: str = "Crop and Resize"
+    processor_res: int = Field(default=512, ge=64, le=4096)
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+    guidance_start: float = Field(default=0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(default=1.0, ge=0.0, le=1.0)
+    control_mode: str = "Balanced"
+    pixel_perfect: bool = False
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _unset_model(cls, value: Any) -> Any:
+        return "" if value is None or value == "None" else value
+
+    @field_validator("processor_res", mode="before")
+    @classmethod
+    def _unset_resolution(cls, value: Any) -> Any:
+        return 512 if isinstance(value, (int, float)) and value < 0 else value
+
+    @field_validator("threshold_a", "threshold_b", mode="before")
+    @classmethod
+    def _unset_threshold(cls, value: Any) -> Any:
+        return None if isinstance(value, (int, float)) and value < 0 else value
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _resize_mode(cls, value: Any) -> str:
+        return resize_mode_name(value)
+
+    @field_validator("control_mode", mode="before")
+    @classmethod
+    def _control_mode(cls, value: Any) -> str:
+        return control_mode_name(value)
+
+    @model_validator(mode="after")
+    def _guidance_window(self) -> "ControlUnit":
+        if self.guidance_start > self.guidance_end:
+            raise ValueError(f"guidance_start ({self.guidance_start}) must not exceed guidance_end "
+                             f"({self.guidance_end})")
+        return self
+
+
+class RequestModel(BaseModel):
+    """A job as plain JSON data: unknown fields are refused, and bad input becomes one InvalidRequest line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def create(cls, **fields: Any) -> "RequestModel":
+        """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
+        return cls.from_data(fields)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "RequestModel":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise InvalidRequest(one_line(err)) from None
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON-ready dict (what a job row, an API response or a test stores)."""
+        return self.model_dump(mode="json")
+
+
+def _check_sampler(sampler: str, schedule_type: str | None = None) -> None:
+    """A sampler (and schedule type) parse_sampler knows, else ValueError for pydantic to report."""
+    try:
+        parse_sampler(sampler, schedule_type)
+    except InvalidRequest as err:
+        raise ValueError(str(err)) from None
+
+
+def _check_steps_left(steps: int, strength: float) -> None:
+    # diffusers runs int(steps * strength) steps of an img2img/inpaint schedule; zero would return nothing.
+    if int(steps * strength) < 1:
+        raise ValueError(f"denoising strength {strength} with {steps} steps leaves no step to run; raise the "
+                         f"strength or the steps (steps x strength must be at least 1)")
+
+
+class GenerateRequest(RequestModel):
+    """One txt2img / img2img / inpaint job. Images are file paths or `data:image/...;base64,` URLs."""
+
+    mode: Mode = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
+    sampler: str = "DPM++ 2M"
+    schedule_type: str = "Automatic"
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    width: int | None = Field(default=None, ge=8, le=4096)
+    height: int | None = Field(default=None, ge=8, le=4096)
+    batch_size: int = Field(default=1, ge=1, le=16)
+    n_iter: int = Field(default=1, ge=1, le=100)
+    model: str | None = None
+    # For single-file checkpoints whose kind cannot be detected: a bundled config name or a diffusers folder.
+    checkpoint_config: str | None = None
+    init_image: str | None = None
+    mask: str | None = None
+    denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
+    mask_blur: int = Field(default=4, ge=0, le=64)
+    clip_skip: int = Field(default=1, ge=1, le=12)
+    loras: list[LoraSpec] = Field(default_factory=list)
+    controlnets: list[ControlUnit] = Field(default_factory=list)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        _check_sampler(value)
+        return value
+
+    @model_validator(mode="after")
+    def _mode_inputs(self) -> "GenerateRequest":
+        _check_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
+        if self.mode in ("img2img", "inpaint") and not self.init_image:
+            raise ValueError(f"{self.mode} needs an input image (init_image / --image)")
+        if self.mode == "inpaint" and not self.mask:
+            raise ValueError("inpaint needs a mask image (mask / --mask): white = repaint, black = keep")
+        if self.mode == "txt2img" and (self.init_image or self.mask):
+            raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")
+        if self.mode != "txt2img":
+            _check_steps_left(self.steps, self.denoising_strength)
+        return self
+
+
+VideoFormat = Literal["mp4", "gif", "webm"]
+
+
+class VideoRequest(RequestModel):
+    """One video: text-to-video, or image-to-video when `init_image` is given (its first frame stays close to the
+    image). Runs an AnimateDiff motion module on an SD 1.x-shaped model, or a ModelScope / I2VGen-XL video model
+    when `model` is one; prompt syntax, samplers, seeds and LoRAs work as for stills."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    frames: int = Field(default=16, ge=2, le=128)
+    fps: int = Field(default=8, ge=1, le=60)
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
+    sampler: str = "DPM++ 2M"
+    schedule_type: str = "Automatic"
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    width: int | None = Field(default=None, ge=8, le=4096)
+    height: int | None = Field(default=None, ge=8, le=4096)
+    model: str | None = None
+    checkpoint_config: str | None = None
+    # A name in the motion folder, a diffusers MotionAdapter folder, a .safetensors file or a hub id; None = the
+    # model folder's own `motion_adapter/`, else the only module in the motion folder.
+    motion_module: str | None = None
+    init_image: str | None = None
+    denoising_strength: float = Field(default=0.8, ge=0.0, le=1.0)  # how far frames may move from init_image
+    anchor_first_frame: bool = True  # re-inject the image's latents into frame 0 at every step
+    sparse_control: str | None = None  # a SparseCtrl RGB model (folder, name in the ControlNet folder, hub id)
+    sparse_control_scale: float = Field(default=1.0, ge=0.0, le=2.0)
+    clip_skip: int = Field(default=1, ge=1, le=12)
+    loras: list[LoraSpec] = Field(default_factory=list)
+    controlnets: list[ControlUnit] = Field(default_factory=list)
+    format: VideoFormat = "mp4"
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        _check_sampler(value)
+        return value
+
+    @model_validator(mode="after")
+    def _inputs(self) -> "VideoRequest":
+        _check_sampler(self.sampler, self.schedule_type)
+        if self.sparse_control and not self.init_image:
+            raise ValueError("sparse_control (SparseCtrl RGB) animates an image: give init_image / --image too")
+        if self.init_image and not self.sparse_control:
+            _check_steps_left(self.steps, self.denoising_strength)
+        return self
+
+
+_RANGE_WORDS = {"greater_than_equal": "at least {ge}", "less_than_equal": "at most {le}",
+                "greater_than": "more than {gt}", "less_than": "less than {lt}"}
+
+
+def one_line(err: ValidationError) -> str:
+    """First validation problem as `field must be ... (got X)`; `value_error`s keep their own message."""
+    first = err.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"]) or "request"
+    kind, ctx, given = first["type"], first.get("ctx") or {}, first.get("input")
+    if kind == "value_error":
+        message = str(ctx.get("error", first["msg"]))
+        last = first["loc"][-1] if first["loc"] else None
+        named = last is None or (isinstance(last, str) and last.replace("_", " ") in message.lower())
+        return message if named else f"{field}: {message}"
+    if kind in _RANGE_WORDS:
+        bounds = _field_bounds(err.title, first["loc"])
+        if bounds:
+            return f"{field} must be between {bounds[0]} and {bounds[1]} (got {given})"
+        return f"{field} must be {_RANGE_WORDS[kind].format(**ctx)} (got {given})"
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}"
+    if kind == "literal_error":
+        return f"{field} must be {ctx.get('expected')} (got {given!r})"
+    return f"{field}: {first['msg'].lower()} (got {given!r})"
+
+
+_MODELS = {"GenerateRequest": GenerateRequest, "VideoRequest": VideoRequest, "ControlUnit": ControlUnit,
+           "LoraSpec": LoraSpec}
+
+
+def _field_bounds(title: str, loc: tuple) -> tuple[Any, Any] | None:
+    """(ge, le) of the field at `loc` when both are set, to say "between a and b" rather than one side."""
+    model = _MODELS.get(title)
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            if isinstance(part, int):
+                continue
+            return None
+        info = model.model_fields[part]
+        nested = {"controlnets": ControlUnit, "loras": LoraSpec}.get(part)
+        if nested is not None and part != loc[-1]:
+            model = nested
+            continue
+        ge = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+        le = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+        return (ge, le) if ge is not None and le is not None else None
+    return None

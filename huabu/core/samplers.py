@@ -1,0 +1,178 @@
+"""A1111 sampler names and schedule types, and the diffusers scheduler configs they stand for.
+
+The mapping follows diffusers' scheduler overview (A1111/k-diffusion -> diffusers table) and A1111 1.10's sampler
+defaults: "Automatic" means the schedule A1111 gives that sampler (DPM++ 2M -> Karras, DPM++ 2M SDE ->
+Exponential, Euler -> the model's own sigmas, i.e. Uniform). Every scheduler is built with `from_config` from
+the loaded model's *original* scheduler config plus plain config overrides (huabu.engine.samplers), so it keeps
+the model's prediction_type and beta schedule and stays serialisable; nothing is patched after construction.
+
+The name tables are plain data so that requests can be validated without importing torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from huabu.core.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    scheduler: str  # diffusers class name
+    options: Mapping[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    # What "Automatic" means for this sampler (A1111 1.10); None keeps the model's own timestep spacing.
+    default_schedule: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    label: str
+    options: Mapping[str, Any]
+    aliases: tuple[str, ...] = ()
+
+
+_DPM = "DPMSolverMultistepScheduler"
+
+SAMPLERS: tuple[Sampler, ...] = (
+    Sampler("DPM++ 2M", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m",), "Karras"),
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, ("k_dpmpp_sde",), "Karras"),
+    Sampler("DPM++ 2M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m_sde",),
+            "Exponential"),
+    Sampler("DPM++ 2M SDE Heun", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+            ("k_dpmpp_2m_sde_heun",), "Exponential"),
+    Sampler("DPM++ 2S a", "DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+            ("k_dpmpp_2s_a",), "Karras", note="diffusers' single-step SDE solver; close to, not the same as, A1111's"),
+    Sampler("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, ("k_dpmpp_3m_sde",),
+            "Exponential"),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "k_euler_ancestral"), "Uniform"),
+    Sampler("Euler", "EulerDiscreteScheduler", {}, ("k_euler",), "Uniform"),
+    Sampler("LMS", "LMSDiscreteScheduler", {}, ("k_lms",), "Uniform"),
+    Sampler("Heun", "HeunDiscreteScheduler", {}, ("k_heun",), "Uniform"),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", {}, ("k_dpm_2",), "Karras"),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ("k_dpm_2_a",), "Karras"),
+    Sampler("DDIM", "DDIMScheduler", {}, ("ddim",)),
+    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, ("plms",)),
+    Sampler("UniPC", "UniPCMultistepScheduler", {}, ("unipc",)),
+    Sampler("LCM", "LCMScheduler", {}, ("lcm",)),
+)
+
+# A1111 samplers that diffusers has no scheduler for: named in errors so users know it is not a typo.
+UNAVAILABLE = ("DPM fast", "DPM adaptive", "Restart", "DDIM CFG++")
+
+_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def _sigmas(flag: str | None) -> dict[str, bool]:
+    return {f: f == flag for f in _SIGMA_FLAGS}
+
+
+AUTOMATIC = "Automatic"
+
+SCHEDULES: tuple[Schedule, ...] = (
+    Schedule(AUTOMATIC, {}, ("automatic",)),
+    # A1111 "Uniform"/"Normal": timesteps evenly spread over the whole training range.
+    Schedule("Uniform", {"timestep_spacing": "linspace", **_sigmas(None)}, ("uniform",)),
+    Schedule("Karras", _sigmas("use_karras_sigmas"), ("karras",)),
+    Schedule("Exponential", _sigmas("use_exponential_sigmas"), ("exponential",)),
+    Schedule("SGM Uniform", {"timestep_spacing": "trailing", **_sigmas(None)}, ("sgm_uniform", "SGMUniform")),
+    Schedule("Simple", {"timestep_spacing": "trailing", **_sigmas(None)}, ("simple",)),
+    Schedule("Normal", {"timestep_spacing": "linspace", **_sigmas(None)}, ("normal",)),
+    Schedule("DDIM", {"timestep_spacing": "leading", "steps_offset": 1, **_sigmas(None)}, ("ddim",)),
+    Schedule("Beta", _sigmas("use_beta_sigmas"), ("beta",)),
+)
+
+UNAVAILABLE_SCHEDULES = ("Polyexponential", "KL Optimal", "Align Your Steps")
+
+_SAMPLER_INDEX = {n.lower(): s for s in SAMPLERS for n in (s.name, *s.aliases)}
+_SCHEDULE_INDEX = {n.lower(): s for s in SCHEDULES for n in (s.label, *s.aliases)}
+
+
+def _suggest(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    close += [c for c in choices if name.lower() in c.lower() and c not in close]
+    return f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
+
+
+def find_schedule(label: str | None) -> Schedule:
+    """The schedule type called `label` (A1111 label or alias, any case); None means Automatic."""
+    if not label:
+        return SCHEDULES[0]
+    found = _SCHEDULE_INDEX.get(label.strip().lower())
+    if found:
+        return found
+    labels = [s.label for s in SCHEDULES]
+    if label.strip().lower() in (u.lower() for u in UNAVAILABLE_SCHEDULES):
+        raise InvalidRequest(f"schedule type {label!r} has no diffusers equivalent; choose one of: {', '.join(labels)}")
+    raise InvalidRequest(f"unknown schedule type {label!r}{_suggest(label, labels)} (known: {', '.join(labels)})")
+
+
+def parse_sampler(name: str, schedule: str | None = None) -> tuple[Sampler, Schedule]:
+    """Split an A1111 sampler name, combined or not ("DPM++ 2M Karras"), into (sampler, schedule type).
+
+    As in A1111, a schedule named inside the sampler name wins over an explicit "Automatic"; a different explicit
+    schedule wins over the one in the name.
+    """
+    text = (name or "").strip()
+    explicit = find_schedule(schedule)
+    sampler = _SAMPLER_INDEX.get(text.lower())
+    if sampler is not None:
+        return sampler, explicit
+    for sched in SCHEDULES[1:]:
+        for option in (sched.label, *sched.aliases):
+            if text.lower().endswith(" " + option.lower()):
+                base = _SAMPLER_INDEX.get(text[: -len(option) - 1].strip().lower())
+                if base is not None:
+                    return base, explicit if explicit.label != AUTOMATIC else sched
+    if text.lower() in (u.lower() for u in UNAVAILABLE):
+        raise InvalidRequest(f"sampler {text!r} is an A1111 sampler that diffusers has no scheduler for; "
+                             f"try 'DPM++ 2M' or 'Euler a' (huabu samplers lists all)")
+    names = [s.name for s in SAMPLERS]
+    raise InvalidRequest(f"unknown sampler {text!r}{_suggest(text, names)} (huabu samplers lists all)")
+
+
+def resolved_schedule(sampler: Sampler, schedule: Schedule) -> Schedule:
+    """What "Automatic" stands for with this sampler; other schedules are returned as they are."""
+    if schedule.label == AUTOMATIC and sampler.default_schedule:
+        return _SCHEDULE_INDEX[sampler.default_schedule.lower()]
+    return schedule
+
+
+def canonical_names(name: str, schedule: str | None = None) -> tuple[str, str]:
+    """(sampler name, schedule label) as written into infotexts: the schedule is resolved, as A1111 1.10 does."""
+    sampler, sched = parse_sampler(name, schedule)
+    return sampler.name, resolved_schedule(sampler, sched).label
+
+
+def scheduler_config(
+    name: str, schedule: str | None, base_config: Mapping[str, Any], seeds: Sequence[int] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(diffusers scheduler class name, config) for an A1111 sampler on a model whose scheduler config is
+    `base_config`. `seeds` (one per image) seed DPM++ SDE's Brownian noise so batches reproduce single images."""
+    sampler, sched = parse_sampler(name, schedule)
+    sched = resolved_schedule(sampler, sched)
+    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    config.update(sampler.options)
+    config.update(sched.options)
+    if sampler.scheduler == "DPMSolverSDEScheduler" and seeds is not None:
+        config["noise_sampler_seed"] = [int(s) for s in seeds]
+    return sampler.scheduler, config
+
+
+def list_samplers() -> list[dict[str, Any]]:
+    """A1111 `/sdapi/v1/samplers`-shaped rows: name, aliases, options."""
+    return [
+        {"name": s.name, "aliases": list(s.aliases), "options": {
+            "scheduler": s.scheduler, "default schedule": s.default_schedule or "model's own", **(
+                {"note": s.note} if s.note else {})}}
+        for s in SAMPLERS
+    ]
+
+
+def list_schedules() -> list[dict[str, Any]]:
+    """A1111 `/sdapi/v1/schedulers`-shaped rows: name, label, aliases."""
+    return [{"name": s.aliases[0], "label": s.label, "aliases": list(s.aliases[1:]) or None} for s in SCHEDULES]

@@ -1,0 +1,87 @@
+"""Where huabu keeps its files and how it runs, built explicitly by each front end (never at import time).
+
+`Settings.from_env()` reads the environment once; front ends pass the result (with their own overrides, e.g. CLI
+flags) to the engine, the gallery and the server, so nothing reads global state later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from huabu.core.errors import InvalidRequest
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+BUILTIN_MODEL = "huabu-tiny"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    outputs_dir: Path
+    models_dir: Path
+    loras_dir: Path
+    controlnet_dir: Path
+    motion_dir: Path  # AnimateDiff motion modules (huabu video --motion-module NAME)
+    gallery_db: Path
+    cache_dir: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_unsafe_pickle: bool = False
+    hub_offline: bool = False
+    default_model: str = BUILTIN_MODEL
+    model_cache_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise InvalidRequest(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise InvalidRequest(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.model_cache_size < 1:
+            raise InvalidRequest(f"model cache size must be at least 1, got {self.model_cache_size}")
+
+    @classmethod
+    def for_home(cls, home: str | os.PathLike, **overrides) -> "Settings":
+        """Settings with every folder under `home` (the layout of ~/.huabu)."""
+        home = Path(home).expanduser()
+        base = dict(
+            home=home,
+            outputs_dir=home / "outputs",
+            models_dir=home / "models",
+            loras_dir=home / "loras",
+            controlnet_dir=home / "controlnet",
+            motion_dir=home / "motion",
+            gallery_db=home / "gallery.sqlite",
+            cache_dir=home / "cache",
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from HUABU_* variables (HUABU_HOME, HUABU_DEVICE, HUABU_DTYPE, HUABU_MODEL,
+        HUABU_ALLOW_UNSAFE_PICKLE) and HF_HUB_OFFLINE; keyword overrides (None = not given) win."""
+        env = os.environ if env is None else env
+        home = overrides.pop("home", None) or env.get("HUABU_HOME") or Path.home() / ".huabu"
+        from_env = dict(
+            device=env.get("HUABU_DEVICE") or None,
+            dtype=env.get("HUABU_DTYPE") or None,
+            default_model=env.get("HUABU_MODEL") or None,
+            allow_unsafe_pickle=_flag(env.get("HUABU_ALLOW_UNSAFE_PICKLE")) or None,
+            hub_offline=_flag(env.get("HF_HUB_OFFLINE")) or None,
+        )
+        from_env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.for_home(home, **from_env)
+
+    def with_(self, **changes) -> "Settings":
+        """A copy with some fields changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
