@@ -210,7 +210,7 @@ def test_progress_bar_per_pipeline_call(monkeypatch):
     import io
 
     from huabu.cli.main import progress_bars
-    from huabu.engine.generate import Progress
+    from huabu.engine.job import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

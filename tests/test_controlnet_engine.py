@@ -166,7 +166,7 @@ def test_bare_names_come_from_huabu_folders_not_the_working_directory(controlnet
     from video_support import tiny_motion_adapter
 
     from huabu.engine.controlnets import ControlNetManager
-    from huabu.engine.video import resolve_motion_module
+    from huabu.engine.motion_modules import resolve_motion_module
     from huabu.core.settings import Settings
 
     settings = Settings.for_home(tmp_path / "home")

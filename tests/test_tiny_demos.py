@@ -133,7 +133,7 @@ def test_shipped_folders_are_fp16_load_back_and_leave_the_pipeline_loadable(toy,
 
 def test_engine_uses_the_shipped_controlnet_and_motion_module_by_default(toy, shipped, tmp_path):
     from huabu.engine.generate import Engine
-    from huabu.engine.video import resolve_motion_module
+    from huabu.engine.motion_modules import resolve_motion_module
     from huabu.core.requests import GenerateRequest
     from huabu.core.settings import Settings
     from huabu.tiny.eval_control import png_data_url

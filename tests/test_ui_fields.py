@@ -136,7 +136,7 @@ def test_interrupt_flags_are_per_session():
 
 
 def test_progress_reporter_passes_steps():
-    from huabu.engine.generate import Progress
+    from huabu.engine.job import Progress
     from huabu.ui.jobs import progress_reporter
 
     calls = []

@@ -181,7 +181,7 @@ def test_each_unet_gets_the_lora_whichever_pipeline_loaded_it_first(vengine, eng
     expected_still = np.asarray(stills_first.generate(still).images[0], dtype=np.int16)
     _video(stills_first, prompt="a red apple <lora:tiny-style:1>")
     model = stills_first.models.load("tiny-sd")
-    video_pipe = next(p for key, p in model.pipelines.items() if key.startswith("animatediff|"))
+    video_pipe = next(p for key, p in model.pipelines.items() if key.kind == "animatediff")
     name = next(iter(model.lora_targets))
     assert model.lora_targets[name] == {"unet", "text_encoder"}
     assert type(video_pipe.unet).__name__ == "UNetMotionModel" and video_pipe.unet is not model.pipeline.unet

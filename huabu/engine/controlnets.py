@@ -33,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from huabu.engine import checkpoints
+from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image
 from huabu.engine.models import LoadedModel, looks_like_path
 from huabu.engine.pipelines import pipeline_mode
@@ -398,7 +399,7 @@ def controlnet_config(unet_config: Any, state: dict[str, Any]) -> dict[str, Any]
 
 
 @dataclass
-class ControlPlan:
+class ControlPlan(Extension):
     """A request's ControlNet units with their resolved, loaded ControlNets."""
 
     units: list[CheckedUnit]
@@ -415,18 +416,13 @@ class ControlPlan:
         return [(checked, net) for checked, net in zip(self.units, self.nets)
                 if checked.unit.guidance_start < checked.unit.guidance_end]
 
-    def pipeline(self, model: LoadedModel, mode: str, cfg_scale: float) -> Any:
-        """The ControlNet variant of the mode's pipeline (SD or SDXL), sharing every component of the model; the
-        plain mode pipeline when no unit acts."""
-        from diffusers import (AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image,
-                               MultiControlNetModel)
+    def controlnet(self, cfg_scale: float) -> Any:
+        """The acting units' nets as one MultiControlNetModel, each wrapped for its control mode."""
+        from diffusers import MultiControlNetModel
 
         from huabu.core.control_units import BALANCED, CONTROL_FIRST
         from huabu.engine.control_modes import ModeControlNet
-        from huabu.engine.pipelines import mode_pipeline
 
-        if not self.active:
-            return mode_pipeline(model, mode)
         guided = cfg_scale > 1.0  # diffusers runs classifier-free guidance only then
         nets = []
         for checked, net in self.active:
@@ -435,10 +431,21 @@ class ControlPlan:
                 nets.append(net)
             else:
                 nets.append(ModeControlNet(net, soft=True, prompt_half_only=guided and control_mode == CONTROL_FIRST))
+        return MultiControlNetModel(nets)
+
+    def pipeline(self, model: LoadedModel, mode: str, cfg_scale: float) -> Any:
+        """The ControlNet variant of the mode's pipeline (SD or SDXL), sharing every component of the model; the
+        plain mode pipeline when no unit acts."""
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+        from huabu.engine.pipelines import mode_pipeline
+
+        if not self.active:
+            return mode_pipeline(model, mode)
         auto = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
                 "inpaint": AutoPipelineForInpainting}[pipeline_mode(model, mode)]
         # dtype: from_pipe casts to float32 unless told otherwise, which would cast the shared modules in place.
-        pipe = auto.from_pipe(model.pipeline, controlnet=MultiControlNetModel(nets), dtype=model.pipeline.dtype)
+        pipe = auto.from_pipe(model.pipeline, controlnet=self.controlnet(cfg_scale), dtype=model.pipeline.dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -459,6 +466,15 @@ class ControlPlan:
         if "height" in accepted:
             kwargs.update(height=height, width=width)
         return kwargs
+
+    def frame_inputs(self, pipe: Any, width: int, height: int, frames: int) -> dict[str, Any]:
+        """The AnimateDiff ControlNet pipelines' arguments: each unit's control map given to every frame."""
+        active = [checked for checked, _ in self.active]
+        self.maps = [self.control_map(checked, width, height, pipe.device) for checked in active]
+        return {"conditioning_frames": [[m] * frames for m in self.maps],
+                "controlnet_conditioning_scale": [float(c.unit.weight) for c in active],
+                "control_guidance_start": [float(c.unit.guidance_start) for c in active],
+                "control_guidance_end": [float(c.unit.guidance_end) for c in active]}
 
     def control_map(self, checked: CheckedUnit, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The unit's preprocessed image, fitted to width x height by its resize mode."""

@@ -1,14 +1,15 @@
-"""The one generation path: a GenerateRequest in, images with their A1111 infotexts out.
+"""The one generation path: a GenerateRequest or VideoRequest in, images or a video with their A1111 infotexts out.
 
-CLI, web UI and HTTP API all call `Engine.generate`; none of them re-implements any of it. Per request: validate
-inputs, apply styles, take LoRA tags out of the prompt, encode the prompt schedule, then run the diffusers pipeline
-of the requested mode once per `n_iter` with one CPU generator per image (image i uses seed + i, as in A1111).
+CLI, web UI and HTTP API all call `Engine.generate` / `Engine.generate_video`; none of them re-implements any of it.
+Both share `huabu.engine.job`: one prepare step (sampler, seed, size, prompts, LoRAs, input images, ControlNet
+units, model), one prompt encoding, one step callback, one infotext builder and one save. Stills run the diffusers
+pipeline of the requested mode once per `n_iter` with one CPU generator per image (image i uses seed + i, as in
+A1111); videos run the pipelines of `huabu.engine.video`.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,36 +17,20 @@ from typing import Any, Callable
 
 from PIL import Image
 
-import huabu
-from huabu.core import samplers
-from huabu.engine.samplers import build_scheduler
-from huabu.engine.controlnets import ControlNetManager, check_units
-from huabu.engine.images import load_image, load_mask
-from huabu.engine.loras import (ResolvedLora, apply_loras, lora_hashes_text, prompt_with_loras,
-                                resolve_loras)
-from huabu.engine.models import LoadedModel, ModelManager
-from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
-from huabu.core.errors import InvalidRequest
-from huabu.engine.prompts.syntax import extract_loras
+from huabu.core.gallery import Gallery
 from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
 from huabu.core.settings import Settings
+from huabu.engine.controlnets import ControlNetManager
+from huabu.engine.infotext import build_infotext, infotext_params
+from huabu.engine.extensions import PromptSchedule
+from huabu.engine.job import (Job, Progress, Prompter, callback_tensors, encode_prompts, prepare, save_output,
+                              step_callback)
+from huabu.engine.loras import apply_loras
+from huabu.engine.models import LoadedModel, ModelManager
+from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
+from huabu.engine.video import VideoResult, run_video, video_target
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One sampling step done: `step` of `steps` in pipeline call `iteration` (0-based) of `n_iter`, which makes
-    images `first_image` .. `first_image + batch_size - 1` of `total_images`."""
-
-    iteration: int
-    n_iter: int
-    step: int
-    steps: int
-    first_image: int
-    batch_size: int
-    total_images: int
-    latents: Any = field(default=None, repr=False, compare=False)  # this step's latents, for live previews
 
 
 @dataclass
@@ -60,29 +45,31 @@ class GenerationResult:
     interrupted: bool = False
 
 
-def format_number(value: float) -> str:
-    """Numbers in infotexts as A1111 shows them: 7 rather than 7.0."""
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
 class Engine:
-    """Runs GenerateRequests on models from a ModelManager. One generation at a time (a lock guards the models)."""
+    """Runs requests on models from a ModelManager. One generation at a time (a lock guards the models)."""
 
-    def __init__(self, settings: Settings, models: ModelManager | None = None, gallery=None) -> None:
+    def __init__(self, settings: Settings, models: ModelManager | None = None, gallery: Gallery | None = None) -> None:
         self.settings = settings
         self.models = models or ModelManager(settings)
         self._gallery = gallery
         self._book = None
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
+        self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
+                                 self._prompt_book)
 
     @property
-    def gallery(self):
+    def gallery(self) -> Gallery:
         if self._gallery is None:
-            from huabu.core.gallery import Gallery
-
             self._gallery = Gallery(self.settings.gallery_db)
         return self._gallery
+
+    def _prompt_book(self):
+        if self._book is None:
+            from huabu.engine.prompts.book import load_book
+
+            self._book = load_book()
+        return self._book
 
     def generate(self, request: GenerateRequest, progress: Callable[[Progress], None] | None = None,
                  interrupt: Callable[[], bool] | None = None, save: bool = False,
@@ -97,107 +84,60 @@ class Engine:
         with self._lock:
             return self._generate(request, progress, interrupt, save, outdir)
 
-    def generate_video(self, request, progress: Callable[[Progress], None] | None = None,
+    def generate_video(self, request: VideoRequest, progress: Callable[[Progress], None] | None = None,
                        interrupt: Callable[[], bool] | None = None, save: bool = False,
-                       output: str | Path | None = None):
-        """Generate one video for a VideoRequest (huabu.engine.video): the same models, prompt syntax, samplers,
-        LoRAs, progress and interrupt as `generate`. `save=True` writes it to `output` (a .mp4/.webm/.gif path, or a
-        folder; default: settings.outputs_dir) with its parameters and indexes it in the gallery as kind "video"."""
-        from huabu.engine.video import generate_video
-
+                       output: str | Path | None = None) -> VideoResult:
+        """Generate one video for a VideoRequest: the same models, prompt syntax, samplers, LoRAs, progress and
+        interrupt as `generate`. `save=True` writes it to `output` (a .mp4/.webm/.gif path, or a folder; default:
+        settings.outputs_dir) with its parameters and indexes it in the gallery as kind "video"."""
         with self._lock:
-            return generate_video(self, request, progress, interrupt, save, output)
+            return self._generate_video(request, progress, interrupt, save, output)
 
-    # --- steps of a generation --------------------------------------------------------------------------------
+    # --- stills -------------------------------------------------------------------------------------------------
 
     def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
-        sampler, schedule = samplers.parse_sampler(request.sampler, request.schedule_type)
-        schedule = samplers.resolved_schedule(sampler, schedule)
-        init_image = load_image(request.init_image) if request.init_image else None
-        mask = load_mask(request.mask) if request.mask else None
-        control_units = check_units(request.controlnets, init_image)
-        if mask is not None and mask.size != init_image.size:
-            raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
-                                 f"{init_image.width}x{init_image.height}; they must be the same size")
-        prompt, negative, text, loras = self._prompts(request)
+        job = prepare(request, self.models, self.prompter)
+        used, model = job.request, job.model
+        control = self.controlnets.plan(job.control_units, model) if job.control_units else None
+        pipe = control.pipeline(model, used.mode, used.cfg_scale) if control else mode_pipeline(model, used.mode)
+        apply_loras(pipe, job.loras, model.lora_targets)
 
-        model = self.models.load(request.model, request.checkpoint_config)
-        width, height = _output_size(request, model, init_image)
-        if init_image is not None:  # "just resize", as A1111's default resize mode
-            init_image = init_image.resize((width, height), Image.LANCZOS)
-            mask = mask.resize((width, height), Image.LANCZOS) if mask is not None else None
-        base_seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
-        used = request.model_copy(update={"seed": base_seed, "width": width, "height": height,
-                                          "sampler": sampler.name, "schedule_type": schedule.label})
-        control = self.controlnets.plan(control_units, model) if control_units else None
-        pipe = control.pipeline(model, request.mode, used.cfg_scale) if control else mode_pipeline(model, request.mode)
-        apply_loras(pipe, loras, model.lora_targets)
-
-        scheduler = build_scheduler(sampler.name, schedule.label, model.scheduler_config)
-        conditioning = self._conditioning(model, used, text, negative, request.steps * scheduler.order)
-        inputs = _mode_inputs(model, used, init_image, mask)
+        scheduler = job.scheduler()
+        conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative, used.steps * scheduler.order,
+                                      used.batch_size)
+        extensions = [PromptSchedule(conditioning), *([control] if control else [])]
+        inputs = _mode_inputs(model, used, job.init_image, job.mask)
         if control:
-            inputs.update(control.inputs(pipe, width, height))
-        extra_params = control.infotext_params() if control else {}
+            inputs.update(control.inputs(pipe, used.width, used.height))
+        extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
         result = GenerationResult([], [], [], used, model.info())
         for iteration in range(used.n_iter):
             # Past MAX_SEED the numbering wraps to 0, so every recorded seed is one a request can ask for again.
-            seeds = [(base_seed + iteration * used.batch_size + i) % (MAX_SEED + 1) for i in range(used.batch_size)]
-            if sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image, see samplers
-                scheduler = build_scheduler(sampler.name, schedule.label, model.scheduler_config, seeds)
+            seeds = [(used.seed + iteration * used.batch_size + i) % (MAX_SEED + 1) for i in range(used.batch_size)]
+            if job.sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image, see samplers
+                scheduler = job.scheduler(seeds)
             pipe.scheduler = scheduler
-            callback = _step_callback(conditioning, progress, interrupt, iteration, used, total)
-            images = self._run(model, pipe, used, conditioning, inputs, seeds, callback)
+            report = _still_report(iteration, used, total)
+            callback = step_callback(extensions, report, progress, interrupt)
+            images = self._run(model, pipe, used, conditioning, inputs, seeds, callback, extensions)
             if used.mode == "inpaint":
-                images = _overlay(pipe, images, init_image, mask, used.mask_blur)
+                images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur)
             for seed, image in zip(seeds, images):
-                params = _infotext_params(used, model, seed, loras, extra_params)
-                infotext = _infotext(prompt, negative, params)
+                params = infotext_params(used, model, seed, job.loras, extra)
+                infotext = build_infotext(job.prompt, job.negative, params)
                 result.images.append(image)
                 result.seeds.append(seed)
                 result.infotexts.append(infotext)
                 if save:
-                    self._save(image, seed, infotext, prompt, negative, params, used.mode, outdir, result)
+                    self._save_image(image, seed, infotext, job, params, outdir, result)
             if getattr(pipe, "interrupt", False):
                 result.interrupted = True
                 break
         return result
 
-    def _prompts(self, request: GenerateRequest | VideoRequest) -> tuple[str, str, str, list[ResolvedLora]]:
-        """What a request's prompts become: the styled prompt naming every LoRA used as its tag (the infotext's
-        prompt line), the negative prompt, the prompt text without those tags (what is encoded) and the LoRAs."""
-        prompt, negative = self._styled(request)
-        prompt, untaggable = prompt_with_loras(prompt, request.loras)
-        text, tag_loras = extract_loras(prompt)
-        loras = resolve_loras([*untaggable, *tag_loras], self.settings.loras_dir, self.models.hashes,
-                              self.settings.allow_unsafe_pickle)
-        return prompt, negative, text, loras
-
-    def _styled(self, request: GenerateRequest) -> tuple[str, str]:
-        if not request.styles:
-            return request.prompt, request.negative_prompt
-        from huabu.engine.prompts.book import apply_styles, load_book
-
-        if self._book is None:
-            self._book = load_book()
-        return apply_styles(request.prompt, request.negative_prompt, request.styles, self._book)
-
-    def _conditioning(self, model: LoadedModel, request: GenerateRequest, text: str, negative: str, steps: int):
-        from huabu.engine.prompts.encode import PromptEncoder, ScheduledConditioning
-
-        encoder = model.encoders.get(request.clip_skip)
-        if encoder is None:
-            pipe = model.pipeline
-            pairs = [(pipe.tokenizer, pipe.text_encoder)]
-            if getattr(pipe, "text_encoder_2", None) is not None:
-                pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
-            encoder = PromptEncoder([t for t, _ in pairs], [e for _, e in pairs], clip_skip=request.clip_skip)
-            model.encoders[request.clip_skip] = encoder
-        return ScheduledConditioning.build(encoder, text, negative, steps, request.batch_size)
-
     def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
-             callback) -> list:
+             callback, extensions) -> list:
         import torch
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -205,41 +145,53 @@ class Engine:
                     num_images_per_prompt=1, output_type="latent", **conditioning.initial_kwargs(), **inputs)
         if callback is not None:
             call["callback_on_step_end"] = callback
-            call["callback_on_step_end_tensor_inputs"] = ["latents", *conditioning.callback_tensor_inputs]
+            call["callback_on_step_end_tensor_inputs"] = callback_tensors(extensions)
         latents = pipe(**call).images
         images, model.vae_needs_fp32 = decode_latents(pipe, latents, model.vae_needs_fp32)
         return images
 
-    def _save(self, image, seed, infotext, prompt, negative, params, kind, outdir, result) -> None:
-        from huabu.core.pnginfo import next_output_path, save_png_atomic
-
+    def _save_image(self, image, seed: int, infotext: str, job: Job, params: dict, outdir, result) -> None:
         folder = Path(outdir) if outdir is not None else self.settings.outputs_dir
-        reserved = next_output_path(folder, seed)
-        try:
-            path = save_png_atomic(image, reserved, infotext)
-        except BaseException:
-            reserved.unlink(missing_ok=True)  # the empty placeholder next_output_path created
-            raise
+        path, gallery_id = save_output(lambda path: _write_png(image, path, infotext), folder, seed, "png",
+                                       self.gallery, job.request.mode, job.prompt, job.negative, params)
         result.paths.append(path)
-        result.gallery_ids.append(self.gallery.add(path, kind, prompt, negative, params))
+        result.gallery_ids.append(gallery_id)
+
+    # --- video --------------------------------------------------------------------------------------------------
+
+    def _generate_video(self, request, progress, interrupt, save, output) -> VideoResult:
+        target = video_target(output, request.format, self.settings.outputs_dir) if save else None
+        job = prepare(request, self.models, self.prompter)
+        if target is not None:
+            job.request = job.request.model_copy(update={"format": target.format})
+        result = run_video(job, self.settings, self.models.hashes, self.controlnets, progress, interrupt)
+        if save and result.frames:
+            from huabu.engine.video_export import write_video
+
+            fps = result.request_used.fps
+
+            def write(path: Path) -> Path:
+                write_video(result.frames, path, fps, result.infotext)
+                return path
+
+            result.path, result.gallery_id = save_output(write, target.folder, result.seed, target.format,
+                                                         self.gallery, "video", job.prompt, job.negative,
+                                                         result.params, path=target.file)
+        return result
 
 
-def _output_size(request: GenerateRequest, model: LoadedModel, init_image: Image.Image | None) -> tuple[int, int]:
-    """Width and height: as requested, else the input image's (rounded down to the VAE factor), else the model's
-    default; each must be a multiple of the VAE factor (one latent pixel per factor x factor image pixels)."""
-    factor = model.vae_scale_factor
-    if init_image is not None:
-        default_w = max(factor, init_image.width // factor * factor)
-        default_h = max(factor, init_image.height // factor * factor)
-    else:
-        default_w = default_h = model.default_size
-    width, height = request.width or default_w, request.height or default_h
-    for label, value in (("width", width), ("height", height)):
-        if value % factor:
-            lower, upper = value // factor * factor, (value // factor + 1) * factor
-            raise InvalidRequest(f"{label} {value} is not a multiple of {factor} (this model's VAE factor); "
-                                 f"use {lower or upper} or {upper}")
-    return width, height
+def _write_png(image: Image.Image, path: Path, infotext: str) -> Path:
+    from huabu.core import pnginfo
+
+    return pnginfo.save_png_atomic(image, path, infotext)
+
+
+def _still_report(iteration: int, request: GenerateRequest, total: int) -> Callable[[Any, int, dict], Progress]:
+    def report(pipe, step: int, callback_kwargs: dict) -> Progress:
+        return Progress(iteration, request.n_iter, step + 1, pipe.num_timesteps, iteration * request.batch_size,
+                        request.batch_size, total, callback_kwargs.get("latents"))
+
+    return report
 
 
 def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask) -> dict[str, Any]:
@@ -267,49 +219,3 @@ def _overlay(pipe, images: list, init_image: Image.Image, mask: Image.Image, blu
     never returns exactly the pixels it was given."""
     soft = pipe.mask_processor.blur(mask, blur_factor=blur) if blur > 0 else mask
     return [pipe.image_processor.apply_overlay(soft, init_image, image) for image in images]
-
-
-def _step_callback(conditioning, progress, interrupt, iteration: int, request: GenerateRequest, total: int):
-    """diffusers `callback_on_step_end` chaining the prompt schedule, progress and interrupt; None when there is
-    nothing to do per step (no schedule, no listener), so a plain generation pays nothing."""
-    scheduled = len(conditioning.positive) > 1 or len(conditioning.negative) > 1
-    if not (scheduled or progress or interrupt):
-        return None
-
-    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        if scheduled:
-            callback_kwargs = conditioning.step_callback(pipe, step, timestep, callback_kwargs)
-        if progress is not None:
-            progress(Progress(iteration, request.n_iter, step + 1, pipe.num_timesteps, iteration * request.batch_size,
-                              request.batch_size, total, callback_kwargs.get("latents")))
-        if interrupt is not None and interrupt():
-            pipe._interrupt = True  # diffusers' documented way to stop a pipeline from its callback
-        return callback_kwargs
-
-    return on_step_end
-
-
-def _infotext_params(request: GenerateRequest, model: LoadedModel, seed: int, loras: list[ResolvedLora],
-                     extra: dict[str, str]) -> dict[str, Any]:
-    """The `key: value` fields of one image, in A1111 1.10's order (None = left out)."""
-    return {
-        "Steps": request.steps,
-        "Sampler": request.sampler,
-        "Schedule type": request.schedule_type,
-        "CFG scale": format_number(request.cfg_scale),
-        "Seed": seed,
-        "Size": f"{request.width}x{request.height}",
-        "Model hash": model.short_hash,
-        "Model": model.name,
-        "Denoising strength": format_number(request.denoising_strength) if request.mode != "txt2img" else None,
-        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        "Mask blur": request.mask_blur if request.mode == "inpaint" else None,
-        "Lora hashes": lora_hashes_text(loras),
-        **extra,
-    }
-
-
-def _infotext(prompt: str, negative: str, params: dict[str, Any]) -> str:
-    from huabu.core.pnginfo import create_infotext
-
-    return create_infotext(prompt, negative, params, huabu.__version__)

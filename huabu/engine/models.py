@@ -33,7 +33,7 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 CLIP_TOKENIZER_DIR = BUILTIN_DIR / "tokenizer"
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _A1111_TITLE = re.compile(r"^(.*?)\s*\[[0-9a-fA-F]{8,64}\]$")
 
 # diffusers' single-file model types (infer_diffusers_model_type) -> bundled config, UNet input channels.
@@ -77,6 +77,16 @@ class ModelRef:
         return None if self.kind == "hub" else Path(self.location)
 
 
+@dataclass(frozen=True)
+class PipelineKey:
+    """What a cached pipeline of a LoadedModel was built for: its kind ("txt2img", "img2img", "inpaint",
+    "animatediff", "img2vid", "sparsectrl", "modelscope-img2vid") and the extra modules it holds."""
+
+    kind: str
+    motion: str = ""  # the motion module's location and disk stamp
+    control: str = ""  # the SparseCtrl model's location
+
+
 @dataclass
 class LoadedModel:
     """A loaded pipeline plus the facts the engine needs; mode pipelines made from it share its components."""
@@ -85,7 +95,7 @@ class LoadedModel:
     pipeline: Any  # diffusers DiffusionPipeline
     sha256: str | None
     scheduler_config: dict[str, Any]  # the model's own scheduler config, the base of every sampler
-    pipelines: dict[str, Any] = field(default_factory=dict)  # mode -> pipeline (see pipelines.mode_pipeline)
+    pipelines: dict["PipelineKey", Any] = field(default_factory=dict)  # pipelines made from `pipeline` (from_pipe)
     encoders: dict[int, Any] = field(default_factory=dict)  # clip_skip -> PromptEncoder
     vae_needs_fp32: bool = False  # set once a half-precision decode overflowed (see pipelines.decode_latents)
     lora_targets: dict[str, frozenset[str]] = field(default_factory=dict)  # adapter -> components (loras.apply_loras)
@@ -143,7 +153,7 @@ class ModelManager:
         found = self._find_in_models_dir(spec)
         if found is not None:
             return self._ref_for_path(spec, found, config)
-        if _HUB_ID.match(spec) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        if HUB_ID.match(spec) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             return ModelRef(spec, "hub", spec, spec)
         if path.suffix.lower() in CHECKPOINT_SUFFIXES or os.sep in spec or spec.startswith((".", "~")):
             raise ModelNotFound(f"model file or folder not found: {path}")

@@ -8,7 +8,7 @@ trained on clips of every direction learns no direction at all (the README's mot
 Each motion module outside the innermost level gets a MotionWords layer that warps what the module adds, frame by
 frame, along a path the caption chooses. The layers are added with PyTorch forward hooks on the model's own motion
 modules, so diffusers' classes stay as they are and the MotionAdapter's weights keep their layout; they live in their
-own file beside the adapter (MOTION_WORDS_FILE).
+own file beside the adapter (huabu.engine.motion_modules.MOTION_WORDS_FILE).
 
 The layers can only read what the text encoder gives them. Words it never learned (huabu-tiny's CLIP saw no "up",
 "down", "growing" or "shrinking") keep their random initial embeddings, and its output barely tells them apart, so
@@ -35,10 +35,6 @@ from torch import nn
 from huabu.core.atomic import atomic_path
 from huabu.core.errors import HuabuError, first_line
 
-MOTION_WORDS_FILE = "motion_words.safetensors"
-# A motion-module folder may also hold this LoRA of the image model's cross-attention, trained with the module (see
-# MotionTrainConfig.text_lora_rank); the video engine applies it whenever it runs that module.
-TEXT_LORA_FILE = "text_lora.safetensors"
 
 
 class MotionWords(nn.Module):

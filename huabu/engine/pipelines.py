@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from huabu.engine.models import LoadedModel
+from huabu.engine.models import LoadedModel, PipelineKey
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,11 @@ def mode_pipeline(model: LoadedModel, mode: str) -> Any:
     """The cached pipeline for `mode`, sharing every component with `model.pipeline`."""
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
-    key = pipeline_mode(model, mode)
+    key = PipelineKey(pipeline_mode(model, mode))
     pipe = model.pipelines.get(key)
     if pipe is None:
         auto = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
-                "inpaint": AutoPipelineForInpainting}[key]
+                "inpaint": AutoPipelineForInpainting}[key.kind]
         # dtype: from_pipe casts to float32 unless told otherwise, which would cast the shared modules in place.
         pipe = auto.from_pipe(model.pipeline, dtype=model.pipeline.dtype)
         pipe.set_progress_bar_config(disable=True)

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from huabu.engine.generate import Engine, Progress
+from huabu.engine.generate import Engine
+from huabu.engine.job import Progress
 from huabu.core.errors import HuabuError
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import FINISHED, Job, JobStore

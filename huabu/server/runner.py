@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from huabu.engine.generate import Engine, Progress
+from huabu.engine.generate import Engine
+from huabu.engine.job import Progress
 from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.server.jobs import Job
 

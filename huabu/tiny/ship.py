@@ -93,8 +93,7 @@ def ship_motion(run_dir: Path, model_dir: Path = BUILTIN_DIR) -> Path:
     motion words trained beside it if any (already fp16); returns that folder."""
     from diffusers import MotionAdapter
 
-    from huabu.engine.motion_words import TEXT_LORA_FILE
-    from huabu.engine.motion_words import MOTION_WORDS_FILE
+    from huabu.engine.motion_modules import MOTION_WORDS_FILE, TEXT_LORA_FILE
 
     trained = _trained_folder(run_dir, "motion module")
     adapter = MotionAdapter.from_pretrained(trained, dtype=torch.float32)

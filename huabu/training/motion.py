@@ -32,9 +32,9 @@ from huabu.tiny.train_unet import encode_text, lr_at, noise_scheduler
 from huabu.tiny.train_vae import to_tensor
 from huabu.training.checkpoint import load_latest, save_checkpoint
 from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
-from huabu.engine.motion_words import TEXT_LORA_FILE
+from huabu.engine.motion_modules import MOTION_WORDS_FILE, TEXT_LORA_FILE
 from huabu.training.motion_config import MotionTrainConfig
-from huabu.engine.motion_words import MOTION_WORDS_FILE, WordRows, attach_motion_words, build_motion_words, load_motion_words, load_word_rows, motion_module_lists, save_motion_words
+from huabu.engine.motion_words import WordRows, attach_motion_words, build_motion_words, load_motion_words, load_word_rows, motion_module_lists, save_motion_words
 from huabu.tiny.video_scenes import MOTIONS, eval_moving_scenes, training_clip
 
 # (frames uint8 [F, H, W, 3], caption) for clip index i

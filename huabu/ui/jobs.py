@@ -8,7 +8,7 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from huabu.engine.generate import Progress
+from huabu.engine.job import Progress
 from huabu.core.errors import HuabuError
 
 log = logging.getLogger(__name__)

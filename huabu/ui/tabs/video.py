@@ -16,7 +16,7 @@ FORMATS = ("mp4", "webm")  # what a browser's <video> plays; the CLI also writes
 
 
 def motion_choices(studio, language: str) -> list[tuple[str, str]]:
-    from huabu.engine.video import list_motion_modules
+    from huabu.engine.motion_modules import list_motion_modules
 
     auto = (studio.texts[language]["video.motion_auto"], "")
     return [auto, *((ref.name, ref.name) for ref in list_motion_modules(studio.settings.motion_dir))]

@@ -1,0 +1,201 @@
+"""What stills and video share: one prepare step, one prompt encoding, one step callback, one save.
+
+`prepare` turns a GenerateRequest or VideoRequest into a `Job` (sampler, seed, size, prompts, LoRAs, input images,
+ControlNet units, the loaded model and the request as used); `Engine.generate` and `Engine.generate_video` then
+pick a pipeline, run it with `step_callback`, build the infotext and `save_output`. Whatever joins a run beyond
+that (ControlNet, the prompt schedule, motion words, SparseCtrl, first-frame anchoring) is an `Extension`
+(huabu.engine.extensions).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from PIL import Image
+
+from huabu.core import pnginfo
+from huabu.core.errors import InvalidRequest
+from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
+from huabu.core.samplers import Sampler, parse_sampler, resolved_schedule
+from huabu.engine.controlnets import CheckedUnit, check_units
+from huabu.engine.extensions import Extension
+from huabu.engine.images import load_image, load_mask
+from huabu.engine.loras import ResolvedLora, prompt_with_loras, resolve_loras
+from huabu.engine.models import LoadedModel
+from huabu.engine.prompts.syntax import extract_loras
+from huabu.engine.samplers import build_scheduler
+
+if TYPE_CHECKING:
+    from huabu.core.gallery import Gallery
+    from huabu.engine.models import ModelManager
+    from huabu.engine.prompts.book import PromptBook
+    from huabu.engine.prompts.encode import ScheduledConditioning
+
+Request = GenerateRequest | VideoRequest
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One sampling step done: `step` of `steps` in pipeline call `iteration` (0-based) of `n_iter`, which makes
+    images `first_image` .. `first_image + batch_size - 1` of `total_images` (a video is one image)."""
+
+    iteration: int
+    n_iter: int
+    step: int
+    steps: int
+    first_image: int
+    batch_size: int
+    total_images: int
+    latents: Any = field(default=None, repr=False, compare=False)  # this step's latents, for live previews
+
+
+@dataclass
+class Job:
+    """One request, resolved: what every run, still or video, needs before its pipeline is chosen."""
+
+    request: Request  # as used: seed, size, sampler and schedule filled in
+    model: LoadedModel
+    sampler: Sampler
+    prompt: str  # styled, naming every LoRA as its tag: the infotext's prompt line
+    negative: str
+    text: str  # the prompt without its LoRA tags: what is encoded
+    loras: list[ResolvedLora]
+    init_image: Image.Image | None
+    mask: Image.Image | None
+    control_units: list[CheckedUnit]
+
+    def scheduler(self, seeds: list[int] | None = None) -> Any:
+        """A fresh scheduler for the job's sampler; `seeds` seed DPM++ SDE's Brownian noise (one per batch entry)."""
+        request = self.request
+        sde = self.sampler.scheduler == "DPMSolverSDEScheduler"
+        return build_scheduler(request.sampler, request.schedule_type, self.model.scheduler_config,
+                               seeds if sde else None)
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """Styles and LoRA tags: how a request's prompts become what is encoded."""
+
+    loras_dir: Path
+    hashes: Any  # checkpoints.HashCache
+    allow_unsafe_pickle: bool
+    book: Callable[[], "PromptBook"]
+
+    def prompts(self, request: Request) -> tuple[str, str, str, list[ResolvedLora]]:
+        """(styled prompt naming every LoRA as its tag, negative prompt, prompt without the tags, the LoRAs)."""
+        prompt, negative = request.prompt, request.negative_prompt
+        if request.styles:
+            from huabu.engine.prompts.book import apply_styles
+
+            prompt, negative = apply_styles(prompt, negative, request.styles, self.book())
+        prompt, untaggable = prompt_with_loras(prompt, request.loras)
+        text, tag_loras = extract_loras(prompt)
+        loras = resolve_loras([*untaggable, *tag_loras], self.loras_dir, self.hashes, self.allow_unsafe_pickle)
+        return prompt, negative, text, loras
+
+
+def prepare(request: Request, models: "ModelManager", prompter: Prompter) -> Job:
+    """Check and resolve a request: inputs first (cheap errors before a model loads), then the model, the output
+    size and the seed."""
+    sampler, schedule = parse_sampler(request.sampler, request.schedule_type)
+    schedule = resolved_schedule(sampler, schedule)
+    init_image = load_image(request.init_image) if request.init_image else None
+    mask_spec = getattr(request, "mask", None)
+    mask = load_mask(mask_spec) if mask_spec else None
+    control_units = check_units(request.controlnets, init_image)  # units without an image use init_image
+    if mask is not None and mask.size != init_image.size:
+        raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
+                             f"{init_image.width}x{init_image.height}; they must be the same size")
+    prompt, negative, text, loras = prompter.prompts(request)
+
+    model = models.load(request.model, request.checkpoint_config)
+    width, height = output_size(request, model, init_image)
+    if init_image is not None:  # "just resize", as A1111's default resize mode
+        init_image = init_image.resize((width, height), Image.LANCZOS)
+        mask = mask.resize((width, height), Image.LANCZOS) if mask is not None else None
+    seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
+    used = request.model_copy(update={"seed": seed, "width": width, "height": height, "sampler": sampler.name,
+                                      "schedule_type": schedule.label})
+    return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units)
+
+
+def output_size(request: Request, model: LoadedModel, init_image: Image.Image | None) -> tuple[int, int]:
+    """Width and height: as requested, else the input image's (rounded down to the VAE factor), else the model's
+    default; each must be a multiple of the VAE factor (one latent pixel per factor x factor image pixels)."""
+    factor = model.vae_scale_factor
+    if init_image is not None:
+        default_w = max(factor, init_image.width // factor * factor)
+        default_h = max(factor, init_image.height // factor * factor)
+    else:
+        default_w = default_h = model.default_size
+    width, height = request.width or default_w, request.height or default_h
+    for label, value in (("width", width), ("height", height)):
+        if value % factor:
+            lower, upper = value // factor * factor, (value // factor + 1) * factor
+            raise InvalidRequest(f"{label} {value} is not a multiple of {factor} (this model's VAE factor); "
+                                 f"use {lower or upper} or {upper}")
+    return width, height
+
+
+def encode_prompts(model: LoadedModel, clip_skip: int, text: str, negative: str, steps: int,
+                   batch_size: int) -> "ScheduledConditioning":
+    """The prompt schedule, with the model's cached PromptEncoder for this clip skip (both SDXL encoders)."""
+    from huabu.engine.prompts.encode import PromptEncoder, ScheduledConditioning
+
+    encoder = model.encoders.get(clip_skip)
+    if encoder is None:
+        pipe = model.pipeline
+        pairs = [(pipe.tokenizer, pipe.text_encoder)]
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+        encoder = PromptEncoder([t for t, _ in pairs], [e for _, e in pairs], clip_skip=clip_skip)
+        model.encoders[clip_skip] = encoder
+    return ScheduledConditioning.build(encoder, text, negative, steps, batch_size)
+
+
+def step_callback(extensions: Iterable[Extension], report: Callable[[Any, int, dict], Progress] | None,
+                  progress: Callable[[Progress], None] | None, interrupt: Callable[[], bool] | None):
+    """diffusers `callback_on_step_end` running the extensions that act per step, then progress and interrupt;
+    None when there is nothing to do per step, so a plain generation pays nothing. `report(pipe, step,
+    callback_kwargs)` makes the Progress of a step."""
+    acting = [extension for extension in extensions if extension.acts_per_step]
+    if not (acting or progress or interrupt):
+        return None
+
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        for extension in acting:
+            callback_kwargs = extension.on_step_end(pipe, step, timestep, callback_kwargs)
+        if progress is not None:
+            progress(report(pipe, step, callback_kwargs))
+        if interrupt is not None and interrupt():
+            pipe._interrupt = True  # diffusers' documented way to stop a pipeline from its callback
+        return callback_kwargs
+
+    return on_step_end
+
+
+def callback_tensors(extensions: Iterable[Extension]) -> list[str]:
+    """`callback_on_step_end_tensor_inputs`: the latents and what the extensions read."""
+    names = ["latents"]
+    for extension in extensions:
+        names += [name for name in extension.tensor_inputs if name not in names]
+    return names
+
+
+def save_output(write: Callable[[Path], Path], folder: Path, seed: int, ext: str, gallery: "Gallery", kind: str,
+                prompt: str, negative: str, params: dict[str, Any], path: Path | None = None) -> tuple[Path, int]:
+    """Write one output and index it: `write(path)` writes the file atomically; without `path` the next
+    A1111-style numbered name in `folder` is reserved first and released again if the write fails."""
+    reserved = None
+    if path is None:
+        path = reserved = pnginfo.next_output_path(folder, seed, ext)
+    try:
+        path = write(path)
+    except BaseException:
+        if reserved is not None:
+            reserved.unlink(missing_ok=True)  # the empty placeholder next_output_path created
+        raise
+    return path, gallery.add(path, kind, prompt, negative, params)
