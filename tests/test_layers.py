@@ -27,11 +27,15 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path}:{node.lineno}: use absolute imports"
-            if node.module == "huabu":  # `from huabu import x`: x is the module
-                found += [(node.lineno, f"huabu.{alias.name}") for alias in node.names]
-            else:
-                found.append((node.lineno, node.module or ""))
+            for alias in node.names:  # `from package import module` imports the module
+                submodule = f"{node.module}.{alias.name}"
+                found.append((node.lineno, submodule if _is_module(submodule) else node.module or ""))
     return [(line, name) for line, name in found if name == "huabu" or name.startswith("huabu.")]
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _layer(module: str) -> int | None:
@@ -72,3 +76,27 @@ def test_no_private_names_across_modules():
                 borrowed += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.module}.{alias.name}"
                              for alias in node.names if alias.name.startswith("_") and alias.name != "__version__"]
     assert not borrowed, "private names imported from other modules:\n" + "\n".join(borrowed)
+
+
+def test_no_import_cycles():
+    """Modules import each other one way only (imports inside functions too): a cycle means two modules that are
+    really one, or a piece of one that belongs lower down."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path)
+        graph[module] = {target for _, target in _imports(path) if _is_module(target) and target not in (module, "huabu")}
+    cycles, seen = [], set()
+
+    def walk(module: str, trail: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target in trail:
+                cycle = trail[trail.index(target):]
+                if frozenset(cycle) not in seen:
+                    seen.add(frozenset(cycle))
+                    cycles.append(" -> ".join([*cycle, target]))
+            elif len(trail) < 12:
+                walk(target, [*trail, target])
+
+    for module in sorted(graph):
+        walk(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
