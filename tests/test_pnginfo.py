@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 from huabu.core.errors import BadImage
 from huabu.core.pnginfo import create_infotext, next_output_path, parse_infotext, read_parameters, save_png_atomic
 
-# A1111's regex for the parameter line, as quoted in DESIGN.md.
+# A1111 1.10's regex for the parameter line (re_param_code in modules/infotext_utils.py).
 A1111_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 ENGINE_PARAMS = {

@@ -1,6 +1,6 @@
-"""Security rules of the HTTP API, one test each (DESIGN.md "Security lessons"): loopback by default, --listen needs
-credentials, every route but /health behind them, CSRF and DNS-rebinding checks, limits, no path traversal, media
-types only, no secrets in any answer, nothing unpickled and safetensors only."""
+"""Security rules of the HTTP API, one test each (huabu/server/security.py names the attacks they answer): loopback
+by default, --listen needs credentials, every route but /health behind them, CSRF and DNS-rebinding checks, limits,
+no path traversal, media types only, no secrets in any answer, nothing unpickled and safetensors only."""
 
 from __future__ import annotations
 

@@ -69,8 +69,7 @@ class MotionWords(nn.Module):
         if timestep.numel() != rows:  # one per clip (or one for all): the same for each of its frames
             timestep = timestep.repeat_interleave(rows // timestep.numel())
         when = get_timestep_embedding(timestep, self.time_dim).to(hidden.dtype)
-        # Bounded (an eighth of the frame, or a zoom of 1.28, a frame): unbounded, the lowest-resolution layer learned
-        # warps of several frame widths, which only smear the border in.
+        # At most an eighth of the frame (or a zoom of 1.28) a frame: larger warps only smear the border in.
         rate = self.max_rate * torch.tanh(self.mlp(torch.cat([words, when], dim=1)) / self.max_rate)
         offset = (torch.arange(rows, device=hidden.device) % num_frames - (num_frames - 1) / 2).to(hidden.dtype)
         shrink = torch.exp(-rate[:, 2] * offset)  # sampling at p / zoom shows the content zoomed
@@ -155,8 +154,7 @@ def named_motion_modules(unet: nn.Module) -> dict[str, nn.Module]:
 
 def warped_motion_modules(unet: nn.Module) -> dict[str, nn.Module]:
     """The motion modules that get motion words: all but the innermost level's (the last down block, the mid
-    block, the first up block). Warped there, at huabu-tiny's 4x4, every layer learned the largest warp allowed for
-    every caption, one fixed drift that pulled all clips the same way."""
+    block, the first up block), where the layers learn one drift for every caption (docs/notes.md)."""
     last_down = f"down_{len(unet.down_blocks) - 1}_"
     return {name: module for name, module in named_motion_modules(unet).items()
             if not name.startswith((last_down, "mid_", "up_0_"))}
@@ -176,8 +174,7 @@ def attach_motion_words(unet: nn.Module, layers: nn.ModuleDict) -> list[torch.ut
 
     A pre-hook on the UNet keeps the text (diffusers passes one row per frame) and the timestep of the current
     call; a hook on each motion module warps what the module adds to its input, not the input itself: that carries
-    the noise the UNet must give back at high noise levels, and warping it ruins the samples (a fixed upward warp of
-    the whole output gave blank clips; of the residual, 58% of 12 clips moving up against 25% without).
+    the noise the UNet must give back at high noise levels, and warping it ruins the samples (docs/notes.md).
     """
     modules = warped_motion_modules(unet)
     if set(modules) != set(layers.keys()):

@@ -1,6 +1,7 @@
 """What stands between the network and the engine: authentication, CSRF and DNS-rebinding checks, body and image
-size limits, and safe file serving. Each rule answers a known attack on SD servers (see DESIGN.md, "Security
-lessons"); every refusal is a one-line JSON error.
+size limits, and safe file serving. Each rule answers a known attack on SD servers: A1111's API open without
+--api-auth, ComfyUI's cross-site POSTs reaching code execution, ComfyUI's /view serving stored HTML (CVE-2024-10099)
+and following symlinks out of the output folder. Every refusal is a one-line JSON error.
 """
 
 from __future__ import annotations

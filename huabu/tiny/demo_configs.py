@@ -16,9 +16,9 @@ CONTROL_TYPES = ("canny", "color")  # the ControlNets huabu-tiny ships and eval-
 @dataclass
 class TinyControlNetConfig(ControlNetTrainConfig):
     """`huabu train controlnet` preset for huabu-tiny: the UNet stage's latent cache (its first N scenes, encoded by
-    the same VAE) spares hours of VAE encoding. The shipped canny ControlNet is this preset (batch 16 x 1200 steps,
-    35 min on this 2-core CPU beside another run); the colour one adds --noise-offset 0.5 --timesteps cubic
-    --lr 5e-4 --steps 2000 (README), without which it never learns the background colour."""
+    the same VAE) spares hours of VAE encoding. The shipped canny ControlNet is this preset; the colour one adds
+    --noise-offset 0.5 --timesteps cubic --lr 5e-4 --steps 2000, without which it does not learn the background
+    colour (docs/notes.md)."""
 
     latents: str = "runs/unet/latents.npy"
     steps: int = 1200

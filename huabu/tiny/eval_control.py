@@ -4,8 +4,8 @@ Each held-out scene (huabu.tiny.scenes' eval scenes) is rendered, and its contro
 Canny edges or the colour grid. The scene's prompt is generated at a fixed seed through `Engine.generate` twice:
 with a ControlUnit (the module run on the real render, pixel perfect, so the engine makes exactly the map the
 ControlNet was trained on) and without control. Fidelity is measured by huabu.engine.control.fidelity: edge F1 between
-the control edges and the output's edges, and the error between the control colour grid and the output's. Targets
-(issue 4): edge F1 with canny control at least 2x the uncontrolled figure, colour-map error at most 0.5x. The real
+the control edges and the output's edges, and the error between the control colour grid and the output's. Targets:
+edge F1 with canny control at least 2x the uncontrolled figure, colour-map error at most 0.5x. The real
 renders after a VAE round trip give the ceilings.
 
 The prompt is, by default, only the objects' names: a full caption ("... in the top left corner on a red

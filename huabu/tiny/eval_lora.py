@@ -9,7 +9,7 @@ For held-out prompts at fixed seeds (huabu.tiny.lora_data's eval scenes), each L
 - subject (hbdragon): how often the nearest glyph template (huabu-tiny's 64 objects plus the dragon, matched as
   huabu.tiny.measure.identify does) is the dragon, and the mean template error against the dragon. The share should
   rise as the weight rises.
-- both: background-colour and position accuracy, which should stay within 10 points of weight 0 (issue 5).
+- both: background-colour and position accuracy, which should stay within 10 points of weight 0.
 """
 
 from __future__ import annotations

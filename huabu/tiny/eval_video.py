@@ -4,7 +4,7 @@ Held-out moving scenes (huabu.tiny.video_scenes.eval_moving_scenes: object-backg
 every motion equally often) are generated at fixed seeds through `Engine.generate_video`, and scored by
 huabu.tiny.video_measure: motion-direction accuracy (the object's centroid and size trajectory against the caption),
 per motion, and frame-to-frame consistency (mean SSIM of consecutive frames). The real rendered clips, scored the
-same way, are the ceiling. Target (issue 6): direction accuracy >= 70%.
+same way, are the ceiling. Target: direction accuracy >= 70%.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""ControlNet preprocessors: turn a reference image into the conditioning image a ControlNet expects.
+"""ControlNet preprocessors, in the engine layer: turn a reference image into the conditioning image a ControlNet
+expects. Also the ControlNet weight layouts (convert.py) and control fidelity measures (fidelity.py); running
+ControlNets is huabu.engine.controlnets.
 
     preprocess("canny", image, low=100, high=200) -> PIL RGB image
 

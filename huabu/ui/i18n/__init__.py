@@ -1,7 +1,7 @@
 """The studio's words in Chinese and English, kept as data: one flat YAML table per language with the same keys.
 
 Texts may hold `{name}` fields that callers fill with `str.format`. Edit or extend the YAML files to change a
-label; `tests/test_ui_i18n.py` checks that both tables hold the same keys and fields.
+label; `tests/test_ui_fields.py` checks that both tables hold the same keys and fields.
 """
 
 from __future__ import annotations
