@@ -20,7 +20,7 @@ from typing import Callable
 from huabu import __version__
 from huabu.core.errors import HuabuError, InvalidRequest
 
-# Registration functions, in the order `huabu --help` lists them. Later work adds its own ("huabu.x.cli:register")
+# Registration functions, in the order `huabu --help` lists them. Later work adds its own ("huabu.cli.<name>:register")
 # here; a registration module must stay import-light.
 COMMANDS = [
     "huabu.cli.main:register_generate",

@@ -115,7 +115,7 @@ class Engine:
         for iteration in range(used.n_iter):
             # Past MAX_SEED the numbering wraps to 0, so every recorded seed is one a request can ask for again.
             seeds = [(used.seed + iteration * used.batch_size + i) % (MAX_SEED + 1) for i in range(used.batch_size)]
-            if job.sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image, see samplers
+            if job.sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image (core.samplers.scheduler_config)
                 scheduler = job.scheduler(seeds)
             pipe.scheduler = scheduler
             report = _still_report(iteration, used, total)
