@@ -14,7 +14,8 @@ from typing import Mapping
 from huabu.core.errors import InvalidRequest
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8")
+OFFLOADS = ("none", "model", "sequential")
 BUILTIN_MODEL = "huabu-tiny"
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -40,12 +41,18 @@ class Settings:
     hub_offline: bool = False
     default_model: str = BUILTIN_MODEL
     model_cache_size: int = 1
+    # Memory switches for large models, set once per loaded pipeline (huabu.engine.memory).
+    offload: str = "none"  # "model": whole models to the GPU in turn; "sequential": layer by layer (slowest)
+    vae_tiling: bool = False  # decode large images tile by tile
+    attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise InvalidRequest(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise InvalidRequest(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.offload not in OFFLOADS:
+            raise InvalidRequest(f"offload must be one of {', '.join(OFFLOADS)}, got {self.offload!r}")
         if self.model_cache_size < 1:
             raise InvalidRequest(f"model cache size must be at least 1, got {self.model_cache_size}")
 

@@ -22,7 +22,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" is fp16 on CUDA (as A1111) and fp32 elsewhere; fp16 on the CPU is refused (slow, ops missing)."""
+    """"auto" is fp16 on CUDA (as A1111) and fp32 elsewhere; fp16 on the CPU is refused (slow, ops missing).
+    "fp8" loads in the dtype the layers compute in (huabu.engine.memory stores their weights in float8)."""
+    if name == "fp8":
+        name = "fp16" if device.type == "cuda" else "fp32"
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if name == "fp16" and device.type == "cpu":

@@ -240,6 +240,7 @@ class ModelManager:
 
     def _load_uncached(self, ref: ModelRef) -> LoadedModel:
         from huabu.engine.devices import resolve_device, resolve_dtype
+        from huabu.engine.memory import apply_memory_options
 
         device = resolve_device(self.settings.device)
         dtype = resolve_dtype(self.settings.dtype, device)
@@ -251,7 +252,7 @@ class ModelManager:
             pipe = self._load_single_file(Path(ref.location), ref.config, dtype)
         else:
             pipe = self._load_folder(Path(ref.location), dtype)
-        pipe.to(device)
+        apply_memory_options(pipe, self.settings, device)
         pipe.set_progress_bar_config(disable=True)
         loaded = LoadedModel(ref, pipe, self.model_sha256(ref), dict(pipe.scheduler.config))
         log.info("loaded %s (%s) on %s as %s", ref.name, ref.kind, device, dtype)

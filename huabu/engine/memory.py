@@ -1,0 +1,38 @@
+"""Memory switches for large models, applied once to a freshly loaded pipeline (Settings.offload, vae_tiling,
+attention_slicing, dtype "fp8"). The mode, ControlNet and video pipelines made from it with `from_pipe` share its
+modules, and with them these settings, which live on the modules (accelerate hooks, attention processors, the
+VAE's tiling flag, layerwise-casting hooks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from huabu.core.errors import InvalidRequest
+from huabu.core.settings import Settings
+
+
+def apply_memory_options(pipe: Any, settings: Settings, device: torch.device) -> None:
+    """Set the pipeline up as `settings` asks; with offload, the pipeline manages the device itself."""
+    if settings.dtype == "fp8":
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if denoiser is None:
+            raise InvalidRequest(f"--dtype fp8 needs a UNet or transformer; {type(pipe).__name__} has neither")
+        # Weights stored in float8, each layer cast up to the loading dtype while it runs (diffusers' layerwise
+        # casting; norms and embeddings stay as they are).
+        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    if settings.attention_slicing:
+        pipe.enable_attention_slicing()
+    if settings.offload == "none":
+        pipe.to(device)
+        return
+    if device.type == "cpu":
+        raise InvalidRequest(f"--offload {settings.offload} moves models between the CPU and a GPU; there is no GPU "
+                             f"here (device {device}), so leave it off")
+    if settings.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)

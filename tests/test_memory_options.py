@@ -1,0 +1,51 @@
+"""Memory switches (Settings.offload, vae_tiling, attention_slicing, dtype fp8) on the tiny SD pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from huabu.core.errors import InvalidRequest
+from huabu.core.requests import GenerateRequest
+from huabu.engine.generate import Engine
+
+
+def _image(settings, model_store, **changes) -> np.ndarray:
+    engine = Engine(settings.with_(**changes))
+    request = GenerateRequest.create(prompt="a red apple", steps=3, width=32, height=32, seed=7,
+                                     model=str(model_store["folder"]))
+    return np.asarray(engine.generate(request).images[0], dtype=np.int16)
+
+
+def test_slicing_and_tiling_keep_the_image_and_are_set_on_the_shared_modules(settings, model_store):
+    plain = _image(settings, model_store)
+    engine = Engine(settings.with_(attention_slicing=True, vae_tiling=True))
+    loaded = engine.models.load(str(model_store["folder"]))
+    assert loaded.pipeline.vae.use_tiling
+    processors = {type(p).__name__ for p in loaded.pipeline.unet.attn_processors.values()}
+    assert processors == {"SlicedAttnProcessor"}
+    request = GenerateRequest.create(prompt="a red apple", steps=3, width=32, height=32, seed=7,
+                                     model=str(model_store["folder"]), mode="txt2img")
+    sliced = np.asarray(engine.generate(request).images[0], dtype=np.int16)
+    assert np.abs(sliced - plain).max() <= 1  # the same image: slicing and (untriggered) tiling change no math
+
+
+def test_fp8_stores_the_unet_in_float8_and_stays_close(settings, model_store):
+    import torch
+
+    engine = Engine(settings.with_(dtype="fp8"))
+    loaded = engine.models.load(str(model_store["folder"]))
+    weights = {p.dtype for name, p in loaded.pipeline.unet.named_parameters() if name.endswith("to_q.weight")}
+    assert weights == {torch.float8_e4m3fn}
+    plain = _image(settings, model_store)
+    fp8 = _image(settings, model_store, dtype="fp8")
+    assert 0 < np.abs(fp8 - plain).mean() < 20  # rounded weights: a slightly different, not a broken, image
+
+
+def test_offload_without_a_gpu_is_refused_in_one_line(settings, model_store):
+    engine = Engine(settings.with_(offload="model"))
+    with pytest.raises(InvalidRequest, match="no GPU here") as err:
+        engine.models.load(str(model_store["folder"]))
+    assert "\n" not in str(err.value)
+    with pytest.raises(InvalidRequest, match="offload must be one of"):
+        settings.with_(offload="disk")
