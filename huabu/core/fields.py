@@ -209,18 +209,15 @@ def infotext_to_request_fields(parsed: Mapping[str, Any], request_type: type[Req
 
 def infotext_mode(parsed: Mapping[str, Any]) -> str:
     """The GenerateRequest mode an infotext was made in: only inpaint writes Mask blur, only img2img and inpaint
-    Denoising strength."""
+    Denoising strength (so Mask blur alone is an InvalidRequest: the strength to remake it with is unknown)."""
+    if "Mask blur" in parsed and "Denoising strength" not in parsed:
+        raise InvalidRequest("the parameters have Mask blur (inpaint) but lack Denoising strength; cannot reproduce")
     return "inpaint" if "Mask blur" in parsed else "img2img" if "Denoising strength" in parsed else "txt2img"
 
 
 def missing_keys(parsed: Mapping[str, Any]) -> list[str]:
     """The fields a reproduction needs that an infotext lacks."""
     return [field.key for field in FIELDS if field.required and parsed.get(field.key) in (None, "")]
-
-
-def key_of(name: str) -> str:
-    """The infotext key holding request field `name`."""
-    return next(field.key for field in FIELDS if name in field.names)
 
 
 def api_fields(values: Mapping[str, Any], column: str) -> dict[str, Any]:
