@@ -3,6 +3,7 @@ infotexts through it (reproduce, the studio, the A1111 API)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -122,7 +123,9 @@ def test_round_trip_video():
 
 
 def test_round_trip_controlnet_units_and_engine_values():
-    units = [{**CANNY, "threshold_a": 50.0, "threshold_b": None, "image": "a.png"}, {**COLOR, "threshold_a": None, "threshold_b": None, "image": "b.png"}]
+    # A set threshold equal to the hidden slider's 0.5 reads back as unset, as in sd-webui-controlnet.
+    units = [{**CANNY, "threshold_a": 50.0, "threshold_b": None, "image": "a.png"},
+             {**COLOR, "threshold_a": None, "threshold_b": None, "image": "b.png"}]
     request = _still(controlnets=units)
     # As the engine writes them: thresholds the request leaves unset show the module's defaults.
     extra = {f"ControlNet {i}": serialize_unit({**unit.model_dump(), **dict(zip(
@@ -145,7 +148,8 @@ def test_table_has_one_row_per_key_and_field():
     keys = [field.key for field in fields.FIELDS]
     names = [name for field in fields.FIELDS for name in field.names]
     assert len(keys) == len(set(keys)) and len(names) == len(set(names))
-    known = set(GenerateRequest.model_fields) | set(VideoRequest.model_fields) | set(fields.RUNTIME_NAMES)
+    engine_only = {"model_hash", "lora_hashes"}
+    known = set(GenerateRequest.model_fields) | set(VideoRequest.model_fields) | engine_only
     assert set(names) <= known
     for field in fields.FIELDS:
         assert not field.api or len(field.api) == len(field.names), field.key
@@ -198,16 +202,16 @@ def test_api_infotext_and_info_are_the_tables():
     text = create_infotext(request.prompt, request.negative_prompt,
                            fields.request_to_infotext_params(request, model_hash="0123abcd45", extra=UNITS), "0")
     table = fields.infotext_to_request_fields(parse_infotext(text))
+    values = fields.infotext_values(parse_infotext(text))
+    assert fields.fields_from_api(fields.api_fields(values, "api")) == \
+        {name: values[name] for name in ("steps", "sampler", "schedule_type", "cfg_scale", "seed", "width", "height")}
     made, warnings = to_generate(Txt2ImgRequest(infotext=text), Catalog(), "txt2img")
     assert warnings == []
     assert {name: getattr(made, name) for name in table if name not in ("model", "controlnets")} == \
         {name: value for name, value in table.items() if name not in ("model", "controlnets")}
 
     outcome = Outcome([], [request.seed], [text], request.to_data(), {"name": "tiny-sd", "hash": "0123abcd45"})
-    import json
-
     info = json.loads(info_json(Txt2ImgRequest(), request, outcome, Job.new("image", request.to_data()), []))
-    values = fields.infotext_values(parse_infotext(text))
     assert fields.api_fields(values, "info") == {name: info[name] for name in fields.api_fields(values, "info")}
     assert set(info["extra_generation_params"]) == {"Schedule type", "ControlNet 0", "ControlNet 1"}
 

@@ -2,17 +2,18 @@
 and read back, and what the A1111 API calls it.
 
 Rows are in A1111 1.10's order (`processing.create_infotext`: its own fields, then `extra_generation_params`, where
-A1111 puts Mask blur and the Lora hashes), then the video fields. Every face maps infotexts through this table:
-the engine writes with `request_to_infotext_params`, reproduce, the studio and the A1111 API read with
-`infotext_values` / `infotext_to_request_fields`; ControlNet units come from huabu.core.control_infotext. A new
-field is one new row.
+A1111 puts Mask blur and the Lora hashes), then the video fields. `request_to_infotext_params` gives the fields
+the engine writes (tests/test_fields.py holds it to the engine's own output); reproduce, the studio and the A1111
+API read infotexts with `infotext_values` / `infotext_to_request_fields`. ControlNet units are read by
+huabu.core.control_infotext and written by the engine, which passes them in as extra fields. A new field is one
+new row.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from huabu.core.control_infotext import PREFIX as CONTROL_PREFIX
 from huabu.core.control_infotext import parse_unit, units_in_params
@@ -75,7 +76,7 @@ def _always(values: Mapping[str, Any]) -> bool:
 
 
 @dataclass(frozen=True)
-class Field:
+class InfotextField:
     """One `Key: value` of an infotext.
 
     `names` are the request fields it holds (Size holds width and height), or values only the engine knows (the
@@ -96,29 +97,26 @@ class Field:
     setting: str | None = None
 
 
-FIELDS: tuple[Field, ...] = (
-    Field("Steps", ("steps",), _whole, required=True, api=("steps",), info=("steps",)),
-    Field("Sampler", ("sampler",), _sampler, required=True, api=("sampler_name",), info=("sampler_name",)),
-    Field("Schedule type", ("schedule_type",), _schedule, api=("scheduler",)),
-    Field("CFG scale", ("cfg_scale",), _number, format_number, required=True, api=("cfg_scale",),
-          info=("cfg_scale",)),
-    Field("Seed", ("seed",), _whole, required=True, api=("seed",), info=("seed",)),
-    Field("Size", ("width", "height"), _size, lambda width, height: f"{width}x{height}", required=True,
-          api=("width", "height"), info=("width", "height")),
-    Field("Model hash", ("model_hash",), _text, info=("sd_model_hash",)),
-    Field("Model", ("model",), _text, info=("sd_model_name",)),
-    Field("Denoising strength", ("denoising_strength",), _number, format_number,
-          lambda values: values["strength_used"], api=("denoising_strength",), info=("denoising_strength",)),
-    Field("Clip skip", ("clip_skip",), _whole, written=lambda values: values["clip_skip"] > 1, info=("clip_skip",),
-          setting="CLIP_stop_at_last_layers"),
-    Field("Mask blur", ("mask_blur",), _whole, written=lambda values: values["mode"] == "inpaint"),
-    Field("Lora hashes", ("lora_hashes",), _text),
-    Field("Frames", ("frames",), _whole),
-    Field("FPS", ("fps",), _whole),
+_F = InfotextField  # keeps each row on a line or two
+FIELDS: tuple[InfotextField, ...] = (
+    _F("Steps", ("steps",), _whole, required=True, api=("steps",), info=("steps",)),
+    _F("Sampler", ("sampler",), _sampler, required=True, api=("sampler_name",), info=("sampler_name",)),
+    _F("Schedule type", ("schedule_type",), _schedule, api=("scheduler",)),
+    _F("CFG scale", ("cfg_scale",), _number, format_number, required=True, api=("cfg_scale",), info=("cfg_scale",)),
+    _F("Seed", ("seed",), _whole, required=True, api=("seed",), info=("seed",)),
+    _F("Size", ("width", "height"), _size, lambda width, height: f"{width}x{height}", required=True,
+       api=("width", "height"), info=("width", "height")),
+    _F("Model hash", ("model_hash",), _text, info=("sd_model_hash",)),
+    _F("Model", ("model",), _text, info=("sd_model_name",)),
+    _F("Denoising strength", ("denoising_strength",), _number, format_number, lambda values: values["strength_used"],
+       api=("denoising_strength",), info=("denoising_strength",)),
+    _F("Clip skip", ("clip_skip",), _whole, written=lambda values: values["clip_skip"] > 1, info=("clip_skip",),
+       setting="CLIP_stop_at_last_layers"),
+    _F("Mask blur", ("mask_blur",), _whole, written=lambda values: values["mode"] == "inpaint"),
+    _F("Lora hashes", ("lora_hashes",), _text),
+    _F("Frames", ("frames",), _whole),
+    _F("FPS", ("fps",), _whole),
 )
-
-# Values the engine knows and a request does not hold: request_to_infotext_params takes them as arguments.
-RUNTIME_NAMES = ("model_hash", "lora_hashes")
 
 
 def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,
@@ -220,7 +218,7 @@ def missing_keys(parsed: Mapping[str, Any]) -> list[str]:
     return [field.key for field in FIELDS if field.required and parsed.get(field.key) in (None, "")]
 
 
-def api_fields(values: Mapping[str, Any], column: str) -> dict[str, Any]:
+def api_fields(values: Mapping[str, Any], column: Literal["api", "info"]) -> dict[str, Any]:
     """Request-named values (infotext_values) renamed to the A1111 API's names: column "api" for a txt2img/img2img
     payload, "info" for the `info` JSON. Values with no name there are left out."""
     renamed: dict[str, Any] = {}
@@ -229,6 +227,12 @@ def api_fields(values: Mapping[str, Any], column: str) -> dict[str, Any]:
             if name in values:
                 renamed[outer] = values[name]
     return renamed
+
+
+def fields_from_api(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of api_fields(..., "api"): an A1111 payload's infotext fields, by request field name."""
+    return {name: payload[outer] for field in FIELDS for name, outer in zip(field.names, field.api)
+            if outer in payload}
 
 
 def api_settings(values: Mapping[str, Any]) -> dict[str, Any]:

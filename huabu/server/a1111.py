@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import huabu
 from huabu.core.samplers import UNAVAILABLE, parse_sampler
 from huabu.core.errors import BadImage, InvalidRequest
-from huabu.core.fields import api_fields, api_settings, info_keys, infotext_values
+from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
 from huabu.server.catalog import cmd_flags, memory
@@ -177,11 +177,13 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
 
     sampler, schedule = _sampler(req, warnings)
     limits = catalog.limits
-    data: dict[str, Any] = dict(
-        mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, cfg_scale=req.cfg_scale,
-        sampler=sampler, schedule_type=schedule, seed=req.seed, width=req.width, height=req.height,
-        batch_size=req.batch_size, n_iter=req.n_iter, styles=_styles(req.styles, catalog, warnings),
-        model=catalog.default_model, clip_skip=catalog.default_clip_skip)
+    data: dict[str, Any] = fields_from_api(req.model_dump())  # steps, cfg_scale, seed, size ... by the table's names
+    if mode == "txt2img":
+        data.pop("denoising_strength")  # A1111 uses it there only for the hires fix
+    data.update(mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, sampler=sampler,
+                schedule_type=schedule, batch_size=req.batch_size, n_iter=req.n_iter,
+                styles=_styles(req.styles, catalog, warnings), model=catalog.default_model,
+                clip_skip=catalog.default_clip_skip)
     _override_settings(req.override_settings, catalog, data, warnings)
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
@@ -259,7 +261,6 @@ def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings:
     if len(req.init_images) > 1:
         warnings.append(f"init_images: only the first of {len(req.init_images)} images is used")
     data["init_image"] = image_data_url(req.init_images[0], limits, "init_images[0]")
-    data["denoising_strength"] = req.denoising_strength
     if not req.mask:
         return
     mask = image_data_url(req.mask, limits, "mask")
