@@ -8,14 +8,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from huabu.cli.options import (Subparsers, add_generation_options, add_runtime_options, control_units_from_args,
                                parse_lora, quiet_libraries, settings_from_args)
 from huabu.core.errors import InvalidRequest
 
+if TYPE_CHECKING:
+    from huabu.core.requests import GenerateRequest
 
-def request_from_args(args: argparse.Namespace, mode: str):
+
+def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
     from huabu.core.requests import GenerateRequest
 
     width, height = args.size if args.size else (None, None)
@@ -120,7 +123,7 @@ def register_reproduce(sub: Subparsers) -> None:
 
 
 def request_from_infotext(text: str, model: str | None, image: Path | None, mask: Path | None,
-                          control_images: list[Path] | None = None):
+                          control_images: list[Path] | None = None) -> GenerateRequest:
     """A GenerateRequest that remakes the image an A1111 infotext describes, read through the field table
     (huabu.core.fields); the model spec is given separately, and the ControlNet units' images in order, as PNGs do
     not hold them."""

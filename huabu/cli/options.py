@@ -9,9 +9,12 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from huabu.core.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from huabu.core.settings import Settings
 
 # What a registration function is given: the `huabu` parser's sub-parsers.
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -79,7 +82,7 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
                        help="preprocessor resolution (short side); default: the output's own (pixel perfect)")
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls, notes: dict[str, str] | None = None) -> None:
+def add_config_options(parser: argparse.ArgumentParser, cls: type, notes: dict[str, str] | None = None) -> None:
     """One `--field-name` option per field of the config dataclass `cls`, typed by its default (a tuple field takes
     a comma-separated list), so a command and its Python API cannot drift. Options left out keep the dataclass's
     default: build the config with `config_from_args`."""
@@ -96,7 +99,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls, notes: dict[str, st
                             help=f"{note} (default: {shown})".lstrip())
 
 
-def config_from_args(args: argparse.Namespace, cls):
+def config_from_args(args: argparse.Namespace, cls: type) -> Any:
     """The config dataclass `cls` with the options add_config_options added and the user gave."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
@@ -128,7 +131,7 @@ def parse_lora(text: str) -> dict:
         raise InvalidRequest(f"--lora {text!r}: weight {weight!r} is not a number; write NAME or NAME:0.8") from None
 
 
-def settings_from_args(args: argparse.Namespace):
+def settings_from_args(args: argparse.Namespace) -> Settings:
     from huabu.core.settings import Settings
 
     return Settings.from_env(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
