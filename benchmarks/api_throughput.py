@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from huabu.cli.main import quiet_libraries
+    from huabu.cli.options import quiet_libraries
 
     quiet_libraries()
     import torch

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
 
-    from huabu.cli.main import quiet_libraries
+    from huabu.cli.options import quiet_libraries
 
     quiet_libraries()
     import torch

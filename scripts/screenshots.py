@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from huabu.cli.main import quiet_libraries
+    from huabu.cli.options import quiet_libraries
     from huabu.engine.models import builtin_has_weights
     from huabu.core.settings import BUILTIN_MODEL, Settings
     from huabu.ui.app import Studio

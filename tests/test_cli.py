@@ -209,7 +209,7 @@ def test_samplers_and_models_listings(huabu_env, capsys):
 def test_progress_bar_per_pipeline_call(monkeypatch):
     import io
 
-    from huabu.cli.main import progress_bars
+    from huabu.cli.images import progress_bars
     from huabu.engine.job import Progress
 
     class Terminal(io.StringIO):

@@ -20,7 +20,7 @@ def register(sub) -> None:
 def run_loras(args: argparse.Namespace) -> int:
     import json
 
-    from huabu.cli.main import settings_from_args
+    from huabu.cli.options import settings_from_args
     from huabu.engine.lora_library import list_loras
 
     settings = settings_from_args(args)
@@ -79,7 +79,7 @@ def run_train_lora(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from huabu.cli.main import quiet_libraries, settings_from_args
+    from huabu.cli.options import quiet_libraries, settings_from_args
 
     request = TrainLoraRequest.create(**{name: getattr(args, name) for name in TrainLoraRequest.model_fields
                                          if hasattr(args, name)})

@@ -79,7 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(host=ANY_ADDRESS if args.listen else args.host, port=args.port, api_key=args.api_key,
                           api_auth=args.api_auth, limits=limits, workers=args.workers, broker_url=args.broker,
                           callback_allow=tuple(h.strip() for h in args.callback_allow.split(",") if h.strip()))
-    from huabu.cli.main import quiet_libraries
+    from huabu.cli.options import quiet_libraries
 
     quiet_libraries()
     import uvicorn
@@ -93,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from huabu.cli.main import quiet_libraries
+    from huabu.cli.options import quiet_libraries
 
     quiet_libraries()
     from huabu.server.distributed import run_worker as worker_main

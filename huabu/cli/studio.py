@@ -14,7 +14,7 @@ ANY_ADDRESS = "0.0.0.0"
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add `huabu studio`."""
-    from huabu.cli.main import add_runtime_options
+    from huabu.cli.options import add_runtime_options
 
     parser = subparsers.add_parser(
         "studio", help="open the web studio (gradio) in Chinese or English",
@@ -35,7 +35,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def run_studio(args: argparse.Namespace) -> int:
-    from huabu.cli.main import quiet_libraries, settings_from_args
+    from huabu.cli.options import quiet_libraries, settings_from_args
 
     if not 0 < args.port < 65536:
         raise InvalidRequest(f"--port must be between 1 and 65535, got {args.port}")

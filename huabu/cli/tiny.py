@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from huabu.cli.main import add_config_options, config_from_args
+from huabu.cli.options import add_config_options, config_from_args
 from huabu.tiny import configs
 from huabu.tiny.demo_configs import TinyControlNetConfig
 from huabu.training.motion_config import MotionTrainConfig

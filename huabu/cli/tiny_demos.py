@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from huabu.cli.main import add_config_options, config_from_args
+from huabu.cli.options import add_config_options, config_from_args
 from huabu.tiny.demo_configs import CONTROL_TYPES, ControlEvalConfig, LoraEvalConfig, VideoEvalConfig
 
 _HELP = {
@@ -86,7 +86,7 @@ def _lora_data(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, evaluate, report) -> int:
-    from huabu.cli.main import quiet_libraries, settings_from_args
+    from huabu.cli.options import quiet_libraries, settings_from_args
 
     config = config_from_args(args, args.config_class)
     quiet_libraries()

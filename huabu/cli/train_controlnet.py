@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from huabu.cli.main import add_config_options, config_from_args
+from huabu.cli.options import add_config_options, config_from_args
 from huabu.training.controlnet_config import ControlNetTrainConfig
 
 _HELP = {
@@ -36,7 +36,7 @@ def register_train(stages) -> None:
 
 
 def run_train_controlnet(args: argparse.Namespace) -> int:
-    from huabu.cli.main import quiet_libraries, settings_from_args
+    from huabu.cli.options import quiet_libraries, settings_from_args
 
     config = config_from_args(args, ControlNetTrainConfig)
     quiet_libraries()

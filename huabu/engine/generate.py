@@ -21,7 +21,7 @@ from huabu.core.gallery import Gallery
 from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
 from huabu.core.settings import Settings
 from huabu.engine.controlnets import ControlNetManager
-from huabu.engine.infotext import build_infotext, infotext_params
+from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.extensions import PromptSchedule
 from huabu.engine.job import (Job, Progress, Prompter, callback_tensors, encode_prompts, prepare, save_output,
                               step_callback)
@@ -124,7 +124,7 @@ class Engine:
             if used.mode == "inpaint":
                 images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur)
             for seed, image in zip(seeds, images):
-                params = infotext_params(used, model, seed, job.loras, extra)
+                params = output_params(used, model, job.loras, extra, seed=seed)
                 infotext = build_infotext(job.prompt, job.negative, params)
                 result.images.append(image)
                 result.seeds.append(seed)

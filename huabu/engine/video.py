@@ -36,7 +36,8 @@ from huabu.core.settings import Settings
 from huabu.engine import checkpoints
 from huabu.engine.controlnets import ControlNetManager
 from huabu.engine.extensions import Extension, PromptSchedule, is_scheduled
-from huabu.engine.infotext import build_infotext, format_number, infotext_params
+from huabu.core.fields import format_number
+from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.job import Job, Progress, callback_tensors, encode_prompts, step_callback
 from huabu.engine.loras import ResolvedLora, apply_loras
 from huabu.engine.models import LoadedModel, PipelineKey
@@ -229,8 +230,9 @@ def run_video(job: Job, settings: Settings, hashes: checkpoints.HashCache, contr
     frames, interrupted = runner(run)
 
     used = job.request
-    uses_strength = used.init_image is not None and not used.sparse_control and kind != I2VGEN_XL
-    params = infotext_params(used, job.model, used.seed, job.loras, run.infotext_extra(), uses_strength)
+    # I2VGen-XL takes the image as a condition, not as noised latents: no denoising strength to record.
+    params = output_params(used, job.model, job.loras, run.infotext_extra(),
+                           strength_used=False if kind == I2VGEN_XL else None)
     infotext = build_infotext(job.prompt, job.negative, params)
     result = VideoResult(frames, used.seed, infotext, used, job.model.info(), kind, params, interrupted=interrupted)
     if job.init_image is not None and frames:

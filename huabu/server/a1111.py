@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import huabu
 from huabu.core.samplers import UNAVAILABLE, parse_sampler
 from huabu.core.errors import BadImage, InvalidRequest
+from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
 from huabu.server.catalog import cmd_flags, memory
@@ -176,11 +177,13 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
 
     sampler, schedule = _sampler(req, warnings)
     limits = catalog.limits
-    data: dict[str, Any] = dict(
-        mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, cfg_scale=req.cfg_scale,
-        sampler=sampler, schedule_type=schedule, seed=req.seed, width=req.width, height=req.height,
-        batch_size=req.batch_size, n_iter=req.n_iter, styles=_styles(req.styles, catalog, warnings),
-        model=catalog.default_model, clip_skip=catalog.default_clip_skip)
+    data: dict[str, Any] = fields_from_api(req.model_dump())  # steps, cfg_scale, seed, size ... by the table's names
+    if mode == "txt2img":
+        data.pop("denoising_strength")  # A1111 uses it there only for the hires fix
+    data.update(mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, sampler=sampler,
+                schedule_type=schedule, batch_size=req.batch_size, n_iter=req.n_iter,
+                styles=_styles(req.styles, catalog, warnings), model=catalog.default_model,
+                clip_skip=catalog.default_clip_skip)
     _override_settings(req.override_settings, catalog, data, warnings)
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
@@ -191,19 +194,20 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
 
 
 def _apply_infotext(req: _A1111Base, warnings: list[str]) -> _A1111Base:
-    """A1111 1.8+: fields an `infotext` names fill in those the request leaves unset."""
+    """A1111 1.8+: fields an `infotext` names fill in those the request leaves unset (read through the field
+    table; a value it cannot read is named in the warnings)."""
     if not req.infotext:
         return req
-    parsed = parse_infotext(req.infotext)
-    mapping = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "steps": "Steps", "sampler_name": "Sampler",
-               "scheduler": "Schedule type", "cfg_scale": "CFG scale", "seed": "Seed", "width": "Size-1",
-               "height": "Size-2", "denoising_strength": "Denoising strength"}
-    updates = {name: parsed[key] for name, key in mapping.items()
-               if key in parsed and name not in req.model_fields_set and parsed[key] != ""}
-    if "Clip skip" in parsed:
-        overrides = dict(req.override_settings)
-        overrides.setdefault("CLIP_stop_at_last_layers", parsed["Clip skip"])
-        updates["override_settings"] = overrides
+    errors: list[str] = []
+    values = infotext_values(parse_infotext(req.infotext), errors)
+    warnings.extend(f"infotext: {line}" for line in errors)
+    stated = {**{name: values[name] for name in ("prompt", "negative_prompt") if values[name]},
+              **api_fields(values, "api")}
+    updates = {name: value for name, value in stated.items()
+               if name in type(req).model_fields and name not in req.model_fields_set}
+    settings = api_settings(values)
+    if settings:
+        updates["override_settings"] = {**settings, **req.override_settings}
     try:
         return type(req).model_validate({**req.model_dump(exclude_unset=True), **updates})
     except ValueError:
@@ -257,7 +261,6 @@ def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings:
     if len(req.init_images) > 1:
         warnings.append(f"init_images: only the first of {len(req.init_images)} images is used")
     data["init_image"] = image_data_url(req.init_images[0], limits, "init_images[0]")
-    data["denoising_strength"] = req.denoising_strength
     if not req.mask:
         return
     mask = image_data_url(req.mask, limits, "mask")
@@ -324,10 +327,6 @@ def controlnet_units(scripts: dict[str, Any], limits, warnings: list[str]) -> li
 
 # --- responses -----------------------------------------------------------------------------------------------------
 
-_STANDARD_KEYS = {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1", "Size-2",
-                  "Model hash", "Model", "Denoising strength", "Clip skip", "Version"}
-
-
 def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None, job: Job,
               warnings: list[str]) -> str:
     """A1111's `info` string (Processed.js()): seeds, sizes, infotexts, model, plus huabu's `warnings`."""
@@ -336,7 +335,8 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
     infotexts = outcome.infotexts if outcome else []
     parsed = [parse_infotext(text) for text in infotexts]
     seeds = outcome.seeds if outcome else []
-    extra = {k: v for k, v in (parsed[0] if parsed else {}).items() if k not in _STANDARD_KEYS}
+    own = info_keys()
+    extra = {k: v for k, v in (parsed[0] if parsed else {}).items() if k not in own}
     subseed = req.subseed if req.subseed != -1 else (seeds[0] if seeds else -1)
     info = {
         "prompt": used.prompt, "all_prompts": [p["Prompt"] for p in parsed],
@@ -354,6 +354,8 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
         "version": f"huabu {huabu.__version__}", "warnings": warnings,
         "interrupted": bool(outcome and outcome.interrupted), "job_id": job.id,
     }
+    if parsed:  # what the first image's infotext states, by the field table's info names
+        info.update(api_fields(infotext_values(parsed[0], errors=[]), "info"))
     return json.dumps(info, ensure_ascii=False)
 
 

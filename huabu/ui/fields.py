@@ -10,7 +10,6 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from huabu.core.samplers import parse_sampler
 from huabu.core.errors import InvalidRequest
 from huabu.engine.prompts.book import PromptPart
 from huabu.core.requests import GenerateRequest
@@ -36,31 +35,13 @@ def size_or_default(value: float | int | None) -> int | None:
 
 
 def fields_from_infotext(text: str) -> dict[str, Any]:
-    """Field values for a generation tab from an A1111 infotext (huabu.core.pnginfo.parse_infotext). Only fields the
-    text states are returned; a combined sampler name ("DPM++ 2M Karras") is split into sampler and schedule, and
-    an unknown sampler is left out rather than guessed."""
+    """Field values for a generation tab from an A1111 infotext, read through the field table
+    (huabu.core.fields): only fields the text states, a combined sampler name ("DPM++ 2M Karras") split into
+    sampler and schedule, and a value that cannot be read (an unknown sampler) left out rather than guessed."""
+    from huabu.core.fields import infotext_to_request_fields
     from huabu.core.pnginfo import parse_infotext
 
-    parsed = parse_infotext(text)
-    fields: dict[str, Any] = {"prompt": parsed["Prompt"], "negative_prompt": parsed["Negative prompt"]}
-    if "Sampler" in parsed:
-        try:
-            sampler, schedule = parse_sampler(str(parsed["Sampler"]), str(parsed.get("Schedule type") or "") or None)
-            fields.update(sampler=sampler.name, schedule_type=schedule.label)
-        except InvalidRequest:
-            pass
-    numeric = {"steps": ("Steps", int), "cfg_scale": ("CFG scale", float), "seed": ("Seed", int),
-               "width": ("Size-1", int), "height": ("Size-2", int), "clip_skip": ("Clip skip", int),
-               "denoising_strength": ("Denoising strength", float), "mask_blur": ("Mask blur", int)}
-    for name, (key, kind) in numeric.items():
-        if key in parsed:
-            try:
-                fields[name] = kind(parsed[key])
-            except (TypeError, ValueError):
-                continue
-    if "Model" in parsed:
-        fields["model"] = str(parsed["Model"])
-    return fields
+    return infotext_to_request_fields(parse_infotext(text), errors=[])
 
 
 def _pieces(text: str) -> list[str]:

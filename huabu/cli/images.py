@@ -1,0 +1,269 @@
+"""`huabu generate / img2img / inpaint / reproduce / png-info / history`: still images, made, remade and found.
+
+Handlers import torch and diffusers themselves, so registering these commands stays import-light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from huabu.cli.options import (Subparsers, add_generation_options, add_runtime_options, control_units_from_args,
+                               parse_lora, quiet_libraries, settings_from_args)
+from huabu.core.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from huabu.core.requests import GenerateRequest
+
+
+def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
+    from huabu.core.requests import GenerateRequest
+
+    width, height = args.size if args.size else (None, None)
+    fields = dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative, styles=args.style, steps=args.steps,
+                  cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, seed=args.seed, width=width,
+                  height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
+                  checkpoint_config=args.checkpoint_config, clip_skip=args.clip_skip,
+                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args))
+    if mode != "txt2img":
+        fields.update(init_image=str(args.image), denoising_strength=args.strength)
+    if mode == "inpaint":
+        fields.update(mask=str(args.mask), mask_blur=args.mask_blur)
+    return GenerateRequest.create(**fields)
+
+
+def progress_bars() -> tuple[Callable, Callable[[], None]]:
+    """A tqdm bar per pipeline call (per image when --batch is 1), on stderr; off when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    state: dict = {"bar": None, "iteration": None}
+
+    def update(p) -> None:
+        if state["iteration"] != p.iteration:
+            close()
+            first, last = p.first_image + 1, p.first_image + p.batch_size
+            label = f"image {first}/{p.total_images}" if first == last else f"images {first}-{last}/{p.total_images}"
+            state["bar"] = tqdm(total=p.steps, desc=label, unit="step", file=sys.stderr, disable=None)
+            state["iteration"] = p.iteration
+        state["bar"].update(p.step - state["bar"].n)
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
+
+    return update, close
+
+
+def run_generation(args: argparse.Namespace, mode: str) -> int:
+    request = request_from_args(args, mode)  # validate before anything heavy is imported
+    quiet_libraries()
+    from huabu.engine.generate import Engine
+
+    settings = settings_from_args(args)
+    engine = Engine(settings)
+    update, close = progress_bars()
+    try:
+        result = engine.generate(request, progress=update, save=True, outdir=args.output)
+    finally:
+        close()
+    for path, seed in zip(result.paths, result.seeds):
+        print(f"{path}  (seed {seed})")
+    return 0
+
+
+# --- generate / img2img / inpaint ----------------------------------------------------------------------------
+
+def register_generate(sub: Subparsers) -> None:
+    parser = sub.add_parser("generate", help="text to image", description="Generate images from a prompt.")
+    add_generation_options(parser)
+    parser.set_defaults(handler=lambda args: run_generation(args, "txt2img"))
+
+
+def register_img2img(sub: Subparsers) -> None:
+    parser = sub.add_parser("img2img", help="image to image", description="Repaint an image guided by a prompt.")
+    add_generation_options(parser)
+    parser.add_argument("--image", type=Path, required=True, help="input image")
+    parser.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1 (0 keeps the image)")
+    parser.set_defaults(handler=lambda args: run_generation(args, "img2img"))
+
+
+def register_inpaint(sub: Subparsers) -> None:
+    parser = sub.add_parser("inpaint", help="repaint the masked part of an image",
+                            description="Repaint where the mask is white; keep where it is black.")
+    add_generation_options(parser)
+    parser.add_argument("--image", type=Path, required=True, help="input image")
+    parser.add_argument("--mask", type=Path, required=True, help="mask image of the same size: white = repaint")
+    parser.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
+    parser.add_argument("--mask-blur", type=int, default=4, help="soften the mask edge when pasting back (pixels)")
+    parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
+
+
+# --- reproduce / png-info / history ------------------------------------------------------------------------
+
+def register_reproduce(sub: Subparsers) -> None:
+    parser = sub.add_parser("reproduce", help="regenerate a PNG from its parameters and compare",
+                            description="Regenerate an image from its A1111 `parameters` chunk alone and compare the "
+                                        "pixels: prints `match` (exit 0) or `differs (max abs pixel difference N)` "
+                                        "(exit 1).")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--image", type=Path, help="source image, for files made by img2img/inpaint")
+    parser.add_argument("--mask", type=Path, help="mask, for files made by inpaint")
+    parser.add_argument("--control-image", type=Path, action="append", default=[], metavar="IMAGE",
+                        help="the image of each ControlNet unit, in order (repeatable; PNGs do not store them); "
+                             "img2img/inpaint units without one use --image")
+    parser.add_argument("--controlnet-model", action="append", default=[], metavar="NAME_OR_PATH",
+                        help="the ControlNet of each unit, in order, when the one the PNG names is not in "
+                             "~/.huabu/controlnet")
+    parser.add_argument("--tolerance", type=int, default=0, help="largest pixel difference still called a match")
+    add_runtime_options(parser)
+    parser.set_defaults(handler=run_reproduce)
+
+
+def request_from_infotext(text: str, model: str | None, image: Path | None, mask: Path | None,
+                          control_images: list[Path] | None = None) -> GenerateRequest:
+    """A GenerateRequest that remakes the image an A1111 infotext describes, read through the field table
+    (huabu.core.fields); the model spec is given separately, and the ControlNet units' images in order, as PNGs do
+    not hold them."""
+    from huabu.core.fields import infotext_mode, infotext_to_request_fields, missing_keys
+    from huabu.core.pnginfo import parse_infotext
+    from huabu.core.requests import GenerateRequest
+
+    parsed = parse_infotext(text)
+    missing = missing_keys(parsed)
+    if missing:
+        raise InvalidRequest(f"the parameters lack {', '.join(missing)}; cannot reproduce")
+    mode = infotext_mode(parsed)
+    if mode != "txt2img" and image is None:
+        raise InvalidRequest(f"this image was made by {mode}; its source image is not stored in the PNG: pass it "
+                             f"with --image{' and --mask' if mode == 'inpaint' else ''}")
+    if mode == "inpaint" and mask is None:
+        raise InvalidRequest("this image was made by inpaint: pass its mask with --mask")
+    data = infotext_to_request_fields(parsed)
+    data.update(mode=mode, model=model)
+    if mode != "txt2img":
+        data["init_image"] = str(image)
+    if mode == "inpaint":
+        data["mask"] = str(mask)
+    units = data.get("controlnets", [])
+    control_images = list(control_images or [])
+    if len(control_images) > len(units) or (mode == "txt2img" and len(control_images) < len(units)):
+        raise InvalidRequest(f"this image was made with {len(units)} ControlNet unit(s); pass the image of each with "
+                             f"--control-image, in order (got {len(control_images)})")
+    for unit, control_image in zip(units, control_images):
+        unit["image"] = str(control_image)
+    return GenerateRequest.create(**data)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from huabu.engine.images import load_image
+    from huabu.core.fields import infotext_values
+    from huabu.core.pnginfo import parse_infotext, read_parameters
+
+    original = load_image(str(args.file), "file")
+    text = read_parameters(args.file)
+    if not text:
+        raise InvalidRequest(f"{args.file} has no A1111 parameters chunk to reproduce from")
+    quiet_libraries()
+    from huabu.engine.generate import Engine
+    from huabu.engine.models import ModelManager
+
+    settings = settings_from_args(args)
+    models = ModelManager(settings)
+    stated = infotext_values(parse_infotext(text), errors=[])  # bad values are reported by request_from_infotext
+    model = args.model or _model_from_infotext(models, stated.get("model"), stated.get("model_hash"))
+    request = request_from_infotext(text, model, args.image, args.mask, args.control_image)
+    if args.controlnet_model:
+        if len(args.controlnet_model) > len(request.controlnets):
+            raise InvalidRequest(f"{len(args.controlnet_model)} --controlnet-model for {len(request.controlnets)} "
+                                 f"ControlNet unit(s) in the PNG")
+        units = [unit.model_copy(update={"model": name}) for unit, name in zip(request.controlnets,
+                                                                             args.controlnet_model)]
+        request = request.model_copy(update={"controlnets": units + request.controlnets[len(units):]})
+    result = Engine(settings, models).generate(request)
+    recorded = stated.get("model_hash")
+    if result.model.get("hash") and recorded and result.model["hash"] != recorded:
+        print(f"note: model hash is {result.model['hash']}, the file says {recorded}", file=sys.stderr)
+    remade = result.images[0]
+    if remade.size != original.size:
+        print(f"differs (size {remade.width}x{remade.height} vs {original.width}x{original.height})")
+        return 1
+    diff = int(np.abs(np.asarray(remade, dtype=np.int16) - np.asarray(original, dtype=np.int16)).max())
+    if diff <= args.tolerance:
+        print("match")
+        return 0
+    print(f"differs (max abs pixel difference {diff})")
+    return 1
+
+
+def _model_from_infotext(models, name: str | None, short: str | None) -> str:
+    """The model an infotext names: by its `Model` name, else by its `Model hash` among the models folder."""
+    from huabu.core.errors import ModelNotFound
+
+    if name:
+        try:
+            models.resolve(name)
+            return name
+        except ModelNotFound:
+            pass
+    if short:
+        found = models.find_by_hash(short)
+        if found is not None:
+            return found.location
+    raise ModelNotFound(f"the model of this image ({name or '?'} [{short or '?'}]) is not the built-in one or in "
+                        f"{models.settings.models_dir}; pass --model")
+
+
+def register_png_info(sub: Subparsers) -> None:
+    parser = sub.add_parser("png-info", help="print a PNG's generation parameters",
+                            description="Print the A1111 `parameters` text stored in an image.")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--json", action="store_true",
+                        help="print the parsed fields as JSON (ControlNet units as objects)")
+    parser.set_defaults(handler=run_png_info)
+
+
+def run_png_info(args: argparse.Namespace) -> int:
+    from huabu.engine.images import load_image
+    from huabu.core.pnginfo import read_parameters
+
+    load_image(str(args.file), "file")  # one-line errors for missing / non-image files
+    text = read_parameters(args.file)
+    if not text:
+        raise InvalidRequest(f"{args.file} has no generation parameters")
+    if args.json:
+        import json
+
+        from huabu.core.fields import readable_params
+        from huabu.core.pnginfo import parse_infotext
+
+        print(json.dumps(readable_params(parse_infotext(text)), ensure_ascii=False, indent=1))
+        return 0
+    print(text)
+    return 0
+
+
+def register_history(sub: Subparsers) -> None:
+    parser = sub.add_parser("history", help="search generated images by prompt text",
+                            description="List generated images, newest first, optionally whose prompt contains TEXT.")
+    parser.add_argument("text", nargs="?", help="text to find in prompts")
+    parser.add_argument("--kind", help="txt2img, img2img, inpaint, ...")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.set_defaults(handler=run_history)
+
+
+def run_history(args: argparse.Namespace) -> int:
+    import time
+
+    from huabu.core.gallery import Gallery
+
+    settings = settings_from_args(args)
+    for item in Gallery(settings.gallery_db).search(args.text, kind=args.kind, limit=args.limit):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.created))
+        prompt = item.prompt.replace("\n", " ")
+        print(f"{item.id}\t{when}\t{item.kind}\t{item.path}\t{prompt}")
+    return 0

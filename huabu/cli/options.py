@@ -1,0 +1,157 @@
+"""The command line's shared options and helpers: what every sub-CLI (generate, video, studio, serve, train ...)
+adds to its parser and reads back from its arguments. Import-light: `huabu --help` imports this for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from huabu.core.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from huabu.core.settings import Settings
+
+# What a registration function is given: the `huabu` parser's sub-parsers.
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Options that pick and place the model: shared by every command that generates."""
+    group = parser.add_argument_group("model and device")
+    group.add_argument("--model", help="huabu-tiny (default), a diffusers folder, a .safetensors file, a name in "
+                                       "the models folder, or a hub id (online only)")
+    group.add_argument("--model-config", dest="checkpoint_config", metavar="CONFIG",
+                       help="config for a single-file checkpoint whose kind is not detected: sd15, sd2-v, sd2-base, "
+                            "sdxl, huabu-tiny, or a diffusers folder")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
+    group.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"),
+                       help="default: auto (fp16 on CUDA, with the VAE upcast when it overflows; fp32 elsewhere)")
+    group.add_argument("--allow-unsafe-pickle", action="store_true",
+                       help="load pickle .ckpt files (with torch.load(weights_only=True)); only for files you trust")
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="A1111 prompt syntax: (word:1.2), [from:to:when], [a|b], <lora:name:w>, BREAK")
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
+    parser.add_argument("--sampler", default="DPM++ 2M", help="A1111 name, e.g. 'Euler a', 'DPM++ 2M Karras' "
+                                                               "(huabu samplers lists them)")
+    parser.add_argument("--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential...")
+    parser.add_argument("--seed", type=int, default=-1, help="-1 picks a random seed (recorded in the PNG)")
+    parser.add_argument("--size", type=parse_size, metavar="WxH", help="default: the model's size (or the image's)")
+    parser.add_argument("--batch", type=int, default=1, help="images per pipeline call")
+    parser.add_argument("--n-iter", type=int, default=1, help="pipeline calls (batches)")
+    parser.add_argument("-o", "--output", type=Path, help="output folder (created if missing); default: "
+                                                          "~/.huabu/outputs")
+    add_prompt_options(parser)
+    add_control_options(parser)
+    add_runtime_options(parser)
+
+
+def add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    """What shapes the prompt beside its text: styles, LoRAs, clip skip (images and videos alike)."""
+    parser.add_argument("--style", action="append", default=[], help="prompt-book style (repeatable)")
+    parser.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                        help="LoRA from the LoRA folder (repeatable; same as <lora:NAME:WEIGHT> in the prompt)")
+    parser.add_argument("--clip-skip", type=int, default=1)
+
+
+def add_control_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ControlNet")
+    group.add_argument("--control", action="append", default=[], metavar="MODULE:IMAGE[:WEIGHT[:START:END]]",
+                       help="steer with a ControlNet (repeatable): MODULE is canny, softedge, depth, pose, color, or "
+                            "none when IMAGE already is a control map; WEIGHT (default 1) and the START:END fraction "
+                            "of the steps it acts in (default 0:1), e.g. canny:ref.png:0.8:0:0.6")
+    group.add_argument("--controlnet-model", action="append", default=[], metavar="NAME_OR_PATH",
+                       help="the ControlNet of the i-th --control (repeatable, in order): a diffusers folder, a "
+                            ".safetensors file or a name in ~/.huabu/controlnet; default: the one there whose name "
+                            "holds the module's name")
+    group.add_argument("--control-mode", choices=("balanced", "prompt", "control"), default="balanced",
+                       help="which matters more for all units: balanced, prompt, or control (sd-webui-controlnet's "
+                            "control modes)")
+    group.add_argument("--control-resize", choices=("crop", "just", "fill"), default="crop",
+                       help="fit control images to the output: crop (Crop and Resize), just (stretch), fill (Resize "
+                            "and Fill)")
+    group.add_argument("--control-res", type=int, metavar="PIXELS",
+                       help="preprocessor resolution (short side); default: the output's own (pixel perfect)")
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type, notes: dict[str, str] | None = None) -> None:
+    """One `--field-name` option per field of the config dataclass `cls`, typed by its default (a tuple field takes
+    a comma-separated list), so a command and its Python API cannot drift. Options left out keep the dataclass's
+    default: build the config with `config_from_args`."""
+    notes = notes or {}
+    for field in dataclasses.fields(cls):
+        default = field.default
+        if isinstance(default, tuple):
+            kind = _comma_list(float if "float" in str(field.type) else int)
+            shown = ",".join(map(str, default)) or "-"
+        else:
+            kind, shown = type(default), default if default != "" else "-"
+        note = notes.get(field.name, "")
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind, default=argparse.SUPPRESS,
+                            help=f"{note} (default: {shown})".lstrip())
+
+
+def config_from_args(args: argparse.Namespace, cls: type) -> Any:
+    """The config dataclass `cls` with the options add_config_options added and the user gave."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def _comma_list(item: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(value) for value in text.split(",") if value.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+    return parse
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"64x64" (or "64") -> (64, 64)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        return (int(width), int(height) if sep else int(width))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x768, got {text!r}") from None
+
+
+def parse_lora(text: str) -> dict:
+    name, _, weight = text.rpartition(":") if ":" in text else (text, "", "")
+    try:
+        return {"name": name, "weight": float(weight)} if weight else {"name": text}
+    except ValueError:
+        raise InvalidRequest(f"--lora {text!r}: weight {weight!r} is not a number; write NAME or NAME:0.8") from None
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from huabu.core.settings import Settings
+
+    return Settings.from_env(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
+                             allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", False) or None)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (deprecation notices, loading bars, torchvision hints) out of the terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def control_units_from_args(args: argparse.Namespace) -> list[dict]:
+    from huabu.core.control_units import units_from_cli
+
+    return units_from_cli(args.control, args.controlnet_model, args.control_mode, args.control_resize,
+                          args.control_res)

@@ -1,0 +1,261 @@
+"""The A1111 infotext fields, one row each: the infotext key, the request field(s) it holds, how a value is written
+and read back, and what the A1111 API calls it.
+
+Rows are in A1111 1.10's order (`processing.create_infotext`: its own fields, then `extra_generation_params`, where
+A1111 puts Mask blur and the Lora hashes), then the video fields. `request_to_infotext_params` gives the fields
+the engine writes (tests/test_fields.py holds it to the engine's own output); reproduce, the studio and the A1111
+API read infotexts with `infotext_values` / `infotext_to_request_fields`. ControlNet units are read by
+huabu.core.control_infotext and written by the engine, which passes them in as extra fields. A new field is one
+new row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+from huabu.core.control_infotext import PREFIX as CONTROL_PREFIX
+from huabu.core.control_infotext import parse_unit, units_in_params
+from huabu.core.control_units import unit_fields_from_infotext
+from huabu.core.errors import InvalidRequest
+from huabu.core.requests import GenerateRequest, RequestModel, VideoRequest
+from huabu.core.samplers import AUTOMATIC, find_schedule, parse_sampler
+
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def format_number(value: float) -> str:
+    """Numbers in infotexts as A1111 shows them: 7 rather than 7.0."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _whole(value: object) -> tuple[int]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (int(value),)
+    try:
+        return (int(str(value)),)
+    except ValueError:
+        raise ValueError(f"{str(value)[:50]!r} is not a whole number") from None
+
+
+def _number(value: object) -> tuple[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),)
+    try:
+        return (float(str(value)),)
+    except ValueError:
+        raise ValueError(f"{str(value)[:50]!r} is not a number") from None
+
+
+def _text(value: object) -> tuple[str]:
+    return (str(value),)
+
+
+def _size(value: object) -> tuple[int, int]:
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{str(value)[:50]!r} is not WIDTHxHEIGHT")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _sampler(value: object) -> tuple[str]:
+    return (parse_sampler(str(value))[0].name,)  # "DPM++ 2M Karras" -> "DPM++ 2M"; its schedule: see _split_sampler
+
+
+def _schedule(value: object) -> tuple[str]:
+    return (find_schedule(str(value)).label,)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _always(values: Mapping[str, Any]) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class InfotextField:
+    """One `Key: value` of an infotext.
+
+    `names` are the request fields it holds (Size holds width and height), or values only the engine knows (the
+    model's hash, the LoRA hashes), which request_to_infotext_params takes as arguments. `format` gets the names'
+    values and returns what the infotext shows (None: left out); `parse` gets what parse_infotext read and returns
+    the names' values, raising ValueError or InvalidRequest when it cannot. `written` says whether a request writes
+    the field at all. `api` are the A1111 API's payload fields for `names`, `info` the keys its `info` JSON reports
+    them under, `setting` the A1111 option it stands for instead (override_settings)."""
+
+    key: str
+    names: tuple[str, ...]
+    parse: Callable[[object], tuple]
+    format: Callable[..., Any] = _same
+    written: Callable[[Mapping[str, Any]], bool] = _always
+    required: bool = False  # a reproduction cannot do without it
+    api: tuple[str, ...] = ()
+    info: tuple[str, ...] = ()
+    setting: str | None = None
+
+
+_F = InfotextField  # keeps each row on a line or two
+FIELDS: tuple[InfotextField, ...] = (
+    _F("Steps", ("steps",), _whole, required=True, api=("steps",), info=("steps",)),
+    _F("Sampler", ("sampler",), _sampler, required=True, api=("sampler_name",), info=("sampler_name",)),
+    _F("Schedule type", ("schedule_type",), _schedule, api=("scheduler",)),
+    _F("CFG scale", ("cfg_scale",), _number, format_number, required=True, api=("cfg_scale",), info=("cfg_scale",)),
+    _F("Seed", ("seed",), _whole, required=True, api=("seed",), info=("seed",)),
+    _F("Size", ("width", "height"), _size, lambda width, height: f"{width}x{height}", required=True,
+       api=("width", "height"), info=("width", "height")),
+    _F("Model hash", ("model_hash",), _text, info=("sd_model_hash",)),
+    _F("Model", ("model",), _text, info=("sd_model_name",)),
+    _F("Denoising strength", ("denoising_strength",), _number, format_number, lambda values: values["strength_used"],
+       api=("denoising_strength",), info=("denoising_strength",)),
+    _F("Clip skip", ("clip_skip",), _whole, written=lambda values: values["clip_skip"] > 1, info=("clip_skip",),
+       setting="CLIP_stop_at_last_layers"),
+    _F("Mask blur", ("mask_blur",), _whole, written=lambda values: values["mode"] == "inpaint"),
+    _F("Lora hashes", ("lora_hashes",), _text),
+    _F("Frames", ("frames",), _whole),
+    _F("FPS", ("fps",), _whole),
+)
+
+
+def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,
+                               model: str | None = None, model_hash: str | None = None,
+                               lora_hashes: str | None = None, strength_used: bool | None = None,
+                               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `key: value` fields of one image or video, in A1111 1.10's order (None = left out), as
+    huabu.core.pnginfo.create_infotext takes them.
+
+    `request` is the request as used (seed, size, sampler and schedule resolved). `seed` is the image's own seed
+    (default: the request's), `model` the model's name (default: the request's model), `model_hash` its short hash,
+    `lora_hashes` A1111's `Lora hashes` text. `strength_used` says whether denoising_strength acted on an input
+    image (default: img2img and inpaint; videos with an init image and no SparseCtrl). `extra` (ControlNet units,
+    the video model ...) follows the table's fields."""
+    values: dict[str, Any] = dict(request)
+    values.update(model_hash=model_hash, lora_hashes=lora_hashes)
+    if seed is not None:
+        values["seed"] = seed
+    if model is not None:
+        values["model"] = model
+    if strength_used is None:
+        strength_used = (request.mode != "txt2img" if isinstance(request, GenerateRequest)
+                         else bool(request.init_image and not request.sparse_control))
+    values["strength_used"] = strength_used
+    params: dict[str, Any] = {}
+    for field in FIELDS:
+        if all(name in values for name in field.names):  # Mask blur: stills only; Frames, FPS: videos only
+            shown = field.written(values) and all(values[name] is not None for name in field.names)
+            params[field.key] = field.format(*(values[name] for name in field.names)) if shown else None
+    params.update(extra or {})
+    return params
+
+
+def _split_sampler(parsed: Mapping[str, Any]) -> dict[str, Any]:
+    """As A1111's parse_generation_parameters: an older infotext names its schedule inside the sampler name
+    ("DPM++ 2M Karras") and has no `Schedule type`."""
+    found = dict(parsed)
+    if "Sampler" in found and "Schedule type" not in found:
+        try:
+            _, schedule = parse_sampler(str(found["Sampler"]))
+        except InvalidRequest:
+            return found  # the Sampler row reports it
+        if schedule.label != AUTOMATIC:
+            found["Schedule type"] = schedule.label
+    return found
+
+
+def infotext_values(parsed: Mapping[str, Any], errors: list[str] | None = None) -> dict[str, Any]:
+    """Every table field an infotext states (huabu.core.pnginfo.parse_infotext's result), by request field name,
+    including the engine-only model_hash and lora_hashes; prompt and negative_prompt; `controlnets` when it has
+    ControlNet units (ControlUnit fields, without their images).
+
+    A value that cannot be read raises InvalidRequest naming its key; when `errors` is given, that field is left
+    out and the message appended there instead. Empty values count as absent."""
+    parsed = _split_sampler(parsed)
+    values: dict[str, Any] = {"prompt": str(parsed.get("Prompt", "")),
+                              "negative_prompt": str(parsed.get("Negative prompt", ""))}
+    for field in FIELDS:
+        raw = parsed.get(field.key)
+        if raw is None or raw == "":
+            continue
+        try:
+            values.update(zip(field.names, field.parse(raw)))
+        except (ValueError, InvalidRequest) as err:
+            message = f"the parameters' {field.key}: {err}"
+            if errors is None:
+                raise InvalidRequest(message) from None
+            errors.append(message)
+    try:
+        units = [unit_fields_from_infotext(unit) for unit in units_in_params(parsed)]
+    except ValueError as err:
+        if errors is None:
+            raise InvalidRequest(f"the parameters' ControlNet units: {err}") from None
+        errors.append(f"the parameters' ControlNet units: {err}")
+        units = []
+    if units:
+        values["controlnets"] = units
+    return values
+
+
+def infotext_to_request_fields(parsed: Mapping[str, Any], request_type: type[RequestModel] = GenerateRequest,
+                               errors: list[str] | None = None) -> dict[str, Any]:
+    """The fields of `request_type` an infotext states (see infotext_values): what a request needs to remake the
+    image, given its input images (and ControlNet images) and, for stills, its mode (infotext_mode)."""
+    return {name: value for name, value in infotext_values(parsed, errors).items()
+            if name in request_type.model_fields}
+
+
+def infotext_mode(parsed: Mapping[str, Any]) -> str:
+    """The GenerateRequest mode an infotext was made in: only inpaint writes Mask blur, only img2img and inpaint
+    Denoising strength (so Mask blur alone is an InvalidRequest: the strength to remake it with is unknown)."""
+    if "Mask blur" in parsed and "Denoising strength" not in parsed:
+        raise InvalidRequest("the parameters have Mask blur (inpaint) but lack Denoising strength; cannot reproduce")
+    return "inpaint" if "Mask blur" in parsed else "img2img" if "Denoising strength" in parsed else "txt2img"
+
+
+def missing_keys(parsed: Mapping[str, Any]) -> list[str]:
+    """The fields a reproduction needs that an infotext lacks."""
+    return [field.key for field in FIELDS if field.required and parsed.get(field.key) in (None, "")]
+
+
+def api_fields(values: Mapping[str, Any], column: Literal["api", "info"]) -> dict[str, Any]:
+    """Request-named values (infotext_values) renamed to the A1111 API's names: column "api" for a txt2img/img2img
+    payload, "info" for the `info` JSON. Values with no name there are left out."""
+    renamed: dict[str, Any] = {}
+    for field in FIELDS:
+        for name, outer in zip(field.names, getattr(field, column)):
+            if name in values:
+                renamed[outer] = values[name]
+    return renamed
+
+
+def fields_from_api(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of api_fields(..., "api"): an A1111 payload's infotext fields, by request field name."""
+    return {name: payload[outer] for field in FIELDS for name, outer in zip(field.names, field.api)
+            if outer in payload}
+
+
+def api_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Request-named values that A1111 takes as options (override_settings), by option name."""
+    return {field.setting: values[field.names[0]] for field in FIELDS
+            if field.setting and field.names[0] in values}
+
+
+def info_keys() -> frozenset[str]:
+    """Infotext keys whose values the A1111 `info` JSON reports under names of its own (with the prompts, Size's
+    parts and the Version), so that everything else is its extra_generation_params."""
+    own = {field.key for field in FIELDS if field.info}
+    return frozenset(own | {"Prompt", "Negative prompt", "Size-1", "Size-2", "Version"})
+
+
+def readable_params(parsed: Mapping[str, Any]) -> dict[str, Any]:
+    """A parsed infotext with each ControlNet unit's value as an object (png-info --json); a value not in the
+    extension's format stays text."""
+    readable = dict(parsed)
+    for key, value in parsed.items():
+        if key.startswith(CONTROL_PREFIX) and isinstance(value, str):
+            try:
+                readable[key] = parse_unit(value)
+            except ValueError:
+                continue
+    return readable
