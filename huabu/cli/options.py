@@ -29,8 +29,14 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
                        help="config for a single-file checkpoint whose kind is not detected: sd15, sd2-v, sd2-base, "
                             "sdxl, huabu-tiny, or a diffusers folder")
     group.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
-    group.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"),
-                       help="default: auto (fp16 on CUDA, with the VAE upcast when it overflows; fp32 elsewhere)")
+    group.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16", "fp8"),
+                       help="default: auto (fp16 on CUDA, with the VAE upcast when it overflows; fp32 elsewhere); "
+                            "fp8 stores the UNet's weights in float8 and computes in fp16 (GPU) or fp32")
+    group.add_argument("--offload", choices=("none", "model", "sequential"),
+                       help="GPU memory saving: 'model' moves whole models to the GPU in turn, 'sequential' layer by "
+                            "layer (slowest, least memory); default none")
+    group.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
+    group.add_argument("--attention-slicing", action="store_true", help="attention in slices: less memory, slower")
     group.add_argument("--allow-unsafe-pickle", action="store_true",
                        help="load pickle .ckpt files (with torch.load(weights_only=True)); only for files you trust")
 
@@ -135,7 +141,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     from huabu.core.settings import Settings
 
     return Settings.from_env(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
-                             allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", False) or None)
+                             allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", False) or None,
+                             offload=getattr(args, "offload", None),
+                             vae_tiling=getattr(args, "vae_tiling", False) or None,
+                             attention_slicing=getattr(args, "attention_slicing", False) or None)
 
 
 def quiet_libraries() -> None:
