@@ -95,7 +95,7 @@ def first_step(unet, vae, encode, sched, seeds: int) -> dict[str, dict[str, tupl
 def leak(unet, vae, encode, sched, clips: int) -> dict[str, float]:
     from diffusers import DDIMScheduler
 
-    from huabu.tiny.train_vae import to_tensor
+    from huabu.training.diffusion import to_tensor
     from huabu.tiny import video_scenes as V
     from huabu.tiny.video_measure import motion_direction
 
@@ -118,7 +118,7 @@ def leak(unet, vae, encode, sched, clips: int) -> dict[str, float]:
 
 
 def main() -> None:
-    from huabu.tiny.train_unet import encode_text, noise_scheduler
+    from huabu.training.diffusion import encode_text, noise_scheduler
     from huabu.training.motion_config import BUILTIN_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

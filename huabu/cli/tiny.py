@@ -19,7 +19,7 @@ STAGES = {
     "clip": ("huabu.tiny.train_clip", configs.ClipTrainConfig),
     "vae": ("huabu.tiny.train_vae", configs.VaeTrainConfig),
     "unet": ("huabu.tiny.train_unet", configs.UnetTrainConfig),
-    "motion": ("huabu.training.motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
+    "motion": ("huabu.tiny.motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
     "controlnet": ("huabu.tiny.controlnet", TinyControlNetConfig),  # huabu tiny's preset of huabu train controlnet
 }
 
