@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,7 +108,8 @@ def train(recipe: Recipe, plan: Plan, progress: Callable[[TrainProgress], None] 
             tmp.write_text(json.dumps(plan.config, indent=1))
     done = saved = start
     window = (time.perf_counter(), start)  # throughput is measured over the steps since the last log line
-    with open(folder / "log.jsonl", "a", encoding="utf-8") as log_file, \
+    log_path = folder / "log.jsonl" if accelerator.is_main_process else os.devnull
+    with open(log_path, "a", encoding="utf-8") as log_file, \
             tqdm(range(start, plan.steps), initial=start, total=plan.steps, desc=plan.desc, unit="step",
                  disable=not accelerator.is_main_process) as bar:
         for step in bar:
