@@ -63,7 +63,8 @@ def test_a_killed_run_resumes_to_the_weights_of_a_straight_one(tmp_path, monkeyp
 
 def test_a_resumed_run_must_be_the_same_run(tmp_path):
     loop.train(toy(), plan(tmp_path, steps=2))
-    with pytest.raises(InvalidRequest, match=r"holds a run made with channels = \[1, 2\], this run has \[1, 3\]") as err:
+    refused = r"holds a run made with channels = \[1, 2\], this run has \[1, 3\]"
+    with pytest.raises(InvalidRequest, match=refused) as err:
         loop.train(toy(), plan(tmp_path, same_run={"width": 4, "channels": (1, 3)}))
     assert "\n" not in str(err.value)
     assert loop.train(toy(), plan(tmp_path, steps=4)) == 4  # how long a run is may change
@@ -93,7 +94,8 @@ def test_cancel_stops_at_a_step_and_leaves_a_checkpoint_to_resume_from(tmp_path)
     def progress(p: loop.TrainProgress) -> None:
         seen.append((p.step, p.steps, p.checkpoint.name if p.checkpoint else None))
 
-    done = loop.train(toy(), plan(tmp_path / "cancelled", checkpoint_every=100), progress, cancel=lambda: len(seen) == 3)
+    done = loop.train(toy(), plan(tmp_path / "cancelled", checkpoint_every=100), progress,
+                      cancel=lambda: len(seen) == 3)
     assert done == 3 and seen == [(1, 6, None), (2, 6, None), (3, 6, None)]
     assert [p.name for p in list_checkpoints(tmp_path / "cancelled" / "checkpoints")] == ["step-0000003"]
     loop.train(toy(), plan(tmp_path / "cancelled", checkpoint_every=100), progress)

@@ -50,5 +50,6 @@ def load_dataset(path: Path) -> CaptionedArrays:
     """The scene dataset at `path`, checked against this version's scene vocabulary."""
     data = read_captioned_arrays(path)
     if data.meta.get("objects") != list(S.OBJECT_NAMES):
-        raise HuabuError(f"the scene dataset at {path} was made by another version: regenerate it with `huabu tiny data`")
+        raise HuabuError(f"the scene dataset at {path} was made by another version: regenerate it with "
+                         f"`huabu tiny data`")
     return data

@@ -145,7 +145,7 @@ def setup(cfg: ClipTrainConfig) -> tuple[Recipe, CLIPModel, CLIPTokenizer]:
     labels_image = [attribute_labels(a, stated_only=False) for a in data.attrs]
     device = accelerator.device
 
-    def step(step: int) -> torch.Tensor:
+    def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([cfg.seed, step])  # data order is a function of the step: resumes identically
         idx = np.sort(rng.choice(len(data), size=cfg.batch_size, replace=False))
         ids = tokenize(tok, [data.captions[i] for i in idx]).to(device)
@@ -163,7 +163,7 @@ def setup(cfg: ClipTrainConfig) -> tuple[Recipe, CLIPModel, CLIPTokenizer]:
     def evaluate(done: int) -> Sampled:
         return Sampled(scores={"retrieval": retrieval_gate(model, tok, device)})
 
-    recipe = Recipe(accelerator, opt, checkpointed, step, params, sample=evaluate)
+    recipe = Recipe(accelerator, opt, checkpointed, step_loss, params, sample=evaluate)
     return recipe, model, tok
 
 

@@ -91,7 +91,7 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     ema.to(device)
     sched = noise_scheduler()
 
-    def step(step: int) -> torch.Tensor:
+    def step_loss(step: int) -> torch.Tensor:
         # Data, caption dropout, timesteps and noise are all functions of (seed, step): a resumed run continues
         # exactly as the uninterrupted one would have.
         rng = np.random.default_rng([cfg.seed, step])
@@ -114,7 +114,7 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
         write_samples(ema, tok, text_encoder, vae, path)
         return Sampled((path,))
 
-    recipe = Recipe(accelerator, opt, {"unet": raw_unet, "ema": ema}, step, list(raw_unet.parameters()),
+    recipe = Recipe(accelerator, opt, {"unet": raw_unet, "ema": ema}, step_loss, list(raw_unet.parameters()),
                     after_step=lambda step: update_ema(ema, raw_unet, step, cfg.ema_decay), sample=sample)
     return recipe, ema
 

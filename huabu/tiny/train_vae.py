@@ -119,7 +119,7 @@ def setup(cfg: VaeTrainConfig) -> tuple[Recipe, AutoencoderKL, CaptionedArrays]:
     device = accelerator.device
     held_out = eval_images()
 
-    def step(step: int) -> StepOutput:
+    def step_loss(step: int) -> StepOutput:
         rng = np.random.default_rng([cfg.seed, step])  # data and noise are functions of the step: resumes identically
         idx = np.sort(rng.choice(len(data), size=cfg.batch_size, replace=False))
         images = data.images[idx]
@@ -144,7 +144,7 @@ def setup(cfg: VaeTrainConfig) -> tuple[Recipe, AutoencoderKL, CaptionedArrays]:
         save_grid([held_out, recon], path)
         return Sampled((path,), {"psnr": psnr(held_out, recon)})
 
-    return Recipe(accelerator, opt, {"vae": vae}, step, list(model.parameters()), sample=sample), vae, data
+    return Recipe(accelerator, opt, {"vae": vae}, step_loss, list(model.parameters()), sample=sample), vae, data
 
 
 def train(cfg: VaeTrainConfig) -> dict[str, float]:

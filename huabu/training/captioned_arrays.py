@@ -34,7 +34,8 @@ def read_captioned_arrays(path: Path) -> CaptionedArrays:
         raise HuabuError(f"no scene dataset at {path}: create it with `huabu tiny data --out {path}`")
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("format") != FORMAT_VERSION:
-        raise HuabuError(f"the scene dataset at {path} was made by another version: regenerate it with `huabu tiny data`")
+        raise HuabuError(f"the scene dataset at {path} was made by another version: regenerate it with "
+                         f"`huabu tiny data`")
     images = np.load(path / "images.npy", mmap_mode="r")
     records = [json.loads(line) for line in (path / "scenes.jsonl").read_text(encoding="utf-8").splitlines()]
     return CaptionedArrays(images, [r.pop("caption") for r in records], records, meta)

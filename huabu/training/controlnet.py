@@ -188,13 +188,13 @@ def setup(cfg: ControlNetTrainConfig, data: Any, settings: Any = None) -> tuple[
     for part in (frozen.unet, frozen.vae, frozen.text_encoder):
         part.to(device)
 
-    def step(step: int) -> torch.Tensor:
+    def step_loss(step: int) -> torch.Tensor:
         return batch_loss(prepared, frozen, batch_at(cfg, data, frozen, step), cfg.snr_gamma, device)
 
     def sample(done: int) -> Sampled:
         return Sampled((write_samples(cfg, controlnet, frozen, data, Path(cfg.out_dir) / f"samples-{done:07d}.png"),))
 
-    return Recipe(accelerator, opt, {"controlnet": controlnet}, step, list(controlnet.parameters()),
+    return Recipe(accelerator, opt, {"controlnet": controlnet}, step_loss, list(controlnet.parameters()),
                   sample=sample), controlnet
 
 

@@ -127,7 +127,8 @@ def train(recipe: Recipe, plan: Plan, progress: Callable[[TrainProgress], None] 
             if done % plan.log_every == 0 or done == plan.steps:
                 elapsed, steps = time.perf_counter() - window[0], done - window[1]
                 record = {"step": done, "loss": loss_value, **{k: float(v) for k, v in values.items()},
-                          "seconds_per_step": elapsed / steps, f"{plan.unit}_per_s": plan.items_per_step * steps / elapsed}
+                          "seconds_per_step": elapsed / steps,
+                          f"{plan.unit}_per_s": plan.items_per_step * steps / elapsed}
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 window = (time.perf_counter(), done)

@@ -227,7 +227,7 @@ def setup(cfg: MotionTrainConfig, data: ClipSource, sample_prompts: Sequence[str
     unet, opt = accelerator.prepare(raw_unet, opt)
     sched = noise_scheduler()
 
-    def step(step: int) -> torch.Tensor:
+    def step_loss(step: int) -> torch.Tensor:
         texts, x0, noise, t = clip_batch(cfg, latents, captions, step, sched.config.num_train_timesteps)
         with torch.set_grad_enabled(rows is not None):  # the frozen encoder needs no graph, unless rows learn
             cond = encode_text(tok, text_encoder, texts)
@@ -247,7 +247,7 @@ def setup(cfg: MotionTrainConfig, data: ClipSource, sample_prompts: Sequence[str
             save_motion_words(words, out / "final" / MOTION_WORDS_FILE, rows)
         return out / "final"
 
-    recipe = Recipe(accelerator, opt, parts, step, trained, sample=sample if sample_prompts else None)
+    recipe = Recipe(accelerator, opt, parts, step_loss, trained, sample=sample if sample_prompts else None)
     return recipe, finish
 
 
