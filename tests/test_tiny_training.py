@@ -97,3 +97,16 @@ def test_learning_rate_warms_up_linearly_and_zero_warmup_is_constant():
     warm = Schedule("constant", warmup=4)  # the UNet stage's schedule
     assert [lr_at(step, 1e-3, warm) for step in (0, 1, 3, 10)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
     assert [lr_at(step, 1e-3, Schedule("constant", warmup=0)) for step in (0, 5)] == [1e-3, 1e-3]
+
+
+def test_a_cancelled_stage_leaves_a_checkpoint_and_resumes_identically(scenes, tmp_path, monkeypatch):
+    from huabu.tiny import train_clip
+
+    monkeypatch.setattr(train_clip, "retrieval_gate", lambda *a, **k: {})
+    train_clip.train(_clip_cfg(scenes, tmp_path / "straight"))
+    asked = []
+    train_clip.train(_clip_cfg(scenes, tmp_path / "cancelled"), cancel=lambda: asked.append(1) or len(asked) > 3)
+    checkpoints = sorted(p.name for p in (tmp_path / "cancelled" / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-0000002", "step-0000003"]  # every 2 steps, and where it stopped
+    train_clip.train(_clip_cfg(scenes, tmp_path / "cancelled"))
+    assert_same(newest_weights(tmp_path / "straight", "clip"), newest_weights(tmp_path / "cancelled", "clip"))

@@ -4,6 +4,7 @@ motion in the sample GIFs."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from huabu.tiny.video_scenes import MOTIONS, eval_moving_scenes, training_clip
 from huabu.training.motion import train_motion
@@ -15,6 +16,6 @@ def sample_prompts() -> list[str]:
     return [scene.caption for scene in eval_moving_scenes(len(MOTIONS))]
 
 
-def train(cfg: MotionTrainConfig) -> Path:
+def train(cfg: MotionTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) a motion module on the moving-scene stream of `cfg.seed`, held-out combinations excluded."""
-    return train_motion(cfg, lambda i: training_clip(cfg.seed, i, cfg.frames), sample_prompts())
+    return train_motion(cfg, lambda i: training_clip(cfg.seed, i, cfg.frames), sample_prompts(), cancel)

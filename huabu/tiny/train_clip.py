@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -167,12 +168,14 @@ def setup(cfg: ClipTrainConfig) -> tuple[Recipe, CLIPModel, CLIPTokenizer]:
     return recipe, model, tok
 
 
-def train(cfg: ClipTrainConfig) -> dict[str, float]:
+def train(cfg: ClipTrainConfig, cancel: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Train (or resume) the CLIP stage; returns the held-out retrieval gate.
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
     recipe, model, tok = setup(cfg)
     plan = Plan(Path(cfg.out), cfg.steps, Schedule("cosine", cfg.warmup, cfg.steps, floor=0.1),
                 same_run(cfg), cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
                 sample_every=cfg.eval_every, log_every=50, config=asdict(cfg), desc="clip")
-    loop.train(recipe, plan)
+    loop.train(recipe, plan, cancel=cancel)
     model.save_pretrained(Path(cfg.out) / "final")
     tok.save_pretrained(Path(cfg.out) / "final")
     return retrieval_gate(model, tok, recipe.accelerator.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,14 +120,16 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     return recipe, ema
 
 
-def train(cfg: UnetTrainConfig) -> Path:
+def train(cfg: UnetTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
+    """Train (or resume) the UNet stage; returns the EMA weights' folder.
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
     recipe, ema = setup(cfg)
     # Warm-up, then constant: with EMA weights doing the averaging, a run stopped at step N is exactly the run
     # configured for N steps, so `--steps` can be raised or lowered after the fact.
     plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
                 cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
                 sample_every=cfg.sample_every, log_every=50, config=asdict(cfg), desc="unet")
-    loop.train(recipe, plan)
+    loop.train(recipe, plan, cancel=cancel)
     ema.save_pretrained(Path(cfg.out) / "final")
     return Path(cfg.out) / "final"
 

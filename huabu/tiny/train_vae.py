@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -147,12 +148,14 @@ def setup(cfg: VaeTrainConfig) -> tuple[Recipe, AutoencoderKL, CaptionedArrays]:
     return Recipe(accelerator, opt, {"vae": vae}, step_loss, list(model.parameters()), sample=sample), vae, data
 
 
-def train(cfg: VaeTrainConfig) -> dict[str, float]:
+def train(cfg: VaeTrainConfig, cancel: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Train (or resume) the VAE stage; returns its held-out PSNR and latent scale.
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
     recipe, vae, data = setup(cfg)
     plan = Plan(Path(cfg.out), min(cfg.steps, cfg.stop_after), Schedule("cosine", cfg.warmup, cfg.steps, floor=0.05),
                 same_run(cfg), cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
                 sample_every=cfg.sample_every, log_every=50, config=asdict(cfg), desc="vae")
-    loop.train(recipe, plan)
+    loop.train(recipe, plan, cancel=cancel)
     device = recipe.accelerator.device
     scale = latent_scale(vae, data, device)
     vae.register_to_config(scaling_factor=scale)

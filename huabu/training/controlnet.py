@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -198,12 +198,14 @@ def setup(cfg: ControlNetTrainConfig, data: Any, settings: Any = None) -> tuple[
                   sample=sample), controlnet
 
 
-def train_controlnet(cfg: ControlNetTrainConfig, data: Any = None, settings: Any = None) -> Path:
+def train_controlnet(cfg: ControlNetTrainConfig, data: Any = None, settings: Any = None,
+                     cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) a ControlNet as `cfg` says; returns the final diffusers folder `out/final`.
 
     `data` (default: the captioned arrays at cfg.data, huabu.training.captioned_arrays) has `images` and `captions`.
     Writes, in cfg.out_dir: config.json, log.jsonl (loss every 10 steps), checkpoints/, sample grids
-    samples-<step>.png (control maps above outputs) and final/."""
+    samples-<step>.png (control maps above outputs) and final/. `cancel()` turning true stops the run after a step,
+    with a checkpoint to resume from."""
     from huabu.engine.control.registry import get_preprocessor
 
     get_preprocessor(cfg.type)  # unknown types fail before anything loads
@@ -220,7 +222,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, data: Any = None, settings: Any
     plan = Plan(out, cfg.steps, Schedule("cosine", cfg.warmup, cfg.steps, floor=0.1), same_run(cfg),
                 min(cfg.batch_size, len(data.captions)) * recipe.accelerator.num_processes, cfg.checkpoint_every,
                 sample_every=cfg.sample_every, log_every=10, config=asdict(cfg), desc=f"controlnet {cfg.type}")
-    loop.train(recipe, plan)
+    loop.train(recipe, plan, cancel=cancel)
     controlnet.save_pretrained(out / "final")
     return out / "final"
 

@@ -251,14 +251,16 @@ def setup(cfg: MotionTrainConfig, data: ClipSource, sample_prompts: Sequence[str
     return recipe, finish
 
 
-def train_motion(cfg: MotionTrainConfig, data: ClipSource, sample_prompts: Sequence[str] = ()) -> Path:
+def train_motion(cfg: MotionTrainConfig, data: ClipSource, sample_prompts: Sequence[str] = (),
+                 cancel: Callable[[], bool] | None = None) -> Path:
     """Train a motion module for `cfg.base` on the clips `data` gives; returns the MotionAdapter folder
-    (`out/final`). Sample GIFs show `sample_prompts` side by side (none without prompts)."""
+    (`out/final`). Sample GIFs show `sample_prompts` side by side (none without prompts). `cancel()` turning true
+    stops the run after a step, with a checkpoint to resume from."""
     recipe, finish = setup(cfg, data, sample_prompts)
     plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
                 cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
                 sample_every=cfg.sample_every, unit="clips", config=asdict(cfg), desc="motion")
-    loop.train(recipe, plan)
+    loop.train(recipe, plan, cancel=cancel)
     return finish()
 
 
