@@ -29,8 +29,9 @@ FRAMES = 8
 def load(motion: Path):
     from diffusers import MotionAdapter, UNetMotionModel
 
-    from huabu.training.motion_config import BUILTIN_DIR, TEXT_LORA_FILE
-    from huabu.engine.motion_words import MOTION_WORDS_FILE, attach_motion_words, load_motion_words, load_word_rows
+    from huabu.engine.motion_words import (MOTION_WORDS_FILE, TEXT_LORA_FILE, attach_motion_words, load_motion_words,
+                                           load_word_rows)
+    from huabu.training.motion_config import BUILTIN_DIR
     from huabu.training.motion import load_base
 
     unet2d, vae, text_encoder, tokenizer = load_base(BUILTIN_DIR)
