@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/lora_train_step.py [--model FOLDER] [--rank 8] [--batch 4] [--size 64]
                                                    [--repeats 7] [--steps 5] [--device cpu] [--threads N]
 
-Both train the same model at the same rank and batch on the same images: huabu through `setup` + `train_step`,
-the bare loop written out below the way diffusers' train_text_to_image_lora.py does it (peft LoRA on to_q/k/v/out,
+Both train the same model at the same rank and batch on the same images: huabu through `setup` + the training loop's
+`optimizer_step`, the bare loop written out below the way diffusers' train_text_to_image_lora.py does it (peft LoRA
+on to_q/k/v/out,
 noise, timesteps, frozen text encoder, MSE to the noise, AdamW, gradient clipping). Both start from latents encoded
 once (huabu caches them; the script's per-step VAE encode is timed separately, as a third figure). Runs are
 interleaved, `--steps` steps at a time after one warm-up each; the medians and their ratio are printed. Without
@@ -121,7 +122,8 @@ def main() -> None:
     import torch
 
     from huabu.core.lora_request import TrainLoraRequest
-    from huabu.training.lora import setup, train_step
+    from huabu.training.loop import optimizer_step
+    from huabu.training.lora import recipe, setup
     from huabu.core.settings import Settings
 
     if args.threads:
@@ -153,12 +155,17 @@ def main() -> None:
             with torch.no_grad():
                 vae.encode(pixels).latent_dist.sample()
 
-        timed(lambda s: train_step(run, s), 0)
+        lora, lrs = recipe(run), [group["lr"] for group in run.optimizer.param_groups]
+
+        def train_step(step: int) -> None:
+            optimizer_step(lora, step, lrs, request.max_grad_norm)
+
+        timed(train_step, 0)
         timed(bare.step, 0)
         huabu_times, bare_times, encode_times = [], [], []
         for repeat in range(args.repeats):
             start = (repeat + 1) * args.steps
-            huabu_times.append(timed(lambda s: train_step(run, s), start))
+            huabu_times.append(timed(train_step, start))
             bare_times.append(timed(bare.step, start))
             encode_times.append(timed(encode, start))
     huabu_s, bare_s = statistics.median(huabu_times), statistics.median(bare_times)

@@ -29,8 +29,9 @@ FRAMES = 8
 def load(motion: Path):
     from diffusers import MotionAdapter, UNetMotionModel
 
-    from huabu.training.motion_config import BUILTIN_DIR, TEXT_LORA_FILE
-    from huabu.engine.motion_words import MOTION_WORDS_FILE, attach_motion_words, load_motion_words, load_word_rows
+    from huabu.engine.motion_modules import MOTION_WORDS_FILE, TEXT_LORA_FILE
+    from huabu.engine.motion_words import attach_motion_words, load_motion_words, load_word_rows
+    from huabu.training.motion_config import BUILTIN_DIR
     from huabu.training.motion import load_base
 
     unet2d, vae, text_encoder, tokenizer = load_base(BUILTIN_DIR)
@@ -95,7 +96,7 @@ def first_step(unet, vae, encode, sched, seeds: int) -> dict[str, dict[str, tupl
 def leak(unet, vae, encode, sched, clips: int) -> dict[str, float]:
     from diffusers import DDIMScheduler
 
-    from huabu.tiny.train_vae import to_tensor
+    from huabu.training.diffusion import to_tensor
     from huabu.tiny import video_scenes as V
     from huabu.tiny.video_measure import motion_direction
 
@@ -118,7 +119,7 @@ def leak(unet, vae, encode, sched, clips: int) -> dict[str, float]:
 
 
 def main() -> None:
-    from huabu.tiny.train_unet import encode_text, noise_scheduler
+    from huabu.training.diffusion import encode_text, noise_scheduler
     from huabu.training.motion_config import BUILTIN_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -33,7 +33,7 @@ def test_killed_run_resumes_to_the_same_weights(model_store, scenes, settings, t
     train.train_controlnet(config(model_store, scenes, tmp_path / "straight"), settings=settings)
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        kill_after(train, m, 2)
+        kill_after(m, 2)
         with pytest.raises(Killed):
             train.train_controlnet(config(model_store, scenes, killed), settings=settings)
     assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
@@ -112,4 +112,4 @@ def test_cli_stage_trains_and_refuses_to_mix_runs(model_store, scenes, huabu_env
     assert (out / "final" / "diffusion_pytorch_model.safetensors").is_file() and (out / "samples-0000002.png").is_file()
     argv[argv.index("color")] = "canny"
     assert main(argv) == 2
-    assert "holds a run with type 'color', not 'canny'" in capsys.readouterr().err
+    assert "holds a run made with type = 'color', this run has 'canny'" in capsys.readouterr().err

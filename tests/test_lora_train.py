@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from huabu.core.errors import HuabuError
 from huabu.training import lora as lora_train
+from huabu.training.loop import optimizer_step
 from huabu.core.lora_request import TrainLoraRequest
 from training_support import Killed, assert_same, kill_after
 
@@ -100,15 +101,16 @@ def test_training_lowers_the_loss(images, model_store, settings, tmp_path):
         return total / (5 * len(run.latents))
 
     before = fixed_loss()
+    recipe, lrs = lora_train.recipe(run), [group["lr"] for group in run.optimizer.param_groups]
     for step in range(15):
-        lora_train.train_step(run, step)
+        optimizer_step(recipe, step, lrs, run.request.max_grad_norm)
     assert fixed_loss() < before - 0.02
 
 
 def test_killed_run_resumes_to_the_same_weights(straight, images, model_store, settings, tmp_path, monkeypatch):
     request = _request(images, model_store, tmp_path, "killed", sample_every=0)  # samples change no weights
     with monkeypatch.context() as m:
-        kill_after(lora_train, m, 2)
+        kill_after(m, 2)
         with pytest.raises(Killed):
             lora_train.train_lora(request, settings)
     assert [p.name for p in (tmp_path / "killed-run" / "checkpoints").iterdir()] == ["step-0000002"]

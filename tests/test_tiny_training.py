@@ -27,7 +27,7 @@ def test_clip_stage_resumes_identically(scenes, tmp_path, monkeypatch):
     train_clip.train(_clip_cfg(scenes, tmp_path / "straight"))
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        kill_after(train_clip, m, 2)
+        kill_after(m, 2)
         with pytest.raises(Killed):
             train_clip.train(_clip_cfg(scenes, killed))
     assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
@@ -47,7 +47,7 @@ def test_vae_stage_resumes_identically_and_sets_latent_scale(scenes, tmp_path, m
     result = train_vae.train(_vae_cfg(scenes, tmp_path / "straight"))
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        kill_after(train_vae, m, 2)
+        kill_after(m, 2)
         with pytest.raises(Killed):
             train_vae.train(_vae_cfg(scenes, killed))
     train_vae.train(_vae_cfg(scenes, killed))
@@ -81,7 +81,7 @@ def test_unet_stage_resumes_identically_and_writes_samples(scenes, tmp_path, mon
     train_unet.train(cfg(tmp_path / "straight"))
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        kill_after(train_unet, m, 2)
+        kill_after(m, 2)
         with pytest.raises(Killed):
             train_unet.train(cfg(killed))
     train_unet.train(cfg(killed))
@@ -92,8 +92,21 @@ def test_unet_stage_resumes_identically_and_writes_samples(scenes, tmp_path, mon
 
 
 def test_learning_rate_warms_up_linearly_and_zero_warmup_is_constant():
-    from huabu.tiny.train_unet import lr_at
+    from huabu.training.schedules import Schedule, lr_at
 
-    warm = configs.UnetTrainConfig(lr=1e-3, warmup=4)
-    assert [lr_at(step, warm) for step in (0, 1, 3, 10)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
-    assert [lr_at(step, configs.UnetTrainConfig(lr=1e-3, warmup=0)) for step in (0, 5)] == [1e-3, 1e-3]
+    warm = Schedule("constant", warmup=4)  # the UNet stage's schedule
+    assert [lr_at(step, 1e-3, warm) for step in (0, 1, 3, 10)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
+    assert [lr_at(step, 1e-3, Schedule("constant", warmup=0)) for step in (0, 5)] == [1e-3, 1e-3]
+
+
+def test_a_cancelled_stage_leaves_a_checkpoint_and_resumes_identically(scenes, tmp_path, monkeypatch):
+    from huabu.tiny import train_clip
+
+    monkeypatch.setattr(train_clip, "retrieval_gate", lambda *a, **k: {})
+    train_clip.train(_clip_cfg(scenes, tmp_path / "straight"))
+    asked = []
+    train_clip.train(_clip_cfg(scenes, tmp_path / "cancelled"), cancel=lambda: asked.append(1) or len(asked) > 3)
+    checkpoints = sorted(p.name for p in (tmp_path / "cancelled" / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-0000002", "step-0000003"]  # every 2 steps, and where it stopped
+    train_clip.train(_clip_cfg(scenes, tmp_path / "cancelled"))
+    assert_same(newest_weights(tmp_path / "straight", "clip"), newest_weights(tmp_path / "cancelled", "clip"))

@@ -23,6 +23,9 @@ def base(tmp_path_factory) -> Path:
     return folder
 
 
+PROMPTS = ["a rocket moving up on a black background"]  # in sample GIFs
+
+
 def clips(index: int) -> tuple[np.ndarray, str]:
     scene = V.training_moving_scene(5, index, frames=4)
     return V.render_moving(scene), scene.caption
@@ -37,7 +40,7 @@ def _cfg(base: Path, out: Path, **changes) -> MotionTrainConfig:
 def test_only_motion_layers_learn_and_loss_falls(base):
     from diffusers import UNet2DConditionModel
 
-    from huabu.tiny.train_unet import noise_scheduler
+    from huabu.training.diffusion import noise_scheduler
     from huabu.training.motion import build_motion_adapter, motion_loss, motion_modules, motion_unet
 
     unet2d = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
@@ -70,7 +73,7 @@ def test_x0_floor_weights_the_noisiest_steps_as_x0_prediction(base):
     from diffusers import UNet2DConditionModel
     from diffusers.training_utils import compute_snr
 
-    from huabu.tiny.train_unet import noise_scheduler
+    from huabu.training.diffusion import noise_scheduler
     from huabu.training.motion import build_motion_adapter, motion_loss, motion_unet
 
     unet2d = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
@@ -106,15 +109,14 @@ def test_fresh_adapter_leaves_the_image_model_unchanged(base):
 def test_motion_training_resumes_exactly_and_makes_a_motion_module(base, tmp_path, monkeypatch, settings, engine):
     from huabu.training import motion as train_motion
 
-    monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
-    straight = train_motion.train_motion(_cfg(base, tmp_path / "straight", sample_every=4), data=clips)
+    straight = train_motion.train_motion(_cfg(base, tmp_path / "straight", sample_every=4), clips, PROMPTS)
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        kill_after(train_motion, m, 2)
+        kill_after(m, 2)
         with pytest.raises(Killed):
-            train_motion.train_motion(_cfg(base, killed), data=clips)
+            train_motion.train_motion(_cfg(base, killed), clips, PROMPTS)
     assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
-    train_motion.train_motion(_cfg(base, killed), data=clips)
+    train_motion.train_motion(_cfg(base, killed), clips, PROMPTS)
     a, b = newest_weights(tmp_path / "straight", "motion"), newest_weights(killed, "motion")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.endswith("proj_out.weight") and a[k].abs().max() > 0 for k in a)  # it learned something
@@ -138,19 +140,19 @@ def test_clips_must_have_the_configured_frames(base, tmp_path):
     from huabu.training.motion import train_motion
 
     with pytest.raises(HuabuError, match=r"uint8 \[3, H, W, 3\]"):
-        train_motion(_cfg(base, tmp_path / "bad", frames=3), data=clips)
+        train_motion(_cfg(base, tmp_path / "bad", frames=3), clips, PROMPTS)
 
 
 def _straight_and_resumed(train_motion, cfg, tmp_path: Path, monkeypatch, parts: tuple[str, ...]) -> Path:
     """Train `cfg(out)` straight through and again killed after step 2 then resumed; the newest checkpoints of both
     must hold the same `parts`. Returns the straight run's final folder."""
-    straight = train_motion.train_motion(cfg(tmp_path / "straight"), data=clips)
+    straight = train_motion.train_motion(cfg(tmp_path / "straight"), clips, PROMPTS)
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
-        kill_after(train_motion, m, 2)
+        kill_after(m, 2)
         with pytest.raises(Killed):
-            train_motion.train_motion(cfg(killed), data=clips)
-    train_motion.train_motion(cfg(killed), data=clips)
+            train_motion.train_motion(cfg(killed), clips, PROMPTS)
+    train_motion.train_motion(cfg(killed), clips, PROMPTS)
     for part in parts:
         a, b = newest_weights(tmp_path / "straight", part), newest_weights(killed, part)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -183,8 +185,6 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
 
     from huabu.training import motion as train_motion
 
-    monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
-
     def cfg(out: Path) -> MotionTrainConfig:  # a high rate, so 4 steps change the images visibly
         return _cfg(base, out, text_lora_rank=4, lr=1e-2)
 
@@ -204,7 +204,7 @@ def test_a_text_lora_trains_beside_the_motion_module_resumes_and_loads(base, tmp
     assert "Motion text LoRA" not in runs["bare"].infotext
 
     # --init starts from that module: with no steps left to run, the result is the module it started from.
-    again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), data=clips)
+    again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), clips, PROMPTS)
     first, second = (load_file(str(p / "diffusion_pytorch_model.safetensors")) for p in (straight, again))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
@@ -219,8 +219,6 @@ def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base,
     from huabu.engine.generate import Engine
     from huabu.core.requests import GenerateRequest, VideoRequest
     from huabu.training import motion as train_motion
-
-    monkeypatch.setattr(train_motion, "sample_prompts", lambda: ["a rocket moving up on a black background"])
 
     def cfg(out: Path, **changes) -> MotionTrainConfig:  # a high rate, so 4 steps change the frames visibly
         return _cfg(base, out, motion_words_heads=2, motion_tokens="moving", lr=1e-2, motion_tokens_lr=1e-2, **changes)
@@ -259,6 +257,6 @@ def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base,
 
     # --init carries the words on, asked for or not: with no steps left to run, the result has the words it started
     # from.
-    again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), data=clips)
+    again = train_motion.train_motion(_cfg(base, tmp_path / "again", init=str(straight), steps=0), clips, PROMPTS)
     first, second = (load_file(str(p / train_motion.MOTION_WORDS_FILE)) for p in (straight, again))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

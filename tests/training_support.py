@@ -14,10 +14,12 @@ class Killed(Exception):
     """Stands for the process being killed."""
 
 
-def kill_after(module, monkeypatch, step: int) -> None:
-    """Make `module`'s run die right after writing its `step` checkpoint (its `save_checkpoint`), as a killed
+def kill_after(monkeypatch, step: int) -> None:
+    """Make the training loop (huabu.training.loop) die right after writing its `step` checkpoint, as a killed
     process would."""
-    real = module.save_checkpoint
+    from huabu.training import loop
+
+    real = loop.save_checkpoint
 
     def save_then_die(folder, done, *args, **kwargs):
         path = real(folder, done, *args, **kwargs)
@@ -25,7 +27,7 @@ def kill_after(module, monkeypatch, step: int) -> None:
             raise Killed
         return path
 
-    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
 
 
 def newest_weights(out: Path, name: str) -> dict[str, torch.Tensor]:

@@ -74,37 +74,21 @@ def _plain_type(annotation):
 
 
 def run_train_lora(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from tqdm import tqdm
 
     from huabu.cli.options import quiet_libraries, settings_from_args
+    from huabu.cli.stopping import stop_on_ctrl_c
 
     request = TrainLoraRequest.create(**{name: getattr(args, name) for name in TrainLoraRequest.model_fields
                                          if hasattr(args, name)})
     quiet_libraries()
     from huabu.training.lora import train_lora
 
-    cancel = threading.Event()
-    bar = tqdm(total=request.steps, desc=f"lora {request.out}", unit="step", file=sys.stderr, disable=None)
-
-    def update(p) -> None:
-        bar.update(p.step - bar.n)
-        bar.set_postfix(loss=f"{p.loss:.4f}", s_step=f"{p.seconds_per_step:.3f}")
+    def update(p) -> None:  # the loop draws the progress bar
         if p.checkpoint is not None:
-            bar.write(f"checkpoint: {p.checkpoint}", file=sys.stderr)
+            tqdm.write(f"checkpoint: {p.checkpoint}", file=sys.stderr)
 
-    def stop(signum, frame) -> None:  # first Ctrl-C: stop cleanly; the second one interrupts at once
-        bar.write("stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
-        cancel.set()
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, stop)
-    try:
-        path = train_lora(request, settings_from_args(args), progress=update, cancel=cancel)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        bar.close()
+    with stop_on_ctrl_c() as stop:
+        path = train_lora(request, settings_from_args(args), progress=update, cancel=stop)
     print(path)
     return 0

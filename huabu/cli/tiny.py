@@ -19,7 +19,7 @@ STAGES = {
     "clip": ("huabu.tiny.train_clip", configs.ClipTrainConfig),
     "vae": ("huabu.tiny.train_vae", configs.VaeTrainConfig),
     "unet": ("huabu.tiny.train_unet", configs.UnetTrainConfig),
-    "motion": ("huabu.training.motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
+    "motion": ("huabu.tiny.motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
     "controlnet": ("huabu.tiny.controlnet", TinyControlNetConfig),  # huabu tiny's preset of huabu train controlnet
 }
 
@@ -34,7 +34,8 @@ def register(sub) -> None:
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(handler=_data)
 
-    train = tsub.add_parser("train", help="train one stage (resumes from its newest checkpoint)")
+    train = tsub.add_parser("train", help="train one stage (resumes from its newest checkpoint; Ctrl-C stops after "
+                                          "writing one)")
     stages = train.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for stage in STAGES:
         p = stages.add_parser(stage, help=f"train the {stage} stage")
@@ -83,11 +84,14 @@ def _train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from huabu.cli.stopping import stop_on_ctrl_c
+
     module_name, cls = STAGES[args.stage]
     module = importlib.import_module(module_name)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = module.train(config_from_args(args, cls))
+    with stop_on_ctrl_c() as stop:
+        result = module.train(config_from_args(args, cls), cancel=stop.is_set)
     print(result)
     return 0
 

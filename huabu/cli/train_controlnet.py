@@ -27,8 +27,8 @@ def register_train(stages) -> None:
     parser = stages.add_parser(
         "controlnet", help="train a ControlNet for a model on a scene dataset",
         description="Train a ControlNet (canny, color, ...) on a frozen base model; control maps are made from each "
-                    "image on the fly. Resumes from the newest checkpoint in --out; writes --out/final (a diffusers "
-                    "folder) and sample grids.")
+                    "image on the fly. Resumes from the newest checkpoint in --out (Ctrl-C stops after writing one); "
+                    "writes --out/final (a diffusers folder) and sample grids.")
     add_config_options(parser, ControlNetTrainConfig, _HELP)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--allow-unsafe-pickle", action="store_true", help="allow a pickle .ckpt base model")
@@ -42,9 +42,11 @@ def run_train_controlnet(args: argparse.Namespace) -> int:
     quiet_libraries()
     import torch
 
+    from huabu.cli.stopping import stop_on_ctrl_c
     from huabu.training.controlnet import train_controlnet
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(train_controlnet(config, settings=settings_from_args(args)))
+    with stop_on_ctrl_c() as stop:
+        print(train_controlnet(config, settings=settings_from_args(args), cancel=stop.is_set))
     return 0

@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusio
 from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from huabu.tiny.train_unet import noise_scheduler
+from huabu.training.diffusion import noise_scheduler
 
 DEFAULT_OUT = Path(__file__).parent / "huabu-tiny"
 # The committed BPE tokenizer files (see huabu.tiny.tokenizer). transformers 5 saves a tokenizer as tokenizer.json

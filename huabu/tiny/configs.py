@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CAPTION_DROPOUT = 0.1  # share of empty captions in UNet training, for classifier-free guidance
-
 
 @dataclass
 class ClipTrainConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def check_latents(latents: np.ndarray, images: np.ndarray, vae, path: str) -> No
                              f"{error:.3f}); pass the matching --latents, or --latents '' to encode anew")
 
 
-def train(cfg: TinyControlNetConfig, settings=None) -> Path:
+def train(cfg: TinyControlNetConfig, settings=None, cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) a huabu-tiny ControlNet; returns its final diffusers folder."""
     data = load_dataset(Path(cfg.data))
     if cfg.latents:
@@ -66,4 +67,4 @@ def train(cfg: TinyControlNetConfig, settings=None) -> Path:
         if vae is not None:
             check_latents(latents, data.images, vae, cfg.latents)
         data = SimpleNamespace(images=data.images[:count], captions=data.captions[:count])
-    return train_controlnet(cfg, data=data, settings=settings)
+    return train_controlnet(cfg, data=data, settings=settings, cancel=cancel)

@@ -8,7 +8,6 @@ attributes per image) and `meta.json` (seed, count, object/colour/position vocab
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,7 @@ from tqdm import tqdm
 from huabu.core.atomic import atomic_dir
 from huabu.core.errors import HuabuError
 from huabu.tiny import scenes as S
-
-FORMAT_VERSION = 1
-
-
-@dataclass
-class SceneDataset:
-    images: np.ndarray  # N x H x W x 3 uint8 (memory-mapped)
-    captions: list[str]
-    attrs: list[dict]
-
-    def __len__(self) -> int:
-        return len(self.captions)
+from huabu.training.captioned_arrays import FORMAT_VERSION, CaptionedArrays, read_captioned_arrays
 
 
 def _meta(seed: int, count: int) -> dict:
@@ -58,13 +46,10 @@ def write_dataset(out_dir: Path, count: int, seed: int = 0, progress: bool = Tru
     return out_dir
 
 
-def load_dataset(path: Path) -> SceneDataset:
-    path = Path(path)
-    if not (path / "meta.json").is_file():
-        raise HuabuError(f"no scene dataset at {path}: create it with `huabu tiny data --out {path}`")
-    meta = json.loads((path / "meta.json").read_text())
-    if meta.get("format") != FORMAT_VERSION or meta.get("objects") != list(S.OBJECT_NAMES):
-        raise HuabuError(f"the scene dataset at {path} was made by another version: regenerate it with `huabu tiny data`")
-    images = np.load(path / "images.npy", mmap_mode="r")
-    records = [json.loads(line) for line in (path / "scenes.jsonl").read_text(encoding="utf-8").splitlines()]
-    return SceneDataset(images, [r.pop("caption") for r in records], records)
+def load_dataset(path: Path) -> CaptionedArrays:
+    """The scene dataset at `path`, checked against this version's scene vocabulary."""
+    data = read_captioned_arrays(path)
+    if data.meta.get("objects") != list(S.OBJECT_NAMES):
+        raise HuabuError(f"the scene dataset at {path} was made by another version: regenerate it with "
+                         f"`huabu tiny data`")
+    return data

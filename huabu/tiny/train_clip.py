@@ -10,23 +10,22 @@ passes 90%.
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from tqdm import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import ClipTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.training.checkpoint import load_latest, save_checkpoint
+from huabu.training import loop
+from huabu.training.loop import Plan, Recipe, Sampled, same_run
+from huabu.training.schedules import Schedule
 
 TOKENIZER_DIR = Path(__file__).parent / "huabu-tiny" / "tokenizer"
 
@@ -129,14 +128,8 @@ def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def lr_at(step: int, cfg: ClipTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def train(cfg: ClipTrainConfig) -> dict[str, float]:
+def setup(cfg: ClipTrainConfig) -> tuple[Recipe, CLIPModel, CLIPTokenizer]:
+    """The CLIP model and its attribute heads, their optimizer, and the loss of a step."""
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)
     data = load_dataset(Path(cfg.data))
@@ -147,52 +140,42 @@ def train(cfg: ClipTrainConfig) -> dict[str, float]:
                                  for side in ("text", "image") for name, n in HEADS.items()})
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    out = Path(cfg.out)
-    state = load_latest(out / "checkpoints", {"clip": model, "heads": heads}, {"opt": opt})
-    start = state["step"] if state else 0
-    model, heads, opt = accelerator.prepare(model, heads, opt)
+    checkpointed = {"clip": model, "heads": heads}
+    prepared, prepared_heads, opt = accelerator.prepare(model, heads, opt)
     labels_text = [attribute_labels(a, stated_only=True) for a in data.attrs]
     labels_image = [attribute_labels(a, stated_only=False) for a in data.attrs]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    log = open(out / "log.jsonl", "a")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="clip", disable=not accelerator.is_main_process)
-    t0, seen = time.time(), 0
-    for step in bar:
+    device = accelerator.device
+
+    def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([cfg.seed, step])  # data order is a function of the step: resumes identically
         idx = np.sort(rng.choice(len(data), size=cfg.batch_size, replace=False))
-        ids = tokenize(tok, [data.captions[i] for i in idx]).to(accelerator.device)
-        px = pixels(data.images[idx]).to(accelerator.device)
-        text = model.get_text_features(input_ids=ids).pooler_output  # projected, not yet normalised
-        image = model.get_image_features(pixel_values=px).pooler_output
-        loss = clip_loss(text, image, accelerator.unwrap_model(model).logit_scale)
+        ids = tokenize(tok, [data.captions[i] for i in idx]).to(device)
+        px = pixels(data.images[idx]).to(device)
+        text = prepared.get_text_features(input_ids=ids).pooler_output  # projected, not yet normalised
+        image = prepared.get_image_features(pixel_values=px).pooler_output
+        loss = clip_loss(text, image, model.logit_scale)
         head_loss = 0.0
         for side, embeds, labels in (("text", text, labels_text), ("image", image, labels_image)):
             for name in HEADS:
-                target = torch.tensor([labels[i][name] for i in idx], device=accelerator.device)
-                head_loss = head_loss + F.cross_entropy(heads[f"{side}_{name}"](embeds), target)
-        loss = loss + cfg.head_weight * head_loss / (2 * len(HEADS))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step()
-        seen += cfg.batch_size
-        bar.set_postfix(loss=f"{loss.item():.3f}", ips=f"{seen / (time.time() - t0):.0f}")
-        done = step + 1
-        if done % 50 == 0:
-            log.write(json.dumps({"step": done, "loss": loss.item(), "images_per_s": seen / (time.time() - t0)}) + "\n")
-            log.flush()
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            gate = retrieval_gate(accelerator.unwrap_model(model), tok, accelerator.device)
-            log.write(json.dumps({"step": done, "retrieval": gate}) + "\n")
-            log.flush()
-            tqdm.write(f"step {done} retrieval " + ", ".join(f"{k} {v:.1%}" for k, v in gate.items()))
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(out / "checkpoints", done, {"clip": accelerator.unwrap_model(model),
-                                                       "heads": accelerator.unwrap_model(heads)}, {"opt": opt})
-    final = accelerator.unwrap_model(model)
-    final.save_pretrained(out / "final")
-    tok.save_pretrained(out / "final")
-    return retrieval_gate(final, tok, accelerator.device)
+                target = torch.tensor([labels[i][name] for i in idx], device=device)
+                head_loss = head_loss + F.cross_entropy(prepared_heads[f"{side}_{name}"](embeds), target)
+        return loss + cfg.head_weight * head_loss / (2 * len(HEADS))
+
+    def evaluate(done: int) -> Sampled:
+        return Sampled(scores={"retrieval": retrieval_gate(model, tok, device)})
+
+    recipe = Recipe(accelerator, opt, checkpointed, step_loss, params, sample=evaluate)
+    return recipe, model, tok
+
+
+def train(cfg: ClipTrainConfig, cancel: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Train (or resume) the CLIP stage; returns the held-out retrieval gate.
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
+    recipe, model, tok = setup(cfg)
+    plan = Plan(Path(cfg.out), cfg.steps, Schedule("cosine", cfg.warmup, cfg.steps, floor=0.1),
+                same_run(cfg), cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
+                sample_every=cfg.eval_every, log_every=50, config=asdict(cfg), desc="clip")
+    loop.train(recipe, plan, cancel=cancel)
+    model.save_pretrained(Path(cfg.out) / "final")
+    tok.save_pretrained(Path(cfg.out) / "final")
+    return retrieval_gate(model, tok, recipe.accelerator.device)

@@ -8,25 +8,26 @@ classifier-free guidance, min-SNR loss weighting, EMA weights for sampling. Late
 from __future__ import annotations
 
 import copy
-import json
-import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from huabu.tiny import scenes as S
-from huabu.tiny.configs import CAPTION_DROPOUT, UnetTrainConfig
+from huabu.tiny.configs import UnetTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.tiny.train_vae import to_tensor
-from huabu.training.checkpoint import load_latest, save_checkpoint
+from huabu.training import loop
+from huabu.training.diffusion import CAPTION_DROPOUT, encode_text, noise_scheduler, to_tensor
+from huabu.training.loop import Plan, Recipe, Sampled, same_run
+from huabu.training.schedules import Schedule
 
 
 def build_unet(cfg: UnetTrainConfig, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -36,12 +37,6 @@ def build_unet(cfg: UnetTrainConfig, cross_attention_dim: int) -> UNet2DConditio
         block_out_channels=cfg.channels, down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=cross_attention_dim,
         attention_head_dim=cfg.heads, norm_num_groups=32)
-
-
-def noise_scheduler() -> DDPMScheduler:
-    """SD 1.x's training schedule."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
 @torch.no_grad()
@@ -64,21 +59,6 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, out_path: Path, batch
     return np.load(out_path, mmap_mode="r")
 
 
-def encode_text(tok: CLIPTokenizer, text_encoder: CLIPTextModel, captions: list[str]) -> torch.Tensor:
-    """The conditioning SD pipelines compute: last hidden state of 77-token, EOS-padded prompts. Call it under
-    torch.no_grad() unless something in the encoder learns (motion training's word rows)."""
-    ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
-
-
-def lr_at(step: int, cfg: UnetTrainConfig) -> float:
-    """Linear warm-up, then constant: with EMA weights doing the averaging, a run stopped at step N is exactly the
-    run configured for N steps, so `--steps` can be raised or lowered after the fact."""
-    if cfg.warmup <= 0:
-        return cfg.lr
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-
-
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
     # Warm-up decay as diffusers' EMAModel uses, so early EMA weights are not stuck near the random init.
@@ -91,7 +71,8 @@ def sample_prompts() -> list[str]:
     return [s.caption for s in scenes]
 
 
-def train(cfg: UnetTrainConfig) -> Path:
+def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
+    """The UNet and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -102,20 +83,16 @@ def train(cfg: UnetTrainConfig) -> Path:
     vae = AutoencoderKL.from_pretrained(cfg.vae).eval().requires_grad_(False)
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
-    unet = build_unet(cfg, text_encoder.config.hidden_size)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
-    state = load_latest(out / "checkpoints", {"unet": unet, "ema": ema}, {"opt": opt})
-    start = state["step"] if state else 0
-    unet, opt = accelerator.prepare(unet, opt)
-    text_encoder.to(accelerator.device)
-    ema.to(accelerator.device)
+    raw_unet = build_unet(cfg, text_encoder.config.hidden_size)
+    ema = copy.deepcopy(raw_unet).requires_grad_(False)
+    opt = torch.optim.AdamW(raw_unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    unet, opt = accelerator.prepare(raw_unet, opt)
+    device = accelerator.device
+    text_encoder.to(device)
+    ema.to(device)
     sched = noise_scheduler()
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    log = open(out / "log.jsonl", "a")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="unet", disable=not accelerator.is_main_process)
-    t0, seen = time.time(), 0
-    for step in bar:
+
+    def step_loss(step: int) -> torch.Tensor:
         # Data, caption dropout, timesteps and noise are all functions of (seed, step): a resumed run continues
         # exactly as the uninterrupted one would have.
         rng = np.random.default_rng([cfg.seed, step])
@@ -125,32 +102,36 @@ def train(cfg: UnetTrainConfig) -> Path:
         x0 = torch.from_numpy(latents[idx].astype(np.float32))
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
-        xt = sched.add_noise(x0, noise, t).to(accelerator.device)
+        xt = sched.add_noise(x0, noise, t).to(device)
         with torch.no_grad():
             cond = encode_text(tok, text_encoder, captions)
-        pred = unet(xt, t.to(accelerator.device), encoder_hidden_states=cond).sample
+        pred = unet(xt, t.to(device), encoder_hidden_states=cond).sample
         snr = compute_snr(sched, t)
-        weight = (torch.minimum(snr, torch.full_like(snr, cfg.snr_gamma)) / snr).to(accelerator.device)
-        loss = (F.mse_loss(pred, noise.to(accelerator.device), reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        update_ema(ema, accelerator.unwrap_model(unet), step, cfg.ema_decay)
-        seen += len(idx)
-        bar.set_postfix(loss=f"{loss.item():.4f}", ips=f"{seen / (time.time() - t0):.0f}")
-        done = step + 1
-        if done % 50 == 0:
-            log.write(json.dumps({"step": done, "loss": loss.item(), "images_per_s": seen / (time.time() - t0)}) + "\n")
-            log.flush()
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(out / "checkpoints", done, {"unet": accelerator.unwrap_model(unet), "ema": ema}, {"opt": opt})
-        if done % cfg.sample_every == 0 or done == cfg.steps:
-            write_samples(ema, tok, text_encoder, vae, out / f"samples-{done:07d}.png")
-    ema.save_pretrained(out / "final")
-    return out / "final"
+        weight = (torch.minimum(snr, torch.full_like(snr, cfg.snr_gamma)) / snr).to(device)
+        return (F.mse_loss(pred, noise.to(device), reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+
+    def sample(done: int) -> Sampled:
+        path = out / f"samples-{done:07d}.png"
+        write_samples(ema, tok, text_encoder, vae, path)
+        return Sampled((path,))
+
+    recipe = Recipe(accelerator, opt, {"unet": raw_unet, "ema": ema}, step_loss, list(raw_unet.parameters()),
+                    after_step=lambda step: update_ema(ema, raw_unet, step, cfg.ema_decay), sample=sample)
+    return recipe, ema
+
+
+def train(cfg: UnetTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
+    """Train (or resume) the UNet stage; returns the EMA weights' folder.
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
+    recipe, ema = setup(cfg)
+    # Warm-up, then constant: with EMA weights doing the averaging, a run stopped at step N is exactly the run
+    # configured for N steps, so `--steps` can be raised or lowered after the fact.
+    plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
+                cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
+                sample_every=cfg.sample_every, log_every=50, config=asdict(cfg), desc="unet")
+    loop.train(recipe, plan, cancel=cancel)
+    ema.save_pretrained(Path(cfg.out) / "final")
+    return Path(cfg.out) / "final"
 
 
 @torch.no_grad()

@@ -7,24 +7,25 @@ edges; identity surviving the round trip is what bounds the whole model's identi
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers import AutoencoderKL
 from PIL import Image
-from tqdm import tqdm
 
 from huabu.core.atomic import atomic_path
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import VaeTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.training.checkpoint import load_latest, save_checkpoint
+from huabu.training import loop
+from huabu.training.captioned_arrays import CaptionedArrays
+from huabu.training.diffusion import to_tensor
+from huabu.training.loop import Plan, Recipe, Sampled, StepOutput, same_run
+from huabu.training.schedules import Schedule
 
 
 def build_vae(cfg: VaeTrainConfig) -> AutoencoderKL:
@@ -33,10 +34,6 @@ def build_vae(cfg: VaeTrainConfig) -> AutoencoderKL:
                          down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                          layers_per_block=cfg.layers_per_block, norm_num_groups=min(32, cfg.channels[0]),
                          sample_size=S.IMAGE_SIZE)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -112,79 +109,63 @@ class RoundTrip(torch.nn.Module):
         return recon, posterior.kl().mean()
 
 
-def lr_at(step: int, cfg: VaeTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def train(cfg: VaeTrainConfig) -> dict[str, float]:
+def setup(cfg: VaeTrainConfig) -> tuple[Recipe, AutoencoderKL, CaptionedArrays]:
+    """The VAE, its optimizer, and the loss of a step (weighted pixel error, edges, a little KL)."""
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)
     data = load_dataset(Path(cfg.data))
     vae = build_vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = load_latest(out / "checkpoints", {"vae": vae}, {"opt": opt})
-    start = state["step"] if state else 0
     model, opt = accelerator.prepare(RoundTrip(vae), opt)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    device = accelerator.device
     held_out = eval_images()
-    log = open(out / "log.jsonl", "a")
-    last = min(cfg.steps, cfg.stop_after)
-    bar = tqdm(range(start, last), initial=start, total=last, desc="vae", disable=not accelerator.is_main_process)
-    t0, seen = time.time(), 0
-    for step in bar:
+
+    def step_loss(step: int) -> StepOutput:
         rng = np.random.default_rng([cfg.seed, step])  # data and noise are functions of the step: resumes identically
         idx = np.sort(rng.choice(len(data), size=cfg.batch_size, replace=False))
         images = data.images[idx]
         if step < cfg.crop_steps:
             images = crop_batch(images, [data.attrs[i] for i in idx], cfg.crop, rng)
-        x = to_tensor(images).to(accelerator.device)
+        x = to_tensor(images).to(device)
         weight = 1.0 + (cfg.object_weight - 1.0) * object_mask(images, [data.attrs[i]["background"] for i in idx])
-        weight = weight.to(accelerator.device)
+        weight = weight.to(device)
         latent = (len(idx), 4, images.shape[1] // 4, images.shape[2] // 4)
         noise = torch.randn(latent, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
-        recon, kl = model(x, noise.to(accelerator.device))
+        recon, kl = model(x, noise.to(device))
         err = (recon - x).abs() + (recon - x).square()
         pixel_loss = (err * weight).mean()
         (gx, gy), (tx, ty) = gradients(recon), gradients(x)
         grad_loss = (gx - tx).abs().mean() + (gy - ty).abs().mean()
         loss = pixel_loss + cfg.gradient_weight * grad_loss + cfg.kl_weight * kl
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        seen += cfg.batch_size
-        bar.set_postfix(loss=f"{loss.item():.4f}", ips=f"{seen / (time.time() - t0):.0f}")
-        done = step + 1
-        if done % 50 == 0:
-            log.write(json.dumps({"step": done, "loss": loss.item(), "pixel": pixel_loss.item(),
-                                  "grad": grad_loss.item(), "kl": kl.item(),
-                                  "images_per_s": seen / (time.time() - t0)}) + "\n")
-            log.flush()
-        if done % cfg.sample_every == 0 or done == last:
-            recon_eval = reconstruct(vae, held_out, accelerator.device)
-            score = psnr(held_out, recon_eval)
-            save_grid([held_out, recon_eval], out / f"samples-{done:07d}.png")
-            log.write(json.dumps({"step": done, "psnr": score}) + "\n")
-            log.flush()
-            tqdm.write(f"step {done} held-out PSNR {score:.2f} dB")
-        if done % cfg.checkpoint_every == 0 or done == last:
-            save_checkpoint(out / "checkpoints", done, {"vae": vae}, {"opt": opt})
-    final = vae
-    scale = latent_scale(final, data, accelerator.device)
-    final.register_to_config(scaling_factor=scale)
-    final.save_pretrained(out / "final")
-    return {"psnr": psnr(held_out, reconstruct(final, held_out, accelerator.device)), "scaling_factor": scale}
+        return loss, {"pixel": pixel_loss.detach(), "grad": grad_loss.detach(), "kl": kl.detach()}
+
+    def sample(done: int) -> Sampled:
+        recon = reconstruct(vae, held_out, device)
+        path = Path(cfg.out) / f"samples-{done:07d}.png"
+        save_grid([held_out, recon], path)
+        return Sampled((path,), {"psnr": psnr(held_out, recon)})
+
+    return Recipe(accelerator, opt, {"vae": vae}, step_loss, list(model.parameters()), sample=sample), vae, data
+
+
+def train(cfg: VaeTrainConfig, cancel: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Train (or resume) the VAE stage; returns its held-out PSNR and latent scale.
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
+    recipe, vae, data = setup(cfg)
+    plan = Plan(Path(cfg.out), min(cfg.steps, cfg.stop_after), Schedule("cosine", cfg.warmup, cfg.steps, floor=0.05),
+                same_run(cfg), cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
+                sample_every=cfg.sample_every, log_every=50, config=asdict(cfg), desc="vae")
+    loop.train(recipe, plan, cancel=cancel)
+    device = recipe.accelerator.device
+    scale = latent_scale(vae, data, device)
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(Path(cfg.out) / "final")
+    held_out = eval_images()
+    return {"psnr": psnr(held_out, reconstruct(vae, held_out, device)), "scaling_factor": scale}
 
 
 @torch.no_grad()
-def latent_scale(vae: AutoencoderKL, data, device: torch.device, n: int = 2048) -> float:
+def latent_scale(vae: AutoencoderKL, data: CaptionedArrays, device: torch.device, n: int = 2048) -> float:
     """1 / std of the latents, as SD sets its scaling_factor (0.18215), so the UNet sees unit-variance latents."""
     n = min(n, len(data))
     idx = np.sort(np.random.default_rng(0).choice(len(data), size=n, replace=False))

@@ -97,7 +97,7 @@ def training_moving_scene(seed: int, index: int, frames: int = FRAMES) -> Moving
 
 
 def training_clip(seed: int, index: int, frames: int = FRAMES) -> tuple[np.ndarray, str]:
-    """(frames uint8 [F, 64, 64, 3], caption) of training clip `index`: the data `train_motion` reads by default."""
+    """(frames uint8 [F, 64, 64, 3], caption) of training clip `index`: the data `huabu tiny train motion` trains on."""
     scene = training_moving_scene(seed, index, frames)
     return render_moving(scene), scene.caption
 

@@ -70,6 +70,12 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if (p / _STATE).is_file())
 
 
+def checkpoint_state(path: Path) -> dict:
+    """The plain state of a checkpoint, {"step": int, "extra": dict}, without reading its tensors."""
+    state = json.loads((Path(path) / _STATE).read_text())
+    return {"step": state["step"], "extra": state["extra"]}
+
+
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer] | None = None) -> dict:
     """Restore modules and optimizers in place; returns {"step": int, "extra": dict}."""

@@ -9,17 +9,14 @@ noise are functions of (seed, step), and checkpoints (huabu.training.checkpoint)
 after a kill continues exactly as the uninterrupted one.
 
 The dataset is any object with `images` (N x H x W x 3 uint8, indexable by an index array) and `captions`
-(N strings), such as huabu.tiny.data.load_dataset's scenes.
+(N strings), such as huabu.training.captioned_arrays' (huabu-tiny's scene dataset is one).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,10 +28,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from huabu.core.atomic import atomic_path
-from huabu.training.controlnet_config import ControlNetTrainConfig
 from huabu.core.errors import HuabuError, InvalidRequest
-from huabu.training.checkpoint import load_latest, save_checkpoint
+from huabu.training import loop
+from huabu.training.captioned_arrays import read_captioned_arrays
+from huabu.training.controlnet_config import ControlNetTrainConfig
+from huabu.training.loop import Plan, Recipe, Sampled, same_run
 from huabu.training.noise import check_timestep_sampling, draw_timesteps
+from huabu.training.schedules import Schedule
 
 # conditioning_embedding_out_channels by VAE factor: diffusers' SD default for 8x, DESIGN.md's advice for 4x.
 EMBEDDING_CHANNELS = {2: (16, 32), 4: (16, 32, 64), 8: (16, 32, 96, 256)}
@@ -175,31 +175,37 @@ def batch_loss(controlnet, frozen: Frozen, batch: Batch, snr_gamma: float, devic
     return per_image.mean()
 
 
-def lr_at(step: int, cfg: ControlNetTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def setup(cfg: ControlNetTrainConfig, data: Any, settings: Any = None) -> tuple[Recipe, ControlNetModel]:
+    """The ControlNet on its frozen base model, its optimizer, and the loss of a step."""
+    accelerator = Accelerator()
+    frozen = load_frozen(cfg, data.images, settings)
+    vae_factor = 2 ** (len(frozen.vae.config.block_out_channels) - 1)
+    controlnet = build_controlnet(cfg, frozen.unet, vae_factor)
+    controlnet.train()
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    prepared, opt = accelerator.prepare(controlnet, opt)
+    device = accelerator.device
+    for part in (frozen.unet, frozen.vae, frozen.text_encoder):
+        part.to(device)
+
+    def step_loss(step: int) -> torch.Tensor:
+        return batch_loss(prepared, frozen, batch_at(cfg, data, frozen, step), cfg.snr_gamma, device)
+
+    def sample(done: int) -> Sampled:
+        return Sampled((write_samples(cfg, controlnet, frozen, data, Path(cfg.out_dir) / f"samples-{done:07d}.png"),))
+
+    return Recipe(accelerator, opt, {"controlnet": controlnet}, step_loss, list(controlnet.parameters()),
+                  sample=sample), controlnet
 
 
-def _check_same_run(cfg: ControlNetTrainConfig, out: Path) -> None:
-    """Refuse to resume a run folder made for another control type, base model or embedding."""
-    saved = out / "config.json"
-    if not saved.is_file():
-        return
-    before = json.loads(saved.read_text())
-    for key in ("type", "base", "embedding_channels", "timesteps"):
-        now = list(getattr(cfg, key)) if key == "embedding_channels" else getattr(cfg, key)
-        if key in before and before[key] != now:
-            raise InvalidRequest(f"{out} holds a run with {key} {before[key]!r}, not {now!r}; pick another out folder")
-
-
-def train_controlnet(cfg: ControlNetTrainConfig, data=None, settings=None) -> Path:
+def train_controlnet(cfg: ControlNetTrainConfig, data: Any = None, settings: Any = None,
+                     cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) a ControlNet as `cfg` says; returns the final diffusers folder `out/final`.
 
-    `data` defaults to huabu.tiny.data.load_dataset(cfg.data). Writes, in cfg.out_dir: config.json, log.jsonl
-    (loss every 10 steps), checkpoints/, sample grids samples-<step>.png (control maps above outputs) and final/."""
+    `data` (default: the captioned arrays at cfg.data, huabu.training.captioned_arrays) has `images` and `captions`.
+    Writes, in cfg.out_dir: config.json, log.jsonl (loss every 10 steps), checkpoints/, sample grids
+    samples-<step>.png (control maps above outputs) and final/. `cancel()` turning true stops the run after a step,
+    with a checkpoint to resume from."""
     from huabu.engine.control.registry import get_preprocessor
 
     get_preprocessor(cfg.type)  # unknown types fail before anything loads
@@ -207,57 +213,17 @@ def train_controlnet(cfg: ControlNetTrainConfig, data=None, settings=None) -> Pa
         raise InvalidRequest(f"caption_dropout must be between 0 and 1, got {cfg.caption_dropout}")
     check_timestep_sampling(cfg.timesteps)
     if data is None:
-        from huabu.tiny.data import load_dataset
-
-        data = load_dataset(Path(cfg.data))
+        data = read_captioned_arrays(Path(cfg.data))
     if len(data.captions) == 0:
         raise HuabuError(f"the dataset at {cfg.data} is empty")
     out = Path(cfg.out_dir)
-    _check_same_run(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator()
-    frozen = load_frozen(cfg, data.images, settings)
-    vae_factor = 2 ** (len(frozen.vae.config.block_out_channels) - 1)
-    controlnet = build_controlnet(cfg, frozen.unet, vae_factor)
-    controlnet.train()
-    opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.lr, weight_decay=1e-2)
-    state = load_latest(out / "checkpoints", {"controlnet": controlnet}, {"opt": opt})
-    start = state["step"] if state else 0
-    controlnet, opt = accelerator.prepare(controlnet, opt)
-    device = accelerator.device
-    for part in (frozen.unet, frozen.vae, frozen.text_encoder):
-        part.to(device)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    log = open(out / "log.jsonl", "a", encoding="utf-8")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"controlnet {cfg.type}",
-               disable=not accelerator.is_main_process or None)
-    started, seen = time.time(), 0
-    try:
-        for step in bar:
-            batch = batch_at(cfg, data, frozen, step)
-            loss = batch_loss(controlnet, frozen, batch, cfg.snr_gamma, device)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            opt.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(controlnet.parameters(), 1.0)
-            opt.step()
-            seen += len(batch.indices)
-            bar.set_postfix(loss=f"{loss.item():.4f}", ips=f"{seen / max(time.time() - started, 1e-9):.0f}")
-            done = step + 1
-            if done % 10 == 0 or done == cfg.steps:
-                log.write(json.dumps({"step": done, "loss": loss.item()}) + "\n")
-                log.flush()
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save_checkpoint(out / "checkpoints", done, {"controlnet": accelerator.unwrap_model(controlnet)},
-                                {"opt": opt})
-            if done % cfg.sample_every == 0 or done == cfg.steps:
-                write_samples(cfg, accelerator.unwrap_model(controlnet), frozen, data,
-                              out / f"samples-{done:07d}.png")
-    finally:
-        log.close()
-    final = accelerator.unwrap_model(controlnet)
-    final.save_pretrained(out / "final")
+    recipe, controlnet = setup(cfg, data, settings)
+    plan = Plan(out, cfg.steps, Schedule("cosine", cfg.warmup, cfg.steps, floor=0.1), same_run(cfg),
+                min(cfg.batch_size, len(data.captions)) * recipe.accelerator.num_processes, cfg.checkpoint_every,
+                sample_every=cfg.sample_every, log_every=10, config=asdict(cfg), desc=f"controlnet {cfg.type}")
+    loop.train(recipe, plan, cancel=cancel)
+    controlnet.save_pretrained(out / "final")
     return out / "final"
 
 

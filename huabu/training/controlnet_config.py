@@ -1,5 +1,5 @@
 """Hyper-parameters of ControlNet training (huabu.training.controlnet), kept free of torch so the CLI builds its options
-from them cheaply."""
+from them cheaply. docs/training-notes.md says what the noise options were for."""
 
 from __future__ import annotations
 
@@ -20,16 +20,9 @@ class ControlNetTrainConfig:
     warmup: int = 100
     caption_dropout: float = 0.5  # the ControlNet paper drops half the prompts so the control alone must carry
     snr_gamma: float = 0.0  # min-SNR loss weighting; 0 = plain MSE
-    # how training timesteps are drawn: "uniform", or "cubic" (T2I-Adapter's t = (1 - u**3) * T, most of them noisy):
-    # global layout and colour are settled in the noisy steps, where uniform draws teach a colour map too slowly
-    timesteps: str = "uniform"
-    # kohya's --noise_offset: each image's noise gets a per-channel constant of this std. The frozen base model reads
-    # an image's overall colour from the mean of its noisy latents, which at sampling time is random; with the offset
-    # that mean is unreliable in training too, so the ControlNet must learn to set the colour from its map.
-    noise_offset: float = 0.0
-    # ControlNet conditioning_embedding_out_channels; its length sets how far the control image is shrunk
-    # (2 ** (len - 1)) and must match the VAE factor. Empty = chosen by the VAE factor ((16, 32, 64) for f=4).
-    embedding_channels: tuple[int, ...] = ()
+    timesteps: str = "uniform"  # how training timesteps are drawn: "uniform", or "cubic" (most of them noisy)
+    noise_offset: float = 0.0  # std of a per-channel constant added to each image's noise (kohya's --noise_offset)
+    embedding_channels: tuple[int, ...] = ()  # the control embedding's channels; empty = by the VAE factor
     checkpoint_every: int = 250
     sample_every: int = 500
     samples: int = 8  # (control, output) pairs in each sample grid

@@ -28,7 +28,10 @@ from huabu.engine import lora_formats as formats
 from huabu.training.lora_data import LoraDataset, assign_buckets, fit_to_bucket, load_dataset, to_pixels
 from huabu.core.lora_request import TrainLoraRequest
 from huabu.core.settings import Settings
-from huabu.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from huabu.training import loop
+from huabu.training.checkpoint import list_checkpoints
+from huabu.training.loop import Plan, Recipe, Sampled, TrainProgress
+from huabu.training.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +39,8 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 _WEIGHT_DTYPES = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 _SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# Settings that must match for a checkpoint to be resumed exactly.
+# Settings that must match for a checkpoint to be resumed exactly (kept in every checkpoint).
 _RESUME_KEYS = ("rank", "alpha", "seed", "batch", "resolution", "train_text_encoder", "dataset_hash", "processes")
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """Reported after every step."""
-
-    step: int  # steps done
-    steps: int
-    loss: float
-    seconds_per_step: float
-    checkpoint: Path | None = None  # written at this step
-    samples: tuple[Path, ...] = ()  # written at this step
 
 
 @dataclass
@@ -70,7 +61,6 @@ class LoraRun:
     input_ids: list[torch.Tensor]  # per example
     out_path: Path
     folder: Path  # run folder: checkpoints/, samples/, log.jsonl
-    base_lrs: list[float]
     info: dict[str, Any]  # base model facts and what a resumed run must match
     _engine: Any = field(default=None, repr=False)
 
@@ -162,7 +152,7 @@ def setup(request: TrainLoraRequest, settings: Settings) -> LoraRun:
             "base_name": model.name, "base_sha256": model.sha256, "base_spec": request.base,
             "base_version": version, "prediction_type": noise_scheduler.config.prediction_type}
     return LoraRun(request, model_settings, accelerator, unet, text_encoder, tokenizer, noise_scheduler, optimizer,
-                   params, dataset, latents, input_ids, out_path, folder, [lr for _, _, lr in groups], info)
+                   params, dataset, latents, input_ids, out_path, folder, info)
 
 
 def base_model_version(text_encoder, scheduler) -> str:
@@ -217,8 +207,8 @@ def diffusion_loss(unet, text_encoder, scheduler, latents: torch.Tensor, input_i
     return (loss * weights).mean()
 
 
-def train_step(run: LoraRun, step: int) -> float:
-    """One optimizer step on the batch of `step` (this process's share); returns the loss."""
+def step_loss(run: LoraRun, step: int) -> torch.Tensor:
+    """The loss of step `step` on this process's share of its batch."""
     acc, request = run.accelerator, run.request
     indices = run.dataset.batch(step * acc.num_processes + acc.process_index, request.batch, request.seed)
     latents = torch.stack([run.latents[i] for i in indices]).to(acc.device)
@@ -228,17 +218,24 @@ def train_step(run: LoraRun, step: int) -> float:
     noise = torch.randn(latents.shape, generator=generator).to(acc.device)
     timesteps = torch.randint(0, run.noise_scheduler.config.num_train_timesteps, (len(indices),),
                               generator=generator).to(acc.device)
-    warmup = min(1.0, (step + 1) / request.warmup_steps) if request.warmup_steps else 1.0
-    for group, lr in zip(run.optimizer.param_groups, run.base_lrs):
-        group["lr"] = lr * warmup
-    with acc.autocast():
-        loss = diffusion_loss(run.unet, run.text_encoder, run.noise_scheduler, latents, input_ids, noise, timesteps,
-                              request.min_snr_gamma, request.train_text_encoder)
-    acc.backward(loss)
-    acc.clip_grad_norm_(run.params.values(), request.max_grad_norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return loss.detach().item()
+    return diffusion_loss(run.unet, run.text_encoder, run.noise_scheduler, latents, input_ids, noise, timesteps,
+                          request.min_snr_gamma, request.train_text_encoder)
+
+
+def recipe(run: LoraRun, sample: Callable[[int], Sampled] | None = None) -> Recipe:
+    """The loop's view of a LoRA run: the LoRA tensors are what learns and what checkpoints hold."""
+    return Recipe(run.accelerator, run.optimizer, {"lora": run.params}, lambda step: step_loss(run, step),
+                  list(run.params.values()), sample=sample)
+
+
+def plan(run: LoraRun) -> Plan:
+    """How the loop runs a LoRA: kohya's constant rate after warm-up; samples at the end when prompts are given."""
+    request = run.request
+    sample_every = request.sample_every or (request.steps if request.sample_prompt else 0)
+    return Plan(run.folder, request.steps, Schedule("constant", request.warmup_steps),
+                {key: run.info[key] for key in _RESUME_KEYS}, request.batch * run.accelerator.num_processes,
+                request.checkpoint_every, sample_every=sample_every, max_grad_norm=request.max_grad_norm,
+                resume=request.resume, desc=f"lora {run.name}")
 
 
 def lora_layers(run: LoraRun) -> formats.Layers:
@@ -303,38 +300,6 @@ def export(run: LoraRun, path: Path, steps_done: int, started: float) -> Path:
                               _SAVE_DTYPES[run.request.save_dtype])
 
 
-def write_checkpoint(run: LoraRun, done: int) -> Path | None:
-    scaler = run.accelerator.scaler
-    extra = {"run": {key: run.info[key] for key in _RESUME_KEYS},
-             "scaler": scaler.state_dict() if scaler is not None else None}
-    path = None
-    if run.accelerator.is_main_process:
-        path = save_checkpoint(run.folder / "checkpoints", done, {"lora": run.params}, {"opt": run.optimizer}, extra)
-    run.accelerator.wait_for_everyone()
-    return path
-
-
-def resume(run: LoraRun) -> int:
-    """Load the newest checkpoint of the run (when resuming); returns the first step to run."""
-    if not run.request.resume:
-        return 0
-    found = list_checkpoints(run.folder / "checkpoints")
-    if not found:
-        log.warning("no checkpoint in %s; starting from step 0", run.folder / "checkpoints")
-        return 0
-    saved = json.loads((found[-1] / "state.json").read_text())["extra"]["run"]  # checked before loading tensors
-    for key in _RESUME_KEYS:
-        if saved.get(key) != run.info[key]:
-            raise InvalidRequest(f"the checkpoint in {run.folder} was made with {key} = {saved.get(key)}, this run "
-                                 f"has {run.info[key]}; use the same settings and data to resume, or start over "
-                                 f"without --resume")
-    state = load_checkpoint(found[-1], {"lora": run.params}, {"opt": run.optimizer})
-    if state["extra"].get("scaler") and run.accelerator.scaler is not None:
-        run.accelerator.scaler.load_state_dict(state["extra"]["scaler"])
-    log.info("resuming %s from step %d", run.name, state["step"])
-    return int(state["step"])
-
-
 def sample_prompts(run: LoraRun) -> list[str]:
     if run.request.sample_prompt:
         return list(run.request.sample_prompt)
@@ -344,8 +309,6 @@ def sample_prompts(run: LoraRun) -> list[str]:
 
 def write_samples(run: LoraRun, done: int, started: float) -> tuple[Path, ...]:
     """Sample images through the engine with the LoRA so far (also kept as the run's lora-latest.safetensors)."""
-    if not run.accelerator.is_main_process:
-        return ()
     from huabu.engine.generate import Engine
     from huabu.core.pnginfo import save_png_atomic
     from huabu.core.requests import GenerateRequest
@@ -371,31 +334,17 @@ def train_lora(request: TrainLoraRequest, settings: Settings, progress: Callable
     run = setup(request, settings)
     run.folder.mkdir(parents=True, exist_ok=True)
     (run.folder / "request.json").write_text(json.dumps(request.to_data(), indent=1))
-    start, started = resume(run), time.time()
+    if request.resume and not list_checkpoints(run.folder / "checkpoints"):
+        log.warning("no checkpoint in %s; starting from step 0", run.folder / "checkpoints")
+    started = time.time()
     run.unet.train()
     if request.train_text_encoder:
         run.text_encoder.train()
-    sample_every = request.sample_every or (request.steps if request.sample_prompt else 0)
-    with open(run.folder / "log.jsonl", "a", encoding="utf-8") as log_file:
-        done = start
-        for step in range(start, request.steps):
-            if cancel is not None and cancel.is_set():
-                write_checkpoint(run, done)
-                log.info("stopped at step %d of %d; resume=True continues", done, request.steps)
-                break
-            tick = time.perf_counter()
-            loss = train_step(run, step)
-            seconds, done = time.perf_counter() - tick, step + 1
-            checkpoint = samples = None
-            if done % request.checkpoint_every == 0 or done == request.steps:
-                checkpoint = write_checkpoint(run, done)
-            if sample_every and (done % sample_every == 0 or done == request.steps):
-                samples = write_samples(run, done, started)
-            log_file.write(json.dumps({"step": done, "loss": loss, "seconds_per_step": seconds,
-                                       "images_per_s": request.batch * run.accelerator.num_processes / seconds})
-                           + "\n")
-            if progress is not None:
-                progress(TrainProgress(done, request.steps, loss, seconds, checkpoint, samples or ()))
+
+    def sample(done: int) -> Sampled:
+        return Sampled(write_samples(run, done, started))
+
+    done = loop.train(recipe(run, sample), plan(run), progress, cancel.is_set if cancel is not None else None)
     if run.accelerator.is_main_process:
         export(run, run.out_path, done, started)
     run.accelerator.wait_for_everyone()

@@ -12,10 +12,9 @@ optional text LoRA and motion-word layers (huabu.engine.motion_words) trained be
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,15 +26,15 @@ from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from huabu.core.errors import HuabuError
-from huabu.tiny.configs import CAPTION_DROPOUT
-from huabu.tiny.train_unet import encode_text, lr_at, noise_scheduler
-from huabu.tiny.train_vae import to_tensor
-from huabu.training.checkpoint import load_latest, save_checkpoint
-from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
 from huabu.engine.motion_modules import MOTION_WORDS_FILE, TEXT_LORA_FILE
+from huabu.engine.motion_words import (WordRows, attach_motion_words, build_motion_words, load_motion_words,
+                                       load_word_rows, motion_module_lists, save_motion_words)
+from huabu.training import loop
+from huabu.training.diffusion import CAPTION_DROPOUT, encode_text, noise_scheduler, to_tensor
+from huabu.training.loop import Plan, Recipe, Sampled, same_run
 from huabu.training.motion_config import MotionTrainConfig
-from huabu.engine.motion_words import WordRows, attach_motion_words, build_motion_words, load_motion_words, load_word_rows, motion_module_lists, save_motion_words
-from huabu.tiny.video_scenes import MOTIONS, eval_moving_scenes, training_clip
+from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
+from huabu.training.schedules import Schedule
 
 # (frames uint8 [F, H, W, 3], caption) for clip index i
 ClipSource = Callable[[int], tuple[np.ndarray, str]]
@@ -184,15 +183,9 @@ def load_base(folder: Path) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTe
     return unet, vae, text_encoder, tok
 
 
-def sample_prompts() -> list[str]:
-    """One held-out prompt per motion."""
-    return [scene.caption for scene in eval_moving_scenes(len(MOTIONS))]
-
-
-def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path:
-    """Train a motion module for `cfg.base`; returns the MotionAdapter folder (`out/final`). `data` gives clip i
-    (default: the moving-scene stream of `cfg.seed`, held-out combinations excluded)."""
-    data = data or (lambda i: training_clip(cfg.seed, i, cfg.frames))
+def setup(cfg: MotionTrainConfig, data: ClipSource, sample_prompts: Sequence[str]) -> tuple[Recipe, Callable[[], Path]]:
+    """The base UNet with a motion module (and any text LoRA, motion words and word rows) over cached clip latents,
+    the optimizer, and the loss of a step; also the function that writes the result once the loop is done."""
     check_timestep_sampling(cfg.timesteps)
     if cfg.frames > cfg.max_frames:
         raise HuabuError(f"frames ({cfg.frames}) must not exceed max_frames ({cfg.max_frames})")
@@ -201,76 +194,74 @@ def train_motion(cfg: MotionTrainConfig, data: ClipSource | None = None) -> Path
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     base_unet, vae, text_encoder, tok = load_base(Path(cfg.base))
-    vae.to(accelerator.device)
+    device = accelerator.device
+    vae.to(device)
     latents, captions = encode_clips(vae, data, cfg.clips, cfg.frames, out)
     if cfg.init:
         adapter = MotionAdapter.from_pretrained(cfg.init).float()
     else:
         adapter = build_motion_adapter(base_unet, cfg.heads, cfg.max_frames)
-    unet = motion_unet(base_unet, adapter, cfg.text_lora_rank)
+    raw_unet = motion_unet(base_unet, adapter, cfg.text_lora_rank)
     del base_unet
-    parts = {"motion": motion_modules(unet)}
+    parts = {"motion": motion_modules(raw_unet)}
     if cfg.text_lora_rank > 0:
-        parts["text_lora"] = text_lora_layers(unet)
-    trained = [p for p in unet.parameters() if p.requires_grad]
-    words = motion_words_for(cfg, unet)
+        parts["text_lora"] = text_lora_layers(raw_unet)
+    trained = [p for p in raw_unet.parameters() if p.requires_grad]
+    words = motion_words_for(cfg, raw_unet)
     if words is not None:
-        words.to(accelerator.device)
-        attach_motion_words(unet, words)
+        words.to(device)
+        attach_motion_words(raw_unet, words)
         parts["words"] = words
         trained += list(words.parameters())
-    groups, lr_scales = [{"params": list(trained)}], [1.0]
-    text_encoder.to(accelerator.device)
+    groups = [{"params": list(trained)}]
+    text_encoder.to(device)
     rows = word_rows_for(cfg, tok, text_encoder)
     if rows is not None:
         if words is None:
             raise HuabuError("--motion-tokens trains with the motion words: set --motion-words-heads too")
         rows.attach(text_encoder)  # the captions are encoded with the rows from here on, so they get gradients
         parts["rows"] = rows
-        groups.append({"params": [rows.rows], "weight_decay": 0.0})
-        lr_scales.append(cfg.motion_tokens_lr / cfg.lr)
+        groups.append({"params": [rows.rows], "weight_decay": 0.0, "lr": cfg.motion_tokens_lr})
         trained += [rows.rows]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
-    state = load_latest(out / "checkpoints", parts, {"opt": opt})
-    start = state["step"] if state else 0
-    unet, opt = accelerator.prepare(unet, opt)
+    unet, opt = accelerator.prepare(raw_unet, opt)
     sched = noise_scheduler()
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    log = open(out / "log.jsonl", "a")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="motion",
-               disable=not accelerator.is_main_process)
-    t0, seen = time.time(), 0
-    for step in bar:
+
+    def step_loss(step: int) -> torch.Tensor:
         texts, x0, noise, t = clip_batch(cfg, latents, captions, step, sched.config.num_train_timesteps)
         with torch.set_grad_enabled(rows is not None):  # the frozen encoder needs no graph, unless rows learn
             cond = encode_text(tok, text_encoder, texts)
-        device = accelerator.device
-        loss = motion_loss(unet, sched, x0.to(device), cond, noise.to(device), t.to(device), cfg.snr_gamma,
+        return motion_loss(unet, sched, x0.to(device), cond, noise.to(device), t.to(device), cfg.snr_gamma,
                            cfg.x0_floor)
-        for group, scale in zip(opt.param_groups, lr_scales):
-            group["lr"] = lr_at(step, cfg) * scale
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trained, 1.0)
-        opt.step()
-        seen += len(texts)
-        bar.set_postfix(loss=f"{loss.item():.4f}", clips_per_s=f"{seen / (time.time() - t0):.1f}")
-        done = step + 1
-        log.write(json.dumps({"step": done, "loss": loss.item()}) + "\n")
-        log.flush()
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(out / "checkpoints", done, parts, {"opt": opt})
-        if done % cfg.sample_every == 0 or done == cfg.steps:
-            write_sample_gif(accelerator.unwrap_model(unet), vae, tok, text_encoder, out / f"samples-{done:07d}.gif",
-                             cfg.frames, cfg.sample_steps)
-    log.close()
-    unet = accelerator.unwrap_model(unet)
-    unet.save_motion_modules(str(out / "final"))
-    if cfg.text_lora_rank > 0:
-        save_text_lora(unet, cfg.text_lora_rank, cfg.base, out / "final" / TEXT_LORA_FILE)
-    if words is not None:
-        save_motion_words(words, out / "final" / MOTION_WORDS_FILE, rows)
-    return out / "final"
+
+    def sample(done: int) -> Sampled:
+        path = out / f"samples-{done:07d}.gif"
+        write_sample_gif(raw_unet, vae, tok, text_encoder, sample_prompts, path, cfg.frames, cfg.sample_steps)
+        return Sampled((path,))
+
+    def finish() -> Path:
+        raw_unet.save_motion_modules(str(out / "final"))
+        if cfg.text_lora_rank > 0:
+            save_text_lora(raw_unet, cfg.text_lora_rank, cfg.base, out / "final" / TEXT_LORA_FILE)
+        if words is not None:
+            save_motion_words(words, out / "final" / MOTION_WORDS_FILE, rows)
+        return out / "final"
+
+    recipe = Recipe(accelerator, opt, parts, step_loss, trained, sample=sample if sample_prompts else None)
+    return recipe, finish
+
+
+def train_motion(cfg: MotionTrainConfig, data: ClipSource, sample_prompts: Sequence[str] = (),
+                 cancel: Callable[[], bool] | None = None) -> Path:
+    """Train a motion module for `cfg.base` on the clips `data` gives; returns the MotionAdapter folder
+    (`out/final`). Sample GIFs show `sample_prompts` side by side (none without prompts). `cancel()` turning true
+    stops the run after a step, with a checkpoint to resume from."""
+    recipe, finish = setup(cfg, data, sample_prompts)
+    plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
+                cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
+                sample_every=cfg.sample_every, unit="clips", config=asdict(cfg), desc="motion")
+    loop.train(recipe, plan, cancel=cancel)
+    return finish()
 
 
 def motion_words_for(cfg: MotionTrainConfig, unet: UNetMotionModel) -> torch.nn.ModuleDict | None:
@@ -301,8 +292,8 @@ def _words_beside_init(cfg: MotionTrainConfig) -> Path | None:
 
 @torch.no_grad()
 def write_sample_gif(unet: UNetMotionModel, vae: AutoencoderKL, tok: CLIPTokenizer, text_encoder: CLIPTextModel,
-                     path: Path, frames: int, steps: int, cfg_scale: float = 5.0) -> None:
-    """Held-out prompts (fixed seeds) side by side in one GIF, sampled with diffusers' AnimateDiffPipeline."""
+                     prompts: Sequence[str], path: Path, frames: int, steps: int, cfg_scale: float = 5.0) -> None:
+    """`prompts` (fixed seeds) side by side in one GIF, sampled with diffusers' AnimateDiffPipeline."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler
 
     from huabu.engine.video_export import write_video
@@ -311,11 +302,9 @@ def write_sample_gif(unet: UNetMotionModel, vae: AutoencoderKL, tok: CLIPTokeniz
                                scheduler=DDIMScheduler.from_config(noise_scheduler().config))
     pipe.set_progress_bar_config(disable=True)
     videos = []
-    for seed, prompt in enumerate(sample_prompts()):
+    for seed, prompt in enumerate(prompts):
         out = pipe(prompt, num_frames=frames, num_inference_steps=steps, guidance_scale=cfg_scale,
                    generator=torch.Generator().manual_seed(seed), output_type="np")
         videos.append((np.asarray(out.frames[0]) * 255).round().astype(np.uint8))
     write_video(np.concatenate(videos, axis=2), path, fps=8)
 
-
-train = train_motion  # the name `huabu tiny train <stage>` calls

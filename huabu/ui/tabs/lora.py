@@ -211,7 +211,8 @@ def _run_training(studio, request, texts: dict[str, str], session, progress):
     end; Cancel sets the run's event, which stops it after the current step with the LoRA so far written."""
     import pandas as pd
 
-    from huabu.training.lora import TrainProgress, train_lora
+    from huabu.training.loop import TrainProgress
+    from huabu.training.lora import train_lora
 
     updates: queue.Queue = queue.Queue()
     key = getattr(session, "session_hash", None) or "local"
