@@ -36,7 +36,8 @@ from huabu.training.loop import Plan, Recipe, Sampled, same_run
 from huabu.training.noise import check_timestep_sampling, draw_timesteps
 from huabu.training.schedules import Schedule
 
-# conditioning_embedding_out_channels by VAE factor: diffusers' SD default for 8x, DESIGN.md's advice for 4x.
+# conditioning_embedding_out_channels by VAE factor: each stride-2 stage halves the control image once, so an f=4
+# VAE needs one stage fewer than the 8x SD default (16, 32, 96, 256).
 EMBEDDING_CHANNELS = {2: (16, 32), 4: (16, 32, 64), 8: (16, 32, 96, 256)}
 
 
