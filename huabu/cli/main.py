@@ -40,6 +40,7 @@ COMMANDS = [
 TRAIN_STAGES = [
     "huabu.cli.lora:register_train",
     "huabu.cli.train_controlnet:register_train",
+    "huabu.cli.train_lcm:register_train",
 ]
 
 
