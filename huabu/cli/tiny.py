@@ -62,6 +62,8 @@ def register(sub) -> None:
     ev.add_argument("--cfg", type=float, default=5.0)
     ev.add_argument("--singles", type=int, default=200)
     ev.add_argument("--pairs", type=int, default=100)
+    ev.add_argument("--sampler", default="DPM++ 2M", help="an A1111 sampler name (LCM with an LCM-LoRA)")
+    ev.add_argument("--lora", help="a LoRA file applied at weight 1 (e.g. huabu train lcm's)")
     ev.add_argument("--grid", help="also write a PNG: real held-out scenes above the generated ones")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(handler=_eval)
@@ -120,7 +122,8 @@ def _eval(args: argparse.Namespace) -> int:
     from huabu.tiny.eval import EvalSettings, evaluate, format_report
 
     settings = EvalSettings(steps=args.steps, cfg_scale=args.cfg, singles=args.singles, pairs=args.pairs,
-                            grid=Path(args.grid) if args.grid else None)
+                            grid=Path(args.grid) if args.grid else None, sampler=args.sampler,
+                            lora=Path(args.lora) if args.lora else None)
     if args.model:
         settings.model = Path(args.model)
     if args.scorer:

@@ -30,6 +30,8 @@ class EvalSettings:
     pairs: int = 100
     batch: int = 25
     grid: Path | None = None  # where to write a PNG of real held-out scenes above the generated ones
+    sampler: str = "DPM++ 2M"  # an A1111 sampler name; DPM++ 2M keeps the model's own sigmas, as always measured
+    lora: Path | None = None  # a LoRA fused at weight 1 (an LCM-LoRA, say)
 
 
 class ClipScorer:
@@ -70,12 +72,20 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * covmean_trace)
 
 
-def load_pipeline(model: Path):
+def load_pipeline(model: Path, sampler: str = "DPM++ 2M", lora: Path | None = None):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from huabu.engine.samplers import build_scheduler
 
     pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, local_files_only=True,
                                                    safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    if sampler == "DPM++ 2M":  # the figures in the README were measured with the model's own sigmas
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    else:
+        pipe.scheduler = build_scheduler(sampler, None, dict(pipe.scheduler.config))
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+        pipe.fuse_lora()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -109,7 +119,7 @@ def evaluate(settings: EvalSettings) -> dict[str, object]:
     pairs = S.eval_pair_scenes(settings.pairs)
     real_singles = [S.render(s.background, s.objects) for s in singles]
     real_pairs = [S.render(s.background, s.objects) for s in pairs]
-    pipe = load_pipeline(Path(settings.model))
+    pipe = load_pipeline(Path(settings.model), settings.sampler, settings.lora)
     gen_singles = generate(pipe, [s.caption for s in singles], settings)
     gen_pairs = generate(pipe, [s.caption for s in pairs], settings, seed_offset=len(singles))
     vae_singles = vae_round_trip(pipe.vae, real_singles)
@@ -129,7 +139,8 @@ def evaluate(settings: EvalSettings) -> dict[str, object]:
     result["ceiling_real"] = M.score_singles(real_singles, singles)
     result["ceiling_vae"] = M.score_singles(vae_singles, singles)
     result["pair_accuracy_real"] = M.score_pairs(real_pairs, pairs)
-    result["settings"] = {"steps": settings.steps, "cfg_scale": settings.cfg_scale, "sampler": "DPM++ 2M",
+    result["settings"] = {"steps": settings.steps, "cfg_scale": settings.cfg_scale, "sampler": settings.sampler,
+                          "lora": str(settings.lora) if settings.lora else None,
                           "singles": len(singles), "pairs": len(pairs)}
     return result
 
