@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from huabu.engine import checkpoints
+from huabu.engine.models import BUILTIN_DIR
 from huabu.core.errors import InvalidRequest, ModelNotFound, first_line
 
 log = logging.getLogger(__name__)
 
 LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+BUILTIN_LORAS_DIR = BUILTIN_DIR.parent  # LoRAs shipped with huabu-tiny, beside its folder (huabu-tiny-lcm)
 MAX_LOADED_ADAPTERS = 8  # per model; beyond this, adapters the current generation does not use are deleted
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # what a LoRA patches in SD 1.x/2.x and SDXL pipelines
 
@@ -50,7 +52,8 @@ def _is_path(name: str) -> bool:
 
 def find_lora(name: str, loras_dir: Path) -> Path:
     """The file for LoRA `name`: a path to a file (`dir/x.safetensors`), else a file in `loras_dir` by file name or
-    stem (searching subfolders), else a LoRA file of that name in the working folder."""
+    stem (searching subfolders), else a LoRA file of that name in the working folder, else one shipped beside
+    huabu-tiny."""
     path = Path(name).expanduser()
     if _is_path(name):  # a file, or a sub-folder path inside the LoRA folder
         for candidate in (path, loras_dir / name, *(loras_dir / f"{name}{suffix}" for suffix in LORA_SUFFIXES)):
@@ -64,6 +67,9 @@ def find_lora(name: str, loras_dir: Path) -> Path:
                 return candidate
     if path.suffix.lower() in LORA_SUFFIXES and path.is_file():
         return path
+    shipped = BUILTIN_LORAS_DIR / f"{name}.safetensors"
+    if shipped.is_file():  # a LoRA shipped with huabu-tiny (huabu-tiny-lcm), when the user has none of that name
+        return shipped
     raise ModelNotFound(f"LoRA {name!r} not found in {loras_dir} (looked for {name}.safetensors)")
 
 
