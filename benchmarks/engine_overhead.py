@@ -1,10 +1,14 @@
 """Images per second: huabu's Engine.generate vs a bare diffusers pipeline call, same model, sampler, steps, size, seed.
 
-    .venv/bin/python benchmarks/engine_overhead.py [--model PATH] [--steps 20] [--size 64] [--repeats 7]
+    .venv/bin/python benchmarks/engine_overhead.py [--model PATH | --random sd15|sdxl] [--steps 20] [--size 64]
+                                                   [--repeats 7] [--fast] [--device cuda --dtype fp16]
 
 Runs are interleaved (bare, engine, bare, engine, ...) after one warm-up each, so machine load affects both alike;
 the median of each is reported with their ratio. Without --model it uses huabu-tiny, or, while its weights are
-absent, a random SD-shaped model (f=4 VAE, 64x64) built in a temporary folder.
+absent, a random SD-shaped model (f=4 VAE, 64x64) built in a temporary folder; --random builds one of a real
+model's shape from huabu's bundled configs (benchmarks/random_models.py). --fast times huabu-tiny's 4-step preset
+(the huabu-tiny-lcm LoRA, LCM sampler, CFG 1). Beside the rates it prints the FLOP limit: the UNet's FLOPs per
+image (counted by torch's FlopCounterMode) against the device's measured matrix-multiply rate.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--sampler", default="DPM++ 2M Karras")
+    parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--random", choices=("sd15", "sd2-base", "sdxl"), help="a random model of this shape")
+    parser.add_argument("--fast", action="store_true", help="huabu-tiny-lcm LoRA, LCM sampler, 4 steps, CFG 1")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -63,19 +71,30 @@ def main() -> None:
     from huabu.core import samplers
     from huabu.engine.samplers import build_scheduler
     from huabu.engine.generate import Engine
+    from huabu.engine.devices import resolve_device
     from huabu.engine.models import builtin_has_weights
     from huabu.core.requests import GenerateRequest
     from huabu.core.settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fast:
+        args.sampler, args.steps, args.cfg = "LCM", 4, 1.0
     workdir = Path(tempfile.mkdtemp(prefix="huabu-bench-"))
-    model = args.model or ("huabu-tiny" if builtin_has_weights() else str(build_random_model(workdir / "random")))
-    engine = Engine(Settings.for_home(workdir / "home", device=args.device))
+    engine = Engine(Settings.for_home(workdir / "home", device=args.device, dtype=args.dtype))
+    if args.random:
+        from random_models import save_random_model
+
+        device = str(resolve_device(args.device))
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        model = str(save_random_model(args.random, workdir / args.random, dtype, device))
+    else:
+        model = args.model or ("huabu-tiny" if builtin_has_weights() else str(build_random_model(workdir / "random")))
     prompt, negative = "a red apple on a blue background", "blurry"
+    loras = [{"name": "huabu-tiny-lcm"}] if args.fast else []
     request = GenerateRequest.create(prompt=prompt, negative_prompt=negative, steps=args.steps, width=args.size,
                                      height=args.size, seed=1234, batch_size=args.batch, sampler=args.sampler,
-                                     model=model)
+                                     cfg_scale=args.cfg, model=model, loras=loras)
     loaded = engine.models.load(model)
     pipe = loaded.pipeline  # the bare call runs on the very same modules
     sampler, schedule = samplers.canonical_names(args.sampler)
@@ -83,7 +102,7 @@ def main() -> None:
 
     def bare() -> None:
         generators = [torch.Generator("cpu").manual_seed(1234 + i) for i in range(args.batch)]
-        pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
+        pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=args.cfg,
              height=args.size, width=args.size, num_images_per_prompt=args.batch, generator=generators)
 
     def huabu() -> None:
@@ -105,6 +124,49 @@ def main() -> None:
         spread = f"{min(timings[name]):.3f}-{max(timings[name]):.3f} s"
         print(f"  {name:<9} {rate[name]:8.3f} images/s  (median of {len(timings[name])}, range {spread})")
     print(f"  huabu / diffusers = {rate['huabu'] / rate['diffusers']:.3f}")
+    flops = unet_flops_per_image(pipe, args)
+    peak = matmul_rate(pipe.device, pipe.unet.dtype)
+    limit = peak / (flops * args.steps)
+    print(f"  FLOP limit {limit:8.3f} images/s  (UNet {flops / 1e9:.2f} GFLOP an image a step, matrix multiply "
+          f"{peak / 1e9:.0f} GFLOP/s); huabu at {rate['huabu'] / limit:.0%} of it")
+
+
+def unet_flops_per_image(pipe, args) -> float:
+    """FLOPs of the UNet for one image and one step (both halves of classifier-free guidance when CFG > 1)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = pipe.unet
+    side = args.size // pipe.vae_scale_factor
+    batch = 2 if args.cfg > 1 else 1
+    sample = torch.randn(batch, unet.config.in_channels, side, side, device=pipe.device, dtype=unet.dtype)
+    hidden = torch.randn(batch, 77, unet.config.cross_attention_dim, device=pipe.device, dtype=unet.dtype)
+    extra = {}
+    if unet.config.addition_embed_type == "text_time":  # SDXL's pooled text and size conditioning
+        pooled = pipe.text_encoder_2.config.projection_dim
+        extra = {"added_cond_kwargs": {"text_embeds": torch.randn(batch, pooled, device=pipe.device, dtype=unet.dtype),
+                                       "time_ids": torch.zeros(batch, 6, device=pipe.device, dtype=unet.dtype)}}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(sample, torch.tensor([500] * batch, device=pipe.device), hidden, **extra)
+    return float(counter.get_total_flops())
+
+
+def matmul_rate(device, dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Matrix-multiply FLOP/s on this device and dtype: the ceiling a UNet's convolutions and attention aim at."""
+    import torch
+
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

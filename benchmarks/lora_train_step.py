@@ -1,6 +1,6 @@
 """Seconds per LoRA training step: `huabu train lora`'s step function vs a bare diffusers + peft loop.
 
-    .venv/bin/python benchmarks/lora_train_step.py [--model FOLDER] [--rank 8] [--batch 4] [--size 64]
+    .venv/bin/python benchmarks/lora_train_step.py [--model FOLDER | --random sd15] [--rank 8] [--batch 4] [--size 64]
                                                    [--repeats 7] [--steps 5] [--device cpu] [--threads N]
 
 Both train the same model at the same rank and batch on the same images: huabu through `setup` + the training loop's
@@ -106,6 +106,7 @@ class BareLoop:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a diffusers SD 1.x/2.x folder (default: a random huabu-tiny-shaped one)")
+    parser.add_argument("--random", choices=("sd15", "sd2-base"), help="a random model of this shape instead")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=64, help="training resolution")
@@ -130,7 +131,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = Path(args.model) if args.model else build_random_model(tmp / "model")
+        if args.random:
+            from random_models import save_random_model
+
+            model = save_random_model(args.random, tmp / args.random, torch.float32, args.device)
+        else:
+            model = Path(args.model) if args.model else build_random_model(tmp / "model")
         data = write_images(tmp / "data", args.images, args.size)
         settings = Settings.for_home(tmp / "home", device=args.device, dtype="fp32", hub_offline=True)
         request = TrainLoraRequest.create(data=str(data), out="bench", base=str(model), rank=args.rank,

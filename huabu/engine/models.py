@@ -381,7 +381,7 @@ def assemble_single_file(state: dict, config_dir: Path, dtype, overrides: dict[s
         if issubclass(cls, SchedulerMixin):
             components[name] = cls.from_pretrained(config_dir, subfolder=name)
         elif issubclass(cls, PreTrainedTokenizerBase):
-            components[name] = _tokenizer(cls, config_dir / name)
+            components[name] = bundled_tokenizer(cls, config_dir / name)
         elif issubclass(cls, PreTrainedModel):
             components[name] = create_diffusers_clip_model_from_ldm(
                 cls, state, subfolder=name, config=str(config_dir), torch_dtype=dtype, local_files_only=True)
@@ -397,7 +397,7 @@ def assemble_single_file(state: dict, config_dir: Path, dtype, overrides: dict[s
     return pipeline_class(**components)
 
 
-def _tokenizer(cls, folder: Path):
+def bundled_tokenizer(cls, folder: Path):
     """A tokenizer from its config folder; bundled configs carry only tokenizer_config.json and share CLIP's BPE
     vocabulary with huabu-tiny."""
     if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
