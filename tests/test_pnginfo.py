@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import re
 import struct
 import zlib
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from huabu.core.errors import BadImage
-from huabu.core.pnginfo import create_infotext, next_output_path, parse_infotext, read_parameters, save_png_atomic
+from huabu.core.pnginfo import create_infotext, output_names, parse_infotext, read_parameters, save_png_atomic
 
 # A1111 1.10's regex for the parameter line (re_param_code in modules/infotext_utils.py).
 A1111_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -238,17 +239,25 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     assert read_parameters(target) == "green"
 
 
-def test_next_output_path_numbers_like_a1111(tmp_path):
+def test_output_names_number_like_a1111(tmp_path):
+    from huabu.core.atomic import publish_new, staged_path
+
     folder = tmp_path / "outputs"
-    first = next_output_path(folder, 42)
-    assert first.name == "00000-42.png" and first.exists()
-    assert next_output_path(folder, 7).name == "00001-7.png"
-    (folder / "00011-99.png").write_bytes(b"")
+    folder.mkdir()
+    assert next(output_names(folder, 42)).name == "00000-42.png"
+    (folder / "00000-42.png").write_bytes(b"png")
+    assert next(output_names(folder, 7)).name == "00001-7.png"
+    (folder / "00011-99.png").write_bytes(b"png")
     (folder / "notes.txt").write_text("not numbered")
-    assert next_output_path(folder, 5, ".webp") == folder / "00012-5.webp"
-    # A name reserved but not yet written is never handed out twice.
-    names = {next_output_path(folder, 1).name for _ in range(5)}
-    assert len(names) == 5
+    assert next(output_names(folder, 5, ".webp")) == folder / "00012-5.webp"
+    # Published names are never handed out twice, and nothing but whole files ever carries one.
+    names = []
+    for index in range(5):
+        with staged_path(folder, ".tmp.png") as staged:
+            staged.write_bytes(b"image %d" % index)
+            names.append(publish_new(staged, output_names(folder, 1)).name)
+    assert len(set(names)) == 5 and all((folder / name).stat().st_size for name in names)
+    assert not [name for name in os.listdir(folder) if name.startswith(".")]
 
 
 def test_rejects_keys_a1111_cannot_read():

@@ -7,10 +7,12 @@ hand-written here is only the text format itself, which no library provides.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -169,18 +171,9 @@ def save_png_atomic(image: Image.Image, path: Path, parameters: str | None) -> P
     return Path(path)
 
 
-def next_output_path(folder: Path, seed: int, ext: str = "png") -> Path:
-    """Reserve the next A1111-style name `<NNNNN>-<seed>.<ext>` in `folder` by creating it exclusively (empty);
-    the caller then replaces it with the real file (save_png_atomic)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def output_names(folder: Path, seed: int, ext: str = "png") -> Iterator[Path]:
+    """The A1111-style names `<NNNNN>-<seed>.<ext>` in `folder` after the highest number there, in order, for
+    `huabu.core.atomic.publish_new` to take the first free one."""
     ext = ext.lstrip(".")
     numbers = [int(m.group(0)) for entry in os.listdir(folder) if (m := re.match(r"\d+", entry))]
-    number = max(numbers, default=-1) + 1
-    while True:
-        candidate = folder / f"{number:05}-{seed}.{ext}"
-        try:
-            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return candidate
-        except FileExistsError:
-            number += 1
+    return (Path(folder) / f"{number:05}-{seed}.{ext}" for number in itertools.count(max(numbers, default=-1) + 1))

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import huabu
+from huabu.core.atomic import sweep_temporaries
 from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
 from huabu.server.catalog import Catalog
 from huabu.server.config import ServerConfig
@@ -61,6 +62,9 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        removed = sweep_temporaries(settings.outputs_dir)  # what a killed run left mid-write
+        if removed:
+            log.warning("removed %d temporary file(s) a stopped run left in %s", removed, settings.outputs_dir)
         queue.start()
         try:
             yield

@@ -137,6 +137,9 @@ def _register_task(app, settings, preload: str | None, limits: Limits) -> None:
 def run_worker(settings, broker_url: str, name: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
                preload: str | None = None, limits: Limits | None = None) -> None:
     """Run one Celery worker process (solo pool: the process itself owns the Engine) until it is stopped."""
+    from huabu.core.atomic import sweep_temporaries
+
+    sweep_temporaries(settings.outputs_dir)  # what a killed worker left mid-write
     app = make_celery(broker_url, settings, visibility_timeout, preload, limits)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--hostname={name}", f"--queues={QUEUE_NAME}",
                      "--without-gossip", "--without-mingle", "--loglevel=INFO"])
