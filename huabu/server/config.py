@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from huabu.core.errors import InvalidRequest
+from huabu.core.hosts import is_loopback_bind
 
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"
@@ -58,7 +59,7 @@ class ServerConfig:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+        return is_loopback_bind(self.host)
 
     def credentials(self) -> list[tuple[str, str]]:
         if not self.api_auth:

@@ -10,7 +10,6 @@ import base64
 import binascii
 import hmac
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -20,11 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException
 
 from huabu.core.errors import BadImage, HuabuError, InvalidRequest
+from huabu.core.hosts import foreign_host, send_json_error
 from huabu.server.config import Limits, ServerConfig
 
 OPEN_PATHS = ("/health",)  # answer without credentials: load balancers and `huabu serve` readiness checks
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 # Served files get one of these types by extension; anything else (html, svg, js, ...) is never served.
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -98,9 +97,9 @@ class Guard:
         await self.app(scope, capped_receive, send)
 
     def _check(self, scope: dict, headers: dict[str, str]) -> tuple[int, str, dict] | None:
-        host = _hostname(headers.get("host", ""))
-        if self.config.is_loopback and host not in (*LOOPBACK_NAMES, self.config.host):
-            return 421, f"this server answers to localhost only, not to host {host!r}", {}
+        misdirected = foreign_host(headers.get("host", ""), self.config.host)
+        if misdirected is not None:
+            return 421, misdirected, {}
         if scope["path"] not in OPEN_PATHS and self.config.requires_auth and not self._authorised(headers):
             extra = {"www-authenticate": 'Basic realm="huabu"'} if self._basic else {}
             return 401, "authentication required: send Authorization: Bearer <key> or HTTP Basic credentials", extra
@@ -128,24 +127,13 @@ class Guard:
         return ok
 
 
-def _hostname(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 def _same_origin(origin: str, host_header: str) -> bool:
     parts = urlsplit(origin)
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host_header.lower()
 
 
 async def _send_error(send, status: int, message: str, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": _REASONS.get(status, "Error"), "detail": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json_error(send, status, _REASONS.get(status, "Error"), message, extra)
 
 
 _REASONS = {401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge", 421: "MisdirectedRequest"}
