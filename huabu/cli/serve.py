@@ -25,7 +25,7 @@ def register(sub) -> None:
                        help="run jobs on Celery workers (`huabu worker`) through this Redis instead of locally")
     serve.add_argument("--callback-allow", default="", metavar="HOST[,HOST]",
                        help="hosts that job completion callbacks may be sent to (default: none)")
-    serve.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB")
+    serve.add_argument("--max-body-mb", type=int, default=32, help="largest request body in MiB")
     _limit_options(serve)
     _runtime(serve)
     serve.set_defaults(handler=run_serve)

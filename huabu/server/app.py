@@ -19,7 +19,7 @@ from huabu.server.catalog import Catalog
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import JobStore
 from huabu.server.queue import JobQueue
-from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge
+from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge, SafeJSONResponse
 from huabu.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
             queue.stop()
 
     app = FastAPI(title="huabu API", version=huabu.__version__, lifespan=lifespan,
-                  description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.")
+                  default_response_class=SafeJSONResponse, description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.")
     app.state.huabu = state
     from huabu.server import a1111, native
 
@@ -96,6 +96,10 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         return _error(err.status_code, "HTTPException", str(err.detail), err.headers)
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, err: Exception) -> JSONResponse:  # logged with its traceback by starlette
+        return _error(500, "InternalError", f"internal error: {type(err).__name__} (see the server log)")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         return _error(422, "ValidationError", _validation_line(err))
@@ -105,7 +109,7 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
 
 def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+    return SafeJSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
 
 
 def _validation_line(err: RequestValidationError) -> str:

@@ -9,13 +9,13 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.server.jobs import FINISHED, STATES, Job
-from huabu.server.security import NotFound, check_callback_url, safe_output_file
+from huabu.server.security import CheckedRoute, NotFound, SafeJSONResponse, check_callback_url, safe_output_file
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"])
+router = APIRouter(prefix="/api/v1", tags=["jobs"], route_class=CheckedRoute)
 
 EVENT_POLL = 0.25  # seconds between progress checks of one event stream
 KEEPALIVE = 15.0  # seconds between comments that keep idle event streams open through proxies
@@ -37,13 +37,13 @@ def _job_or_404(http: Request, job_id: str) -> Job:
 
 
 @router.post("/jobs", status_code=202)
-def submit(http: Request, submission: JobSubmission) -> JSONResponse:
+def submit(http: Request, submission: JobSubmission) -> SafeJSONResponse:
     state = http.app.state.huabu
     request = state.catalog.check_generate(submission.request, submission.kind)
     callback = check_callback_url(submission.callback_url, state.config.callback_allow) \
         if submission.callback_url else None
     job = state.queue.submit(Job.new(submission.kind, request.to_data(), callback_url=callback))
-    return JSONResponse(job.public(), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+    return SafeJSONResponse(job.public(), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
 @router.get("/jobs")

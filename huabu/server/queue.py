@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from huabu.engine.generate import Engine
 from huabu.engine.job import Progress
@@ -181,8 +182,13 @@ def send_callback(job: Job) -> None:
     try:
         response = httpx.post(job.callback_url, json=job.public(), timeout=10.0, follow_redirects=False)
         log.info("callback for job %s: HTTP %s", job.id, response.status_code)
-    except httpx.HTTPError as err:
-        log.warning("callback for job %s to %s failed: %s", job.id, job.callback_url, err)
+    except httpx.HTTPError as err:  # neither the URL's path nor its query (which may hold a token) is logged
+        log.warning("callback for job %s to %s failed: %s", job.id, _origin_of(job.callback_url), type(err).__name__)
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
 
 
 # --- local backend ---------------------------------------------------------------------------------------------------
