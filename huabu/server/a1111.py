@@ -29,11 +29,14 @@ from huabu.core.requests import GenerateRequest
 from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome, png_base64
-from huabu.server.security import image_data_url
+from huabu.server.security import CheckedRoute, image_data_url
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"], route_class=CheckedRoute)
+
+MAX_UNKNOWN_FIELDS = 64  # keys huabu does not know in one request: named in warnings, their values dropped
+MAX_OPTIONS = 1000  # keys POST /options keeps (A1111 has about 450)
 
 DISCONNECT_POLL = 0.5  # seconds between looks at whether a waiting call's client is still there
 
@@ -107,9 +110,15 @@ class _A1111Base(BaseModel):
     @classmethod
     def _nulls_mean_default(cls, data: Any) -> Any:
         # A1111's API model makes every field Optional, and clients send null for "not set": use the default.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
-        return data
+        # Unknown keys are kept by name only (for the warnings): their values are never used, kept or echoed.
+        if not isinstance(data, dict):
+            return data
+        unknown = [k for k in data if k not in cls.model_fields]
+        if len(unknown) > MAX_UNKNOWN_FIELDS:
+            raise InvalidRequest(f"request has {len(unknown)} fields huabu does not know; the limit is "
+                                 f"{MAX_UNKNOWN_FIELDS}")
+        return {k: (v if k in cls.model_fields else None) for k, v in data.items()
+                if v is not None or k not in cls.model_fields}
 
 
 class Txt2ImgRequest(_A1111Base):
@@ -172,7 +181,7 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
             warnings.append(f"{name}: ignored (huabu does not support it yet)")
     for name in sorted(req.model_extra or {}):
         if name not in _SILENT:
-            warnings.append(f"{name}: ignored (not an A1111 field huabu knows)")
+            warnings.append(f"{name[:64]}: ignored (not an A1111 field huabu knows)")
 
     sampler, schedule = _sampler(req, warnings)
     limits = catalog.limits
@@ -374,7 +383,7 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
     images = [png_base64(image, text) for image, text in zip(outcome.images, outcome.infotexts)] if outcome else []
-    parameters = req.model_dump()
+    parameters = req.model_dump(exclude=set(req.model_extra or {}))  # unknown fields are never echoed
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)
     return {"images": images if req.send_images else [], "parameters": parameters,
@@ -461,6 +470,10 @@ def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
     `CLIP_stop_at_last_layers` the default clip skip."""
     catalog = http.app.state.huabu.catalog
     updates = dict(options)
+    with catalog.lock:
+        count = len(set(catalog.options) | set(updates))
+    if count > MAX_OPTIONS:
+        raise InvalidRequest(f"options would hold {count} keys; the limit is {MAX_OPTIONS}")
     if "sd_model_checkpoint" in updates:
         model = catalog.resolve_model(str(updates.pop("sd_model_checkpoint")))
         with catalog.lock:
