@@ -53,12 +53,26 @@ class JobQueue:
         self._dispatch(job)
         return job
 
-    async def wait(self, job_id: str, poll: float = 1.0) -> Job | None:
-        """The job once it has finished (woken by the backend; the store is polled too, as a safety net)."""
-        loop = asyncio.get_running_loop()
+    def watch(self, job_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """Register a waiter for `job_id` now, before it is submitted, so that a job finishing at once still finds
+        it (and keeps its A1111 images for it); pass the event to `wait`, which unregisters it."""
         event = asyncio.Event()
         with self._lock:
             self._waiters.setdefault(job_id, []).append((loop, event))
+        return event
+
+    def unwatch(self, job_id: str, event: asyncio.Event) -> None:
+        with self._lock:
+            waiters = [waiter for waiter in self._waiters.get(job_id, []) if waiter[1] is not event]
+            if waiters:
+                self._waiters[job_id] = waiters
+            else:
+                self._waiters.pop(job_id, None)
+
+    async def wait(self, job_id: str, poll: float = 1.0, event: asyncio.Event | None = None) -> Job | None:
+        """The job once it has finished (woken by the backend; the store is polled too, as a safety net). `event`
+        is one `watch` registered earlier."""
+        event = event or self.watch(job_id, asyncio.get_running_loop())
         try:
             while True:
                 job = self.store.get(job_id)
@@ -70,12 +84,7 @@ class JobQueue:
                     pass
                 event.clear()
         finally:
-            with self._lock:
-                waiters = self._waiters.get(job_id, [])
-                if (loop, event) in waiters:
-                    waiters.remove((loop, event))
-                if not waiters:
-                    self._waiters.pop(job_id, None)
+            self.unwatch(job_id, event)
 
     def take_outcome(self, job_id: str) -> Outcome | None:
         with self._lock:
