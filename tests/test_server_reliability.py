@@ -107,3 +107,28 @@ def test_an_unexpected_error_is_a_one_line_json_500(engine, model_store, tmp_pat
         response = client.get("/api/v1/jobs")
     assert response.status_code == 500 and response.json() == {
         "error": "InternalError", "detail": "internal error: ZeroDivisionError (see the server log)"}
+
+
+def test_an_a1111_job_that_finishes_before_its_route_waits_still_answers_its_images(engine, model_store, tmp_path,
+                                                                                    monkeypatch):
+    """A delayed event loop: the job is over before the route gets back from submitting it."""
+    import time
+
+    from huabu.server.queue import JobQueue
+
+    real_submit = JobQueue.submit
+
+    def submit_and_finish(self, job):
+        real_submit(self, job)
+        deadline = time.monotonic() + 60
+        while self.store.get(job.id).state not in ("done", "failed", "cancelled"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        return job
+
+    monkeypatch.setattr(JobQueue, "submit", submit_and_finish)
+    app = make_app(api_settings(model_store, tmp_path / "home"), engine)
+    with TestClient(app, base_url=LOCAL) as client:
+        answer = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "batch_size": 2})
+        assert answer.status_code == 200 and len(answer.json()["images"]) == 2
+        assert client.app.state.huabu.queue._waiters == {}  # nothing left registered

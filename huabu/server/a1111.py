@@ -368,16 +368,23 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
 
 async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]:
     state = http.app.state.huabu
+    loop = asyncio.get_running_loop()
 
-    def accept() -> tuple[GenerateRequest, list[str], Job]:
+    def accept() -> tuple[GenerateRequest, list[str], Job, asyncio.Event]:
         request, warnings = to_generate(req, state.catalog, mode)
         for line in warnings:
             log.info("A1111 request: %s", line)
-        return request, warnings, state.queue.submit(Job.new("image", request.to_data(), origin="a1111",
-                                                             save=req.save_images))
+        job = Job.new("image", request.to_data(), origin="a1111", save=req.save_images)
+        waiter = state.queue.watch(job.id, loop)  # before submitting: the job may end before this thread returns
+        try:
+            state.queue.submit(job)
+        except BaseException:
+            state.queue.unwatch(job.id, waiter)
+            raise
+        return request, warnings, job, waiter
 
-    request, warnings, job = await run_in_threadpool(accept)
-    finished = await _wait_while_connected(http, state.queue, job.id)
+    request, warnings, job, waiter = await run_in_threadpool(accept)
+    finished = await _wait_while_connected(http, state.queue, job.id, waiter)
     if finished is not None and finished.state == "failed":
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
@@ -390,10 +397,10 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
             "info": info_json(req, request, outcome, finished or job, warnings)}
 
 
-async def _wait_while_connected(http: Request, queue, job_id: str) -> Job | None:
+async def _wait_while_connected(http: Request, queue, job_id: str, waiter: asyncio.Event) -> Job | None:
     """The finished job. A call is synchronous: once its client has gone, no one will read the images, so the job is
     cancelled (it still ends, and releases its state, like any other)."""
-    waiting = asyncio.ensure_future(queue.wait(job_id))
+    waiting = asyncio.ensure_future(queue.wait(job_id, event=waiter))
     cancelled = False
     try:
         while not waiting.done():
