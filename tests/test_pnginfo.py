@@ -7,6 +7,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from huabu.core.errors import BadImage
@@ -86,7 +88,7 @@ def test_a1111_regex_reads_every_key_of_our_line():
 def test_round_trip():
     text = create_infotext("a cat,\n  on a mat", "ugly, (blurry:1.2)\nlowres", ENGINE_PARAMS, "0.1.0")
     parsed = parse_infotext(text)
-    assert parsed["Prompt"] == "a cat,\non a mat"
+    assert parsed["Prompt"] == "a cat,\n  on a mat"  # exactly, indentation included (issue 16)
     assert parsed["Negative prompt"] == "ugly, (blurry:1.2)\nlowres"
     for key, value in ENGINE_PARAMS.items():
         if value is None:
@@ -282,3 +284,36 @@ def test_unreadable_files_raise_bad_image(tmp_path):
 def test_save_creates_missing_folder(tmp_path):
     path = save_png_atomic(Image.new("RGB", (2, 2)), tmp_path / "a" / "b" / "c.png", "p")
     assert read_parameters(path) == "p"
+
+
+# Pieces that break A1111's layout (newlines, a `Negative prompt:` line, quotes, edge whitespace, parameter-like
+# text) mixed with Chinese, emoji and an emoji ZWJ sequence.
+_PROMPT_TEXT = st.lists(st.sampled_from(list('ab ,:"\\\n\r\t{}[]()') + ["Negative prompt:", "Steps: 2, ", "猫",
+                                                                        "红色", "😀", "🐱\u200d👤", "\u2028"]),
+                        max_size=24).map("".join)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(prompt=_PROMPT_TEXT, negative=_PROMPT_TEXT)
+def test_any_prompt_round_trips_and_ordinary_ones_are_written_as_a1111_writes_them(prompt, negative):
+    text = create_infotext(prompt, negative, {"Steps": 20, "Sampler": "Euler a", "Size": "64x64"}, "0.1.0")
+    parsed = parse_infotext(text)
+    assert (parsed["Prompt"], parsed["Negative prompt"]) == (prompt, negative)
+    assert parsed["Steps"] == 20 and parsed["Size-1"] == 64
+
+    def ordinary(value: str) -> bool:
+        lines = value.split("\n")
+        return (all(line == line.strip() and not line.startswith("Negative prompt:") for line in lines)
+                and value == value.strip() and not (value.startswith('"') and value.endswith('"')))
+
+    if ordinary(prompt) and ordinary(negative) and prompt:
+        negative_line = f"\nNegative prompt: {negative}" if negative else ""
+        assert text.startswith(f"{prompt}{negative_line}\nSteps: 20, ")  # byte for byte A1111's layout
+
+
+def test_a_prompt_with_a_negative_prompt_line_survives_a_png(tmp_path):
+    prompt = "a red cat\nNegative prompt: blue dog"
+    path = save_png_atomic(Image.new("RGB", (8, 8)), tmp_path / "x.png",
+                           create_infotext(prompt, "", {"Steps": 2, "Seed": 1}, "0.1.0"))
+    parsed = parse_infotext(read_parameters(path))
+    assert parsed["Prompt"] == prompt and parsed["Negative prompt"] == "" and parsed["Seed"] == 1

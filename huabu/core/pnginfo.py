@@ -64,8 +64,21 @@ def create_infotext(prompt: str, negative_prompt: str, params: dict[str, object]
             raise ValueError(f"infotext key {key!r} cannot be written (letters, digits, space, '-', '/'; not 'Version')")
         pairs.append(f"{key}: {_quote(str(value))}")
     pairs.append(f"Version: {_quote(f'huabu {version}')}")
+    prompt, negative_prompt = _prompt_text(prompt, "p"), _prompt_text(negative_prompt, "n")
     negative_line = f"\n{_NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative_line}\n{', '.join(pairs)}".strip()
+
+
+def _prompt_text(text: str, which: str) -> str:
+    """A prompt (`which` "p") or negative prompt ("n") as it is written: as it is, as A1111 writes it, whenever it
+    reads back exactly; otherwise (a line starting `Negative prompt:`, whitespace at a line's edge, a JSON string
+    literal) as one JSON string line, which A1111 shows as a quoted prompt and `parse_infotext` decodes."""
+    prompt, negative = (text, "n") if which == "p" else ("p", text)
+    layout = f"{prompt}\n{_NEGATIVE_PREFIX} {negative}\nVersion: huabu 0"
+    read = parse_infotext(layout)
+    if read["Prompt"] == prompt and read["Negative prompt"] == negative:
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _convert(key: str, value: str) -> object:
@@ -104,7 +117,8 @@ def parse_infotext(text: str) -> dict[str, object]:
         else:
             prompt_lines.append(line)
 
-    result: dict[str, object] = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
+    result: dict[str, object] = {"Prompt": _unquote("\n".join(prompt_lines)),
+                                 "Negative prompt": _unquote("\n".join(negative_lines))}
     for key, raw in _PARAM_RE.findall(last):
         raw = raw.strip()
         if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
