@@ -132,3 +132,60 @@ def test_an_a1111_job_that_finishes_before_its_route_waits_still_answers_its_ima
         answer = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "batch_size": 2})
         assert answer.status_code == 200 and len(answer.json()["images"]) == 2
         assert client.app.state.huabu.queue._waiters == {}  # nothing left registered
+
+
+def test_finished_jobs_drop_their_input_images_and_are_deleted_after_the_retention(engine, model_store, tmp_path):
+    import sqlite3
+    import time
+
+    from PIL import Image
+    from server_support import png_b64, wait_for
+
+    home = tmp_path / "home"
+    image = png_b64(Image.new("RGB", (32, 32), "red"))
+    app = make_app(api_settings(model_store, home), engine, ServerConfig(keep_jobs_days=1))
+    with TestClient(app, base_url=LOCAL) as client:
+        a1111 = client.post("/sdapi/v1/img2img", json={"prompt": "x", **TINY, "init_images": [image],
+                                                       "save_images": False})
+        assert a1111.status_code == 200
+        native = client.post("/api/v1/jobs", json={"request": {"prompt": "x", **TINY, "mode": "img2img",
+                                                               "init_image": "data:image/png;base64," + image}})
+        assert wait_for(client, native.json()["id"])["state"] == "done"
+        with sqlite3.connect(home / "jobs.sqlite") as con:
+            rows = con.execute("SELECT request || COALESCE(result, '') FROM jobs").fetchall()
+        assert len(rows) == 2 and not [row for row in rows if image[:40] in row[0]]  # only sizes remain
+
+        store = client.app.state.huabu.queue.store
+        old = store.add(Job.new("image", {"prompt": "old"}))
+        store.finish(old.id, "done")
+        with sqlite3.connect(home / "jobs.sqlite") as con:
+            con.execute("UPDATE jobs SET finished = ? WHERE id = ?", (time.time() - 2 * 86400, old.id))
+        client.app.state.huabu.queue.prune(force=True)
+        gone = client.get(f"/api/v1/jobs/{old.id}")
+        assert gone.status_code == 404 and gone.json()["detail"].endswith("(finished jobs are kept 1 days)")
+        assert len(client.get("/api/v1/jobs").json()) == 2
+
+
+def test_the_outputs_quota_and_a_full_disk_refuse_jobs_with_one_line(engine, model_store, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    home = tmp_path / "home"
+    settings = api_settings(model_store, home)
+    (settings.outputs_dir / "old").mkdir(parents=True)
+    (settings.outputs_dir / "old" / "big.png").write_bytes(b"\0" * 2_000_000)
+    app = make_app(settings, engine, ServerConfig(max_output_gb=0.001))
+    with TestClient(app, base_url=LOCAL) as client:
+        refused = client.post("/api/v1/jobs", json={"request": {"prompt": "x", **TINY}})
+        assert refused.status_code == 507 and refused.json()["detail"] == (
+            "the outputs folder holds 0.00186 GiB; this server's limit is 0.001 GiB (--max-output-gb): delete outputs "
+            "or raise the limit")
+        # A1111 calls that do not save still run; those that do are refused.
+        assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY}).status_code == 200
+        assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "save_images": True}).status_code == 507
+
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+        full = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY})
+        assert full.status_code == 507 and full.json()["detail"].startswith("the disk holding ")
+        assert "\n" not in full.json()["detail"] and client.get("/api/v1/jobs").status_code == 200

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +21,7 @@ from huabu.server.catalog import Catalog
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import JobStore
 from huabu.server.queue import JobQueue
+from huabu.server.storage import DiskGuard, StorageFull
 from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge, SafeJSONResponse
 from huabu.core.settings import Settings
 
@@ -26,7 +29,8 @@ log = logging.getLogger(__name__)
 
 JOBS_DB = "jobs.sqlite"
 
-_STATUS = ((NotFound, 404), (ModelNotFound, 404), (PayloadTooLarge, 413), (NotAllowed, 403), (UnsafeCheckpoint, 403))
+_STATUS = ((NotFound, 404), (ModelNotFound, 404), (PayloadTooLarge, 413), (NotAllowed, 403), (UnsafeCheckpoint, 403),
+           (StorageFull, 507))
 
 
 @dataclass
@@ -44,16 +48,18 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
     config = config or ServerConfig()
     settings = replace(settings, allow_unsafe_pickle=False)
     store = JobStore(settings.home / JOBS_DB)
+    quota = None if config.max_output_gb is None else int(config.max_output_gb * 2**30)
+    disk = DiskGuard(settings.home, settings.outputs_dir, quota)
     if config.broker_url:
         from huabu.server.distributed import CeleryQueue
 
-        queue: JobQueue = CeleryQueue(store, config, config.broker_url)
+        queue: JobQueue = CeleryQueue(store, config, config.broker_url, disk)
     else:
         from huabu.engine.generate import Engine
         from huabu.server.queue import LocalQueue
 
         engines = engines or [Engine(settings) for _ in range(config.workers)]
-        queue = LocalQueue(store, config, engines)
+        queue = LocalQueue(store, config, engines, disk)
     from huabu.engine.models import ModelManager
 
     models = ModelManager(settings)  # lists and resolves names for HTTP clients; loads nothing
@@ -98,6 +104,9 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
     @app.exception_handler(Exception)
     async def bug(request: Request, err: Exception) -> JSONResponse:  # logged with its traceback by starlette
+        if _disk_full(err):
+            return _error(507, "StorageFull", f"the disk holding {settings.home} is full; free some space and send "
+                                              f"the request again")
         return _error(500, "InternalError", f"internal error: {type(err).__name__} (see the server log)")
 
     @app.exception_handler(RequestValidationError)
@@ -110,6 +119,12 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
 def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return SafeJSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+
+
+def _disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, sqlite3.OperationalError) and "full" in str(err)  # "database or disk is full"
 
 
 def _validation_line(err: RequestValidationError) -> str:

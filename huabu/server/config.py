@@ -39,6 +39,8 @@ class ServerConfig:
     workers: int = 1  # local engine threads (each owns an Engine)
     broker_url: str | None = None  # Redis URL: run jobs on Celery workers instead of local threads
     max_attempts: int = 2  # a job interrupted by a server stop this many times is failed, not retried again
+    keep_jobs_days: float = 7.0  # finished jobs older than this are deleted from jobs.sqlite; 0 keeps them all
+    max_output_gb: float | None = None  # jobs that save are refused once the outputs folder holds this much
 
     def __post_init__(self) -> None:
         if self.api_auth is not None:
@@ -51,6 +53,10 @@ class ServerConfig:
         if not self.is_loopback and not self.requires_auth:
             raise InvalidRequest(f"refusing to listen on {self.host} without authentication: pass --api-key KEY "
                                  f"or --api-auth user:password (or bind 127.0.0.1)")
+        if self.keep_jobs_days < 0:
+            raise InvalidRequest(f"--keep-jobs-days must be 0 (keep all) or more, got {self.keep_jobs_days}")
+        if self.max_output_gb is not None and self.max_output_gb <= 0:
+            raise InvalidRequest(f"--max-output-gb must be more than 0, got {self.max_output_gb}")
         if self.workers < 1:
             raise InvalidRequest(f"--workers must be at least 1, got {self.workers}")
 

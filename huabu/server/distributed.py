@@ -26,6 +26,7 @@ from huabu.server.config import Limits, ServerConfig
 from huabu.server.jobs import Job, JobStore
 from huabu.server.queue import JobQueue, error_line
 from huabu.server.runner import Outcome, progress_data, run_job
+from huabu.server.storage import DiskGuard
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +149,14 @@ def run_worker(settings, broker_url: str, name: str, visibility_timeout: float =
 class CeleryQueue(JobQueue):
     """Sends jobs to Celery and mirrors their states into SQLite."""
 
-    def __init__(self, store: JobStore, config: ServerConfig, broker_url: str) -> None:
-        super().__init__(store, config)
+    def __init__(self, store: JobStore, config: ServerConfig, broker_url: str, disk: DiskGuard | None = None) -> None:
+        super().__init__(store, config, disk)
         self.app = make_celery(broker_url)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self.prune(force=True)
         _, failed = self.store.recover(self.config.max_attempts, local_runs=False)
         for job_id in failed:
             self._finished(job_id)

@@ -32,7 +32,9 @@ class JobSubmission(BaseModel):
 def _job_or_404(http: Request, job_id: str) -> Job:
     job = http.app.state.huabu.queue.store.get(job_id)
     if job is None:
-        raise NotFound(f"no job {job_id[:64]!r}")
+        days = http.app.state.huabu.config.keep_jobs_days
+        kept = f" (finished jobs are kept {days:g} days)" if days else ""
+        raise NotFound(f"no job {job_id[:64]!r}{kept}")
     return job
 
 

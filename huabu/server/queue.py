@@ -18,12 +18,14 @@ from huabu.engine.job import Progress
 from huabu.core.errors import HuabuError
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import FINISHED, Job, JobStore
+from huabu.server.storage import DiskGuard
 from huabu.server.runner import Outcome, png_base64, progress_data, progress_fraction, run_job
 
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress rows written for one job
 PREVIEW_WAIT = 1.0  # seconds /progress waits for the engine thread to make a preview
+PRUNE_INTERVAL = 3600.0  # seconds between deletions of jobs past their retention
 
 
 def error_line(err: BaseException) -> tuple[str, str]:
@@ -38,9 +40,11 @@ class JobQueue:
     """Base of the backends. Subclasses implement `_dispatch`, `cancel_running`, `interrupt_running`, `start`,
     `stop`."""
 
-    def __init__(self, store: JobStore, config: ServerConfig) -> None:
+    def __init__(self, store: JobStore, config: ServerConfig, disk: DiskGuard | None = None) -> None:
         self.store = store
         self.config = config
+        self.disk = disk
+        self._pruned_at = 0.0
         self._lock = threading.Lock()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._outcomes: dict[str, Outcome] = {}  # finished A1111 jobs' images, until their route takes them
@@ -48,10 +52,23 @@ class JobQueue:
     # --- submitting and waiting ---------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
-        """Persist `job` (committed before this returns), then hand it to the backend."""
+        """Persist `job` (committed before this returns), then hand it to the backend. Refused (StorageFull) when
+        the disk or the outputs quota has no room."""
+        if self.disk is not None:
+            self.disk.check(job.save)
+        self.prune()
         self.store.add(job)
         self._dispatch(job)
         return job
+
+    def prune(self, force: bool = False) -> None:
+        """Delete jobs finished more than `config.keep_jobs_days` ago (at most once every PRUNE_INTERVAL)."""
+        if not self.config.keep_jobs_days or (not force and time.monotonic() - self._pruned_at < PRUNE_INTERVAL):
+            return
+        self._pruned_at = time.monotonic()
+        removed = self.store.prune(time.time() - self.config.keep_jobs_days * 86400)
+        if removed:
+            log.info("deleted %d job(s) finished more than %g days ago", removed, self.config.keep_jobs_days)
 
     def watch(self, job_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
         """Register a waiter for `job_id` now, before it is submitted, so that a job finishing at once still finds
@@ -224,8 +241,9 @@ class LiveJob:
 class LocalQueue(JobQueue):
     """Jobs run on `len(engines)` threads of this process, oldest queued job first, each thread with its Engine."""
 
-    def __init__(self, store: JobStore, config: ServerConfig, engines: list[Engine]) -> None:
-        super().__init__(store, config)
+    def __init__(self, store: JobStore, config: ServerConfig, engines: list[Engine],
+                 disk: DiskGuard | None = None) -> None:
+        super().__init__(store, config, disk)
         self.engines = engines
         self._wake = threading.Condition()
         self._submitted = False  # set under _wake by _dispatch, so a submission between a worker's empty claim
@@ -238,6 +256,7 @@ class LocalQueue(JobQueue):
         self._live_lock = threading.Lock()
 
     def start(self) -> None:
+        self.prune(force=True)
         requeued, failed = self.store.recover(self.config.max_attempts)
         if requeued or failed:
             log.warning("after a restart: %d job(s) queued again, %d failed", len(requeued), len(failed))
