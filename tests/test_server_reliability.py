@@ -189,3 +189,29 @@ def test_the_outputs_quota_and_a_full_disk_refuse_jobs_with_one_line(engine, mod
         full = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY})
         assert full.status_code == 507 and full.json()["detail"].startswith("the disk holding ")
         assert "\n" not in full.json()["detail"] and client.get("/api/v1/jobs").status_code == 200
+
+
+def test_host_origin_method_and_content_type_matrix_of_the_api(client):
+    """Foreign Host: always 421. Loopback Host: a state-changing call from a foreign Origin (or Referer) is 403,
+    whatever its content type; same-origin, Origin-less (scripts) and safe methods go through."""
+    bodies = {"application/json": b'{"a": 1}', "text/plain": b'{"a": 1}', "application/x-www-form-urlencoded": b"a=1",
+              "multipart/form-data; boundary=x": b"--x--"}
+    foreign = ("http://evil.example:7861", "null", "http://127.0.0.1:9999", "http://localhost.evil.example")
+    for host in ("evil.example:7861", "evil.example", "127.0.0.1.nip.io:7861", "[::2]:7861", "localhost:7861",
+                 "127.0.0.1:7861", "[::1]:7861"):
+        loopback = host.rsplit(":", 1)[0].strip("[]") in ("localhost", "127.0.0.1", "::1")
+        for origin in (*foreign, f"http://{host}", None):
+            for method in ("GET", "POST", "PUT", "DELETE", "OPTIONS"):
+                for kind, body in bodies.items():
+                    headers = {"Host": host, "Content-Type": kind, **({"Origin": origin} if origin else {})}
+                    answer = client.request(method, "/sdapi/v1/options", headers=headers,
+                                            content=body if method != "GET" else None)
+                    if not loopback:
+                        expected = {421}
+                    elif method not in ("GET", "OPTIONS") and origin in foreign:
+                        expected = {403}
+                    else:
+                        expected = {200, 400, 405, 415, 422}  # the route's own answer
+                    assert answer.status_code in expected, (host, origin, method, kind, answer.status_code)
+                    assert answer.headers["content-type"] == "application/json"
+                    assert "access-control-allow-origin" not in answer.headers
