@@ -21,7 +21,7 @@ class Limits:
     max_batch_size: int = 8
     max_n_iter: int = 16
     max_body_bytes: int = 32 * 1024 * 1024
-    max_json_items: int = 200_000  # values in one JSON body: bounds what parsing it costs (~100 bytes each)
+    max_json_items: int = 50_000  # values in one JSON body: bounds what parsing and validating it cost
     max_image_bytes: int = 24 * 1024 * 1024  # one decoded base64 image
     max_image_pixels: int = 16 * 1024 * 1024  # width x height of one input image
     max_video_frames: int = 256
