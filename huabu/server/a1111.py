@@ -30,6 +30,7 @@ from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome, png_base64
 from huabu.server.security import CheckedRoute, image_data_url
+from huabu.server.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +387,8 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
     request, warnings, job, waiter = await run_in_threadpool(accept)
     finished = await _wait_while_connected(http, state.queue, job.id, waiter)
     if finished is not None and finished.state == "failed":
+        if finished.error_kind == "storage":
+            raise StorageFull(finished.error or "the disk is full")
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import sqlite3
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from huabu.server.catalog import Catalog
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import JobStore
 from huabu.server.queue import JobQueue
-from huabu.server.storage import DiskGuard, StorageFull
+from huabu.server.storage import DISK_ERROR, DISK_FULL, DiskGuard, StorageFull, is_disk_full
 from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge, SafeJSONResponse
 from huabu.core.settings import Settings
 
@@ -104,9 +103,10 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
     @app.exception_handler(Exception)
     async def bug(request: Request, err: Exception) -> JSONResponse:  # logged with its traceback by starlette
-        if _disk_full(err):
-            return _error(507, "StorageFull", f"the disk holding {settings.home} is full; free some space and send "
-                                              f"the request again")
+        if is_disk_full(err):
+            return _error(507, "StorageFull", DISK_FULL)
+        if isinstance(err, sqlite3.OperationalError):  # SQLite's "disk I/O error", also what a full tmpfs gives
+            return _error(503, "StorageError", DISK_ERROR)
         return _error(500, "InternalError", f"internal error: {type(err).__name__} (see the server log)")
 
     @app.exception_handler(RequestValidationError)
@@ -119,12 +119,6 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
 def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return SafeJSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
-
-
-def _disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(err, sqlite3.OperationalError) and "full" in str(err)  # "database or disk is full"
 
 
 def _validation_line(err: RequestValidationError) -> str:

@@ -63,7 +63,7 @@ class Job:
     progress: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     error: str | None = None
-    error_kind: str | None = None  # "invalid" (the user's input) | "internal" (a bug or the machine)
+    error_kind: str | None = None  # "invalid" (the user's input) | "storage" (a full disk) | "internal" (a bug)
     attempts: int = 0
     worker: str | None = None
     dispatched: bool = False
@@ -128,6 +128,10 @@ class JobStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+        # Held open, unused, so that the WAL index (-shm) outlives each call's connection: SQLite removes it with
+        # the last connection, and re-creating it fails on a full disk, which would fail even reads.
+        self._keeper = sqlite3.connect(self.db_path, check_same_thread=False)
+        self._keeper.execute("SELECT COUNT(*) FROM jobs").fetchone()  # opens the WAL index
 
     @contextmanager
     def _connect(self, durable: bool = False) -> Iterator[sqlite3.Connection]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from huabu.engine.job import Progress
 from huabu.core.errors import HuabuError
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import FINISHED, Job, JobStore
-from huabu.server.storage import DiskGuard
+from huabu.server.storage import DISK_FULL, DiskGuard, is_disk_full
 from huabu.server.runner import Outcome, png_base64, progress_data, progress_fraction, run_job
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,12 @@ PRUNE_INTERVAL = 3600.0  # seconds between deletions of jobs past their retentio
 
 
 def error_line(err: BaseException) -> tuple[str, str]:
-    """(one-line message, kind) for a failed job: the user's input ("invalid") or a bug/the machine ("internal")."""
+    """(one-line message, kind) for a failed job: the user's input ("invalid"), a full disk ("storage") or a
+    bug/the machine ("internal")."""
     if isinstance(err, HuabuError):
         return str(err), "invalid"
+    if is_disk_full(err):
+        return DISK_FULL, "storage"
     text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
     return f"internal error: {type(err).__name__}{': ' + text if text else ''}", "internal"
 
@@ -304,7 +308,12 @@ class LocalQueue(JobQueue):
 
     def _work(self, engine: Engine, name: str) -> None:
         while not self._stopping:
-            job = self.store.claim_next(name)
+            try:
+                job = self.store.claim_next(name)
+            except sqlite3.Error:  # a full or failing disk: keep the thread, try again shortly
+                log.exception("worker %s could not claim a job", name)
+                time.sleep(1.0)
+                continue
             if job is None:
                 with self._wake:
                     if not self._submitted:

@@ -3,8 +3,10 @@ floor of free space, checked when a job is accepted, each refused with one line 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -45,6 +47,17 @@ class DiskGuard:
             if self._measured is None or time.monotonic() - self._measured[0] > RECOUNT_INTERVAL:
                 self._measured = (time.monotonic(), _folder_size(self.outputs))
             return self._measured[1]
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` says the disk (or the user's quota) is full, as an OSError or as SQLite says it."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, sqlite3.OperationalError) and "full" in str(err)  # "database or disk is full"
+
+
+DISK_FULL = "the disk is full; free some space and send the request again"
+DISK_ERROR = "the server could not write to its disk (disk I/O error); check the disk and send the request again"
 
 
 def _folder_size(root: Path) -> int:
