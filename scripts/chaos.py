@@ -181,9 +181,9 @@ def main() -> int:
     cluster.stop()
     lost = [job_id for job_id, job in states.items() if not job or job.get("state") not in ("done", "failed",
                                                                                            "cancelled")]
-    referenced = {name for job in states.values() if job and job.get("result")
-                  for name in (url.rsplit("/", 1)[1] for url in job["result"]["images"])}
-    written = {path.name for path in outputs.rglob("*.png")} if outputs.exists() else set()
+    referenced = {url.split("/api/v1/files/", 1)[1] for job in states.values() if job and job.get("result")
+                  for url in job["result"]["images"]}
+    written = {path.relative_to(outputs).as_posix() for path in outputs.rglob("*.png")} if outputs.exists() else set()
     duplicates = sorted(written - referenced)
     problems += [f"at the end: {item}" for item in leftovers(outputs, set())]
     for db in ("jobs.sqlite", "gallery.sqlite"):
@@ -194,7 +194,7 @@ def main() -> int:
     done = sum(1 for job in states.values() if job and job.get("state") == "done")
     failed = sum(1 for job in states.values() if job and job.get("state") == "failed")
     print(f"{args.kills} kills, {len(lost)} jobs lost, {len(duplicates)} duplicates "
-          f"({len(accepted)} accepted: {done} done, {failed} failed after {2} interrupted starts; "
+          f"({len(accepted)} accepted: {done} done, {failed} failed; "
           f"{len(written)} images written; integrity_check ok on both databases: "
           f"{not [p for p in problems if 'integrity' in p]}; leftovers: {len(problems)})")
     for line in problems + [f"lost {job_id}" for job_id in lost] + [f"duplicate {name}" for name in duplicates]:

@@ -215,3 +215,19 @@ def test_host_origin_method_and_content_type_matrix_of_the_api(client):
                     assert answer.status_code in expected, (host, origin, method, kind, answer.status_code)
                     assert answer.headers["content-type"] == "application/json"
                     assert "access-control-allow-origin" not in answer.headers
+
+
+def test_a_job_run_again_replaces_what_its_unfinished_run_wrote(engine):
+    """A job runs again only after a run that never finished (a killed server, a redelivered Celery message): the
+    second run replaces the first one's outputs instead of adding a second set."""
+    from huabu.server.runner import run_job
+
+    job = Job.new("image", {"prompt": "again", **TINY, "seed": 5, "batch_size": 2})
+    first = run_job(engine, job)
+    second = run_job(engine, job)
+    folder = engine.settings.outputs_dir / "jobs" / job.id
+    assert sorted(p.name for p in folder.iterdir()) == sorted(name.rsplit("/", 1)[1] for name in second.files)
+    assert first.files == second.files and len(second.files) == 2
+    assert len([item for item in engine.gallery.search("again") if item.path.startswith(str(folder))]) == 2
+    with pytest.raises(ValueError, match="not a job id"):
+        run_job(engine, Job("../../x", "image", {"prompt": "x", **TINY}))

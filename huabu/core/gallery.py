@@ -131,6 +131,13 @@ class Gallery:
             rows = con.execute(sql, (*args, limit, offset)).fetchall()
         return [_item(row) for row in rows]
 
+    def remove_under(self, folder: Path) -> int:
+        """Drop the items whose files lie under `folder` (the files are left alone); returns how many."""
+        prefix = str(Path(folder)).rstrip("/") + "/"
+        with self._connect() as con:
+            return con.execute("DELETE FROM items WHERE path LIKE ? ESCAPE '\\'",
+                               (_escape_like(prefix) + "%",)).rowcount
+
     def remove(self, item_id: int) -> None:
         """Drop an item from the index (the file itself is left alone); unknown ids are ignored."""
         with self._connect() as con:

@@ -15,6 +15,7 @@ or a shared folder) for /api/v1/files; A1111 responses carry their images throug
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import replace
@@ -66,9 +67,12 @@ def job_from_wire(payload: Any, catalog: Catalog) -> Job:
     origin = payload.get("origin")
     if origin not in ("api", "a1111"):
         raise InvalidRequest(f"job origin must be 'api' or 'a1111', got {str(origin)[:50]!r}")
+    job_id = payload.get("id")
+    if not isinstance(job_id, str) or not re.fullmatch(r"[0-9a-f]{32}", job_id):  # it names the job's folder
+        raise InvalidRequest("a job message's id must be 32 lower-case hex digits")
     kind = payload.get("kind")
     request = catalog.check_generate(payload["request"], kind)
-    return Job(id=str(payload.get("id")), kind=kind, request=request.to_data(), origin=origin,
+    return Job(id=job_id, kind=kind, request=request.to_data(), origin=origin,
                save=bool(payload.get("save", True)))
 
 
