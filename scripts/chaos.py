@@ -64,7 +64,7 @@ class Cluster:
         self.server = self._spawn("serve", "--port", str(self.port), *extra)
         if self.broker:
             while len(self.worker_processes) < self.workers:
-                self.worker_processes.append(self._spawn("worker", "--broker", self.broker, "--requeue-after", "5",
+                self.worker_processes.append(self._spawn("worker", "--broker", self.broker, "--requeue-after", "30",
                                                          "--name", f"chaos{len(self.worker_processes)}@%h"))
         deadline = time.monotonic() + 180
         while True:
