@@ -52,3 +52,24 @@ def test_atomic_dir_swaps_a_whole_folder_or_keeps_the_old_one(tmp_path):
             (tmp / "weights").write_bytes(b"half")
             raise RuntimeError("disk full")
     assert os.listdir(tmp_path) == ["model"] and (target / "weights").read_bytes() == b"second"
+
+
+def test_a_killed_writer_leaves_nothing_the_next_start_does_not_sweep(tmp_path):
+    import subprocess
+    import sys
+
+    from huabu.core.atomic import sweep_temporaries
+
+    # A writer killed (SIGKILL) in the middle of an atomic write: its temporary file stays behind.
+    code = ("import os, sys, signal\nfrom huabu.core.atomic import atomic_file\n"
+            "with atomic_file(sys.argv[1]) as f:\n    f.write(b'half'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    target = tmp_path / "sub" / "00000-1.png"
+    subprocess.run([sys.executable, "-c", code, str(target)], check=False)
+    left = os.listdir(target.parent)
+    assert len(left) == 1 and left[0].startswith(".00000-1.png.") and not target.exists()
+    with atomic_path(tmp_path / "live.png") as mine:  # this process is still writing: never swept
+        mine.write_bytes(b"mine")
+        (tmp_path / "keep.png").write_bytes(b"png")
+        assert sweep_temporaries(tmp_path) == 1
+        assert mine.exists() and os.listdir(target.parent) == []
+    assert sorted(os.listdir(tmp_path)) == ["keep.png", "live.png", "sub"]

@@ -110,3 +110,11 @@ def test_concurrent_adds_from_threads(gallery):
 def test_empty_kind_rejected(gallery):
     with pytest.raises(InvalidRequest, match="kind"):
         gallery.add("a.png", "", "p", "", {})
+
+
+@pytest.mark.parametrize("text", ["ab\x00", "\x00", "a\x00b", "x\x00\x00y", "cat\x00"])
+def test_search_text_with_nul_bytes_is_an_ordinary_search(gallery, tmp_path, text):
+    gallery.add(tmp_path / "1.png", "txt2img", "a cat", "", {})
+    gallery.add(tmp_path / "2.png", "txt2img", "odd a\x00b prompt", "", {})
+    found = [item.prompt for item in gallery.search(text)]
+    assert found == (["odd a\x00b prompt"] if text in "odd a\x00b prompt" else [])

@@ -1,15 +1,18 @@
 import io
 import json
+import os
 import re
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from huabu.core.errors import BadImage
-from huabu.core.pnginfo import create_infotext, next_output_path, parse_infotext, read_parameters, save_png_atomic
+from huabu.core.pnginfo import create_infotext, output_names, parse_infotext, read_parameters, save_png_atomic
 
 # A1111 1.10's regex for the parameter line (re_param_code in modules/infotext_utils.py).
 A1111_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -85,7 +88,7 @@ def test_a1111_regex_reads_every_key_of_our_line():
 def test_round_trip():
     text = create_infotext("a cat,\n  on a mat", "ugly, (blurry:1.2)\nlowres", ENGINE_PARAMS, "0.1.0")
     parsed = parse_infotext(text)
-    assert parsed["Prompt"] == "a cat,\non a mat"
+    assert parsed["Prompt"] == "a cat,\n  on a mat"  # exactly, indentation included (issue 16)
     assert parsed["Negative prompt"] == "ugly, (blurry:1.2)\nlowres"
     for key, value in ENGINE_PARAMS.items():
         if value is None:
@@ -238,17 +241,25 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     assert read_parameters(target) == "green"
 
 
-def test_next_output_path_numbers_like_a1111(tmp_path):
+def test_output_names_number_like_a1111(tmp_path):
+    from huabu.core.atomic import publish_new, staged_path
+
     folder = tmp_path / "outputs"
-    first = next_output_path(folder, 42)
-    assert first.name == "00000-42.png" and first.exists()
-    assert next_output_path(folder, 7).name == "00001-7.png"
-    (folder / "00011-99.png").write_bytes(b"")
+    folder.mkdir()
+    assert next(output_names(folder, 42)).name == "00000-42.png"
+    (folder / "00000-42.png").write_bytes(b"png")
+    assert next(output_names(folder, 7)).name == "00001-7.png"
+    (folder / "00011-99.png").write_bytes(b"png")
     (folder / "notes.txt").write_text("not numbered")
-    assert next_output_path(folder, 5, ".webp") == folder / "00012-5.webp"
-    # A name reserved but not yet written is never handed out twice.
-    names = {next_output_path(folder, 1).name for _ in range(5)}
-    assert len(names) == 5
+    assert next(output_names(folder, 5, ".webp")) == folder / "00012-5.webp"
+    # Published names are never handed out twice, and nothing but whole files ever carries one.
+    names = []
+    for index in range(5):
+        with staged_path(folder, ".tmp.png") as staged:
+            staged.write_bytes(b"image %d" % index)
+            names.append(publish_new(staged, output_names(folder, 1)).name)
+    assert len(set(names)) == 5 and all((folder / name).stat().st_size for name in names)
+    assert not [name for name in os.listdir(folder) if name.startswith(".")]
 
 
 def test_rejects_keys_a1111_cannot_read():
@@ -273,3 +284,36 @@ def test_unreadable_files_raise_bad_image(tmp_path):
 def test_save_creates_missing_folder(tmp_path):
     path = save_png_atomic(Image.new("RGB", (2, 2)), tmp_path / "a" / "b" / "c.png", "p")
     assert read_parameters(path) == "p"
+
+
+# Pieces that break A1111's layout (newlines, a `Negative prompt:` line, quotes, edge whitespace, parameter-like
+# text) mixed with Chinese, emoji and an emoji ZWJ sequence.
+_PROMPT_TEXT = st.lists(st.sampled_from(list('ab ,:"\\\n\r\t{}[]()') + ["Negative prompt:", "Steps: 2, ", "猫",
+                                                                        "红色", "😀", "🐱\u200d👤", "\u2028"]),
+                        max_size=24).map("".join)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(prompt=_PROMPT_TEXT, negative=_PROMPT_TEXT)
+def test_any_prompt_round_trips_and_ordinary_ones_are_written_as_a1111_writes_them(prompt, negative):
+    text = create_infotext(prompt, negative, {"Steps": 20, "Sampler": "Euler a", "Size": "64x64"}, "0.1.0")
+    parsed = parse_infotext(text)
+    assert (parsed["Prompt"], parsed["Negative prompt"]) == (prompt, negative)
+    assert parsed["Steps"] == 20 and parsed["Size-1"] == 64
+
+    def ordinary(value: str) -> bool:
+        lines = value.split("\n")
+        return (all(line == line.strip() and not line.startswith("Negative prompt:") for line in lines)
+                and value == value.strip() and not (value.startswith('"') and value.endswith('"')))
+
+    if ordinary(prompt) and ordinary(negative) and prompt:
+        negative_line = f"\nNegative prompt: {negative}" if negative else ""
+        assert text.startswith(f"{prompt}{negative_line}\nSteps: 20, ")  # byte for byte A1111's layout
+
+
+def test_a_prompt_with_a_negative_prompt_line_survives_a_png(tmp_path):
+    prompt = "a red cat\nNegative prompt: blue dog"
+    path = save_png_atomic(Image.new("RGB", (8, 8)), tmp_path / "x.png",
+                           create_infotext(prompt, "", {"Steps": 2, "Seed": 1}, "0.1.0"))
+    parsed = parse_infotext(read_parameters(path))
+    assert parsed["Prompt"] == prompt and parsed["Negative prompt"] == "" and parsed["Seed"] == 1

@@ -44,7 +44,7 @@ def test_a_job_is_accepted_persisted_run_and_its_files_served(client, tmp_path):
     for url, infotext in zip(done["result"]["images"], done["result"]["infotexts"]):
         served = client.get(url)
         assert served.status_code == 200 and served.headers["content-type"] == "image/png"
-        path = tmp_path / "home" / "outputs" / url.rsplit("/", 1)[1]
+        path = tmp_path / "home" / "outputs" / url.split("/api/v1/files/", 1)[1]  # outputs/jobs/<id>/NNNNN-seed.png
         assert served.content == path.read_bytes() and read_parameters(path) == infotext
     assert [j["id"] for j in client.get("/api/v1/jobs", params={"state": "done"}).json()] == [job["id"]]
     assert client.get("/api/v1/jobs", params={"state": "queued"}).json() == []

@@ -267,7 +267,7 @@ def test_a_scale_out_worker_accepts_json_only_and_checks_each_job_as_http_does(m
     assert conf.task_serializer == conf.result_serializer == "json"
 
     catalog = Catalog(settings, ModelManager(settings), SMALL, default_model=settings.default_model)
-    wire = {"id": "j1", "kind": "image", "origin": "api", "save": True, "request": {"prompt": "x", **TINY}}
+    wire = {"id": "0123456789abcdef" * 2, "kind": "image", "origin": "api", "save": True, "request": {"prompt": "x", **TINY}}
     job = job_from_wire(wire, catalog)
     assert job.request["prompt"] == "x" and job.request["model"] == "tiny-sd"
     named = job_from_wire({**wire, "request": {"prompt": "x", "model": "tiny-sd", **TINY}}, catalog)
@@ -282,6 +282,7 @@ def test_a_scale_out_worker_accepts_json_only_and_checks_each_job_as_http_does(m
                        ({"loras": [{"name": "/tmp/evil"}]}, "not a path")):
         with pytest.raises(HuabuError, match=words):
             job_from_wire({**wire, "request": {"prompt": "x", **TINY, **bad}}, catalog)
-    for bad in ("not a dict", {**wire, "request": "x"}, {**wire, "origin": "pickle"}, {**wire, "kind": "audio"}):
+    for bad in ("not a dict", {**wire, "request": "x"}, {**wire, "origin": "pickle"}, {**wire, "kind": "audio"},
+                {**wire, "id": "../../home"}, {**wire, "id": None}):
         with pytest.raises(HuabuError):
             job_from_wire(bad, catalog)

@@ -91,3 +91,36 @@ def test_a_studio_with_a_login_refuses_anonymous_calls(model_store, tmp_path):
         with httpx.Client(base_url=url) as user:
             assert user.post("login", data={"username": "ann", "password": "secret"}).status_code == 200
             assert user.get(f"gradio_api/file={picture}").content == picture.read_bytes()
+
+
+@pytest.mark.parametrize("login", [None, [("ann", "secret")]], ids=["open", "login"])
+def test_a_loopback_studio_answers_loopback_host_names_only(model_store, tmp_path, login):
+    """DNS rebinding: a page on evil.example re-pointed to 127.0.0.1 calls the studio as its own origin; only the
+    Host header gives it away. Host x Origin x method x content type: foreign hosts always get the one-line 421."""
+    import httpx
+
+    from huabu.ui.app import Studio
+
+    studio = Studio(ui_settings(model_store, tmp_path / "home"), "en")
+    with serving(studio, auth=login) as url:
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        calls = [("GET", "config", None, None), ("GET", "gradio_api/info", None, None),
+                 ("POST", "gradio_api/call/gallery_search", {"data": ["", ""]}, "application/json"),
+                 ("POST", "gradio_api/call/txt2img", {"data": []}, "application/json"),
+                 ("POST", "gradio_api/call/gallery_search", "data=x", "text/plain"),
+                 ("POST", "login", "username=ann&password=secret", "application/x-www-form-urlencoded"),
+                 ("OPTIONS", "gradio_api/call/gallery_search", None, None)]
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.nip.io:{port}", f"[::2]:{port}"):
+                for origin in (f"http://{host}", None, url.rstrip("/")):
+                    for method, path, body, kind in calls:
+                        headers = {"Host": host, **({"Origin": origin} if origin else {}),
+                                   **({"Content-Type": kind} if kind else {})}
+                        payload = {"json": body} if isinstance(body, dict) else {"content": body}
+                        answer = client.request(method, path, headers=headers, **payload)
+                        # (gradio's CORS layer, outside ours, may still label the refusal readable: it holds nothing)
+                        assert answer.status_code == 421, (host, origin, method, path, answer.status_code)
+                        assert answer.json()["detail"].startswith("this server answers to localhost only")
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+                status = client.get("config", headers={"Host": host}).status_code
+                assert status == (401 if login else 200), (host, status)

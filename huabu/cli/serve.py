@@ -25,7 +25,11 @@ def register(sub) -> None:
                        help="run jobs on Celery workers (`huabu worker`) through this Redis instead of locally")
     serve.add_argument("--callback-allow", default="", metavar="HOST[,HOST]",
                        help="hosts that job completion callbacks may be sent to (default: none)")
-    serve.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB")
+    serve.add_argument("--max-body-mb", type=int, default=32, help="largest request body in MiB")
+    serve.add_argument("--keep-jobs-days", type=float, default=7.0, metavar="DAYS",
+                       help="delete finished jobs older than this from jobs.sqlite (default 7; 0 keeps them all)")
+    serve.add_argument("--max-output-gb", type=float, metavar="GB",
+                       help="refuse jobs that save once the outputs folder holds this much (default: no limit)")
     _limit_options(serve)
     _runtime(serve)
     serve.set_defaults(handler=run_serve)
@@ -78,6 +82,7 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = replace(_limits(args), max_body_bytes=args.max_body_mb * 1024 * 1024)
     config = ServerConfig(host=ANY_ADDRESS if args.listen else args.host, port=args.port, api_key=args.api_key,
                           api_auth=args.api_auth, limits=limits, workers=args.workers, broker_url=args.broker,
+                          keep_jobs_days=args.keep_jobs_days, max_output_gb=args.max_output_gb,
                           callback_allow=tuple(h.strip() for h in args.callback_allow.split(",") if h.strip()))
     from huabu.cli.options import quiet_libraries
 

@@ -111,7 +111,10 @@ class Gallery:
             raise InvalidRequest(f"gallery search needs limit >= 0 and offset >= 0, got limit={limit}, offset={offset}")
         where, args = [], []
         text = (text or "").strip()
-        if text and self._fts and len(text) >= 3:
+        if "\x00" in text:  # FTS5 and LIKE read their pattern as a C string, cut at the NUL: match it exactly
+            where.append("instr(prompt, ?) > 0")
+            args.append(text)
+        elif text and self._fts and len(text) >= 3:
             where.append("id IN (SELECT rowid FROM items_fts WHERE items_fts MATCH ?)")
             args.append('"' + text.replace('"', '""') + '"')
         elif text:  # trigrams cannot match 1-2 characters; LIKE folds ASCII case only
@@ -127,6 +130,13 @@ class Gallery:
         with self._connect() as con:
             rows = con.execute(sql, (*args, limit, offset)).fetchall()
         return [_item(row) for row in rows]
+
+    def remove_under(self, folder: Path) -> int:
+        """Drop the items whose files lie under `folder` (the files are left alone); returns how many."""
+        prefix = str(Path(folder)).rstrip("/") + "/"
+        with self._connect() as con:
+            return con.execute("DELETE FROM items WHERE path LIKE ? ESCAPE '\\'",
+                               (_escape_like(prefix) + "%",)).rowcount
 
     def remove(self, item_id: int) -> None:
         """Drop an item from the index (the file itself is left alone); unknown ids are ignored."""

@@ -7,10 +7,12 @@ hand-written here is only the text format itself, which no library provides.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -62,8 +64,21 @@ def create_infotext(prompt: str, negative_prompt: str, params: dict[str, object]
             raise ValueError(f"infotext key {key!r} cannot be written (letters, digits, space, '-', '/'; not 'Version')")
         pairs.append(f"{key}: {_quote(str(value))}")
     pairs.append(f"Version: {_quote(f'huabu {version}')}")
+    prompt, negative_prompt = _prompt_text(prompt, "p"), _prompt_text(negative_prompt, "n")
     negative_line = f"\n{_NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative_line}\n{', '.join(pairs)}".strip()
+
+
+def _prompt_text(text: str, which: str) -> str:
+    """A prompt (`which` "p") or negative prompt ("n") as it is written: as it is, as A1111 writes it, whenever it
+    reads back exactly; otherwise (a line starting `Negative prompt:`, whitespace at a line's edge, a JSON string
+    literal) as one JSON string line, which A1111 shows as a quoted prompt and `parse_infotext` decodes."""
+    prompt, negative = (text, "n") if which == "p" else ("p", text)
+    layout = f"{prompt}\n{_NEGATIVE_PREFIX} {negative}\nVersion: huabu 0"
+    read = parse_infotext(layout)
+    if read["Prompt"] == prompt and read["Negative prompt"] == negative:
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _convert(key: str, value: str) -> object:
@@ -102,7 +117,8 @@ def parse_infotext(text: str) -> dict[str, object]:
         else:
             prompt_lines.append(line)
 
-    result: dict[str, object] = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
+    result: dict[str, object] = {"Prompt": _unquote("\n".join(prompt_lines)),
+                                 "Negative prompt": _unquote("\n".join(negative_lines))}
     for key, raw in _PARAM_RE.findall(last):
         raw = raw.strip()
         if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
@@ -169,18 +185,9 @@ def save_png_atomic(image: Image.Image, path: Path, parameters: str | None) -> P
     return Path(path)
 
 
-def next_output_path(folder: Path, seed: int, ext: str = "png") -> Path:
-    """Reserve the next A1111-style name `<NNNNN>-<seed>.<ext>` in `folder` by creating it exclusively (empty);
-    the caller then replaces it with the real file (save_png_atomic)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def output_names(folder: Path, seed: int, ext: str = "png") -> Iterator[Path]:
+    """The A1111-style names `<NNNNN>-<seed>.<ext>` in `folder` after the highest number there, in order, for
+    `huabu.core.atomic.publish_new` to take the first free one."""
     ext = ext.lstrip(".")
     numbers = [int(m.group(0)) for entry in os.listdir(folder) if (m := re.match(r"\d+", entry))]
-    number = max(numbers, default=-1) + 1
-    while True:
-        candidate = folder / f"{number:05}-{seed}.{ext}"
-        try:
-            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return candidate
-        except FileExistsError:
-            number += 1
+    return (Path(folder) / f"{number:05}-{seed}.{ext}" for number in itertools.count(max(numbers, default=-1) + 1))

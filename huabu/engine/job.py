@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from PIL import Image
 
 from huabu.core import pnginfo
+from huabu.core.atomic import publish_new, staged_path
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
 from huabu.core.samplers import Sampler, parse_sampler, resolved_schedule
@@ -187,15 +188,14 @@ def callback_tensors(extensions: Iterable[Extension]) -> list[str]:
 
 def save_output(write: Callable[[Path], Path], folder: Path, seed: int, ext: str, gallery: "Gallery", kind: str,
                 prompt: str, negative: str, params: dict[str, Any], path: Path | None = None) -> tuple[Path, int]:
-    """Write one output and index it: `write(path)` writes the file atomically; without `path` the next
-    A1111-style numbered name in `folder` is reserved first and released again if the write fails."""
-    reserved = None
-    if path is None:
-        path = reserved = pnginfo.next_output_path(folder, seed, ext)
-    try:
+    """Write one output and index it: `write(path)` writes the file atomically; without `path` it writes a
+    temporary file in `folder` that then takes the next free A1111-style numbered name (never an empty placeholder,
+    which a killed process would leave behind)."""
+    if path is not None:
         path = write(path)
-    except BaseException:
-        if reserved is not None:
-            reserved.unlink(missing_ok=True)  # the empty placeholder next_output_path created
-        raise
+    else:
+        ext = ext.lstrip(".")
+        with staged_path(folder, f".tmp.{ext}") as staged:  # writers go by the extension
+            write(staged)
+            path = publish_new(staged, pnginfo.output_names(folder, seed, ext))
     return path, gallery.add(path, kind, prompt, negative, params)

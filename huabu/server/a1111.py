@@ -30,11 +30,15 @@ from huabu.core.requests import GenerateRequest
 from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome, png_base64
-from huabu.server.security import image_data_url
+from huabu.server.security import CheckedRoute, image_data_url
+from huabu.server.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"])
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"], route_class=CheckedRoute)
+
+MAX_UNKNOWN_FIELDS = 64  # keys huabu does not know in one request: named in warnings, their values dropped
+MAX_OPTIONS = 1000  # keys POST /options keeps (A1111 has about 450)
 
 DISCONNECT_POLL = 0.5  # seconds between looks at whether a waiting call's client is still there
 
@@ -108,9 +112,15 @@ class _A1111Base(BaseModel):
     @classmethod
     def _nulls_mean_default(cls, data: Any) -> Any:
         # A1111's API model makes every field Optional, and clients send null for "not set": use the default.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
-        return data
+        # Unknown keys are kept by name only (for the warnings): their values are never used, kept or echoed.
+        if not isinstance(data, dict):
+            return data
+        unknown = [k for k in data if k not in cls.model_fields]
+        if len(unknown) > MAX_UNKNOWN_FIELDS:
+            raise InvalidRequest(f"request has {len(unknown)} fields huabu does not know; the limit is "
+                                 f"{MAX_UNKNOWN_FIELDS}")
+        return {k: (v if k in cls.model_fields else None) for k, v in data.items()
+                if v is not None or k not in cls.model_fields}
 
 
 class Txt2ImgRequest(_A1111Base):
@@ -173,7 +183,7 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
             warnings.append(f"{name}: ignored (huabu does not support it yet)")
     for name in sorted(req.model_extra or {}):
         if name not in _SILENT:
-            warnings.append(f"{name}: ignored (not an A1111 field huabu knows)")
+            warnings.append(f"{name[:64]}: ignored (not an A1111 field huabu knows)")
 
     sampler, schedule = _sampler(req, warnings)
     limits = catalog.limits
@@ -361,32 +371,41 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
 
 async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]:
     state = http.app.state.huabu
+    loop = asyncio.get_running_loop()
 
-    def accept() -> tuple[GenerateRequest, list[str], Job]:
+    def accept() -> tuple[GenerateRequest, list[str], Job, asyncio.Event]:
         request, warnings = to_generate(req, state.catalog, mode)
         for line in warnings:
             log.info("A1111 request: %s", line)
-        return request, warnings, state.queue.submit(Job.new("image", request.to_data(), origin="a1111",
-                                                             save=req.save_images))
+        job = Job.new("image", request.to_data(), origin="a1111", save=req.save_images)
+        waiter = state.queue.watch(job.id, loop)  # before submitting: the job may end before this thread returns
+        try:
+            state.queue.submit(job)
+        except BaseException:
+            state.queue.unwatch(job.id, waiter)
+            raise
+        return request, warnings, job, waiter
 
-    request, warnings, job = await run_in_threadpool(accept)
-    finished = await _wait_while_connected(http, state.queue, job.id)
+    request, warnings, job, waiter = await run_in_threadpool(accept)
+    finished = await _wait_while_connected(http, state.queue, job.id, waiter)
     if finished is not None and finished.state == "failed":
+        if finished.error_kind == "storage":
+            raise StorageFull(finished.error or "the disk is full")
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
     images = [png_base64(image, text) for image, text in zip(outcome.images, outcome.infotexts)] if outcome else []
-    parameters = req.model_dump()
+    parameters = req.model_dump(exclude=set(req.model_extra or {}))  # unknown fields are never echoed
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)
     return {"images": images if req.send_images else [], "parameters": parameters,
             "info": info_json(req, request, outcome, finished or job, warnings)}
 
 
-async def _wait_while_connected(http: Request, queue, job_id: str) -> Job | None:
+async def _wait_while_connected(http: Request, queue, job_id: str, waiter: asyncio.Event) -> Job | None:
     """The finished job. A call is synchronous: once its client has gone, no one will read the images, so the job is
     cancelled (it still ends, and releases its state, like any other)."""
-    waiting = asyncio.ensure_future(queue.wait(job_id))
+    waiting = asyncio.ensure_future(queue.wait(job_id, event=waiter))
     cancelled = False
     try:
         while not waiting.done():
@@ -463,6 +482,10 @@ def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
     `CLIP_stop_at_last_layers` the default clip skip."""
     catalog = http.app.state.huabu.catalog
     updates = dict(options)
+    with catalog.lock:
+        count = len(set(catalog.options) | set(updates))
+    if count > MAX_OPTIONS:
+        raise InvalidRequest(f"options would hold {count} keys; the limit is {MAX_OPTIONS}")
     if "sd_model_checkpoint" in updates:
         model = catalog.resolve_model(str(updates.pop("sd_model_checkpoint")))
         with catalog.lock:

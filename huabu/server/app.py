@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -13,19 +14,22 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import huabu
+from huabu.core.atomic import sweep_temporaries
 from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
 from huabu.server.catalog import Catalog
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import JobStore
 from huabu.server.queue import JobQueue
-from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge
+from huabu.server.storage import DISK_ERROR, DISK_FULL, DiskGuard, StorageFull, is_disk_full
+from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge, SafeJSONResponse
 from huabu.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 JOBS_DB = "jobs.sqlite"
 
-_STATUS = ((NotFound, 404), (ModelNotFound, 404), (PayloadTooLarge, 413), (NotAllowed, 403), (UnsafeCheckpoint, 403))
+_STATUS = ((NotFound, 404), (ModelNotFound, 404), (PayloadTooLarge, 413), (NotAllowed, 403), (UnsafeCheckpoint, 403),
+           (StorageFull, 507))
 
 
 @dataclass
@@ -43,16 +47,18 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
     config = config or ServerConfig()
     settings = replace(settings, allow_unsafe_pickle=False)
     store = JobStore(settings.home / JOBS_DB)
+    quota = None if config.max_output_gb is None else int(config.max_output_gb * 2**30)
+    disk = DiskGuard(settings.home, settings.outputs_dir, quota)
     if config.broker_url:
         from huabu.server.distributed import CeleryQueue
 
-        queue: JobQueue = CeleryQueue(store, config, config.broker_url)
+        queue: JobQueue = CeleryQueue(store, config, config.broker_url, disk)
     else:
         from huabu.engine.generate import Engine
         from huabu.server.queue import LocalQueue
 
         engines = engines or [Engine(settings) for _ in range(config.workers)]
-        queue = LocalQueue(store, config, engines)
+        queue = LocalQueue(store, config, engines, disk)
     from huabu.engine.models import ModelManager
 
     models = ModelManager(settings)  # lists and resolves names for HTTP clients; loads nothing
@@ -61,6 +67,9 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        removed = sweep_temporaries(settings.outputs_dir)  # what a killed run left mid-write
+        if removed:
+            log.warning("removed %d temporary file(s) a stopped run left in %s", removed, settings.outputs_dir)
         queue.start()
         try:
             yield
@@ -68,7 +77,7 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
             queue.stop()
 
     app = FastAPI(title="huabu API", version=huabu.__version__, lifespan=lifespan,
-                  description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.")
+                  default_response_class=SafeJSONResponse, description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.")
     app.state.huabu = state
     from huabu.server import a1111, native
 
@@ -92,6 +101,14 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         return _error(err.status_code, "HTTPException", str(err.detail), err.headers)
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, err: Exception) -> JSONResponse:  # logged with its traceback by starlette
+        if is_disk_full(err):
+            return _error(507, "StorageFull", DISK_FULL)
+        if isinstance(err, sqlite3.OperationalError):  # SQLite's "disk I/O error", also what a full tmpfs gives
+            return _error(503, "StorageError", DISK_ERROR)
+        return _error(500, "InternalError", f"internal error: {type(err).__name__} (see the server log)")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         return _error(422, "ValidationError", _validation_line(err))
@@ -101,7 +118,7 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
 
 
 def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+    return SafeJSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
 
 
 def _validation_line(err: RequestValidationError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from huabu.core.errors import InvalidRequest
+from huabu.core.hosts import is_loopback_bind
 
 LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"
@@ -19,8 +20,9 @@ class Limits:
     max_steps: int = 150
     max_batch_size: int = 8
     max_n_iter: int = 16
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_image_bytes: int = 32 * 1024 * 1024  # one decoded base64 image
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_json_items: int = 50_000  # values in one JSON body: bounds what parsing and validating it cost
+    max_image_bytes: int = 24 * 1024 * 1024  # one decoded base64 image
     max_image_pixels: int = 16 * 1024 * 1024  # width x height of one input image
     max_video_frames: int = 256
     max_prompt_chars: int = 20_000  # prompt and negative prompt each; megabytes would tokenise for minutes
@@ -37,6 +39,8 @@ class ServerConfig:
     workers: int = 1  # local engine threads (each owns an Engine)
     broker_url: str | None = None  # Redis URL: run jobs on Celery workers instead of local threads
     max_attempts: int = 2  # a job interrupted by a server stop this many times is failed, not retried again
+    keep_jobs_days: float = 7.0  # finished jobs older than this are deleted from jobs.sqlite; 0 keeps them all
+    max_output_gb: float | None = None  # jobs that save are refused once the outputs folder holds this much
 
     def __post_init__(self) -> None:
         if self.api_auth is not None:
@@ -49,6 +53,10 @@ class ServerConfig:
         if not self.is_loopback and not self.requires_auth:
             raise InvalidRequest(f"refusing to listen on {self.host} without authentication: pass --api-key KEY "
                                  f"or --api-auth user:password (or bind 127.0.0.1)")
+        if self.keep_jobs_days < 0:
+            raise InvalidRequest(f"--keep-jobs-days must be 0 (keep all) or more, got {self.keep_jobs_days}")
+        if self.max_output_gb is not None and self.max_output_gb <= 0:
+            raise InvalidRequest(f"--max-output-gb must be more than 0, got {self.max_output_gb}")
         if self.workers < 1:
             raise InvalidRequest(f"--workers must be at least 1, got {self.workers}")
 
@@ -58,7 +66,7 @@ class ServerConfig:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+        return is_loopback_bind(self.host)
 
     def credentials(self) -> list[tuple[str, str]]:
         if not self.api_auth:

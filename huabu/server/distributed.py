@@ -15,6 +15,7 @@ or a shared folder) for /api/v1/files; A1111 responses carry their images throug
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import replace
@@ -26,6 +27,7 @@ from huabu.server.config import Limits, ServerConfig
 from huabu.server.jobs import Job, JobStore
 from huabu.server.queue import JobQueue, error_line
 from huabu.server.runner import Outcome, progress_data, run_job
+from huabu.server.storage import DiskGuard
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,12 @@ def job_from_wire(payload: Any, catalog: Catalog) -> Job:
     origin = payload.get("origin")
     if origin not in ("api", "a1111"):
         raise InvalidRequest(f"job origin must be 'api' or 'a1111', got {str(origin)[:50]!r}")
+    job_id = payload.get("id")
+    if not isinstance(job_id, str) or not re.fullmatch(r"[0-9a-f]{32}", job_id):  # it names the job's folder
+        raise InvalidRequest("a job message's id must be 32 lower-case hex digits")
     kind = payload.get("kind")
     request = catalog.check_generate(payload["request"], kind)
-    return Job(id=str(payload.get("id")), kind=kind, request=request.to_data(), origin=origin,
+    return Job(id=job_id, kind=kind, request=request.to_data(), origin=origin,
                save=bool(payload.get("save", True)))
 
 
@@ -137,6 +142,9 @@ def _register_task(app, settings, preload: str | None, limits: Limits) -> None:
 def run_worker(settings, broker_url: str, name: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
                preload: str | None = None, limits: Limits | None = None) -> None:
     """Run one Celery worker process (solo pool: the process itself owns the Engine) until it is stopped."""
+    from huabu.core.atomic import sweep_temporaries
+
+    sweep_temporaries(settings.outputs_dir)  # what a killed worker left mid-write
     app = make_celery(broker_url, settings, visibility_timeout, preload, limits)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--hostname={name}", f"--queues={QUEUE_NAME}",
                      "--without-gossip", "--without-mingle", "--loglevel=INFO"])
@@ -145,13 +153,14 @@ def run_worker(settings, broker_url: str, name: str, visibility_timeout: float =
 class CeleryQueue(JobQueue):
     """Sends jobs to Celery and mirrors their states into SQLite."""
 
-    def __init__(self, store: JobStore, config: ServerConfig, broker_url: str) -> None:
-        super().__init__(store, config)
+    def __init__(self, store: JobStore, config: ServerConfig, broker_url: str, disk: DiskGuard | None = None) -> None:
+        super().__init__(store, config, disk)
         self.app = make_celery(broker_url)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self.prune(force=True)
         _, failed = self.store.recover(self.config.max_attempts, local_runs=False)
         for job_id in failed:
             self._finished(job_id)

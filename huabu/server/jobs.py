@@ -63,7 +63,7 @@ class Job:
     progress: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     error: str | None = None
-    error_kind: str | None = None  # "invalid" (the user's input) | "internal" (a bug or the machine)
+    error_kind: str | None = None  # "invalid" (the user's input) | "storage" (a full disk) | "internal" (a bug)
     attempts: int = 0
     worker: str | None = None
     dispatched: bool = False
@@ -128,6 +128,10 @@ class JobStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+        # Held open, unused, so that the WAL index (-shm) outlives each call's connection: SQLite removes it with
+        # the last connection, and re-creating it fails on a full disk, which would fail even reads.
+        self._keeper = sqlite3.connect(self.db_path, check_same_thread=False)
+        self._keeper.execute("SELECT COUNT(*) FROM jobs").fetchone()  # opens the WAL index
 
     @contextmanager
     def _connect(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -205,16 +209,28 @@ class JobStore:
                         (json.dumps(progress), worker, job_id))
 
     def finish(self, job_id: str, state: str, result: dict[str, Any] | None = None, error: str | None = None,
-               error_kind: str | None = None) -> bool:
-        """Record the end of an active job; False if it had already ended (e.g. cancelled meanwhile)."""
+               error_kind: str | None = None, only_from: tuple[str, ...] = ACTIVE) -> bool:
+        """Record the end of a job in one of the `only_from` states; False if it was in none (e.g. cancelled
+        meanwhile). Its input images are dropped from the row (kept as their size): a finished job never runs
+        again, and one 1024x1024 img2img call would otherwise keep megabytes of base64 as long as the job is kept."""
         if state not in FINISHED:
             raise ValueError(f"not a final state: {state!r}")
+        summary = json.dumps(_elide_images(result)) if result is not None else None
+        with self._transaction() as con:
+            row = con.execute(f"SELECT request FROM jobs WHERE id = ? AND state IN ({','.join('?' * len(only_from))})",
+                              (job_id, *only_from)).fetchone()
+            if row is None:
+                return False
+            con.execute("UPDATE jobs SET state = ?, request = ?, result = ?, error = ?, error_kind = ?, finished = ? "
+                        "WHERE id = ?", (state, json.dumps(_elide_images(json.loads(row[0]))), summary, error,
+                                         error_kind, time.time(), job_id))
+            return True
+
+    def prune(self, finished_before: float) -> int:
+        """Delete the jobs that finished before `finished_before` (a time.time()); returns how many."""
         with self._connect() as con:
-            cur = con.execute(
-                "UPDATE jobs SET state = ?, result = ?, error = ?, error_kind = ?, finished = ? "
-                "WHERE id = ? AND state IN ('queued', 'running')",
-                (state, json.dumps(result) if result is not None else None, error, error_kind, time.time(), job_id))
-            return cur.rowcount == 1
+            return con.execute("DELETE FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished < ?",
+                               (finished_before,)).rowcount
 
     def requeue(self, job_id: str) -> None:
         """Put a running job back in the queue (the server is stopping before it finished)."""
@@ -224,10 +240,7 @@ class JobStore:
 
     def cancel_queued(self, job_id: str) -> bool:
         """Cancel a job that has not started; False if it is running or over."""
-        with self._connect() as con:
-            cur = con.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
-                              (time.time(), job_id))
-            return cur.rowcount == 1
+        return self.finish(job_id, "cancelled", only_from=("queued",))
 
     def recover(self, max_attempts: int, local_runs: bool = True) -> tuple[list[str], list[str]]:
         """After a stop: queue again every native job that was running (attempts left), fail the rest with a line
@@ -238,9 +251,9 @@ class JobStore:
         requeued, failed = [], []
         now = time.time()
         with self._transaction() as con:
-            rows = con.execute("SELECT id, origin, state, attempts FROM jobs WHERE state IN ('queued', 'running') "
-                               "ORDER BY seq").fetchall()
-            for job_id, origin, state, attempts in rows:
+            rows = con.execute("SELECT id, origin, state, attempts, request FROM jobs "
+                               "WHERE state IN ('queued', 'running') ORDER BY seq").fetchall()
+            for job_id, origin, state, attempts, request in rows:
                 if origin == "a1111":
                     error = ("the server stopped before this A1111 request finished; its client connection is gone, "
                              "send the request again")
@@ -255,7 +268,8 @@ class JobStore:
                                     "WHERE id = ?", (job_id,))
                         requeued.append(job_id)
                     continue
-                con.execute("UPDATE jobs SET state = 'failed', error = ?, error_kind = 'internal', finished = ? "
-                            "WHERE id = ?", (error, now, job_id))
+                con.execute("UPDATE jobs SET state = 'failed', request = ?, error = ?, error_kind = 'internal', "
+                            "finished = ? WHERE id = ?", (json.dumps(_elide_images(json.loads(request))), error, now,
+                                                         job_id))
                 failed.append(job_id)
         return requeued, failed

@@ -9,13 +9,13 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from huabu.server.jobs import FINISHED, STATES, Job
-from huabu.server.security import NotFound, check_callback_url, safe_output_file
+from huabu.server.security import CheckedRoute, NotFound, SafeJSONResponse, check_callback_url, safe_output_file
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"])
+router = APIRouter(prefix="/api/v1", tags=["jobs"], route_class=CheckedRoute)
 
 EVENT_POLL = 0.25  # seconds between progress checks of one event stream
 KEEPALIVE = 15.0  # seconds between comments that keep idle event streams open through proxies
@@ -32,18 +32,20 @@ class JobSubmission(BaseModel):
 def _job_or_404(http: Request, job_id: str) -> Job:
     job = http.app.state.huabu.queue.store.get(job_id)
     if job is None:
-        raise NotFound(f"no job {job_id[:64]!r}")
+        days = http.app.state.huabu.config.keep_jobs_days
+        kept = f" (finished jobs are kept {days:g} days)" if days else ""
+        raise NotFound(f"no job {job_id[:64]!r}{kept}")
     return job
 
 
 @router.post("/jobs", status_code=202)
-def submit(http: Request, submission: JobSubmission) -> JSONResponse:
+def submit(http: Request, submission: JobSubmission) -> SafeJSONResponse:
     state = http.app.state.huabu
     request = state.catalog.check_generate(submission.request, submission.kind)
     callback = check_callback_url(submission.callback_url, state.config.callback_allow) \
         if submission.callback_url else None
     job = state.queue.submit(Job.new(submission.kind, request.to_data(), callback_url=callback))
-    return JSONResponse(job.public(), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+    return SafeJSONResponse(job.public(), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
 @router.get("/jobs")

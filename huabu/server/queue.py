@@ -7,28 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from huabu.engine.generate import Engine
 from huabu.engine.job import Progress
 from huabu.core.errors import HuabuError
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import FINISHED, Job, JobStore
+from huabu.server.storage import DISK_FULL, DiskGuard, is_disk_full
 from huabu.server.runner import Outcome, png_base64, progress_data, progress_fraction, run_job
 
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress rows written for one job
 PREVIEW_WAIT = 1.0  # seconds /progress waits for the engine thread to make a preview
+PRUNE_INTERVAL = 3600.0  # seconds between deletions of jobs past their retention
 
 
 def error_line(err: BaseException) -> tuple[str, str]:
-    """(one-line message, kind) for a failed job: the user's input ("invalid") or a bug/the machine ("internal")."""
+    """(one-line message, kind) for a failed job: the user's input ("invalid"), a full disk ("storage") or a
+    bug/the machine ("internal")."""
     if isinstance(err, HuabuError):
         return str(err), "invalid"
+    if is_disk_full(err):
+        return DISK_FULL, "storage"
     text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
     return f"internal error: {type(err).__name__}{': ' + text if text else ''}", "internal"
 
@@ -37,9 +44,11 @@ class JobQueue:
     """Base of the backends. Subclasses implement `_dispatch`, `cancel_running`, `interrupt_running`, `start`,
     `stop`."""
 
-    def __init__(self, store: JobStore, config: ServerConfig) -> None:
+    def __init__(self, store: JobStore, config: ServerConfig, disk: DiskGuard | None = None) -> None:
         self.store = store
         self.config = config
+        self.disk = disk
+        self._pruned_at = 0.0
         self._lock = threading.Lock()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._outcomes: dict[str, Outcome] = {}  # finished A1111 jobs' images, until their route takes them
@@ -47,17 +56,44 @@ class JobQueue:
     # --- submitting and waiting ---------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
-        """Persist `job` (committed before this returns), then hand it to the backend."""
+        """Persist `job` (committed before this returns), then hand it to the backend. Refused (StorageFull) when
+        the disk or the outputs quota has no room."""
+        if self.disk is not None:
+            self.disk.check(job.save)
+        self.prune()
         self.store.add(job)
         self._dispatch(job)
         return job
 
-    async def wait(self, job_id: str, poll: float = 1.0) -> Job | None:
-        """The job once it has finished (woken by the backend; the store is polled too, as a safety net)."""
-        loop = asyncio.get_running_loop()
+    def prune(self, force: bool = False) -> None:
+        """Delete jobs finished more than `config.keep_jobs_days` ago (at most once every PRUNE_INTERVAL)."""
+        if not self.config.keep_jobs_days or (not force and time.monotonic() - self._pruned_at < PRUNE_INTERVAL):
+            return
+        self._pruned_at = time.monotonic()
+        removed = self.store.prune(time.time() - self.config.keep_jobs_days * 86400)
+        if removed:
+            log.info("deleted %d job(s) finished more than %g days ago", removed, self.config.keep_jobs_days)
+
+    def watch(self, job_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """Register a waiter for `job_id` now, before it is submitted, so that a job finishing at once still finds
+        it (and keeps its A1111 images for it); pass the event to `wait`, which unregisters it."""
         event = asyncio.Event()
         with self._lock:
             self._waiters.setdefault(job_id, []).append((loop, event))
+        return event
+
+    def unwatch(self, job_id: str, event: asyncio.Event) -> None:
+        with self._lock:
+            waiters = [waiter for waiter in self._waiters.get(job_id, []) if waiter[1] is not event]
+            if waiters:
+                self._waiters[job_id] = waiters
+            else:
+                self._waiters.pop(job_id, None)
+
+    async def wait(self, job_id: str, poll: float = 1.0, event: asyncio.Event | None = None) -> Job | None:
+        """The job once it has finished (woken by the backend; the store is polled too, as a safety net). `event`
+        is one `watch` registered earlier."""
+        event = event or self.watch(job_id, asyncio.get_running_loop())
         try:
             while True:
                 job = self.store.get(job_id)
@@ -69,12 +105,7 @@ class JobQueue:
                     pass
                 event.clear()
         finally:
-            with self._lock:
-                waiters = self._waiters.get(job_id, [])
-                if (loop, event) in waiters:
-                    waiters.remove((loop, event))
-                if not waiters:
-                    self._waiters.pop(job_id, None)
+            self.unwatch(job_id, event)
 
     def take_outcome(self, job_id: str) -> Outcome | None:
         with self._lock:
@@ -181,8 +212,13 @@ def send_callback(job: Job) -> None:
     try:
         response = httpx.post(job.callback_url, json=job.public(), timeout=10.0, follow_redirects=False)
         log.info("callback for job %s: HTTP %s", job.id, response.status_code)
-    except httpx.HTTPError as err:
-        log.warning("callback for job %s to %s failed: %s", job.id, job.callback_url, err)
+    except httpx.HTTPError as err:  # neither the URL's path nor its query (which may hold a token) is logged
+        log.warning("callback for job %s to %s failed: %s", job.id, _origin_of(job.callback_url), type(err).__name__)
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
 
 
 # --- local backend ---------------------------------------------------------------------------------------------------
@@ -209,8 +245,9 @@ class LiveJob:
 class LocalQueue(JobQueue):
     """Jobs run on `len(engines)` threads of this process, oldest queued job first, each thread with its Engine."""
 
-    def __init__(self, store: JobStore, config: ServerConfig, engines: list[Engine]) -> None:
-        super().__init__(store, config)
+    def __init__(self, store: JobStore, config: ServerConfig, engines: list[Engine],
+                 disk: DiskGuard | None = None) -> None:
+        super().__init__(store, config, disk)
         self.engines = engines
         self._wake = threading.Condition()
         self._submitted = False  # set under _wake by _dispatch, so a submission between a worker's empty claim
@@ -223,6 +260,7 @@ class LocalQueue(JobQueue):
         self._live_lock = threading.Lock()
 
     def start(self) -> None:
+        self.prune(force=True)
         requeued, failed = self.store.recover(self.config.max_attempts)
         if requeued or failed:
             log.warning("after a restart: %d job(s) queued again, %d failed", len(requeued), len(failed))
@@ -270,7 +308,12 @@ class LocalQueue(JobQueue):
 
     def _work(self, engine: Engine, name: str) -> None:
         while not self._stopping:
-            job = self.store.claim_next(name)
+            try:
+                job = self.store.claim_next(name)
+            except sqlite3.Error:  # a full or failing disk: keep the thread, try again shortly
+                log.exception("worker %s could not claim a job", name)
+                time.sleep(1.0)
+                continue
             if job is None:
                 with self._wake:
                     if not self._submitted:

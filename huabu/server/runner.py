@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -70,10 +72,24 @@ def run_job(engine: Engine, job: Job, progress: Callable[[Progress], None] | Non
         return Outcome([], [video.seed], [video.infotext], video.request_used.to_data(), video.model, files,
                        video.interrupted)
     request = GenerateRequest.from_data(job.request)
-    result = engine.generate(request, progress=progress, interrupt=interrupt, save=job.save)
+    outdir = _fresh_job_folder(engine, root, job) if job.save else None
+    result = engine.generate(request, progress=progress, interrupt=interrupt, save=job.save, outdir=outdir)
     files = [Path(os.path.realpath(path)).relative_to(root).as_posix() for path in result.paths]
     return Outcome(result.images, result.seeds, result.infotexts, result.request_used.to_data(), result.model, files,
                    result.interrupted)
+
+
+def _fresh_job_folder(engine: Engine, root: Path, job: Job) -> Path:
+    """`outputs/jobs/<job id>`, emptied: a job runs again only when an earlier run of it never finished (its
+    process was killed, or its Celery message redelivered), and what that run wrote was never reported to anyone,
+    so the run again replaces it instead of adding a second set of outputs."""
+    if not re.fullmatch(r"[0-9a-f]{32}", job.id):  # Job.new's ids; anything else must never name a folder
+        raise ValueError(f"not a job id: {job.id[:40]!r}")
+    folder = root / "jobs" / job.id
+    if folder.exists():
+        engine.gallery.remove_under(folder)
+        shutil.rmtree(folder)
+    return folder
 
 
 def png_base64(image: Image.Image, infotext: str | None = None) -> str:

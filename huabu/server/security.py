@@ -11,20 +11,25 @@ import binascii
 import hmac
 import io
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException
 
 from huabu.core.errors import BadImage, HuabuError, InvalidRequest
+from huabu.core.hosts import foreign_host, send_json_error
 from huabu.server.config import Limits, ServerConfig
 
 OPEN_PATHS = ("/health",)  # answer without credentials: load balancers and `huabu serve` readiness checks
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 # Served files get one of these types by extension; anything else (html, svg, js, ...) is never served.
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -98,9 +103,9 @@ class Guard:
         await self.app(scope, capped_receive, send)
 
     def _check(self, scope: dict, headers: dict[str, str]) -> tuple[int, str, dict] | None:
-        host = _hostname(headers.get("host", ""))
-        if self.config.is_loopback and host not in (*LOOPBACK_NAMES, self.config.host):
-            return 421, f"this server answers to localhost only, not to host {host!r}", {}
+        misdirected = foreign_host(headers.get("host", ""), self.config.host)
+        if misdirected is not None:
+            return 421, misdirected, {}
         if scope["path"] not in OPEN_PATHS and self.config.requires_auth and not self._authorised(headers):
             extra = {"www-authenticate": 'Basic realm="huabu"'} if self._basic else {}
             return 401, "authentication required: send Authorization: Bearer <key> or HTTP Basic credentials", extra
@@ -128,27 +133,98 @@ class Guard:
         return ok
 
 
-def _hostname(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 def _same_origin(origin: str, host_header: str) -> bool:
     parts = urlsplit(origin)
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host_header.lower()
 
 
 async def _send_error(send, status: int, message: str, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": _REASONS.get(status, "Error"), "detail": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json_error(send, status, _REASONS.get(status, "Error"), message, extra)
 
 
 _REASONS = {401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge", 421: "MisdirectedRequest"}
+
+
+# --- JSON bodies ------------------------------------------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_json_body(body: bytes, limits: Limits) -> Any:
+    """A request body parsed as JSON, refused with one line (HTTPException 400/413) when it could hurt the server:
+    more values than `limits.max_json_items` (a 24 MB `[{},{},...]` would take ~50x its size as Python objects, so
+    values are counted in the bytes before anything is parsed), NaN or Infinity (not JSON; they would come back as
+    bare NaN), or strings that are not Unicode (an unpaired surrogate such as "\\ud800" cannot be stored or sent)."""
+    items = body.count(b"{") + body.count(b"[") + body.count(b",")  # an upper bound: each value but one needs one
+    if items > limits.max_json_items:
+        raise HTTPException(413, f"request body holds up to {items} JSON values; the limit is {limits.max_json_items}")
+    data = json.loads(body, parse_constant=_not_a_number, parse_float=_finite)
+    _check_strings(data)
+    return data
+
+
+def _not_a_number(token: str) -> float:
+    raise HTTPException(400, f"request body holds {token}, which JSON does not allow; send a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise HTTPException(400, f"request body holds the number {text[:40]}, which is too large for a float")
+    return value
+
+
+def _check_strings(data: Any) -> None:
+    """Every key and string anywhere in `data` must be encodable text (iterative: nesting depth costs no stack)."""
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise HTTPException(400, f"{where or 'request body'}: text holds an unpaired UTF-16 surrogate "
+                                         f"(a broken \\uD800-\\uDFFF escape); send valid Unicode")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                pending.append((f"{where}.{key}" if where else str(key), key))
+                pending.append((f"{where}.{key}" if where else str(key), item))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+
+
+class CheckedRequest(Request):
+    """A request whose JSON body goes through `parse_json_body` (FastAPI parses bodies with `Request.json`)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json_body(await self.body(), self.app.state.huabu.config.limits)
+        return self._json
+
+
+class CheckedRoute(APIRoute):
+    """The routers' route class: bodies are parsed by CheckedRequest (FastAPI's documented custom-request hook)."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request):
+            return await handler(CheckedRequest(request.scope, request.receive))
+
+        return checked
+
+
+class SafeJSONResponse(JSONResponse):
+    """Every answer is JSON, even for data that strict UTF-8 JSON cannot hold (a job stored by an older version
+    with an unpaired surrogate or a NaN): such values go out \\u-escaped, or as null, instead of failing the
+    whole listing with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+        except ValueError:  # NaN or Infinity
+            cleaned = json.loads(json.dumps(content), parse_constant=lambda _: None)
+            return json.dumps(cleaned, separators=(",", ":")).encode("ascii")
 
 
 # --- images received over HTTP --------------------------------------------------------------------------------

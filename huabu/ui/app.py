@@ -191,11 +191,19 @@ class Studio:
     def launch(self, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False,
                auth: list[tuple[str, str]] | None = None):
         """Serve the studio; `block=False` returns at once (tests), leaving the server running in a thread. With
-        `auth` (user, password) pairs, gradio's login guards the page, its API and its files."""
+        `auth` (user, password) pairs, gradio's login guards the page, its API and its files. On a loopback bind only
+        loopback Host names are answered (DNS rebinding; gradio itself answers any Host)."""
+        from starlette.middleware import Middleware
+
+        from huabu.core.atomic import sweep_temporaries
+        from huabu.core.hosts import LoopbackHostGuard
+
+        sweep_temporaries(self.settings.outputs_dir)
         demo = self.build()
         demo.queue(max_size=64)
         demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, auth=auth,
-                    allowed_paths=[str(self.settings.outputs_dir)], css=CSS, footer_links=["api"])
+                    allowed_paths=[str(self.settings.outputs_dir)], css=CSS, footer_links=["api"],
+                    app_kwargs={"middleware": [Middleware(LoopbackHostGuard, bind_host=host)]})
         return demo
 
 
