@@ -64,7 +64,13 @@ def test_stills_match_what_the_engine_wrote_before_the_table(case):
     request, seed, loras, extra = STILLS[case]
     loras = _loras() if loras == "loras" else loras
     ours = output_params(request, MODEL, loras, dict(extra), seed=seed)
-    assert [list(item) for item in ours.items()] == GOLDEN[f"still:{case}"]
+    assert _written(ours) == _written(dict(GOLDEN[f"still:{case}"]))
+
+
+def _written(params: dict) -> list[list]:
+    """The fields an infotext shows, in order: rows added since (variation seeds, hires fix) are None for these
+    requests and write nothing."""
+    return [[key, value] for key, value in params.items() if value is not None]
 
 
 VIDEOS = {

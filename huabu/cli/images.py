@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from huabu.cli.options import (Subparsers, add_generation_options, add_runtime_options, control_units_from_args,
-                               parse_lora, quiet_libraries, settings_from_args)
+from huabu.cli.options import (Subparsers, add_generation_options, add_hires_options, add_runtime_options,
+                               control_units_from_args, parse_lora, quiet_libraries, settings_from_args)
 from huabu.core.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -26,12 +26,29 @@ def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
                   cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, seed=args.seed, width=width,
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
                   checkpoint_config=args.checkpoint_config, clip_skip=args.clip_skip,
-                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args))
+                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args),
+                  **_variation_fields(args), **_hires_fields(args))
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
         fields.update(mask=str(args.mask), mask_blur=args.mask_blur)
     return GenerateRequest.create(**fields)
+
+
+def _variation_fields(args: argparse.Namespace) -> dict:
+    width, height = args.seed_resize_from or (0, 0)
+    return dict(subseed=args.subseed, subseed_strength=args.subseed_strength, seed_resize_from_w=width,
+                seed_resize_from_h=height)
+
+
+def _hires_fields(args: argparse.Namespace) -> dict:
+    scale, resize = getattr(args, "hires", None), getattr(args, "hires_resize", None)
+    if scale is None and resize is None:
+        return {}
+    width, height = resize or (0, 0)
+    return dict(enable_hr=True, hr_scale=scale or 2.0, hr_resize_x=width, hr_resize_y=height,
+                hr_second_pass_steps=args.hires_steps, denoising_strength=args.denoise, hr_upscaler=args.upscaler,
+                hr_sampler=args.hires_sampler, hr_prompt=args.hires_prompt, hr_negative_prompt=args.hires_negative)
 
 
 def progress_bars() -> tuple[Callable, Callable[[], None]]:
@@ -79,6 +96,7 @@ def run_generation(args: argparse.Namespace, mode: str) -> int:
 def register_generate(sub: Subparsers) -> None:
     parser = sub.add_parser("generate", help="text to image", description="Generate images from a prompt.")
     add_generation_options(parser)
+    add_hires_options(parser)
     parser.set_defaults(handler=lambda args: run_generation(args, "txt2img"))
 
 

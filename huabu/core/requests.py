@@ -149,12 +149,43 @@ class GenerateRequest(RequestModel):
     clip_skip: int = Field(default=1, ge=1, le=12)
     loras: list[LoraSpec] = Field(default_factory=list)
     controlnets: list[ControlUnit] = Field(default_factory=list)
+    # Variation seeds (A1111): the seed's noise slerped towards the subseed's; -1 picks a random subseed.
+    subseed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Draw the noise at this size and centre it in the output's (keeps a composition across sizes); <= 0: off.
+    seed_resize_from_w: int = Field(default=0, ge=-1, le=4096)
+    seed_resize_from_h: int = Field(default=0, ge=-1, le=4096)
+    # Hires fix (txt2img): upscale the first pass to hr_scale (or hr_resize_x/y) and repaint it with img2img at
+    # denoising_strength for hr_second_pass_steps (0: steps).
+    enable_hr: bool = False
+    hr_scale: float = Field(default=2.0, ge=1.0, le=8.0)
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = Field(default=0, ge=0, le=150)
+    hr_resize_x: int = Field(default=0, ge=0, le=8192)
+    hr_resize_y: int = Field(default=0, ge=0, le=8192)
+    hr_sampler: str | None = None  # None: the first pass's sampler
+    hr_prompt: str = ""  # "": the prompt
+    hr_negative_prompt: str = ""
 
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
         _check_sampler(value)
         return value
+
+    @field_validator("hr_sampler")
+    @classmethod
+    def _known_hr_sampler(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_sampler(value)
+        return value
+
+    @property
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the noise is drawn at, when seed_resize_from_w/h are both set."""
+        if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
+            return self.seed_resize_from_w, self.seed_resize_from_h
+        return None
 
     @model_validator(mode="after")
     def _mode_inputs(self) -> "GenerateRequest":
@@ -167,6 +198,12 @@ class GenerateRequest(RequestModel):
             raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")
         if self.mode != "txt2img":
             _check_steps_left(self.steps, self.denoising_strength)
+        if self.enable_hr:
+            if self.mode != "txt2img":
+                raise ValueError(f"the hires fix (enable_hr) is a txt2img option; {self.mode} takes the size you ask "
+                                 f"for directly")
+            if self.denoising_strength <= 0:
+                raise ValueError("the hires fix needs a denoising strength above 0 (0 would leave the upscale as is)")
         return self
 
 

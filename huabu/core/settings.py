@@ -89,6 +89,11 @@ class Settings:
         from_env.update({k: v for k, v in overrides.items() if v is not None})
         return cls.for_home(home, **from_env)
 
+    @property
+    def upscalers_dir(self) -> Path:
+        """ESRGAN-family upscaler weights (.pth / .safetensors), loaded with spandrel."""
+        return self.home / "upscalers"
+
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -18,16 +18,19 @@ from typing import Any, Callable
 from PIL import Image
 
 from huabu.core.gallery import Gallery
-from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
+from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.core.settings import Settings
 from huabu.engine.controlnets import ControlNetManager
 from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.extensions import PromptSchedule
 from huabu.engine.job import (Job, Progress, Prompter, callback_tensors, encode_prompts, prepare, save_output,
                               step_callback)
+from huabu.engine.hires import HiresFix
 from huabu.engine.loras import apply_loras
 from huabu.engine.models import LoadedModel, ModelManager
+from huabu.engine.noise import batch_noise, batch_seeds, use_noise_in_add_noise, wants_noise
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
+from huabu.engine.upscalers import Upscalers
 from huabu.engine.video import VideoResult, run_video, video_target
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class Engine:
         self._book = None
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
+        self.upscalers = Upscalers()
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
                                  self._prompt_book)
 
@@ -109,46 +113,54 @@ class Engine:
         inputs = _mode_inputs(model, used, job.init_image, job.mask)
         if control:
             inputs.update(control.inputs(pipe, used.width, used.height))
+        hires = HiresFix(job, self.upscalers, encode_prompts) if used.enable_hr else None
         extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
         result = GenerationResult([], [], [], used, model.info())
         for iteration in range(used.n_iter):
-            # Past MAX_SEED the numbering wraps to 0, so every recorded seed is one a request can ask for again.
-            seeds = [(used.seed + iteration * used.batch_size + i) % (MAX_SEED + 1) for i in range(used.batch_size)]
+            seeds, subseeds = batch_seeds(used, iteration)
             if job.sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image (core.samplers.scheduler_config)
                 scheduler = job.scheduler(seeds)
             pipe.scheduler = scheduler
-            report = _still_report(iteration, used, total)
+            report = _still_report(iteration, used, total, later=hires.steps if hires else 0)
             callback = step_callback(extensions, report, progress, interrupt)
-            images = self._run(model, pipe, used, conditioning, inputs, seeds, callback, extensions)
+            latents = self._run(model, pipe, used, conditioning, inputs, seeds, subseeds, callback, extensions)
+            decoder = pipe
+            if hires is not None and not getattr(pipe, "interrupt", False):
+                first_steps = pipe.num_timesteps
+                second = _hires_callback(iteration, used, total, first_steps, hires, progress, interrupt)
+                latents, decoder = hires.run(pipe, latents, seeds, subseeds, second)
+            images, model.vae_needs_fp32 = decode_latents(decoder, latents, model.vae_needs_fp32)
             if used.mode == "inpaint":
                 images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur)
-            for seed, image in zip(seeds, images):
-                params = output_params(used, model, job.loras, extra, seed=seed)
+            for index, (seed, image) in enumerate(zip(seeds, images)):
+                params = output_params(used, model, job.loras, extra, seed=seed,
+                                       subseed=subseeds[index] if subseeds else None)
                 infotext = build_infotext(job.prompt, job.negative, params)
                 result.images.append(image)
                 result.seeds.append(seed)
                 result.infotexts.append(infotext)
                 if save:
                     self._save_image(image, seed, infotext, job, params, outdir, result)
-            if getattr(pipe, "interrupt", False):
+            if getattr(pipe, "interrupt", False) or getattr(decoder, "interrupt", False):
                 result.interrupted = True
                 break
         return result
 
     def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
-             callback, extensions) -> list:
+             subseeds: list[int], callback, extensions):
+        """One pipeline call: the latents of `seeds`."""
         import torch
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         call = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, generator=generators,
                     num_images_per_prompt=1, output_type="latent", **conditioning.initial_kwargs(), **inputs)
+        if wants_noise(request):
+            call.update(_noise_inputs(model, pipe, request, inputs, seeds, subseeds))
         if callback is not None:
             call["callback_on_step_end"] = callback
             call["callback_on_step_end_tensor_inputs"] = callback_tensors(extensions)
-        latents = pipe(**call).images
-        images, model.vae_needs_fp32 = decode_latents(pipe, latents, model.vae_needs_fp32)
-        return images
+        return pipe(**call).images
 
     def _save_image(self, image, seed: int, infotext: str, job: Job, params: dict, outdir, result) -> None:
         folder = Path(outdir) if outdir is not None else self.settings.outputs_dir
@@ -186,12 +198,39 @@ def _write_png(image: Image.Image, path: Path, infotext: str) -> Path:
     return pnginfo.save_png_atomic(image, path, infotext)
 
 
-def _still_report(iteration: int, request: GenerateRequest, total: int) -> Callable[[Any, int, dict], Progress]:
+def _still_report(iteration: int, request: GenerateRequest, total: int, done: int = 0,
+                  later: int = 0) -> Callable[[Any, int, dict], Progress]:
+    """Progress of a pipeline call's steps; `done` steps ran before it (the hires fix's first pass) and `later`
+    come after it (its second pass), so one bar covers both."""
     def report(pipe, step: int, callback_kwargs: dict) -> Progress:
-        return Progress(iteration, request.n_iter, step + 1, pipe.num_timesteps, iteration * request.batch_size,
-                        request.batch_size, total, callback_kwargs.get("latents"))
+        return Progress(iteration, request.n_iter, done + step + 1, done + pipe.num_timesteps + later,
+                        iteration * request.batch_size, request.batch_size, total, callback_kwargs.get("latents"))
 
     return report
+
+
+def _hires_callback(iteration: int, request: GenerateRequest, total: int, first_steps: int, hires: HiresFix,
+                    progress, interrupt) -> Callable[[Any], Any]:
+    """The step callback of the hires pass, given its conditioning: its prompt schedule, progress, interrupt."""
+    def make(conditioning):
+        report = _still_report(iteration, request, total, done=first_steps)
+        return step_callback([PromptSchedule(conditioning)], report, progress, interrupt)
+
+    return make
+
+
+def _noise_inputs(model: LoadedModel, pipe, request: GenerateRequest, inputs: dict, seeds: list[int],
+                  subseeds: list[int]) -> dict[str, Any]:
+    """Variation seeds and seed resize (huabu.engine.noise): txt2img (and an inpaint pipeline at strength 1) take
+    the noise as their start latents; img2img and inpaint below 1 add it to the input's latents."""
+    factor = model.vae_scale_factor
+    noise = batch_noise(request, seeds, subseeds, pipe.vae.config.latent_channels,
+                        (request.width // factor, request.height // factor), factor, pipe.unet.dtype)
+    mode = pipeline_mode(model, request.mode)
+    if mode == "txt2img" or (mode == "inpaint" and inputs.get("strength") == 1.0):
+        return {"latents": noise}
+    use_noise_in_add_noise(pipe.scheduler, noise)
+    return {}
 
 
 def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask) -> dict[str, Any]:

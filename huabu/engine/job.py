@@ -117,8 +117,10 @@ def prepare(request: Request, models: "ModelManager", prompter: Prompter) -> Job
         init_image = init_image.resize((width, height), Image.LANCZOS)
         mask = mask.resize((width, height), Image.LANCZOS) if mask is not None else None
     seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
-    used = request.model_copy(update={"seed": seed, "width": width, "height": height, "sampler": sampler.name,
-                                      "schedule_type": schedule.label})
+    update = {"seed": seed, "width": width, "height": height, "sampler": sampler.name, "schedule_type": schedule.label}
+    if getattr(request, "subseed_strength", 0) > 0 and request.subseed == -1:
+        update["subseed"] = secrets.randbelow(MAX_SEED)
+    used = request.model_copy(update=update)
     return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units)
 
 

@@ -40,20 +40,21 @@ DISCONNECT_POLL = 0.5  # seconds between looks at whether a waiting call's clien
 
 # A1111 values that mean "not used": a field holding one of these is not worth a warning.
 _NO_OPS: dict[str, tuple] = {
-    "subseed_strength": (0, None), "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None),
     "restore_faces": (False, None), "tiling": (False, None), "eta": (None,), "s_min_uncond": (None, 0),
     "s_churn": (None, 0), "s_tmax": (None, 0), "s_tmin": (None, 0), "s_noise": (None, 1),
     "refiner_checkpoint": (None, "", "None"), "refiner_switch_at": (None,), "disable_extra_networks": (False, None),
-    "firstpass_image": (None, ""), "script_name": (None, ""), "enable_hr": (False, None),
+    "firstpass_image": (None, ""), "script_name": (None, ""),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "image_cfg_scale": (None,),
     "initial_noise_multiplier": (None, 1), "latent_mask": (None, ""), "resize_mode": (0, None),
 }
 # Fields with no effect on the images (bookkeeping and UI hints): accepted silently.
-_SILENT = {"subseed", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
-           "comments", "force_task_id", "script_args", "sampler_index", "hr_scale", "hr_upscaler",
-           "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
-           "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_cfg", "hr_distilled_cfg", "inpaint_full_res_padding",
-           "mask_round", "include_init_images", "mask_blur_x", "mask_blur_y"}
+_SILENT = {"do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
+           "comments", "force_task_id", "script_args", "sampler_index", "hr_checkpoint_name", "hr_scheduler",
+           "hr_cfg", "hr_distilled_cfg", "inpaint_full_res_padding", "mask_round", "include_init_images",
+           "mask_blur_x", "mask_blur_y"}
+# The hires fix's own options huabu does not have, with the values that mean "as the first pass".
+_HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_scheduler": (None, "", "Use same scheduler"),
+               "hr_cfg": (None,), "hr_distilled_cfg": (None,)}
 
 
 class _A1111Base(BaseModel):
@@ -179,7 +180,7 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     limits = catalog.limits
     data: dict[str, Any] = fields_from_api(req.model_dump())  # steps, cfg_scale, seed, size ... by the table's names
     if mode == "txt2img":
-        data.pop("denoising_strength")  # A1111 uses it there only for the hires fix
+        _hires_fields(req, data, warnings)
     data.update(mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, sampler=sampler,
                 schedule_type=schedule, batch_size=req.batch_size, n_iter=req.n_iter,
                 styles=_styles(req.styles, catalog, warnings), model=catalog.default_model,
@@ -191,6 +192,23 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     request = GenerateRequest.from_data(data)
     catalog.check_http_request(request)
     return request, warnings
+
+
+def _hires_fields(req: _A1111Base, data: dict[str, Any], warnings: list[str]) -> None:
+    """The hires fix as A1111 reads it: no upscaler means its default latent mode, "Use same sampler" the first
+    pass's; denoising_strength acts only with the fix."""
+    if not data.get("enable_hr"):
+        for name in ("denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+                     "hr_resize_y", "hr_sampler", "hr_prompt", "hr_negative_prompt"):
+            data.pop(name, None)
+        return
+    if data.get("hr_upscaler") in (None, ""):
+        data["hr_upscaler"] = "Latent"
+    if data.get("hr_sampler") in ("", "Use same sampler"):
+        data["hr_sampler"] = None
+    for name, same in _HIRES_SAME.items():
+        if getattr(req, name, None) not in same:
+            warnings.append(f"{name}: ignored (the hires pass uses the first pass's)")
 
 
 def _apply_infotext(req: _A1111Base, warnings: list[str]) -> _A1111Base:
@@ -346,8 +364,9 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
         "width": used.width, "height": used.height, "sampler_name": used.sampler, "cfg_scale": used.cfg_scale,
         "steps": used.steps, "batch_size": used.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model.get("name"), "sd_model_hash": model.get("hash"), "sd_vae_name": None,
-        "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": used.denoising_strength if used.mode != "txt2img" else None,
+        "sd_vae_hash": None, "seed_resize_from_w": used.seed_resize_from_w or -1,
+        "seed_resize_from_h": used.seed_resize_from_h or -1,
+        "denoising_strength": used.denoising_strength if used.mode != "txt2img" or used.enable_hr else None,
         "extra_generation_params": extra, "index_of_first_image": 0, "infotexts": infotexts, "styles": used.styles,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)), "clip_skip": used.clip_skip,
         "is_using_inpainting_conditioning": bool(model.get("inpaint_unet")),
