@@ -48,3 +48,21 @@ def test_variation_seed_from_the_cli_is_written_and_reproduced(huabu_env, capsys
 def test_bad_hires_and_variation_options_are_one_line(huabu_env, capsys, argv, message):
     code, _, err = run(capsys, "generate", "x", *FAST, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_inpaint_only_masked_with_fill_from_the_cli_reproduces(huabu_env, capsys, tmp_path):
+    image, mask = Image.new("RGB", (64, 64), (200, 40, 40)), Image.new("L", (64, 64), 0)
+    mask.paste(255, (40, 40, 48, 48))
+    image.save(tmp_path / "in.png")
+    mask.save(tmp_path / "mask.png")
+    code, _, err = run(capsys, "inpaint", "a leaf", "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png",
+                       "--seed", "4", "--steps", "3", "--size", "32x32", "--model", "tiny-sd", "--only-masked",
+                       "--padding", "8", "--fill", "latent-noise", "--mask-blur", "0", "-o", tmp_path / "out")
+    assert code == 0, err
+    made = tmp_path / "out" / "00000-4.png"
+    assert Image.open(made).size == (64, 64)
+    parsed = parse_infotext(read_parameters(made))
+    assert (parsed["Masked content"], parsed["Inpaint area"], parsed["Only masked padding"]) == \
+        ("latent noise", "Only masked", 8)
+    code, out, err = run(capsys, "reproduce", made, "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png")
+    assert (code, out) == (0, "match\n"), err

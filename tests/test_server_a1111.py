@@ -117,7 +117,9 @@ def test_img2img_and_inpainting_with_mask_options(client):
                                                       "inpaint_full_res": True})
     out = np.asarray(decode_png(inverted.json()["images"][0]).convert("RGB"), dtype=np.int16)
     assert np.abs(out[:, 18:] - src[:, 18:]).max() <= 2 and np.abs(out[:, :14] - src[:, :14]).mean() > 10
-    assert "inpaint_full_res" in " ".join(json.loads(inverted.json()["info"])["warnings"])
+    inverted_info = json.loads(inverted.json()["info"])
+    assert inverted_info["warnings"] == []
+    assert "Masked content: fill, Inpaint area: Only masked" in inverted_info["infotexts"][0]
 
     missing = client.post("/sdapi/v1/img2img", json={"prompt": "x", **TINY})
     assert missing.status_code == 400 and "init_images" in missing.json()["detail"]

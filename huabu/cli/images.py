@@ -31,8 +31,25 @@ def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
-        fields.update(mask=str(args.mask), mask_blur=args.mask_blur)
+        fields.update(mask=str(args.mask), mask_blur=args.mask_blur, **inpaint_fields(args))
     return GenerateRequest.create(**fields)
+
+
+FILLS = ("fill", "original", "latent-noise", "latent-nothing")  # A1111's inpainting_fill 0-3
+
+
+def add_inpaint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fill", choices=FILLS, default="original",
+                        help="what the masked area starts from: its surroundings' colours (fill), the image "
+                             "(original), noise or nothing in latent space")
+    parser.add_argument("--only-masked", action="store_true",
+                        help="inpaint a crop around the mask at --size (default: the model's) and paste it back")
+    parser.add_argument("--padding", type=int, default=32, help="pixels around the mask in the --only-masked crop")
+
+
+def inpaint_fields(args: argparse.Namespace) -> dict:
+    return dict(inpainting_fill=FILLS.index(args.fill), inpaint_full_res=args.only_masked,
+                inpaint_full_res_padding=args.padding)
 
 
 def _variation_fields(args: argparse.Namespace) -> dict:
@@ -116,6 +133,7 @@ def register_inpaint(sub: Subparsers) -> None:
     parser.add_argument("--mask", type=Path, required=True, help="mask image of the same size: white = repaint")
     parser.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
     parser.add_argument("--mask-blur", type=int, default=4, help="soften the mask edge when pasting back (pixels)")
+    add_inpaint_options(parser)
     parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
 
 

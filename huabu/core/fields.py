@@ -75,6 +75,19 @@ def _always(values: Mapping[str, Any]) -> bool:
     return True
 
 
+FILL_NAMES = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0-3
+
+
+def _choice(value: object, names: tuple[str, ...]) -> int:
+    if str(value) not in names:
+        raise ValueError(f"{str(value)[:50]!r} is not one of {', '.join(names)}")
+    return names.index(str(value))
+
+
+def _inpaint(values: Mapping[str, Any]) -> bool:
+    return values.get("mode") == "inpaint"
+
+
 def _hires(values: Mapping[str, Any]) -> bool:
     return bool(values.get("enable_hr"))
 
@@ -144,6 +157,15 @@ FIELDS: tuple[InfotextField, ...] = (
        written=lambda values: _hires(values) and values["hr_second_pass_steps"] > 0, api=("hr_second_pass_steps",)),
     _F("Hires upscaler", ("hr_upscaler",), _text, written=_hires, api=("hr_upscaler",)),
     _F("Mask blur", ("mask_blur",), _whole, written=lambda values: values["mode"] == "inpaint"),
+    # huabu's own: A1111 keeps these out of its infotexts, but an image cannot be remade without them.
+    _F("Masked content", ("inpainting_fill",), lambda value: (_choice(value, FILL_NAMES),),
+       lambda fill: FILL_NAMES[fill], lambda values: _inpaint(values) and values["inpainting_fill"] != 1,
+       api=("inpainting_fill",)),
+    _F("Inpaint area", ("inpaint_full_res",), lambda value: (str(value) == "Only masked",),
+       lambda full: "Only masked", lambda values: _inpaint(values) and values["inpaint_full_res"],
+       api=("inpaint_full_res",)),
+    _F("Only masked padding", ("inpaint_full_res_padding",), _whole,
+       written=lambda values: _inpaint(values) and values["inpaint_full_res"], api=("inpaint_full_res_padding",)),
     _F("Lora hashes", ("lora_hashes",), _text),
     _F("Frames", ("frames",), _whole),
     _F("FPS", ("fps",), _whole),

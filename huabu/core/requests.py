@@ -149,6 +149,11 @@ class GenerateRequest(RequestModel):
     clip_skip: int = Field(default=1, ge=1, le=12)
     loras: list[LoraSpec] = Field(default_factory=list)
     controlnets: list[ControlUnit] = Field(default_factory=list)
+    # Inpainting as A1111 offers it: what the masked area starts from (0 fill, 1 original, 2 latent noise,
+    # 3 latent nothing) and "only masked" (inpaint a crop around the mask, padded, at the generation size).
+    inpainting_fill: int = Field(default=1, ge=0, le=3)
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=1024)
     # Variation seeds (A1111): the seed's noise slerped towards the subseed's; -1 picks a random subseed.
     subseed: int = Field(default=-1, ge=-1, le=MAX_SEED)
     subseed_strength: float = Field(default=0.0, ge=0.0, le=1.0)

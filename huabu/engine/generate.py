@@ -28,7 +28,8 @@ from huabu.engine.job import (Job, Progress, Prompter, callback_tensors, encode_
 from huabu.engine.hires import HiresFix
 from huabu.engine.loras import apply_loras
 from huabu.engine.models import LoadedModel, ModelManager
-from huabu.engine.noise import batch_noise, batch_seeds, use_noise_in_add_noise, wants_noise
+from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, latent_mask, use_latent_fill
+from huabu.engine.noise import batch_noise, batch_seeds, seed_noise, use_noise_in_add_noise, wants_noise
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.engine.upscalers import Upscalers
 from huabu.engine.video import VideoResult, run_video, video_target
@@ -124,7 +125,8 @@ class Engine:
             pipe.scheduler = scheduler
             report = _still_report(iteration, used, total, later=hires.steps if hires else 0)
             callback = step_callback(extensions, report, progress, interrupt)
-            latents = self._run(model, pipe, used, conditioning, inputs, seeds, subseeds, callback, extensions)
+            latents = self._run(model, pipe, used, conditioning, inputs, seeds, subseeds, callback, extensions,
+                                job.mask)
             decoder = pipe
             if hires is not None and not getattr(pipe, "interrupt", False):
                 first_steps = pipe.num_timesteps
@@ -133,6 +135,8 @@ class Engine:
             images, model.vae_needs_fp32 = decode_latents(decoder, latents, model.vae_needs_fp32)
             if used.mode == "inpaint":
                 images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur)
+            if job.area is not None:
+                images = [job.area.paste(image, used.mask_blur) for image in images]
             for index, (seed, image) in enumerate(zip(seeds, images)):
                 params = output_params(used, model, job.loras, extra, seed=seed,
                                        subseed=subseeds[index] if subseeds else None)
@@ -148,7 +152,7 @@ class Engine:
         return result
 
     def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
-             subseeds: list[int], callback, extensions):
+             subseeds: list[int], callback, extensions, mask=None):
         """One pipeline call: the latents of `seeds`."""
         import torch
 
@@ -157,6 +161,8 @@ class Engine:
                     num_images_per_prompt=1, output_type="latent", **conditioning.initial_kwargs(), **inputs)
         if wants_noise(request):
             call.update(_noise_inputs(model, pipe, request, inputs, seeds, subseeds))
+        if mask is not None and request.inpainting_fill in (LATENT_NOISE, LATENT_NOTHING):
+            _latent_fill(model, pipe, request, mask, seeds)
         if callback is not None:
             call["callback_on_step_end"] = callback
             call["callback_on_step_end_tensor_inputs"] = callback_tensors(extensions)
@@ -217,6 +223,14 @@ def _hires_callback(iteration: int, request: GenerateRequest, total: int, first_
         return step_callback([PromptSchedule(conditioning)], report, progress, interrupt)
 
     return make
+
+
+def _latent_fill(model: LoadedModel, pipe, request: GenerateRequest, mask, seeds: list[int]) -> None:
+    """inpainting_fill 2 / 3: the masked latents start from each seed's noise, or from nothing."""
+    factor = model.vae_scale_factor
+    size = (request.width // factor, request.height // factor)
+    noise = seed_noise(seeds, (pipe.vae.config.latent_channels, size[1], size[0]), pipe.unet.dtype)
+    use_latent_fill(pipe.scheduler, latent_mask(mask, size), request.inpainting_fill, noise)
 
 
 def _noise_inputs(model: LoadedModel, pipe, request: GenerateRequest, inputs: dict, seeds: list[int],

@@ -89,6 +89,13 @@ def batch_noise(request: GenerateRequest, seeds: list[int], subseeds: list[int],
                         for seed, sub in zip(seeds, subs)])
 
 
+def seed_noise(seeds: list[int], shape: tuple[int, int, int], dtype: Any) -> Any:
+    """(B, C, H, W): each seed's own first draw at `shape`, as diffusers would draw it."""
+    import torch
+
+    return torch.stack([_randn(seed, shape, dtype) for seed in seeds])
+
+
 def use_noise_in_add_noise(scheduler: Any, noise: Any) -> None:
     """Make an img2img pipeline noise its start latents with `noise`: diffusers' img2img and inpaint pipelines draw
     their noise inside prepare_latents and take no noise argument; scheduler.add_noise is where it enters."""

@@ -50,7 +50,7 @@ _NO_OPS: dict[str, tuple] = {
 # Fields with no effect on the images (bookkeeping and UI hints): accepted silently.
 _SILENT = {"do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
            "comments", "force_task_id", "script_args", "sampler_index", "hr_checkpoint_name", "hr_scheduler",
-           "hr_cfg", "hr_distilled_cfg", "inpaint_full_res_padding", "mask_round", "include_init_images",
+           "hr_cfg", "hr_distilled_cfg", "mask_round", "include_init_images",
            "mask_blur_x", "mask_blur_y"}
 # The hires fix's own options huabu does not have, with the values that mean "as the first pass".
 _HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_scheduler": (None, "", "Use same scheduler"),
@@ -289,11 +289,8 @@ def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings:
     if req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
         warnings.append(f"mask_blur_x/mask_blur_y: one radius is used for both ({blur})")
     data["mask_blur"] = blur
-    if req.inpainting_fill not in (0, 1):
-        warnings.append(f"inpainting_fill: {req.inpainting_fill} ignored; huabu starts from the original image "
-                        f"under the mask (A1111's 'original')")
-    if req.inpaint_full_res:
-        warnings.append("inpaint_full_res: ignored; huabu inpaints at the whole picture's resolution")
+    data.update(inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
+                inpaint_full_res_padding=req.inpaint_full_res_padding)
 
 
 def _inverted(data_url: str) -> str:
