@@ -31,15 +31,19 @@ def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
-        fields.update(mask=str(args.mask), mask_blur=args.mask_blur, **inpaint_fields(args))
+        fields.update(mask_blur=args.mask_blur, **inpaint_fields(args))
+        if getattr(args, "mask", None) is not None:
+            fields["mask"] = str(args.mask)
+        for side in ("left", "right", "up", "down"):
+            fields[f"outpaint_{side}"] = getattr(args, side, 0)
     return GenerateRequest.create(**fields)
 
 
 FILLS = ("fill", "original", "latent-noise", "latent-nothing")  # A1111's inpainting_fill 0-3
 
 
-def add_inpaint_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fill", choices=FILLS, default="original",
+def add_inpaint_options(parser: argparse.ArgumentParser, fill: str = "original") -> None:
+    parser.add_argument("--fill", choices=FILLS, default=fill,
                         help="what the masked area starts from: its surroundings' colours (fill), the image "
                              "(original), noise or nothing in latent space")
     parser.add_argument("--only-masked", action="store_true",
@@ -137,6 +141,20 @@ def register_inpaint(sub: Subparsers) -> None:
     parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
 
 
+def register_outpaint(sub: Subparsers) -> None:
+    parser = sub.add_parser("outpaint", help="extend an image beyond its borders",
+                            description="Grow the canvas by the given pixels on each side and paint the new border "
+                                        "to continue the picture; the original pixels are kept as they are.")
+    add_generation_options(parser)
+    parser.add_argument("--image", type=Path, required=True, help="input image")
+    for side in ("left", "right", "up", "down"):
+        parser.add_argument(f"--{side}", type=int, default=0, metavar="PIXELS", help=f"pixels to add {side}")
+    parser.add_argument("--strength", type=float, default=0.9, help="denoising strength 0..1 of the new border")
+    parser.add_argument("--mask-blur", type=int, default=4, help="soften the seam, on the new side only (pixels)")
+    add_inpaint_options(parser, fill="fill")
+    parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
+
+
 # --- reproduce / png-info / history ------------------------------------------------------------------------
 
 def register_reproduce(sub: Subparsers) -> None:
@@ -175,13 +193,13 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
     if mode != "txt2img" and image is None:
         raise InvalidRequest(f"this image was made by {mode}; its source image is not stored in the PNG: pass it "
                              f"with --image{' and --mask' if mode == 'inpaint' else ''}")
-    if mode == "inpaint" and mask is None:
+    if mode == "inpaint" and mask is None and "Outpaint" not in parsed:
         raise InvalidRequest("this image was made by inpaint: pass its mask with --mask")
     data = infotext_to_request_fields(parsed)
     data.update(mode=mode, model=model)
     if mode != "txt2img":
         data["init_image"] = str(image)
-    if mode == "inpaint":
+    if mode == "inpaint" and "Outpaint" not in parsed:
         data["mask"] = str(mask)
     units = data.get("controlnets", [])
     control_images = list(control_images or [])

@@ -84,6 +84,17 @@ def _choice(value: object, names: tuple[str, ...]) -> int:
     return names.index(str(value))
 
 
+SIDES = ("left", "right", "up", "down")
+_SIDES = re.compile(r"^left (\d+) right (\d+) up (\d+) down (\d+)$")
+
+
+def _sides(value: object) -> tuple[int, int, int, int]:
+    match = _SIDES.match(str(value))
+    if not match:
+        raise ValueError(f"{str(value)[:50]!r} is not 'left N right N up N down N'")
+    return tuple(int(group) for group in match.groups())
+
+
 def _inpaint(values: Mapping[str, Any]) -> bool:
     return values.get("mode") == "inpaint"
 
@@ -166,6 +177,9 @@ FIELDS: tuple[InfotextField, ...] = (
        api=("inpaint_full_res",)),
     _F("Only masked padding", ("inpaint_full_res_padding",), _whole,
        written=lambda values: _inpaint(values) and values["inpaint_full_res"], api=("inpaint_full_res_padding",)),
+    _F("Outpaint", ("outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down"), _sides,
+       lambda *sides: " ".join(f"{name} {value}" for name, value in zip(SIDES, sides)),
+       lambda values: _inpaint(values) and any(values[f"outpaint_{name}"] for name in SIDES)),
     _F("Lora hashes", ("lora_hashes",), _text),
     _F("Frames", ("frames",), _whole),
     _F("FPS", ("fps",), _whole),
@@ -270,6 +284,8 @@ def infotext_mode(parsed: Mapping[str, Any]) -> str:
     unknown)."""
     if any(key in parsed for key in HIRES_KEYS):
         return "txt2img"
+    if "Outpaint" in parsed:
+        return "inpaint"
     if "Mask blur" in parsed and "Denoising strength" not in parsed:
         raise InvalidRequest("the parameters have Mask blur (inpaint) but lack Denoising strength; cannot reproduce")
     return "inpaint" if "Mask blur" in parsed else "img2img" if "Denoising strength" in parsed else "txt2img"

@@ -154,6 +154,11 @@ class GenerateRequest(RequestModel):
     inpainting_fill: int = Field(default=1, ge=0, le=3)
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = Field(default=32, ge=0, le=1024)
+    # Outpainting (inpaint mode, no mask): the canvas grows by these many pixels and the new border is painted.
+    outpaint_left: int = Field(default=0, ge=0, le=2048)
+    outpaint_right: int = Field(default=0, ge=0, le=2048)
+    outpaint_up: int = Field(default=0, ge=0, le=2048)
+    outpaint_down: int = Field(default=0, ge=0, le=2048)
     # Variation seeds (A1111): the seed's noise slerped towards the subseed's; -1 picks a random subseed.
     subseed: int = Field(default=-1, ge=-1, le=MAX_SEED)
     subseed_strength: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -186,6 +191,12 @@ class GenerateRequest(RequestModel):
         return value
 
     @property
+    def outpaint(self) -> tuple[int, int, int, int] | None:
+        """(left, right, up, down) pixels to grow the canvas by, when outpainting."""
+        sides = (self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down)
+        return sides if any(sides) else None
+
+    @property
     def seed_resize(self) -> tuple[int, int] | None:
         """(width, height) the noise is drawn at, when seed_resize_from_w/h are both set."""
         if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
@@ -197,7 +208,9 @@ class GenerateRequest(RequestModel):
         _check_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
         if self.mode in ("img2img", "inpaint") and not self.init_image:
             raise ValueError(f"{self.mode} needs an input image (init_image / --image)")
-        if self.mode == "inpaint" and not self.mask:
+        if self.outpaint and (self.mode != "inpaint" or self.mask):
+            raise ValueError("outpainting is inpaint mode without a mask: the new border is the mask")
+        if self.mode == "inpaint" and not self.mask and not self.outpaint:
             raise ValueError("inpaint needs a mask image (mask / --mask): white = repaint, black = keep")
         if self.mode == "txt2img" and (self.init_image or self.mask):
             raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")

@@ -28,7 +28,7 @@ from huabu.engine.job import (Job, Progress, Prompter, callback_tensors, encode_
 from huabu.engine.hires import HiresFix
 from huabu.engine.loras import apply_loras
 from huabu.engine.models import LoadedModel, ModelManager
-from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, latent_mask, use_latent_fill
+from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, keep_outside, latent_mask, use_latent_fill
 from huabu.engine.noise import batch_noise, batch_seeds, seed_noise, use_noise_in_add_noise, wants_noise
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.engine.upscalers import Upscalers
@@ -134,7 +134,7 @@ class Engine:
                 latents, decoder = hires.run(pipe, latents, seeds, subseeds, second)
             images, model.vae_needs_fp32 = decode_latents(decoder, latents, model.vae_needs_fp32)
             if used.mode == "inpaint":
-                images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur)
+                images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur, bool(used.outpaint))
             if job.area is not None:
                 images = [job.area.paste(image, used.mask_blur) for image in images]
             for index, (seed, image) in enumerate(zip(seeds, images)):
@@ -267,8 +267,11 @@ def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask)
     return inputs
 
 
-def _overlay(pipe, images: list, init_image: Image.Image, mask: Image.Image, blur: int) -> list:
+def _overlay(pipe, images: list, init_image: Image.Image, mask: Image.Image, blur: int, outpaint: bool) -> list:
     """Paste the original back outside the (blurred) mask, as A1111 does after inpainting: the VAE round trip
-    never returns exactly the pixels it was given."""
-    soft = pipe.mask_processor.blur(mask, blur_factor=blur) if blur > 0 else mask
+    never returns exactly the pixels it was given. Outpainting blurs only into the new border."""
+    if outpaint:
+        soft = keep_outside(mask, blur)
+    else:
+        soft = pipe.mask_processor.blur(mask, blur_factor=blur) if blur > 0 else mask
     return [pipe.image_processor.apply_overlay(soft, init_image, image) for image in images]

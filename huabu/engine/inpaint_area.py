@@ -1,7 +1,7 @@
 """A1111's inpainting options that diffusers lacks: "only masked" (crop around the mask, inpaint the crop at the
-generation size, paste it back) and the masked content to start from (fill, original, latent noise, latent
-nothing). Written here because diffusers' inpaint pipelines always work on the whole picture and always start
-from the original under the mask.
+generation size, paste it back), the masked content to start from (fill, original, latent noise, latent
+nothing) and outpainting's grown canvas. Written here because diffusers' inpaint pipelines always work on the
+whole picture and always start from the original under the mask.
 """
 
 from __future__ import annotations
@@ -108,3 +108,23 @@ def use_latent_fill(scheduler: Any, mask: np.ndarray, fill: int, noise: Any) -> 
         return original(samples * (1 - where) + replacement * where, drawn, timesteps)
 
     scheduler.add_noise = add_noise
+
+
+def outpaint_canvas(image: Image.Image, sides: tuple[int, int, int, int]) -> tuple[Image.Image, Image.Image]:
+    """(the image on a canvas grown by (left, right, up, down) pixels, the mask of the new border). The border
+    starts as the image's edge pixels stretched outwards, as A1111's outpainting scripts do, so that even
+    "original" content continues the picture."""
+    left, right, up, down = sides
+    width, height = image.width + left + right, image.height + up + down
+    rgb = np.asarray(image.convert("RGB"))
+    canvas = np.pad(rgb, ((up, down), (left, right), (0, 0)), mode="edge")
+    mask = Image.new("L", (width, height), 255)
+    mask.paste(0, (left, up, left + image.width, up + image.height))
+    return Image.fromarray(canvas), mask
+
+
+def keep_outside(mask: Image.Image, blur: int) -> Image.Image:
+    """The blurred mask, cut back to zero wherever the hard mask is: the seam softens on the painted side only,
+    so every kept pixel stays the input's (outpainting)."""
+    soft = mask.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else mask
+    return Image.fromarray(np.minimum(np.asarray(soft), np.asarray(mask.convert("L"))))

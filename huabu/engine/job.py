@@ -23,7 +23,7 @@ from huabu.core.samplers import Sampler, parse_sampler, resolved_schedule
 from huabu.engine.controlnets import CheckedUnit, check_units
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
-from huabu.engine.inpaint_area import FILL, MaskedArea, fill_masked
+from huabu.engine.inpaint_area import FILL, MaskedArea, fill_masked, outpaint_canvas
 from huabu.engine.loras import ResolvedLora, prompt_with_loras, resolve_loras
 from huabu.engine.models import LoadedModel
 from huabu.engine.prompts.syntax import extract_loras
@@ -107,6 +107,8 @@ def prepare(request: Request, models: "ModelManager", prompter: Prompter) -> Job
     init_image = load_image(request.init_image) if request.init_image else None
     mask_spec = getattr(request, "mask", None)
     mask = load_mask(mask_spec) if mask_spec else None
+    if init_image is not None and getattr(request, "outpaint", None):
+        init_image, mask = outpaint_canvas(init_image, request.outpaint)
     control_units = check_units(request.controlnets, init_image)  # units without an image use init_image
     if mask is not None and mask.size != init_image.size:
         raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "

@@ -170,6 +170,8 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     req = _apply_infotext(req, warnings)
     fields = req.model_fields_set | set(req.model_extra or {})
     for name, no_ops in _NO_OPS.items():
+        if name == "script_name" and mode == "img2img" and req.script_name in OUTPAINT_SCRIPTS:
+            continue
         if name in fields and getattr(req, name, None) not in no_ops:
             warnings.append(f"{name}: ignored (huabu does not support it yet)")
     for name in sorted(req.model_extra or {}):
@@ -188,6 +190,8 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     _override_settings(req.override_settings, catalog, data, warnings)
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
+        if req.script_name in OUTPAINT_SCRIPTS:
+            _outpaint_script(req.script_name, req.script_args, data, warnings)
     data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
     request = GenerateRequest.from_data(data)
     catalog.check_http_request(request)
@@ -291,6 +295,41 @@ def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings:
     data["mask_blur"] = blur
     data.update(inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
                 inpaint_full_res_padding=req.inpaint_full_res_padding)
+
+
+OUTPAINT_SCRIPTS = ("Poor man's outpainting", "Outpainting mk2")
+_DIRECTIONS = ("left", "right", "up", "down")
+
+
+def _outpaint_script(name: str, args: list[Any], data: dict[str, Any], warnings: list[str]) -> None:
+    """A1111's outpainting scripts by their script_args: Poor man's (pixels, mask_blur, inpainting_fill,
+    directions) and mk2 (info, pixels, mask_blur, directions, fall-off, colour variation). mk2 starts the border
+    from matched noise; huabu starts it from latent noise, the nearest it has."""
+    defaults = [128, 4, 1, list(_DIRECTIONS)] if name.startswith("Poor") else [None, 128, 8, list(_DIRECTIONS), 1.0,
+                                                                                 0.05]
+    values = list(args[:len(defaults)]) + defaults[len(args):]
+    if name.startswith("Poor"):
+        pixels, blur, fill, directions = values
+    else:
+        _, pixels, blur, directions, falloff, variation = values
+        fill = 2
+        if (falloff, variation) != (1.0, 0.05):
+            warnings.append("script_args: mk2's fall-off and colour variation are ignored (huabu starts the border "
+                            "from latent noise)")
+    try:
+        pixels, blur, fill = int(pixels), int(blur), int(fill)
+        directions = [str(side).lower() for side in directions]
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"script_args of {name!r}: expected pixels, mask blur, ... as numbers") from None
+    unknown = sorted(set(directions) - set(_DIRECTIONS))
+    if unknown:
+        raise InvalidRequest(f"script_args of {name!r}: unknown direction(s) {', '.join(unknown)}; use left, right, "
+                             f"up, down")
+    if data.pop("mask", None):
+        warnings.append("mask: ignored (outpainting paints the new border)")
+    # As the scripts do, the output is the grown canvas whatever width/height said.
+    data.update(mode="inpaint", mask_blur=blur, inpainting_fill=fill, inpaint_full_res=False, width=None, height=None,
+                **{f"outpaint_{side}": pixels if side in directions else 0 for side in _DIRECTIONS})
 
 
 def _inverted(data_url: str) -> str:
