@@ -3,6 +3,7 @@ infotexts through it (reproduce, the studio, the A1111 API)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -197,6 +198,8 @@ def test_api_infotext_and_info_are_the_tables():
         limits = None
         default_model = None
         default_clip_skip = 1
+        options: dict = {}
+        lock = contextlib.nullcontext()
 
         def check_http_request(self, request):
             pass

@@ -73,11 +73,11 @@ def test_the_whole_a1111_request_schema_is_accepted_and_unsupported_fields_are_n
     info = json.loads(response.json()["info"])
     warned = " | ".join(info["warnings"])
     for name in ("restore_faces", "tiling", "eta", "s_churn", "refiner_checkpoint", "script_name", "alwayson_scripts.ADetailer",
-                 "some_future_field", "override_settings.eta_noise_seed_delta", "no-such-style", "DPM fast",
+                 "some_future_field", "no-such-style", "DPM fast",
                  "align_your_steps"):
         assert name in warned, name
     assert "force_task_id" not in warned and "do_not_save_samples" not in warned
-    for name in ("subseed_strength", "seed_resize_from", "enable_hr", "hr_"):  # honoured now
+    for name in ("subseed_strength", "seed_resize_from", "enable_hr", "hr_", "eta_noise_seed_delta"):  # honoured
         assert name not in warned, name
     assert info["sampler_name"] == "Euler" and info["clip_skip"] == 2 and info["styles"] == ["photo_portrait"]
     assert info["all_prompts"][0].startswith("portrait photograph of a cat")

@@ -20,7 +20,7 @@ from huabu.core.control_infotext import parse_unit, units_in_params
 from huabu.core.control_units import unit_fields_from_infotext
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest, RequestModel, VideoRequest
-from huabu.core.samplers import AUTOMATIC, find_schedule, parse_sampler
+from huabu.core.samplers import AUTOMATIC, find_schedule, parse_sampler, uses_eta_noise
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -152,6 +152,9 @@ FIELDS: tuple[InfotextField, ...] = (
        api=("denoising_strength",), info=("denoising_strength",)),
     _F("Clip skip", ("clip_skip",), _whole, written=lambda values: values["clip_skip"] > 1, info=("clip_skip",),
        setting="CLIP_stop_at_last_layers"),
+    _F("ENSD", ("eta_noise_seed_delta",), _whole,
+       written=lambda values: values["eta_noise_seed_delta"] != 0 and uses_eta_noise(values["sampler"]),
+       setting="eta_noise_seed_delta"),
     # The hires fix's fields, in the order A1111's txt2img adds them to extra_generation_params.
     _F("Hires sampler", ("hr_sampler",), _sampler, written=lambda values: _hires(values) and values["hr_sampler"]
        not in (None, values["sampler"]), api=("hr_sampler_name",)),

@@ -29,7 +29,8 @@ from huabu.engine.hires import HiresFix
 from huabu.engine.loras import apply_loras
 from huabu.engine.models import LoadedModel, ModelManager
 from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, keep_outside, latent_mask, use_latent_fill
-from huabu.engine.noise import batch_noise, batch_seeds, seed_noise, use_noise_in_add_noise, wants_noise
+from huabu.engine.noise import (batch_noise, batch_seeds, generators, seed_noise, step_seed_delta,
+                                use_noise_in_add_noise, wants_noise)
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.engine.upscalers import Upscalers
 from huabu.engine.video import VideoResult, run_video, video_target
@@ -154,12 +155,11 @@ class Engine:
     def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
              subseeds: list[int], callback, extensions, mask=None):
         """One pipeline call: the latents of `seeds`."""
-        import torch
-
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        call = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, generator=generators,
-                    num_images_per_prompt=1, output_type="latent", **conditioning.initial_kwargs(), **inputs)
-        if wants_noise(request):
+        delta = step_seed_delta(request, request.sampler)
+        call = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                    generator=generators(seeds, delta), num_images_per_prompt=1, output_type="latent",
+                    **conditioning.initial_kwargs(), **inputs)
+        if wants_noise(request) or delta:  # ENSD: the start noise stays the seed's own
             call.update(_noise_inputs(model, pipe, request, inputs, seeds, subseeds))
         if mask is not None and request.inpainting_fill in (LATENT_NOISE, LATENT_NOTHING):
             _latent_fill(model, pipe, request, mask, seeds)

@@ -17,7 +17,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
 from huabu.core.samplers import parse_sampler
 from huabu.core.upscalers import LATENT_UPSCALE_MODES
-from huabu.engine.noise import batch_noise, use_noise_in_add_noise, wants_noise
+from huabu.engine.noise import batch_noise, generators, step_seed_delta, use_noise_in_add_noise, wants_noise
 from huabu.engine.pipelines import decode_latents, mode_pipeline
 from huabu.engine.prompts.syntax import extract_loras
 from huabu.engine.samplers import build_scheduler
@@ -104,20 +104,18 @@ class HiresFix:
             callback: Callable[[Any], Any] | None) -> tuple[Any, Any]:
         """(the second pass's latents, the pipeline that made them). `callback(conditioning)` gives the step
         callback of the pass (or None)."""
-        import torch
-
         pipe = mode_pipeline(self.model, "img2img")
         pipe.scheduler = self.scheduler(seeds)
         image = self._upscaled(first_pipe, latents)
         width, height = self.size.output
         factor = self.model.vae_scale_factor
-        if wants_noise(self.request):
+        delta = step_seed_delta(self.request, self.sampler)
+        if wants_noise(self.request) or delta:
             noise = batch_noise(self.request, seeds, subseeds, latents.shape[1], (width // factor, height // factor),
                                 factor, latents.dtype)
             use_noise_in_add_noise(pipe.scheduler, noise)
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         call = dict(image=image, strength=self.request.denoising_strength, num_inference_steps=self.total_steps,
-                    guidance_scale=self.request.cfg_scale, generator=generators, num_images_per_prompt=1,
+                    guidance_scale=self.request.cfg_scale, generator=generators(seeds, delta), num_images_per_prompt=1,
                     output_type="latent", **self.conditioning.initial_kwargs())
         step = callback(self.conditioning) if callback else None
         if step is not None:

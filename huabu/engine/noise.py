@@ -11,6 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from huabu.core.requests import MAX_SEED, GenerateRequest
+from huabu.core.samplers import uses_eta_noise
+
+
+def step_seed_delta(request: GenerateRequest, sampler: str) -> int:
+    """What A1111's ENSD adds to each seed for the step noise of `sampler` (0 for deterministic samplers)."""
+    return request.eta_noise_seed_delta if request.eta_noise_seed_delta and uses_eta_noise(sampler) else 0
+
+
+def generators(seeds: list[int], delta: int) -> list[Any]:
+    """One CPU generator per image, seeded with seed + delta (wrapping past MAX_SEED)."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed((seed + delta) % (MAX_SEED + 1)) for seed in seeds]
 
 
 def wants_noise(request: GenerateRequest) -> bool:

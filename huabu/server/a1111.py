@@ -27,9 +27,10 @@ from huabu.core.errors import BadImage, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
+from huabu.server.a1111_options import current_options, encode_image, option, store_options
 from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
-from huabu.server.runner import Outcome, png_base64
+from huabu.server.runner import Outcome
 from huabu.server.security import image_data_url
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     data.update(mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, sampler=sampler,
                 schedule_type=schedule, batch_size=req.batch_size, n_iter=req.n_iter,
                 styles=_styles(req.styles, catalog, warnings), model=catalog.default_model,
-                clip_skip=catalog.default_clip_skip)
+                clip_skip=catalog.default_clip_skip, eta_noise_seed_delta=option(catalog, "eta_noise_seed_delta"))
     _override_settings(req.override_settings, catalog, data, warnings)
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
@@ -269,8 +270,8 @@ def _override_settings(overrides: dict[str, Any], catalog, data: dict[str, Any],
     for key, value in overrides.items():
         if key == "sd_model_checkpoint":
             data["model"] = catalog.resolve_model(str(value))
-        elif key == "CLIP_stop_at_last_layers":
-            data["clip_skip"] = value
+        elif key in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta"):
+            data["clip_skip" if key.startswith("CLIP") else key] = value
         elif key == "sd_vae" and value in ("Automatic", "None", None):
             continue
         else:
@@ -430,7 +431,9 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
-    images = [png_base64(image, text) for image, text in zip(outcome.images, outcome.infotexts)] if outcome else []
+    samples_format = option(state.catalog, "samples_format")
+    images = [encode_image(image, text, samples_format) for image, text in zip(outcome.images, outcome.infotexts)] \
+        if outcome else []
     parameters = req.model_dump()
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)
@@ -502,33 +505,12 @@ def skip(http: Request) -> None:
 
 @router.get("/options")
 def get_options(http: Request) -> dict[str, Any]:
-    catalog = http.app.state.huabu.catalog
-    with catalog.lock:
-        options = dict(catalog.options)
-    options.update(sd_model_checkpoint=catalog.current_model_title(),
-                   CLIP_stop_at_last_layers=catalog.default_clip_skip)
-    options.setdefault("sd_vae", "Automatic")
-    options.setdefault("samples_format", "png")
-    return options
+    return current_options(http.app.state.huabu.catalog)
 
 
 @router.post("/options")
 def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
-    """Any key round-trips; `sd_model_checkpoint` switches the default model (only to a model the server lists) and
-    `CLIP_stop_at_last_layers` the default clip skip."""
-    catalog = http.app.state.huabu.catalog
-    updates = dict(options)
-    if "sd_model_checkpoint" in updates:
-        model = catalog.resolve_model(str(updates.pop("sd_model_checkpoint")))
-        with catalog.lock:
-            catalog.default_model = model
-    if "CLIP_stop_at_last_layers" in updates:
-        value = updates.pop("CLIP_stop_at_last_layers")
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
-            raise InvalidRequest(f"CLIP_stop_at_last_layers must be an integer from 1 to 12 (got {value!r})")
-        catalog.default_clip_skip = value
-    with catalog.lock:
-        catalog.options.update(updates)
+    store_options(http.app.state.huabu.catalog, options)
 
 
 @router.get("/cmd-flags")
