@@ -49,6 +49,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-iter", type=int, default=1, help="pipeline calls (batches)")
     parser.add_argument("-o", "--output", type=Path, help="output folder (created if missing); default: "
                                                           "~/.huabu/outputs")
+    parser.add_argument("--vae", help="a VAE in ~/.huabu/vae (by name) or a path: a .safetensors file or a diffusers "
+                                      "folder; default: the model's own")
     add_variation_options(parser)
     add_prompt_options(parser)
     add_control_options(parser)

@@ -141,6 +141,8 @@ FIELDS: tuple[InfotextField, ...] = (
        api=("width", "height"), info=("width", "height")),
     _F("Model hash", ("model_hash",), _text, info=("sd_model_hash",)),
     _F("Model", ("model",), _text, info=("sd_model_name",)),
+    _F("VAE hash", ("vae_hash",), _text, info=("sd_vae_hash",)),
+    _F("VAE", ("vae",), _text, info=("sd_vae_name",), setting="sd_vae"),
     _F("Variation seed", ("subseed",), _whole, written=lambda values: values["subseed_strength"] != 0,
        api=("subseed",), info=("subseed",)),
     _F("Variation seed strength", ("subseed_strength",), _number, format_number,
@@ -192,8 +194,8 @@ FIELDS: tuple[InfotextField, ...] = (
 def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,
                                model: str | None = None, model_hash: str | None = None,
                                lora_hashes: str | None = None, strength_used: bool | None = None,
-                               extra: Mapping[str, Any] | None = None, subseed: int | None = None
-                               ) -> dict[str, Any]:
+                               extra: Mapping[str, Any] | None = None, subseed: int | None = None,
+                               vae_hash: str | None = None) -> dict[str, Any]:
     """The `key: value` fields of one image or video, in A1111 1.10's order (None = left out), as
     huabu.core.pnginfo.create_infotext takes them.
 
@@ -204,7 +206,7 @@ def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed:
     SparseCtrl). `extra` (ControlNet units,
     the video model ...) follows the table's fields."""
     values: dict[str, Any] = dict(request)
-    values.update(model_hash=model_hash, lora_hashes=lora_hashes)
+    values.update(model_hash=model_hash, lora_hashes=lora_hashes, vae_hash=vae_hash)
     if seed is not None:
         values["seed"] = seed
     if subseed is not None:

@@ -142,6 +142,7 @@ class GenerateRequest(RequestModel):
     model: str | None = None
     # For single-file checkpoints whose kind cannot be detected: a bundled config name or a diffusers folder.
     checkpoint_config: str | None = None
+    vae: str | None = None  # a VAE in the VAE folder or a path; None: the model's own (A1111's sd_vae)
     init_image: str | None = None
     mask: str | None = None
     denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)

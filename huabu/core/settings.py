@@ -94,6 +94,11 @@ class Settings:
         """ESRGAN-family upscaler weights (.pth / .safetensors), loaded with spandrel."""
         return self.home / "upscalers"
 
+    @property
+    def vae_dir(self) -> Path:
+        """VAEs (--vae NAME, override_settings.sd_vae): single files or diffusers folders."""
+        return self.home / "vae"
+
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -33,6 +33,7 @@ from huabu.engine.noise import (batch_noise, batch_seeds, generators, seed_noise
                                 use_noise_in_add_noise, wants_noise)
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.engine.upscalers import Upscalers
+from huabu.engine.vaes import find_vae, load_vae, swapped_vae, vae_hash
 from huabu.engine.video import VideoResult, run_video, video_target
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Engine:
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
         self.upscalers = Upscalers()
+        self._vae: tuple[Any, Any] = (None, None)  # (file and model it was loaded for, the AutoencoderKL)
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
                                  self._prompt_book)
 
@@ -103,6 +105,17 @@ class Engine:
 
     def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
         job = prepare(request, self.models, self.prompter)
+        if job.request.vae is None:
+            return self._stills(job, progress, interrupt, save, outdir, None)
+        ref = find_vae(job.request.vae, self.settings.vae_dir)
+        key = (str(ref.path), id(job.model.pipeline))
+        if self._vae[0] != key:  # the last VAE stays loaded: a client usually asks for the same one again
+            self._vae = (key, load_vae(ref, job.model.pipeline.vae, self.settings.allow_unsafe_pickle))
+        job.request = job.request.model_copy(update={"vae": ref.name})
+        with swapped_vae(job.model, self._vae[1]):
+            return self._stills(job, progress, interrupt, save, outdir, vae_hash(ref, self.models.hashes))
+
+    def _stills(self, job: Job, progress, interrupt, save, outdir, vae_hash: str | None) -> GenerationResult:
         used, model = job.request, job.model
         control = self.controlnets.plan(job.control_units, model) if job.control_units else None
         pipe = control.pipeline(model, used.mode, used.cfg_scale) if control else mode_pipeline(model, used.mode)
@@ -140,7 +153,7 @@ class Engine:
                 images = [job.area.paste(image, used.mask_blur) for image in images]
             for index, (seed, image) in enumerate(zip(seeds, images)):
                 params = output_params(used, model, job.loras, extra, seed=seed,
-                                       subseed=subseeds[index] if subseeds else None)
+                                       subseed=subseeds[index] if subseeds else None, vae_hash=vae_hash)
                 infotext = build_infotext(job.prompt, job.negative, params)
                 result.images.append(image)
                 result.seeds.append(seed)

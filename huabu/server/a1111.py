@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
@@ -27,6 +28,9 @@ from huabu.core.errors import BadImage, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
+from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
+from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
+from huabu.engine.vaes import list_vaes
 from huabu.server.a1111_options import current_options, encode_image, option, store_options
 from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
@@ -187,7 +191,8 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     data.update(mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, sampler=sampler,
                 schedule_type=schedule, batch_size=req.batch_size, n_iter=req.n_iter,
                 styles=_styles(req.styles, catalog, warnings), model=catalog.default_model,
-                clip_skip=catalog.default_clip_skip, eta_noise_seed_delta=option(catalog, "eta_noise_seed_delta"))
+                clip_skip=catalog.default_clip_skip, eta_noise_seed_delta=option(catalog, "eta_noise_seed_delta"),
+                vae=_vae_name(option(catalog, "sd_vae"), catalog))
     _override_settings(req.override_settings, catalog, data, warnings)
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
@@ -272,10 +277,22 @@ def _override_settings(overrides: dict[str, Any], catalog, data: dict[str, Any],
             data["model"] = catalog.resolve_model(str(value))
         elif key in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta"):
             data["clip_skip" if key.startswith("CLIP") else key] = value
-        elif key == "sd_vae" and value in ("Automatic", "None", None):
-            continue
+        elif key == "sd_vae":
+            data["vae"] = _vae_name(value, catalog)
         else:
             warnings.append(f"override_settings.{key}: ignored (huabu does not support it yet)")
+
+
+def _vae_name(value: Any, catalog) -> str | None:
+    """sd_vae as A1111 takes it: Automatic / None for the model's own, else a VAE the server lists (by name only:
+    HTTP clients do not name files)."""
+    if value in AUTOMATIC_VAE:
+        return None
+    names = {ref.name: ref for ref in list_vaes(catalog.settings.vae_dir)}
+    found = names.get(str(value)) or next((ref for ref in names.values() if Path(ref.name).stem == str(value)), None)
+    if found is None:
+        raise InvalidRequest(f"sd_vae {str(value)[:80]!r} is not a VAE this server has (GET /sdapi/v1/sd-vae)")
+    return found.name
 
 
 def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings: list[str]) -> None:
@@ -569,18 +586,30 @@ def embeddings() -> dict[str, Any]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, Any]:
-    return {"txt2img": [], "img2img": []}
+    return {"txt2img": [], "img2img": [name.lower() for name in OUTPAINT_SCRIPTS]}
 
 
 @router.get("/upscalers")
 def upscalers() -> list[dict[str, Any]]:
-    return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for name in BUILTIN_UPSCALERS]
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, Any]]:
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+
+@router.get("/sd-vae")
+def sd_vae(http: Request) -> list[dict[str, Any]]:
+    return [{"model_name": ref.name, "filename": str(ref.path)}
+            for ref in list_vaes(http.app.state.huabu.settings.vae_dir)]
 
 
 def _empty_list() -> list:
     return []
 
 
-for _path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-vae", "/sd-modules", "/script-info",
-              "/extensions", "/latent-upscale-modes"):
+for _path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-modules", "/script-info",
+              "/extensions"):
     router.add_api_route(_path, _empty_list, methods=["GET"], name=_path.strip("/"))
