@@ -31,6 +31,7 @@ from huabu.core.requests import GenerateRequest
 from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
 from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
 from huabu.engine.vaes import list_vaes
+from huabu.server.a1111_extras import ExtrasBatchRequest, ExtrasSingleRequest, batch_images, extras_images
 from huabu.server.a1111_options import current_options, encode_image, option, store_options
 from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
@@ -593,6 +594,19 @@ def scripts() -> dict[str, Any]:
 def upscalers() -> list[dict[str, Any]]:
     return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
             for name in BUILTIN_UPSCALERS]
+
+
+@router.post("/extra-single-image")
+async def extra_single_image(http: Request, req: ExtrasSingleRequest) -> dict[str, Any]:
+    images, info = await run_in_threadpool(extras_images, req, [req.image], http.app.state.huabu.catalog.limits)
+    return {"html_info": info, "image": images[0]}
+
+
+@router.post("/extra-batch-images")
+async def extra_batch_images(http: Request, req: ExtrasBatchRequest) -> dict[str, Any]:
+    images, info = await run_in_threadpool(extras_images, req, batch_images(req),
+                                           http.app.state.huabu.catalog.limits)
+    return {"html_info": info, "images": images}
 
 
 @router.get("/latent-upscale-modes")
