@@ -81,3 +81,11 @@ def test_variation_seed_fields_and_info(client):
     assert parse_infotext(resized["infotexts"][0])["Seed resize from"] == "32x32"
     assert (resized["seed_resize_from_w"], resized["seed_resize_from_h"]) == (32, 32)
     assert resized["warnings"] == []
+
+
+def test_hires_output_over_the_size_limit_and_vae_paths_are_refused(client):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 1024, "height": 1024,
+                                                      "enable_hr": True, "hr_scale": 4})
+    assert response.status_code == 400 and "the hires fix's width 4096 is over this server's limit" in response.text
+    job = client.post("/api/v1/jobs", json={"kind": "image", "request": {"prompt": "x", "vae": "/etc/passwd"}})
+    assert job.status_code in (400, 403) and "vae must be a name" in job.text

@@ -166,7 +166,7 @@ class GenerateRequest(RequestModel):
     # Draw the noise at this size and centre it in the output's (keeps a composition across sizes); <= 0: off.
     seed_resize_from_w: int = Field(default=0, ge=-1, le=4096)
     seed_resize_from_h: int = Field(default=0, ge=-1, le=4096)
-    # A1111's ENSD: ancestral and SDE samplers draw their step noise from seed + this (the start noise stays the seed's).
+    # A1111's ENSD: ancestral and SDE samplers draw their step noise from seed + this (start noise: the seed's).
     eta_noise_seed_delta: int = Field(default=0, ge=0, le=MAX_SEED)
     # Hires fix (txt2img): upscale the first pass to hr_scale (or hr_resize_x/y) and repaint it with img2img at
     # denoising_strength for hr_second_pass_steps (0: steps).

@@ -10,8 +10,9 @@ the same seeds (and variation seeds) at the larger size. The pass is an img2img 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
@@ -74,7 +75,7 @@ def second_pass_steps(steps: int, strength: float) -> int:
 class HiresFix:
     """The second pass of one job: built once, run once per pipeline call on the first pass's latents."""
 
-    def __init__(self, job: "Job", upscalers: Upscalers, encode: Callable[..., Any]) -> None:
+    def __init__(self, job: Job, upscalers: Upscalers, encode: Callable[..., Any]) -> None:
         request, model = job.request, job.model
         if model.is_inpaint_unet:
             raise InvalidRequest("the hires fix needs a txt2img model; this one has a 9-channel inpainting UNet")

@@ -70,7 +70,7 @@ class MaskedArea:
 
     @classmethod
     def crop(cls, image: Image.Image, mask: Image.Image, padding: int,
-             size: tuple[int, int]) -> tuple["MaskedArea", Image.Image, Image.Image]:
+             size: tuple[int, int]) -> tuple[MaskedArea, Image.Image, Image.Image]:
         """(the area, the image crop and the mask crop, both resized to the generation `size`)."""
         box = fit_box(mask_box(mask, padding), size[0], size[1], image.width, image.height)
         crop = image.crop(box).resize(size, Image.LANCZOS)

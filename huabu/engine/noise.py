@@ -54,7 +54,8 @@ def slerp(value: float, low: Any, high: Any) -> Any:
         return low * value + high * (1 - value)
     omega = torch.acos(dot)
     so = torch.sin(omega)
-    return (torch.sin((1.0 - value) * omega) / so).unsqueeze(1) * low + (torch.sin(value * omega) / so).unsqueeze(1) * high
+    low_weight = (torch.sin((1.0 - value) * omega) / so).unsqueeze(1)
+    return low_weight * low + (torch.sin(value * omega) / so).unsqueeze(1) * high
 
 
 def _randn(seed: int, shape: tuple[int, ...], dtype: Any) -> Any:

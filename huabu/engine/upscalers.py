@@ -6,7 +6,7 @@ Model upscalers (ESRGAN family through spandrel) are not wired yet: spandrel imp
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from PIL import Image
 

@@ -7,10 +7,11 @@ hex digits of the file's sha256) go into the infotext as `VAE` and `VAE hash`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from huabu.core.errors import ModelNotFound
 from huabu.engine.checkpoints import HashCache, load_state_dict, short_hash

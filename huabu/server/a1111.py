@@ -59,8 +59,8 @@ _SILENT = {"do_not_save_samples", "do_not_save_grid", "override_settings_restore
            "hr_cfg", "hr_distilled_cfg", "mask_round", "include_init_images",
            "mask_blur_x", "mask_blur_y"}
 # The hires fix's own options huabu does not have, with the values that mean "as the first pass".
-_HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_scheduler": (None, "", "Use same scheduler"),
-               "hr_cfg": (None,), "hr_distilled_cfg": (None,)}
+_HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"),
+               "hr_scheduler": (None, "", "Use same scheduler"), "hr_cfg": (None,), "hr_distilled_cfg": (None,)}
 
 
 class _A1111Base(BaseModel):

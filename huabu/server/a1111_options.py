@@ -24,8 +24,8 @@ def current_options(catalog) -> dict[str, Any]:
     with catalog.lock:
         stored = dict(catalog.options)
     options = {**a1111_defaults(), **stored}
-    options.update(sd_model_checkpoint=catalog.current_model_title(), CLIP_stop_at_last_layers=catalog.default_clip_skip,
-                   outdir_samples=str(catalog.settings.outputs_dir))
+    options.update(sd_model_checkpoint=catalog.current_model_title(),
+                   CLIP_stop_at_last_layers=catalog.default_clip_skip, outdir_samples=str(catalog.settings.outputs_dir))
     return options
 
 
