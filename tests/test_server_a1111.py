@@ -178,7 +178,7 @@ def test_list_routes_answer_with_what_huabu_has(client):
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting",
                                                                                   "outpainting mk2"]}
-    assert [row["name"] for row in client.get("/sdapi/v1/upscalers").json()] == ["None", "Lanczos", "Nearest"]
+    assert [row["name"] for row in client.get("/sdapi/v1/upscalers").json()][:3] == ["None", "Lanczos", "Nearest"]
     assert {"Latent", "Latent (nearest-exact)"} <= {row["name"] for row in
                                                     client.get("/sdapi/v1/latent-upscale-modes").json()}
     for route in ("hypernetworks", "face-restorers", "realesrgan-models", "sd-vae", "extensions", "upscalers",

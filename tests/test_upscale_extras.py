@@ -12,6 +12,7 @@ from PIL import Image
 from server_support import LOCAL, api_settings, make_app, png_b64
 
 from huabu.cli.main import main
+from huabu.core.errors import InvalidRequest
 from huabu.engine.upscalers import Upscalers, upscale
 
 
@@ -70,3 +71,63 @@ def test_extras_routes(client):
     too_big = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(checker()), "upscaling_resize": 8,
                                                                  "resize_mode": 1, "upscaling_resize_w": 9000})
     assert too_big.status_code == 400 and "limit" in too_big.text
+
+
+@pytest.fixture
+def model_upscalers(tmp_path):
+    """Random compact networks in an upscalers folder: .safetensors, .pth (as Real-ESRGAN ships it, under
+    params_ema), and a file of another layout."""
+    import torch
+    from safetensors.torch import save_file
+
+    from huabu.engine.sr_compact import CompactSR
+
+    folder = tmp_path / "upscalers"
+    folder.mkdir()
+    torch.manual_seed(0)
+    net = CompactSR(features=8, convs=2, scale=2)
+    save_file(net.state_dict(), folder / "tiny-compact.safetensors")
+    torch.save({"params_ema": net.state_dict()}, folder / "tiny-compact-pth.pth")
+    save_file({"conv_first.weight": torch.zeros(4, 3, 3, 3)}, folder / "4x-esrgan.safetensors")
+    return folder, net
+
+
+def test_model_upscalers_load_safely_and_run(model_upscalers):
+    import torch
+
+    folder, net = model_upscalers
+    upscalers = Upscalers(folder)
+    assert {"tiny-compact", "tiny-compact-pth", "4x-esrgan"} <= set(upscalers.names())
+    image = checker()
+    out = upscalers.get("tiny-compact")(image, (32, 32))
+    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = np.round(net(x).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255)
+    assert np.abs(np.asarray(out, dtype=np.float32) - expected).max() <= 1
+    assert np.array_equal(np.asarray(out), np.asarray(upscalers.get("tiny-compact-pth")(image, (32, 32))))
+    assert upscalers.get("tiny-compact")(image, (48, 40)).size == (48, 40)  # two passes, then Lanczos
+    with pytest.raises(InvalidRequest, match="others need spandrel, which needs torchvision"):
+        upscalers.get("4x-esrgan")
+
+
+def test_hires_fix_with_a_model_upscaler(engine, model_store, model_upscalers, monkeypatch):
+    from huabu.core.pnginfo import parse_infotext
+    from huabu.core.requests import GenerateRequest
+
+    monkeypatch.setattr(engine, "upscalers", Upscalers(model_upscalers[0]))
+    result = engine.generate(GenerateRequest.create(
+        prompt="a red apple", steps=3, width=32, height=32, seed=2, model=str(model_store["folder"]),
+        enable_hr=True, hr_upscaler="tiny-compact", hr_second_pass_steps=2, denoising_strength=0.5))
+    assert result.images[0].size == (64, 64)
+    assert parse_infotext(result.infotexts[0])["Hires upscaler"] == "tiny-compact"
+
+
+def test_api_lists_and_uses_model_upscalers(client, model_upscalers, tmp_path):
+    (tmp_path / "home" / "upscalers").symlink_to(model_upscalers[0])
+    rows = {row["name"]: row for row in client.get("/sdapi/v1/upscalers").json()}
+    assert rows["tiny-compact"]["model_path"].endswith("tiny-compact.safetensors")
+    assert rows["Lanczos"]["model_path"] is None
+    done = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(checker()), "upscaler_1": "tiny-compact"})
+    assert done.status_code == 200 and _image(done.json()["image"]).size == (32, 32)
+    refused = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(checker()), "upscaler_1": "4x-esrgan"})
+    assert refused.status_code == 400 and "spandrel" in refused.text

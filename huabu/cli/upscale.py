@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from huabu.cli.options import Subparsers, parse_size
+from huabu.cli.options import Subparsers, parse_size, settings_from_args
 
 
 def register(sub: Subparsers) -> None:
     parser = sub.add_parser("upscale", help="enlarge an image (A1111's Extras)",
-                            description="Enlarge an image with an upscaler: None, Lanczos or Nearest.")
+                            description="Enlarge an image with an upscaler: None, Lanczos, Nearest, huabu-tiny-2x "
+                                        "or a Real-ESRGAN compact model in ~/.huabu/upscalers (by file name).")
     parser.add_argument("image", type=Path)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, default=2.0, help="factor (default 2)")
@@ -32,7 +33,8 @@ def run_upscale(args: argparse.Namespace) -> int:
         raise InvalidRequest("--scale must be above 0 and --visibility between 0 and 1")
     image = load_image(str(args.image), "image")
     size = target_size(image, args.scale, args.size)
-    result = upscale(image, size, args.upscaler, Upscalers(), args.upscaler_2, args.visibility)
+    folder = settings_from_args(args).upscalers_dir
+    result = upscale(image, size, args.upscaler, Upscalers(folder), args.upscaler_2, args.visibility)
     path = save_png_atomic(result, args.output, read_parameters(args.image) or None)
     print(f"{path}  ({result.width}x{result.height})")
     return 0

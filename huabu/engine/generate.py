@@ -61,7 +61,7 @@ class Engine:
         self._book = None
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
-        self.upscalers = Upscalers()
+        self.upscalers = Upscalers(settings.upscalers_dir)
         self._vae: tuple[Any, Any] = (None, None)  # (file and model it was loaded for, the AutoencoderKL)
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
                                  self._prompt_book)

@@ -30,6 +30,7 @@ from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
 from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
 from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
+from huabu.engine.upscalers import Upscalers
 from huabu.engine.vaes import list_vaes
 from huabu.server.a1111_extras import ExtrasBatchRequest, ExtrasSingleRequest, batch_images, extras_images
 from huabu.server.a1111_options import current_options, encode_image, option, store_options
@@ -591,21 +592,26 @@ def scripts() -> dict[str, Any]:
 
 
 @router.get("/upscalers")
-def upscalers() -> list[dict[str, Any]]:
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in BUILTIN_UPSCALERS]
+def upscalers(http: Request) -> list[dict[str, Any]]:
+    files = Upscalers(http.app.state.huabu.settings.upscalers_dir).files()
+    return [{"name": name, "model_name": name if name in files else None,
+             "model_path": str(files[name]) if name in files else None, "model_url": None, "scale": 4}
+            for name in [*BUILTIN_UPSCALERS, *files]]
 
 
 @router.post("/extra-single-image")
 async def extra_single_image(http: Request, req: ExtrasSingleRequest) -> dict[str, Any]:
-    images, info = await run_in_threadpool(extras_images, req, [req.image], http.app.state.huabu.catalog.limits)
+    state = http.app.state.huabu
+    images, info = await run_in_threadpool(extras_images, req, [req.image], state.catalog.limits,
+                                           Upscalers(state.settings.upscalers_dir))
     return {"html_info": info, "image": images[0]}
 
 
 @router.post("/extra-batch-images")
 async def extra_batch_images(http: Request, req: ExtrasBatchRequest) -> dict[str, Any]:
-    images, info = await run_in_threadpool(extras_images, req, batch_images(req),
-                                           http.app.state.huabu.catalog.limits)
+    state = http.app.state.huabu
+    images, info = await run_in_threadpool(extras_images, req, batch_images(req), state.catalog.limits,
+                                           Upscalers(state.settings.upscalers_dir))
     return {"html_info": info, "images": images}
 
 

@@ -43,11 +43,10 @@ class ExtrasBatchRequest(ExtrasOptions):
     imageList: list[dict[str, Any]] = []  # noqa: N815 (A1111's name)
 
 
-def extras_images(options: ExtrasOptions, images: list[str], limits) -> tuple[list[str], str]:
+def extras_images(options: ExtrasOptions, images: list[str], limits, upscalers: Upscalers) -> tuple[list[str], str]:
     """(base64 PNGs, html_info) for base64 inputs, each checked like any request image."""
     if options.resize_mode == 0 and not 0 < options.upscaling_resize <= 8:
         raise InvalidRequest(f"upscaling_resize must be above 0 and at most 8 (got {options.upscaling_resize})")
-    upscalers = Upscalers()
     results = []
     for index, text in enumerate(images):
         image = load_image(image_data_url(text, limits, f"image {index}"), f"image {index}")

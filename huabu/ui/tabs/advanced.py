@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from huabu.core.fields import FILL_NAMES
-from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
+from huabu.core.upscalers import LATENT_UPSCALE_MODES
 from huabu.engine.vaes import list_vaes
 from huabu.ui.fields import field_bounds
 from huabu.ui.i18n import Key
@@ -36,11 +36,11 @@ def build_variation(labels, prefix: str, vae_dir) -> dict[str, Any]:
                 vae=vae)
 
 
-def build_hires(labels) -> dict[str, Any]:
+def build_hires(labels, upscalers: list[str]) -> dict[str, Any]:
     with labels(gr.Accordion, label=Key("adv.hires"), open=False, elem_id="txt2img-hires"):
         enable = labels(gr.Checkbox, value=False, label=Key("adv.hires_enable"), elem_id="txt2img-hires-enable")
         with gr.Row():
-            upscaler = labels(gr.Dropdown, choices=[*LATENT_UPSCALE_MODES, *BUILTIN_UPSCALERS], value="Latent",
+            upscaler = labels(gr.Dropdown, choices=[*LATENT_UPSCALE_MODES, *upscalers], value="Latent",
                               label=Key("adv.upscaler"), elem_id="txt2img-hires-upscaler")
             scale = labels(gr.Slider, minimum=1, maximum=4, step=0.05, value=2, label=Key("adv.hires_scale"),
                            elem_id="txt2img-hires-scale")

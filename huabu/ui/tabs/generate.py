@@ -249,7 +249,8 @@ def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None
             if mode in ("img2img", "inpaint"):
                 fields["denoising_strength"] = labels(gr.Slider, minimum=0, maximum=1, step=0.01, value=0.75,
                                                       label=Key("gen.denoising"), elem_id=f"{mode}-denoising")
-            mode_options = {"txt2img": build_hires, "inpaint": build_inpaint_options, "img2img": build_outpaint}
+            mode_options = {"txt2img": lambda labels: build_hires(labels, studio.engine.upscalers.names()),
+                            "inpaint": build_inpaint_options, "img2img": build_outpaint}
             advanced = None
             if mode in mode_options:
                 advanced = {**build_variation(labels, mode, studio.settings.vae_dir), **mode_options[mode](labels)}
