@@ -1,7 +1,7 @@
 """huabu-tiny-2x: a compact super-resolution network (huabu.engine.sr_compact) trained on huabu-tiny's scenes,
 rendered at 64 px (input) and at 128 px (target: the same scene drawn at twice the size, not a resize).
 
-    python -m huabu.tiny.train_sr OUT_DIR [--steps N] [--eval]
+    python -m huabu.tiny.train_sr OUT_DIR [--steps N] [--eval] [--export FILE]
 
 Resumable: checkpoints in OUT_DIR/checkpoints (huabu.training.checkpoint) every 200 steps; `--eval` prints the
 PSNR on 100 held-out scenes at 128 px beside Lanczos's. The batch of step k is a pure function of k, so a resumed
@@ -82,15 +82,29 @@ def evaluate(model: CompactSR, count: int = 100) -> dict[str, float]:
     return {"psnr": round(float(np.mean(ours)), 2), "lanczos_psnr": round(float(np.mean(lanczos)), 2)}
 
 
+def export(model: CompactSR, path: Path) -> Path:
+    """The weights as fp16 safetensors, in the compact layout that huabu.engine.upscalers (and spandrel) load."""
+    from safetensors.torch import save_file
+
+    from huabu.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--eval", action="store_true")
+    parser.add_argument("--export", type=Path, help="write the trained weights here (fp16 safetensors)")
     args = parser.parse_args(argv)
     model = train(args.out, args.steps)
     if args.eval:
         print(json.dumps(evaluate(model.eval())), flush=True)
+    if args.export:
+        print(export(model, args.export), flush=True)
 
 
 if __name__ == "__main__":
