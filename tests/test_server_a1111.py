@@ -72,12 +72,13 @@ def test_the_whole_a1111_request_schema_is_accepted_and_unsupported_fields_are_n
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
     warned = " | ".join(info["warnings"])
-    for name in ("subseed_strength", "seed_resize_from_h", "restore_faces", "tiling", "eta", "s_churn",
-                 "refiner_checkpoint", "enable_hr", "script_name", "alwayson_scripts.ADetailer",
-                 "some_future_field", "override_settings.eta_noise_seed_delta", "no-such-style", "DPM fast",
+    for name in ("restore_faces", "tiling", "eta", "s_churn", "refiner_checkpoint", "script_name", "alwayson_scripts.ADetailer",
+                 "some_future_field", "no-such-style", "DPM fast",
                  "align_your_steps"):
         assert name in warned, name
     assert "force_task_id" not in warned and "do_not_save_samples" not in warned
+    for name in ("subseed_strength", "seed_resize_from", "enable_hr", "hr_", "eta_noise_seed_delta"):  # honoured
+        assert name not in warned, name
     assert info["sampler_name"] == "Euler" and info["clip_skip"] == 2 and info["styles"] == ["photo_portrait"]
     assert info["all_prompts"][0].startswith("portrait photograph of a cat")
     assert len(response.json()["images"]) == 1
@@ -116,7 +117,9 @@ def test_img2img_and_inpainting_with_mask_options(client):
                                                       "inpaint_full_res": True})
     out = np.asarray(decode_png(inverted.json()["images"][0]).convert("RGB"), dtype=np.int16)
     assert np.abs(out[:, 18:] - src[:, 18:]).max() <= 2 and np.abs(out[:, :14] - src[:, :14]).mean() > 10
-    assert "inpaint_full_res" in " ".join(json.loads(inverted.json()["info"])["warnings"])
+    inverted_info = json.loads(inverted.json()["info"])
+    assert inverted_info["warnings"] == []
+    assert "Masked content: fill, Inpaint area: Only masked" in inverted_info["infotexts"][0]
 
     missing = client.post("/sdapi/v1/img2img", json={"prompt": "x", **TINY})
     assert missing.status_code == 400 and "init_images" in missing.json()["detail"]
@@ -173,7 +176,11 @@ def test_list_routes_answer_with_what_huabu_has(client):
         [("inkwash", "ink wash", "styles/inkwash.safetensors")]
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting",
+                                                                                  "outpainting mk2"]}
+    assert [row["name"] for row in client.get("/sdapi/v1/upscalers").json()][:3] == ["None", "Lanczos", "Nearest"]
+    assert {"Latent", "Latent (nearest-exact)"} <= {row["name"] for row in
+                                                    client.get("/sdapi/v1/latent-upscale-modes").json()}
     for route in ("hypernetworks", "face-restorers", "realesrgan-models", "sd-vae", "extensions", "upscalers",
                   "cmd-flags"):
         assert client.get(f"/sdapi/v1/{route}").status_code == 200, route

@@ -36,6 +36,28 @@ def _wait(predicate, what: str, timeout: float = 60.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_studio_hires_fix_variation_seed_and_outpainting(app, tmp_path):
+    from gradio_client import handle_file
+
+    from huabu.core.pnginfo import parse_infotext
+
+    _, _, _, client = app
+    images, parameters, _ = client.predict(prompt="a blue kite", steps=2, seed=5, enable_hr=True, hr_scale=2,
+                                           hr_steps=1, hr_denoising=0.5, subseed=9, subseed_strength=0.5,
+                                           api_name="/txt2img")
+    parsed = parse_infotext(parameters)
+    assert (parsed["Hires upscale"], parsed["Hires steps"], parsed["Variation seed"]) == (2, 1, 9)
+    with Image.open(images[0]["image"]) as shown:
+        assert shown.size == (64, 64)
+    source = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(source)
+    images, parameters, _ = client.predict(prompt="a blue kite", steps=2, seed=5, init_image=handle_file(str(source)),
+                                           denoising_strength=0.9, left=16, api_name="/img2img")
+    assert parse_infotext(parameters)["Outpaint"] == "left 16 right 0 up 0 down 0"
+    with Image.open(images[0]["image"]) as shown:
+        assert shown.size == (48, 32)
+
+
 def test_txt2img_returns_image_and_records_it_in_the_gallery(app):
     from huabu.core.pnginfo import read_parameters
 

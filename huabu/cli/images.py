@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from huabu.cli.options import (Subparsers, add_generation_options, add_runtime_options, control_units_from_args,
-                               parse_lora, quiet_libraries, settings_from_args)
+from huabu.cli.options import (Subparsers, add_generation_options, add_hires_options, add_runtime_options,
+                               control_units_from_args, parse_lora, quiet_libraries, settings_from_args)
 from huabu.core.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -25,13 +25,51 @@ def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
     fields = dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative, styles=args.style, steps=args.steps,
                   cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, seed=args.seed, width=width,
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
-                  checkpoint_config=args.checkpoint_config, clip_skip=args.clip_skip,
-                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args))
+                  checkpoint_config=args.checkpoint_config, vae=args.vae, clip_skip=args.clip_skip,
+                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args),
+                  **_variation_fields(args), **_hires_fields(args))
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
-        fields.update(mask=str(args.mask), mask_blur=args.mask_blur)
+        fields.update(mask_blur=args.mask_blur, **inpaint_fields(args))
+        if getattr(args, "mask", None) is not None:
+            fields["mask"] = str(args.mask)
+        for side in ("left", "right", "up", "down"):
+            fields[f"outpaint_{side}"] = getattr(args, side, 0)
     return GenerateRequest.create(**fields)
+
+
+FILLS = ("fill", "original", "latent-noise", "latent-nothing")  # A1111's inpainting_fill 0-3
+
+
+def add_inpaint_options(parser: argparse.ArgumentParser, fill: str = "original") -> None:
+    parser.add_argument("--fill", choices=FILLS, default=fill,
+                        help="what the masked area starts from: its surroundings' colours (fill), the image "
+                             "(original), noise or nothing in latent space")
+    parser.add_argument("--only-masked", action="store_true",
+                        help="inpaint a crop around the mask at --size (default: the model's) and paste it back")
+    parser.add_argument("--padding", type=int, default=32, help="pixels around the mask in the --only-masked crop")
+
+
+def inpaint_fields(args: argparse.Namespace) -> dict:
+    return dict(inpainting_fill=FILLS.index(args.fill), inpaint_full_res=args.only_masked,
+                inpaint_full_res_padding=args.padding)
+
+
+def _variation_fields(args: argparse.Namespace) -> dict:
+    width, height = args.seed_resize_from or (0, 0)
+    return dict(subseed=args.subseed, subseed_strength=args.subseed_strength, seed_resize_from_w=width,
+                seed_resize_from_h=height)
+
+
+def _hires_fields(args: argparse.Namespace) -> dict:
+    scale, resize = getattr(args, "hires", None), getattr(args, "hires_resize", None)
+    if scale is None and resize is None:
+        return {}
+    width, height = resize or (0, 0)
+    return dict(enable_hr=True, hr_scale=scale or 2.0, hr_resize_x=width, hr_resize_y=height,
+                hr_second_pass_steps=args.hires_steps, denoising_strength=args.denoise, hr_upscaler=args.upscaler,
+                hr_sampler=args.hires_sampler, hr_prompt=args.hires_prompt, hr_negative_prompt=args.hires_negative)
 
 
 def progress_bars() -> tuple[Callable, Callable[[], None]]:
@@ -79,6 +117,7 @@ def run_generation(args: argparse.Namespace, mode: str) -> int:
 def register_generate(sub: Subparsers) -> None:
     parser = sub.add_parser("generate", help="text to image", description="Generate images from a prompt.")
     add_generation_options(parser)
+    add_hires_options(parser)
     parser.set_defaults(handler=lambda args: run_generation(args, "txt2img"))
 
 
@@ -98,6 +137,21 @@ def register_inpaint(sub: Subparsers) -> None:
     parser.add_argument("--mask", type=Path, required=True, help="mask image of the same size: white = repaint")
     parser.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
     parser.add_argument("--mask-blur", type=int, default=4, help="soften the mask edge when pasting back (pixels)")
+    add_inpaint_options(parser)
+    parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
+
+
+def register_outpaint(sub: Subparsers) -> None:
+    parser = sub.add_parser("outpaint", help="extend an image beyond its borders",
+                            description="Grow the canvas by the given pixels on each side and paint the new border "
+                                        "to continue the picture; the original pixels are kept as they are.")
+    add_generation_options(parser)
+    parser.add_argument("--image", type=Path, required=True, help="input image")
+    for side in ("left", "right", "up", "down"):
+        parser.add_argument(f"--{side}", type=int, default=0, metavar="PIXELS", help=f"pixels to add {side}")
+    parser.add_argument("--strength", type=float, default=0.9, help="denoising strength 0..1 of the new border")
+    parser.add_argument("--mask-blur", type=int, default=4, help="soften the seam, on the new side only (pixels)")
+    add_inpaint_options(parser, fill="fill")
     parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
 
 
@@ -139,13 +193,13 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
     if mode != "txt2img" and image is None:
         raise InvalidRequest(f"this image was made by {mode}; its source image is not stored in the PNG: pass it "
                              f"with --image{' and --mask' if mode == 'inpaint' else ''}")
-    if mode == "inpaint" and mask is None:
+    if mode == "inpaint" and mask is None and "Outpaint" not in parsed:
         raise InvalidRequest("this image was made by inpaint: pass its mask with --mask")
     data = infotext_to_request_fields(parsed)
     data.update(mode=mode, model=model)
     if mode != "txt2img":
         data["init_image"] = str(image)
-    if mode == "inpaint":
+    if mode == "inpaint" and "Outpaint" not in parsed:
         data["mask"] = str(mask)
     units = data.get("controlnets", [])
     control_images = list(control_images or [])

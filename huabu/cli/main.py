@@ -22,6 +22,8 @@ COMMANDS = [
     "huabu.cli.images:register_generate",
     "huabu.cli.images:register_img2img",
     "huabu.cli.images:register_inpaint",
+    "huabu.cli.images:register_outpaint",
+    "huabu.cli.upscale:register",
     "huabu.cli.images:register_reproduce",
     "huabu.cli.images:register_png_info",
     "huabu.cli.images:register_history",

@@ -55,9 +55,37 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-iter", type=int, default=1, help="pipeline calls (batches)")
     parser.add_argument("-o", "--output", type=Path, help="output folder (created if missing); default: "
                                                           "~/.huabu/outputs")
+    parser.add_argument("--vae", help="a VAE in ~/.huabu/vae (by name) or a path: a .safetensors file or a diffusers "
+                                      "folder; default: the model's own")
+    add_variation_options(parser)
     add_prompt_options(parser)
     add_control_options(parser)
     add_runtime_options(parser)
+
+
+def add_variation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("variation seeds")
+    group.add_argument("--subseed", type=int, default=-1, help="variation seed (-1: random)")
+    group.add_argument("--subseed-strength", type=float, default=0.0,
+                       help="0 keeps the seed's image, 1 gives the variation seed's; between: a blend of both noises")
+    group.add_argument("--seed-resize-from", type=parse_size, metavar="WxH",
+                       help="draw the noise at this size (centred), to keep a composition at another size")
+
+
+def add_hires_options(parser: argparse.ArgumentParser) -> None:
+    """A1111's hires fix, for txt2img."""
+    group = parser.add_argument_group("hires fix")
+    group.add_argument("--hires", type=float, metavar="SCALE",
+                       help="upscale the result by SCALE and repaint it (A1111's hires fix), e.g. 2")
+    group.add_argument("--hires-resize", type=parse_size, metavar="WxH",
+                       help="hires fix to this size instead of a scale (0 for one side keeps the aspect)")
+    group.add_argument("--hires-steps", type=int, default=0, help="steps of the second pass (0: --steps)")
+    group.add_argument("--denoise", type=float, default=0.7, help="denoising strength of the second pass")
+    group.add_argument("--upscaler", default="Latent",
+                       help="Latent, 'Latent (bicubic)', 'Latent (nearest-exact)' ... or Lanczos, Nearest, None")
+    group.add_argument("--hires-sampler", help="sampler of the second pass (default: --sampler)")
+    group.add_argument("--hires-prompt", default="", help="prompt of the second pass (default: the prompt)")
+    group.add_argument("--hires-negative", default="", help="negative prompt of the second pass")
 
 
 def add_prompt_options(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from huabu.core.control_infotext import parse_unit, units_in_params
 from huabu.core.control_units import unit_fields_from_infotext
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest, RequestModel, VideoRequest
-from huabu.core.samplers import AUTOMATIC, find_schedule, parse_sampler
+from huabu.core.samplers import AUTOMATIC, find_schedule, parse_sampler, uses_eta_noise
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -75,6 +75,39 @@ def _always(values: Mapping[str, Any]) -> bool:
     return True
 
 
+FILL_NAMES = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0-3
+
+
+def _choice(value: object, names: tuple[str, ...]) -> int:
+    if str(value) not in names:
+        raise ValueError(f"{str(value)[:50]!r} is not one of {', '.join(names)}")
+    return names.index(str(value))
+
+
+SIDES = ("left", "right", "up", "down")
+_SIDES = re.compile(r"^left (\d+) right (\d+) up (\d+) down (\d+)$")
+
+
+def _sides(value: object) -> tuple[int, int, int, int]:
+    match = _SIDES.match(str(value))
+    if not match:
+        raise ValueError(f"{str(value)[:50]!r} is not 'left N right N up N down N'")
+    return tuple(int(group) for group in match.groups())
+
+
+def _inpaint(values: Mapping[str, Any]) -> bool:
+    return values.get("mode") == "inpaint"
+
+
+def _hires(values: Mapping[str, Any]) -> bool:
+    return bool(values.get("enable_hr"))
+
+
+HIRES_KEYS = ("Hires upscale", "Hires resize")  # an infotext with one of these was a txt2img with the hires fix
+# Request fields no infotext key holds alone, named alike in the A1111 API: enable_hr is read off HIRES_KEYS.
+_API_ONLY = ("enable_hr",)
+
+
 @dataclass(frozen=True)
 class InfotextField:
     """One `Key: value` of an infotext.
@@ -108,11 +141,50 @@ FIELDS: tuple[InfotextField, ...] = (
        api=("width", "height"), info=("width", "height")),
     _F("Model hash", ("model_hash",), _text, info=("sd_model_hash",)),
     _F("Model", ("model",), _text, info=("sd_model_name",)),
+    _F("VAE hash", ("vae_hash",), _text, info=("sd_vae_hash",)),
+    _F("VAE", ("vae",), _text, info=("sd_vae_name",), setting="sd_vae"),
+    _F("Variation seed", ("subseed",), _whole, written=lambda values: values["subseed_strength"] != 0,
+       api=("subseed",), info=("subseed",)),
+    _F("Variation seed strength", ("subseed_strength",), _number, format_number,
+       lambda values: values["subseed_strength"] != 0, api=("subseed_strength",), info=("subseed_strength",)),
+    _F("Seed resize from", ("seed_resize_from_w", "seed_resize_from_h"), _size, lambda w, h: f"{w}x{h}",
+       lambda values: values["seed_resize_from_w"] > 0 and values["seed_resize_from_h"] > 0,
+       api=("seed_resize_from_w", "seed_resize_from_h"), info=("seed_resize_from_w", "seed_resize_from_h")),
     _F("Denoising strength", ("denoising_strength",), _number, format_number, lambda values: values["strength_used"],
        api=("denoising_strength",), info=("denoising_strength",)),
     _F("Clip skip", ("clip_skip",), _whole, written=lambda values: values["clip_skip"] > 1, info=("clip_skip",),
        setting="CLIP_stop_at_last_layers"),
+    _F("ENSD", ("eta_noise_seed_delta",), _whole,
+       written=lambda values: values["eta_noise_seed_delta"] != 0 and uses_eta_noise(values["sampler"]),
+       setting="eta_noise_seed_delta"),
+    # The hires fix's fields, in the order A1111's txt2img adds them to extra_generation_params.
+    _F("Hires sampler", ("hr_sampler",), _sampler, written=lambda values: _hires(values) and values["hr_sampler"]
+       not in (None, values["sampler"]), api=("hr_sampler_name",)),
+    _F("Hires prompt", ("hr_prompt",), _text, written=lambda values: _hires(values) and values["hr_prompt"]
+       not in ("", values["prompt"]), api=("hr_prompt",)),
+    _F("Hires negative prompt", ("hr_negative_prompt",), _text, written=lambda values: _hires(values) and
+       values["hr_negative_prompt"] not in ("", values["negative_prompt"]), api=("hr_negative_prompt",)),
+    _F("Hires upscale", ("hr_scale",), _number, format_number,
+       lambda values: _hires(values) and not (values["hr_resize_x"] or values["hr_resize_y"]), api=("hr_scale",)),
+    _F("Hires resize", ("hr_resize_x", "hr_resize_y"), _size, lambda x, y: f"{x}x{y}",
+       lambda values: _hires(values) and bool(values["hr_resize_x"] or values["hr_resize_y"]),
+       api=("hr_resize_x", "hr_resize_y")),
+    _F("Hires steps", ("hr_second_pass_steps",), _whole,
+       written=lambda values: _hires(values) and values["hr_second_pass_steps"] > 0, api=("hr_second_pass_steps",)),
+    _F("Hires upscaler", ("hr_upscaler",), _text, written=_hires, api=("hr_upscaler",)),
     _F("Mask blur", ("mask_blur",), _whole, written=lambda values: values["mode"] == "inpaint"),
+    # huabu's own: A1111 keeps these out of its infotexts, but an image cannot be remade without them.
+    _F("Masked content", ("inpainting_fill",), lambda value: (_choice(value, FILL_NAMES),),
+       lambda fill: FILL_NAMES[fill], lambda values: _inpaint(values) and values["inpainting_fill"] != 1,
+       api=("inpainting_fill",)),
+    _F("Inpaint area", ("inpaint_full_res",), lambda value: (str(value) == "Only masked",),
+       lambda full: "Only masked", lambda values: _inpaint(values) and values["inpaint_full_res"],
+       api=("inpaint_full_res",)),
+    _F("Only masked padding", ("inpaint_full_res_padding",), _whole,
+       written=lambda values: _inpaint(values) and values["inpaint_full_res"], api=("inpaint_full_res_padding",)),
+    _F("Outpaint", ("outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down"), _sides,
+       lambda *sides: " ".join(f"{name} {value}" for name, value in zip(SIDES, sides)),
+       lambda values: _inpaint(values) and any(values[f"outpaint_{name}"] for name in SIDES)),
     _F("Lora hashes", ("lora_hashes",), _text),
     _F("Frames", ("frames",), _whole),
     _F("FPS", ("fps",), _whole),
@@ -122,23 +194,27 @@ FIELDS: tuple[InfotextField, ...] = (
 def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,
                                model: str | None = None, model_hash: str | None = None,
                                lora_hashes: str | None = None, strength_used: bool | None = None,
-                               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                               extra: Mapping[str, Any] | None = None, subseed: int | None = None,
+                               vae_hash: str | None = None) -> dict[str, Any]:
     """The `key: value` fields of one image or video, in A1111 1.10's order (None = left out), as
     huabu.core.pnginfo.create_infotext takes them.
 
     `request` is the request as used (seed, size, sampler and schedule resolved). `seed` is the image's own seed
     (default: the request's), `model` the model's name (default: the request's model), `model_hash` its short hash,
-    `lora_hashes` A1111's `Lora hashes` text. `strength_used` says whether denoising_strength acted on an input
-    image (default: img2img and inpaint; videos with an init image and no SparseCtrl). `extra` (ControlNet units,
+    `lora_hashes` A1111's `Lora hashes` text, `subseed` the image's own variation seed. `strength_used` says
+    whether denoising_strength acted (default: img2img, inpaint and the hires fix; videos with an init image and no
+    SparseCtrl). `extra` (ControlNet units,
     the video model ...) follows the table's fields."""
     values: dict[str, Any] = dict(request)
-    values.update(model_hash=model_hash, lora_hashes=lora_hashes)
+    values.update(model_hash=model_hash, lora_hashes=lora_hashes, vae_hash=vae_hash)
     if seed is not None:
         values["seed"] = seed
+    if subseed is not None:
+        values["subseed"] = subseed
     if model is not None:
         values["model"] = model
     if strength_used is None:
-        strength_used = (request.mode != "txt2img" if isinstance(request, GenerateRequest)
+        strength_used = (request.mode != "txt2img" or request.enable_hr if isinstance(request, GenerateRequest)
                          else bool(request.init_image and not request.sparse_control))
     values["strength_used"] = strength_used
     params: dict[str, Any] = {}
@@ -194,6 +270,8 @@ def infotext_values(parsed: Mapping[str, Any], errors: list[str] | None = None) 
         units = []
     if units:
         values["controlnets"] = units
+    if any(key in parsed for key in HIRES_KEYS):
+        values["enable_hr"] = True
     return values
 
 
@@ -206,8 +284,13 @@ def infotext_to_request_fields(parsed: Mapping[str, Any], request_type: type[Req
 
 
 def infotext_mode(parsed: Mapping[str, Any]) -> str:
-    """The GenerateRequest mode an infotext was made in: only inpaint writes Mask blur, only img2img and inpaint
-    Denoising strength (so Mask blur alone is an InvalidRequest: the strength to remake it with is unknown)."""
+    """The GenerateRequest mode an infotext was made in: only inpaint writes Mask blur, only img2img, inpaint and
+    the hires fix Denoising strength (so Mask blur alone is an InvalidRequest: the strength to remake it with is
+    unknown)."""
+    if any(key in parsed for key in HIRES_KEYS):
+        return "txt2img"
+    if "Outpaint" in parsed:
+        return "inpaint"
     if "Mask blur" in parsed and "Denoising strength" not in parsed:
         raise InvalidRequest("the parameters have Mask blur (inpaint) but lack Denoising strength; cannot reproduce")
     return "inpaint" if "Mask blur" in parsed else "img2img" if "Denoising strength" in parsed else "txt2img"
@@ -221,7 +304,7 @@ def missing_keys(parsed: Mapping[str, Any]) -> list[str]:
 def api_fields(values: Mapping[str, Any], column: Literal["api", "info"]) -> dict[str, Any]:
     """Request-named values (infotext_values) renamed to the A1111 API's names: column "api" for a txt2img/img2img
     payload, "info" for the `info` JSON. Values with no name there are left out."""
-    renamed: dict[str, Any] = {}
+    renamed: dict[str, Any] = {name: values[name] for name in _API_ONLY if column == "api" and name in values}
     for field in FIELDS:
         for name, outer in zip(field.names, getattr(field, column)):
             if name in values:
@@ -231,8 +314,10 @@ def api_fields(values: Mapping[str, Any], column: Literal["api", "info"]) -> dic
 
 def fields_from_api(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of api_fields(..., "api"): an A1111 payload's infotext fields, by request field name."""
-    return {name: payload[outer] for field in FIELDS for name, outer in zip(field.names, field.api)
-            if outer in payload}
+    found = {name: payload[name] for name in _API_ONLY if name in payload}
+    found.update({name: payload[outer] for field in FIELDS for name, outer in zip(field.names, field.api)
+                  if outer in payload})
+    return found
 
 
 def api_settings(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -142,6 +142,7 @@ class GenerateRequest(RequestModel):
     model: str | None = None
     # For single-file checkpoints whose kind cannot be detected: a bundled config name or a diffusers folder.
     checkpoint_config: str | None = None
+    vae: str | None = None  # a VAE in the VAE folder or a path; None: the model's own (A1111's sd_vae)
     init_image: str | None = None
     mask: str | None = None
     denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
@@ -149,6 +150,35 @@ class GenerateRequest(RequestModel):
     clip_skip: int = Field(default=1, ge=1, le=12)
     loras: list[LoraSpec] = Field(default_factory=list)
     controlnets: list[ControlUnit] = Field(default_factory=list)
+    # Inpainting as A1111 offers it: what the masked area starts from (0 fill, 1 original, 2 latent noise,
+    # 3 latent nothing) and "only masked" (inpaint a crop around the mask, padded, at the generation size).
+    inpainting_fill: int = Field(default=1, ge=0, le=3)
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=1024)
+    # Outpainting (inpaint mode, no mask): the canvas grows by these many pixels and the new border is painted.
+    outpaint_left: int = Field(default=0, ge=0, le=2048)
+    outpaint_right: int = Field(default=0, ge=0, le=2048)
+    outpaint_up: int = Field(default=0, ge=0, le=2048)
+    outpaint_down: int = Field(default=0, ge=0, le=2048)
+    # Variation seeds (A1111): the seed's noise slerped towards the subseed's; -1 picks a random subseed.
+    subseed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Draw the noise at this size and centre it in the output's (keeps a composition across sizes); <= 0: off.
+    seed_resize_from_w: int = Field(default=0, ge=-1, le=4096)
+    seed_resize_from_h: int = Field(default=0, ge=-1, le=4096)
+    # A1111's ENSD: ancestral and SDE samplers draw their step noise from seed + this (start noise: the seed's).
+    eta_noise_seed_delta: int = Field(default=0, ge=0, le=MAX_SEED)
+    # Hires fix (txt2img): upscale the first pass to hr_scale (or hr_resize_x/y) and repaint it with img2img at
+    # denoising_strength for hr_second_pass_steps (0: steps).
+    enable_hr: bool = False
+    hr_scale: float = Field(default=2.0, ge=1.0, le=8.0)
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = Field(default=0, ge=0, le=150)
+    hr_resize_x: int = Field(default=0, ge=0, le=8192)
+    hr_resize_y: int = Field(default=0, ge=0, le=8192)
+    hr_sampler: str | None = None  # None: the first pass's sampler
+    hr_prompt: str = ""  # "": the prompt
+    hr_negative_prompt: str = ""
 
     @field_validator("sampler")
     @classmethod
@@ -156,17 +186,45 @@ class GenerateRequest(RequestModel):
         _check_sampler(value)
         return value
 
+    @field_validator("hr_sampler")
+    @classmethod
+    def _known_hr_sampler(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_sampler(value)
+        return value
+
+    @property
+    def outpaint(self) -> tuple[int, int, int, int] | None:
+        """(left, right, up, down) pixels to grow the canvas by, when outpainting."""
+        sides = (self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down)
+        return sides if any(sides) else None
+
+    @property
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the noise is drawn at, when seed_resize_from_w/h are both set."""
+        if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
+            return self.seed_resize_from_w, self.seed_resize_from_h
+        return None
+
     @model_validator(mode="after")
     def _mode_inputs(self) -> "GenerateRequest":
         _check_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
         if self.mode in ("img2img", "inpaint") and not self.init_image:
             raise ValueError(f"{self.mode} needs an input image (init_image / --image)")
-        if self.mode == "inpaint" and not self.mask:
+        if self.outpaint and (self.mode != "inpaint" or self.mask):
+            raise ValueError("outpainting is inpaint mode without a mask: the new border is the mask")
+        if self.mode == "inpaint" and not self.mask and not self.outpaint:
             raise ValueError("inpaint needs a mask image (mask / --mask): white = repaint, black = keep")
         if self.mode == "txt2img" and (self.init_image or self.mask):
             raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")
         if self.mode != "txt2img":
             _check_steps_left(self.steps, self.denoising_strength)
+        if self.enable_hr:
+            if self.mode != "txt2img":
+                raise ValueError(f"the hires fix (enable_hr) is a txt2img option; {self.mode} takes the size you ask "
+                                 f"for directly")
+            if self.denoising_strength <= 0:
+                raise ValueError("the hires fix needs a denoising strength above 0 (0 would leave the upscale as is)")
         return self
 
 

@@ -135,6 +135,14 @@ def parse_sampler(name: str, schedule: str | None = None) -> tuple[Sampler, Sche
     raise InvalidRequest(f"unknown sampler {text!r}{_suggest(text, names)} (huabu samplers lists all)")
 
 
+def uses_eta_noise(name: str) -> bool:
+    """Whether a sampler draws fresh noise at its steps (ancestral and SDE samplers): what A1111's eta noise seed
+    delta (ENSD) reseeds."""
+    sampler = parse_sampler(name)[0]
+    return ("Ancestral" in sampler.scheduler or sampler.scheduler == "DPMSolverSDEScheduler"
+            or "sde" in str(sampler.options.get("algorithm_type", "")))
+
+
 def resolved_schedule(sampler: Sampler, schedule: Schedule) -> Schedule:
     """What "Automatic" stands for with this sampler; other schedules are returned as they are."""
     if schedule.label == AUTOMATIC and sampler.default_schedule:

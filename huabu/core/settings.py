@@ -89,6 +89,16 @@ class Settings:
         from_env.update({k: v for k, v in overrides.items() if v is not None})
         return cls.for_home(home, **from_env)
 
+    @property
+    def upscalers_dir(self) -> Path:
+        """ESRGAN-family upscaler weights (.pth / .safetensors), loaded with spandrel."""
+        return self.home / "upscalers"
+
+    @property
+    def vae_dir(self) -> Path:
+        """VAEs (--vae NAME, override_settings.sd_vae): single files or diffusers folders."""
+        return self.home / "vae"
+
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

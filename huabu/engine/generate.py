@@ -18,16 +18,22 @@ from typing import Any, Callable
 from PIL import Image
 
 from huabu.core.gallery import Gallery
-from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
+from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.core.settings import Settings
 from huabu.engine.controlnets import ControlNetManager
 from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.extensions import PromptSchedule
 from huabu.engine.job import (Job, Progress, Prompter, callback_tensors, encode_prompts, prepare, save_output,
                               step_callback)
+from huabu.engine.hires import HiresFix
 from huabu.engine.loras import apply_loras
 from huabu.engine.models import LoadedModel, ModelManager
+from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, keep_outside, latent_mask, use_latent_fill
+from huabu.engine.noise import (batch_noise, batch_seeds, generators, seed_noise, step_seed_delta,
+                                use_noise_in_add_noise, wants_noise)
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
+from huabu.engine.upscalers import Upscalers
+from huabu.engine.vaes import find_vae, load_vae, swapped_vae, vae_hash
 from huabu.engine.video import VideoResult, run_video, video_target
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,8 @@ class Engine:
         self._book = None
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
+        self.upscalers = Upscalers(settings.upscalers_dir)
+        self._vae: tuple[Any, Any] = (None, None)  # (file and model it was loaded for, the AutoencoderKL)
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
                                  self._prompt_book)
 
@@ -97,6 +105,17 @@ class Engine:
 
     def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
         job = prepare(request, self.models, self.prompter)
+        if job.request.vae is None:
+            return self._stills(job, progress, interrupt, save, outdir, None)
+        ref = find_vae(job.request.vae, self.settings.vae_dir)
+        key = (str(ref.path), id(job.model.pipeline))
+        if self._vae[0] != key:  # the last VAE stays loaded: a client usually asks for the same one again
+            self._vae = (key, load_vae(ref, job.model.pipeline.vae, self.settings.allow_unsafe_pickle))
+        job.request = job.request.model_copy(update={"vae": ref.name})
+        with swapped_vae(job.model, self._vae[1]):
+            return self._stills(job, progress, interrupt, save, outdir, vae_hash(ref, self.models.hashes))
+
+    def _stills(self, job: Job, progress, interrupt, save, outdir, vae_hash: str | None) -> GenerationResult:
         used, model = job.request, job.model
         control = self.controlnets.plan(job.control_units, model) if job.control_units else None
         pipe = control.pipeline(model, used.mode, used.cfg_scale) if control else mode_pipeline(model, used.mode)
@@ -109,46 +128,58 @@ class Engine:
         inputs = _mode_inputs(model, used, job.init_image, job.mask)
         if control:
             inputs.update(control.inputs(pipe, used.width, used.height))
+        hires = HiresFix(job, self.upscalers, encode_prompts) if used.enable_hr else None
         extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
         result = GenerationResult([], [], [], used, model.info())
         for iteration in range(used.n_iter):
-            # Past MAX_SEED the numbering wraps to 0, so every recorded seed is one a request can ask for again.
-            seeds = [(used.seed + iteration * used.batch_size + i) % (MAX_SEED + 1) for i in range(used.batch_size)]
+            seeds, subseeds = batch_seeds(used, iteration)
             if job.sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image (core.samplers.scheduler_config)
                 scheduler = job.scheduler(seeds)
             pipe.scheduler = scheduler
-            report = _still_report(iteration, used, total)
+            report = _still_report(iteration, used, total, later=hires.steps if hires else 0)
             callback = step_callback(extensions, report, progress, interrupt)
-            images = self._run(model, pipe, used, conditioning, inputs, seeds, callback, extensions)
+            latents = self._run(model, pipe, used, conditioning, inputs, seeds, subseeds, callback, extensions,
+                                job.mask)
+            decoder = pipe
+            if hires is not None and not getattr(pipe, "interrupt", False):
+                first_steps = pipe.num_timesteps
+                second = _hires_callback(iteration, used, total, first_steps, hires, progress, interrupt)
+                latents, decoder = hires.run(pipe, latents, seeds, subseeds, second)
+            images, model.vae_needs_fp32 = decode_latents(decoder, latents, model.vae_needs_fp32)
             if used.mode == "inpaint":
-                images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur)
-            for seed, image in zip(seeds, images):
-                params = output_params(used, model, job.loras, extra, seed=seed)
+                images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur, bool(used.outpaint))
+            if job.area is not None:
+                images = [job.area.paste(image, used.mask_blur) for image in images]
+            for index, (seed, image) in enumerate(zip(seeds, images)):
+                params = output_params(used, model, job.loras, extra, seed=seed,
+                                       subseed=subseeds[index] if subseeds else None, vae_hash=vae_hash)
                 infotext = build_infotext(job.prompt, job.negative, params)
                 result.images.append(image)
                 result.seeds.append(seed)
                 result.infotexts.append(infotext)
                 if save:
                     self._save_image(image, seed, infotext, job, params, outdir, result)
-            if getattr(pipe, "interrupt", False):
+            if getattr(pipe, "interrupt", False) or getattr(decoder, "interrupt", False):
                 result.interrupted = True
                 break
         return result
 
     def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
-             callback, extensions) -> list:
-        import torch
-
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        call = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, generator=generators,
-                    num_images_per_prompt=1, output_type="latent", **conditioning.initial_kwargs(), **inputs)
+             subseeds: list[int], callback, extensions, mask=None):
+        """One pipeline call: the latents of `seeds`."""
+        delta = step_seed_delta(request, request.sampler)
+        call = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                    generator=generators(seeds, delta), num_images_per_prompt=1, output_type="latent",
+                    **conditioning.initial_kwargs(), **inputs)
+        if wants_noise(request) or delta:  # ENSD: the start noise stays the seed's own
+            call.update(_noise_inputs(model, pipe, request, inputs, seeds, subseeds))
+        if mask is not None and request.inpainting_fill in (LATENT_NOISE, LATENT_NOTHING):
+            _latent_fill(model, pipe, request, mask, seeds)
         if callback is not None:
             call["callback_on_step_end"] = callback
             call["callback_on_step_end_tensor_inputs"] = callback_tensors(extensions)
-        latents = pipe(**call).images
-        images, model.vae_needs_fp32 = decode_latents(pipe, latents, model.vae_needs_fp32)
-        return images
+        return pipe(**call).images
 
     def _save_image(self, image, seed: int, infotext: str, job: Job, params: dict, outdir, result) -> None:
         folder = Path(outdir) if outdir is not None else self.settings.outputs_dir
@@ -186,12 +217,47 @@ def _write_png(image: Image.Image, path: Path, infotext: str) -> Path:
     return pnginfo.save_png_atomic(image, path, infotext)
 
 
-def _still_report(iteration: int, request: GenerateRequest, total: int) -> Callable[[Any, int, dict], Progress]:
+def _still_report(iteration: int, request: GenerateRequest, total: int, done: int = 0,
+                  later: int = 0) -> Callable[[Any, int, dict], Progress]:
+    """Progress of a pipeline call's steps; `done` steps ran before it (the hires fix's first pass) and `later`
+    come after it (its second pass), so one bar covers both."""
     def report(pipe, step: int, callback_kwargs: dict) -> Progress:
-        return Progress(iteration, request.n_iter, step + 1, pipe.num_timesteps, iteration * request.batch_size,
-                        request.batch_size, total, callback_kwargs.get("latents"))
+        return Progress(iteration, request.n_iter, done + step + 1, done + pipe.num_timesteps + later,
+                        iteration * request.batch_size, request.batch_size, total, callback_kwargs.get("latents"))
 
     return report
+
+
+def _hires_callback(iteration: int, request: GenerateRequest, total: int, first_steps: int, hires: HiresFix,
+                    progress, interrupt) -> Callable[[Any], Any]:
+    """The step callback of the hires pass, given its conditioning: its prompt schedule, progress, interrupt."""
+    def make(conditioning):
+        report = _still_report(iteration, request, total, done=first_steps)
+        return step_callback([PromptSchedule(conditioning)], report, progress, interrupt)
+
+    return make
+
+
+def _latent_fill(model: LoadedModel, pipe, request: GenerateRequest, mask, seeds: list[int]) -> None:
+    """inpainting_fill 2 / 3: the masked latents start from each seed's noise, or from nothing."""
+    factor = model.vae_scale_factor
+    size = (request.width // factor, request.height // factor)
+    noise = seed_noise(seeds, (pipe.vae.config.latent_channels, size[1], size[0]), pipe.unet.dtype)
+    use_latent_fill(pipe.scheduler, latent_mask(mask, size), request.inpainting_fill, noise)
+
+
+def _noise_inputs(model: LoadedModel, pipe, request: GenerateRequest, inputs: dict, seeds: list[int],
+                  subseeds: list[int]) -> dict[str, Any]:
+    """Variation seeds and seed resize (huabu.engine.noise): txt2img (and an inpaint pipeline at strength 1) take
+    the noise as their start latents; img2img and inpaint below 1 add it to the input's latents."""
+    factor = model.vae_scale_factor
+    noise = batch_noise(request, seeds, subseeds, pipe.vae.config.latent_channels,
+                        (request.width // factor, request.height // factor), factor, pipe.unet.dtype)
+    mode = pipeline_mode(model, request.mode)
+    if mode == "txt2img" or (mode == "inpaint" and inputs.get("strength") == 1.0):
+        return {"latents": noise}
+    use_noise_in_add_noise(pipe.scheduler, noise)
+    return {}
 
 
 def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask) -> dict[str, Any]:
@@ -214,8 +280,11 @@ def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask)
     return inputs
 
 
-def _overlay(pipe, images: list, init_image: Image.Image, mask: Image.Image, blur: int) -> list:
+def _overlay(pipe, images: list, init_image: Image.Image, mask: Image.Image, blur: int, outpaint: bool) -> list:
     """Paste the original back outside the (blurred) mask, as A1111 does after inpainting: the VAE round trip
-    never returns exactly the pixels it was given."""
-    soft = pipe.mask_processor.blur(mask, blur_factor=blur) if blur > 0 else mask
+    never returns exactly the pixels it was given. Outpainting blurs only into the new border."""
+    if outpaint:
+        soft = keep_outside(mask, blur)
+    else:
+        soft = pipe.mask_processor.blur(mask, blur_factor=blur) if blur > 0 else mask
     return [pipe.image_processor.apply_overlay(soft, init_image, image) for image in images]

@@ -24,6 +24,7 @@ from huabu.core.samplers import Sampler, parse_sampler, resolved_schedule
 from huabu.engine.controlnets import CheckedUnit, check_units
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
+from huabu.engine.inpaint_area import FILL, MaskedArea, fill_masked, outpaint_canvas
 from huabu.engine.loras import ResolvedLora, prompt_with_loras, resolve_loras
 from huabu.engine.models import LoadedModel
 from huabu.engine.prompts.syntax import extract_loras
@@ -67,6 +68,7 @@ class Job:
     init_image: Image.Image | None
     mask: Image.Image | None
     control_units: list[CheckedUnit]
+    area: MaskedArea | None = None  # "only masked": where init_image and mask were cropped from
 
     def scheduler(self, seeds: list[int] | None = None) -> Any:
         """A fresh scheduler for the job's sampler; `seeds` seed DPM++ SDE's Brownian noise (one per batch entry)."""
@@ -106,6 +108,8 @@ def prepare(request: Request, models: "ModelManager", prompter: Prompter) -> Job
     init_image = load_image(request.init_image) if request.init_image else None
     mask_spec = getattr(request, "mask", None)
     mask = load_mask(mask_spec) if mask_spec else None
+    if init_image is not None and getattr(request, "outpaint", None):
+        init_image, mask = outpaint_canvas(init_image, request.outpaint)
     control_units = check_units(request.controlnets, init_image)  # units without an image use init_image
     if mask is not None and mask.size != init_image.size:
         raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
@@ -113,14 +117,22 @@ def prepare(request: Request, models: "ModelManager", prompter: Prompter) -> Job
     prompt, negative, text, loras = prompter.prompts(request)
 
     model = models.load(request.model, request.checkpoint_config)
-    width, height = output_size(request, model, init_image)
-    if init_image is not None:  # "just resize", as A1111's default resize mode
+    only_masked = mask is not None and request.inpaint_full_res
+    width, height = output_size(request, model, None if only_masked else init_image)
+    area = None
+    if only_masked:
+        area, init_image, mask = MaskedArea.crop(init_image, mask, request.inpaint_full_res_padding, (width, height))
+    elif init_image is not None:  # "just resize", as A1111's default resize mode
         init_image = init_image.resize((width, height), Image.LANCZOS)
         mask = mask.resize((width, height), Image.LANCZOS) if mask is not None else None
+    if mask is not None and request.inpainting_fill == FILL:
+        init_image = fill_masked(init_image, mask)
     seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
-    used = request.model_copy(update={"seed": seed, "width": width, "height": height, "sampler": sampler.name,
-                                      "schedule_type": schedule.label})
-    return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units)
+    update = {"seed": seed, "width": width, "height": height, "sampler": sampler.name, "schedule_type": schedule.label}
+    if getattr(request, "subseed_strength", 0) > 0 and request.subseed == -1:
+        update["subseed"] = secrets.randbelow(MAX_SEED)
+    used = request.model_copy(update=update)
+    return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units, area)
 
 
 def output_size(request: Request, model: LoadedModel, init_image: Image.Image | None) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
@@ -27,9 +28,15 @@ from huabu.core.errors import BadImage, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
+from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
+from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
+from huabu.engine.upscalers import Upscalers
+from huabu.engine.vaes import list_vaes
+from huabu.server.a1111_extras import ExtrasBatchRequest, ExtrasSingleRequest, batch_images, extras_images
+from huabu.server.a1111_options import current_options, encode_image, option, store_options
 from huabu.server.catalog import cmd_flags, memory
 from huabu.server.jobs import Job
-from huabu.server.runner import Outcome, png_base64
+from huabu.server.runner import Outcome
 from huabu.server.security import CheckedRoute, image_data_url
 from huabu.server.storage import StorageFull
 
@@ -38,26 +45,26 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"], route_class=CheckedRoute)
 
 MAX_UNKNOWN_FIELDS = 64  # keys huabu does not know in one request: named in warnings, their values dropped
-MAX_OPTIONS = 1000  # keys POST /options keeps (A1111 has about 450)
 
 DISCONNECT_POLL = 0.5  # seconds between looks at whether a waiting call's client is still there
 
 # A1111 values that mean "not used": a field holding one of these is not worth a warning.
 _NO_OPS: dict[str, tuple] = {
-    "subseed_strength": (0, None), "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None),
     "restore_faces": (False, None), "tiling": (False, None), "eta": (None,), "s_min_uncond": (None, 0),
     "s_churn": (None, 0), "s_tmax": (None, 0), "s_tmin": (None, 0), "s_noise": (None, 1),
     "refiner_checkpoint": (None, "", "None"), "refiner_switch_at": (None,), "disable_extra_networks": (False, None),
-    "firstpass_image": (None, ""), "script_name": (None, ""), "enable_hr": (False, None),
+    "firstpass_image": (None, ""), "script_name": (None, ""),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "image_cfg_scale": (None,),
     "initial_noise_multiplier": (None, 1), "latent_mask": (None, ""), "resize_mode": (0, None),
 }
 # Fields with no effect on the images (bookkeeping and UI hints): accepted silently.
-_SILENT = {"subseed", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
-           "comments", "force_task_id", "script_args", "sampler_index", "hr_scale", "hr_upscaler",
-           "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
-           "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_cfg", "hr_distilled_cfg", "inpaint_full_res_padding",
-           "mask_round", "include_init_images", "mask_blur_x", "mask_blur_y"}
+_SILENT = {"do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
+           "comments", "force_task_id", "script_args", "sampler_index", "hr_checkpoint_name", "hr_scheduler",
+           "hr_cfg", "hr_distilled_cfg", "mask_round", "include_init_images",
+           "mask_blur_x", "mask_blur_y"}
+# The hires fix's own options huabu does not have, with the values that mean "as the first pass".
+_HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"),
+               "hr_scheduler": (None, "", "Use same scheduler"), "hr_cfg": (None,), "hr_distilled_cfg": (None,)}
 
 
 class _A1111Base(BaseModel):
@@ -179,6 +186,8 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     req = _apply_infotext(req, warnings)
     fields = req.model_fields_set | set(req.model_extra or {})
     for name, no_ops in _NO_OPS.items():
+        if name == "script_name" and mode == "img2img" and req.script_name in OUTPAINT_SCRIPTS:
+            continue
         if name in fields and getattr(req, name, None) not in no_ops:
             warnings.append(f"{name}: ignored (huabu does not support it yet)")
     for name in sorted(req.model_extra or {}):
@@ -189,18 +198,38 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     limits = catalog.limits
     data: dict[str, Any] = fields_from_api(req.model_dump())  # steps, cfg_scale, seed, size ... by the table's names
     if mode == "txt2img":
-        data.pop("denoising_strength")  # A1111 uses it there only for the hires fix
+        _hires_fields(req, data, warnings)
     data.update(mode=mode, prompt=req.prompt, negative_prompt=req.negative_prompt, sampler=sampler,
                 schedule_type=schedule, batch_size=req.batch_size, n_iter=req.n_iter,
                 styles=_styles(req.styles, catalog, warnings), model=catalog.default_model,
-                clip_skip=catalog.default_clip_skip)
+                clip_skip=catalog.default_clip_skip, eta_noise_seed_delta=option(catalog, "eta_noise_seed_delta"),
+                vae=_vae_name(option(catalog, "sd_vae"), catalog))
     _override_settings(req.override_settings, catalog, data, warnings)
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
+        if req.script_name in OUTPAINT_SCRIPTS:
+            _outpaint_script(req.script_name, req.script_args, data, warnings)
     data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
     request = GenerateRequest.from_data(data)
     catalog.check_http_request(request)
     return request, warnings
+
+
+def _hires_fields(req: _A1111Base, data: dict[str, Any], warnings: list[str]) -> None:
+    """The hires fix as A1111 reads it: no upscaler means its default latent mode, "Use same sampler" the first
+    pass's; denoising_strength acts only with the fix."""
+    if not data.get("enable_hr"):
+        for name in ("denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+                     "hr_resize_y", "hr_sampler", "hr_prompt", "hr_negative_prompt"):
+            data.pop(name, None)
+        return
+    if data.get("hr_upscaler") in (None, ""):
+        data["hr_upscaler"] = "Latent"
+    if data.get("hr_sampler") in ("", "Use same sampler"):
+        data["hr_sampler"] = None
+    for name, same in _HIRES_SAME.items():
+        if getattr(req, name, None) not in same:
+            warnings.append(f"{name}: ignored (the hires pass uses the first pass's)")
 
 
 def _apply_infotext(req: _A1111Base, warnings: list[str]) -> _A1111Base:
@@ -257,12 +286,24 @@ def _override_settings(overrides: dict[str, Any], catalog, data: dict[str, Any],
     for key, value in overrides.items():
         if key == "sd_model_checkpoint":
             data["model"] = catalog.resolve_model(str(value))
-        elif key == "CLIP_stop_at_last_layers":
-            data["clip_skip"] = value
-        elif key == "sd_vae" and value in ("Automatic", "None", None):
-            continue
+        elif key in ("CLIP_stop_at_last_layers", "eta_noise_seed_delta"):
+            data["clip_skip" if key.startswith("CLIP") else key] = value
+        elif key == "sd_vae":
+            data["vae"] = _vae_name(value, catalog)
         else:
             warnings.append(f"override_settings.{key}: ignored (huabu does not support it yet)")
+
+
+def _vae_name(value: Any, catalog) -> str | None:
+    """sd_vae as A1111 takes it: Automatic / None for the model's own, else a VAE the server lists (by name only:
+    HTTP clients do not name files)."""
+    if value in AUTOMATIC_VAE:
+        return None
+    names = {ref.name: ref for ref in list_vaes(catalog.settings.vae_dir)}
+    found = names.get(str(value)) or next((ref for ref in names.values() if Path(ref.name).stem == str(value)), None)
+    if found is None:
+        raise InvalidRequest(f"sd_vae {str(value)[:80]!r} is not a VAE this server has (GET /sdapi/v1/sd-vae)")
+    return found.name
 
 
 def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings: list[str]) -> None:
@@ -281,11 +322,43 @@ def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings:
     if req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
         warnings.append(f"mask_blur_x/mask_blur_y: one radius is used for both ({blur})")
     data["mask_blur"] = blur
-    if req.inpainting_fill not in (0, 1):
-        warnings.append(f"inpainting_fill: {req.inpainting_fill} ignored; huabu starts from the original image "
-                        f"under the mask (A1111's 'original')")
-    if req.inpaint_full_res:
-        warnings.append("inpaint_full_res: ignored; huabu inpaints at the whole picture's resolution")
+    data.update(inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
+                inpaint_full_res_padding=req.inpaint_full_res_padding)
+
+
+OUTPAINT_SCRIPTS = ("Poor man's outpainting", "Outpainting mk2")
+_DIRECTIONS = ("left", "right", "up", "down")
+
+
+def _outpaint_script(name: str, args: list[Any], data: dict[str, Any], warnings: list[str]) -> None:
+    """A1111's outpainting scripts by their script_args: Poor man's (pixels, mask_blur, inpainting_fill,
+    directions) and mk2 (info, pixels, mask_blur, directions, fall-off, colour variation). mk2 starts the border
+    from matched noise; huabu starts it from latent noise, the nearest it has."""
+    defaults = [128, 4, 1, list(_DIRECTIONS)] if name.startswith("Poor") else [None, 128, 8, list(_DIRECTIONS), 1.0,
+                                                                                 0.05]
+    values = list(args[:len(defaults)]) + defaults[len(args):]
+    if name.startswith("Poor"):
+        pixels, blur, fill, directions = values
+    else:
+        _, pixels, blur, directions, falloff, variation = values
+        fill = 2
+        if (falloff, variation) != (1.0, 0.05):
+            warnings.append("script_args: mk2's fall-off and colour variation are ignored (huabu starts the border "
+                            "from latent noise)")
+    try:
+        pixels, blur, fill = int(pixels), int(blur), int(fill)
+        directions = [str(side).lower() for side in directions]
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"script_args of {name!r}: expected pixels, mask blur, ... as numbers") from None
+    unknown = sorted(set(directions) - set(_DIRECTIONS))
+    if unknown:
+        raise InvalidRequest(f"script_args of {name!r}: unknown direction(s) {', '.join(unknown)}; use left, right, "
+                             f"up, down")
+    if data.pop("mask", None):
+        warnings.append("mask: ignored (outpainting paints the new border)")
+    # As the scripts do, the output is the grown canvas whatever width/height said.
+    data.update(mode="inpaint", mask_blur=blur, inpainting_fill=fill, inpaint_full_res=False, width=None, height=None,
+                **{f"outpaint_{side}": pixels if side in directions else 0 for side in _DIRECTIONS})
 
 
 def _inverted(data_url: str) -> str:
@@ -356,8 +429,9 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
         "width": used.width, "height": used.height, "sampler_name": used.sampler, "cfg_scale": used.cfg_scale,
         "steps": used.steps, "batch_size": used.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model.get("name"), "sd_model_hash": model.get("hash"), "sd_vae_name": None,
-        "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": used.denoising_strength if used.mode != "txt2img" else None,
+        "sd_vae_hash": None, "seed_resize_from_w": used.seed_resize_from_w or -1,
+        "seed_resize_from_h": used.seed_resize_from_h or -1,
+        "denoising_strength": used.denoising_strength if used.mode != "txt2img" or used.enable_hr else None,
         "extra_generation_params": extra, "index_of_first_image": 0, "infotexts": infotexts, "styles": used.styles,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)), "clip_skip": used.clip_skip,
         "is_using_inpainting_conditioning": bool(model.get("inpaint_unet")),
@@ -394,7 +468,9 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
-    images = [png_base64(image, text) for image, text in zip(outcome.images, outcome.infotexts)] if outcome else []
+    samples_format = option(state.catalog, "samples_format")
+    images = [encode_image(image, text, samples_format) for image, text in zip(outcome.images, outcome.infotexts)] \
+        if outcome else []
     parameters = req.model_dump(exclude=set(req.model_extra or {}))  # unknown fields are never echoed
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)
@@ -466,37 +542,12 @@ def skip(http: Request) -> None:
 
 @router.get("/options")
 def get_options(http: Request) -> dict[str, Any]:
-    catalog = http.app.state.huabu.catalog
-    with catalog.lock:
-        options = dict(catalog.options)
-    options.update(sd_model_checkpoint=catalog.current_model_title(),
-                   CLIP_stop_at_last_layers=catalog.default_clip_skip)
-    options.setdefault("sd_vae", "Automatic")
-    options.setdefault("samples_format", "png")
-    return options
+    return current_options(http.app.state.huabu.catalog)
 
 
 @router.post("/options")
 def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
-    """Any key round-trips; `sd_model_checkpoint` switches the default model (only to a model the server lists) and
-    `CLIP_stop_at_last_layers` the default clip skip."""
-    catalog = http.app.state.huabu.catalog
-    updates = dict(options)
-    with catalog.lock:
-        count = len(set(catalog.options) | set(updates))
-    if count > MAX_OPTIONS:
-        raise InvalidRequest(f"options would hold {count} keys; the limit is {MAX_OPTIONS}")
-    if "sd_model_checkpoint" in updates:
-        model = catalog.resolve_model(str(updates.pop("sd_model_checkpoint")))
-        with catalog.lock:
-            catalog.default_model = model
-    if "CLIP_stop_at_last_layers" in updates:
-        value = updates.pop("CLIP_stop_at_last_layers")
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
-            raise InvalidRequest(f"CLIP_stop_at_last_layers must be an integer from 1 to 12 (got {value!r})")
-        catalog.default_clip_skip = value
-    with catalog.lock:
-        catalog.options.update(updates)
+    store_options(http.app.state.huabu.catalog, options)
 
 
 @router.get("/cmd-flags")
@@ -555,18 +606,48 @@ def embeddings() -> dict[str, Any]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, Any]:
-    return {"txt2img": [], "img2img": []}
+    return {"txt2img": [], "img2img": [name.lower() for name in OUTPAINT_SCRIPTS]}
 
 
 @router.get("/upscalers")
-def upscalers() -> list[dict[str, Any]]:
-    return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+def upscalers(http: Request) -> list[dict[str, Any]]:
+    files = Upscalers(http.app.state.huabu.settings.upscalers_dir).files()
+    return [{"name": name, "model_name": name if name in files else None,
+             "model_path": str(files[name]) if name in files else None, "model_url": None, "scale": 4}
+            for name in [*BUILTIN_UPSCALERS, *files]]
+
+
+@router.post("/extra-single-image")
+async def extra_single_image(http: Request, req: ExtrasSingleRequest) -> dict[str, Any]:
+    state = http.app.state.huabu
+    images, info = await run_in_threadpool(extras_images, req, [req.image], state.catalog.limits,
+                                           Upscalers(state.settings.upscalers_dir))
+    return {"html_info": info, "image": images[0]}
+
+
+@router.post("/extra-batch-images")
+async def extra_batch_images(http: Request, req: ExtrasBatchRequest) -> dict[str, Any]:
+    state = http.app.state.huabu
+    images, info = await run_in_threadpool(extras_images, req, batch_images(req), state.catalog.limits,
+                                           Upscalers(state.settings.upscalers_dir))
+    return {"html_info": info, "images": images}
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, Any]]:
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+
+@router.get("/sd-vae")
+def sd_vae(http: Request) -> list[dict[str, Any]]:
+    return [{"model_name": ref.name, "filename": str(ref.path)}
+            for ref in list_vaes(http.app.state.huabu.settings.vae_dir)]
 
 
 def _empty_list() -> list:
     return []
 
 
-for _path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-vae", "/sd-modules", "/script-info",
-              "/extensions", "/latent-upscale-modes"):
+for _path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-modules", "/script-info",
+              "/extensions"):
     router.add_api_route(_path, _empty_list, methods=["GET"], name=_path.strip("/"))

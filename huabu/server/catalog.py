@@ -120,7 +120,7 @@ class Catalog:
         self.check_limits(request)
         self.check_lora_names(request)
         named = [(f"controlnets.{i}.model", unit.model) for i, unit in enumerate(request.controlnets)]
-        named += [(name, getattr(request, name, None)) for name in ("motion_module", "sparse_control")]
+        named += [(name, getattr(request, name, None)) for name in ("motion_module", "sparse_control", "vae")]
         for what, value in named:
             if value and ("/" in value or "\\" in value or value.startswith((".", "~"))):
                 raise NotAllowed(f"{what} must be a name in the server's folder, not a path")
@@ -139,6 +139,11 @@ class Catalog:
                        ("n_iter", request.n_iter, limits.max_n_iter)]
         else:
             checks.append(("frames", request.frames, limits.max_video_frames))
+        if isinstance(request, GenerateRequest) and request.enable_hr:  # the hires fix's output, not its first pass
+            checks += [("the hires fix's width", request.hr_resize_x or int((request.width or 0) * request.hr_scale),
+                        limits.max_width),
+                       ("the hires fix's height", request.hr_resize_y or int((request.height or 0) * request.hr_scale),
+                        limits.max_height)]
         for name, value, limit in checks:
             if value is not None and value > limit:
                 raise InvalidRequest(f"{name} {value} is over this server's limit of {limit}")

@@ -12,6 +12,8 @@ from huabu.ui.fields import data_url, field_bounds, mask_from_editor, size_or_de
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
 from huabu.ui.prompt_area import PromptArea, build_prompt_area
+from huabu.ui.tabs.advanced import (advanced_fields, build_hires, build_inpaint_options, build_outpaint,
+                                    build_variation)
 
 SAMPLER_NAMES = [s.name for s in SAMPLERS]
 SCHEDULE_LABELS = [s.label for s in SCHEDULES]
@@ -32,6 +34,13 @@ class GenerationForm:
     status: Any
     reuse_seed: Any
     event: Any = None  # the generate click's dependency, for chaining
+    advanced: dict[str, Any] | None = None  # ui.tabs.advanced components by request field name
+
+    def advanced_inputs(self) -> list:
+        return list((self.advanced or {}).values())
+
+    def advanced_request(self, values: tuple) -> dict[str, Any]:
+        return advanced_fields(list(self.advanced or {}), list(values))
 
 
 def build_sampling_fields(labels, prefix: str, default_sampler: str,
@@ -143,14 +152,18 @@ def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
     form = layout(studio, labels, "txt2img", None)
 
     def txt2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, language, prefs, session: gr.Request, progress=gr.Progress()):
+                batch_size, n_iter, clip_skip, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+                enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising, language, prefs, session: gr.Request,
+                progress=gr.Progress()):
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
+            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+                                                 enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising)))
             request = GenerateRequest.create(mode="txt2img", **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
-    wire_generation(studio, form, txt2img, common_inputs(form), language, prefs)
+    wire_generation(studio, form, txt2img, [*common_inputs(form), *form.advanced_inputs()], language, prefs)
     return form
 
 
@@ -163,18 +176,25 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
     form = layout(studio, labels, "img2img", extra)
 
     def img2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, init_image, denoising_strength, language, prefs, session: gr.Request,
+                batch_size, n_iter, clip_skip, init_image, denoising_strength, subseed, subseed_strength,
+                seed_resize_w, seed_resize_h, vae, left, right, up, down, language, prefs, session: gr.Request,
                 progress=gr.Progress()):
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
+            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+                                                 left, right, up, down)))
             if not init_image:
                 raise gr.Error(labels.texts[language]["error.no_image"], print_exception=False)
-            request = GenerateRequest.create(mode="img2img", init_image=str(init_image),
+            outpaint = any(fields[f"outpaint_{side}"] for side in ("left", "right", "up", "down"))
+            if outpaint:  # the canvas is the input grown by the sides: its own size, not the sliders'
+                fields.update(width=None, height=None, inpainting_fill=0)
+            request = GenerateRequest.create(mode="inpaint" if outpaint else "img2img", init_image=str(init_image),
                                              denoising_strength=float(denoising_strength), **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
-    inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"]]
+    inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"],
+              *form.advanced_inputs()]
     wire_generation(studio, form, img2img, inputs, language, prefs)
     return form
 
@@ -190,11 +210,14 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
     form = layout(studio, labels, "inpaint", extra)
 
     def inpaint(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, language, prefs,
+                batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, subseed, subseed_strength,
+                seed_resize_w, seed_resize_h, vae, fill, only_masked, padding, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
+            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+                                                 fill, only_masked, padding)))
             image, mask = mask_from_editor(editor)
             request = GenerateRequest.create(mode="inpaint", init_image=data_url(image), mask=data_url(mask),
                                              mask_blur=int(mask_blur), denoising_strength=float(denoising_strength),
@@ -202,7 +225,7 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     inputs = [*common_inputs(form), form.fields["editor"], form.fields["mask_blur"],
-              form.fields["denoising_strength"]]
+              form.fields["denoising_strength"], *form.advanced_inputs()]
     wire_generation(studio, form, inpaint, inputs, language, prefs)
     return form
 
@@ -226,8 +249,13 @@ def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None
             if mode in ("img2img", "inpaint"):
                 fields["denoising_strength"] = labels(gr.Slider, minimum=0, maximum=1, step=0.01, value=0.75,
                                                       label=Key("gen.denoising"), elem_id=f"{mode}-denoising")
+            mode_options = {"txt2img": lambda labels: build_hires(labels, studio.engine.upscalers.names()),
+                            "inpaint": build_inpaint_options, "img2img": build_outpaint}
+            advanced = None
+            if mode in mode_options:
+                advanced = {**build_variation(labels, mode, studio.settings.vae_dir), **mode_options[mode](labels)}
         with gr.Column(scale=2):
             results = build_results(labels, mode)
     fields.update(prompt=area.prompt, negative_prompt=area.negative, **extras)
     return GenerationForm(mode, area, fields, results["generate"], results["interrupt"], results["gallery"],
-                          results["parameters"], results["status"], reuse_seed)
+                          results["parameters"], results["status"], reuse_seed, advanced=advanced)
