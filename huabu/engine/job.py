@@ -25,7 +25,7 @@ from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
 from huabu.engine.loras import ResolvedLora, prompt_with_loras, resolve_loras
 from huabu.engine.models import LoadedModel
-from huabu.engine.prompts.syntax import extract_loras
+from huabu.engine.prompts.syntax import extract_loras, refuse_hypernetworks
 from huabu.engine.samplers import build_scheduler
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class Prompter:
             prompt, negative = apply_styles(prompt, negative, request.styles, self.book())
         prompt, untaggable = prompt_with_loras(prompt, request.loras)
         text, tag_loras = extract_loras(prompt)
+        refuse_hypernetworks(negative)
         loras = resolve_loras([*untaggable, *tag_loras], self.loras_dir, self.hashes, self.allow_unsafe_pickle)
         return prompt, negative, text, loras
 
