@@ -33,6 +33,7 @@ COMMANDS = [
     "huabu.cli.serve:register",
     "huabu.cli.video:register",
     "huabu.cli.lora:register",
+    "huabu.cli.merge:register",
     "huabu.cli.main:register_train",
 ]
 
