@@ -98,7 +98,8 @@ def test_baked_lora_draws_what_the_lora_tag_draws(engine, settings, model_store,
     tagged = engine.generate(GenerateRequest.create(prompt="a cat <lora:bake-me:0.6>", model=str(model_store["single"]),
                                                     **fields)).images[0]
     baked = engine.generate(GenerateRequest.create(prompt="a cat", model=str(out), **fields)).images[0]
-    plain = engine.generate(GenerateRequest.create(prompt="a cat", model=str(model_store["single"]), **fields)).images[0]
+    plain = engine.generate(GenerateRequest.create(prompt="a cat", model=str(model_store["single"]),
+                                                   **fields)).images[0]
     diff = np.abs(np.asarray(tagged, np.int16) - np.asarray(baked, np.int16))
     assert diff.max() <= 2
     assert np.abs(np.asarray(plain, np.int16) - np.asarray(baked, np.int16)).max() > 10

@@ -199,7 +199,8 @@ def merge_metadata(recipe: MergeRecipe, refs: list[ModelRef], models: ModelManag
                    "is_instruct_pix2pix": False}
     merged_models = {digest: {"name": ref.name, "legacy_hash": None, "sd_merge_recipe": None}
                      for ref, digest in zip(refs, hashes) if digest}
-    metadata = {"format": "pt", "sd_merge_recipe": json.dumps(recipe_json), "sd_merge_models": json.dumps(merged_models)}
+    metadata = {"format": "pt", "sd_merge_recipe": json.dumps(recipe_json),
+                "sd_merge_models": json.dumps(merged_models)}
     config = _config_name(refs[0])
     if config:
         metadata["huabu_config"] = config
