@@ -56,7 +56,7 @@ class Engine:
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
-                                 self._prompt_book)
+                                 self._prompt_book, settings.embeddings_dir)
 
     @property
     def gallery(self) -> Gallery:
@@ -103,8 +103,8 @@ class Engine:
         apply_loras(pipe, job.loras, model.lora_targets)
 
         scheduler = job.scheduler()
-        conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative, used.steps * scheduler.order,
-                                      used.batch_size)
+        conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative_text,
+                                      used.steps * scheduler.order, used.batch_size)
         extensions = [PromptSchedule(conditioning), *([control] if control else [])]
         inputs = _mode_inputs(model, used, job.init_image, job.mask)
         if control:
@@ -124,7 +124,7 @@ class Engine:
             if used.mode == "inpaint":
                 images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur)
             for seed, image in zip(seeds, images):
-                params = output_params(used, model, job.loras, extra, seed=seed)
+                params = output_params(used, model, job.loras, extra, seed=seed, embeddings=job.embeddings)
                 infotext = build_infotext(job.prompt, job.negative, params)
                 result.images.append(image)
                 result.seeds.append(seed)

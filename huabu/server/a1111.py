@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import huabu
 from huabu.core.samplers import UNAVAILABLE, parse_sampler
-from huabu.core.errors import BadImage, InvalidRequest
+from huabu.core.errors import BadImage, HuabuError, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
@@ -526,8 +526,16 @@ def get_memory() -> dict[str, Any]:
 
 
 @router.get("/embeddings")
-def embeddings() -> dict[str, Any]:
-    return {"loaded": {}, "skipped": {}}
+def embeddings(http: Request) -> dict[str, Any]:
+    from huabu.engine.embeddings import folder_text_width, list_embeddings
+
+    catalog = http.app.state.huabu.catalog
+    try:  # loaded = fits the current model's text encoder, as A1111 sorts them
+        width = folder_text_width(catalog.models.resolve(catalog.default_model).path)
+    except HuabuError:
+        width = None
+    settings = catalog.settings
+    return list_embeddings(settings.embeddings_dir, width, settings.allow_unsafe_pickle)
 
 
 @router.get("/scripts")
