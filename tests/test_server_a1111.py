@@ -65,7 +65,7 @@ def test_the_whole_a1111_request_schema_is_accepted_and_unsupported_fields_are_n
         "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2, "hr_upscaler": "Latent",
         "hr_second_pass_steps": 3, "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint_name": None,
         "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "",
-        "force_task_id": "task(abc)", "script_name": "x/y/z plot", "script_args": [1, 2], "send_images": True,
+        "force_task_id": "task(abc)", "script_name": None, "script_args": [], "send_images": True,
         "save_images": True, "alwayson_scripts": {"ADetailer": {"args": []}}, "infotext": None,
         "some_future_field": {"nested": 1}, **TINY}
     response = client.post("/sdapi/v1/txt2img", json=payload)
@@ -73,7 +73,7 @@ def test_the_whole_a1111_request_schema_is_accepted_and_unsupported_fields_are_n
     info = json.loads(response.json()["info"])
     warned = " | ".join(info["warnings"])
     for name in ("subseed_strength", "seed_resize_from_h", "restore_faces", "tiling", "eta", "s_churn",
-                 "refiner_checkpoint", "enable_hr", "script_name", "alwayson_scripts.ADetailer",
+                 "refiner_checkpoint", "enable_hr", "alwayson_scripts.ADetailer",
                  "some_future_field", "override_settings.eta_noise_seed_delta", "no-such-style", "DPM fast",
                  "align_your_steps"):
         assert name in warned, name
@@ -173,7 +173,8 @@ def test_list_routes_answer_with_what_huabu_has(client):
         [("inkwash", "ink wash", "styles/inkwash.safetensors")]
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    scripts = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]  # tests/test_scripts.py runs them
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": scripts, "img2img": scripts}
     for route in ("hypernetworks", "face-restorers", "realesrgan-models", "sd-vae", "extensions", "upscalers",
                   "cmd-flags"):
         assert client.get(f"/sdapi/v1/{route}").status_code == 200, route

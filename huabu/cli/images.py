@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from huabu.core.requests import GenerateRequest
 
 
-def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
+def request_from_args(args: argparse.Namespace, mode: str, script: dict | None = None) -> GenerateRequest:
     from huabu.core.requests import GenerateRequest
 
     width, height = args.size if args.size else (None, None)
@@ -26,7 +26,8 @@ def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
                   cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, seed=args.seed, width=width,
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
                   checkpoint_config=args.checkpoint_config, clip_skip=args.clip_skip,
-                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args))
+                  loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args),
+                  script=script)
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
@@ -57,8 +58,9 @@ def progress_bars() -> tuple[Callable, Callable[[], None]]:
     return update, close
 
 
-def run_generation(args: argparse.Namespace, mode: str) -> int:
-    request = request_from_args(args, mode)  # validate before anything heavy is imported
+def run_generation(args: argparse.Namespace, mode: str, script: dict | None = None) -> int:
+    """Generate and save; `script` runs an A1111 script (huabu.engine.scripts) around the generation."""
+    request = request_from_args(args, mode, script)  # validate before anything heavy is imported
     quiet_libraries()
     from huabu.engine.generate import Engine
 
@@ -78,8 +80,26 @@ def run_generation(args: argparse.Namespace, mode: str) -> int:
 
 def register_generate(sub: Subparsers) -> None:
     parser = sub.add_parser("generate", help="text to image", description="Generate images from a prompt.")
-    add_generation_options(parser)
-    parser.set_defaults(handler=lambda args: run_generation(args, "txt2img"))
+    add_generation_options(parser, prompt_optional=True)
+    parser.add_argument("--from-file", type=Path, metavar="FILE",
+                        help="one generation per line of FILE: a prompt, or A1111's `--prompt \"...\" --steps 10` "
+                             "options (added to PROMPT when both are given)")
+    parser.add_argument("--prompt-matrix", action="store_true",
+                        help="A1111's prompt matrix: one image per combination of the |-separated parts, and a grid")
+    parser.set_defaults(handler=lambda args: run_generation(args, "txt2img", generate_script(args)))
+
+
+def generate_script(args: argparse.Namespace) -> dict | None:
+    """The A1111 script `huabu generate` runs, if any (--from-file, --prompt-matrix)."""
+    if args.from_file and args.prompt_matrix:
+        raise InvalidRequest("use --from-file or --prompt-matrix, not both")
+    if args.from_file:
+        try:
+            text = args.from_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InvalidRequest(f"--from-file {args.from_file}: cannot read it ({err.__class__.__name__})") from None
+        return {"name": "prompts from file or textbox", "args": {"text": text}}
+    return {"name": "prompt matrix", "args": {}} if args.prompt_matrix else None
 
 
 def register_img2img(sub: Subparsers) -> None:

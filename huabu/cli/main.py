@@ -34,6 +34,7 @@ COMMANDS = [
     "huabu.cli.video:register",
     "huabu.cli.lora:register",
     "huabu.cli.merge:register",
+    "huabu.cli.scripts:register_xyz",
     "huabu.cli.main:register_train",
 ]
 

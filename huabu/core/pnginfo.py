@@ -66,6 +66,15 @@ def create_infotext(prompt: str, negative_prompt: str, params: dict[str, object]
     return f"{prompt}{negative_line}\n{', '.join(pairs)}".strip()
 
 
+def add_params(infotext: str, params: dict[str, object]) -> str:
+    """An infotext with more `key: value` pairs before its closing Version pair (A1111 scripts add theirs so)."""
+    head, _, version = infotext.rpartition(", Version: ")
+    if not head:
+        raise ValueError("add_params takes an infotext that ends in its Version pair")
+    pairs = [f"{key}: {_quote(str(value))}" for key, value in params.items() if value is not None]
+    return ", ".join([head, *pairs, f"Version: {version}"])
+
+
 def _convert(key: str, value: str) -> object:
     # Hashes are hex strings that may happen to be all digits; keep them as text.
     if key.lower().endswith("hash"):

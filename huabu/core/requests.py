@@ -86,6 +86,17 @@ class ControlUnit(BaseModel):
         return self
 
 
+class ScriptRequest(BaseModel):
+    """An A1111 script that runs the generation several times with changed requests (huabu.engine.scripts): `name`
+    as A1111 titles it ("x/y/z plot", "prompt matrix", "prompts from file or textbox", any case), `args` A1111's
+    positional `script_args` or the same by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    args: list[Any] | dict[str, Any] = Field(default_factory=dict)
+
+
 class RequestModel(BaseModel):
     """A job as plain JSON data: unknown fields are refused, and bad input becomes one InvalidRequest line."""
 
@@ -149,12 +160,19 @@ class GenerateRequest(RequestModel):
     clip_skip: int = Field(default=1, ge=1, le=12)
     loras: list[LoraSpec] = Field(default_factory=list)
     controlnets: list[ControlUnit] = Field(default_factory=list)
+    script: ScriptRequest | None = None
 
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
         _check_sampler(value)
         return value
+
+    def to_data(self) -> dict[str, Any]:
+        data = super().to_data()
+        if data.get("script") is None:  # requests without a script keep the JSON they always had
+            data.pop("script", None)
+        return data
 
     @model_validator(mode="after")
     def _mode_inputs(self) -> "GenerateRequest":

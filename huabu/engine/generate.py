@@ -96,6 +96,8 @@ class Engine:
     # --- stills -------------------------------------------------------------------------------------------------
 
     def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
+        if request.script is not None:
+            return self._script(request, progress, interrupt, save, outdir)
         job = prepare(request, self.models, self.prompter)
         used, model = job.request, job.model
         control = self.controlnets.plan(job.control_units, model) if job.control_units else None
@@ -135,6 +137,14 @@ class Engine:
                 result.interrupted = True
                 break
         return result
+
+    def _script(self, request, progress, interrupt, save, outdir) -> GenerationResult:
+        """An A1111 script (huabu.engine.scripts): its runs go through `_generate` under the lock already held."""
+        from huabu.engine.scripts import run_script
+
+        folder = (Path(outdir) if outdir is not None else self.settings.outputs_dir) if save else None
+        output = run_script(request, lambda cell: self._generate(cell, progress, interrupt, save, outdir), folder)
+        return GenerationResult(**vars(output))
 
     def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
              callback, extensions) -> list:

@@ -44,7 +44,7 @@ _NO_OPS: dict[str, tuple] = {
     "restore_faces": (False, None), "tiling": (False, None), "eta": (None,), "s_min_uncond": (None, 0),
     "s_churn": (None, 0), "s_tmax": (None, 0), "s_tmin": (None, 0), "s_noise": (None, 1),
     "refiner_checkpoint": (None, "", "None"), "refiner_switch_at": (None,), "disable_extra_networks": (False, None),
-    "firstpass_image": (None, ""), "script_name": (None, ""), "enable_hr": (False, None),
+    "firstpass_image": (None, ""), "enable_hr": (False, None),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "image_cfg_scale": (None,),
     "initial_noise_multiplier": (None, 1), "latent_mask": (None, ""), "resize_mode": (0, None),
 }
@@ -188,6 +188,8 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
     data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
+    if req.script_name:  # A1111's scripts run in the engine (huabu.engine.scripts) with their positional args
+        data["script"] = {"name": req.script_name, "args": req.script_args}
     request = GenerateRequest.from_data(data)
     catalog.check_http_request(request)
     return request, warnings
@@ -540,7 +542,9 @@ def embeddings(http: Request) -> dict[str, Any]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, Any]:
-    return {"txt2img": [], "img2img": []}
+    from huabu.engine.scripts import script_titles
+
+    return {"txt2img": script_titles(), "img2img": script_titles()}
 
 
 @router.get("/upscalers")
