@@ -8,32 +8,13 @@ this through Engine.generate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-from PIL import Image
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest, ScriptRequest
-
-Run = Callable[[GenerateRequest], Any]  # one request without a script -> engine.generate.GenerationResult
-
-
-@dataclass
-class ScriptOutput:
-    """What a script made, shaped as engine.generate.GenerationResult."""
-
-    images: list[Image.Image]
-    seeds: list[int]
-    infotexts: list[str]
-    request_used: GenerateRequest
-    model: dict[str, Any]
-    paths: list[Path] = field(default_factory=list)
-    gallery_ids: list[int] = field(default_factory=list)
-    interrupted: bool = False
+from huabu.engine.scripts import prompt_matrix, prompts_from_file, xyz
+from huabu.engine.scripts.common import Run, ScriptOutput
 
 
 def script_titles() -> list[str]:
@@ -42,8 +23,6 @@ def script_titles() -> list[str]:
 
 
 def _scripts() -> dict[str, ModuleType]:
-    from huabu.engine.scripts import prompt_matrix, prompts_from_file, xyz
-
     return {"x/y/z plot": xyz, "prompt matrix": prompt_matrix, "prompts from file or textbox": prompts_from_file}
 
 
@@ -65,32 +44,3 @@ def script_requests(request: GenerateRequest) -> list[GenerateRequest]:
     """The requests a script would run (seeds picked for -1 may differ from the run's), for the checks a face makes
     before accepting it, e.g. the server's models-by-name and limits."""
     return _module(request.script).requests(request.model_copy(update={"script": None}), request.script.args)
-
-
-def rebuild(base: GenerateRequest, **changes: Any) -> GenerateRequest:
-    """`base` with fields changed, validated again (one-line InvalidRequest)."""
-    data = base.to_data()
-    data.update(changes)
-    return GenerateRequest.from_data(data)
-
-
-def save_grid(image: Image.Image, infotext: str, folder: Path, prefix: str) -> Path:
-    """A grid PNG with its infotext, named as A1111 names grids (`xyz_grid-0000.png`)."""
-    from huabu.core.pnginfo import save_png_atomic
-    from huabu.engine.grids import next_grid_path
-
-    return save_png_atomic(image, next_grid_path(folder, prefix), infotext)
-
-
-def collect(results: list[Any]) -> ScriptOutput:
-    """The runs' images, seeds, infotexts and files in order, as one output."""
-    first = results[0]
-    output = ScriptOutput([], [], [], first.request_used, first.model)
-    for result in results:
-        output.images += result.images
-        output.seeds += result.seeds
-        output.infotexts += result.infotexts
-        output.paths += result.paths
-        output.gallery_ids += result.gallery_ids
-        output.interrupted = output.interrupted or result.interrupted
-    return output

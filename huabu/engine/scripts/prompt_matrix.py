@@ -15,7 +15,7 @@ from typing import Any
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest
 from huabu.engine.grids import Label, annotate_grid, image_grid
-from huabu.engine.scripts import Run, ScriptOutput, collect, rebuild, save_grid
+from huabu.engine.scripts.common import Run, ScriptOutput, collect, rebuild, save_grid
 
 MAX_PARTS = 8  # 2^8 = 256 images
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest
-from huabu.engine.scripts import Run, ScriptOutput, collect, rebuild
+from huabu.engine.scripts.common import Run, ScriptOutput, collect, rebuild
 
 MAX_LINES = 1000
 

@@ -27,7 +27,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.core.pnginfo import add_params
 from huabu.core.requests import MAX_SEED, GenerateRequest
 from huabu.engine.grids import Label, annotate_grid, image_grid
-from huabu.engine.scripts import Run, ScriptOutput, collect, save_grid
+from huabu.engine.scripts.common import Run, ScriptOutput, collect, save_grid
 
 TITLE = "X/Y/Z plot"
 MAX_CELLS = 400  # X x Y x Z generations one request may ask for
