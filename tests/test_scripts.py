@@ -169,3 +169,56 @@ def test_a1111_script_payloads(client, engine, model_store):
     assert refused.status_code in (400, 403, 404, 422) and "no model" in refused.text
     unknown = client.post("/sdapi/v1/txt2img", json={**base, "script_name": "loopback", "script_args": []})
     assert unknown.status_code in (400, 422) and "script 'loopback' is not one huabu runs" in unknown.text
+
+
+def _write_inputs(folder, colours):
+    folder.mkdir()
+    for name, colour in colours.items():
+        Image.new("RGB", (32, 32), colour).save(folder / f"{name}.png")
+
+
+def test_cli_batch_img2img_from_a_folder_and_batch_grids(huabu_env, engine, model_store, tmp_path):
+    _write_inputs(tmp_path / "in", {"a": (200, 30, 30), "b": (30, 30, 200)})
+    (tmp_path / "masks").mkdir()
+    for name in "ab":
+        mask = Image.new("L", (32, 32), 0)
+        mask.paste(255, (8, 8, 24, 24))
+        mask.save(tmp_path / "masks" / f"{name}.png")
+    common = ["--model", "tiny-sd", "--steps", "4", "--seed", "9", "--sampler", "Euler", "--strength", "0.6"]
+    assert main(["img2img", "a cat", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"),
+                 "--batch", "2", "--grid", *common]) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["a-1.png", "a.png", "b-1.png", "b.png", "grid-0000.png"]
+    direct = engine.generate(GenerateRequest.create(mode="img2img", prompt="a cat", model="tiny-sd", steps=4,
+                                                    seed=11, sampler="Euler", denoising_strength=0.6,
+                                                    init_image=str(tmp_path / "in" / "b.png")))
+    assert np.abs(_px(Image.open(out / "b.png")) - _px(direct.images[0])).max() <= 1  # batch vs single rounding
+    assert parse_infotext(Image.open(out / "b-1.png").info["parameters"])["Seed"] == 12
+    grid = Image.open(out / "grid-0000.png")
+    assert grid.size == (64, 64) and np.array_equal(_px(grid.crop((32, 0, 64, 32))), _px(Image.open(out / "a-1.png")))
+    assert main(["img2img", "a cat", "--input-dir", str(tmp_path / "in"), "--mask-dir", str(tmp_path / "masks"),
+                 "--output-dir", str(tmp_path / "inpainted"), *common]) == 0
+    kept = _px(Image.open(tmp_path / "inpainted" / "a.png"))
+    assert "Mask blur" in Image.open(tmp_path / "inpainted" / "a.png").info["parameters"]
+    assert np.abs(kept[0, 0] - np.array([200, 30, 30])).max() <= 3  # outside the mask: the input, pasted back
+
+
+def test_a1111_img2img_uses_every_init_image(client, engine, tmp_path):
+    import base64
+    import io
+
+    encoded = []
+    for colour in ((200, 30, 30), (30, 30, 200)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode())
+    payload = {"prompt": "a cat", "init_images": encoded, "steps": 4, "seed": 9, "sampler_name": "Euler",
+               "denoising_strength": 0.6, "width": 32, "height": 32}
+    body = client.post("/sdapi/v1/img2img", json=payload).json()
+    images = [decode_png(text) for text in body["images"]]
+    assert len(images) == 2 and json.loads(body["info"])["all_seeds"] == [9, 10]
+    Image.open(io.BytesIO(base64.b64decode(encoded[1]))).save(tmp_path / "blue.png")
+    direct = engine.generate(GenerateRequest.create(mode="img2img", prompt="a cat", model="tiny-sd", steps=4,
+                                                    seed=10, sampler="Euler", denoising_strength=0.6, width=32,
+                                                    height=32, init_image=str(tmp_path / "blue.png")))
+    assert np.array_equal(_px(images[1]), _px(direct.images[0]))

@@ -49,3 +49,4 @@ def run_xyz(args: argparse.Namespace) -> int:
     for axis in "xyz":
         plot[f"{axis}_type"], plot[f"{axis}_values"] = axis_arg(getattr(args, axis))
     return run_generation(args, "img2img" if args.image else "txt2img", {"name": "x/y/z plot", "args": plot})
+

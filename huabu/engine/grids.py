@@ -43,6 +43,11 @@ def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
     return grid
 
 
+def batch_grid(images: list[Image.Image]) -> Image.Image:
+    """The grid A1111 saves for a batch: round(sqrt(n)) rows (its default n_rows = -1), unlabelled."""
+    return image_grid(images, rows=min(len(images), max(1, round(math.sqrt(len(images))))))
+
+
 @lru_cache(maxsize=64)
 def grid_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     for path in FONT_CANDIDATES:

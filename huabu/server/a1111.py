@@ -260,9 +260,12 @@ def _override_settings(overrides: dict[str, Any], catalog, data: dict[str, Any],
 def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings: list[str]) -> None:
     if not req.init_images:
         raise InvalidRequest("img2img needs init_images: a list with one base64-encoded image")
-    if len(req.init_images) > 1:
-        warnings.append(f"init_images: only the first of {len(req.init_images)} images is used")
-    data["init_image"] = image_data_url(req.init_images[0], limits, "init_images[0]")
+    images = [image_data_url(image, limits, f"init_images[{i}]") for i, image in enumerate(req.init_images)]
+    data["init_image"] = images[0]
+    if len(images) > 1:  # every image, each its own run (A1111 makes them one batch); none of the scripts as well
+        if req.script_name:
+            raise InvalidRequest("several init_images and a script_name: send one image with a script")
+        data["script"] = {"name": "img2img batch", "args": {"images": images}}
     if not req.mask:
         return
     mask = image_data_url(req.mask, limits, "mask")

@@ -13,17 +13,18 @@ from types import ModuleType
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest, ScriptRequest
-from huabu.engine.scripts import prompt_matrix, prompts_from_file, xyz
+from huabu.engine.scripts import batch, prompt_matrix, prompts_from_file, xyz
 from huabu.engine.scripts.common import Run, ScriptOutput
 
 
 def script_titles() -> list[str]:
-    """The scripts huabu runs, as A1111's /sdapi/v1/scripts names them (lowercase titles)."""
-    return list(_scripts())
+    """A1111's scripts huabu runs, as its /sdapi/v1/scripts names them (lowercase titles)."""
+    return [title for title in _scripts() if title != batch.NAME]
 
 
 def _scripts() -> dict[str, ModuleType]:
-    return {"x/y/z plot": xyz, "prompt matrix": prompt_matrix, "prompts from file or textbox": prompts_from_file}
+    return {"x/y/z plot": xyz, "prompt matrix": prompt_matrix, "prompts from file or textbox": prompts_from_file,
+            batch.NAME: batch}
 
 
 def _module(script: ScriptRequest) -> ModuleType:
