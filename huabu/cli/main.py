@@ -43,6 +43,7 @@ TRAIN_STAGES = [
     "huabu.cli.lora:register_train",
     "huabu.cli.train_controlnet:register_train",
     "huabu.cli.train_lcm:register_train",
+    "huabu.cli.train_embedding:register_train",
 ]
 
 

@@ -83,9 +83,13 @@ def read_embedding(path: Path, allow_pickle: bool) -> Embedding:
         raise ModelNotFound(f"{path.name} is not a textual inversion embedding (no emb_params, clip_l/clip_g or "
                             f"string_to_param)")
     vectors = tuple(vector.detach().float().reshape(-1, vector.shape[-1]) for vector in vectors)
+    if checkpoints.sniff_format(path) == checkpoints.SAFETENSORS:  # what a .pt keeps beside its tensors
+        state = {**checkpoints.safetensors_metadata(path), **state}
+    step = state.get("step")
+    step = int(step) if isinstance(step, str) and step.isdigit() else _int_or_none(step)
     checkpoint = state.get("sd_checkpoint")
-    return Embedding(path.stem, path, vectors, _int_or_none(state.get("step")),
-                     str(checkpoint) if checkpoint else None, _str_or_none(state.get("sd_checkpoint_name")))
+    return Embedding(path.stem, path, vectors, step, str(checkpoint) if checkpoint else None,
+                     _str_or_none(state.get("sd_checkpoint_name")))
 
 
 def _int_or_none(value: Any) -> int | None:
