@@ -238,3 +238,17 @@ def test_controlnet_preview_errors_are_one_readable_line(app, tmp_path, module, 
     text = str(err.value)
     assert text.startswith(words) and text.endswith(", or upload a ready map with module none") and "\n" not in text
     assert text != studio.texts["en"]["error.generic"]
+
+
+def test_script_dropdown_runs_an_xyz_plot(app):
+    from huabu.core.pnginfo import parse_infotext, read_parameters
+
+    _, _, _, client = app
+    images, parameters, _ = client.predict(prompt="a red fox", steps=2, seed=5, script="x/y/z plot", x_type="Steps",
+                                           x_values="2, 3", y_type="CFG Scale", y_values="3, 7", api_name="/txt2img")
+    assert len(images) == 5  # the grid, then the four cells
+    with Image.open(images[0]["image"]) as grid:
+        assert grid.width > 64 and grid.height > 64
+        params = parse_infotext(read_parameters(grid))
+    assert (params["Script"], params["X Type"], params["Y Values"]) == ("X/Y/Z plot", "Steps", "3, 7")
+    assert parse_infotext(parameters)["Script"] == "X/Y/Z plot"

@@ -1,7 +1,7 @@
 """txt2img, img2img and inpainting tabs: a prompt area, the sampling fields, and a run that goes through
 Engine.generate (the CLI's and the API's path) with progress and an Interrupt button."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import gradio as gr
@@ -12,6 +12,7 @@ from huabu.ui.fields import data_url, field_bounds, mask_from_editor, size_or_de
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
 from huabu.ui.prompt_area import PromptArea, build_prompt_area
+from huabu.ui.scripts import build_script_area, script_request
 
 SAMPLER_NAMES = [s.name for s in SAMPLERS]
 SCHEDULE_LABELS = [s.label for s in SCHEDULES]
@@ -32,6 +33,7 @@ class GenerationForm:
     status: Any
     reuse_seed: Any
     event: Any = None  # the generate click's dependency, for chaining
+    script_inputs: list = field(default_factory=list)  # the Script dropdown and its fields (huabu.ui.scripts)
 
 
 def build_sampling_fields(labels, prefix: str, default_sampler: str,
@@ -143,14 +145,18 @@ def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
     form = layout(studio, labels, "txt2img", None)
 
     def txt2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, language, prefs, session: gr.Request, progress=gr.Progress()):
+                batch_size, n_iter, clip_skip, script, x_type, x_values, y_type, y_values, z_type, z_values,
+                legend, keep_seed, at_start, different, lines, iterate, language, prefs, session: gr.Request,
+                progress=gr.Progress()):
+        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start,
+                  different, lines, iterate)
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
-            request = GenerateRequest.create(mode="txt2img", **fields)
+            request = GenerateRequest.create(mode="txt2img", script=script_request(*script), **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
-    wire_generation(studio, form, txt2img, common_inputs(form), language, prefs)
+    wire_generation(studio, form, txt2img, [*common_inputs(form), *form.script_inputs], language, prefs)
     return form
 
 
@@ -163,18 +169,23 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
     form = layout(studio, labels, "img2img", extra)
 
     def img2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, init_image, denoising_strength, language, prefs, session: gr.Request,
-                progress=gr.Progress()):
+                batch_size, n_iter, clip_skip, init_image, denoising_strength, script, x_type, x_values, y_type,
+                y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
+                session: gr.Request, progress=gr.Progress()):
+        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start,
+                  different, lines, iterate)
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
             if not init_image:
                 raise gr.Error(labels.texts[language]["error.no_image"], print_exception=False)
             request = GenerateRequest.create(mode="img2img", init_image=str(init_image),
-                                             denoising_strength=float(denoising_strength), **fields)
+                                             denoising_strength=float(denoising_strength),
+                                             script=script_request(*script), **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
-    inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"]]
+    inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"],
+              *form.script_inputs]
     wire_generation(studio, form, img2img, inputs, language, prefs)
     return form
 
@@ -190,19 +201,22 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
     form = layout(studio, labels, "inpaint", extra)
 
     def inpaint(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, language, prefs,
-                session: gr.Request, progress=gr.Progress()):
+                batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, script, x_type, x_values,
+                y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate,
+                language, prefs, session: gr.Request, progress=gr.Progress()):
+        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start,
+                  different, lines, iterate)
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
             image, mask = mask_from_editor(editor)
             request = GenerateRequest.create(mode="inpaint", init_image=data_url(image), mask=data_url(mask),
                                              mask_blur=int(mask_blur), denoising_strength=float(denoising_strength),
-                                             **fields)
+                                             script=script_request(*script), **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     inputs = [*common_inputs(form), form.fields["editor"], form.fields["mask_blur"],
-              form.fields["denoising_strength"]]
+              form.fields["denoising_strength"], *form.script_inputs]
     wire_generation(studio, form, inpaint, inputs, language, prefs)
     return form
 
@@ -226,8 +240,11 @@ def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None
             if mode in ("img2img", "inpaint"):
                 fields["denoising_strength"] = labels(gr.Slider, minimum=0, maximum=1, step=0.01, value=0.75,
                                                       label=Key("gen.denoising"), elem_id=f"{mode}-denoising")
+            # the three A1111 generation tabs have its Script dropdown; the ControlNet tab wires its own inputs
+            scripts = build_script_area(labels, mode) if mode in ("txt2img", "img2img", "inpaint") else None
         with gr.Column(scale=2):
             results = build_results(labels, mode)
     fields.update(prompt=area.prompt, negative_prompt=area.negative, **extras)
     return GenerationForm(mode, area, fields, results["generate"], results["interrupt"], results["gallery"],
-                          results["parameters"], results["status"], reuse_seed)
+                          results["parameters"], results["status"], reuse_seed,
+                          script_inputs=[scripts.script, *scripts.inputs] if scripts else [])
