@@ -222,3 +222,18 @@ def test_a1111_img2img_uses_every_init_image(client, engine, tmp_path):
                                                     seed=10, sampler="Euler", denoising_strength=0.6, width=32,
                                                     height=32, init_image=str(tmp_path / "blue.png")))
     assert np.array_equal(_px(images[1]), _px(direct.images[0]))
+
+
+def test_xyz_varies_a_lora_weight_through_prompt_sr(engine, model_store, settings):
+    from safetensors.torch import save_file
+    from test_lora_inference import _kohya_state
+
+    pipe = engine.models.load(str(model_store["folder"])).pipeline
+    settings.loras_dir.mkdir(parents=True, exist_ok=True)
+    save_file(_kohya_state(pipe, 5), settings.loras_dir / "xyz-ink.safetensors")
+    plot = {"x_type": "Prompt S/R", "x_values": "0.2, 1", "include_lone_images": True}
+    result = engine.generate(_request(model_store, {"name": "x/y/z plot", "args": plot},
+                                      prompt="a cat <lora:xyz-ink:0.2>"))
+    for cell, weight in zip(result.images[1:], (0.2, 1)):
+        assert np.array_equal(_px(cell), _direct(engine, model_store, prompt=f"a cat <lora:xyz-ink:{weight}>"))
+    assert not np.array_equal(_px(result.images[1]), _px(result.images[2]))
