@@ -237,3 +237,18 @@ def test_xyz_varies_a_lora_weight_through_prompt_sr(engine, model_store, setting
     for cell, weight in zip(result.images[1:], (0.2, 1)):
         assert np.array_equal(_px(cell), _direct(engine, model_store, prompt=f"a cat <lora:xyz-ink:{weight}>"))
     assert not np.array_equal(_px(result.images[1]), _px(result.images[2]))
+
+
+def test_xyz_sampler_clip_skip_and_controlnet_weight_axes(engine, model_store, controlnet_store, tmp_path):
+    from PIL import ImageDraw
+
+    reference = Image.new("RGB", (32, 32), (30, 60, 200))
+    ImageDraw.Draw(reference).rectangle((6, 6, 20, 26), fill=(240, 220, 20))
+    reference.save(tmp_path / "ref.png")
+    unit = {"module": "canny", "model": str(controlnet_store["canny"]), "image": str(tmp_path / "ref.png")}
+    plot = {"x_type": "[ControlNet] Weight", "x_values": "0, 1.5", "y_type": "Sampler", "y_values": "Euler a",
+            "z_type": "Clip skip", "z_values": "2", "include_lone_images": True}
+    result = engine.generate(_request(model_store, {"name": "x/y/z plot", "args": plot}, controlnets=[unit]))
+    full = _direct(engine, model_store, sampler="Euler a", clip_skip=2, controlnets=[{**unit, "weight": 1.5}])
+    assert np.array_equal(_px(result.images[2]), full)
+    assert not np.array_equal(_px(result.images[1]), full)
