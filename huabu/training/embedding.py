@@ -9,8 +9,8 @@ the embeddings folder.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
