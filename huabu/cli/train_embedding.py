@@ -17,6 +17,7 @@ _HELP = {
     "vectors": "vectors per token (A1111: 'Number of vectors per token')",
     "model": "huabu-tiny or a diffusers folder of an SD 1.x/2.x-shaped model",
     "resolution": "training image size in px (0: the model's own)",
+    "timesteps": "uniform, or cubic (more of the noisy steps, where an object's shape is decided)",
     "sample_every": "also write NAME-STEP.safetensors and a sample image every so many steps (0: never)",
     "sample_prompt": "prompt of the sample images (default: the first caption)",
 }

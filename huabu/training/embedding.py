@@ -23,6 +23,7 @@ from huabu.engine.embeddings import name_pattern
 from huabu.training import loop
 from huabu.training.embedding_config import EmbeddingTrainConfig
 from huabu.training.loop import Plan, Recipe, Sampled, same_run
+from huabu.training.noise import check_timestep_sampling, draw_timesteps
 from huabu.training.schedules import Schedule
 
 PLACEHOLDER = "huabutitrain"  # the token strings captions are written with while training (never a prompt word)
@@ -77,6 +78,7 @@ def check_config(cfg: EmbeddingTrainConfig) -> None:
         raise InvalidRequest(f"--vectors must be between 1 and 75, got {cfg.vectors}")
     if not cfg.data:
         raise InvalidRequest("--data: give the folder of training images")
+    check_timestep_sampling(cfg.timesteps)
 
 
 def _images(cfg: EmbeddingTrainConfig, size: int) -> tuple[np.ndarray, list[str]]:
@@ -143,7 +145,7 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x0 = latents[torch.as_tensor(idx)]
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, schedule.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
+        t = draw_timesteps(cfg.timesteps, schedule.config.num_train_timesteps, len(idx), gen).to(device)
         ids = tok([captions[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids.to(device)
         cond = text_encoder(ids)[0]

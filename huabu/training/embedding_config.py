@@ -20,6 +20,7 @@ class EmbeddingTrainConfig:
     lr: float = 0.005
     warmup: int = 0
     resolution: int = 0  # 0: the model's own size
+    timesteps: str = "uniform"  # or "cubic": biased to the noisy steps, where an object's shape is decided
     checkpoint_every: int = 100
     sample_every: int = 0  # also write NAME-STEP.safetensors and a sample image every so many steps; 0 = never
     sample_prompt: str = ""  # default: the first caption
