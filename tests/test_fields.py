@@ -152,7 +152,7 @@ def test_table_has_one_row_per_key_and_field():
     keys = [field.key for field in fields.FIELDS]
     names = [name for field in fields.FIELDS for name in field.names]
     assert len(keys) == len(set(keys)) and len(names) == len(set(names))
-    engine_only = {"model_hash", "lora_hashes", "vae_hash"}
+    engine_only = {"model_hash", "lora_hashes", "vae_hash", "ti_hashes"}
     known = set(GenerateRequest.model_fields) | set(VideoRequest.model_fields) | engine_only
     assert set(names) <= known
     for field in fields.FIELDS:

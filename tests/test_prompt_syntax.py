@@ -127,7 +127,7 @@ LORA_CASES = [
     ("<lyco:bar:-0.3>a", "a", [LoraRef("bar", -0.3)]),
     ("<lora:my style v2:1.2>", "", [LoraRef("my style v2", 1.2)]),
     ("[<lora:a:1>:<lora:b:0.5>:3] z", "[::3] z", [LoraRef("a", 1.0), LoraRef("b", 0.5)]),
-    ("keep <hypernet:x:1> and <3", "keep <hypernet:x:1> and <3", []),
+    ("keep <other:x:1> and <3", "keep <other:x:1> and <3", []),
 ]
 
 
@@ -143,6 +143,7 @@ def test_extract_loras(prompt, text, loras):
         ("<lora: :1>", "names no LoRA"),
         ("a (word:1.2.3)", "'1.2.3' is not a number"),
         ("(x:..)", "'..' is not a number"),
+        ("a <hypernet:anime:0.7> cat", "<hypernet:anime:0.7>: hypernetworks are not supported"),
     ],
 )
 def test_validate_prompt_rejects_what_a1111_fails_on(prompt, message):

@@ -65,14 +65,14 @@ def test_the_whole_a1111_request_schema_is_accepted_and_unsupported_fields_are_n
         "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2, "hr_upscaler": "Latent",
         "hr_second_pass_steps": 3, "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint_name": None,
         "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "",
-        "force_task_id": "task(abc)", "script_name": "x/y/z plot", "script_args": [1, 2], "send_images": True,
+        "force_task_id": "task(abc)", "script_name": None, "script_args": [], "send_images": True,
         "save_images": True, "alwayson_scripts": {"ADetailer": {"args": []}}, "infotext": None,
         "some_future_field": {"nested": 1}, **TINY}
     response = client.post("/sdapi/v1/txt2img", json=payload)
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
     warned = " | ".join(info["warnings"])
-    for name in ("restore_faces", "tiling", "eta", "s_churn", "refiner_checkpoint", "script_name", "alwayson_scripts.ADetailer",
+    for name in ("restore_faces", "tiling", "eta", "s_churn", "refiner_checkpoint", "alwayson_scripts.ADetailer",
                  "some_future_field", "no-such-style", "DPM fast",
                  "align_your_steps"):
         assert name in warned, name
@@ -176,8 +176,9 @@ def test_list_routes_answer_with_what_huabu_has(client):
         [("inkwash", "ink wash", "styles/inkwash.safetensors")]
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting",
-                                                                                  "outpainting mk2"]}
+    scripts = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]  # tests/test_scripts.py runs them
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": scripts,
+                                                      "img2img": [*scripts, "poor man's outpainting", "outpainting mk2"]}
     assert [row["name"] for row in client.get("/sdapi/v1/upscalers").json()][:3] == ["None", "Lanczos", "Nearest"]
     assert {"Latent", "Latent (nearest-exact)"} <= {row["name"] for row in
                                                     client.get("/sdapi/v1/latent-upscale-modes").json()}

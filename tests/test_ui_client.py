@@ -260,3 +260,40 @@ def test_controlnet_preview_errors_are_one_readable_line(app, tmp_path, module, 
     text = str(err.value)
     assert text.startswith(words) and text.endswith(", or upload a ready map with module none") and "\n" not in text
     assert text != studio.texts["en"]["error.generic"]
+
+
+def test_script_dropdown_runs_an_xyz_plot(app):
+    from huabu.core.pnginfo import parse_infotext, read_parameters
+
+    _, _, _, client = app
+    images, parameters, _ = client.predict(prompt="a red fox", steps=2, seed=5, script="x/y/z plot", x_type="Steps",
+                                           x_values="2, 3", y_type="CFG Scale", y_values="3, 7", api_name="/txt2img")
+    assert len(images) == 5  # the grid, then the four cells
+    with Image.open(images[0]["image"]) as grid:
+        assert grid.width > 64 and grid.height > 64
+        params = parse_infotext(read_parameters(grid))
+    assert (params["Script"], params["X Type"], params["Y Values"]) == ("X/Y/Z plot", "Steps", "3, 7")
+    assert parse_infotext(parameters)["Script"] == "X/Y/Z plot"
+
+
+def test_tools_tab_merges_and_trains_an_embedding(app, model_store, tmp_path):
+    from gradio_client import handle_file
+    from safetensors import safe_open
+
+    studio, _, _, client = app
+    folder = str(model_store["folder"])
+    status = client.predict(a=folder, b=folder, c=None, method="weighted-sum", alpha=0.4, name="self-merge",
+                            fp16=True, api_name="/merge")
+    merged = studio.settings.models_dir / "self-merge.safetensors"
+    assert str(merged) in status and merged.is_file()
+    with safe_open(merged, framework="pt") as f:
+        assert '"multiplier": 0.4' in f.metadata()["sd_merge_recipe"]
+    merged.unlink()  # the session's models folder is shared
+    image = tmp_path / "zq.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(image)
+    status = client.predict(files=[handle_file(str(image))], archive=None, token="zqstudio", init_word="red",
+                            vectors=1, steps=2, api_name="/train_embedding")
+    trained = studio.settings.embeddings_dir / "zqstudio.safetensors"
+    assert str(trained) in status
+    with safe_open(trained, framework="pt") as f:
+        assert f.get_tensor("emb_params").shape == (1, 32)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from huabu.core.requests import GenerateRequest
 
 
-def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
+def request_from_args(args: argparse.Namespace, mode: str, script: dict | None = None) -> GenerateRequest:
     from huabu.core.requests import GenerateRequest
 
     width, height = args.size if args.size else (None, None)
@@ -27,7 +27,7 @@ def request_from_args(args: argparse.Namespace, mode: str) -> GenerateRequest:
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
                   checkpoint_config=args.checkpoint_config, vae=args.vae, clip_skip=args.clip_skip,
                   loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args),
-                  **_variation_fields(args), **_hires_fields(args))
+                  script=script, **_variation_fields(args), **_hires_fields(args))
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
@@ -95,8 +95,9 @@ def progress_bars() -> tuple[Callable, Callable[[], None]]:
     return update, close
 
 
-def run_generation(args: argparse.Namespace, mode: str) -> int:
-    request = request_from_args(args, mode)  # validate before anything heavy is imported
+def run_generation(args: argparse.Namespace, mode: str, script: dict | None = None) -> int:
+    """Generate and save; `script` runs an A1111 script (huabu.engine.scripts) around the generation."""
+    request = request_from_args(args, mode, script)  # validate before anything heavy is imported
     quiet_libraries()
     from huabu.engine.generate import Engine
 
@@ -109,6 +110,8 @@ def run_generation(args: argparse.Namespace, mode: str) -> int:
         close()
     for path, seed in zip(result.paths, result.seeds):
         print(f"{path}  (seed {seed})")
+    if getattr(args, "grid", False) and script is None and len(result.images) > 1:
+        print(f"{save_batch_grid(result, args.output or settings.outputs_dir)}  (grid)")
     return 0
 
 
@@ -116,17 +119,46 @@ def run_generation(args: argparse.Namespace, mode: str) -> int:
 
 def register_generate(sub: Subparsers) -> None:
     parser = sub.add_parser("generate", help="text to image", description="Generate images from a prompt.")
-    add_generation_options(parser)
+    add_generation_options(parser, prompt_optional=True)
     add_hires_options(parser)
-    parser.set_defaults(handler=lambda args: run_generation(args, "txt2img"))
+    parser.add_argument("--from-file", type=Path, metavar="FILE",
+                        help="one generation per line of FILE: a prompt, or A1111's `--prompt \"...\" --steps 10` "
+                             "options (added to PROMPT when both are given)")
+    parser.add_argument("--prompt-matrix", action="store_true",
+                        help="A1111's prompt matrix: one image per combination of the |-separated parts, and a grid")
+    parser.add_argument("--grid", action="store_true", help="also save a grid of all images (A1111's grid)")
+    parser.set_defaults(handler=lambda args: run_generation(args, "txt2img", generate_script(args)))
+
+
+def generate_script(args: argparse.Namespace) -> dict | None:
+    """The A1111 script `huabu generate` runs, if any (--from-file, --prompt-matrix)."""
+    if args.from_file and args.prompt_matrix:
+        raise InvalidRequest("use --from-file or --prompt-matrix, not both")
+    if args.from_file:
+        try:
+            text = args.from_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InvalidRequest(f"--from-file {args.from_file}: cannot read it ({err.__class__.__name__})") from None
+        return {"name": "prompts from file or textbox", "args": {"text": text}}
+    return {"name": "prompt matrix", "args": {}} if args.prompt_matrix else None
 
 
 def register_img2img(sub: Subparsers) -> None:
     parser = sub.add_parser("img2img", help="image to image", description="Repaint an image guided by a prompt.")
     add_generation_options(parser)
-    parser.add_argument("--image", type=Path, required=True, help="input image")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="input image")
+    source.add_argument("--input-dir", type=Path, help="every image in this folder (A1111's batch tab)")
+    parser.add_argument("--output-dir", type=Path, help="with --input-dir: where the results go, named as their "
+                                                        "inputs (default: the outputs folder)")
+    parser.add_argument("--mask-dir", type=Path, help="with --input-dir: masks named as the images (inpaints)")
     parser.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1 (0 keeps the image)")
-    parser.set_defaults(handler=lambda args: run_generation(args, "img2img"))
+    parser.add_argument("--grid", action="store_true", help="also save a grid of all images (A1111's grid)")
+    parser.set_defaults(handler=run_img2img)
+
+
+def run_img2img(args: argparse.Namespace) -> int:
+    return run_generation(args, "img2img") if args.input_dir is None else run_batch(args)
 
 
 def register_inpaint(sub: Subparsers) -> None:
@@ -137,6 +169,7 @@ def register_inpaint(sub: Subparsers) -> None:
     parser.add_argument("--mask", type=Path, required=True, help="mask image of the same size: white = repaint")
     parser.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
     parser.add_argument("--mask-blur", type=int, default=4, help="soften the mask edge when pasting back (pixels)")
+    parser.add_argument("--grid", action="store_true", help="also save a grid of all images (A1111's grid)")
     add_inpaint_options(parser)
     parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
 
@@ -153,6 +186,63 @@ def register_outpaint(sub: Subparsers) -> None:
     parser.add_argument("--mask-blur", type=int, default=4, help="soften the seam, on the new side only (pixels)")
     add_inpaint_options(parser, fill="fill")
     parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def batch_inputs(input_dir: Path, mask_dir: Path | None) -> tuple[list[Path], list[Path]]:
+    """The images of a folder in name order, and the mask of each (same file stem) when a mask folder is given."""
+    if not input_dir.is_dir():
+        raise InvalidRequest(f"--input-dir {input_dir} is not a folder")
+    images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise InvalidRequest(f"--input-dir {input_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if mask_dir is None:
+        return images, []
+    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} if mask_dir.is_dir() else {}
+    missing = [image.name for image in images if image.stem not in masks]
+    if missing:
+        raise InvalidRequest(f"--mask-dir {mask_dir} has no mask named like {missing[0]}")
+    return images, [masks[image.stem] for image in images]
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """img2img (inpaint with --mask-dir) of every image in --input-dir; each result is saved in --output-dir under
+    its input's name (`name.png`, `name-1.png` ... for several per input), with its infotext."""
+    from huabu.core.pnginfo import save_png_atomic
+
+    images, masks = batch_inputs(args.input_dir, args.mask_dir)
+    args.image = images[0]  # the request's own input: each run replaces it
+    script = {"name": "img2img batch", "args": {"images": [str(p) for p in images], "masks": [str(p) for p in masks]}}
+    request = request_from_args(args, "img2img", script)
+    quiet_libraries()
+    from huabu.engine.generate import Engine
+
+    settings = settings_from_args(args)
+    update, close = progress_bars()
+    try:
+        result = Engine(settings).generate(request, progress=update)
+    finally:
+        close()
+    folder = args.output_dir or settings.outputs_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    per_image = request.batch_size * request.n_iter
+    for index, (image, infotext, seed) in enumerate(zip(result.images, result.infotexts, result.seeds)):
+        source, k = images[index // per_image], index % per_image
+        path = save_png_atomic(image, folder / f"{source.stem}{f'-{k}' if k else ''}.png", infotext)
+        print(f"{path}  (seed {seed})")
+    if args.grid and len(result.images) > 1:
+        print(f"{save_batch_grid(result, folder)}  (grid)")
+    return 0
+
+
+def save_batch_grid(result, folder: Path) -> Path:
+    """A grid of a generation's images with the first image's infotext, as A1111 saves `grid-0000.png`."""
+    from huabu.engine.grids import batch_grid
+    from huabu.engine.scripts.common import save_grid
+
+    return save_grid(batch_grid(result.images), result.infotexts[0], Path(folder), "grid")
 
 
 # --- reproduce / png-info / history ------------------------------------------------------------------------
@@ -214,9 +304,9 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
 def run_reproduce(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from huabu.engine.images import load_image
     from huabu.core.fields import infotext_values
     from huabu.core.pnginfo import parse_infotext, read_parameters
+    from huabu.engine.images import load_image
 
     original = load_image(str(args.file), "file")
     text = read_parameters(args.file)
@@ -282,8 +372,8 @@ def register_png_info(sub: Subparsers) -> None:
 
 
 def run_png_info(args: argparse.Namespace) -> int:
-    from huabu.engine.images import load_image
     from huabu.core.pnginfo import read_parameters
+    from huabu.engine.images import load_image
 
     load_image(str(args.file), "file")  # one-line errors for missing / non-image files
     text = read_parameters(args.file)

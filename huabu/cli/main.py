@@ -35,6 +35,8 @@ COMMANDS = [
     "huabu.cli.serve:register",
     "huabu.cli.video:register",
     "huabu.cli.lora:register",
+    "huabu.cli.merge:register",
+    "huabu.cli.scripts:register_xyz",
     "huabu.cli.main:register_train",
 ]
 
@@ -43,6 +45,7 @@ TRAIN_STAGES = [
     "huabu.cli.lora:register_train",
     "huabu.cli.train_controlnet:register_train",
     "huabu.cli.train_lcm:register_train",
+    "huabu.cli.train_embedding:register_train",
 ]
 
 

@@ -41,8 +41,10 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
                        help="load pickle .ckpt files (with torch.load(weights_only=True)); only for files you trust")
 
 
-def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="A1111 prompt syntax: (word:1.2), [from:to:when], [a|b], <lora:name:w>, BREAK")
+def add_generation_options(parser: argparse.ArgumentParser, prompt_optional: bool = False) -> None:
+    """The options of a generation; `prompt_optional` when the prompt may come from elsewhere (--from-file)."""
+    parser.add_argument("prompt", help="A1111 prompt syntax: (word:1.2), [from:to:when], [a|b], <lora:name:w>, BREAK",
+                        **({"nargs": "?", "default": ""} if prompt_optional else {}))
     parser.add_argument("--negative", default="", help="negative prompt")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale")

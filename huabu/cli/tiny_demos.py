@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from huabu.cli.options import add_config_options, config_from_args
-from huabu.tiny.demo_configs import CONTROL_TYPES, ControlEvalConfig, LoraEvalConfig, VideoEvalConfig
+from huabu.tiny.demo_configs import (CONTROL_TYPES, ControlEvalConfig, EmbeddingEvalConfig, LoraEvalConfig,
+                                     VideoEvalConfig)
 
 _HELP = {
     "model": "a huabu-tiny-shaped diffusers folder or model name (default: the shipped huabu-tiny)",
@@ -28,7 +29,8 @@ _HELP = {
     "style": "the paper-cut style LoRA (.safetensors)",
     "subject": "the hbdragon subject LoRA (.safetensors)",
     "weights": "comma-separated LoRA weights (0 is always measured: the base)",
-    "count": "held-out prompts per LoRA",
+    "count": "held-out prompts (per LoRA)",
+    "embedding": "the trained hbdragon.safetensors (huabu train embedding --token hbdragon)",
     "steps": "sampling steps",
     "frames": "frames per video",
     "grid": "also write a PNG of the first 8 prompts: real scenes, each type's control maps above its outputs, "
@@ -57,7 +59,9 @@ def register(tsub) -> None:
             ("eval-video", VideoEvalConfig, _eval_video,
              "motion-direction accuracy and frame consistency of held-out moving-scene prompts"),
             ("eval-lora", LoraEvalConfig, _eval_lora,
-             "style and subject LoRAs at weights 0, 0.5, 1: distance to the target and prompt adherence")):
+             "style and subject LoRAs at weights 0, 0.5, 1: distance to the target and prompt adherence"),
+            ("eval-embedding", EmbeddingEvalConfig, _eval_embedding,
+             "an hbdragon embedding on held-out prompts: dragon top-1 and adherence, with vs without it")):
         parser = tsub.add_parser(name, help=text, description=text)
         add_config_options(parser, cls, _HELP)
         _add_device_options(parser)
@@ -111,6 +115,12 @@ def _eval_lora(args: argparse.Namespace) -> int:
     from huabu.tiny.eval_lora import evaluate_lora, format_lora_report
 
     return _evaluate(args, evaluate_lora, format_lora_report)
+
+
+def _eval_embedding(args: argparse.Namespace) -> int:
+    from huabu.tiny.eval_embedding import evaluate_embedding, format_embedding_report
+
+    return _evaluate(args, evaluate_embedding, format_embedding_report)
 
 
 def _ship_controlnet(args: argparse.Namespace) -> int:

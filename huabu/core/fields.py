@@ -186,6 +186,7 @@ FIELDS: tuple[InfotextField, ...] = (
        lambda *sides: " ".join(f"{name} {value}" for name, value in zip(SIDES, sides)),
        lambda values: _inpaint(values) and any(values[f"outpaint_{name}"] for name in SIDES)),
     _F("Lora hashes", ("lora_hashes",), _text),
+    _F("TI hashes", ("ti_hashes",), _text),
     _F("Frames", ("frames",), _whole),
     _F("FPS", ("fps",), _whole),
 )
@@ -195,18 +196,20 @@ def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed:
                                model: str | None = None, model_hash: str | None = None,
                                lora_hashes: str | None = None, strength_used: bool | None = None,
                                extra: Mapping[str, Any] | None = None, subseed: int | None = None,
-                               vae_hash: str | None = None) -> dict[str, Any]:
+                               vae_hash: str | None = None, ti_hashes: str | None = None) -> dict[str, Any]:
     """The `key: value` fields of one image or video, in A1111 1.10's order (None = left out), as
     huabu.core.pnginfo.create_infotext takes them.
 
     `request` is the request as used (seed, size, sampler and schedule resolved). `seed` is the image's own seed
     (default: the request's), `model` the model's name (default: the request's model), `model_hash` its short hash,
-    `lora_hashes` A1111's `Lora hashes` text, `subseed` the image's own variation seed. `strength_used` says
-    whether denoising_strength acted (default: img2img, inpaint and the hires fix; videos with an init image and no
-    SparseCtrl). `extra` (ControlNet units,
-    the video model ...) follows the table's fields."""
+    `lora_hashes` A1111's `Lora hashes` text, `ti_hashes` its `TI hashes` text, `subseed` the image's own
+    variation seed. `strength_used` says whether denoising_strength acted (default: img2img, inpaint and the hires
+    fix; videos with an init image and no SparseCtrl). `extra` (ControlNet units, the video model ...) follows the
+    table's fields."""
     values: dict[str, Any] = dict(request)
     values.update(model_hash=model_hash, lora_hashes=lora_hashes, vae_hash=vae_hash)
+    if ti_hashes:  # absent rather than None: outputs without embeddings keep exactly their old fields
+        values["ti_hashes"] = ti_hashes
     if seed is not None:
         values["seed"] = seed
     if subseed is not None:

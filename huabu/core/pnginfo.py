@@ -81,6 +81,15 @@ def _prompt_text(text: str, which: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def add_params(infotext: str, params: dict[str, object]) -> str:
+    """An infotext with more `key: value` pairs before its closing Version pair (A1111 scripts add theirs so)."""
+    head, _, version = infotext.rpartition(", Version: ")
+    if not head:
+        raise ValueError("add_params takes an infotext that ends in its Version pair")
+    pairs = [f"{key}: {_quote(str(value))}" for key, value in params.items() if value is not None]
+    return ", ".join([head, *pairs, f"Version: {version}"])
+
+
 def _convert(key: str, value: str) -> object:
     # Hashes are hex strings that may happen to be all digits; keep them as text.
     if key.lower().endswith("hash"):

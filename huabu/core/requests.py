@@ -86,6 +86,17 @@ class ControlUnit(BaseModel):
         return self
 
 
+class ScriptRequest(BaseModel):
+    """An A1111 script that runs the generation several times with changed requests (huabu.engine.scripts): `name`
+    as A1111 titles it ("x/y/z plot", "prompt matrix", "prompts from file or textbox", any case), `args` A1111's
+    positional `script_args` or the same by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    args: list[Any] | dict[str, Any] = Field(default_factory=dict)
+
+
 class RequestModel(BaseModel):
     """A job as plain JSON data: unknown fields are refused, and bad input becomes one InvalidRequest line."""
 
@@ -179,6 +190,7 @@ class GenerateRequest(RequestModel):
     hr_sampler: str | None = None  # None: the first pass's sampler
     hr_prompt: str = ""  # "": the prompt
     hr_negative_prompt: str = ""
+    script: ScriptRequest | None = None
 
     @field_validator("sampler")
     @classmethod
@@ -205,6 +217,12 @@ class GenerateRequest(RequestModel):
         if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
             return self.seed_resize_from_w, self.seed_resize_from_h
         return None
+
+    def to_data(self) -> dict[str, Any]:
+        data = super().to_data()
+        if data.get("script") is None:  # requests without a script keep the JSON they always had
+            data.pop("script", None)
+        return data
 
     @model_validator(mode="after")
     def _mode_inputs(self) -> "GenerateRequest":

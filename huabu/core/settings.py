@@ -45,8 +45,11 @@ class Settings:
     offload: str = "none"  # "model": whole models to the GPU in turn; "sequential": layer by layer (slowest)
     vae_tiling: bool = False  # decode large images tile by tile
     attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
+    embeddings_dir: Path | None = None  # textual inversion embeddings; None: home/embeddings
 
     def __post_init__(self) -> None:
+        if self.embeddings_dir is None:  # a field with a default, so Settings built field by field still work
+            object.__setattr__(self, "embeddings_dir", self.home / "embeddings")
         if self.device not in DEVICES:
             raise InvalidRequest(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:

@@ -64,7 +64,7 @@ class Engine:
         self.upscalers = Upscalers(settings.upscalers_dir)
         self._vae: tuple[Any, Any] = (None, None)  # (file and model it was loaded for, the AutoencoderKL)
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
-                                 self._prompt_book)
+                                 self._prompt_book, settings.embeddings_dir)
 
     @property
     def gallery(self) -> Gallery:
@@ -104,6 +104,8 @@ class Engine:
     # --- stills -------------------------------------------------------------------------------------------------
 
     def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
+        if request.script is not None:
+            return self._script(request, progress, interrupt, save, outdir)
         job = prepare(request, self.models, self.prompter)
         if job.request.vae is None:
             return self._stills(job, progress, interrupt, save, outdir, None)
@@ -122,8 +124,8 @@ class Engine:
         apply_loras(pipe, job.loras, model.lora_targets)
 
         scheduler = job.scheduler()
-        conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative, used.steps * scheduler.order,
-                                      used.batch_size)
+        conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative_text,
+                                      used.steps * scheduler.order, used.batch_size)
         extensions = [PromptSchedule(conditioning), *([control] if control else [])]
         inputs = _mode_inputs(model, used, job.init_image, job.mask)
         if control:
@@ -153,7 +155,8 @@ class Engine:
                 images = [job.area.paste(image, used.mask_blur) for image in images]
             for index, (seed, image) in enumerate(zip(seeds, images)):
                 params = output_params(used, model, job.loras, extra, seed=seed,
-                                       subseed=subseeds[index] if subseeds else None, vae_hash=vae_hash)
+                                       subseed=subseeds[index] if subseeds else None, vae_hash=vae_hash,
+                                       embeddings=job.embeddings)
                 infotext = build_infotext(job.prompt, job.negative, params)
                 result.images.append(image)
                 result.seeds.append(seed)
@@ -164,6 +167,14 @@ class Engine:
                 result.interrupted = True
                 break
         return result
+
+    def _script(self, request, progress, interrupt, save, outdir) -> GenerationResult:
+        """An A1111 script (huabu.engine.scripts): its runs go through `_generate` under the lock already held."""
+        from huabu.engine.scripts import run_script
+
+        folder = (Path(outdir) if outdir is not None else self.settings.outputs_dir) if save else None
+        output = run_script(request, lambda cell: self._generate(cell, progress, interrupt, save, outdir), folder)
+        return GenerationResult(**vars(output))
 
     def _run(self, model: LoadedModel, pipe, request: GenerateRequest, conditioning, inputs: dict, seeds: list[int],
              subseeds: list[int], callback, extensions, mask=None):

@@ -89,7 +89,7 @@ class HiresFix:
         self.steps = request.hr_second_pass_steps or request.steps
         self.sampler = request.hr_sampler or request.sampler
         prompt = request.hr_prompt or job.text
-        negative = request.hr_negative_prompt or job.negative
+        negative = request.hr_negative_prompt or job.negative_text
         # LoRA tags in the hires prompt are dropped: the first pass's LoRAs stay active, as huabu applies them once.
         self.total_steps = second_pass_steps(self.steps, request.denoising_strength)
         self.conditioning = encode(model, request.clip_skip, extract_loras(prompt)[0], negative, self.total_steps,

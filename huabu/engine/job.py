@@ -22,12 +22,13 @@ from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
 from huabu.core.samplers import Sampler, parse_sampler, resolved_schedule
 from huabu.engine.controlnets import CheckedUnit, check_units
+from huabu.engine.embeddings import UsedEmbedding, use_embeddings
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
 from huabu.engine.inpaint_area import FILL, MaskedArea, fill_masked, outpaint_canvas
 from huabu.engine.loras import ResolvedLora, prompt_with_loras, resolve_loras
 from huabu.engine.models import LoadedModel
-from huabu.engine.prompts.syntax import extract_loras
+from huabu.engine.prompts.syntax import extract_loras, refuse_hypernetworks
 from huabu.engine.samplers import build_scheduler
 
 if TYPE_CHECKING:
@@ -69,6 +70,13 @@ class Job:
     mask: Image.Image | None
     control_units: list[CheckedUnit]
     area: MaskedArea | None = None  # "only masked": where init_image and mask were cropped from
+    embeddings: list[UsedEmbedding] = field(default_factory=list)  # textual inversions the prompts name
+    encoded_negative: str | None = None  # the negative prompt as encoded (embedding names as their tokens)
+
+    @property
+    def negative_text(self) -> str:
+        """The negative prompt to encode."""
+        return self.negative if self.encoded_negative is None else self.encoded_negative
 
     def scheduler(self, seeds: list[int] | None = None) -> Any:
         """A fresh scheduler for the job's sampler; `seeds` seed DPM++ SDE's Brownian noise (one per batch entry)."""
@@ -86,6 +94,7 @@ class Prompter:
     hashes: Any  # checkpoints.HashCache
     allow_unsafe_pickle: bool
     book: Callable[[], "PromptBook"]
+    embeddings_dir: Path | None = None  # textual inversion embeddings named in prompts (None: none used)
 
     def prompts(self, request: Request) -> tuple[str, str, str, list[ResolvedLora]]:
         """(styled prompt naming every LoRA as its tag, negative prompt, prompt without the tags, the LoRAs)."""
@@ -96,6 +105,7 @@ class Prompter:
             prompt, negative = apply_styles(prompt, negative, request.styles, self.book())
         prompt, untaggable = prompt_with_loras(prompt, request.loras)
         text, tag_loras = extract_loras(prompt)
+        refuse_hypernetworks(negative)
         loras = resolve_loras([*untaggable, *tag_loras], self.loras_dir, self.hashes, self.allow_unsafe_pickle)
         return prompt, negative, text, loras
 
@@ -132,7 +142,13 @@ def prepare(request: Request, models: "ModelManager", prompter: Prompter) -> Job
     if getattr(request, "subseed_strength", 0) > 0 and request.subseed == -1:
         update["subseed"] = secrets.randbelow(MAX_SEED)
     used = request.model_copy(update=update)
-    return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units, area)
+    embeddings, encoded_negative = [], None
+    if prompter.embeddings_dir is not None:
+        (text, encoded_negative), embeddings = use_embeddings(model.pipeline, [text, negative],
+                                                              prompter.embeddings_dir, models.hashes,
+                                                              prompter.allow_unsafe_pickle)
+    return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units, area,
+               embeddings, encoded_negative)
 
 
 def output_size(request: Request, model: LoadedModel, init_image: Image.Image | None) -> tuple[int, int]:

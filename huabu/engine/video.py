@@ -207,7 +207,7 @@ class VideoRun:
         pipe.scheduler = scheduler
         encoding = self.motion.encoding(job.model.pipeline.text_encoder) if self.motion else _nothing()
         with encoding:
-            self.conditioning = encode_prompts(job.model, job.request.clip_skip, job.text, job.negative,
+            self.conditioning = encode_prompts(job.model, job.request.clip_skip, job.text, job.negative_text,
                                                job.request.steps * scheduler.order, 1)
 
     def infotext_extra(self) -> dict[str, Any]:
@@ -232,7 +232,7 @@ def run_video(job: Job, settings: Settings, hashes: checkpoints.HashCache, contr
     used = job.request
     # I2VGen-XL takes the image as a condition, not as noised latents: no denoising strength to record.
     params = output_params(used, job.model, job.loras, run.infotext_extra(),
-                           strength_used=False if kind == I2VGEN_XL else None)
+                           strength_used=False if kind == I2VGEN_XL else None, embeddings=job.embeddings)
     infotext = build_infotext(job.prompt, job.negative, params)
     result = VideoResult(frames, used.seed, infotext, used, job.model.info(), kind, params, interrupted=interrupted)
     if job.init_image is not None and frames:

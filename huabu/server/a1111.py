@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import huabu
 from huabu.core.samplers import UNAVAILABLE, parse_sampler
-from huabu.core.errors import BadImage, InvalidRequest
+from huabu.core.errors import BadImage, HuabuError, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
@@ -53,7 +53,7 @@ _NO_OPS: dict[str, tuple] = {
     "restore_faces": (False, None), "tiling": (False, None), "eta": (None,), "s_min_uncond": (None, 0),
     "s_churn": (None, 0), "s_tmax": (None, 0), "s_tmin": (None, 0), "s_noise": (None, 1),
     "refiner_checkpoint": (None, "", "None"), "refiner_switch_at": (None,), "disable_extra_networks": (False, None),
-    "firstpass_image": (None, ""), "script_name": (None, ""),
+    "firstpass_image": (None, ""),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "image_cfg_scale": (None,),
     "initial_noise_multiplier": (None, 1), "latent_mask": (None, ""), "resize_mode": (0, None),
 }
@@ -186,8 +186,6 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
     req = _apply_infotext(req, warnings)
     fields = req.model_fields_set | set(req.model_extra or {})
     for name, no_ops in _NO_OPS.items():
-        if name == "script_name" and mode == "img2img" and req.script_name in OUTPAINT_SCRIPTS:
-            continue
         if name in fields and getattr(req, name, None) not in no_ops:
             warnings.append(f"{name}: ignored (huabu does not support it yet)")
     for name in sorted(req.model_extra or {}):
@@ -205,11 +203,14 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
                 clip_skip=catalog.default_clip_skip, eta_noise_seed_delta=option(catalog, "eta_noise_seed_delta"),
                 vae=_vae_name(option(catalog, "sd_vae"), catalog))
     _override_settings(req.override_settings, catalog, data, warnings)
+    outpaint = isinstance(req, Img2ImgRequest) and req.script_name in OUTPAINT_SCRIPTS
     if isinstance(req, Img2ImgRequest):
         _img2img_fields(req, limits, data, warnings)
-        if req.script_name in OUTPAINT_SCRIPTS:
+        if outpaint:  # A1111's outpainting scripts become the request's outpainting fields
             _outpaint_script(req.script_name, req.script_args, data, warnings)
     data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
+    if req.script_name and not outpaint:  # A1111's other scripts run in the engine (huabu.engine.scripts)
+        data["script"] = {"name": req.script_name, "args": req.script_args}
     request = GenerateRequest.from_data(data)
     catalog.check_http_request(request)
     return request, warnings
@@ -309,9 +310,12 @@ def _vae_name(value: Any, catalog) -> str | None:
 def _img2img_fields(req: Img2ImgRequest, limits, data: dict[str, Any], warnings: list[str]) -> None:
     if not req.init_images:
         raise InvalidRequest("img2img needs init_images: a list with one base64-encoded image")
-    if len(req.init_images) > 1:
-        warnings.append(f"init_images: only the first of {len(req.init_images)} images is used")
-    data["init_image"] = image_data_url(req.init_images[0], limits, "init_images[0]")
+    images = [image_data_url(image, limits, f"init_images[{i}]") for i, image in enumerate(req.init_images)]
+    data["init_image"] = images[0]
+    if len(images) > 1:  # every image, each its own run (A1111 makes them one batch); none of the scripts as well
+        if req.script_name:
+            raise InvalidRequest("several init_images and a script_name: send one image with a script")
+        data["script"] = {"name": "img2img batch", "args": {"images": images}}
     if not req.mask:
         return
     mask = image_data_url(req.mask, limits, "mask")
@@ -600,13 +604,23 @@ def get_memory() -> dict[str, Any]:
 
 
 @router.get("/embeddings")
-def embeddings() -> dict[str, Any]:
-    return {"loaded": {}, "skipped": {}}
+def embeddings(http: Request) -> dict[str, Any]:
+    from huabu.engine.embeddings import folder_text_width, list_embeddings
+
+    catalog = http.app.state.huabu.catalog
+    try:  # loaded = fits the current model's text encoder, as A1111 sorts them
+        width = folder_text_width(catalog.models.resolve(catalog.default_model).path)
+    except HuabuError:
+        width = None
+    settings = catalog.settings
+    return list_embeddings(settings.embeddings_dir, width, settings.allow_unsafe_pickle)
 
 
 @router.get("/scripts")
 def scripts() -> dict[str, Any]:
-    return {"txt2img": [], "img2img": [name.lower() for name in OUTPAINT_SCRIPTS]}
+    from huabu.engine.scripts import script_titles
+
+    return {"txt2img": script_titles(), "img2img": [*script_titles(), *(name.lower() for name in OUTPAINT_SCRIPTS)]}
 
 
 @router.get("/upscalers")

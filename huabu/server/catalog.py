@@ -124,6 +124,12 @@ class Catalog:
         for what, value in named:
             if value and ("/" in value or "\\" in value or value.startswith((".", "~"))):
                 raise NotAllowed(f"{what} must be a name in the server's folder, not a path")
+        if getattr(request, "script", None) is not None:  # every run of an A1111 script, models by name only
+            from huabu.engine.scripts import script_requests
+
+            for cell in script_requests(request):
+                self.resolve_model(cell.model)
+                self.check_http_request(cell)
 
     def check_limits(self, request: GenerateRequest | VideoRequest) -> None:
         limits = self.limits

@@ -64,3 +64,13 @@ class LoraEvalConfig:
     steps: int = 20
     cfg: float = 5.0
     seed: int = 0
+
+
+@dataclass
+class EmbeddingEvalConfig:
+    embedding: str = ""  # the trained hbdragon.safetensors (its file name is the word the prompts use)
+    model: str = ""
+    count: int = 30  # held-out prompts
+    steps: int = 20
+    cfg: float = 5.0
+    seed: int = 0

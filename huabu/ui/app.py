@@ -146,6 +146,7 @@ class Studio:
         from huabu.ui.tabs.generate import build_img2img, build_inpaint, build_txt2img
         from huabu.ui.tabs.lora import build_lora
         from huabu.ui.tabs.settings import build_settings
+        from huabu.ui.tabs.tools import build_tools
         from huabu.ui.tabs.video import build_video
 
         labels = self.labels = Labels(self.language)
@@ -169,6 +170,8 @@ class Studio:
                     build_lora(self, labels, language, prefs, txt2img, img2img)
                 with labels(gr.Tab, label=Key("tab.video"), id="video", elem_id="tab-video"):
                     video = build_video(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.tools"), id="tools", elem_id="tab-tools"):
+                    build_tools(self, labels, language, prefs)
                 with labels(gr.Tab, label=Key("tab.gallery"), id="gallery", elem_id="tab-gallery"):
                     gallery = build_gallery(self, labels, language)
                 with labels(gr.Tab, label=Key("tab.settings"), id="settings", elem_id="tab-settings"):

@@ -7,7 +7,7 @@ truncates at 77 tokens and has no weighting, so this is hand-written (after A111
 
 A1111 differs in two details: it restores the mean over every text encoded in one batch (so a prompt-editing
 variant depended on its siblings), where each text here is normalized alone and can be cached; and textual
-inversion embeddings are not supported here.
+inversion embeddings arrive as tokens already added to the tokenizer (huabu.engine.embeddings rewrites their names).
 """
 
 from __future__ import annotations

@@ -58,14 +58,25 @@ def _lora_ref(tag: str, args: str) -> LoraRef:
     return LoraRef(name=name, weight=unet, te_weight=None if te == unet else te)
 
 
+def refuse_hypernetworks(text: str) -> None:
+    """PromptSyntaxError naming the first `<hypernet:...>` tag: hypernetworks are not supported, and encoding the
+    tag as words would quietly change the image."""
+    for match in _EXTRA_NETWORK_TAG.finditer(text):
+        if match.group(1) == "hypernet":
+            raise PromptSyntaxError(f"{match.group(0)}: hypernetworks are not supported; remove the tag "
+                                    "(LoRA tags <lora:name:weight> are)")
+
+
 def extract_loras(prompt: str) -> tuple[str, list[LoraRef]]:
     """Remove `<lora:...>` / `<lyco:...>` tags from the prompt; return the rest of the text and the tags in order.
 
     The tag is replaced by nothing, as A1111 does, so surrounding spaces and commas stay. Raises
     PromptSyntaxError for a tag with no name or a weight that is not a number (A1111 fails on those too).
-    Other extra-network kinds (`<hypernet:...>`) are left in the text (A1111 differs: it drops them).
+    A `<hypernet:...>` tag raises PromptSyntaxError (refuse_hypernetworks); other kinds are left in the text.
     """
     refs: list[LoraRef] = []
+
+    refuse_hypernetworks(prompt)
 
     def take(match: re.Match[str]) -> str:
         if match.group(1) not in _LORA_KINDS:

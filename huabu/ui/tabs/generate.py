@@ -1,7 +1,7 @@
 """txt2img, img2img and inpainting tabs: a prompt area, the sampling fields, and a run that goes through
 Engine.generate (the CLI's and the API's path) with progress and an Interrupt button."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import gradio as gr
@@ -12,6 +12,7 @@ from huabu.ui.fields import data_url, field_bounds, mask_from_editor, size_or_de
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
 from huabu.ui.prompt_area import PromptArea, build_prompt_area
+from huabu.ui.scripts import build_script_area, script_request
 from huabu.ui.tabs.advanced import (advanced_fields, build_hires, build_inpaint_options, build_outpaint,
                                     build_variation)
 
@@ -35,6 +36,7 @@ class GenerationForm:
     reuse_seed: Any
     event: Any = None  # the generate click's dependency, for chaining
     advanced: dict[str, Any] | None = None  # ui.tabs.advanced components by request field name
+    script_inputs: list = field(default_factory=list)  # the Script dropdown and its fields (huabu.ui.scripts)
 
     def advanced_inputs(self) -> list:
         return list((self.advanced or {}).values())
@@ -153,17 +155,20 @@ def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
 
     def txt2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
-                enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising, language, prefs, session: gr.Request,
-                progress=gr.Progress()):
+                enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising, script, x_type, x_values, y_type,
+                y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
+                session: gr.Request, progress=gr.Progress()):
+        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate)
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
             fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
                                                  enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising)))
-            request = GenerateRequest.create(mode="txt2img", **fields)
+            request = GenerateRequest.create(mode="txt2img", script=script_request(*script), **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
-    wire_generation(studio, form, txt2img, [*common_inputs(form), *form.advanced_inputs()], language, prefs)
+    wire_generation(studio, form, txt2img, [*common_inputs(form), *form.advanced_inputs(), *form.script_inputs],
+                    language, prefs)
     return form
 
 
@@ -177,8 +182,10 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
 
     def img2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, init_image, denoising_strength, subseed, subseed_strength,
-                seed_resize_w, seed_resize_h, vae, left, right, up, down, language, prefs, session: gr.Request,
-                progress=gr.Progress()):
+                seed_resize_w, seed_resize_h, vae, left, right, up, down, script, x_type, x_values, y_type,
+                y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
+                session: gr.Request, progress=gr.Progress()):
+        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate)
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
@@ -190,11 +197,12 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
             if outpaint:  # the canvas is the input grown by the sides: its own size, not the sliders'
                 fields.update(width=None, height=None, inpainting_fill=0)
             request = GenerateRequest.create(mode="inpaint" if outpaint else "img2img", init_image=str(init_image),
-                                             denoising_strength=float(denoising_strength), **fields)
+                                             denoising_strength=float(denoising_strength),
+                                             script=script_request(*script), **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"],
-              *form.advanced_inputs()]
+              *form.advanced_inputs(), *form.script_inputs]
     wire_generation(studio, form, img2img, inputs, language, prefs)
     return form
 
@@ -211,8 +219,10 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
 
     def inpaint(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, subseed, subseed_strength,
-                seed_resize_w, seed_resize_h, vae, fill, only_masked, padding, language, prefs,
+                seed_resize_w, seed_resize_h, vae, fill, only_masked, padding, script, x_type, x_values, y_type,
+                y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
+        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate)
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
@@ -221,11 +231,11 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
             image, mask = mask_from_editor(editor)
             request = GenerateRequest.create(mode="inpaint", init_image=data_url(image), mask=data_url(mask),
                                              mask_blur=int(mask_blur), denoising_strength=float(denoising_strength),
-                                             **fields)
+                                             script=script_request(*script), **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     inputs = [*common_inputs(form), form.fields["editor"], form.fields["mask_blur"],
-              form.fields["denoising_strength"], *form.advanced_inputs()]
+              form.fields["denoising_strength"], *form.advanced_inputs(), *form.script_inputs]
     wire_generation(studio, form, inpaint, inputs, language, prefs)
     return form
 
@@ -254,8 +264,11 @@ def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None
             advanced = None
             if mode in mode_options:
                 advanced = {**build_variation(labels, mode, studio.settings.vae_dir), **mode_options[mode](labels)}
+            # the three A1111 generation tabs have its Script dropdown; the ControlNet tab wires its own inputs
+            scripts = build_script_area(labels, mode) if mode in ("txt2img", "img2img", "inpaint") else None
         with gr.Column(scale=2):
             results = build_results(labels, mode)
     fields.update(prompt=area.prompt, negative_prompt=area.negative, **extras)
     return GenerationForm(mode, area, fields, results["generate"], results["interrupt"], results["gallery"],
-                          results["parameters"], results["status"], reuse_seed, advanced=advanced)
+                          results["parameters"], results["status"], reuse_seed, advanced=advanced,
+                          script_inputs=[scripts.script, *scripts.inputs] if scripts else [])

@@ -1,0 +1,51 @@
+"""`huabu train embedding`: textual inversion, one option per EmbeddingTrainConfig field.
+
+Import-light: the training module (torch, diffusers) is imported by the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from huabu.cli.options import add_config_options, config_from_args
+from huabu.training.embedding_config import EmbeddingTrainConfig
+
+_HELP = {
+    "data": "folder of training images; name.txt captions name the token (A1111's [name] works too)",
+    "token": "the embedding's name, written in prompts (and its file name)",
+    "init_word": "text whose token vectors the new vectors start from",
+    "vectors": "vectors per token (A1111: 'Number of vectors per token')",
+    "model": "huabu-tiny or a diffusers folder of an SD 1.x/2.x-shaped model",
+    "resolution": "training image size in px (0: the model's own)",
+    "timesteps": "uniform, or cubic (more of the noisy steps, where an object's shape is decided)",
+    "sample_every": "also write NAME-STEP.safetensors and a sample image every so many steps (0: never)",
+    "sample_prompt": "prompt of the sample images (default: the first caption)",
+}
+
+
+def register_train(stages) -> None:
+    parser = stages.add_parser(
+        "embedding", help="train a textual inversion embedding on a folder of images",
+        description="Textual inversion as A1111 trains it: new token vectors learn your images while the model stays "
+                    "frozen. Resumes from the newest checkpoint in --out (Ctrl-C stops after writing one); writes "
+                    "--out/TOKEN.safetensors, which prompts use from ~/.huabu/embeddings by its name.")
+    add_config_options(parser, EmbeddingTrainConfig, _HELP)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(handler=run_train_embedding)
+
+
+def run_train_embedding(args: argparse.Namespace) -> int:
+    from huabu.cli.options import quiet_libraries
+
+    config = config_from_args(args, EmbeddingTrainConfig)
+    quiet_libraries()
+    import torch
+
+    from huabu.cli.stopping import stop_on_ctrl_c
+    from huabu.training.embedding import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with stop_on_ctrl_c() as stop:
+        print(train(config, cancel=stop.is_set))
+    return 0
