@@ -26,12 +26,16 @@ def _kohya_state(pipe, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
                ("lora_te_text_model_", pipe.text_encoder, lambda n: "self_attn." in n or ".mlp." in n)]
     for prefix, model, wanted in targets:
         for name, module in model.named_modules():
+            if ".lora_" in name or name.endswith("base_layer"):  # parts of a LoRA another test left loaded
+                continue
+            module = getattr(module, "base_layer", module)
             if isinstance(module, torch.nn.Linear) and wanted(name):
                 key = prefix + name.replace(".", "_")
                 state[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.3
                 state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.3
                 state[f"{key}.alpha"] = torch.tensor(float(rank / 2))
     conv = pipe.unet.down_blocks[0].resnets[0].conv1
+    conv = getattr(conv, "base_layer", conv)
     state["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"] = torch.randn(rank, conv.in_channels, 3, 3,
                                                                                     generator=g) * 0.3
     state["lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"] = torch.randn(conv.out_channels, rank, 1, 1,
