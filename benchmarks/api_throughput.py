@@ -99,10 +99,10 @@ def main() -> None:
     quiet_libraries()
     import torch
 
+    from huabu.core.settings import BUILTIN_MODEL, Settings
     from huabu.engine.generate import Engine
     from huabu.engine.models import builtin_has_weights
     from huabu.server import ServerConfig, create_app
-    from huabu.core.settings import BUILTIN_MODEL, Settings
 
     home = Path(tempfile.mkdtemp(prefix="huabu-api-bench-"))
     model = args.model

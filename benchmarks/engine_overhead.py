@@ -69,12 +69,12 @@ def main() -> None:
     import torch
 
     from huabu.core import samplers
-    from huabu.engine.samplers import build_scheduler
-    from huabu.engine.generate import Engine
-    from huabu.engine.devices import resolve_device
-    from huabu.engine.models import builtin_has_weights
     from huabu.core.requests import GenerateRequest
     from huabu.core.settings import Settings
+    from huabu.engine.devices import resolve_device
+    from huabu.engine.generate import Engine
+    from huabu.engine.models import builtin_has_weights
+    from huabu.engine.samplers import build_scheduler
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -123,9 +123,9 @@ def main() -> None:
     import torch
 
     from huabu.core.lora_request import TrainLoraRequest
+    from huabu.core.settings import Settings
     from huabu.training.loop import optimizer_step
     from huabu.training.lora import recipe, setup
-    from huabu.core.settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)

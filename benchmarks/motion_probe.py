@@ -31,8 +31,8 @@ def load(motion: Path):
 
     from huabu.engine.motion_modules import MOTION_WORDS_FILE, TEXT_LORA_FILE
     from huabu.engine.motion_words import attach_motion_words, load_motion_words, load_word_rows
-    from huabu.training.motion_config import BUILTIN_DIR
     from huabu.training.motion import load_base
+    from huabu.training.motion_config import BUILTIN_DIR
 
     unet2d, vae, text_encoder, tokenizer = load_base(BUILTIN_DIR)
     unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter.from_pretrained(motion).float()).eval()
@@ -96,9 +96,9 @@ def first_step(unet, vae, encode, sched, seeds: int) -> dict[str, dict[str, tupl
 def leak(unet, vae, encode, sched, clips: int) -> dict[str, float]:
     from diffusers import DDIMScheduler
 
-    from huabu.training.diffusion import to_tensor
     from huabu.tiny import video_scenes as V
     from huabu.tiny.video_measure import motion_direction
+    from huabu.training.diffusion import to_tensor
 
     scenes = V.eval_moving_scenes(clips, frames=FRAMES)
     pixels = to_tensor(np.concatenate([V.render_moving(s) for s in scenes]))

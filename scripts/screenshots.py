@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
     from huabu.cli.options import quiet_libraries
-    from huabu.engine.models import builtin_has_weights
     from huabu.core.settings import BUILTIN_MODEL, Settings
+    from huabu.engine.models import builtin_has_weights
     from huabu.ui.app import Studio
 
     quiet_libraries()

@@ -15,11 +15,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from huabu.engine.generate import Engine
 from huabu.core.pnginfo import save_png_atomic
-from huabu.engine.prompts.book import load_book
 from huabu.core.requests import GenerateRequest
 from huabu.core.settings import Settings
+from huabu.engine.generate import Engine
+from huabu.engine.prompts.book import load_book
 from huabu.tiny import scenes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "huabu" / "prompts" / "book" / "examples"

@@ -25,8 +25,13 @@ def build_tiny_pipeline(in_channels: int = 4, vae_blocks: int = 3, seed: int = 0
     (32, 64) with cross-attention 32, a CLIPTextModel of width 32 with the real CLIP tokenizer, and an
     AutoencoderKL with `vae_blocks` blocks (VAE factor 2 ** (vae_blocks - 1))."""
     import torch
-    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)

@@ -61,8 +61,10 @@ def test_a_killed_writer_leaves_nothing_the_next_start_does_not_sweep(tmp_path):
     from huabu.core.atomic import sweep_temporaries
 
     # A writer killed (SIGKILL) in the middle of an atomic write: its temporary file stays behind.
-    code = ("import os, sys, signal\nfrom huabu.core.atomic import atomic_file\n"
-            "with atomic_file(sys.argv[1]) as f:\n    f.write(b'half'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import os, sys, signal\nfrom huabu.core.atomic import atomic_file\n"
+        "with atomic_file(sys.argv[1]) as f:\n    f.write(b'half'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     target = tmp_path / "sub" / "00000-1.png"
     subprocess.run([sys.executable, "-c", code, str(target)], check=False)
     left = os.listdir(target.parent)

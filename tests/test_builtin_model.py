@@ -31,8 +31,8 @@ def test_builtin_model_follows_the_prompt(engine):
 
 
 def test_single_file_export_gives_the_same_image(engine, tmp_path: Path):
-    from huabu.engine.convert import export_single_file
     from huabu.core.requests import GenerateRequest
+    from huabu.engine.convert import export_single_file
 
     single = export_single_file(BUILTIN_DIR, tmp_path / "huabu-tiny.safetensors", config_name="huabu-tiny")
     images = []

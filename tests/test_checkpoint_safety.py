@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from huabu.engine import checkpoints
 from huabu.core.errors import ModelNotFound, UnsafeCheckpoint
+from huabu.engine import checkpoints
 
 
 class Payload:
@@ -128,8 +128,8 @@ def test_diffusers_folder_with_pickle_weights_is_refused_unless_allowed(settings
 def test_damaged_safetensors_files_are_one_line_errors_naming_the_file(settings, model_store, tmp_path):
     import shutil
 
-    from huabu.engine.models import ModelManager
     from huabu.core.errors import HuabuError
+    from huabu.engine.models import ModelManager
 
     data = model_store["single"].read_bytes()
     header = 8 + struct.unpack("<Q", data[:8])[0]

@@ -70,8 +70,9 @@ def test_reproduce_matches_and_detects_changes(generated, capsys, tmp_path):
 
 
 def test_loras_given_outside_the_prompt_are_written_into_it(huabu_env, capsys, tmp_path, settings):
-    from huabu.engine.models import ModelManager
     from video_support import save_tiny_lora
+
+    from huabu.engine.models import ModelManager
 
     pipe = ModelManager(settings).load("tiny-sd").pipeline  # its own copy: the session's may hold LoRA layers
     save_tiny_lora(pipe, huabu_env / "loras" / "tiny-style.safetensors")

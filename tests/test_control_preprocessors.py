@@ -11,11 +11,20 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
+from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint
 from huabu.engine.control import PREPROCESSORS, PoseCanvas, preprocess
 from huabu.engine.control.pose import PAF_CHANNELS, BodyPoseNetwork, decode_poses, detect_poses, load_body_pose
-from huabu.engine.control.skeleton import COLORS, LIMB_BRIGHTNESS, LIMBS, NUM_KEYPOINTS, STICK_WIDTH, draw_poses, json_to_keypoints, keypoints_to_json
+from huabu.engine.control.skeleton import (
+    COLORS,
+    LIMB_BRIGHTNESS,
+    LIMBS,
+    NUM_KEYPOINTS,
+    STICK_WIDTH,
+    draw_poses,
+    json_to_keypoints,
+    keypoints_to_json,
+)
 from huabu.engine.control.softedge import CAFFE_MEAN_RGB, HEDNetwork
-from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:

@@ -137,9 +137,8 @@ def test_folder_listing_skips_annotators_and_asks_when_a_default_is_ambiguous(co
     import torch
 
     from huabu.core.errors import UnsafeCheckpoint
-
-    from huabu.engine.controlnets import ControlNetManager
     from huabu.core.settings import Settings
+    from huabu.engine.controlnets import ControlNetManager
 
     settings = Settings.for_home(tmp_path)
     root = settings.controlnet_dir
@@ -165,9 +164,9 @@ def test_bare_names_come_from_huabu_folders_not_the_working_directory(controlnet
 
     from video_support import tiny_motion_adapter
 
+    from huabu.core.settings import Settings
     from huabu.engine.controlnets import ControlNetManager
     from huabu.engine.motion_modules import resolve_motion_module
-    from huabu.core.settings import Settings
 
     settings = Settings.for_home(tmp_path / "home")
     root, cwd = settings.controlnet_dir, tmp_path / "cwd"
@@ -338,10 +337,10 @@ def test_bad_units_give_one_line_errors(engine, model_store, controlnet_store, r
 
 def test_pickle_controlnets_are_refused_unless_allowed(engine, model_store, controlnet_store, reference, tmp_path):
     import torch
-
-    from huabu.engine.control.convert import controlnet_to_ldm
-    from huabu.core.errors import UnsafeCheckpoint
     from diffusers import ControlNetModel
+
+    from huabu.core.errors import UnsafeCheckpoint
+    from huabu.engine.control.convert import controlnet_to_ldm
 
     net = ControlNetModel.from_pretrained(controlnet_store["canny"])
     path = tmp_path / "canny.SAFETENSORS"  # a pickle under a safetensors name: judged by its bytes

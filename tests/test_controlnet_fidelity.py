@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from huabu.engine.control.fidelity import colour_map_error, edge_f1, output_edge_f1
 from huabu.core.errors import InvalidRequest
+from huabu.engine.control.fidelity import colour_map_error, edge_f1, output_edge_f1
 
 
 def square_edges(offset: int = 0, size: int = 64) -> np.ndarray:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from training_support import Killed, kill_after, newest_weights
 
+from huabu.core.errors import InvalidRequest
 from huabu.training import controlnet as train
 from huabu.training.controlnet_config import ControlNetTrainConfig
-from huabu.core.errors import InvalidRequest
-from training_support import Killed, kill_after, newest_weights
 
 
 @pytest.fixture(scope="module")

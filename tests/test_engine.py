@@ -278,8 +278,8 @@ def test_styles_apply_before_encoding(engine, model_store):
 def test_lora_tags_are_taken_out_validated_and_hashed(engine, model_store, settings):
     with pytest.raises(ModelNotFound, match="LoRA 'nosuch' not found"):
         engine.generate(request(model_store, prompt="a cat <lora:nosuch:0.8>"))
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     settings.loras_dir.mkdir(parents=True, exist_ok=True)
     lora = settings.loras_dir / "tinystyle.safetensors"

@@ -84,7 +84,9 @@ def test_no_import_cycles():
     graph = {}
     for path in PACKAGE.rglob("*.py"):
         module = _module_name(path)
-        graph[module] = {target for _, target in _imports(path) if _is_module(target) and target not in (module, "huabu")}
+        graph[module] = {
+            target for _, target in _imports(path) if _is_module(target) and target not in (module, "huabu")
+        }
     cycles, seen = [], set()
 
     def walk(module: str, trail: list[str]) -> None:

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from training_support import Killed, assert_same, kill_after, newest_weights
 
 from huabu.core.requests import GenerateRequest
 from huabu.training.lcm import boundary_scalings
 from huabu.training.lcm_config import LcmTrainConfig
-from training_support import Killed, assert_same, kill_after, newest_weights
 
 
 @pytest.fixture(scope="module")

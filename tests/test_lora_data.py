@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from huabu.core.errors import HuabuError, InvalidRequest
-from huabu.training.lora_data import assign_buckets, bucket_resolutions, fit_to_bucket, load_dataset, nearest_bucket
 from huabu.core.lora_request import TrainLoraRequest
+from huabu.training.lora_data import assign_buckets, bucket_resolutions, fit_to_bucket, load_dataset, nearest_bucket
 
 
 def _image(path: Path, size=(64, 64), color=(200, 30, 30)) -> Path:

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from huabu.core.errors import HuabuError
-from huabu.engine import lora_formats as formats
 from huabu.core.requests import GenerateRequest
+from huabu.engine import lora_formats as formats
 
 PROMPT = "a red dragon"
 
@@ -72,8 +72,8 @@ def _addnet_hash(path: Path) -> str:
 
 
 def test_loras_outside_the_prompt_become_a1111_tags():
-    from huabu.engine.loras import prompt_with_loras
     from huabu.core.requests import LoraSpec
+    from huabu.engine.loras import prompt_with_loras
 
     specs = [LoraSpec(name="a", weight=0.8), LoraSpec(name="b", weight=1.0, te_weight=0.5),
              LoraSpec(name="c", weight=0.7, te_weight=0.7), LoraSpec(name="a", weight=0.8),

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+from training_support import Killed, assert_same, kill_after
 
 from huabu.core.errors import HuabuError
+from huabu.core.lora_request import TrainLoraRequest
 from huabu.training import lora as lora_train
 from huabu.training.loop import optimizer_step
-from huabu.core.lora_request import TrainLoraRequest
-from training_support import Killed, assert_same, kill_after
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from huabu.core.errors import ModelNotFound
+from huabu.core.requests import GenerateRequest
 from huabu.engine.convert import unet_to_ldm, vae_to_ldm
 from huabu.engine.models import BUILTIN_DIR, ModelManager, bundled_configs
 from huabu.engine.pipelines import mode_pipeline
-from huabu.core.errors import ModelNotFound
-from huabu.core.requests import GenerateRequest
 
 
 def generate(engine, model, **fields):

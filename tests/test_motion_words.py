@@ -141,7 +141,13 @@ def test_word_rows_replace_only_their_words_only_while_attached_and_round_trip(u
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from huabu.engine.motion_words import WordRows, build_motion_words, load_motion_words, load_word_rows, save_motion_words
+    from huabu.engine.motion_words import (
+        WordRows,
+        build_motion_words,
+        load_motion_words,
+        load_word_rows,
+        save_motion_words,
+    )
 
     pipe = build_tiny_pipeline()
     up, left = "a rocket moving up", "a rocket moving left"

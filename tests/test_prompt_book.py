@@ -142,19 +142,40 @@ def test_empty_prompt_leaves_no_dangling_commas(book):
     ("filename", "text", "message"),
     [
         ("styles.yaml", "- {name: a, name_zh: 甲, name_en: A}\n", r"style 'a': missing key 'prompt'"),
-        ("styles.yaml", "- {name: two, name_zh: 二, name_en: Two, prompt: '{prompt} and {prompt}'}\n",
-         r"style 'two': 'prompt' holds \{prompt\} more than once"),
-        ("styles.yaml", "- {name: d, name_zh: 丁, name_en: D, prompt: x}\n- {name: d, name_zh: 丁, name_en: D, prompt: y}\n",
-         r"style 'd': duplicate style name"),
-        ("styles.yaml", "- {name: e, name_zh: '', name_en: E, prompt: x}\n", r"style 'e': 'name_zh' must be a non-empty"),
-        ("styles.yaml", "- {name: t, name_zh: 丁, name_en: T, prompt: x, negativ_prompt: y}\n",
-         r"style 't': unknown key 'negativ_prompt'"),
+        (
+            "styles.yaml",
+            "- {name: two, name_zh: 二, name_en: Two, prompt: '{prompt} and {prompt}'}\n",
+            r"style 'two': 'prompt' holds \{prompt\} more than once",
+        ),
+        (
+            "styles.yaml",
+            "- {name: d, name_zh: 丁, name_en: D, prompt: x}\n- {name: d, name_zh: 丁, name_en: D, prompt: y}\n",
+            r"style 'd': duplicate style name",
+        ),
+        (
+            "styles.yaml",
+            "- {name: e, name_zh: '', name_en: E, prompt: x}\n",
+            r"style 'e': 'name_zh' must be a non-empty",
+        ),
+        (
+            "styles.yaml",
+            "- {name: t, name_zh: 丁, name_en: T, prompt: x, negativ_prompt: y}\n",
+            r"style 't': unknown key 'negativ_prompt'",
+        ),
         ("styles.yaml", "name: not a list\n", "expected a list of styles"),
         ("styles.yaml", "- {name: [unclosed\n", "not valid YAML"),
-        ("parts.yaml", "subject:\n  parts:\n    - {en: Cat, zh: 猫}\n", r"category 'subject' part 'Cat': missing key 'prompt'"),
+        (
+            "parts.yaml",
+            "subject:\n  parts:\n    - {en: Cat, zh: 猫}\n",
+            r"category 'subject' part 'Cat': missing key 'prompt'",
+        ),
         ("parts.yaml", "new:\n  en: New\n  parts: []\n", r"category 'new': missing key 'zh'"),
-        ("parts.yaml", "mood:\n  zh: 情绪\n  en: Mood\n  parts:\n    - {en: A, zh: 甲, prompt: a}\n    - {en: A, zh: 乙, prompt: b}\n",
-         r"category 'mood' part 'A': duplicate part name"),
+        (
+            "parts.yaml",
+            "mood:\n  zh: 情绪\n  en: Mood\n  parts:\n    - {en: A, zh: 甲, prompt: a}\n"
+            "    - {en: A, zh: 乙, prompt: b}\n",
+            r"category 'mood' part 'A': duplicate part name",
+        ),
         ("parts.yaml", "mood: {zh: 情绪, en: Mood}\nmood: {zh: 心情, en: Mood}\n", "duplicate key 'mood'"),
     ],
 )

@@ -8,7 +8,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from huabu.core.errors import InvalidRequest, PromptSyntaxError
-from huabu.engine.prompts.syntax import LoraRef, extract_loras, parse_attention, prompt_schedule, schedule_index, validate_prompt
+from huabu.engine.prompts.syntax import (
+    LoraRef,
+    extract_loras,
+    parse_attention,
+    prompt_schedule,
+    schedule_index,
+    validate_prompt,
+)
 
 B = ("BREAK", -1.0)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from huabu.core import samplers
-from huabu.engine.samplers import build_scheduler
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
+from huabu.engine.samplers import build_scheduler
 
 SD_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
                 "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,

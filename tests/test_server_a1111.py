@@ -177,8 +177,10 @@ def test_list_routes_answer_with_what_huabu_has(client):
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     scripts = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]  # tests/test_scripts.py runs them
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": scripts,
-                                                      "img2img": [*scripts, "poor man's outpainting", "outpainting mk2"]}
+    assert client.get("/sdapi/v1/scripts").json() == {
+        "txt2img": scripts,
+        "img2img": [*scripts, "poor man's outpainting", "outpainting mk2"],
+    }
     assert [row["name"] for row in client.get("/sdapi/v1/upscalers").json()][:3] == ["None", "Lanczos", "Nearest"]
     assert {"Latent", "Latent (nearest-exact)"} <= {row["name"] for row in
                                                     client.get("/sdapi/v1/latent-upscale-modes").json()}

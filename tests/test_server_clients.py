@@ -25,7 +25,7 @@ def server(engine, model_store, tmp_path):
         yield base
 
 
-def _client(base: str) -> "webuiapi.WebUIApi":
+def _client(base: str) -> webuiapi.WebUIApi:
     return webuiapi.WebUIApi(baseurl=f"{base}/sdapi/v1", sampler="Euler a", steps=2)
 
 

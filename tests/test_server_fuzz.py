@@ -57,7 +57,8 @@ def _image_fields(value: str) -> list[tuple[str, dict]]:
     """Every place a request carries an image, holding `value`."""
     tiny = {"prompt": "x", "steps": 1, "width": 32, "height": 32}
     unit = {"alwayson_scripts": {"controlnet": {"args": [{"module": "none", "image": value}]}}}
-    ok = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+    ok = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5E"
+          "rkJggg==")
     return [("/sdapi/v1/png-info", {"image": value}),
             ("/sdapi/v1/img2img", {**tiny, "init_images": [value]}),
             ("/sdapi/v1/img2img", {**tiny, "init_images": [ok], "mask": value}),

@@ -71,7 +71,9 @@ def hostile_case(draw) -> tuple[str, bytes]:
     top = {k: fields.pop(k) for k in ("kind", "callback_url", "request") if k in fields and path.endswith("#top")}
     body = "{" + ",".join(f'"{key}": {value}' for key, value in fields.items()) + "}"
     if path.startswith("/api/v1/jobs"):
-        body = "{" + ",".join([f'"request": {top.pop("request", body)}'] + [f'"{k}": {v}' for k, v in top.items()]) + "}"
+        body = (
+            "{" + ",".join([f'"request": {top.pop("request", body)}'] + [f'"{k}": {v}' for k, v in top.items()]) + "}"
+        )
     return path.split("#")[0], body.encode()
 
 

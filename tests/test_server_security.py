@@ -256,8 +256,8 @@ def test_nothing_from_http_is_unpickled_and_only_listed_safetensors_models_load(
 
 def test_a_scale_out_worker_accepts_json_only_and_checks_each_job_as_http_does(model_store, tmp_path):
     pytest.importorskip("celery", reason="celery (the server extra) is not installed")
-    from huabu.engine.models import ModelManager
     from huabu.core.errors import HuabuError
+    from huabu.engine.models import ModelManager
     from huabu.server.catalog import Catalog
     from huabu.server.distributed import job_from_wire, make_celery
 
@@ -267,7 +267,13 @@ def test_a_scale_out_worker_accepts_json_only_and_checks_each_job_as_http_does(m
     assert conf.task_serializer == conf.result_serializer == "json"
 
     catalog = Catalog(settings, ModelManager(settings), SMALL, default_model=settings.default_model)
-    wire = {"id": "0123456789abcdef" * 2, "kind": "image", "origin": "api", "save": True, "request": {"prompt": "x", **TINY}}
+    wire = {
+        "id": "0123456789abcdef" * 2,
+        "kind": "image",
+        "origin": "api",
+        "save": True,
+        "request": {"prompt": "x", **TINY},
+    }
     job = job_from_wire(wire, catalog)
     assert job.request["prompt"] == "x" and job.request["model"] == "tiny-sd"
     named = job_from_wire({**wire, "request": {"prompt": "x", "model": "tiny-sd", **TINY}}, catalog)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from training_support import toy_stages
 
 from huabu.cli.main import main
 from huabu.tiny import lora_data as L
 from huabu.tiny import scenes as S
-from training_support import toy_stages
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,9 @@ def shipped(toy, tmp_path_factory) -> dict[str, Path]:
     """The toy model's ControlNets (canny trained two steps by `huabu tiny train controlnet`, color random) and
     motion module, shipped with `huabu tiny ship-controlnet` / `ship-motion`."""
     import torch
+    from conftest import build_tiny_controlnet
     from diffusers import UNet2DConditionModel
 
-    from conftest import build_tiny_controlnet
     from huabu.training.motion import build_motion_adapter
 
     runs = tmp_path_factory.mktemp("runs")
@@ -132,10 +132,10 @@ def test_shipped_folders_are_fp16_load_back_and_leave_the_pipeline_loadable(toy,
 
 
 def test_engine_uses_the_shipped_controlnet_and_motion_module_by_default(toy, shipped, tmp_path):
-    from huabu.engine.generate import Engine
-    from huabu.engine.motion_modules import resolve_motion_module
     from huabu.core.requests import GenerateRequest
     from huabu.core.settings import Settings
+    from huabu.engine.generate import Engine
+    from huabu.engine.motion_modules import resolve_motion_module
     from huabu.tiny.eval_control import png_data_url
 
     engine = Engine(Settings.for_home(tmp_path, device="cpu", dtype="fp32"))
@@ -152,13 +152,13 @@ def test_engine_uses_the_shipped_controlnet_and_motion_module_by_default(toy, sh
 
 
 def test_the_engine_makes_exactly_the_training_control_map_from_a_real_scene(toy, shipped, tmp_path):
-    from huabu.engine.control.registry import preprocess
-    from huabu.training.controlnet import control_maps
-    from huabu.engine.controlnets import check_units
-    from huabu.engine.generate import Engine
     from huabu.core.requests import ControlUnit
     from huabu.core.settings import Settings
+    from huabu.engine.control.registry import preprocess
+    from huabu.engine.controlnets import check_units
+    from huabu.engine.generate import Engine
     from huabu.tiny.eval_control import png_data_url
+    from huabu.training.controlnet import control_maps
 
     engine = Engine(Settings.for_home(tmp_path, device="cpu", dtype="fp32"))
     model = engine.models.load(str(toy["model"]))
@@ -279,8 +279,8 @@ def toy_lora(toy, tmp_path_factory) -> Path:
     """A LoRA for the toy model trained two steps by `huabu train lora` on four subject images (lr high enough to
     change the output visibly)."""
     from huabu.core.lora_request import TrainLoraRequest
-    from huabu.training.lora import train_lora
     from huabu.core.settings import Settings
+    from huabu.training.lora import train_lora
 
     root = tmp_path_factory.mktemp("lora")
     L.write_lora_data("subject", root / "data", count=4)
@@ -291,8 +291,8 @@ def toy_lora(toy, tmp_path_factory) -> Path:
 
 
 def test_eval_lora_weight_zero_gives_the_base_figures(toy, toy_lora, tmp_path):
-    from huabu.engine.generate import Engine
     from huabu.core.settings import Settings
+    from huabu.engine.generate import Engine
     from huabu.tiny.demo_configs import LoraEvalConfig
     from huabu.tiny.eval_control import generate
     from huabu.tiny.eval_lora import evaluate_lora, format_lora_report, score_style, score_subject, target_histogram

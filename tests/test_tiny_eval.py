@@ -5,7 +5,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from training_support import toy_stages
 
 

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
+from training_support import Killed, assert_same, kill_after, newest_weights
 
 from huabu.tiny import configs
 from huabu.tiny.data import write_dataset
-from training_support import Killed, assert_same, kill_after, newest_weights
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,18 @@ def test_clip_stage_resumes_identically(scenes, tmp_path, monkeypatch):
 
 
 def _vae_cfg(data: Path, out: Path) -> configs.VaeTrainConfig:
-    return configs.VaeTrainConfig(data=str(data), out=str(out), steps=4, stop_after=4, crop_steps=2, batch_size=4, warmup=1,
-                                  channels=(8, 8, 8), checkpoint_every=2, sample_every=10**6)
+    return configs.VaeTrainConfig(
+        data=str(data),
+        out=str(out),
+        steps=4,
+        stop_after=4,
+        crop_steps=2,
+        batch_size=4,
+        warmup=1,
+        channels=(8, 8, 8),
+        checkpoint_every=2,
+        sample_every=10**6,
+    )
 
 
 def test_vae_stage_resumes_identically_and_sets_latent_scale(scenes, tmp_path, monkeypatch):

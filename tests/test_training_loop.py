@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from training_support import Killed, assert_same, kill_after, newest_weights
 
 from huabu.core.errors import InvalidRequest
 from huabu.training import loop
 from huabu.training.checkpoint import list_checkpoints, save_checkpoint
 from huabu.training.loop import Plan, Recipe, Sampled
 from huabu.training.schedules import Schedule, lr_at
-from training_support import Killed, assert_same, kill_after, newest_weights
 
 
 def toy(accelerator: Accelerator | None = None, samples: list[int] | None = None) -> Recipe:

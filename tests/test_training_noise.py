@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from huabu.core.errors import InvalidRequest
-from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
 from huabu.training.motion_config import MotionTrainConfig
+from huabu.training.noise import check_timestep_sampling, draw_timesteps, lowfreq_noise
 
 
 def test_cubic_timesteps_favour_the_noisy_end():

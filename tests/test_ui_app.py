@@ -4,7 +4,6 @@ the ones the issue asks for, and `huabu studio` is registered."""
 from __future__ import annotations
 
 import pytest
-
 from ui_support import ui_settings
 
 

@@ -4,7 +4,6 @@ gradio's login guards the page's API and files (checked against a live studio on
 from __future__ import annotations
 
 import pytest
-
 from ui_support import serving, ui_settings
 
 

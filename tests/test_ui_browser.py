@@ -11,7 +11,6 @@ import re
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-
 from ui_support import CHROMIUM, CHROMIUM_ARGS, serving, ui_settings
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")

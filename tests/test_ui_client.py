@@ -10,7 +10,6 @@ import time
 import httpx
 import pytest
 from PIL import Image
-
 from ui_support import GatedEngine, serving, ui_settings
 
 
@@ -160,8 +159,19 @@ def test_lora_training_streams_loss_and_installs_the_lora(app, tmp_path):
             bundle.write(image, f"3_red/img{i}.png")
             bundle.writestr(f"3_red/img{i}.txt", "zqx red square")
     assert client.predict(api_name="/train_lora_cancel") == "No training is running."
-    job = client.submit(folder=None, archive=handle_file(str(archive)), name="red_test", steps=3, rank=4, alpha=4, lr=1e-3,
-                        resolution=32, sample_prompt="zqx", sample_every=3, api_name="/train_lora")
+    job = client.submit(
+        folder=None,
+        archive=handle_file(str(archive)),
+        name="red_test",
+        steps=3,
+        rank=4,
+        alpha=4,
+        lr=1e-3,
+        resolution=32,
+        sample_prompt="zqx",
+        sample_every=3,
+        api_name="/train_lora",
+    )
     loss, samples, status = job.result(timeout=300)
     written = studio.settings.loras_dir / "red_test.safetensors"
     assert status == f"Done: 3/3 steps, written to {written}."
@@ -183,13 +193,13 @@ def test_lora_training_streams_loss_and_installs_the_lora(app, tmp_path):
 
 def test_video_tab_makes_a_playable_video(app):
     import imageio.v3 as iio
-
     from video_support import tiny_motion_adapter
 
     studio, _, _, client = app
     tiny_motion_adapter().save_pretrained(studio.settings.motion_dir / "tiny-motion")
-    video, parameters, status = client.predict(prompt="a kite", init_image=None, steps=2, seed=3, frames=4, fps=4, video_format="mp4",
-                                               api_name="/video")
+    video, parameters, status = client.predict(
+        prompt="a kite", init_image=None, steps=2, seed=3, frames=4, fps=4, video_format="mp4", api_name="/video"
+    )
     assert status == "Done: 4 frames, seed 3."
     assert "Seed: 3" in parameters and "tiny-motion" in parameters
     frames = iio.imread(video)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from video_support import tiny_motion_adapter
 
 from huabu.cli.main import main
-from video_support import tiny_motion_adapter
 
 FAST = ["--frames", "4", "--steps", "2", "--size", "32x32", "--model", "tiny-sd", "--seed", "3"]
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from video_support import save_sparsectrl, tiny_motion_adapter
 
 from huabu.core.errors import BadImage, InvalidRequest, ModelNotFound, UnsafeCheckpoint
 from huabu.core.requests import VideoRequest
-from video_support import save_sparsectrl, tiny_motion_adapter
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,10 @@ def test_motion_module_weights_change_the_video(vengine, video_dirs):
 
 def test_prompt_editing_switches_prompt_mid_video(vengine):
     ddim = dict(sampler="DDIM", steps=4)  # DDIM: the last steps still move the result visibly
-    cat, dog = _stack(_video(vengine, prompt="a cat", **ddim).frames), _stack(_video(vengine, prompt="a dog", **ddim).frames)
+    cat, dog = (
+        _stack(_video(vengine, prompt="a cat", **ddim).frames),
+        _stack(_video(vengine, prompt="a dog", **ddim).frames),
+    )
     edited = _stack(_video(vengine, prompt="a [cat:dog:0.25]", **ddim).frames)  # cat for 2 steps, then dog
     assert np.abs(edited - cat).mean() > 0.1 and np.abs(edited - dog).mean() > 0.1
 
@@ -139,10 +142,11 @@ def test_controlnet_units_steer_text_and_image_to_video(vengine, video_dirs, con
 def test_loras_reach_the_motion_unet_whatever_ran_before(vengine, engine, tmp_path):
     """A LoRA changes the video and leaves no trace after; stills that loaded it first (into the base UNet and the
     shared text encoder) change nothing about either."""
+    from video_support import save_tiny_lora
+
+    from huabu.core.requests import GenerateRequest
     from huabu.engine.generate import Engine
     from huabu.engine.models import ModelManager
-    from huabu.core.requests import GenerateRequest
-    from video_support import save_tiny_lora
 
     def fresh_engine():
         local = vengine.settings.with_(loras_dir=tmp_path / "loras")
@@ -165,10 +169,11 @@ def test_each_unet_gets_the_lora_whichever_pipeline_loaded_it_first(vengine, eng
     """The motion UNet is the video pipeline's own, the text encoder is the stills': apply_loras checks each
     component, so a LoRA loaded for a still reaches the motion UNet and one loaded for a video reaches the stills'
     UNet (the still then equals one made on a fresh engine)."""
+    from video_support import save_tiny_lora
+
+    from huabu.core.requests import GenerateRequest
     from huabu.engine.generate import Engine
     from huabu.engine.models import ModelManager
-    from huabu.core.requests import GenerateRequest
-    from video_support import save_tiny_lora
 
     def fresh_engine():
         local = vengine.settings.with_(loras_dir=tmp_path / "loras")
@@ -250,7 +255,9 @@ def test_motion_module_single_files(vengine, video_dirs, tmp_path):
     adapter = tiny_motion_adapter(seed=3, heads=8, max_frames=32)  # 8 heads: what an unlabelled file assumes
     adapter.save_pretrained(tmp_path / "folder")
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
-    save_file(state, str(tmp_path / "diffusers-keys.safetensors"), metadata={"huabu_config": json.dumps(adapter.config)})
+    save_file(
+        state, str(tmp_path / "diffusers-keys.safetensors"), metadata={"huabu_config": json.dumps(adapter.config)}
+    )
     original = {_original_key(k).replace("pos_embed", "pos_encoder"): v for k, v in state.items()}
     save_file(original, str(tmp_path / "mm_original.safetensors"))
     short = {k: v[:, :24].contiguous() if k.endswith("pos_encoder.pe") else v for k, v in original.items()}

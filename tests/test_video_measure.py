@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from huabu.tiny import video_scenes as V
 from huabu.engine.metrics import first_frame_fidelity
+from huabu.tiny import video_scenes as V
 from huabu.tiny.video_measure import STATIC, frame_consistency, motion_direction
 
 

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from video_support import save_i2vgen_xl, save_modelscope
 
 from huabu.core.errors import InvalidRequest, ModelNotFound
 from huabu.core.requests import VideoRequest
-from video_support import save_i2vgen_xl, save_modelscope
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,9 @@ def test_modelscope_animates_an_image(video_models):
 
 def test_i2vgen_xl_folder_animates_an_image(video_models):
     engine, paths = video_models
-    result = engine.generate_video(VideoRequest.create(**BASE, model=str(paths["i2vgen"]), init_image=str(paths["image"])))
+    result = engine.generate_video(
+        VideoRequest.create(**BASE, model=str(paths["i2vgen"]), init_image=str(paths["image"]))
+    )
     assert result.pipeline == "I2VGen-XL" and len(result.frames) == 4 and result.frames[0].size == (32, 32)
     assert set(result.first_frame) == {"psnr", "mean_abs_diff"}
     interrupted = engine.generate_video(VideoRequest.create(**BASE, model=str(paths["i2vgen"]),

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_support import Killed, kill_after, newest_weights
 
 from huabu.tiny import video_scenes as V
 from huabu.training.motion_config import MotionTrainConfig
-from training_support import Killed, kill_after, newest_weights
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_motion_training_resumes_exactly_and_makes_a_motion_module(base, tmp_pat
     with Image.open(tmp_path / "straight" / "samples-0000004.gif") as gif:
         assert gif.n_frames == 4 and gif.size == (32, 32)  # the base model's default size
     # The result is a MotionAdapter folder that `huabu video --motion-module` runs.
-    from huabu.engine.generate import Engine
     from huabu.core.requests import VideoRequest
+    from huabu.engine.generate import Engine
 
     result = Engine(settings, engine.models).generate_video(VideoRequest.create(
         prompt="a rocket moving up", model="tiny-sd", motion_module=str(straight), frames=4, width=32, height=32,
@@ -163,8 +163,8 @@ def _videos_with_and_without(module: Path, extra_file: str, tmp_path: Path, sett
     """The same short video from `module` (key "final") and from a copy without `extra_file` (key "bare")."""
     import shutil
 
-    from huabu.engine.generate import Engine
     from huabu.core.requests import VideoRequest
+    from huabu.engine.generate import Engine
 
     bare = tmp_path / "bare"
     shutil.copytree(module, bare)
@@ -216,8 +216,8 @@ def test_motion_words_train_beside_the_module_resume_and_run_in_the_engine(base,
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from huabu.engine.generate import Engine
     from huabu.core.requests import GenerateRequest, VideoRequest
+    from huabu.engine.generate import Engine
     from huabu.training import motion as train_motion
 
     def cfg(out: Path, **changes) -> MotionTrainConfig:  # a high rate, so 4 steps change the frames visibly

@@ -67,8 +67,9 @@ def save_i2vgen_xl(path: Path, seed: int = 0) -> Path:
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=32,
         intermediate_size=16, patch_size=4))
-    I2VGenXLPipeline(unet=unet, image_encoder=image_encoder, feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
-                     **_parts()).save_pretrained(path)
+    I2VGenXLPipeline(
+        unet=unet, image_encoder=image_encoder, feature_extractor=CLIPImageProcessor(crop_size=32, size=32), **_parts()
+    ).save_pretrained(path)
     return path
 
 

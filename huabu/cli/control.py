@@ -19,7 +19,7 @@ _OPTIONS = ("low", "high", "resolution", "weights", "safe", "cell", "mode", "dep
 _ANNOTATOR_DEFAULTS = {"softedge": "softedge_hed", "softedge_hed": "softedge_hed", "pose": "pose"}
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `huabu preprocess`."""
     parser = subparsers.add_parser(
         "preprocess", help="make a ControlNet control image (canny, softedge, depth, pose, color)",
@@ -67,8 +67,8 @@ def _default_weights(module: str, options: dict) -> None:
     kind = _ANNOTATOR_DEFAULTS.get(module)
     if kind is None or "weights" in options or "keypoints" in options:
         return
-    from huabu.engine.control.weights import find_annotator_weights
     from huabu.core.settings import Settings
+    from huabu.engine.control.weights import find_annotator_weights
 
     found = find_annotator_weights(Settings.from_env().controlnet_dir / "annotators", kind,
                                    options.get("allow_unsafe_pickle", False))
@@ -95,8 +95,8 @@ def _save_text_atomic(text: str, path: Path) -> None:
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    from huabu.engine.control.registry import get_preprocessor, preprocess
     from huabu.engine.control.pose import detect_poses
+    from huabu.engine.control.registry import get_preprocessor, preprocess
     from huabu.engine.control.skeleton import draw_poses, keypoints_to_json
     from huabu.engine.images import load_image
 

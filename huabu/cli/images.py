@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from huabu.cli.options import (Subparsers, add_generation_options, add_hires_options, add_runtime_options,
-                               control_units_from_args, parse_lora, quiet_libraries, settings_from_args)
+from huabu.cli.options import (
+    Subparsers,
+    add_generation_options,
+    add_hires_options,
+    add_runtime_options,
+    control_units_from_args,
+    parse_lora,
+    quiet_libraries,
+    settings_from_args,
+)
 from huabu.core.errors import InvalidRequest
 
 if TYPE_CHECKING:

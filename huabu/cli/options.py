@@ -8,8 +8,9 @@ import argparse
 import dataclasses
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from huabu.core.errors import InvalidRequest
 

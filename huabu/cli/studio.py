@@ -12,7 +12,7 @@ from huabu.core.errors import InvalidRequest
 ANY_ADDRESS = "0.0.0.0"
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `huabu studio`."""
     from huabu.cli.options import add_runtime_options
 

@@ -10,8 +10,13 @@ import json
 from pathlib import Path
 
 from huabu.cli.options import add_config_options, config_from_args
-from huabu.tiny.demo_configs import (CONTROL_TYPES, ControlEvalConfig, EmbeddingEvalConfig, LoraEvalConfig,
-                                     VideoEvalConfig)
+from huabu.tiny.demo_configs import (
+    CONTROL_TYPES,
+    ControlEvalConfig,
+    EmbeddingEvalConfig,
+    LoraEvalConfig,
+    VideoEvalConfig,
+)
 
 _HELP = {
     "model": "a huabu-tiny-shaped diffusers folder or model name (default: the shipped huabu-tiny)",

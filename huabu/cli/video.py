@@ -6,8 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from huabu.cli.options import (add_control_options, add_prompt_options, add_runtime_options, control_units_from_args,
-                               parse_lora, parse_size, quiet_libraries, settings_from_args)
+from huabu.cli.options import (
+    add_control_options,
+    add_prompt_options,
+    add_runtime_options,
+    control_units_from_args,
+    parse_lora,
+    parse_size,
+    quiet_libraries,
+    settings_from_args,
+)
 
 FORMATS = ("mp4", "gif", "webm")
 

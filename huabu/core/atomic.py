@@ -10,9 +10,10 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 # `.<target name>.<pid>-<12 hex>` followed by the writer's suffix (".tmp", ".tmp.mp4", ...).
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]{12}\..+$")

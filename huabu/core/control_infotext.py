@@ -16,7 +16,8 @@ legacy 8-hex-digit checkpoint hash that the extension shows.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # sd-webui-controlnet's ControlNetUnit.infotext_fields(), in order.
 FIELDS = ("module", "model", "weight", "resize_mode", "processor_res", "threshold_a", "threshold_b",

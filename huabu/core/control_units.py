@@ -6,7 +6,8 @@ Import-light (no OpenCV, no torch): huabu.core.requests validates units with it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 JUST_RESIZE = "Just Resize"
 CROP_AND_RESIZE = "Crop and Resize"

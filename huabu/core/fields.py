@@ -12,8 +12,9 @@ new row.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from huabu.core.control_infotext import PREFIX as CONTROL_PREFIX
 from huabu.core.control_infotext import parse_unit, units_in_params

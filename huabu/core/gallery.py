@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from huabu.core.errors import InvalidRequest
 
@@ -33,7 +33,8 @@ CREATE INDEX IF NOT EXISTS items_kind ON items (kind, id);
 
 # The trigram tokenizer (SQLite >= 3.34) makes FTS5 answer case-insensitive substring queries of 3+ characters.
 _FTS_SCHEMA = """
-CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(prompt, content='items', content_rowid='id', tokenize='trigram');
+CREATE VIRTUAL TABLE IF NOT EXISTS items_fts
+    USING fts5(prompt, content='items', content_rowid='id', tokenize='trigram');
 CREATE TRIGGER IF NOT EXISTS items_fts_insert AFTER INSERT ON items BEGIN
     INSERT INTO items_fts (rowid, prompt) VALUES (new.id, new.prompt);
 END;
@@ -91,10 +92,18 @@ class Gallery:
         """Index one output file; returns its id."""
         if not kind:
             raise InvalidRequest("gallery item kind must not be empty (e.g. 'txt2img', 'img2img', 'video')")
-        row = (str(path), kind, prompt, negative_prompt, json.dumps(params, ensure_ascii=False, default=str), time.time())
+        row = (
+            str(path),
+            kind,
+            prompt,
+            negative_prompt,
+            json.dumps(params, ensure_ascii=False, default=str),
+            time.time(),
+        )
         with self._connect() as con:
             cur = con.execute(
-                "INSERT INTO items (path, kind, prompt, negative_prompt, params, created) VALUES (?, ?, ?, ?, ?, ?)", row
+                "INSERT INTO items (path, kind, prompt, negative_prompt, params, created) VALUES (?, ?, ?, ?, ?, ?)",
+                row,
             )
             return int(cur.lastrowid)
 

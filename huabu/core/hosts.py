@@ -7,7 +7,8 @@ only, with the 421 of RFC 9110 ("not this server"). Pure ASGI, so it sits in fro
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 

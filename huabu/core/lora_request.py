@@ -53,7 +53,7 @@ class TrainLoraRequest(RequestModel):
                                                           "(default: ~/.huabu/lora-training/NAME)")
 
     @model_validator(mode="after")
-    def _captions(self) -> "TrainLoraRequest":
+    def _captions(self) -> TrainLoraRequest:
         if self.caption_template is not None and "{trigger}" in self.caption_template and not self.trigger:
             raise ValueError(f"caption template {self.caption_template!r} uses {{trigger}}: pass --trigger WORD")
         if self.trigger is not None and not self.trigger.strip():

@@ -11,8 +11,8 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -61,7 +61,9 @@ def create_infotext(prompt: str, negative_prompt: str, params: dict[str, object]
         if value is None:
             continue
         if not _KEY_RE.fullmatch(key) or key == "Version":
-            raise ValueError(f"infotext key {key!r} cannot be written (letters, digits, space, '-', '/'; not 'Version')")
+            raise ValueError(
+                f"infotext key {key!r} cannot be written (letters, digits, space, '-', '/'; not 'Version')"
+            )
         pairs.append(f"{key}: {_quote(str(value))}")
     pairs.append(f"Version: {_quote(f'huabu {version}')}")
     prompt, negative_prompt = _prompt_text(prompt, "p"), _prompt_text(negative_prompt, "n")
@@ -104,7 +106,9 @@ def _convert(key: str, value: str) -> object:
 def _is_parameter_line(line: str) -> bool:
     pairs = _PARAM_RE.findall(line)
     # A1111 asks for at least 3 pairs; a line we wrote with fewer still ends in our Version pair.
-    return len(pairs) >= 3 or (bool(pairs) and pairs[-1][0] == "Version" and _unquote(pairs[-1][1]).startswith("huabu "))
+    return len(pairs) >= 3 or (
+        bool(pairs) and pairs[-1][0] == "Version" and _unquote(pairs[-1][1]).startswith("huabu ")
+    )
 
 
 def parse_infotext(text: str) -> dict[str, object]:

@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from huabu.core.control_units import control_mode_name, resize_mode_name
-from huabu.core.samplers import parse_sampler
 from huabu.core.errors import InvalidRequest
+from huabu.core.samplers import parse_sampler
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
 
@@ -79,7 +79,7 @@ class ControlUnit(BaseModel):
         return control_mode_name(value)
 
     @model_validator(mode="after")
-    def _guidance_window(self) -> "ControlUnit":
+    def _guidance_window(self) -> ControlUnit:
         if self.guidance_start > self.guidance_end:
             raise ValueError(f"guidance_start ({self.guidance_start}) must not exceed guidance_end "
                              f"({self.guidance_end})")
@@ -103,12 +103,12 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def create(cls, **fields: Any) -> "RequestModel":
+    def create(cls, **fields: Any) -> RequestModel:
         """Validate keyword fields; bad input raises InvalidRequest with a one-line message."""
         return cls.from_data(fields)
 
     @classmethod
-    def from_data(cls, data: dict[str, Any]) -> "RequestModel":
+    def from_data(cls, data: dict[str, Any]) -> RequestModel:
         try:
             return cls.model_validate(data)
         except ValidationError as err:
@@ -225,7 +225,7 @@ class GenerateRequest(RequestModel):
         return data
 
     @model_validator(mode="after")
-    def _mode_inputs(self) -> "GenerateRequest":
+    def _mode_inputs(self) -> GenerateRequest:
         _check_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
         if self.mode in ("img2img", "inpaint") and not self.init_image:
             raise ValueError(f"{self.mode} needs an input image (init_image / --image)")
@@ -288,7 +288,7 @@ class VideoRequest(RequestModel):
         return value
 
     @model_validator(mode="after")
-    def _inputs(self) -> "VideoRequest":
+    def _inputs(self) -> VideoRequest:
         _check_sampler(self.sampler, self.schedule_type)
         if self.sparse_control and not self.init_image:
             raise ValueError("sparse_control (SparseCtrl RGB) animates an image: give init_image / --image too")

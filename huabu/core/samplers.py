@@ -12,8 +12,9 @@ The name tables are plain data so that requests can be validated without importi
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from huabu.core.errors import InvalidRequest
 

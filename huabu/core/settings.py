@@ -7,9 +7,9 @@ flags) to the engine, the gallery and the server, so nothing reads global state 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 from huabu.core.errors import InvalidRequest
 
@@ -60,7 +60,7 @@ class Settings:
             raise InvalidRequest(f"model cache size must be at least 1, got {self.model_cache_size}")
 
     @classmethod
-    def for_home(cls, home: str | os.PathLike, **overrides) -> "Settings":
+    def for_home(cls, home: str | os.PathLike, **overrides) -> Settings:
         """Settings with every folder under `home` (the layout of ~/.huabu)."""
         home = Path(home).expanduser()
         base = dict(
@@ -77,7 +77,7 @@ class Settings:
         return cls(**base)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Settings from HUABU_* variables (HUABU_HOME, HUABU_DEVICE, HUABU_DTYPE, HUABU_MODEL,
         HUABU_ALLOW_UNSAFE_PICKLE) and HF_HUB_OFFLINE; keyword overrides (None = not given) win."""
         env = os.environ if env is None else env
@@ -102,6 +102,6 @@ class Settings:
         """VAEs (--vae NAME, override_settings.sd_vae): single files or diffusers folders."""
         return self.home / "vae"
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         """A copy with some fields changed (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

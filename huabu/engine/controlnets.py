@@ -32,14 +32,14 @@ from typing import Any
 
 from PIL import Image
 
+from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
+from huabu.core.requests import ControlUnit
+from huabu.core.settings import Settings
 from huabu.engine import checkpoints
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image
 from huabu.engine.models import LoadedModel, looks_like_path
 from huabu.engine.pipelines import pipeline_mode
-from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
-from huabu.core.requests import ControlUnit
-from huabu.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ class ControlNetManager:
 
     # --- a request's plan --------------------------------------------------------------------------------------
 
-    def plan(self, units: list[CheckedUnit], model: LoadedModel) -> "ControlPlan":
+    def plan(self, units: list[CheckedUnit], model: LoadedModel) -> ControlPlan:
         """Resolve and load each unit's ControlNet for `model`."""
         unet_config = model.pipeline.unet.config
         refs = [self.resolve(u.unit.model, u.preprocessor, unet_config, model.vae_scale_factor, model.ref.path)

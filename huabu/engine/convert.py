@@ -9,8 +9,9 @@ of UNet / VAE blocks works (huabu-tiny has three of each).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from huabu.core.atomic import atomic_path
 

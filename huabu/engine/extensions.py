@@ -35,7 +35,7 @@ class Extension:
 class PromptSchedule(Extension):
     """A1111's prompt editing and alternation: the conditioning changes at the steps the prompt names."""
 
-    def __init__(self, conditioning: "ScheduledConditioning") -> None:
+    def __init__(self, conditioning: ScheduledConditioning) -> None:
         self.conditioning = conditioning
         self.tensor_inputs = tuple(conditioning.callback_tensor_inputs)
 
@@ -47,5 +47,5 @@ class PromptSchedule(Extension):
         return self.conditioning.step_callback(pipe, step, timestep, callback_kwargs)
 
 
-def is_scheduled(conditioning: "ScheduledConditioning") -> bool:
+def is_scheduled(conditioning: ScheduledConditioning) -> bool:
     return len(conditioning.positive) > 1 or len(conditioning.negative) > 1

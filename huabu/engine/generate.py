@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -21,16 +22,31 @@ from huabu.core.gallery import Gallery
 from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.core.settings import Settings
 from huabu.engine.controlnets import ControlNetManager
-from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.extensions import PromptSchedule
-from huabu.engine.job import (Job, Progress, Prompter, callback_tensors, encode_prompts, prepare, save_output,
-                              step_callback)
 from huabu.engine.hires import HiresFix
+from huabu.engine.infotext import build_infotext, output_params
+from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, keep_outside, latent_mask, use_latent_fill
+from huabu.engine.job import (
+    Job,
+    Progress,
+    Prompter,
+    callback_tensors,
+    encode_prompts,
+    prepare,
+    save_output,
+    step_callback,
+)
 from huabu.engine.loras import apply_loras
 from huabu.engine.models import LoadedModel, ModelManager
-from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, keep_outside, latent_mask, use_latent_fill
-from huabu.engine.noise import (batch_noise, batch_seeds, generators, seed_noise, step_seed_delta,
-                                use_noise_in_add_noise, wants_noise)
+from huabu.engine.noise import (
+    batch_noise,
+    batch_seeds,
+    generators,
+    seed_noise,
+    step_seed_delta,
+    use_noise_in_add_noise,
+    wants_noise,
+)
 from huabu.engine.pipelines import decode_latents, mode_pipeline, pipeline_mode
 from huabu.engine.upscalers import Upscalers
 from huabu.engine.vaes import find_vae, load_vae, swapped_vae, vae_hash
@@ -136,7 +152,8 @@ class Engine:
         result = GenerationResult([], [], [], used, model.info())
         for iteration in range(used.n_iter):
             seeds, subseeds = batch_seeds(used, iteration)
-            if job.sampler.scheduler == "DPMSolverSDEScheduler":  # Brownian noise seeded per image (core.samplers.scheduler_config)
+            # Brownian noise seeded per image (core.samplers.scheduler_config)
+            if job.sampler.scheduler == "DPMSolverSDEScheduler":
                 scheduler = job.scheduler(seeds)
             pipe.scheduler = scheduler
             report = _still_report(iteration, used, total, later=hires.steps if hires else 0)

@@ -10,9 +10,10 @@ that (ControlNet, the prompt schedule, motion words, SparseCtrl, first-frame anc
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -93,7 +94,7 @@ class Prompter:
     loras_dir: Path
     hashes: Any  # checkpoints.HashCache
     allow_unsafe_pickle: bool
-    book: Callable[[], "PromptBook"]
+    book: Callable[[], PromptBook]
     embeddings_dir: Path | None = None  # textual inversion embeddings named in prompts (None: none used)
 
     def prompts(self, request: Request) -> tuple[str, str, str, list[ResolvedLora]]:
@@ -110,7 +111,7 @@ class Prompter:
         return prompt, negative, text, loras
 
 
-def prepare(request: Request, models: "ModelManager", prompter: Prompter) -> Job:
+def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
     """Check and resolve a request: inputs first (cheap errors before a model loads), then the model, the output
     size and the seed."""
     sampler, schedule = parse_sampler(request.sampler, request.schedule_type)
@@ -170,7 +171,7 @@ def output_size(request: Request, model: LoadedModel, init_image: Image.Image | 
 
 
 def encode_prompts(model: LoadedModel, clip_skip: int, text: str, negative: str, steps: int,
-                   batch_size: int) -> "ScheduledConditioning":
+                   batch_size: int) -> ScheduledConditioning:
     """The prompt schedule, with the model's cached PromptEncoder for this clip skip (both SDXL encoders)."""
     from huabu.engine.prompts.encode import PromptEncoder, ScheduledConditioning
 
@@ -214,7 +215,7 @@ def callback_tensors(extensions: Iterable[Extension]) -> list[str]:
     return names
 
 
-def save_output(write: Callable[[Path], Path], folder: Path, seed: int, ext: str, gallery: "Gallery", kind: str,
+def save_output(write: Callable[[Path], Path], folder: Path, seed: int, ext: str, gallery: Gallery, kind: str,
                 prompt: str, negative: str, params: dict[str, Any], path: Path | None = None) -> tuple[Path, int]:
     """Write one output and index it: `write(path)` writes the file atomically; without `path` it writes a
     temporary file in `folder` that then takes the next free A1111-style numbered name (never an empty placeholder,

@@ -23,9 +23,10 @@ import os
 import re
 import struct
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -165,8 +166,8 @@ def to_diffusers(layers: Layers, dtype: torch.dtype | None = None) -> tuple[dict
         rank = Counter(layer.rank for layer in modules.values()).most_common(1)[0][0]
         alpha = Counter(layer.alpha for layer in modules.values()).most_common(1)[0][0]
         config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(modules),
-                  "rank_pattern": {p: l.rank for p, l in sorted(modules.items()) if l.rank != rank},
-                  "alpha_pattern": {p: l.alpha for p, l in sorted(modules.items()) if l.alpha != alpha}}
+                  "rank_pattern": {p: m.rank for p, m in sorted(modules.items()) if m.rank != rank},
+                  "alpha_pattern": {p: m.alpha for p, m in sorted(modules.items()) if m.alpha != alpha}}
         metadata.update({f"{component}.{key}": value for key, value in config.items()})
     return state, metadata
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huabu.engine import checkpoints
-from huabu.engine.loras import LORA_SUFFIXES
-from huabu.engine import lora_formats as formats
 from huabu.core.settings import Settings
+from huabu.engine import checkpoints
+from huabu.engine import lora_formats as formats
+from huabu.engine.loras import LORA_SUFFIXES
 
 
 @dataclass(frozen=True)

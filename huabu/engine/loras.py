@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from huabu.core.errors import InvalidRequest, ModelNotFound, first_line
 from huabu.engine import checkpoints
 from huabu.engine.models import BUILTIN_DIR
-from huabu.core.errors import InvalidRequest, ModelNotFound, first_line
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,11 @@ def _trained_on(path: Path) -> str:
 def _activate(model: Any, names: list[str], weights: list[float]) -> None:
     """Set one component's active adapters and weights, or disable its LoRA layers when none is wanted."""
     from diffusers import ModelMixin
-    from diffusers.loaders.lora_base import (disable_lora_for_text_encoder, enable_lora_for_text_encoder,
-                                             set_adapters_for_text_encoder)
+    from diffusers.loaders.lora_base import (
+        disable_lora_for_text_encoder,
+        enable_lora_for_text_encoder,
+        set_adapters_for_text_encoder,
+    )
 
     if isinstance(model, ModelMixin):
         if names:

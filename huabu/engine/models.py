@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huabu.engine import checkpoints
 from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.core.settings import BUILTIN_MODEL, Settings
+from huabu.engine import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class LoadedModel:
     pipeline: Any  # diffusers DiffusionPipeline
     sha256: str | None
     scheduler_config: dict[str, Any]  # the model's own scheduler config, the base of every sampler
-    pipelines: dict["PipelineKey", Any] = field(default_factory=dict)  # pipelines made from `pipeline` (from_pipe)
+    pipelines: dict[PipelineKey, Any] = field(default_factory=dict)  # pipelines made from `pipeline` (from_pipe)
     encoders: dict[int, Any] = field(default_factory=dict)  # clip_skip -> PromptEncoder
     vae_needs_fp32: bool = False  # set once a half-precision decode overflowed (see pipelines.decode_latents)
     lora_targets: dict[str, frozenset[str]] = field(default_factory=dict)  # adapter -> components (loras.apply_loras)
@@ -361,11 +361,10 @@ def assemble_single_file(state: dict, config_dir: Path, dtype, overrides: dict[s
     CLIP converter for transformers text encoders, and the config folder for schedulers and tokenizers.
     """
     import diffusers
+    import torch
     from diffusers import SchedulerMixin
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    import torch
 
     overrides = overrides or {}
     # Only cast when asked for a non-default dtype (a cast to float32 makes diffusers warn for nothing).

@@ -167,7 +167,9 @@ def _infer_motion_config(state: dict, label: str, max_frames: int) -> dict[str, 
         "motion_transformer_layers_per_block": count("down_blocks.0.motion_modules.0.transformer_blocks."),
         "use_motion_mid_block": mid,
         "motion_mid_block_layers_per_block": count("mid_block.motion_modules.") if mid else 1,
-        "motion_transformer_layers_per_mid_block": count("mid_block.motion_modules.0.transformer_blocks.") if mid else 1,
+        "motion_transformer_layers_per_mid_block": count("mid_block.motion_modules.0.transformer_blocks.")
+        if mid
+        else 1,
         "motion_max_seq_length": max_frames,
         "motion_num_attention_heads": 8,
         "motion_norm_num_groups": 32,

@@ -36,7 +36,6 @@ from huabu.core.atomic import atomic_path
 from huabu.core.errors import HuabuError, first_line
 
 
-
 class MotionWords(nn.Module):
     """Moves each frame of a motion module's residual [B*F, C, H, W] along a path the caption chooses: a warp by a
     velocity and a zoom rate that the words and the timestep give, times the frame's offset from the clip's middle.
@@ -96,7 +95,7 @@ class WordRows(nn.Module):
         self.rows = nn.Parameter(rows.detach().clone())
 
     @classmethod
-    def for_words(cls, words: dict[str, str], tokenizer, text_encoder: nn.Module) -> "WordRows":
+    def for_words(cls, words: dict[str, str], tokenizer, text_encoder: nn.Module) -> WordRows:
         """Rows for the keys of `words`, each starting as the encoder's row for its value: itself (attached, the
         rows then change nothing until trained) or a word the encoder knows, as textual inversion's initializer
         token does ("up" from "top")."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.samplers import parse_sampler, resolved_schedule, scheduler_config

@@ -23,27 +23,35 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from PIL import Image
 
 from huabu.core.errors import InvalidRequest
+from huabu.core.fields import format_number
 from huabu.core.requests import MAX_SEED, VideoRequest
 from huabu.core.settings import Settings
 from huabu.engine import checkpoints
 from huabu.engine.controlnets import ControlNetManager
 from huabu.engine.extensions import Extension, PromptSchedule, is_scheduled
-from huabu.core.fields import format_number
 from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.job import Job, Progress, callback_tensors, encode_prompts, step_callback
 from huabu.engine.loras import ResolvedLora, apply_loras
 from huabu.engine.models import LoadedModel, PipelineKey
-from huabu.engine.motion_modules import (MotionModuleRef, disk_stamp, load_motion_adapter, load_sparse_control,
-                                         motion_module_hash, motion_text_lora, motion_words_file,
-                                         resolve_motion_module)
+from huabu.engine.motion_modules import (
+    MotionModuleRef,
+    disk_stamp,
+    load_motion_adapter,
+    load_sparse_control,
+    motion_module_hash,
+    motion_text_lora,
+    motion_words_file,
+    resolve_motion_module,
+)
 from huabu.engine.pipelines import decode_latents
 
 log = logging.getLogger(__name__)

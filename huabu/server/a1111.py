@@ -23,14 +23,14 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import huabu
-from huabu.core.samplers import UNAVAILABLE, parse_sampler
 from huabu.core.errors import BadImage, HuabuError, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
+from huabu.core.samplers import UNAVAILABLE, parse_sampler
 from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
-from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
 from huabu.engine.upscalers import Upscalers
+from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
 from huabu.engine.vaes import list_vaes
 from huabu.server.a1111_extras import ExtrasBatchRequest, ExtrasSingleRequest, batch_images, extras_images
 from huabu.server.a1111_options import current_options, encode_image, option, store_options

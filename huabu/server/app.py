@@ -16,13 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import huabu
 from huabu.core.atomic import sweep_temporaries
 from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint
+from huabu.core.settings import Settings
 from huabu.server.catalog import Catalog
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import JobStore
 from huabu.server.queue import JobQueue
-from huabu.server.storage import DISK_ERROR, DISK_FULL, DiskGuard, StorageFull, is_disk_full
 from huabu.server.security import Guard, NotAllowed, NotFound, PayloadTooLarge, SafeJSONResponse
-from huabu.core.settings import Settings
+from huabu.server.storage import DISK_ERROR, DISK_FULL, DiskGuard, StorageFull, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,13 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
         finally:
             queue.stop()
 
-    app = FastAPI(title="huabu API", version=huabu.__version__, lifespan=lifespan,
-                  default_response_class=SafeJSONResponse, description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.")
+    app = FastAPI(
+        title="huabu API",
+        version=huabu.__version__,
+        lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
+        description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.",
+    )
     app.state.huabu = state
     from huabu.server import a1111, native
 

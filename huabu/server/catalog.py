@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huabu.engine import checkpoints
-from huabu.engine.models import ModelManager, ModelRef, bundled_configs, builtin_has_weights
 from huabu.core.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
 from huabu.core.requests import GenerateRequest, VideoRequest
+from huabu.core.settings import BUILTIN_MODEL, Settings
+from huabu.engine import checkpoints
+from huabu.engine.models import ModelManager, ModelRef, builtin_has_weights, bundled_configs
 from huabu.server.config import Limits, ServerConfig
 from huabu.server.security import NotAllowed, require_data_url
-from huabu.core.settings import BUILTIN_MODEL, Settings
 
 
 @dataclass

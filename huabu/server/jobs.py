@@ -12,10 +12,11 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -72,7 +73,7 @@ class Job:
     finished: float | None = None
 
     @classmethod
-    def new(cls, kind: str, request: dict[str, Any], **fields: Any) -> "Job":
+    def new(cls, kind: str, request: dict[str, Any], **fields: Any) -> Job:
         return cls(id=uuid.uuid4().hex, kind=kind, request=request, created=time.time(), **fields)
 
     def public(self) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from huabu.core.errors import HuabuError
 from huabu.engine.generate import Engine
 from huabu.engine.job import Progress
-from huabu.core.errors import HuabuError
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import FINISHED, Job, JobStore
-from huabu.server.storage import DISK_FULL, DiskGuard, is_disk_full
 from huabu.server.runner import Outcome, png_base64, progress_data, progress_fraction, run_job
+from huabu.server.storage import DISK_FULL, DiskGuard, is_disk_full
 
 log = logging.getLogger(__name__)
 

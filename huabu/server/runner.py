@@ -10,15 +10,16 @@ import io
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
+from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.engine.generate import Engine
 from huabu.engine.job import Progress
-from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.server.jobs import Job
 
 
@@ -46,7 +47,7 @@ class Outcome:
         return {**self.summary(), "images": images}
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "Outcome":
+    def from_wire(cls, data: dict[str, Any]) -> Outcome:
         images = [Image.open(io.BytesIO(base64.b64decode(text))) for text in data.get("images", [])]
         return cls(images, data["seeds"], data["infotexts"], data["request_used"], data["model"], data["files"],
                    data["interrupted"])

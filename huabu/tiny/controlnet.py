@@ -7,17 +7,17 @@ first N scenes, so every latent row stays paired with its image (the control map
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import torch
 
-from huabu.training.controlnet import train_controlnet
 from huabu.core.errors import InvalidRequest
 from huabu.tiny.data import load_dataset
 from huabu.tiny.demo_configs import TinyControlNetConfig
+from huabu.training.controlnet import train_controlnet
 
 # Latent rows that must match a fresh encoding by the base model's VAE (relative error), so that a cache made by
 # another VAE is refused instead of silently teaching the ControlNet wrong latents. fp16 storage alone is ~1e-3.
@@ -28,8 +28,8 @@ _LATENT_TOLERANCE = 0.02
 def _vae_of(base: str, settings=None):
     from diffusers import AutoencoderKL
 
-    from huabu.engine.models import ModelManager
     from huabu.core.settings import Settings
+    from huabu.engine.models import ModelManager
 
     ref = ModelManager(settings or Settings.from_env()).resolve(base)
     if ref.path is None or not (ref.path / "vae").is_dir():

@@ -53,7 +53,9 @@ class ClipScorer:
 
     @torch.no_grad()
     def text_embeds(self, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
         return self.text(ids).pooler_output @ self.text_projection.T
 
     def clip_score(self, images: list[np.ndarray], captions: list[str]) -> float:

@@ -138,7 +138,8 @@ def evaluate_lora(cfg: LoraEvalConfig, settings: Settings | None = None, engine=
     def rows_for(lora: str, prompts: list[str], score) -> list[dict]:
         rows = []
         for weight in weights:
-            images = generate(engine, model, prompts, cfg, lambda i: {"loras": [{"name": lora, "weight": weight}]})
+            images = generate(engine, model, prompts, cfg,
+                              lambda i, weight=weight: {"loras": [{"name": lora, "weight": weight}]})
             rows.append({"weight": weight, **score(images)})
         return rows
 

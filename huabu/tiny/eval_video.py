@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from huabu.core.settings import BUILTIN_MODEL, Settings
-from huabu.tiny.demo_configs import VideoEvalConfig
 from huabu.tiny import video_scenes as V
+from huabu.tiny.demo_configs import VideoEvalConfig
 
 DIRECTION_TARGET = 0.7
 

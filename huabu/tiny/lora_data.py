@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -54,7 +54,7 @@ def _papercut(alpha: np.ndarray) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def papercut_glyph(obj: int, size: int) -> np.ndarray:
     """Object `obj` as a paper-cut at `size` px (RGBA float32, as huabu.tiny.scenes.glyph)."""
     return _papercut(S.glyph(obj, size)[..., 3])

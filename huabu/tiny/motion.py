@@ -3,8 +3,8 @@ motion in the sample GIFs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from huabu.tiny.video_scenes import MOTIONS, eval_moving_scenes, training_clip
 from huabu.training.motion import train_motion

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +124,12 @@ def find_emoji_font() -> Path:
     for path in EMOJI_FONT_PATHS:
         if path.is_file():
             return path
-    raise HuabuError("the emoji font is missing: install Debian's fonts-noto-color-emoji (scripts/install.sh --dev does)")
+    raise HuabuError(
+        "the emoji font is missing: install Debian's fonts-noto-color-emoji (scripts/install.sh --dev does)"
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _glyph_master(char: str) -> Image.Image:
     font = ImageFont.truetype(str(find_emoji_font()), _EMOJI_STRIKE)
     canvas = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
@@ -135,7 +137,7 @@ def _glyph_master(char: str) -> Image.Image:
     return canvas.crop(canvas.getbbox())
 
 
-@lru_cache(maxsize=None)
+@cache
 def char_glyph(char: str, size: int) -> np.ndarray:
     """An emoji as float32 RGBA in [0, 1], fitted into a size x size square (aspect kept, centred)."""
     master = _glyph_master(char)

@@ -10,9 +10,9 @@ passes 90%.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -82,7 +82,10 @@ def swapped_captions(scene: S.Scene, attribute: str) -> list[str] | None:
         o1, o2 = a["objects"]
         p1, p2 = a["positions"]
         if attribute == "colour":
-            return [S.pair_caption(o1, p1, o2, p2, c) for c in [a["background"]] + [c for c in S.COLOUR_NAMES if c != a["background"]]]
+            return [
+                S.pair_caption(o1, p1, o2, p2, c)
+                for c in [a["background"]] + [c for c in S.COLOUR_NAMES if c != a["background"]]
+            ]
         if attribute == "pair order":
             return [S.pair_caption(o1, p1, o2, p2, a["background"]), S.pair_caption(o2, p1, o1, p2, a["background"])]
         return None

@@ -8,9 +8,9 @@ classifier-free guidance, min-SNR loss weighting, EMA weights for sampling. Late
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

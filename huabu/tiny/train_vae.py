@@ -7,9 +7,9 @@ edges; identity surviving the round trip is what bounds the whole model's identi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -8,7 +8,7 @@ the object's centroid and size from the first frames to the last ones. No learne
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image

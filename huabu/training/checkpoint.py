@@ -45,7 +45,8 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 def save_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer] | None = None, extra: dict | None = None,
                     keep: int = 2) -> Path:
-    """Write `folder/step-XXXXXXX` atomically (huabu.core.atomic.atomic_dir) and keep only the newest `keep` checkpoints."""
+    """Write `folder/step-XXXXXXX` atomically (huabu.core.atomic.atomic_dir) and keep only the newest `keep`
+    checkpoints."""
     folder = Path(folder)
     final = folder / f"step-{step:07d}"
     opt_meta = {}

@@ -14,9 +14,10 @@ The dataset is any object with `images` (N x H x W x 3 uint8, indexable by an in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,8 +57,8 @@ class Frozen:
 
 def load_frozen(cfg: ControlNetTrainConfig, images: np.ndarray, settings=None) -> Frozen:
     """Load the base model (fp32, CPU; accelerate moves it) and encode or read the dataset's latents."""
-    from huabu.engine.models import ModelManager
     from huabu.core.settings import Settings
+    from huabu.engine.models import ModelManager
 
     settings = (settings or Settings.from_env()).with_(device="cpu", dtype="fp32")
     model = ModelManager(settings).load(cfg.base)

@@ -11,9 +11,9 @@ functions of (seed, step), so a resumed run continues exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -33,7 +34,7 @@ MAY_CHANGE = ("out", "steps", "stop_after", "checkpoint_every", "sample_every", 
               "sample_steps", "sample_cfg")
 
 # What a step returns: the loss, or the loss and other values for log.jsonl (tensors or numbers).
-StepOutput = Union[torch.Tensor, tuple[torch.Tensor, dict[str, Any]]]
+StepOutput = torch.Tensor | tuple[torch.Tensor, dict[str, Any]]
 
 
 @dataclass

@@ -14,23 +14,24 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from huabu.engine.images import load_image
 from huabu.core.errors import InvalidRequest
-from huabu.engine import lora_formats as formats
-from huabu.training.lora_data import LoraDataset, assign_buckets, fit_to_bucket, load_dataset, to_pixels
 from huabu.core.lora_request import TrainLoraRequest
 from huabu.core.settings import Settings
+from huabu.engine import lora_formats as formats
+from huabu.engine.images import load_image
 from huabu.training import loop
 from huabu.training.checkpoint import list_checkpoints
 from huabu.training.loop import Plan, Recipe, Sampled, TrainProgress
+from huabu.training.lora_data import LoraDataset, assign_buckets, fit_to_bucket, load_dataset, to_pixels
 from huabu.training.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -309,9 +310,9 @@ def sample_prompts(run: LoraRun) -> list[str]:
 
 def write_samples(run: LoraRun, done: int, started: float) -> tuple[Path, ...]:
     """Sample images through the engine with the LoRA so far (also kept as the run's lora-latest.safetensors)."""
-    from huabu.engine.generate import Engine
     from huabu.core.pnginfo import save_png_atomic
     from huabu.core.requests import GenerateRequest
+    from huabu.engine.generate import Engine
 
     lora = export(run, run.folder / "lora-latest.safetensors", done, started)
     if run._engine is None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from huabu.engine.images import load_image
 from huabu.core.errors import InvalidRequest
+from huabu.engine.images import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _REPEATS = re.compile(r"^(\d+)_(.+)$")

@@ -12,9 +12,9 @@ optional text LoRA and motion-word layers (huabu.engine.motion_words) trained be
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,15 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from huabu.core.errors import HuabuError
 from huabu.engine.motion_modules import MOTION_WORDS_FILE, TEXT_LORA_FILE
-from huabu.engine.motion_words import (WordRows, attach_motion_words, build_motion_words, load_motion_words,
-                                       load_word_rows, motion_module_lists, save_motion_words)
+from huabu.engine.motion_words import (
+    WordRows,
+    attach_motion_words,
+    build_motion_words,
+    load_motion_words,
+    load_word_rows,
+    motion_module_lists,
+    save_motion_words,
+)
 from huabu.training import loop
 from huabu.training.diffusion import CAPTION_DROPOUT, encode_text, noise_scheduler, to_tensor
 from huabu.training.loop import Plan, Recipe, Sampled, same_run

@@ -15,12 +15,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from huabu.engine.generate import Engine, GenerationResult
-from huabu.engine.models import ModelManager, builtin_has_weights
 from huabu.core.errors import ModelNotFound
-from huabu.engine.prompts.book import PromptBook, load_book
 from huabu.core.requests import GenerateRequest
 from huabu.core.settings import Settings
+from huabu.engine.generate import Engine, GenerationResult
+from huabu.engine.models import ModelManager, builtin_has_weights
+from huabu.engine.prompts.book import PromptBook, load_book
 from huabu.ui.fields import GENERATION_FIELDS, fields_from_infotext
 from huabu.ui.i18n import LANGUAGES, Key, check_language, load_texts
 from huabu.ui.jobs import Interrupts, progress_reporter

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import io
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image
 
 from huabu.core.errors import InvalidRequest
-from huabu.engine.prompts.book import PromptPart
 from huabu.core.requests import GenerateRequest
+from huabu.engine.prompts.book import PromptPart
 
 # Fields "send to" fills, in the order of GENERATION_FIELDS below (what every generation tab has).
 GENERATION_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "steps", "cfg_scale", "seed", "width",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
-from huabu.engine.job import Progress
 from huabu.core.errors import HuabuError
+from huabu.engine.job import Progress
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ labels change, so prompts, images and every other value on the page stay as they
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from huabu.ui.i18n import LANGUAGES, Key, check_language, load_texts
 

@@ -7,8 +7,8 @@ import numbers
 import cv2
 from PIL import Image
 
-from huabu.engine.control.images import fit_resolution, gray_to_rgb, rgb_array
 from huabu.core.errors import InvalidRequest
+from huabu.engine.control.images import fit_resolution, gray_to_rgb, rgb_array
 
 # sd-webui-controlnet's defaults for threshold_a / threshold_b.
 DEFAULT_LOW = 100

@@ -13,8 +13,8 @@ import numbers
 import cv2
 from PIL import Image
 
-from huabu.engine.control.images import fit_resolution, rgb_array
 from huabu.core.errors import InvalidRequest
+from huabu.engine.control.images import fit_resolution, rgb_array
 
 CELLS_PER_SIDE = 8
 MODES = ("grid", "blur")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from huabu.core.atomic import atomic_path
 from huabu.engine.convert import unet_to_ldm

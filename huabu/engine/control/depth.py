@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from huabu.engine.control.images import fit_resolution, gray_to_rgb, rgb_array
 from huabu.core.errors import BadImage, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
+from huabu.engine.control.images import fit_resolution, gray_to_rgb, rgb_array
 
 # Models that predict metric distance (far = large) rather than relative inverse depth (near = large).
 _METRIC_MODEL_TYPES = {"zoedepth"}

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from huabu.core.errors import InvalidRequest
 from huabu.engine.control.canny import DEFAULT_HIGH, DEFAULT_LOW, canny
 from huabu.engine.control.color import color
 from huabu.engine.control.images import rgb_array
-from huabu.core.errors import InvalidRequest
 
 
 def edge_mask(image: Image.Image | np.ndarray) -> np.ndarray:

@@ -32,10 +32,19 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from huabu.engine.control.images import fit_resolution, pad_to_multiple, rgb_array
-from huabu.engine.control.skeleton import DRAWN_LIMBS, LIMBS, NUM_KEYPOINTS, Person, PoseCanvas, draw_poses, json_to_keypoints, load_keypoints
-from huabu.engine.control.weights import read_weights
 from huabu.core.errors import InvalidRequest, ModelNotFound, first_line
+from huabu.engine.control.images import fit_resolution, pad_to_multiple, rgb_array
+from huabu.engine.control.skeleton import (
+    DRAWN_LIMBS,
+    LIMBS,
+    NUM_KEYPOINTS,
+    Person,
+    PoseCanvas,
+    draw_poses,
+    json_to_keypoints,
+    load_keypoints,
+)
+from huabu.engine.control.weights import read_weights
 
 BACKBONE_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4",
                    "conv4_1", "conv4_2", "conv4_3_CPM", "conv4_4_CPM")
@@ -107,7 +116,7 @@ class BodyPoseNetwork(nn.Module):
         return pafs, heatmaps
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "BodyPoseNetwork":
+    def from_state_dict(cls, state: dict[str, Any]) -> BodyPoseNetwork:
         """Build the network the (converted) state dict describes, layer sizes read from the weight shapes."""
         state = convert_body_pose_state_dict(state)
 

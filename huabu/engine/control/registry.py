@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from PIL import Image
 
+from huabu.core.errors import InvalidRequest
 from huabu.engine.control.canny import canny
 from huabu.engine.control.color import color
 from huabu.engine.control.depth import depth
 from huabu.engine.control.images import fit_resolution, rgb_array
 from huabu.engine.control.pose import pose, pose_json
 from huabu.engine.control.softedge import gradient_edges, hed, softedge
-from huabu.core.errors import InvalidRequest
 
 
 def passthrough(image: Image.Image, resolution: int | None = None) -> Image.Image:

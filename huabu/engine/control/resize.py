@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from huabu.engine.control.images import rgb_array
 from huabu.core.control_units import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, resize_mode_name
 from huabu.core.errors import InvalidRequest
+from huabu.engine.control.images import rgb_array
 
 
 def check_resize_mode(mode: object) -> str:

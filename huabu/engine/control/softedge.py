@@ -32,9 +32,9 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from huabu.core.errors import ModelNotFound, first_line
 from huabu.engine.control.images import fit_resolution, pad_to_multiple, rgb_array, unit_to_rgb
 from huabu.engine.control.weights import read_weights
-from huabu.core.errors import ModelNotFound, first_line
 
 HED_WIDTHS = (64, 128, 256, 512, 512)
 HED_DEPTHS = (2, 2, 3, 3, 3)
@@ -83,7 +83,7 @@ class HEDNetwork(nn.Module):
         return torch.sigmoid(self.fuse(torch.cat(sides, dim=1)))
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "HEDNetwork":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> HEDNetwork:
         """Build the network the (converted) state dict describes, widths and depths read from its shapes."""
         state = convert_hed_state_dict(state)
         widths, depths = [], []

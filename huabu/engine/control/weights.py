@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huabu.engine.checkpoints import load_state_dict
 from huabu.core.errors import ModelNotFound
+from huabu.engine.checkpoints import load_state_dict
 
 # The public file names, safetensors conversions first (a pickle file is only used when the caller allows it).
 ANNOTATOR_FILES: dict[str, tuple[str, ...]] = {

@@ -119,13 +119,20 @@ class PromptEncoder:
         embeds = torch.cat(parts, dim=-1).reshape(1, count * (CHUNK_TOKENS + 2), -1)
         return Conditioning(embeds=embeds, pooled=per_encoder[-1][1])
 
-    def _encode_chunks(self, index: int, fragments: list[tuple[str, float]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode_chunks(
+        self, index: int, fragments: list[tuple[str, float]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[chunks, 77, D] weighted hidden states of one encoder, and its pooled output for the first chunk."""
         tokenizer, text_encoder = self.tokenizers[index], self.text_encoders[index]
         texts = [fragment for fragment, weight in fragments if (fragment, weight) != BREAK]
-        tokenized = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+        tokenized = (
+            tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+        )
         token_runs = iter(tokenized)
-        runs = [(None, weight) if (fragment, weight) == BREAK else (next(token_runs), weight) for fragment, weight in fragments]
+        runs = [
+            (None, weight) if (fragment, weight) == BREAK else (next(token_runs), weight)
+            for fragment, weight in fragments
+        ]
         chunks = chunk_tokens(runs, self._comma_ids[index])
 
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id

@@ -34,7 +34,9 @@ def _tag_number(tag: str, value: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise PromptSyntaxError(f"LoRA tag {tag}: weight {value.strip()!r} is not a number; write e.g. <lora:name:0.8>") from None
+        raise PromptSyntaxError(
+            f"LoRA tag {tag}: weight {value.strip()!r} is not a number; write e.g. <lora:name:0.8>"
+        ) from None
 
 
 def _lora_ref(tag: str, args: str) -> LoraRef:

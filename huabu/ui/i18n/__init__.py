@@ -6,7 +6,7 @@ label; `tests/test_ui_fields.py` checks that both tables hold the same keys and 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -23,7 +23,7 @@ def check_language(language: str) -> str:
     return language
 
 
-@lru_cache(maxsize=None)  # read-only data shipped with the package; cached per language
+@cache  # read-only data shipped with the package; cached per language
 def _table(language: str) -> tuple[tuple[str, str], ...]:
     path = I18N_DIR / f"{check_language(language)}.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

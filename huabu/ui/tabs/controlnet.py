@@ -5,15 +5,21 @@ from typing import Any
 
 import gradio as gr
 
+from huabu.core.errors import InvalidRequest
+from huabu.core.requests import GenerateRequest
 from huabu.engine.control.registry import get_preprocessor, preprocess
 from huabu.engine.controlnets import ANNOTATORS, NEEDS_WEIGHTS, annotator_weights
 from huabu.engine.images import load_image
-from huabu.core.errors import InvalidRequest
-from huabu.core.requests import GenerateRequest
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
-from huabu.ui.tabs.generate import (GenerationForm, common_inputs, common_request_fields, generation_outputs, layout,
-                                    wire_generation)
+from huabu.ui.tabs.generate import (
+    GenerationForm,
+    common_inputs,
+    common_request_fields,
+    generation_outputs,
+    layout,
+    wire_generation,
+)
 
 # Preprocessors that work from an uploaded picture alone (depth and pose also take maps or keypoint files, which
 # the CLI offers); "none" passes a ready control map through.

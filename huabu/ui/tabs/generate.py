@@ -1,20 +1,20 @@
 """txt2img, img2img and inpainting tabs: a prompt area, the sampling fields, and a run that goes through
 Engine.generate (the CLI's and the API's path) with progress and an Interrupt button."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
-from huabu.core.samplers import SAMPLERS, SCHEDULES
 from huabu.core.requests import GenerateRequest
+from huabu.core.samplers import SAMPLERS, SCHEDULES
 from huabu.ui.fields import data_url, field_bounds, mask_from_editor, size_or_default
 from huabu.ui.i18n import Key
 from huabu.ui.jobs import readable_errors
 from huabu.ui.prompt_area import PromptArea, build_prompt_area
 from huabu.ui.scripts import build_script_area, script_request
-from huabu.ui.tabs.advanced import (advanced_fields, build_hires, build_inpaint_options, build_outpaint,
-                                    build_variation)
+from huabu.ui.tabs.advanced import advanced_fields, build_hires, build_inpaint_options, build_outpaint, build_variation
 
 SAMPLER_NAMES = [s.name for s in SAMPLERS]
 SCHEDULE_LABELS = [s.label for s in SCHEDULES]
@@ -158,7 +158,21 @@ def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
                 enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
-        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate)
+        script = (
+            script,
+            x_type,
+            x_values,
+            y_type,
+            y_values,
+            z_type,
+            z_values,
+            legend,
+            keep_seed,
+            at_start,
+            different,
+            lines,
+            iterate,
+        )
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
@@ -185,7 +199,21 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
                 seed_resize_w, seed_resize_h, vae, left, right, up, down, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
-        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate)
+        script = (
+            script,
+            x_type,
+            x_values,
+            y_type,
+            y_values,
+            z_type,
+            z_values,
+            legend,
+            keep_seed,
+            at_start,
+            different,
+            lines,
+            iterate,
+        )
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
@@ -222,7 +250,21 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
                 seed_resize_w, seed_resize_h, vae, fill, only_masked, padding, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
-        script = (script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate)
+        script = (
+            script,
+            x_type,
+            x_values,
+            y_type,
+            y_values,
+            z_type,
+            z_values,
+            legend,
+            keep_seed,
+            at_start,
+            different,
+            lines,
+            iterate,
+        )
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)

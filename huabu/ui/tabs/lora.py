@@ -1,6 +1,6 @@
 """The LoRA tab: pick installed LoRAs and their weights (as `<lora:name:weight>` prompt tags, which the engine
-reads), and train a new one from an uploaded folder or zip (huabu.training.lora.train_lora) with live loss, sample previews
-and Cancel."""
+reads), and train a new one from an uploaded folder or zip (huabu.training.lora.train_lora) with live loss, sample
+previews and Cancel."""
 
 import logging
 import queue

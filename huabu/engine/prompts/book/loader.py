@@ -7,9 +7,10 @@ templates. User folders holding files of the same shape add entries or override 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -152,7 +153,9 @@ def _merge_styles(path: Path, styles: dict[str, Style]) -> None:
         label = entry.get("name", f"#{index + 1}") if isinstance(entry, dict) else f"#{index + 1}"
         where = f"style {label!r}"
         entry = _check_keys(path, where, entry, _STYLE_KEYS)
-        name, name_zh, name_en, prompt = (_text(path, where, entry, k) for k in ("name", "name_zh", "name_en", "prompt"))
+        name, name_zh, name_en, prompt = (
+            _text(path, where, entry, k) for k in ("name", "name_zh", "name_en", "prompt")
+        )
         negative = _text(path, where, entry, "negative_prompt", required=False)
         _check_template(path, where, "prompt", prompt)
         _check_template(path, where, "negative_prompt", negative)
