@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import warnings
 from collections.abc import Callable
@@ -139,6 +140,34 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, notes: dict[s
 def config_from_args(args: argparse.Namespace, cls: type) -> Any:
     """The config dataclass `cls` with the options add_config_options added and the user gave."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def add_training_command(stages, name: str, config_class: type, notes: dict[str, str], train: str,
+                         **parser_options: Any) -> argparse.ArgumentParser:
+    """A `huabu train NAME` command: one option per field of its config dataclass, plus --threads. `train`
+    ("module:function", called with the config and a cancel callable) is imported only when the command runs."""
+    parser = stages.add_parser(name, **parser_options)
+    add_config_options(parser, config_class, notes)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(handler=lambda args: run_training(args, config_class, train))
+    return parser
+
+
+def run_training(args: argparse.Namespace, config_class: type, train: str) -> int:
+    """Run a training command; Ctrl-C stops it after a checkpoint, which the same command resumes from."""
+    config = config_from_args(args, config_class)
+    quiet_libraries()
+    import torch
+
+    from huabu.cli.stopping import stop_on_ctrl_c
+
+    module, _, function = train.partition(":")
+    train_function = getattr(importlib.import_module(module), function)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with stop_on_ctrl_c() as stop:
+        print(train_function(config, cancel=stop.is_set))
+    return 0
 
 
 def _comma_list(item: type) -> Callable[[str], tuple]:

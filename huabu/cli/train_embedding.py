@@ -5,9 +5,7 @@ Import-light: the training module (torch, diffusers) is imported by the handler.
 
 from __future__ import annotations
 
-import argparse
-
-from huabu.cli.options import add_config_options, config_from_args
+from huabu.cli.options import add_training_command
 from huabu.training.embedding_config import EmbeddingTrainConfig
 
 _HELP = {
@@ -24,28 +22,9 @@ _HELP = {
 
 
 def register_train(stages) -> None:
-    parser = stages.add_parser(
-        "embedding", help="train a textual inversion embedding on a folder of images",
+    add_training_command(
+        stages, "embedding", EmbeddingTrainConfig, _HELP, "huabu.training.embedding:train",
+        help="train a textual inversion embedding on a folder of images",
         description="Textual inversion as A1111 trains it: new token vectors learn your images while the model stays "
                     "frozen. Resumes from the newest checkpoint in --out (Ctrl-C stops after writing one); writes "
                     "--out/TOKEN.safetensors, which prompts use from ~/.huabu/embeddings by its name.")
-    add_config_options(parser, EmbeddingTrainConfig, _HELP)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.set_defaults(handler=run_train_embedding)
-
-
-def run_train_embedding(args: argparse.Namespace) -> int:
-    from huabu.cli.options import quiet_libraries
-
-    config = config_from_args(args, EmbeddingTrainConfig)
-    quiet_libraries()
-    import torch
-
-    from huabu.cli.stopping import stop_on_ctrl_c
-    from huabu.training.embedding import train
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with stop_on_ctrl_c() as stop:
-        print(train(config, cancel=stop.is_set))
-    return 0
