@@ -27,7 +27,7 @@ from huabu.core.errors import BadImage, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
-from huabu.server.catalog import cmd_flags, memory
+from huabu.server.catalog import cmd_flags, memory, memory_options
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome, png_base64
 from huabu.server.security import CheckedRoute, image_data_url
@@ -473,6 +473,7 @@ def get_options(http: Request) -> dict[str, Any]:
                    CLIP_stop_at_last_layers=catalog.default_clip_skip)
     options.setdefault("sd_vae", "Automatic")
     options.setdefault("samples_format", "png")
+    options.update(memory_options(http.app.state.huabu.settings))
     return options
 
 
@@ -482,6 +483,7 @@ def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
     `CLIP_stop_at_last_layers` the default clip skip."""
     catalog = http.app.state.huabu.catalog
     updates = dict(options)
+    _check_memory_options(updates, memory_options(http.app.state.huabu.settings))
     with catalog.lock:
         count = len(set(catalog.options) | set(updates))
     if count > MAX_OPTIONS:
@@ -497,6 +499,14 @@ def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
         catalog.default_clip_skip = value
     with catalog.lock:
         catalog.options.update(updates)
+
+
+def _check_memory_options(updates: dict[str, Any], current: dict[str, Any]) -> None:
+    """Memory switches read back as they are (a client may POST back what it GOT) but only change at start-up."""
+    for key, value in current.items():
+        if key in updates and updates.pop(key) != value:
+            flag = key.removeprefix("huabu_").replace("_", "-")
+            raise InvalidRequest(f"{key} is set when the server starts (huabu serve --{flag}); it is {value!r}")
 
 
 @router.get("/cmd-flags")
