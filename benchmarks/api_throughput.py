@@ -98,14 +98,22 @@ def serve(app):
 
 
 def direct(engine, payload: dict, count: int) -> dict:
+    """Engine.generate calls one after another on a thread of their own, as the server's engine thread makes them
+    (on a loaded 2-core machine torch's ops ran 5x slower on the main thread than on any other)."""
     from huabu.core.requests import GenerateRequest
 
-    latencies = []
+    latencies: list[float] = []
+
+    def calls() -> None:
+        for seed in range(count):
+            begun = time.perf_counter()
+            engine.generate(GenerateRequest.create(**payload, seed=seed))
+            latencies.append(time.perf_counter() - begun)
+
     start = time.perf_counter()
-    for seed in range(count):
-        begun = time.perf_counter()
-        engine.generate(GenerateRequest.create(**payload, seed=seed))
-        latencies.append(time.perf_counter() - begun)
+    thread = threading.Thread(target=calls, name="direct")
+    thread.start()
+    thread.join()
     return {"latencies": latencies, "wall": time.perf_counter() - start}
 
 
@@ -118,13 +126,37 @@ def through_client(base: str, path: str, payload: dict, count: int, concurrency:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+class EngineClock:
+    """Times each Engine.generate call, wherever it runs (here, or on the server's engine thread): an API path's
+    engine p50 against the direct one is what sharing the process (the GIL) costs the engine; its latency p50
+    minus its engine p50 is what the hand-offs cost."""
+
+    def __init__(self, engine) -> None:
+        self.times: list[float] = []
+        original = engine.generate
+
+        def timed(*args, **kwargs):
+            begun = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.times.append(time.perf_counter() - begun)
+
+        engine.generate = timed
+
+    def take(self) -> list[float]:
+        taken, self.times = self.times, []
+        return taken
+
+
 def row(label: str, concurrency: int, figures: dict, base: dict) -> str:
     lat, rate = figures["latencies"], len(figures["latencies"]) / figures["wall"]
     base_rate = len(base["latencies"]) / base["wall"]
     extra = (statistics.median(lat) - statistics.median(base["latencies"])) * 1000
+    engine = statistics.median(figures["engine"]) * 1000
     return (f"{label:<20} {concurrency:>5} {len(lat):>5} {rate:>7.2f} {rate / base_rate:>7.0%} "
             f"{statistics.median(lat) * 1000:>8.1f} {percentile(lat, 0.95) * 1000:>8.1f} "
-            f"{extra if concurrency == 1 else float('nan'):>9.1f}")
+            f"{extra if concurrency == 1 else float('nan'):>8.1f} {engine:>8.1f}")
 
 
 def main() -> None:
@@ -151,7 +183,6 @@ def main() -> None:
     quiet_libraries()
     import torch
 
-    from huabu.core.requests import GenerateRequest
     from huabu.core.settings import BUILTIN_MODEL, Settings
     from huabu.engine.generate import Engine
     from huabu.engine.models import builtin_has_weights
@@ -168,20 +199,22 @@ def main() -> None:
     engine = Engine(settings)
     payload = {"prompt": "a red apple on a blue background", "steps": args.steps, "width": args.size,
                "height": args.size, "sampler": "Euler", "model": model}
-    engine.generate(GenerateRequest.create(**payload))  # load and warm up
+    direct(engine, payload, 3)  # load and warm up
+    clock = EngineClock(engine)
     server, thread, base = serve(create_app(settings, ServerConfig(), engines=[engine]))
     print(f"model {model or BUILTIN_MODEL}, {args.size}x{args.size}, {args.steps} steps, torch threads "
           f"{torch.get_num_threads()}; clients in a separate process")
     print(f"{'path':<20} {'conc.':>5} {'reqs':>5} {'req/s':>7} {'/direct':>7} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'+p50 ms':>9}")
+          f"{'+p50 ms':>8} {'eng. ms':>8}")
     try:
         for round_no in range(1, args.rounds + 1):
             print(f"-- round {round_no}")
-            base_figures = direct(engine, payload, args.requests)
+            base_figures = {**direct(engine, payload, args.requests), "engine": clock.take()}
             print(row(LABELS["direct"], 1, base_figures, base_figures), flush=True)
             for concurrency in args.concurrency:
                 for path in args.paths:
                     figures = through_client(base, path, payload, max(args.requests, concurrency), concurrency)
+                    figures["engine"] = clock.take()
                     print(row(LABELS[path], concurrency, figures, base_figures), flush=True)
     finally:
         server.should_exit = True

@@ -394,12 +394,19 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
-    images = [png_base64(image, text) for image, text in zip(outcome.images, outcome.infotexts)] if outcome else []
+    return await run_in_threadpool(_answer, req, request, outcome, finished or job, warnings)
+
+
+def _answer(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None, job: Job,
+            warnings: list[str]) -> dict[str, Any]:
+    """The response body; PNG encoding runs here, on a worker thread, so a large image never blocks the event
+    loop (and every other client) while it is encoded."""
+    images = [png_base64(image, text) for image, text in zip(outcome.images, outcome.infotexts)] \
+        if outcome and req.send_images else []
     parameters = req.model_dump(exclude=set(req.model_extra or {}))  # unknown fields are never echoed
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)
-    return {"images": images if req.send_images else [], "parameters": parameters,
-            "info": info_json(req, request, outcome, finished or job, warnings)}
+    return {"images": images, "parameters": parameters, "info": info_json(req, request, outcome, job, warnings)}
 
 
 async def _wait_while_connected(http: Request, queue, job_id: str, waiter: asyncio.Event) -> Job | None:
