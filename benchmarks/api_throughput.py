@@ -1,24 +1,33 @@
-"""Requests per second and p50/p95 latency: the HTTP API (A1111 /sdapi/v1/txt2img and the native jobs API) on a
-live loopback server vs direct Engine.generate calls, same model, steps and size.
+"""Requests per second and p50/p95 latency through the HTTP API vs direct Engine.generate calls, same model, steps
+and size: A1111 /sdapi/v1/txt2img (sync), native jobs followed by their SSE stream, native jobs polled every 250 ms.
 
-    .venv/bin/python benchmarks/api_throughput.py [--model SPEC] [--requests 40] [--concurrency 1 8] [--steps 4]
+    .venv/bin/python benchmarks/api_throughput.py [--model SPEC] [--requests 32] [--concurrency 1 8 32] [--steps 4]
+                                                  [--rounds 2]
 
-Direct calls run one after another (the engine generates one image at a time). API requests are sent by
-`--concurrency` clients at once; their latency includes waiting in the queue, so at concurrency 1 the difference
-to the direct figures is the API's own overhead. Without --model: huabu-tiny, or while its weights are absent a
-random huabu-tiny-sized model (see engine_overhead.py).
+This process runs the server (uvicorn on a thread, as `huabu serve` does) and the direct calls; the API load comes
+from a separate client process, as real clients are. Each round measures direct, then each API path at each
+concurrency, so the paths of one round share the machine's load; the report gives every round and the ratio of
+each path to the direct rate of its round. Direct calls run one after another (the engine makes one image at a
+time); an API client's latency includes waiting in the queue, so at concurrency 1 `p50 - direct p50` is the API's
+own cost a request. Without --model: huabu-tiny, or while its weights are absent a random huabu-tiny-sized model.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+PATHS = ("a1111", "sse", "poll")
+LABELS = {"direct": "Engine.generate", "a1111": "A1111 txt2img", "sse": "jobs + SSE", "poll": "jobs + poll 250ms"}
+POLL_EVERY = 0.25
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -26,51 +35,55 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def report(label: str, concurrency: int, latencies: list[float], wall: float) -> None:
-    print(f"{label:<24} {concurrency:>5} {len(latencies):>8} {len(latencies) / wall:>9.2f} "
-          f"{statistics.median(latencies) * 1000:>9.1f} {percentile(latencies, 0.95) * 1000:>9.1f}")
+# --- the client process ------------------------------------------------------------------------------------------
+
+async def one_request(client, path: str, payload: dict, seed: int) -> None:
+    if path == "a1111":
+        body = {"prompt": payload["prompt"], "steps": payload["steps"], "width": payload["width"],
+                "height": payload["height"], "sampler_name": payload["sampler"], "seed": seed}
+        response = await client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        return
+    job = (await client.post("/api/v1/jobs", json={"request": {**payload, "seed": seed}})).json()
+    if path == "sse":
+        async with client.stream("GET", f"/api/v1/jobs/{job['id']}/events") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event: ") and line[7:] in ("done", "failed", "cancelled"):
+                    assert line[7:] == "done", line
+                    return
+        raise AssertionError("event stream ended without a final event")
+    while job["state"] not in ("done", "failed", "cancelled"):
+        await asyncio.sleep(POLL_EVERY)
+        job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert job["state"] == "done", job["error"]
 
 
-def direct(engine, payload: dict, count: int) -> None:
-    from huabu.core.requests import GenerateRequest
-
-    latencies = []
-    start = time.perf_counter()
-    for index in range(count):
-        begun = time.perf_counter()
-        engine.generate(GenerateRequest.create(**payload, seed=index))
-        latencies.append(time.perf_counter() - begun)
-    report("Engine.generate", 1, latencies, time.perf_counter() - start)
-
-
-async def through_api(base: str, payload: dict, count: int, concurrency: int, native: bool) -> None:
+async def load(base: str, path: str, payload: dict, count: int, concurrency: int) -> dict:
     import httpx
 
-    a1111 = {"prompt": payload["prompt"], "steps": payload["steps"], "width": payload["width"],
-             "height": payload["height"], "sampler_name": payload["sampler"]}
     latencies: list[float] = []
     todo = iter(range(count))
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        for index in todo:
+    async def client_loop(client) -> None:
+        for seed in todo:
             begun = time.perf_counter()
-            if native:
-                job = (await client.post("/api/v1/jobs", json={"request": {**payload, "seed": index}})).json()
-                while job["state"] not in ("done", "failed", "cancelled"):
-                    await asyncio.sleep(0.01)
-                    job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
-                assert job["state"] == "done", job["error"]
-            else:
-                response = await client.post("/sdapi/v1/txt2img", json={**a1111, "seed": index})
-                assert response.status_code == 200, response.text
+            await one_request(client, path, payload, seed)
             latencies.append(time.perf_counter() - begun)
 
-    start = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+        start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-    report("API jobs (submit+poll)" if native else "API /sdapi/v1/txt2img", concurrency, latencies,
-           time.perf_counter() - start)
+        wall = time.perf_counter() - start
+    return {"latencies": latencies, "wall": wall}
 
+
+def client_main(args: argparse.Namespace) -> None:
+    result = asyncio.run(load(args.client, args.path, json.loads(args.payload), args.requests, args.clients))
+    print(json.dumps(result))
+
+
+# --- the server process ------------------------------------------------------------------------------------------
 
 def serve(app):
     import uvicorn
@@ -84,16 +97,87 @@ def serve(app):
     return server, thread, f"http://127.0.0.1:{port}"
 
 
+def direct(engine, payload: dict, count: int) -> dict:
+    """Engine.generate calls one after another on a thread of their own, as the server's engine thread makes them
+    (on a loaded 2-core machine torch's ops ran 5x slower on the main thread than on any other)."""
+    from huabu.core.requests import GenerateRequest
+
+    latencies: list[float] = []
+
+    def calls() -> None:
+        for seed in range(count):
+            begun = time.perf_counter()
+            engine.generate(GenerateRequest.create(**payload, seed=seed))
+            latencies.append(time.perf_counter() - begun)
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=calls, name="direct")
+    thread.start()
+    thread.join()
+    return {"latencies": latencies, "wall": time.perf_counter() - start}
+
+
+def through_client(base: str, path: str, payload: dict, count: int, concurrency: int) -> dict:
+    command = [sys.executable, __file__, "--client", base, "--path", path, "--payload", json.dumps(payload),
+               "--requests", str(count), "--clients", str(concurrency)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"client for {path} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class EngineClock:
+    """Times each Engine.generate call, wherever it runs (here, or on the server's engine thread): an API path's
+    engine p50 against the direct one is what sharing the process (the GIL) costs the engine; its latency p50
+    minus its engine p50 is what the hand-offs cost."""
+
+    def __init__(self, engine) -> None:
+        self.times: list[float] = []
+        original = engine.generate
+
+        def timed(*args, **kwargs):
+            begun = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.times.append(time.perf_counter() - begun)
+
+        engine.generate = timed
+
+    def take(self) -> list[float]:
+        taken, self.times = self.times, []
+        return taken
+
+
+def row(label: str, concurrency: int, figures: dict, base: dict) -> str:
+    lat, rate = figures["latencies"], len(figures["latencies"]) / figures["wall"]
+    base_rate = len(base["latencies"]) / base["wall"]
+    extra = (statistics.median(lat) - statistics.median(base["latencies"])) * 1000
+    engine = statistics.median(figures["engine"]) * 1000
+    return (f"{label:<20} {concurrency:>5} {len(lat):>5} {rate:>7.2f} {rate / base_rate:>7.0%} "
+            f"{statistics.median(lat) * 1000:>8.1f} {percentile(lat, 0.95) * 1000:>8.1f} "
+            f"{extra if concurrency == 1 else float('nan'):>8.1f} {engine:>8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model spec (default: huabu-tiny, else a random model)")
-    parser.add_argument("--requests", type=int, default=40, help="requests per measurement")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--requests", type=int, default=32, help="requests per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the whole set (figures per round)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run as the load process against this URL
+    parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--payload", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        return client_main(args)
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from huabu.cli.options import quiet_libraries
 
     quiet_libraries()
@@ -115,18 +199,23 @@ def main() -> None:
     engine = Engine(settings)
     payload = {"prompt": "a red apple on a blue background", "steps": args.steps, "width": args.size,
                "height": args.size, "sampler": "Euler", "model": model}
-    from huabu.core.requests import GenerateRequest
-
-    engine.generate(GenerateRequest.create(**payload))  # load and warm up
-    print(f"model {model or BUILTIN_MODEL}, {args.size}x{args.size}, {args.steps} steps, torch threads "
-          f"{torch.get_num_threads()}")
-    print(f"{'path':<24} {'conc.':>5} {'requests':>8} {'req/s':>9} {'p50 ms':>9} {'p95 ms':>9}")
-    direct(engine, payload, args.requests)
+    direct(engine, payload, 3)  # load and warm up
+    clock = EngineClock(engine)
     server, thread, base = serve(create_app(settings, ServerConfig(), engines=[engine]))
+    print(f"model {model or BUILTIN_MODEL}, {args.size}x{args.size}, {args.steps} steps, torch threads "
+          f"{torch.get_num_threads()}; clients in a separate process")
+    print(f"{'path':<20} {'conc.':>5} {'reqs':>5} {'req/s':>7} {'/direct':>7} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'+p50 ms':>8} {'eng. ms':>8}")
     try:
-        for concurrency in args.concurrency:
-            asyncio.run(through_api(base, payload, args.requests, concurrency, native=False))
-            asyncio.run(through_api(base, payload, args.requests, concurrency, native=True))
+        for round_no in range(1, args.rounds + 1):
+            print(f"-- round {round_no}")
+            base_figures = {**direct(engine, payload, args.requests), "engine": clock.take()}
+            print(row(LABELS["direct"], 1, base_figures, base_figures), flush=True)
+            for concurrency in args.concurrency:
+                for path in args.paths:
+                    figures = through_client(base, path, payload, max(args.requests, concurrency), concurrency)
+                    figures["engine"] = clock.take()
+                    print(row(LABELS[path], concurrency, figures, base_figures), flush=True)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -49,3 +49,19 @@ def test_offload_without_a_gpu_is_refused_in_one_line(settings, model_store):
     assert "\n" not in str(err.value)
     with pytest.raises(InvalidRequest, match="offload must be one of"):
         settings.with_(offload="disk")
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "studio"])
+def test_serve_worker_and_studio_take_the_memory_flags(command, monkeypatch, tmp_path):
+    from huabu.cli.main import build_parser
+    from huabu.cli.options import settings_from_args
+
+    monkeypatch.setenv("HUABU_HOME", str(tmp_path))
+    extra = ["--broker", "redis://127.0.0.1:1/0"] if command == "worker" else []
+    args = build_parser().parse_args([command, *extra, "--offload", "model", "--vae-tiling", "--attention-slicing",
+                                      "--dtype", "fp8"])
+    settings = settings_from_args(args)
+    assert (settings.offload, settings.vae_tiling, settings.attention_slicing, settings.dtype) == \
+        ("model", True, True, "fp8")
+    plain = settings_from_args(build_parser().parse_args([command, *extra]))
+    assert (plain.offload, plain.vae_tiling, plain.attention_slicing) == ("none", False, False)

@@ -298,3 +298,30 @@ def test_a_sync_call_whose_client_goes_away_is_cancelled_and_leaves_no_state(eng
         assert queue._outcomes == {} and queue._waiters == {} and queue._live == {}
         done = api.post("/sdapi/v1/txt2img", json={"prompt": "after", **TINY})  # the slot is free again
         assert done.status_code == 200 and queue._outcomes == {}
+
+
+def test_memory_switches_read_back_in_options_and_cmd_flags_and_change_only_at_start(engine, model_store, tmp_path):
+    settings = api_settings(model_store, tmp_path / "home", vae_tiling=True, attention_slicing=True)
+    with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
+        options = client.get("/sdapi/v1/options").json()
+        assert {k: options[k] for k in ("huabu_offload", "huabu_vae_tiling", "huabu_attention_slicing",
+                                        "huabu_dtype")} == \
+            {"huabu_offload": "none", "huabu_vae_tiling": True, "huabu_attention_slicing": True, "huabu_dtype": "fp32"}
+        assert client.post("/sdapi/v1/options", json=options).status_code == 200  # a client posts back what it got
+        refused = client.post("/sdapi/v1/options", json={"huabu_offload": "model", "samples_format": "jpg"})
+        assert refused.status_code == 400 and "--offload" in refused.json()["detail"]
+        assert client.get("/sdapi/v1/options").json()["samples_format"] == "png"  # nothing of a refused POST kept
+        flags = client.get("/sdapi/v1/cmd-flags").json()
+        assert (flags["medvram"], flags["lowvram"], flags["vae_tiling"], flags["attention_slicing"]) == \
+            (False, False, True, True)
+
+
+def test_save_images_false_writes_no_file_and_no_gallery_row_and_true_writes_both(client):
+    outputs = client.app.state.huabu.settings.outputs_dir
+    gallery = client.app.state.huabu.queue.engines[0].gallery
+    assert client.post("/sdapi/v1/txt2img", json={"prompt": "unsaved pear", **TINY, "save_images": False}
+                       ).status_code == 200
+    assert gallery.search("unsaved pear") == [] and not list(outputs.rglob("*.png"))
+    assert client.post("/sdapi/v1/txt2img", json={"prompt": "saved pear", **TINY, "save_images": True}
+                       ).status_code == 200
+    assert len(gallery.search("saved pear")) == 1 and len(list(outputs.rglob("*.png"))) == 1

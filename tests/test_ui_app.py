@@ -96,3 +96,20 @@ def test_studio_command_is_registered(monkeypatch, huabu_env):
     assert launched == {"host": "127.0.0.1", "port": 7999, "language": "en", "model": "tiny-sd", "auth": None}
     with pytest.raises(SystemExit):
         cli.main(["studio", "--share"])
+
+
+def test_settings_tab_shows_the_memory_switches_and_applying_them_reloads_with_them(model_store, tmp_path):
+    from huabu.ui.app import Studio
+
+    studio = Studio(ui_settings(model_store, tmp_path).with_(vae_tiling=True), "en")
+    demo = studio.build()
+    values = {b.elem_id: b.value for b in demo.blocks.values()
+              if (getattr(b, "elem_id", None) or "").startswith("settings-") and hasattr(b, "value")}
+    assert (values["settings-offload"], values["settings-vae-tiling"], values["settings-attention-slicing"]) == \
+        ("none", True, False)
+    engine = studio.engine
+    studio.set_memory(vae_tiling=True)  # unchanged: the loaded models stay
+    assert studio.engine is engine
+    studio.set_memory(attention_slicing=True, vae_tiling=False)
+    assert studio.engine is not engine and studio.engine.gallery is studio.gallery
+    assert (studio.engine.settings.attention_slicing, studio.engine.settings.vae_tiling) == (True, False)

@@ -34,13 +34,18 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16", "fp8"),
                        help="default: auto (fp16 on CUDA, with the VAE upcast when it overflows; fp32 elsewhere); "
                             "fp8 stores the UNet's weights in float8 and computes in fp16 (GPU) or fp32")
+    add_memory_options(group)
+    group.add_argument("--allow-unsafe-pickle", action="store_true",
+                       help="load pickle .ckpt files (with torch.load(weights_only=True)); only for files you trust")
+
+
+def add_memory_options(group: argparse._ActionsContainer) -> None:
+    """The memory switches, set once per loaded pipeline (huabu.engine.memory); `settings_from_args` reads them."""
     group.add_argument("--offload", choices=("none", "model", "sequential"),
                        help="GPU memory saving: 'model' moves whole models to the GPU in turn, 'sequential' layer by "
                             "layer (slowest, least memory); default none")
     group.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
     group.add_argument("--attention-slicing", action="store_true", help="attention in slices: less memory, slower")
-    group.add_argument("--allow-unsafe-pickle", action="store_true",
-                       help="load pickle .ckpt files (with torch.load(weights_only=True)); only for files you trust")
 
 
 def add_generation_options(parser: argparse.ArgumentParser, prompt_optional: bool = False) -> None:

@@ -7,6 +7,8 @@ import argparse
 import os
 import socket
 
+from huabu.cli.options import add_memory_options
+
 
 def register(sub) -> None:
     serve = sub.add_parser("serve", help="run the HTTP API (A1111-compatible and native jobs)",
@@ -65,13 +67,15 @@ def _limits(args: argparse.Namespace):
 def _runtime(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="default model (built-in huabu-tiny, or a name in the models folder)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
-    parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), help="default: auto")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16", "fp8"),
+                        help="default: auto; fp8 stores the UNet's weights in float8 (layerwise casting)")
+    add_memory_options(parser)
 
 
 def _settings(args: argparse.Namespace):
-    from huabu.core.settings import Settings
+    from huabu.cli.options import settings_from_args
 
-    return Settings.from_env(device=args.device, dtype=args.dtype, default_model=args.model)
+    return settings_from_args(args).with_(default_model=args.model)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
 from huabu.engine.vaes import list_vaes
 from huabu.server.a1111_extras import ExtrasBatchRequest, ExtrasSingleRequest, batch_images, extras_images
 from huabu.server.a1111_options import current_options, encode_image, option, store_options
-from huabu.server.catalog import cmd_flags, memory
+from huabu.server.catalog import cmd_flags, memory, memory_options
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome
 from huabu.server.security import CheckedRoute, image_data_url
@@ -473,13 +473,19 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
     samples_format = option(state.catalog, "samples_format")
+    return await run_in_threadpool(_answer, req, request, outcome, finished or job, warnings, samples_format)
+
+
+def _answer(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None, job: Job, warnings: list[str],
+            samples_format: str) -> dict[str, Any]:
+    """The response body; images are encoded here, on a worker thread, so a large image never blocks the event
+    loop (and every other client) while it is encoded."""
     images = [encode_image(image, text, samples_format) for image, text in zip(outcome.images, outcome.infotexts)] \
-        if outcome else []
+        if outcome and req.send_images else []
     parameters = req.model_dump(exclude=set(req.model_extra or {}))  # unknown fields are never echoed
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)
-    return {"images": images if req.send_images else [], "parameters": parameters,
-            "info": info_json(req, request, outcome, finished or job, warnings)}
+    return {"images": images, "parameters": parameters, "info": info_json(req, request, outcome, job, warnings)}
 
 
 async def _wait_while_connected(http: Request, queue, job_id: str, waiter: asyncio.Event) -> Job | None:
@@ -546,12 +552,23 @@ def skip(http: Request) -> None:
 
 @router.get("/options")
 def get_options(http: Request) -> dict[str, Any]:
-    return current_options(http.app.state.huabu.catalog)
+    options = current_options(http.app.state.huabu.catalog)
+    options.update(memory_options(http.app.state.huabu.settings))
+    return options
 
 
 @router.post("/options")
 def set_options(http: Request, options: dict[str, Any] = Body(...)) -> None:
+    _check_memory_options(options, memory_options(http.app.state.huabu.settings))
     store_options(http.app.state.huabu.catalog, options)
+
+
+def _check_memory_options(updates: dict[str, Any], current: dict[str, Any]) -> None:
+    """Memory switches read back as they are (a client may POST back what it GOT) but only change at start-up."""
+    for key, value in current.items():
+        if key in updates and updates.pop(key) != value:
+            flag = key.removeprefix("huabu_").replace("_", "-")
+            raise InvalidRequest(f"{key} is set when the server starts (huabu serve --{flag}); it is {value!r}")
 
 
 @router.get("/cmd-flags")

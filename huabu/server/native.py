@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -18,7 +19,8 @@ from huabu.server.security import CheckedRoute, NotFound, SafeJSONResponse, chec
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"], route_class=CheckedRoute)
 
-EVENT_POLL = 0.25  # seconds between progress checks of one event stream
+EVENT_POLL = 0.25  # seconds between progress checks of one event stream (queues that do not push changes)
+PUSHED_POLL = 2.0  # the same, as a safety net, for queues that wake streams on every change
 KEEPALIVE = 15.0  # seconds between comments that keep idle event streams open through proxies
 
 
@@ -71,29 +73,36 @@ async def events(http: Request, job_id: str) -> StreamingResponse:
     """Server-sent events: `progress` whenever the state or step changes, then one `done` / `failed` /
     `cancelled` event with the job, and the stream ends."""
     await run_in_threadpool(_job_or_404, http, job_id)
-    store = http.app.state.huabu.queue.store
+    queue = http.app.state.huabu.queue
+    # Woken by the queue when the job starts, moves or ends; a queue that does not say so is polled.
+    poll = PUSHED_POLL if queue.pushes_progress else EVENT_POLL
 
     async def stream() -> AsyncIterator[str]:
         last: tuple | None = None
-        quiet = 0.0
-        while True:
-            job = await run_in_threadpool(store.get, job_id)
-            if job is None:
-                return
-            if job.state in FINISHED:
-                yield _event(job.state, job.public())
-                return
-            key = (job.state, json.dumps(job.progress, sort_keys=True))
-            if key != last:
-                last, quiet = key, 0.0
-                yield _event("progress", {"id": job.id, "state": job.state, "progress": job.progress})
-            elif quiet >= KEEPALIVE:
-                quiet = 0.0
-                yield ": keep-alive\n\n"
-            if await http.is_disconnected():
-                return
-            await asyncio.sleep(EVENT_POLL)
-            quiet += EVENT_POLL
+        sent = time.monotonic()
+        changed = queue.watch(job_id, asyncio.get_running_loop())
+        try:
+            while True:
+                changed.clear()  # before reading: a change from here on wakes the wait below
+                job = await run_in_threadpool(queue.store.get, job_id)
+                if job is None:
+                    return
+                if job.state in FINISHED:
+                    yield _event(job.state, job.public())
+                    return
+                key = (job.state, json.dumps(job.progress, sort_keys=True))
+                if key != last or time.monotonic() - sent >= KEEPALIVE:
+                    yield _event("progress", {"id": job.id, "state": job.state, "progress": job.progress}) \
+                        if key != last else ": keep-alive\n\n"
+                    last, sent = key, time.monotonic()
+                if await http.is_disconnected():
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), poll)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            queue.unwatch(job_id, changed)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

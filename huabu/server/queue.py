@@ -44,6 +44,8 @@ class JobQueue:
     """Base of the backends. Subclasses implement `_dispatch`, `cancel_running`, `interrupt_running`, `start`,
     `stop`."""
 
+    pushes_progress = False  # True: watchers are woken on every start and progress row, so need not poll the store
+
     def __init__(self, store: JobStore, config: ServerConfig, disk: DiskGuard | None = None) -> None:
         self.store = store
         self.config = config
@@ -136,11 +138,15 @@ class JobQueue:
                     self._outcomes[job.id] = outcome
         self._finished(job.id)
 
-    def _finished(self, job_id: str) -> None:
+    def _notify(self, job_id: str) -> None:
+        """Wake whoever watches `job_id` (routes waiting for its end, event streams)."""
         with self._lock:
             waiters = list(self._waiters.get(job_id, []))
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
+
+    def _finished(self, job_id: str) -> None:
+        self._notify(job_id)
         job = self.store.get(job_id)
         if job is not None and job.callback_url:
             threading.Thread(target=send_callback, args=(job,), daemon=True, name=f"callback-{job_id[:8]}").start()
@@ -245,6 +251,8 @@ class LiveJob:
 class LocalQueue(JobQueue):
     """Jobs run on `len(engines)` threads of this process, oldest queued job first, each thread with its Engine."""
 
+    pushes_progress = True
+
     def __init__(self, store: JobStore, config: ServerConfig, engines: list[Engine],
                  disk: DiskGuard | None = None) -> None:
         super().__init__(store, config, disk)
@@ -328,6 +336,7 @@ class LocalQueue(JobQueue):
             live.cancel = job.id in self._early_cancels
             self._early_cancels.discard(job.id)
             self._live[job.id] = live
+        self._notify(job.id)  # it runs now
 
         def on_progress(p: Progress) -> None:
             if live.preview_wanted.is_set() and p.latents is not None:
@@ -338,6 +347,7 @@ class LocalQueue(JobQueue):
             if now - live.last_write >= PROGRESS_WRITE_INTERVAL or progress_fraction(p) >= 1.0:
                 live.last_write = now
                 self.store.set_progress(job.id, progress_data(p))
+                self._notify(job.id)
 
         try:
             outcome = run_job(engine, job, on_progress, live.should_stop)

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,15 @@ class Studio:
         except ModelNotFound:
             return self.settings.default_model
         return ref.spec if ref.kind == "builtin" else ref.location
+
+    def set_memory(self, **switches: Any) -> None:
+        """New memory switches (offload, vae_tiling, attention_slicing, dtype) for the whole studio. They are set
+        once per loaded pipeline, so the engine is replaced and the next generation loads its model with them; a
+        generation still running finishes on the old one."""
+        settings = replace(self.settings, **switches)
+        if settings != self.settings:
+            self.settings = settings
+            self.engine = Engine(settings, ModelManager(settings, self.engine.models.hashes), self.gallery)
 
     def model_choices(self, language: str) -> list[tuple[str, str]]:
         """(label, value) pairs for the model dropdown: the built-in model and the models folder."""
