@@ -10,7 +10,7 @@ from typing import Any
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest
-from huabu.engine.scripts.common import Run, ScriptOutput, collect, rebuild
+from huabu.engine.scripts.common import Run, ScriptOutput, rebuild, run_each
 
 NAME = "img2img batch"  # huabu's own: A1111 has no such script name
 MAX_IMAGES = 1000
@@ -55,9 +55,4 @@ def requests(base: GenerateRequest, args: list[Any] | dict[str, Any]) -> list[Ge
 
 
 def run(base: GenerateRequest, args: list[Any] | dict[str, Any], generate: Run, folder: Path | None) -> ScriptOutput:
-    results = []
-    for request in requests(base, args):
-        results.append(generate(request))
-        if results[-1].interrupted:
-            break
-    return collect(results)
+    return run_each(requests(base, args), generate)

@@ -55,3 +55,13 @@ def collect(results: list[Any]) -> ScriptOutput:
         output.gallery_ids += result.gallery_ids
         output.interrupted = output.interrupted or result.interrupted
     return output
+
+
+def run_each(requests: list[GenerateRequest], generate: Run) -> ScriptOutput:
+    """Generate each request in turn, stopping after one that was interrupted."""
+    results = []
+    for request in requests:
+        results.append(generate(request))
+        if results[-1].interrupted:
+            break
+    return collect(results)

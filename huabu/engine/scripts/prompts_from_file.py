@@ -15,7 +15,7 @@ from typing import Any
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest
-from huabu.engine.scripts.common import Run, ScriptOutput, collect, rebuild
+from huabu.engine.scripts.common import Run, ScriptOutput, rebuild, run_each
 
 MAX_LINES = 1000
 
@@ -127,9 +127,4 @@ def requests(base: GenerateRequest, args: list[Any] | dict[str, Any]) -> list[Ge
 
 
 def run(base: GenerateRequest, args: list[Any] | dict[str, Any], generate: Run, folder: Path | None) -> ScriptOutput:
-    results = []
-    for request in requests(base, args):
-        results.append(generate(request))
-        if results[-1].interrupted:
-            break
-    return collect(results)
+    return run_each(requests(base, args), generate)
