@@ -158,27 +158,14 @@ def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
                 enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
-        script = (
-            script,
-            x_type,
-            x_values,
-            y_type,
-            y_values,
-            z_type,
-            z_values,
-            legend,
-            keep_seed,
-            at_start,
-            different,
-            lines,
-            iterate,
-        )
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
             fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
                                                  enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising)))
-            request = GenerateRequest.create(mode="txt2img", script=script_request(*script), **fields)
+            scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
+                                      keep_seed, at_start, different, lines, iterate)
+            request = GenerateRequest.create(mode="txt2img", script=scripted, **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     wire_generation(studio, form, txt2img, [*common_inputs(form), *form.advanced_inputs(), *form.script_inputs],
@@ -199,21 +186,6 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
                 seed_resize_w, seed_resize_h, vae, left, right, up, down, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
-        script = (
-            script,
-            x_type,
-            x_values,
-            y_type,
-            y_values,
-            z_type,
-            z_values,
-            legend,
-            keep_seed,
-            at_start,
-            different,
-            lines,
-            iterate,
-        )
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
@@ -224,9 +196,11 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
             outpaint = any(fields[f"outpaint_{side}"] for side in ("left", "right", "up", "down"))
             if outpaint:  # the canvas is the input grown by the sides: its own size, not the sliders'
                 fields.update(width=None, height=None, inpainting_fill=0)
+            scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
+                                      keep_seed, at_start, different, lines, iterate)
             request = GenerateRequest.create(mode="inpaint" if outpaint else "img2img", init_image=str(init_image),
                                              denoising_strength=float(denoising_strength),
-                                             script=script_request(*script), **fields)
+                                             script=scripted, **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"],
@@ -250,30 +224,17 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
                 seed_resize_w, seed_resize_h, vae, fill, only_masked, padding, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
-        script = (
-            script,
-            x_type,
-            x_values,
-            y_type,
-            y_values,
-            z_type,
-            z_values,
-            legend,
-            keep_seed,
-            at_start,
-            different,
-            lines,
-            iterate,
-        )
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
             fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
                                                  fill, only_masked, padding)))
             image, mask = mask_from_editor(editor)
+            scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
+                                      keep_seed, at_start, different, lines, iterate)
             request = GenerateRequest.create(mode="inpaint", init_image=data_url(image), mask=data_url(mask),
                                              mask_blur=int(mask_blur), denoising_strength=float(denoising_strength),
-                                             script=script_request(*script), **fields)
+                                             script=scripted, **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     inputs = [*common_inputs(form), form.fields["editor"], form.fields["mask_blur"],
