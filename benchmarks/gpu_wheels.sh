@@ -4,7 +4,7 @@
 # on x86-64 Linux, at the versions this checkout's .venv runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(diffusers pydantic pydantic_core annotated-types typing-inspection)
+packages=(diffusers peft pydantic pydantic_core annotated-types typing-inspection)
 pins=()
 for name in "${packages[@]}"; do
   pins+=("$name==$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$name'))")")

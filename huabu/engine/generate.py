@@ -137,7 +137,7 @@ class Engine:
         used, model = job.request, job.model
         control = self.controlnets.plan(job.control_units, model) if job.control_units else None
         pipe = control.pipeline(model, used.mode, used.cfg_scale) if control else mode_pipeline(model, used.mode)
-        apply_loras(pipe, job.loras, model.lora_targets)
+        apply_loras(pipe, job.loras, model.lora_targets, model.lora_active)
 
         scheduler = job.scheduler()
         conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative_text,

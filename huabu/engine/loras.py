@@ -119,7 +119,8 @@ def _tag_number(value: float) -> str:
     return str(int(value)) if value.is_integer() else str(value)  # 1 rather than 1.0, as infotext numbers
 
 
-def apply_loras(pipe: Any, loras: list[ResolvedLora], targets: dict[str, frozenset[str]]) -> None:
+def apply_loras(pipe: Any, loras: list[ResolvedLora], targets: dict[str, frozenset[str]],
+                active: dict[int, tuple] | None = None) -> None:
     """Make exactly `loras` active in `pipe` (and every pipeline sharing its UNet and text encoders) with their
     weights, loading what is not loaded yet; no LoRA disables all adapters (the base model, exactly).
 
@@ -127,6 +128,8 @@ def apply_loras(pipe: Any, loras: list[ResolvedLora], targets: dict[str, frozens
     the stills' text encoder), so each component is checked on its own and a file is loaded into those that lack
     it. `targets` (kept by the caller with the model) remembers which components a file has weights for, learned
     when it is first loaded, so that a UNet-only LoRA is not read again for the text encoder that never holds it.
+    `active` (also kept with the model) remembers each component's active adapters and weights, so that a run with
+    the same LoRAs as the last skips diffusers' walk over every layer (a few ms a call, 10% of a 4-step batch on a GPU).
     """
     if not hasattr(pipe, "load_lora_weights"):
         if loras:
@@ -142,15 +145,21 @@ def apply_loras(pipe: Any, loras: list[ResolvedLora], targets: dict[str, frozens
     missing = {name: _lacking(components, holders.get(name, set()), targets.get(name)) for name in wanted}
     missing = {name: lacking for name, lacking in missing.items() if lacking}
     stale = [name for name in holders if name not in wanted]
+    active = {} if active is None else active
+    if missing:
+        active.clear()  # loading a file activates it in diffusers, whatever was active before
     if missing and stale and len(holders.keys() | missing.keys()) > MAX_LOADED_ADAPTERS:
         pipe.delete_adapters(stale)
     for name, lacking in missing.items():
         _load(pipe, wanted[name][0], None if name not in holders else lacking)
         targets[name] = targets.get(name, frozenset()) | _holders(pipe).get(name, set())
     for component, names in pipe.get_list_adapters().items():
-        active = [name for name in wanted if name in names]
-        weights = [wanted[name][1 if component == "unet" else 2] for name in active]
-        _activate(getattr(pipe, component), active, weights)
+        model = getattr(pipe, component)
+        names = [name for name in wanted if name in names]
+        state = (tuple(names), tuple(wanted[name][1 if component == "unet" else 2] for name in names))
+        if active.get(id(model)) != state:
+            _activate(model, list(state[0]), list(state[1]))
+            active[id(model)] = state
 
 
 def _holders(pipe: Any) -> dict[str, set[str]]:

@@ -99,6 +99,7 @@ class LoadedModel:
     encoders: dict[int, Any] = field(default_factory=dict)  # clip_skip -> PromptEncoder
     vae_needs_fp32: bool = False  # set once a half-precision decode overflowed (see pipelines.decode_latents)
     lora_targets: dict[str, frozenset[str]] = field(default_factory=dict)  # adapter -> components (loras.apply_loras)
+    lora_active: dict[int, tuple] = field(default_factory=dict)  # component -> active adapters (loras.apply_loras)
 
     @property
     def name(self) -> str:

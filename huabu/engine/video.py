@@ -211,7 +211,7 @@ class VideoRun:
         schedule (with the motion module's word rows attached), and the scheduler."""
         job = self.job
         text_lora = [self.motion.text_lora] if self.motion is not None and self.motion.text_lora else []
-        apply_loras(pipe, [*job.loras, *text_lora], job.model.lora_targets)
+        apply_loras(pipe, [*job.loras, *text_lora], job.model.lora_targets, job.model.lora_active)
         pipe.scheduler = scheduler
         encoding = self.motion.encoding(job.model.pipeline.text_encoder) if self.motion else _nothing()
         with encoding:
