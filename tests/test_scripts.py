@@ -303,3 +303,33 @@ def test_studio_script_dropdown_offers_every_engine_axis():
 
     assert list(AXIS_LABELS) == [axis.label for axis in AXES.values()]
     assert {"Var. seed", "Var. strength", "Hires steps", "Hires upscaler", "Hires sampler"} <= set(AXIS_LABELS)
+
+
+def test_a1111_batch_answers_its_grid_first_as_a1111(client):
+    base = {"prompt": "a red apple", "steps": 2, "width": 32, "height": 32, "seed": 21, "sampler_name": "Euler",
+            "batch_size": 2, "n_iter": 2, "save_images": True}
+    outputs = client.app.state.huabu.settings.outputs_dir
+    body = client.post("/sdapi/v1/txt2img", json=base).json()
+    images, info = [decode_png(text) for text in body["images"]], json.loads(body["info"])
+    assert len(images) == 5 and images[0].size == (64, 64)  # round(sqrt(4)) = 2 rows, unlabelled
+    for index, cell in enumerate(images[1:]):
+        left, top = index % 2 * 32, index // 2 * 32
+        assert np.array_equal(_px(images[0].crop((left, top, left + 32, top + 32))), _px(cell))
+    assert info["index_of_first_image"] == 1 and len(info["infotexts"]) == 5 and info["all_seeds"] == [21, 22, 23, 24]
+    assert read_parameters(images[0]) == info["infotexts"][0] == info["infotexts"][1]
+    saved = outputs / "jobs" / info["job_id"] / "grid-0000.png"
+    assert read_parameters(saved) == info["infotexts"][0]  # grid_save (A1111's default: on)
+
+    unsaved = json.loads(client.post("/sdapi/v1/txt2img", json={**base, "save_images": False}).json()["info"])
+    assert len(unsaved["infotexts"]) == 4 and unsaved["index_of_first_image"] == 0  # do_not_save_grid, as A1111
+    single = client.post("/sdapi/v1/txt2img", json={**base, "batch_size": 1, "n_iter": 1}).json()
+    assert len(single["images"]) == 1  # grid_only_if_multiple
+
+    assert client.post("/sdapi/v1/options", json={"return_grid": False}).status_code == 200
+    kept = client.post("/sdapi/v1/txt2img", json=base).json()
+    job = json.loads(kept["info"])["job_id"]
+    assert len(kept["images"]) == 4 and (outputs / "jobs" / job / "grid-0000.png").is_file()
+    assert client.post("/sdapi/v1/options", json={"return_grid": True, "grid_save": False}).status_code == 200
+    returned = client.post("/sdapi/v1/txt2img", json=base).json()
+    job = json.loads(returned["info"])["job_id"]
+    assert len(returned["images"]) == 5 and not (outputs / "jobs" / job / "grid-0000.png").exists()
