@@ -305,6 +305,21 @@ def test_studio_script_dropdown_offers_every_engine_axis():
     assert {"Var. seed", "Var. strength", "Hires steps", "Hires upscaler", "Hires sampler"} <= set(AXIS_LABELS)
 
 
+def test_a1111_batch_grid_on_a_full_disk_is_one_line(client, monkeypatch):
+    import errno
+
+    from huabu.server import a1111
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(a1111, "save_grid", full)
+    body = {"prompt": "a red apple", "steps": 2, "width": 32, "height": 32, "batch_size": 2, "save_images": True}
+    answer = client.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 507
+    assert answer.json()["detail"] == "the disk is full: the batch grid could not be saved"
+
+
 def test_a1111_batch_answers_its_grid_first_as_a1111(client):
     base = {"prompt": "a red apple", "steps": 2, "width": 32, "height": 32, "seed": 21, "sampler_name": "Euler",
             "batch_size": 2, "n_iter": 2, "save_images": True}

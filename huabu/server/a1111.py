@@ -41,7 +41,7 @@ from huabu.server.catalog import cmd_flags, memory, memory_options
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome, job_folder
 from huabu.server.security import CheckedRoute, image_data_url
-from huabu.server.storage import StorageFull
+from huabu.server.storage import StorageFull, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +515,12 @@ def _batch_grid(req: _A1111Base, outcome: Outcome | None, job: Job, options: dic
         return None
     grid, text = batch_grid(outcome.images), outcome.infotexts[0]
     if options["grid_save"]:
-        save_grid(grid, text, job_folder(outputs, job.id), "grid")
+        try:
+            save_grid(grid, text, job_folder(outputs, job.id), "grid")
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            raise StorageFull("the disk is full: the batch grid could not be saved") from None
     return (grid, text) if options["return_grid"] else None
 
 
