@@ -133,6 +133,11 @@ def test_cli_xyz_and_from_file(huabu_env, model_store, tmp_path, capsys):
     assert main(["generate", "--from-file", str(lines), *common, str(tmp_path / "lines")]) == 0
     made = [parse_infotext(Image.open(p).info["parameters"]) for p in sorted((tmp_path / "lines").glob("*.png"))]
     assert [(p["Prompt"], p["Steps"]) for p in made] == [("a red cat", 2), ("a dog", 3)]
+    assert main(["xyz", "a cat", "--x", "Hires steps: 2, 3", "--hires", "2", "--denoise", "0.6", "--no-grid", *common,
+                 str(tmp_path / "hires")]) == 0
+    made = [Image.open(p) for p in sorted((tmp_path / "hires").glob("*.png"))]
+    assert [(parse_infotext(p.info["parameters"])["Hires steps"], p.size) for p in made] == [(2, (64, 64)),
+                                                                                             (3, (64, 64))]
     assert main(["xyz", "a cat", "--x", "Steps 2", *common, str(out)]) == 2
     assert 'must look like "TYPE: values"' in capsys.readouterr().err
 
@@ -252,3 +257,94 @@ def test_xyz_sampler_clip_skip_and_controlnet_weight_axes(engine, model_store, c
     full = _direct(engine, model_store, sampler="Euler a", clip_skip=2, controlnets=[{**unit, "weight": 1.5}])
     assert np.array_equal(_px(result.images[2]), full)
     assert not np.array_equal(_px(result.images[1]), full)
+
+
+def _cells(result, count: int) -> list[np.ndarray]:
+    return [_px(image) for image in result.images[1:1 + count]]
+
+
+def test_xyz_variation_seed_axes_change_the_cells_and_their_infotexts(engine, model_store):
+    plot = {"x_type": "Var. seed", "x_values": "-1, 4", "y_type": "Var. strength", "y_values": "0.3, 0.7",
+            "include_lone_images": True}
+    result = engine.generate(_request(model_store, {"name": "x/y/z plot", "args": plot}))
+    cells = _cells(result, 4)
+    params = [parse_infotext(text) for text in result.infotexts[1:5]]
+    fixed = [int(v) for v in parse_infotext(result.infotexts[0])["Fixed X Values"].split(", ")]
+    assert fixed[0] != -1 and fixed[1] == 4  # -1 picked once, before the first cell, as for Seed
+    assert [(p["Variation seed"], p["Variation seed strength"]) for p in params] == \
+        [(fixed[0], 0.3), (4, 0.3), (fixed[0], 0.7), (4, 0.7)]
+    assert all(not np.array_equal(cells[i], cells[j]) for i in range(4) for j in range(i + 1, 4))
+    assert np.array_equal(cells[1], _direct(engine, model_store, subseed=4, subseed_strength=0.3))
+    # A1111's positional index of the txt2img list: 2 = Var. seed, 3 = Var. strength
+    positional = [2, "5, 6", [], 3, "0.5", [], 0, "", [], False, True, False, False, 0, False, False]
+    again = engine.generate(_request(model_store, {"name": "x/y/z plot", "args": positional}))
+    assert [parse_infotext(text)["Variation seed"] for text in again.infotexts[1:]] == [5, 6]
+
+
+def test_xyz_hires_axes_change_the_cells_and_their_infotexts(engine, model_store):
+    hires = dict(enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2, denoising_strength=0.6)
+    axes = [("Hires steps", "2, 4", "Hires steps", "hr_second_pass_steps", [2, 4]),
+            ("Hires upscaler", "Latent, Lanczos", "Hires upscaler", "hr_upscaler", ["Latent", "Lanczos"]),
+            ("Hires sampler", "Euler a, DPM++ 2M", "Hires sampler", "hr_sampler", ["Euler a", "DPM++ 2M"]),
+            ("Denoising", "0.4, 0.8", "Denoising strength", "denoising_strength", [0.4, 0.8])]
+    for label, values, key, field, expected in axes:
+        plot = {"x_type": label, "x_values": values, "include_lone_images": True}
+        result = engine.generate(_request(model_store, {"name": "x/y/z plot", "args": plot}, **hires))
+        first, second = _cells(result, 2)
+        assert first.shape == (64, 64, 3) and not np.array_equal(first, second), label
+        assert [parse_infotext(text)[key] for text in result.infotexts[1:3]] == expected, label
+        assert parse_infotext(result.infotexts[0])["X Type"] == label
+        assert np.array_equal(second, _direct(engine, model_store, **{**hires, field: expected[1]})), label
+
+
+def test_studio_script_dropdown_offers_every_engine_axis():
+    from huabu.engine.scripts.xyz import AXES
+    from huabu.ui.scripts import AXIS_LABELS
+
+    assert list(AXIS_LABELS) == [axis.label for axis in AXES.values()]
+    assert {"Var. seed", "Var. strength", "Hires steps", "Hires upscaler", "Hires sampler"} <= set(AXIS_LABELS)
+
+
+def test_a1111_batch_grid_on_a_full_disk_is_one_line(client, monkeypatch):
+    import errno
+
+    from huabu.server import a1111
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(a1111, "save_grid", full)
+    body = {"prompt": "a red apple", "steps": 2, "width": 32, "height": 32, "batch_size": 2, "save_images": True}
+    answer = client.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 507
+    assert answer.json()["detail"] == "the disk is full: the batch grid could not be saved"
+
+
+def test_a1111_batch_answers_its_grid_first_as_a1111(client):
+    base = {"prompt": "a red apple", "steps": 2, "width": 32, "height": 32, "seed": 21, "sampler_name": "Euler",
+            "batch_size": 2, "n_iter": 2, "save_images": True}
+    outputs = client.app.state.huabu.settings.outputs_dir
+    body = client.post("/sdapi/v1/txt2img", json=base).json()
+    images, info = [decode_png(text) for text in body["images"]], json.loads(body["info"])
+    assert len(images) == 5 and images[0].size == (64, 64)  # round(sqrt(4)) = 2 rows, unlabelled
+    for index, cell in enumerate(images[1:]):
+        left, top = index % 2 * 32, index // 2 * 32
+        assert np.array_equal(_px(images[0].crop((left, top, left + 32, top + 32))), _px(cell))
+    assert info["index_of_first_image"] == 1 and len(info["infotexts"]) == 5 and info["all_seeds"] == [21, 22, 23, 24]
+    assert read_parameters(images[0]) == info["infotexts"][0] == info["infotexts"][1]
+    saved = outputs / "jobs" / info["job_id"] / "grid-0000.png"
+    assert read_parameters(saved) == info["infotexts"][0]  # grid_save (A1111's default: on)
+
+    unsaved = json.loads(client.post("/sdapi/v1/txt2img", json={**base, "save_images": False}).json()["info"])
+    assert len(unsaved["infotexts"]) == 4 and unsaved["index_of_first_image"] == 0  # do_not_save_grid, as A1111
+    single = client.post("/sdapi/v1/txt2img", json={**base, "batch_size": 1, "n_iter": 1}).json()
+    assert len(single["images"]) == 1  # grid_only_if_multiple
+
+    assert client.post("/sdapi/v1/options", json={"return_grid": False}).status_code == 200
+    kept = client.post("/sdapi/v1/txt2img", json=base).json()
+    job = json.loads(kept["info"])["job_id"]
+    assert len(kept["images"]) == 4 and (outputs / "jobs" / job / "grid-0000.png").is_file()
+    assert client.post("/sdapi/v1/options", json={"return_grid": True, "grid_save": False}).status_code == 200
+    returned = client.post("/sdapi/v1/txt2img", json=base).json()
+    job = json.loads(returned["info"])["job_id"]
+    assert len(returned["images"]) == 5 and not (outputs / "jobs" / job / "grid-0000.png").exists()

@@ -49,8 +49,8 @@ def test_language_updates_carry_the_other_table(built):
     assert tab_updates["tab-txt2img"]["label"] == en["tab.txt2img"]
     assert tab_updates["tab-gallery"]["label"] == en["tab.gallery"]
     assert [c.label for c in components if (c.elem_id or "").startswith("tab-")] == [
-        zh[f"tab.{t}"] for t in ("txt2img", "img2img", "inpaint", "controlnet", "lora", "video", "tools", "gallery",
-                                  "settings")]
+        zh[f"tab.{t}"] for t in ("txt2img", "img2img", "inpaint", "controlnet", "lora", "video", "extras", "tools",
+                                  "gallery", "settings")]
     # Prompt-book chips switch to the English labels and keep their values (the part's English name).
     chips = next((c, u) for c, u in zip(components, studio.labels.updates("en"))
                  if c.elem_id == "txt2img-chips-subject")
@@ -76,7 +76,7 @@ def test_sliders_use_the_engine_limits(built):
 def test_generation_runs_queued_with_one_engine_slot(built):
     _, demo = built
     by_name = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
-    for name in ("txt2img", "img2img", "inpaint", "controlnet", "video"):
+    for name in ("txt2img", "img2img", "inpaint", "controlnet", "video", "extras"):
         assert by_name[name].queue is True
         assert by_name[name].concurrency_id == "engine" and by_name[name].concurrency_limit == 1
     for name in ("txt2img_interrupt", "gallery_search", "png_info", "set_language"):
@@ -113,3 +113,57 @@ def test_settings_tab_shows_the_memory_switches_and_applying_them_reloads_with_t
     studio.set_memory(attention_slicing=True, vae_tiling=False)
     assert studio.engine is not engine and studio.engine.gallery is studio.gallery
     assert (studio.engine.settings.attention_slicing, studio.engine.settings.vae_tiling) == (True, False)
+
+
+def test_extras_tab_upscales_with_the_engine_upscale_and_saves_the_result(built, tmp_path):
+    import gradio as gr
+    import numpy as np
+    from PIL import Image
+
+    from huabu.core.pnginfo import read_parameters, save_png_atomic
+    from huabu.engine.upscalers import upscale
+    from huabu.ui.tabs.extras import upscale_image
+
+    studio, _ = built
+    source = Image.fromarray((np.indices((16, 12)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB")
+    save_png_atomic(source, tmp_path / "in.png", "a cat\nSteps: 2, Seed: 3")
+    prefs = {"outputs_dir": str(tmp_path / "out")}
+    shown, status = upscale_image(studio, str(tmp_path / "in.png"), "by", 2, 512, 512, True, "Nearest", "None", 0,
+                                  "en", prefs)
+    saved = tmp_path / "out" / "extras" / "extras-0000.png"
+    assert str(saved) in status and "24x32" in status and read_parameters(saved) == "a cat\nSteps: 2, Seed: 3"
+    expected = upscale(source, (24, 32), "Nearest", studio.engine.upscalers)  # what /extra-single-image answers
+    assert np.array_equal(np.asarray(Image.open(shown).convert("RGB")), np.asarray(expected))
+    upscale_image(studio, str(tmp_path / "in.png"), "to", 2, 40, 24, True, "Lanczos", "Nearest", 0.3, "zh", prefs)
+    assert Image.open(tmp_path / "out" / "extras" / "extras-0001.png").size == (40, 24)
+    with pytest.raises(gr.Error, match=studio.texts["en"]["error.no_image"]):
+        upscale_image(studio, None, "by", 2, 512, 512, True, "None", "None", 0, "en", prefs)
+    with pytest.raises(gr.Error, match="unknown upscaler '4x-Nope'"):
+        upscale_image(studio, str(tmp_path / "in.png"), "by", 2, 512, 512, True, "4x-Nope", "None", 0, "en", prefs)
+
+
+def test_img2img_batch_request_reads_the_folders(tmp_path):
+    import gradio as gr
+    from PIL import Image
+
+    from huabu.core.errors import InvalidRequest
+    from huabu.ui.i18n import load_texts
+    from huabu.ui.tabs.generate import batch_request
+
+    texts = load_texts("en")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("b", "a"):
+        Image.new("RGB", (32, 32), "red").save(tmp_path / "in" / f"{name}.png")
+        Image.new("L", (32, 32), 255).save(tmp_path / "masks" / f"{name}.png")
+    fields = dict(prompt="a cat", steps=2, seed=4)
+    request, outdir = batch_request(fields, 0.6, str(tmp_path / "in"), "", str(tmp_path / "masks"), texts)
+    assert outdir is None and request.denoising_strength == 0.6 and request.script.name == "img2img batch"
+    assert [p.rsplit("/", 1)[1] for p in request.script.args["images"]] == ["a.png", "b.png"]
+    assert request.script.args["masks"] == [str(tmp_path / "masks" / name) for name in ("a.png", "b.png")]
+    _, outdir = batch_request(fields, 0.6, f" {tmp_path / 'in'} ", str(tmp_path / "out"), None, texts)
+    assert outdir == str(tmp_path / "out")
+    with pytest.raises(gr.Error, match=texts["error.no_folder"]):
+        batch_request(fields, 0.6, " ", "", "", texts)
+    with pytest.raises(InvalidRequest, match="has no mask named like a.png"):
+        batch_request(fields, 0.6, str(tmp_path / "in"), "", str(tmp_path), texts)

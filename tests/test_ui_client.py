@@ -307,3 +307,27 @@ def test_tools_tab_merges_and_trains_an_embedding(app, model_store, tmp_path):
     assert str(trained) in status
     with safe_open(trained, framework="pt") as f:
         assert f.get_tensor("emb_params").shape == (1, 32)
+
+
+def test_img2img_batch_tab_runs_every_image_of_a_folder(app, tmp_path):
+    import numpy as np
+
+    from huabu.core.pnginfo import parse_infotext, read_parameters
+    from huabu.core.requests import GenerateRequest
+
+    studio, engine, _, client = app
+    (tmp_path / "in").mkdir()
+    for name, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / "in" / f"{name}.png")
+    images, parameters, _ = client.predict(prompt="a cat", steps=4, seed=9, denoising_strength=0.6, init_image=None,
+                                           input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+                                           api_name="/img2img")
+    saved = sorted((tmp_path / "out").glob("*.png"))
+    assert len(images) == 2 and len(saved) == 2 and parse_infotext(parameters)["Seed"] == 9
+    assert [parse_infotext(read_parameters(path))["Seed"] for path in saved] == [9, 10]
+    direct = engine.generate(GenerateRequest.create(
+        mode="img2img", prompt="a cat", steps=4, seed=10, denoising_strength=0.6, model=studio.default_model,
+        sampler=studio.default_sampler, init_image=str(tmp_path / "in" / "b.png")))
+    with Image.open(saved[1]) as made:
+        difference = np.abs(np.asarray(made.convert("RGB"), dtype=int) - np.asarray(direct.images[0], dtype=int))
+    assert difference.max() <= 1  # the second image of the folder, at its own seed

@@ -197,33 +197,14 @@ def register_outpaint(sub: Subparsers) -> None:
     parser.set_defaults(handler=lambda args: run_generation(args, "inpaint"))
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def batch_inputs(input_dir: Path, mask_dir: Path | None) -> tuple[list[Path], list[Path]]:
-    """The images of a folder in name order, and the mask of each (same file stem) when a mask folder is given."""
-    if not input_dir.is_dir():
-        raise InvalidRequest(f"--input-dir {input_dir} is not a folder")
-    images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise InvalidRequest(f"--input-dir {input_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    if mask_dir is None:
-        return images, []
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} if mask_dir.is_dir() else {}
-    missing = [image.name for image in images if image.stem not in masks]
-    if missing:
-        raise InvalidRequest(f"--mask-dir {mask_dir} has no mask named like {missing[0]}")
-    return images, [masks[image.stem] for image in images]
-
-
 def run_batch(args: argparse.Namespace) -> int:
     """img2img (inpaint with --mask-dir) of every image in --input-dir; each result is saved in --output-dir under
     its input's name (`name.png`, `name-1.png` ... for several per input), with its infotext."""
     from huabu.core.pnginfo import save_png_atomic
+    from huabu.engine.scripts.batch import folder_script
 
-    images, masks = batch_inputs(args.input_dir, args.mask_dir)
+    images, script = folder_script(args.input_dir, args.mask_dir)
     args.image = images[0]  # the request's own input: each run replaces it
-    script = {"name": "img2img batch", "args": {"images": [str(p) for p in images], "masks": [str(p) for p in masks]}}
     request = request_from_args(args, "img2img", script)
     quiet_libraries()
     from huabu.engine.generate import Engine

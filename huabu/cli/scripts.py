@@ -6,17 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from huabu.cli.options import Subparsers, add_generation_options
+from huabu.cli.options import Subparsers, add_generation_options, add_hires_options
 
 
 def register_xyz(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "xyz", help="X/Y/Z plot: a labelled grid over changed parameters",
         description='A1111\'s X/Y/Z plot. Each axis is "TYPE: values", e.g. --x "Steps: 10, 20" --y "CFG Scale: 3-7 '
-                    '(+2)" --z "Prompt S/R: cat, dog". Types: Seed, Steps, CFG Scale, Prompt S/R, Prompt order, '
-                    'Sampler, Schedule type, Checkpoint name, Clip skip, Denoising, Styles, ControlNet weight. Values '
+                    '(+2)" --z "Prompt S/R: cat, dog". Types: Seed, Var. seed, Var. strength, Steps, Hires steps, CFG '
+                    'Scale, Prompt S/R, Prompt order, Sampler, Hires sampler, Checkpoint name, Schedule type, Clip '
+                    'skip, Denoising, Hires upscaler, Styles, ControlNet weight. Values '
                     'are comma-separated; ranges 1-5, 1-5 (+2), 1-10 [5]; LoRA weights via Prompt S/R on the tag.')
     add_generation_options(parser)
+    add_hires_options(parser)  # for the Hires axes, which act with the hires fix on
     for axis in "xyz":
         parser.add_argument(f"--{axis}", metavar='"TYPE: VALUES"', help=f"the {axis.upper()} axis")
     parser.add_argument("--image", type=Path, help="input image: plot img2img instead of txt2img")

@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
 from huabu.core.samplers import UNAVAILABLE, parse_sampler
 from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
+from huabu.engine.grids import batch_grid
+from huabu.engine.scripts.common import save_grid
 from huabu.engine.upscalers import Upscalers
 from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
 from huabu.engine.vaes import list_vaes
@@ -36,9 +39,9 @@ from huabu.server.a1111_extras import ExtrasBatchRequest, ExtrasSingleRequest, b
 from huabu.server.a1111_options import current_options, encode_image, option, store_options
 from huabu.server.catalog import cmd_flags, memory, memory_options
 from huabu.server.jobs import Job
-from huabu.server.runner import Outcome
+from huabu.server.runner import Outcome, job_folder
 from huabu.server.security import CheckedRoute, image_data_url
-from huabu.server.storage import StorageFull
+from huabu.server.storage import StorageFull, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -415,8 +418,9 @@ def controlnet_units(scripts: dict[str, Any], limits, warnings: list[str]) -> li
 # --- responses -----------------------------------------------------------------------------------------------------
 
 def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None, job: Job,
-              warnings: list[str]) -> str:
-    """A1111's `info` string (Processed.js()): seeds, sizes, infotexts, model, plus huabu's `warnings`."""
+              warnings: list[str], grid_text: str | None = None) -> str:
+    """A1111's `info` string (Processed.js()): seeds, sizes, infotexts, model, plus huabu's `warnings`; with a
+    returned batch grid its infotext comes first and index_of_first_image is 1."""
     used = GenerateRequest.from_data(outcome.request_used) if outcome else request
     model = outcome.model if outcome else {}
     infotexts = outcome.infotexts if outcome else []
@@ -436,7 +440,8 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
         "sd_vae_hash": None, "seed_resize_from_w": used.seed_resize_from_w or -1,
         "seed_resize_from_h": used.seed_resize_from_h or -1,
         "denoising_strength": used.denoising_strength if used.mode != "txt2img" or used.enable_hr else None,
-        "extra_generation_params": extra, "index_of_first_image": 0, "infotexts": infotexts, "styles": used.styles,
+        "extra_generation_params": extra, "index_of_first_image": 0 if grid_text is None else 1,
+        "infotexts": infotexts if grid_text is None else [grid_text, *infotexts], "styles": used.styles,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)), "clip_skip": used.clip_skip,
         "is_using_inpainting_conditioning": bool(model.get("inpaint_unet")),
         "version": f"huabu {huabu.__version__}", "warnings": warnings,
@@ -472,20 +477,51 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
-    samples_format = option(state.catalog, "samples_format")
-    return await run_in_threadpool(_answer, req, request, outcome, finished or job, warnings, samples_format)
+    options = {key: option(state.catalog, key) for key in ANSWER_OPTIONS}
+    return await run_in_threadpool(_answer, req, request, outcome, finished or job, warnings, options,
+                                   Path(os.path.realpath(state.settings.outputs_dir)))
+
+
+ANSWER_OPTIONS = ("samples_format", "return_grid", "grid_save", "grid_only_if_multiple")  # read per call
 
 
 def _answer(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None, job: Job, warnings: list[str],
-            samples_format: str) -> dict[str, Any]:
+            options: dict[str, Any], outputs: Path) -> dict[str, Any]:
     """The response body; images are encoded here, on a worker thread, so a large image never blocks the event
     loop (and every other client) while it is encoded."""
-    images = [encode_image(image, text, samples_format) for image, text in zip(outcome.images, outcome.infotexts)] \
-        if outcome and req.send_images else []
+    grid = _batch_grid(req, outcome, job, options, outputs)
+    shown = [*([grid] if grid else []), *zip(outcome.images, outcome.infotexts)] if outcome else []
+    images = [encode_image(image, text, options["samples_format"]) for image, text in shown] \
+        if req.send_images else []
     parameters = req.model_dump(exclude=set(req.model_extra or {}))  # unknown fields are never echoed
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)
-    return {"images": images, "parameters": parameters, "info": info_json(req, request, outcome, job, warnings)}
+    grid_text = grid[1] if grid else None
+    return {"images": images, "parameters": parameters,
+            "info": info_json(req, request, outcome, job, warnings, grid_text)}
+
+
+def _batch_grid(req: _A1111Base, outcome: Outcome | None, job: Job, options: dict[str, Any], outputs: Path
+                ) -> tuple[Image.Image, str] | None:
+    """A1111's batch grid (process_images): made when the call saves (`save_images`, which the API turns into
+    do_not_save_grid = not save_images), grids are returned or saved, and there are two images or more (one with
+    grid_only_if_multiple off). With return_grid it is returned, to go first; with grid_save it is saved as
+    `grid-NNNN.png` beside the job's images. Scripts answer their own grids."""
+    if not outcome or not outcome.images or req.script_name or not job.save:
+        return None
+    if len(outcome.images) < 2 and options["grid_only_if_multiple"]:
+        return None
+    if not (options["return_grid"] or options["grid_save"]):
+        return None
+    grid, text = batch_grid(outcome.images), outcome.infotexts[0]
+    if options["grid_save"]:
+        try:
+            save_grid(grid, text, job_folder(outputs, job.id), "grid")
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            raise StorageFull("the disk is full: the batch grid could not be saved") from None
+    return (grid, text) if options["return_grid"] else None
 
 
 async def _wait_while_connected(http: Request, queue, job_id: str, waiter: asyncio.Event) -> Job | None:

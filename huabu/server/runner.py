@@ -84,13 +84,18 @@ def _fresh_job_folder(engine: Engine, root: Path, job: Job) -> Path:
     """`outputs/jobs/<job id>`, emptied: a job runs again only when an earlier run of it never finished (its
     process was killed, or its Celery message redelivered), and what that run wrote was never reported to anyone,
     so the run again replaces it instead of adding a second set of outputs."""
-    if not re.fullmatch(r"[0-9a-f]{32}", job.id):  # Job.new's ids; anything else must never name a folder
-        raise ValueError(f"not a job id: {job.id[:40]!r}")
-    folder = root / "jobs" / job.id
+    folder = job_folder(root, job.id)
     if folder.exists():
         engine.gallery.remove_under(folder)
         shutil.rmtree(folder)
     return folder
+
+
+def job_folder(root: Path, job_id: str) -> Path:
+    """`outputs/jobs/<job id>`: where a job that saves writes its files."""
+    if not re.fullmatch(r"[0-9a-f]{32}", job_id):  # Job.new's ids; anything else must never name a folder
+        raise ValueError(f"not a job id: {job_id[:40]!r}")
+    return root / "jobs" / job_id
 
 
 def png_base64(image: Image.Image, infotext: str | None = None) -> str:

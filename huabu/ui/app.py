@@ -152,6 +152,7 @@ class Studio:
     def build(self) -> gr.Blocks:
         """The Blocks app (not launched)."""
         from huabu.ui.tabs.controlnet import build_controlnet
+        from huabu.ui.tabs.extras import build_extras
         from huabu.ui.tabs.gallery import build_gallery
         from huabu.ui.tabs.generate import build_img2img, build_inpaint, build_txt2img
         from huabu.ui.tabs.lora import build_lora
@@ -180,6 +181,8 @@ class Studio:
                     build_lora(self, labels, language, prefs, txt2img, img2img)
                 with labels(gr.Tab, label=Key("tab.video"), id="video", elem_id="tab-video"):
                     video = build_video(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.extras"), id="extras", elem_id="tab-extras"):
+                    build_extras(self, labels, language, prefs)
                 with labels(gr.Tab, label=Key("tab.tools"), id="tools", elem_id="tab-tools"):
                     build_tools(self, labels, language, prefs)
                 with labels(gr.Tab, label=Key("tab.gallery"), id="gallery", elem_id="tab-gallery"):

@@ -8,14 +8,14 @@ from typing import Any
 
 import gradio as gr
 
+from huabu.engine.scripts.xyz import AXES
 from huabu.ui.i18n import Key
 
 NONE = "none"
 SCRIPTS = (("script.none", NONE), ("script.xyz", "x/y/z plot"), ("script.matrix", "prompt matrix"),
            ("script.lines", "prompts from file or textbox"))
-# The X/Y/Z axes huabu runs (huabu.engine.scripts.xyz.AXES), in A1111's order.
-AXIS_LABELS = ("Nothing", "Seed", "Steps", "CFG Scale", "Prompt S/R", "Prompt order", "Sampler", "Checkpoint name",
-               "Schedule type", "Clip skip", "Denoising", "Styles", "ControlNet weight")
+# The X/Y/Z axes huabu runs, in A1111's order.
+AXIS_LABELS = tuple(axis.label for axis in AXES.values())
 
 
 @dataclass

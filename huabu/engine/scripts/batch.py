@@ -1,6 +1,7 @@
 """img2img over several input images (A1111's batch tab, and an API call's whole `init_images` list): one run of
 the request per image, with the mask of the same position when masks are given (inpaint), image i starting at
-seed + i x batch_size x n_iter so every image of the whole batch has its own seed, as a single A1111 batch would."""
+seed + i x batch_size x n_iter so every image of the whole batch has its own seed, as a single A1111 batch would.
+`folder_script` reads the batch tab's folders (the CLI's --input-dir, the studio's Batch sub-tab)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from huabu.engine.scripts.common import Run, ScriptOutput, rebuild, run_each
 
 NAME = "img2img batch"  # huabu's own: A1111 has no such script name
 MAX_IMAGES = 1000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,22 @@ def requests(base: GenerateRequest, args: list[Any] | dict[str, Any]) -> list[Ge
 
 def run(base: GenerateRequest, args: list[Any] | dict[str, Any], generate: Run, folder: Path | None) -> ScriptOutput:
     return run_each(requests(base, args), generate)
+
+
+def folder_script(input_dir: Path, mask_dir: Path | None = None) -> tuple[list[Path], dict[str, Any]]:
+    """A1111's batch tab: the images of `input_dir` in name order, and the script request running each one, with
+    the mask of the same file stem from `mask_dir` when given (inpainting)."""
+    if not input_dir.is_dir():
+        raise InvalidRequest(f"the input folder {input_dir} is not a folder")
+    images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise InvalidRequest(f"the input folder {input_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    masks: list[Path] = []
+    if mask_dir is not None:
+        found = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} \
+            if mask_dir.is_dir() else {}
+        missing = [image.name for image in images if image.stem not in found]
+        if missing:
+            raise InvalidRequest(f"the mask folder {mask_dir} has no mask named like {missing[0]}")
+        masks = [found[image.stem] for image in images]
+    return images, {"name": NAME, "args": {"images": [str(p) for p in images], "masks": [str(p) for p in masks]}}

@@ -5,7 +5,9 @@ Values are A1111's: comma-separated (CSV quoting for commas inside a value), int
 `1-5 (+2)` (step 2), `1-10 [5]` (5 values spread over the range), the same for decimals, where `0-1 (+0.25)`
 includes its end. Axes are named as in A1111 (`Steps`, `CFG Scale`, ...) or, for its positional `script_args`,
 by their index in A1111's txt2img / img2img axis list. The slowest axis to change (Checkpoint name) is the outer
-loop, as in A1111. Seeds are fixed before the first cell unless `no_fixed_seeds` (A1111 "Keep -1 for seeds").
+loop, as in A1111. Seeds and variation seeds (the request's and the Seed / Var. seed axes' -1 values) are fixed
+before the first cell unless `no_fixed_seeds` (A1111 "Keep -1 for seeds"). The hires axes act on a request with
+the hires fix on (`enable_hr`), as in A1111.
 The grid's infotext is the first cell's plus `Script`, `X Type`, `X Values`, ... as A1111 writes it.
 """
 
@@ -111,15 +113,20 @@ def _nothing(data: dict[str, Any], value: Any, values: list[Any]) -> None:
 AXES: dict[str, Axis] = {axis.label.lower(): axis for axis in (
     Axis("Nothing", "str", _nothing, labelled=False),
     Axis("Seed", "int", _field("seed")),
+    Axis("Var. seed", "int", _field("subseed")),
+    Axis("Var. strength", "float", _field("subseed_strength")),
     Axis("Steps", "int", _field("steps")),
+    Axis("Hires steps", "int", _field("hr_second_pass_steps")),
     Axis("CFG Scale", "float", _field("cfg_scale")),
     Axis("Prompt S/R", "str", _prompt_sr, labelled=False),
     Axis("Prompt order", "order", _prompt_order, labelled=False),
     Axis("Sampler", "str", _field("sampler"), labelled=False, choices=True),
+    Axis("Hires sampler", "str", _field("hr_sampler"), choices=True),
     Axis("Checkpoint name", "str", _field("model"), labelled=False, cost=1.0, choices=True),
     Axis("Schedule type", "str", _field("schedule_type"), choices=True),
     Axis("Clip skip", "int", _field("clip_skip")),
     Axis("Denoising", "float", _field("denoising_strength")),
+    Axis("Hires upscaler", "str", _field("hr_upscaler"), choices=True),
     Axis("Styles", "str", _styles, choices=True),
     Axis("ControlNet weight", "float", _control_weight),
 )}
@@ -253,8 +260,11 @@ def label_text(axis: Axis, value: Any) -> str:
     return f"{axis.label}: {value}" if axis.labelled else str(value)
 
 
+SEED_AXES = ("Seed", "Var. seed")  # their -1 values are picked before the first cell, as A1111's fix_axis_seeds
+
+
 def _fixed_seeds(axis: Axis, values: list[Any]) -> list[Any]:
-    if axis.label != "Seed":
+    if axis.label not in SEED_AXES:
         return values
     return [secrets.randbelow(MAX_SEED) if value in (None, -1) else value for value in values]
 
@@ -274,8 +284,9 @@ def _plan(base: GenerateRequest, args: list[Any] | dict[str, Any]) -> _Planned:
     values = [axis_values(axis, getattr(plot, f"{which}_values"), getattr(plot, f"{which}_values_dropdown"), plot)
               for axis, which in zip(axes, "xyz")]
     if not plot.no_fixed_seeds:
-        if base.seed == -1:
-            base = base.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
+        for name in ("seed", "subseed"):  # A1111's fix_seed picks both
+            if getattr(base, name) == -1:
+                base = base.model_copy(update={name: secrets.randbelow(MAX_SEED)})
         values = [_fixed_seeds(axis, axis_values_) for axis, axis_values_ in zip(axes, values)]
     count = len(values[0]) * len(values[1]) * len(values[2])
     if count > MAX_CELLS:
@@ -325,7 +336,7 @@ def _grid_fields(plot: Plot, axes: list[Axis], values: list[list[Any]], with_z: 
             continue
         fields[f"{which} Type"] = axis.label
         fields[f"{which} Values"] = getattr(plot, f"{which.lower()}_values") or ", ".join(map(str, axis_values_))
-        if axis.label == "Seed" and not plot.no_fixed_seeds:
+        if axis.label in SEED_AXES and not plot.no_fixed_seeds:
             fields[f"Fixed {which} Values"] = ", ".join(str(v) for v in axis_values_)
     return fields
 

@@ -173,40 +173,81 @@ def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
     return form
 
 
+BATCH_FIELDS = ("batch_mode", "input_dir", "output_dir", "mask_dir")  # the img2img tab's Batch sub-tab
+
+
 def build_img2img(studio, labels, language, prefs) -> GenerationForm:
     def extra() -> dict[str, Any]:
-        image = labels(gr.Image, label=Key("gen.init_image"), type="filepath", image_mode=None, height=280,
-                       elem_id="img2img-image")
-        return {"init_image": image}
+        batch_mode = gr.State(False)  # which sub-tab is shown: A1111 runs the one in view
+        with gr.Tabs(elem_id="img2img-source"):
+            with labels(gr.Tab, label=Key("gen.single_image"), id="single", elem_id="img2img-single") as single:
+                image = labels(gr.Image, label=Key("gen.init_image"), type="filepath", image_mode=None, height=280,
+                               elem_id="img2img-image")
+            with labels(gr.Tab, label=Key("batch.tab"), id="batch", elem_id="img2img-batch") as batch:
+                input_dir = labels(gr.Textbox, value="", label=Key("batch.input_dir"), info=Key("batch.input_info"),
+                                   elem_id="img2img-batch-input")
+                output_dir = labels(gr.Textbox, value="", label=Key("batch.output_dir"),
+                                    info=Key("batch.output_info"), elem_id="img2img-batch-output")
+                mask_dir = labels(gr.Textbox, value="", label=Key("batch.mask_dir"), info=Key("batch.mask_info"),
+                                  elem_id="img2img-batch-masks")
+        for tab, shown in ((single, False), (batch, True)):
+            tab.select(lambda shown=shown: shown, None, batch_mode, queue=False, api_visibility="private")
+        return {"init_image": image, "batch_mode": batch_mode, "input_dir": input_dir, "output_dir": output_dir,
+                "mask_dir": mask_dir}
 
     form = layout(studio, labels, "img2img", extra)
 
     def img2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, init_image, denoising_strength, subseed, subseed_strength,
-                seed_resize_w, seed_resize_h, vae, left, right, up, down, script, x_type, x_values, y_type,
-                y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
-                session: gr.Request, progress=gr.Progress()):
+                batch_size, n_iter, clip_skip, init_image, denoising_strength, batch_mode, input_dir, output_dir,
+                mask_dir, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae, left, right, up, down, script,
+                x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines,
+                iterate, language, prefs, session: gr.Request, progress=gr.Progress()):
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
             fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
                                                  left, right, up, down)))
+            scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
+                                      keep_seed, at_start, different, lines, iterate)
+            if batch_mode or (input_dir and not init_image):  # the Batch sub-tab (an API caller has no tabs)
+                if scripted is not None:
+                    raise gr.Error(labels.texts[language]["error.batch_script"], print_exception=False)
+                request, outdir = batch_request(fields, float(denoising_strength), input_dir, output_dir, mask_dir,
+                                                labels.texts[language])
+                prefs = {**(prefs or {}), "outputs_dir": outdir or (prefs or {}).get("outputs_dir")}
+                return generation_outputs(studio, request, language, prefs, session, progress)
             if not init_image:
                 raise gr.Error(labels.texts[language]["error.no_image"], print_exception=False)
             outpaint = any(fields[f"outpaint_{side}"] for side in ("left", "right", "up", "down"))
             if outpaint:  # the canvas is the input grown by the sides: its own size, not the sliders'
                 fields.update(width=None, height=None, inpainting_fill=0)
-            scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
-                                      keep_seed, at_start, different, lines, iterate)
             request = GenerateRequest.create(mode="inpaint" if outpaint else "img2img", init_image=str(init_image),
                                              denoising_strength=float(denoising_strength),
                                              script=scripted, **fields)
             return generation_outputs(studio, request, language, prefs, session, progress)
 
     inputs = [*common_inputs(form), form.fields["init_image"], form.fields["denoising_strength"],
-              *form.advanced_inputs(), *form.script_inputs]
+              *(form.fields[name] for name in BATCH_FIELDS), *form.advanced_inputs(), *form.script_inputs]
     wire_generation(studio, form, img2img, inputs, language, prefs)
     return form
+
+
+def batch_request(fields: dict[str, Any], denoising_strength: float, input_dir: str | None, output_dir: str | None,
+                  mask_dir: str | None, texts: dict[str, str]) -> tuple[GenerateRequest, str | None]:
+    """A1111's img2img Batch tab: the request running the engine's img2img batch script over the input folder's
+    images (inpainting with the mask folder's masks of the same names), and the folder the results go to (None:
+    the outputs folder). The tab's other fields apply to every image."""
+    from pathlib import Path
+
+    from huabu.engine.scripts.batch import folder_script
+
+    if not (input_dir or "").strip():
+        raise gr.Error(texts["error.no_folder"], print_exception=False)
+    images, script = folder_script(Path(input_dir.strip()), Path(mask_dir.strip()) if (mask_dir or "").strip()
+                                   else None)
+    request = GenerateRequest.create(mode="img2img", init_image=str(images[0]), denoising_strength=denoising_strength,
+                                     script=script, **fields)
+    return request, (output_dir or "").strip() or None
 
 
 def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
