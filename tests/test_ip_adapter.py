@@ -127,6 +127,9 @@ def test_two_reference_images_a_batch_and_the_flat_layout(engine, ip_store, refe
     flat = engine.generate(request(ip_adapters=[{"image": references[0], "model": "ip-adapter_tiny_flat [00000000]"}]))
     assert max_diff(flat.images[0], one) > 3  # other weights, the top folder's image encoder
     assert "Model: ip-adapter_tiny_flat [" in flat.infotexts[0]
+    unguided = dict(cfg_scale=1.0, ip_adapters=[{"image": references[0], "model": "ip-adapter_tiny"}])
+    plain = engine.generate(request(cfg_scale=1.0)).images[0]
+    assert max_diff(engine.generate(request(**unguided)).images[0], plain) > 3  # no negative image embeddings then
 
 
 def test_with_controlnet_img2img_and_hires(engine, ip_store, controlnet_store, references):
