@@ -17,6 +17,7 @@ from huabu.cli.options import (
     add_hires_options,
     add_runtime_options,
     control_units_from_args,
+    ip_adapters_from_args,
     parse_lora,
     quiet_libraries,
     settings_from_args,
@@ -36,7 +37,8 @@ def request_from_args(args: argparse.Namespace, mode: str, script: dict | None =
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
                   checkpoint_config=args.checkpoint_config, vae=args.vae, clip_skip=args.clip_skip,
                   loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args),
-                  script=script, **_variation_fields(args), **_hires_fields(args))
+                  ip_adapters=ip_adapters_from_args(args), script=script, **_variation_fields(args),
+                  **_hires_fields(args))
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
     if mode == "inpaint":
@@ -246,8 +248,8 @@ def register_reproduce(sub: Subparsers) -> None:
     parser.add_argument("--image", type=Path, help="source image, for files made by img2img/inpaint")
     parser.add_argument("--mask", type=Path, help="mask, for files made by inpaint")
     parser.add_argument("--control-image", type=Path, action="append", default=[], metavar="IMAGE",
-                        help="the image of each ControlNet unit, in order (repeatable; PNGs do not store them); "
-                             "img2img/inpaint units without one use --image")
+                        help="the image of each ControlNet unit (IP-Adapter ones too), in order (repeatable; PNGs "
+                             "do not store them); img2img/inpaint units without one use --image")
     parser.add_argument("--controlnet-model", action="append", default=[], metavar="NAME_OR_PATH",
                         help="the ControlNet of each unit, in order, when the one the PNG names is not in "
                              "~/.huabu/controlnet")
@@ -261,7 +263,9 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
     """A GenerateRequest that remakes the image an A1111 infotext describes, read through the field table
     (huabu.core.fields); the model spec is given separately, and the ControlNet units' images in order, as PNGs do
     not hold them."""
+    from huabu.core.control_infotext import units_in_params
     from huabu.core.fields import infotext_mode, infotext_to_request_fields, missing_keys
+    from huabu.core.ip_adapters import is_ip_adapter_module
     from huabu.core.pnginfo import parse_infotext
     from huabu.core.requests import GenerateRequest
 
@@ -281,7 +285,10 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
         data["init_image"] = str(image)
     if mode == "inpaint" and "Outpaint" not in parsed:
         data["mask"] = str(mask)
-    units = data.get("controlnets", [])
+    # The units in the infotext's order (IP-Adapter units are ControlNet units there, as sd-webui-controlnet writes).
+    controlnets, ip_adapters = iter(data.get("controlnets", [])), iter(data.get("ip_adapters", []))
+    units = [next(ip_adapters if is_ip_adapter_module(unit.get("module")) else controlnets)
+             for unit in units_in_params(parsed)]
     control_images = list(control_images or [])
     if len(control_images) > len(units) or (mode == "txt2img" and len(control_images) < len(units)):
         raise InvalidRequest(f"this image was made with {len(units)} ControlNet unit(s); pass the image of each with "

@@ -69,6 +69,7 @@ def add_generation_options(parser: argparse.ArgumentParser, prompt_optional: boo
     add_variation_options(parser)
     add_prompt_options(parser)
     add_control_options(parser)
+    add_ip_adapter_options(parser)
     add_runtime_options(parser)
 
 
@@ -123,6 +124,22 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
                             "and Fill)")
     group.add_argument("--control-res", type=int, metavar="PIXELS",
                        help="preprocessor resolution (short side); default: the output's own (pixel perfect)")
+
+
+def add_ip_adapter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("IP-Adapter image prompts")
+    group.add_argument("--ip-adapter", action="append", default=[], metavar="IMAGE[:WEIGHT]",
+                       help="steer with a reference image through an IP-Adapter (repeatable): WEIGHT 0-2, default 1, "
+                            "e.g. ref.png:0.6")
+    group.add_argument("--ip-adapter-model", action="append", default=[], metavar="NAME_OR_PATH",
+                       help="the IP-Adapter of the i-th --ip-adapter (repeatable, in order): a .safetensors file or a "
+                            "name in ~/.huabu/ip-adapter; default: the only one there")
+
+
+def ip_adapters_from_args(args: argparse.Namespace) -> list[dict]:
+    from huabu.core.ip_adapters import ip_adapters_from_cli
+
+    return ip_adapters_from_cli(args.ip_adapter, args.ip_adapter_model)
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type, notes: dict[str, str] | None = None) -> None:

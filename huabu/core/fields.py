@@ -20,6 +20,7 @@ from huabu.core.control_infotext import PREFIX as CONTROL_PREFIX
 from huabu.core.control_infotext import parse_unit, units_in_params
 from huabu.core.control_units import unit_fields_from_infotext
 from huabu.core.errors import InvalidRequest
+from huabu.core.ip_adapters import ip_adapter_fields_from_infotext, is_ip_adapter_module
 from huabu.core.requests import GenerateRequest, RequestModel, VideoRequest
 from huabu.core.samplers import AUTOMATIC, find_schedule, parse_sampler, uses_eta_noise
 
@@ -247,7 +248,8 @@ def _split_sampler(parsed: Mapping[str, Any]) -> dict[str, Any]:
 def infotext_values(parsed: Mapping[str, Any], errors: list[str] | None = None) -> dict[str, Any]:
     """Every table field an infotext states (huabu.core.pnginfo.parse_infotext's result), by request field name,
     including the engine-only model_hash and lora_hashes; prompt and negative_prompt; `controlnets` when it has
-    ControlNet units (ControlUnit fields, without their images).
+    ControlNet units (ControlUnit fields, without their images) and `ip_adapters` when some are IP-Adapter units
+    (IPAdapterSpec fields, without their images).
 
     A value that cannot be read raises InvalidRequest naming its key; when `errors` is given, that field is left
     out and the message appended there instead. Empty values count as absent."""
@@ -266,14 +268,19 @@ def infotext_values(parsed: Mapping[str, Any], errors: list[str] | None = None) 
                 raise InvalidRequest(message) from None
             errors.append(message)
     try:
-        units = [unit_fields_from_infotext(unit) for unit in units_in_params(parsed)]
+        units = units_in_params(parsed)
     except ValueError as err:
         if errors is None:
             raise InvalidRequest(f"the parameters' ControlNet units: {err}") from None
         errors.append(f"the parameters' ControlNet units: {err}")
         units = []
-    if units:
-        values["controlnets"] = units
+    # sd-webui-controlnet writes IP-Adapter units as ControlNet units too; they become image prompts.
+    controlnets = [unit_fields_from_infotext(unit) for unit in units if not is_ip_adapter_module(unit.get("module"))]
+    ip_adapters = [ip_adapter_fields_from_infotext(unit) for unit in units if is_ip_adapter_module(unit.get("module"))]
+    if controlnets:
+        values["controlnets"] = controlnets
+    if ip_adapters:
+        values["ip_adapters"] = ip_adapters
     if any(key in parsed for key in HIRES_KEYS):
         values["enable_hr"] = True
     return values

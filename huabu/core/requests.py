@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from huabu.core.control_units import control_mode_name, resize_mode_name
 from huabu.core.errors import InvalidRequest
+from huabu.core.ip_adapters import DEFAULT_MODULE, ip_adapter_module_name
 from huabu.core.samplers import parse_sampler
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
@@ -84,6 +85,31 @@ class ControlUnit(BaseModel):
             raise ValueError(f"guidance_start ({self.guidance_start}) must not exceed guidance_end "
                              f"({self.guidance_end})")
         return self
+
+
+class IPAdapterSpec(BaseModel):
+    """One IP-Adapter image prompt (huabu.engine.ip_adapters): a reference image steering the picture at `weight`.
+
+    `image` is a path or data URL (raw base64 too); None uses the img2img/inpaint input image. `model` is a weights
+    file in the IP-Adapter folder ("name [hash]" too, as sd-webui-controlnet titles it), a path, or empty for the
+    folder's only one. `module` is the extension's preprocessor name, kept for the infotext."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = None
+    weight: float = Field(default=1.0, ge=0.0, le=2.0)
+    model: str = ""
+    module: str = DEFAULT_MODULE
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _unset_model(cls, value: Any) -> Any:
+        return "" if value is None or value == "None" else value
+
+    @field_validator("module", mode="before")
+    @classmethod
+    def _module(cls, value: Any) -> str:
+        return ip_adapter_module_name(value)
 
 
 class ScriptRequest(BaseModel):
@@ -161,6 +187,7 @@ class GenerateRequest(RequestModel):
     clip_skip: int = Field(default=1, ge=1, le=12)
     loras: list[LoraSpec] = Field(default_factory=list)
     controlnets: list[ControlUnit] = Field(default_factory=list)
+    ip_adapters: list[IPAdapterSpec] = Field(default_factory=list, max_length=8)  # image prompts
     # Inpainting as A1111 offers it: what the masked area starts from (0 fill, 1 original, 2 latent noise,
     # 3 latent nothing) and "only masked" (inpaint a crop around the mask, padded, at the generation size).
     inpainting_fill: int = Field(default=1, ge=0, le=3)
@@ -222,6 +249,8 @@ class GenerateRequest(RequestModel):
         data = super().to_data()
         if data.get("script") is None:  # requests without a script keep the JSON they always had
             data.pop("script", None)
+        if not data.get("ip_adapters"):  # nor do requests without image prompts
+            data.pop("ip_adapters", None)
         return data
 
     @model_validator(mode="after")
@@ -235,6 +264,9 @@ class GenerateRequest(RequestModel):
             raise ValueError("inpaint needs a mask image (mask / --mask): white = repaint, black = keep")
         if self.mode == "txt2img" and (self.init_image or self.mask):
             raise ValueError("txt2img takes no input image or mask; use mode img2img or inpaint")
+        if self.mode == "txt2img" and any(spec.image is None for spec in self.ip_adapters):
+            raise ValueError("an IP-Adapter image prompt needs an image in txt2img (ip_adapters[].image / "
+                             "--ip-adapter IMAGE); only img2img/inpaint ones may use the input image")
         if self.mode != "txt2img":
             _check_steps_left(self.steps, self.denoising_strength)
         if self.enable_hr:

@@ -46,10 +46,13 @@ class Settings:
     vae_tiling: bool = False  # decode large images tile by tile
     attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
     embeddings_dir: Path | None = None  # textual inversion embeddings; None: home/embeddings
+    ip_adapter_dir: Path | None = None  # IP-Adapter weights and their image encoder; None: home/ip-adapter
 
     def __post_init__(self) -> None:
         if self.embeddings_dir is None:  # a field with a default, so Settings built field by field still work
             object.__setattr__(self, "embeddings_dir", self.home / "embeddings")
+        if self.ip_adapter_dir is None:
+            object.__setattr__(self, "ip_adapter_dir", self.home / "ip-adapter")
         if self.device not in DEVICES:
             raise InvalidRequest(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:

@@ -112,7 +112,7 @@ def check_units(units: list[ControlUnit], init_image: Image.Image | None = None)
             continue
         preprocessor = get_preprocessor(unit.module).name
         if unit.image:
-            image = _unit_image(unit.image, f"ControlNet unit {index} image")
+            image = unit_image(unit.image, f"ControlNet unit {index} image")
         elif init_image is not None:
             image = init_image
         else:
@@ -122,7 +122,7 @@ def check_units(units: list[ControlUnit], init_image: Image.Image | None = None)
     return checked
 
 
-def _unit_image(ref: str, what: str) -> Image.Image:
+def unit_image(ref: str, what: str) -> Image.Image:
     """A path or data URL; also the bare base64 that sd-webui-controlnet's API clients send."""
     if not ref.startswith("data:") and len(ref) > 256 and _BASE64.match(ref) and not Path(ref[:200]).exists():
         ref = "data:image/png;base64," + "".join(ref.split())

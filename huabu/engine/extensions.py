@@ -2,8 +2,9 @@
 
 An extension may change the latents after each step (`on_step_end`, chained by huabu.engine.job.step_callback) and
 adds its infotext fields. Its pipeline arguments come from its own methods, since each kind needs different ones:
-ControlNet (huabu.engine.controlnets.ControlPlan), the prompt schedule (below), and for video the motion module,
-SparseCtrl and first-frame anchoring (huabu.engine.video).
+ControlNet (huabu.engine.controlnets.ControlPlan), IP-Adapter image prompts (huabu.engine.ip_adapters.IPAdapterPlan),
+the prompt schedule (below), and for video the motion module, SparseCtrl and first-frame anchoring
+(huabu.engine.video).
 """
 
 from __future__ import annotations

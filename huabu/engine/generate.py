@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from huabu.engine.extensions import PromptSchedule
 from huabu.engine.hires import HiresFix
 from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, keep_outside, latent_mask, use_latent_fill
+from huabu.engine.ip_adapters import IPAdapterManager
 from huabu.engine.job import (
     Job,
     Progress,
@@ -77,6 +79,7 @@ class Engine:
         self._book = None
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
+        self.ip_adapters = IPAdapterManager(settings)
         self.upscalers = Upscalers(settings.upscalers_dir)
         self._vae: tuple[Any, Any] = (None, None)  # (file and model it was loaded for, the AutoencoderKL)
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
@@ -134,18 +137,27 @@ class Engine:
             return self._stills(job, progress, interrupt, save, outdir, vae_hash(ref, self.models.hashes))
 
     def _stills(self, job: Job, progress, interrupt, save, outdir, vae_hash: str | None) -> GenerationResult:
+        with ExitStack() as attached:  # what joins the model for this run only (IP-Adapters) leaves it after
+            return self._stills_attached(job, progress, interrupt, save, outdir, vae_hash, attached)
+
+    def _stills_attached(self, job: Job, progress, interrupt, save, outdir, vae_hash: str | None,
+                         attached: ExitStack) -> GenerationResult:
         used, model = job.request, job.model
         control = self.controlnets.plan(job.control_units, model) if job.control_units else None
+        ip = (self.ip_adapters.plan(job.ip_adapters, model, first_number=len(job.control_units))
+              if job.ip_adapters else None)
         pipe = control.pipeline(model, used.mode, used.cfg_scale) if control else mode_pipeline(model, used.mode)
         apply_loras(pipe, job.loras, model.lora_targets, model.lora_active)
 
         scheduler = job.scheduler()
         conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative_text,
                                       used.steps * scheduler.order, used.batch_size)
-        extensions = [PromptSchedule(conditioning), *([control] if control else [])]
+        extensions = [PromptSchedule(conditioning), *([control] if control else []), *([ip] if ip else [])]
         inputs = _mode_inputs(model, used, job.init_image, job.mask)
         if control:
             inputs.update(control.inputs(pipe, used.width, used.height))
+        shared = attached.enter_context(ip.attached(pipe, used.cfg_scale, used.batch_size)) if ip else {}
+        inputs.update(shared)
         hires = HiresFix(job, self.upscalers, encode_prompts) if used.enable_hr else None
         extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
@@ -164,7 +176,7 @@ class Engine:
             if hires is not None and not getattr(pipe, "interrupt", False):
                 first_steps = pipe.num_timesteps
                 second = _hires_callback(iteration, used, total, first_steps, hires, progress, interrupt)
-                latents, decoder = hires.run(pipe, latents, seeds, subseeds, second)
+                latents, decoder = hires.run(pipe, latents, seeds, subseeds, second, shared)
             images, model.vae_needs_fp32 = decode_latents(decoder, latents, model.vae_needs_fp32)
             if used.mode == "inpaint":
                 images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur, bool(used.outpaint))

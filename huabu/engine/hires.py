@@ -102,9 +102,10 @@ class HiresFix:
                                seeds if sde else None)
 
     def run(self, first_pipe: Any, latents: Any, seeds: list[int], subseeds: list[int],
-            callback: Callable[[Any], Any] | None) -> tuple[Any, Any]:
+            callback: Callable[[Any], Any] | None, inputs: dict[str, Any] | None = None) -> tuple[Any, Any]:
         """(the second pass's latents, the pipeline that made them). `callback(conditioning)` gives the step
-        callback of the pass (or None)."""
+        callback of the pass (or None); `inputs` are pipeline arguments the first pass's extensions share with it
+        (IP-Adapter image embeddings)."""
         pipe = mode_pipeline(self.model, "img2img")
         pipe.scheduler = self.scheduler(seeds)
         image = self._upscaled(first_pipe, latents)
@@ -117,7 +118,7 @@ class HiresFix:
             use_noise_in_add_noise(pipe.scheduler, noise)
         call = dict(image=image, strength=self.request.denoising_strength, num_inference_steps=self.total_steps,
                     guidance_scale=self.request.cfg_scale, generator=generators(seeds, delta), num_images_per_prompt=1,
-                    output_type="latent", **self.conditioning.initial_kwargs())
+                    output_type="latent", **self.conditioning.initial_kwargs(), **(inputs or {}))
         step = callback(self.conditioning) if callback else None
         if step is not None:
             call["callback_on_step_end"] = step

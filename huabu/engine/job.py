@@ -3,8 +3,8 @@
 `prepare` turns a GenerateRequest or VideoRequest into a `Job` (sampler, seed, size, prompts, LoRAs, input images,
 ControlNet units, the loaded model and the request as used); `Engine.generate` and `Engine.generate_video` then
 pick a pipeline, run it with `step_callback`, build the infotext and `save_output`. Whatever joins a run beyond
-that (ControlNet, the prompt schedule, motion words, SparseCtrl, first-frame anchoring) is an `Extension`
-(huabu.engine.extensions).
+that (ControlNet, IP-Adapter image prompts, the prompt schedule, motion words, SparseCtrl, first-frame anchoring)
+is an `Extension` (huabu.engine.extensions).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from huabu.engine.embeddings import UsedEmbedding, use_embeddings
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
 from huabu.engine.inpaint_area import FILL, MaskedArea, fill_masked, outpaint_canvas
+from huabu.engine.ip_adapters import CheckedIPAdapter, check_ip_adapters
 from huabu.engine.loras import ResolvedLora, prompt_with_loras, resolve_loras
 from huabu.engine.models import LoadedModel
 from huabu.engine.prompts.syntax import extract_loras, refuse_hypernetworks
@@ -73,6 +74,7 @@ class Job:
     area: MaskedArea | None = None  # "only masked": where init_image and mask were cropped from
     embeddings: list[UsedEmbedding] = field(default_factory=list)  # textual inversions the prompts name
     encoded_negative: str | None = None  # the negative prompt as encoded (embedding names as their tokens)
+    ip_adapters: list[CheckedIPAdapter] = field(default_factory=list)  # image prompts with their images read
 
     @property
     def negative_text(self) -> str:
@@ -122,6 +124,7 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
     if init_image is not None and getattr(request, "outpaint", None):
         init_image, mask = outpaint_canvas(init_image, request.outpaint)
     control_units = check_units(request.controlnets, init_image)  # units without an image use init_image
+    ip_adapters = check_ip_adapters(getattr(request, "ip_adapters", []), init_image)
     if mask is not None and mask.size != init_image.size:
         raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
                              f"{init_image.width}x{init_image.height}; they must be the same size")
@@ -149,7 +152,7 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
                                                               prompter.embeddings_dir, models.hashes,
                                                               prompter.allow_unsafe_pickle)
     return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units, area,
-               embeddings, encoded_negative)
+               embeddings, encoded_negative, ip_adapters)
 
 
 def output_size(request: Request, model: LoadedModel, init_image: Image.Image | None) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import huabu
 from huabu.core.errors import BadImage, HuabuError, InvalidRequest
 from huabu.core.fields import api_fields, api_settings, fields_from_api, info_keys, infotext_values
+from huabu.core.ip_adapters import is_ip_adapter_module
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
 from huabu.core.samplers import UNAVAILABLE, parse_sampler
@@ -211,7 +212,10 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
         _img2img_fields(req, limits, data, warnings)
         if outpaint:  # A1111's outpainting scripts become the request's outpainting fields
             _outpaint_script(req.script_name, req.script_args, data, warnings)
-    data["controlnets"] = controlnet_units(req.alwayson_scripts, limits, warnings)
+    units = controlnet_units(req.alwayson_scripts, limits, warnings)
+    data["controlnets"] = [unit for unit in units if not is_ip_adapter_module(unit.get("module"))]
+    data["ip_adapters"] = [ip_adapter_unit(unit, index, warnings) for index, unit in enumerate(units)
+                           if is_ip_adapter_module(unit.get("module"))]
     if req.script_name and not outpaint:  # A1111's other scripts run in the engine (huabu.engine.scripts)
         data["script"] = {"name": req.script_name, "args": req.script_args}
     request = GenerateRequest.from_data(data)
@@ -413,6 +417,17 @@ def controlnet_units(scripts: dict[str, Any], limits, warnings: list[str]) -> li
                 warnings.append(f"controlnet unit {index}: {key} ignored")
             units.append(unit)
     return units
+
+
+_IP_ADAPTER_UNIT = ("module", "model", "weight", "image")
+
+
+def ip_adapter_unit(unit: dict[str, Any], index: int, warnings: list[str]) -> dict[str, Any]:
+    """An sd-webui-controlnet unit whose module is an IP-Adapter -> IPAdapterSpec data: its image, weight and
+    model; the image prompt acts over every step, so a narrower guidance window is named in the warnings."""
+    if unit.get("guidance_start", 0.0) > 0.0 or unit.get("guidance_end", 1.0) < 1.0:
+        warnings.append(f"controlnet unit {index}: guidance window ignored (IP-Adapter units act on every step)")
+    return {key: unit[key] for key in _IP_ADAPTER_UNIT if key in unit}
 
 
 # --- responses -----------------------------------------------------------------------------------------------------

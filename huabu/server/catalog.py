@@ -110,6 +110,10 @@ class Catalog:
             updates["controlnets"] = [
                 unit.model_copy(update={"image": require_data_url(unit.image, self.limits, f"controlnets.{i}.image")})
                 for i, unit in enumerate(request.controlnets)]
+        if getattr(request, "ip_adapters", None):
+            updates["ip_adapters"] = [
+                unit.model_copy(update={"image": require_data_url(unit.image, self.limits, f"ip_adapters.{i}.image")})
+                for i, unit in enumerate(request.ip_adapters)]
         request = request.model_copy(update=updates)
         self.check_http_request(request)
         return request
@@ -120,6 +124,7 @@ class Catalog:
         self.check_limits(request)
         self.check_lora_names(request)
         named = [(f"controlnets.{i}.model", unit.model) for i, unit in enumerate(request.controlnets)]
+        named += [(f"ip_adapters.{i}.model", unit.model) for i, unit in enumerate(getattr(request, "ip_adapters", []))]
         named += [(name, getattr(request, name, None)) for name in ("motion_module", "sparse_control", "vae")]
         for what, value in named:
             if value and ("/" in value or "\\" in value or value.startswith((".", "~"))):
