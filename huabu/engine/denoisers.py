@@ -69,7 +69,9 @@ class Denoiser:
     flow: bool  # a flow-matching scheduler (SD3, FLUX): huabu.core.samplers' flow table applies
 
     @classmethod
-    def of(cls, pipeline: Any) -> Denoiser:
+    def of(cls, pipeline: Any, scheduler_config: Any = None) -> Denoiser:
+        """The denoiser of `pipeline`; `scheduler_config` is the model's own (the pipeline's current scheduler may
+        be a sampler's)."""
         unet = getattr(pipeline, "unet", None)
         module = unet if unet is not None else getattr(pipeline, "transformer", None)
         if module is None:
@@ -80,7 +82,7 @@ class Denoiser:
                             "text_encoder_2": ["transformers", "x"] if getattr(pipeline, "text_encoder_2", None)
                             is not None else None})
         return cls(family, module, int(pipeline.vae_scale_factor), getattr(pipeline, "default_sample_size", None),
-                   is_flow_config(pipeline.scheduler.config))
+                   is_flow_config(scheduler_config if scheduler_config is not None else pipeline.scheduler.config))
 
     @property
     def is_transformer(self) -> bool:

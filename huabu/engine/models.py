@@ -113,7 +113,7 @@ class LoadedModel:
     @property
     def denoiser(self) -> Denoiser:
         """What kind of denoiser the pipeline has (UNet or transformer) and what follows from it."""
-        return Denoiser.of(self.pipeline)
+        return Denoiser.of(self.pipeline, self.scheduler_config)
 
     @property
     def vae_scale_factor(self) -> int:
