@@ -144,11 +144,60 @@ def uses_eta_noise(name: str) -> bool:
             or "sde" in str(sampler.options.get("algorithm_type", "")))
 
 
-def resolved_schedule(sampler: Sampler, schedule: Schedule) -> Schedule:
-    """What "Automatic" stands for with this sampler; other schedules are returned as they are."""
+def resolved_schedule(sampler: Sampler, schedule: Schedule, flow: bool = False) -> Schedule:
+    """What "Automatic" stands for with this sampler; other schedules are returned as they are. On a flow-matching
+    model (`flow`) the sampler and schedule are checked against the flow table and Automatic means "Simple"."""
+    if flow:
+        return _flow_schedule(sampler, schedule)
     if schedule.label == AUTOMATIC and sampler.default_schedule:
         return _SCHEDULE_INDEX[sampler.default_schedule.lower()]
     return schedule
+
+
+# --- flow-matching models (SD3, FLUX) ------------------------------------------------------------------------
+
+# A1111 sampler name -> (diffusers scheduler, config overrides) on a flow-matching model. DPM++ 2M runs diffusers'
+# DPM-Solver on flow sigmas shifted as the model's own scheduler shifts them (flow_shift; FLUX's resolution-dependent
+# shift arrives from the pipeline as `mu`). "Euler a" is left out: diffusers' stochastic flow Euler draws its step
+# noise without the seed's generator, so its images would not reproduce.
+FLOW_SAMPLERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
+    "Euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "DPM++ 2M": (_DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_flow_sigmas": True,
+                        "prediction_type": "flow_prediction", "final_sigmas_type": "zero"}),
+}
+# Schedule types on flow models, per sampler: "Simple" is the model's own (shifted linear) sigmas.
+FLOW_AUTOMATIC = "Simple"
+_FLOW_SCHEDULES = {"Euler": ("Simple", "Karras", "Exponential", "Beta"), "DPM++ 2M": ("Simple",)}
+
+
+def is_flow_config(config: Mapping[str, Any]) -> bool:
+    """Whether a diffusers scheduler config is a flow-matching one (SD3, FLUX and other rectified-flow models)."""
+    return (str(config.get("_class_name", "")).startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
+
+
+def _flow_schedule(sampler: Sampler, schedule: Schedule) -> Schedule:
+    if sampler.name not in FLOW_SAMPLERS:
+        raise InvalidRequest(f"sampler {sampler.name!r} cannot run on a flow-matching model (SD3, FLUX); use "
+                             f"{' or '.join(repr(name) for name in FLOW_SAMPLERS)}")
+    if schedule.label == AUTOMATIC:
+        return _SCHEDULE_INDEX[FLOW_AUTOMATIC.lower()]
+    allowed = _FLOW_SCHEDULES[sampler.name]
+    if schedule.label not in allowed:
+        raise InvalidRequest(f"schedule type {schedule.label!r} is not available with {sampler.name!r} on a "
+                             f"flow-matching model; use {', '.join(allowed)}")
+    return schedule
+
+
+def _flow_scheduler_config(sampler: Sampler, schedule: Schedule, base: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    class_name, options = FLOW_SAMPLERS[sampler.name]
+    config = {**base, **options}
+    if schedule.label != FLOW_AUTOMATIC:
+        config.update(schedule.options)
+    if options.get("use_flow_sigmas"):
+        config["flow_shift"] = float(base.get("shift", base.get("flow_shift", 1.0)))
+        config["use_dynamic_shifting"] = bool(base.get("use_dynamic_shifting", False))
+    return class_name, config
 
 
 def canonical_names(name: str, schedule: str | None = None) -> tuple[str, str]:
@@ -163,8 +212,11 @@ def scheduler_config(
     """(diffusers scheduler class name, config) for an A1111 sampler on a model whose scheduler config is
     `base_config`. `seeds` (one per image) seed DPM++ SDE's Brownian noise so batches reproduce single images."""
     sampler, sched = parse_sampler(name, schedule)
-    sched = resolved_schedule(sampler, sched)
+    flow = is_flow_config(base_config)
+    sched = resolved_schedule(sampler, sched, flow)
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    if flow:
+        return _flow_scheduler_config(sampler, sched, config)
     config.update(sampler.options)
     config.update(sched.options)
     if sampler.scheduler == "DPMSolverSDEScheduler" and seeds is not None:

@@ -23,6 +23,7 @@ from huabu.core.gallery import Gallery
 from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.core.settings import Settings
 from huabu.engine.controlnets import ControlNetManager
+from huabu.engine.denoisers import call_parameters, step_callback_kwargs
 from huabu.engine.extensions import PromptSchedule
 from huabu.engine.hires import HiresFix
 from huabu.engine.infotext import build_infotext, output_params
@@ -153,7 +154,7 @@ class Engine:
         conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative_text,
                                       used.steps * scheduler.order, used.batch_size)
         extensions = [PromptSchedule(conditioning), *([control] if control else []), *([ip] if ip else [])]
-        inputs = _mode_inputs(model, used, job.init_image, job.mask)
+        inputs = _mode_inputs(model, pipe, used, job.init_image, job.mask)
         if control:
             inputs.update(control.inputs(pipe, used.width, used.height))
         shared = attached.enter_context(ip.attached(pipe, used.cfg_scale, used.batch_size)) if ip else {}
@@ -177,6 +178,7 @@ class Engine:
                 first_steps = pipe.num_timesteps
                 second = _hires_callback(iteration, used, total, first_steps, hires, progress, interrupt)
                 latents, decoder = hires.run(pipe, latents, seeds, subseeds, second, shared)
+            latents = model.denoiser.spatial_latents(latents, used.width, used.height)
             images, model.vae_needs_fp32 = decode_latents(decoder, latents, model.vae_needs_fp32)
             if used.mode == "inpaint":
                 images = _overlay(pipe, images, job.init_image, job.mask, used.mask_blur, bool(used.outpaint))
@@ -216,9 +218,9 @@ class Engine:
             call.update(_noise_inputs(model, pipe, request, inputs, seeds, subseeds))
         if mask is not None and request.inpainting_fill in (LATENT_NOISE, LATENT_NOTHING):
             _latent_fill(model, pipe, request, mask, seeds)
+        call.update(model.denoiser.call_options(pipe))
         if callback is not None:
-            call["callback_on_step_end"] = callback
-            call["callback_on_step_end_tensor_inputs"] = callback_tensors(extensions)
+            call.update(step_callback_kwargs(pipe, callback, callback_tensors(extensions)))
         return pipe(**call).images
 
     def _save_image(self, image, seed: int, infotext: str, job: Job, params: dict, outdir, result) -> None:
@@ -282,7 +284,7 @@ def _latent_fill(model: LoadedModel, pipe, request: GenerateRequest, mask, seeds
     """inpainting_fill 2 / 3: the masked latents start from each seed's noise, or from nothing."""
     factor = model.vae_scale_factor
     size = (request.width // factor, request.height // factor)
-    noise = seed_noise(seeds, (pipe.vae.config.latent_channels, size[1], size[0]), pipe.unet.dtype)
+    noise = seed_noise(seeds, (pipe.vae.config.latent_channels, size[1], size[0]), model.denoiser.dtype)
     use_latent_fill(pipe.scheduler, latent_mask(mask, size), request.inpainting_fill, noise)
 
 
@@ -292,7 +294,7 @@ def _noise_inputs(model: LoadedModel, pipe, request: GenerateRequest, inputs: di
     the noise as their start latents; img2img and inpaint below 1 add it to the input's latents."""
     factor = model.vae_scale_factor
     noise = batch_noise(request, seeds, subseeds, pipe.vae.config.latent_channels,
-                        (request.width // factor, request.height // factor), factor, pipe.unet.dtype)
+                        (request.width // factor, request.height // factor), factor, model.denoiser.dtype)
     mode = pipeline_mode(model, request.mode)
     if mode == "txt2img" or (mode == "inpaint" and inputs.get("strength") == 1.0):
         return {"latents": noise}
@@ -300,9 +302,10 @@ def _noise_inputs(model: LoadedModel, pipe, request: GenerateRequest, inputs: di
     return {}
 
 
-def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask) -> dict[str, Any]:
+def _mode_inputs(model: LoadedModel, pipe, request: GenerateRequest, init_image, mask) -> dict[str, Any]:
     """Pipeline arguments of the mode. A 9-channel inpainting UNet runs every mode in the inpaint pipeline: txt2img
-    as a fully masked grey image at strength 1, img2img as a fully masked input (A1111 does the same)."""
+    as a fully masked grey image at strength 1, img2img as a fully masked input (A1111 does the same). SD img2img
+    takes its size from the image; pipelines that take a size (FLUX's would else use its default) are given it."""
     size = (request.width, request.height)
     batch = request.batch_size
     inputs: dict[str, Any] = {"height": request.height, "width": request.width}
@@ -315,7 +318,8 @@ def _mode_inputs(model: LoadedModel, request: GenerateRequest, init_image, mask)
         image, strength = init_image, request.denoising_strength
         mask = mask if mask is not None else full_mask
     if pipeline_mode(model, request.mode) == "img2img":
-        return {"image": [image] * batch, "strength": strength}  # img2img takes its size from the image
+        size_inputs = inputs if "height" in call_parameters(pipe) else {}
+        return {"image": [image] * batch, "strength": strength, **size_inputs}
     inputs.update(image=[image] * batch, mask_image=[mask] * batch, strength=strength)
     return inputs
 

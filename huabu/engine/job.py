@@ -21,9 +21,9 @@ from huabu.core import pnginfo
 from huabu.core.atomic import publish_new, staged_path
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
-from huabu.core.samplers import Sampler, parse_sampler, resolved_schedule
+from huabu.core.samplers import Sampler, is_flow_config, parse_sampler, resolved_schedule, scheduler_config
 from huabu.engine.controlnets import CheckedUnit, check_units
-from huabu.engine.embeddings import UsedEmbedding, use_embeddings
+from huabu.engine.embeddings import UsedEmbedding, find_embeddings, named_in, use_embeddings
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
 from huabu.engine.inpaint_area import FILL, MaskedArea, fill_masked, outpaint_canvas
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from huabu.engine.models import ModelManager
     from huabu.engine.prompts.book import PromptBook
     from huabu.engine.prompts.encode import ScheduledConditioning
+    from huabu.engine.prompts.plain import PipelinePrompts
 
 Request = GenerateRequest | VideoRequest
 
@@ -117,7 +118,6 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
     """Check and resolve a request: inputs first (cheap errors before a model loads), then the model, the output
     size and the seed."""
     sampler, schedule = parse_sampler(request.sampler, request.schedule_type)
-    schedule = resolved_schedule(sampler, schedule)
     init_image = load_image(request.init_image) if request.init_image else None
     mask_spec = getattr(request, "mask", None)
     mask = load_mask(mask_spec) if mask_spec else None
@@ -131,6 +131,10 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
     prompt, negative, text, loras = prompter.prompts(request)
 
     model = models.load(request.model, request.checkpoint_config)
+    schedule = resolved_schedule(sampler, schedule, is_flow_config(model.scheduler_config))
+    model.denoiser.check_request(request, control=bool(control_units), loras=bool(loras),
+                                 sampler_class=scheduler_config(sampler.name, schedule.label,
+                                                                model.scheduler_config)[0])
     only_masked = mask is not None and request.inpaint_full_res
     width, height = output_size(request, model, None if only_masked else init_image)
     area = None
@@ -147,7 +151,12 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
         update["subseed"] = secrets.randbelow(MAX_SEED)
     used = request.model_copy(update=update)
     embeddings, encoded_negative = [], None
-    if prompter.embeddings_dir is not None:
+    if prompter.embeddings_dir is not None and model.denoiser.is_transformer:
+        named = named_in([text, negative], find_embeddings(prompter.embeddings_dir))
+        if named:
+            raise InvalidRequest(f"textual inversion embedding {named[0]!r} loads into the CLIP text encoders of UNet "
+                                 f"models only; this is a {model.denoiser.label} (transformer) model")
+    elif prompter.embeddings_dir is not None:
         (text, encoded_negative), embeddings = use_embeddings(model.pipeline, [text, negative],
                                                               prompter.embeddings_dir, models.hashes,
                                                               prompter.allow_unsafe_pickle)
@@ -157,8 +166,10 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
 
 def output_size(request: Request, model: LoadedModel, init_image: Image.Image | None) -> tuple[int, int]:
     """Width and height: as requested, else the input image's (rounded down to the VAE factor), else the model's
-    default; each must be a multiple of the VAE factor (one latent pixel per factor x factor image pixels)."""
-    factor = model.vae_scale_factor
+    default; each must be a multiple of the VAE factor (one latent pixel per factor x factor image pixels), times
+    a transformer's patch size (whole latent patches)."""
+    factor = model.size_multiple
+    why = "this model's VAE factor" if factor == model.vae_scale_factor else "this model's VAE factor x patch size"
     if init_image is not None:
         default_w = max(factor, init_image.width // factor * factor)
         default_h = max(factor, init_image.height // factor * factor)
@@ -168,16 +179,21 @@ def output_size(request: Request, model: LoadedModel, init_image: Image.Image | 
     for label, value in (("width", width), ("height", height)):
         if value % factor:
             lower, upper = value // factor * factor, (value // factor + 1) * factor
-            raise InvalidRequest(f"{label} {value} is not a multiple of {factor} (this model's VAE factor); "
+            raise InvalidRequest(f"{label} {value} is not a multiple of {factor} ({why}); "
                                  f"use {lower or upper} or {upper}")
     return width, height
 
 
 def encode_prompts(model: LoadedModel, clip_skip: int, text: str, negative: str, steps: int,
-                   batch_size: int) -> ScheduledConditioning:
-    """The prompt schedule, with the model's cached PromptEncoder for this clip skip (both SDXL encoders)."""
+                   batch_size: int) -> ScheduledConditioning | PipelinePrompts:
+    """The prompt schedule, with the model's cached PromptEncoder for this clip skip (both SDXL encoders); a
+    transformer model's pipeline encodes its own prompts (huabu.engine.prompts.plain)."""
     from huabu.engine.prompts.encode import PromptEncoder, ScheduledConditioning
 
+    if model.denoiser.is_transformer:
+        from huabu.engine.prompts.plain import PipelinePrompts
+
+        return PipelinePrompts.build(model, text, negative, steps, batch_size, clip_skip)
     encoder = model.encoders.get(clip_skip)
     if encoder is None:
         pipe = model.pipeline

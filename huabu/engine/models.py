@@ -23,6 +23,7 @@ from typing import Any
 from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.core.settings import BUILTIN_MODEL, Settings
 from huabu.engine import checkpoints
+from huabu.engine.denoisers import Denoiser, denoiser_folder
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class LoadedModel:
     vae_needs_fp32: bool = False  # set once a half-precision decode overflowed (see pipelines.decode_latents)
     lora_targets: dict[str, frozenset[str]] = field(default_factory=dict)  # adapter -> components (loras.apply_loras)
     lora_active: dict[int, tuple] = field(default_factory=dict)  # component -> active adapters (loras.apply_loras)
+    notices: set[str] = field(default_factory=set)  # one-time warnings already logged for this model
 
     @property
     def name(self) -> str:
@@ -110,26 +112,44 @@ class LoadedModel:
         return checkpoints.short_hash(self.sha256)
 
     @property
+    def denoiser(self) -> Denoiser:
+        """What kind of denoiser the pipeline has (UNet or transformer) and what follows from it."""
+        return Denoiser.of(self.pipeline, self.scheduler_config)
+
+    @property
     def vae_scale_factor(self) -> int:
         return int(self.pipeline.vae_scale_factor)
 
     @property
     def default_size(self) -> int:
-        return int(self.pipeline.unet.config.sample_size) * self.vae_scale_factor
+        return self.denoiser.default_size
+
+    @property
+    def size_multiple(self) -> int:
+        """What widths and heights must be multiples of (the VAE factor, times the patch size of a transformer)."""
+        return self.denoiser.size_multiple
 
     @property
     def is_inpaint_unet(self) -> bool:
         """A 9-channel UNet (latents + mask + masked image), as in SD inpainting checkpoints."""
-        return int(self.pipeline.unet.config.in_channels) == 9
+        return self.denoiser.is_inpaint
 
     @property
     def is_sdxl(self) -> bool:
-        return getattr(self.pipeline, "text_encoder_2", None) is not None
+        return self.denoiser.family == "sdxl"
+
+    def notice(self, key: str, message: str) -> None:
+        """Log `message` as a warning the first time `key` comes up for this model."""
+        if key not in self.notices:
+            self.notices.add(key)
+            log.warning("%s: %s", self.name, message)
 
     def info(self) -> dict[str, Any]:
+        denoiser = self.denoiser
         return {"name": self.name, "kind": self.ref.kind, "location": self.ref.location, "sha256": self.sha256,
-                "hash": self.short_hash, "default_size": self.default_size, "vae_scale_factor": self.vae_scale_factor,
-                "inpaint_unet": self.is_inpaint_unet, "family": "sdxl" if self.is_sdxl else "sd"}
+                "hash": self.short_hash, "default_size": denoiser.default_size,
+                "vae_scale_factor": self.vae_scale_factor, "size_multiple": denoiser.size_multiple,
+                "inpaint_unet": denoiser.is_inpaint, "family": denoiser.family}
 
 
 class ModelManager:
@@ -207,11 +227,13 @@ class ModelManager:
         return None
 
     def model_sha256(self, ref: ModelRef) -> str | None:
-        """sha256 of a single file; for a folder, of its UNet weights (what makes its images what they are)."""
+        """sha256 of a single file; for a folder, of its UNet's (or transformer's) weights (what makes its images
+        what they are; the first file of sharded weights)."""
         if ref.kind == "single-file":
             return self.hashes.sha256(ref.location)
         if ref.kind in ("diffusers", "builtin"):
-            weights = sorted((Path(ref.location) / "unet").glob("*.safetensors"))
+            folder = Path(ref.location)
+            weights = sorted((folder / denoiser_folder(folder)).glob("*.safetensors"))
             return self.hashes.sha256(weights[0]) if weights else None
         return None
 
@@ -262,7 +284,8 @@ class ModelManager:
     def _load_folder(self, folder: Path, dtype) -> Any:
         from diffusers import DiffusionPipeline
 
-        kwargs = _no_safety_checker(json.loads((folder / "model_index.json").read_text(encoding="utf-8")))
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        kwargs = {**_absent_components(index), **_no_safety_checker(index)}
         try:
             return DiffusionPipeline.from_pretrained(
                 folder, dtype=dtype, local_files_only=True,
@@ -303,6 +326,13 @@ class ModelManager:
             raise ModelNotFound(f"{path.name} does not fit the {config_name} config ({first_line(err)}); pass "
                                 f"--model-config with a bundled config ({', '.join(bundled_configs())}) or a "
                                 f"diffusers folder") from None
+
+
+def _absent_components(model_index: dict[str, Any]) -> dict[str, None]:
+    """Components a folder was saved without (`[null, null]`, e.g. SD3 without its T5 encoder): diffusers loads
+    such a folder only when they are passed as None."""
+    return {name: None for name, spec in model_index.items()
+            if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and spec[0] is None}
 
 
 def _no_safety_checker(model_index: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from huabu.core.errors import InvalidRequest
 from huabu.engine.models import LoadedModel, PipelineKey
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,14 @@ def mode_pipeline(model: LoadedModel, mode: str) -> Any:
     if pipe is None:
         auto = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
                 "inpaint": AutoPipelineForInpainting}[key.kind]
-        # dtype: from_pipe casts to float32 unless told otherwise, which would cast the shared modules in place.
-        pipe = auto.from_pipe(model.pipeline, dtype=model.pipeline.dtype)
+        try:
+            # dtype: from_pipe casts to float32 unless told otherwise, which would cast the shared modules in place.
+            pipe = auto.from_pipe(model.pipeline, dtype=model.pipeline.dtype)
+        except ValueError:  # diffusers has no pipeline of this kind for the model's class
+            if key.kind != "txt2img":
+                raise InvalidRequest(f"{key.kind} is not available for {type(model.pipeline).__name__} models "
+                                     f"(diffusers has no {key.kind} pipeline for them); use txt2img") from None
+            pipe = model.pipeline  # a txt2img pipeline AutoPipeline does not list: the loaded one itself
         pipe.set_progress_bar_config(disable=True)
         model.pipelines[key] = pipe
     return pipe

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from huabu.core.errors import InvalidRequest
-from huabu.core.samplers import parse_sampler, resolved_schedule, scheduler_config
+from huabu.core.samplers import FLOW_AUTOMATIC, is_flow_config, parse_sampler, resolved_schedule, scheduler_config
 
 
 def build_scheduler(name: str, schedule: str | None, base_config: Mapping[str, Any],
@@ -19,10 +19,12 @@ def build_scheduler(name: str, schedule: str | None, base_config: Mapping[str, A
     class_name, config = scheduler_config(name, schedule, base_config, seeds)
     cls = getattr(diffusers, class_name)
     sampler, sched = parse_sampler(name, schedule)
-    sched = resolved_schedule(sampler, sched)
+    flow = is_flow_config(base_config)
+    sched = resolved_schedule(sampler, sched, flow)
     # from_config keeps options the class does not take as hidden config, so ask the constructor itself.
     accepted = inspect.signature(cls.__init__).parameters
-    unsupported = [k for k, v in sched.options.items() if v and k not in accepted]
+    options = {} if flow and sched.label == FLOW_AUTOMATIC else sched.options  # flow "Simple": the model's own
+    unsupported = [k for k, v in options.items() if v and k not in accepted]
     if unsupported:
         raise InvalidRequest(f"schedule type {sched.label!r} is not available with sampler {sampler.name!r} "
                              f"(diffusers' {class_name} has no {unsupported[0]}); pick another schedule type")

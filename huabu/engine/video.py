@@ -104,8 +104,10 @@ def video_kind(model: LoadedModel) -> str:
     kind = _VIDEO_CLASSES.get(type(model.pipeline).__name__)
     if kind:
         return kind
-    if model.is_sdxl or model.is_inpaint_unet or type(model.pipeline.unet).__name__ != "UNet2DConditionModel":
-        what = "an SDXL" if model.is_sdxl else "an inpainting" if model.is_inpaint_unet else "this"
+    denoiser = model.denoiser
+    if model.is_sdxl or model.is_inpaint_unet or type(denoiser.module).__name__ != "UNet2DConditionModel":
+        what = ("an SDXL" if model.is_sdxl else "an inpainting" if model.is_inpaint_unet
+                else f"a {denoiser.label} (transformer)" if denoiser.is_transformer else "this")
         raise InvalidRequest(f"{model.name} is {what} model; video needs an SD 1.x-shaped model with an AnimateDiff "
                              f"motion module, or a ModelScope / I2VGen-XL video model")
     return ANIMATEDIFF
