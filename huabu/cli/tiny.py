@@ -65,6 +65,7 @@ def register(sub) -> None:
     ev.add_argument("--sampler", default="DPM++ 2M", help="an A1111 sampler name (LCM with an LCM-LoRA)")
     ev.add_argument("--lora", help="a LoRA file applied at weight 1 (e.g. huabu train lcm's)")
     ev.add_argument("--grid", help="also write a PNG: real held-out scenes above the generated ones")
+    ev.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="what the denoising runs in")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(handler=_eval)
 
@@ -123,7 +124,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     settings = EvalSettings(steps=args.steps, cfg_scale=args.cfg, singles=args.singles, pairs=args.pairs,
                             grid=Path(args.grid) if args.grid else None, sampler=args.sampler,
-                            lora=Path(args.lora) if args.lora else None)
+                            lora=Path(args.lora) if args.lora else None, dtype=args.dtype)
     if args.model:
         settings.model = Path(args.model)
     if args.scorer:

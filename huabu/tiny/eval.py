@@ -32,6 +32,7 @@ class EvalSettings:
     grid: Path | None = None  # where to write a PNG of real held-out scenes above the generated ones
     sampler: str = "DPM++ 2M"  # an A1111 sampler name; DPM++ 2M keeps the model's own sigmas, as always measured
     lora: Path | None = None  # a LoRA fused at weight 1 (an LCM-LoRA, say)
+    dtype: str = "fp32"  # or "bf16": what the denoising runs in (the VAE round trip and scorer stay fp32)
 
 
 class ClipScorer:
@@ -74,7 +75,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * covmean_trace)
 
 
-def load_pipeline(model: Path, sampler: str = "DPM++ 2M", lora: Path | None = None):
+def load_pipeline(model: Path, sampler: str = "DPM++ 2M", lora: Path | None = None, dtype: str = "fp32"):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     from huabu.engine.samplers import build_scheduler
@@ -88,6 +89,8 @@ def load_pipeline(model: Path, sampler: str = "DPM++ 2M", lora: Path | None = No
     if lora is not None:
         pipe.load_lora_weights(str(lora))
         pipe.fuse_lora()
+    if dtype == "bf16":
+        pipe.to(dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -121,10 +124,10 @@ def evaluate(settings: EvalSettings) -> dict[str, object]:
     pairs = S.eval_pair_scenes(settings.pairs)
     real_singles = [S.render(s.background, s.objects) for s in singles]
     real_pairs = [S.render(s.background, s.objects) for s in pairs]
-    pipe = load_pipeline(Path(settings.model), settings.sampler, settings.lora)
+    pipe = load_pipeline(Path(settings.model), settings.sampler, settings.lora, settings.dtype)
     gen_singles = generate(pipe, [s.caption for s in singles], settings)
     gen_pairs = generate(pipe, [s.caption for s in pairs], settings, seed_offset=len(singles))
-    vae_singles = vae_round_trip(pipe.vae, real_singles)
+    vae_singles = vae_round_trip(pipe.vae.float(), real_singles)
     if settings.grid is not None:
         from huabu.tiny.train_vae import save_grid
 
@@ -142,7 +145,7 @@ def evaluate(settings: EvalSettings) -> dict[str, object]:
     result["ceiling_vae"] = M.score_singles(vae_singles, singles)
     result["pair_accuracy_real"] = M.score_pairs(real_pairs, pairs)
     result["settings"] = {"steps": settings.steps, "cfg_scale": settings.cfg_scale, "sampler": settings.sampler,
-                          "lora": str(settings.lora) if settings.lora else None,
+                          "dtype": settings.dtype, "lora": str(settings.lora) if settings.lora else None,
                           "singles": len(singles), "pairs": len(pairs)}
     return result
 
