@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from huabu.training.controlnet_config import ControlNetTrainConfig
 
 CONTROL_TYPES = ("canny", "color")  # the ControlNets huabu-tiny ships and eval-control measures
+TEXT_DATA = "data/text-scenes"  # `huabu tiny data --text`: the glyph ControlNet's dataset
 
 
 @dataclass
