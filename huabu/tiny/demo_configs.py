@@ -45,6 +45,19 @@ class ControlEvalConfig:
 
 
 @dataclass
+class TextEvalConfig:
+    model: str = ""
+    controlnet: str = ""  # the glyph ControlNet folder; empty = the model's shipped one
+    count: int = 200  # held-out strings, half Chinese, half Latin
+    steps: int = 20
+    cfg: float = 5.0
+    weight: float = 1.0  # glyph ControlNet conditioning scale
+    seed: int = 0
+    scene_seed: int = 2024  # which held-out strings and scenes (huabu.tiny.text_scenes.eval_text_scenes)
+    grid: str = ""  # a PNG to write: real scenes, glyph maps, outputs with the glyph unit, outputs without
+
+
+@dataclass
 class VideoEvalConfig:
     model: str = ""
     motion: str = ""  # a MotionAdapter folder or file; empty = the model's own motion_adapter/
