@@ -19,7 +19,7 @@ GLYPH = "glyph"  # the ControlNet module that draws the text boxes
 MAX_TEXT_BOXES = 8
 MAX_WORD_LENGTH = 64
 # Straight quotes as AnyText's prompts, and the curly ones Chinese input methods type.
-_QUOTED = re.compile(r'"([^"\n]+)"|“([^”\n]+)”')
+_QUOTED = re.compile(r'"([^"\n]*)"|“([^”\n]*)”')
 
 Box = tuple[int, int, int, int]
 
