@@ -77,7 +77,6 @@ def register(sub) -> None:
 
 def _data(args: argparse.Namespace) -> int:
     from huabu.tiny.data import write_dataset
-
     from huabu.tiny.demo_configs import TEXT_DATA
 
     out = args.out or (TEXT_DATA if args.text else "data/scenes")
