@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -265,9 +266,17 @@ def test_ocr_reads_a_real_text_scene_and_eval_text_reports_on_a_few_strings(engi
     from huabu.tiny import text_scenes as T
     from huabu.tiny.demo_configs import TextEvalConfig
     from huabu.tiny.eval_text import evaluate_text, format_text_report
+    from huabu.training.controlnet import fill_text_boxes
 
     scene = T.eval_text_scenes(2)[1]  # a Latin one
-    assert read_box(T.render_text_scene(scene), scene.box) == scene.text
+    image = T.render_text_scene(scene)
+    assert read_box(image, scene.box) == scene.text
+    # glyph training on images without boxes: OCR finds the word and a box around the drawn one, once
+    data = SimpleNamespace(images=image[None], captions=[scene.caption])
+    fill_text_boxes(data)
+    [[text, x0, y0, x1, y1]] = data.attrs[0]["text_boxes"]
+    bx0, by0, bx1, by1 = scene.box
+    assert text == scene.text and x0 < bx1 and bx0 < x1 and y0 < by1 and by0 < y1
     cfg = TextEvalConfig(model=str(model_store["folder"]), controlnet=str(glyph_net), count=2, steps=1)
     result = evaluate_text(cfg, engine=engine)
     assert set(result["glyph"]) == set(result["no_glyph"]) == set(result["ceiling"]) == {"zh", "latin"}

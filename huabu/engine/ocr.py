@@ -62,7 +62,8 @@ def read_box(image: Image.Image | np.ndarray, box: Sequence[int]) -> str:
 def find_text(image: Image.Image | np.ndarray, min_score: float = 0.5) -> list[tuple[str, tuple[int, int, int, int]]]:
     """Every line detection and recognition find, as (text, axis-aligned box) in reading order."""
     with _LOCK:
-        result = ocr_engine()(_rgb(image))
+        # every step named: rapidocr keeps the last call's switches (read_box turns detection off)
+        result = ocr_engine()(_rgb(image), use_det=True, use_cls=True, use_rec=True)
     found = []
     for text, quad, score in zip(result.txts or (), result.boxes if result.boxes is not None else (),
                                  result.scores or ()):

@@ -143,6 +143,17 @@ def control_maps(kind: str, images: np.ndarray, records: list[dict] | None = Non
     return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def fill_text_boxes(data: Any) -> None:
+    """Give every record without `text_boxes` the words and boxes OCR finds in its image, once before a glyph run
+    (rather than at every batch the image is drawn into)."""
+    attrs = getattr(data, "attrs", None) or [{} for _ in data.captions]
+    missing = [i for i, record in enumerate(attrs) if "text_boxes" not in record]
+    for i in tqdm(missing, desc="reading text boxes (OCR)", mininterval=2.0, disable=None if missing else True):
+        attrs[i] = {**attrs[i], "text_boxes": [[text, *box] for text, box in glyph_words(np.asarray(data.images[i]),
+                                                                                         None)]}
+    data.attrs = attrs
+
+
 def records_of(data: Any, indices: np.ndarray) -> list[dict] | None:
     """The scenes.jsonl fields of the images at `indices`, when the dataset has them."""
     attrs = getattr(data, "attrs", None)
@@ -245,6 +256,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, data: Any = None, settings: Any
         data = read_captioned_arrays(Path(cfg.data))
     if len(data.captions) == 0:
         raise HuabuError(f"the dataset at {cfg.data} is empty")
+    if cfg.type == GLYPH:
+        fill_text_boxes(data)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe, controlnet = setup(cfg, data, settings)
