@@ -4,6 +4,7 @@ reproduce, the glyph unit in the APIs, huabu-tiny's text scenes, OCR scores, eva
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -261,11 +262,12 @@ def test_glyph_controlnet_training_maps_and_two_steps_through_the_tiny_cli(model
 
 
 @pytest.mark.skipif(not HAS_OCR, reason="rapidocr and onnxruntime are not installed (the dev extra has them)")
-def test_ocr_reads_a_real_text_scene_and_eval_text_reports_on_a_few_strings(engine, model_store, glyph_net):
+def test_ocr_reads_a_real_text_scene_and_eval_text_reports_on_a_few_strings(model_store, glyph_net, huabu_env,
+                                                                              capsys):
+    from huabu.cli.main import main
     from huabu.engine.ocr import read_box
     from huabu.tiny import text_scenes as T
-    from huabu.tiny.demo_configs import TextEvalConfig
-    from huabu.tiny.eval_text import evaluate_text, format_text_report
+    from huabu.tiny.eval_text import format_text_report
     from huabu.training.controlnet import fill_text_boxes
 
     scene = T.eval_text_scenes(2)[1]  # a Latin one
@@ -277,8 +279,11 @@ def test_ocr_reads_a_real_text_scene_and_eval_text_reports_on_a_few_strings(engi
     [[text, x0, y0, x1, y1]] = data.attrs[0]["text_boxes"]
     bx0, by0, bx1, by1 = scene.box
     assert text == scene.text and x0 < bx1 and bx0 < x1 and y0 < by1 and by0 < y1
-    cfg = TextEvalConfig(model=str(model_store["folder"]), controlnet=str(glyph_net), count=2, steps=1)
-    result = evaluate_text(cfg, engine=engine)
+    assert main(["tiny", "eval-text", "--model", str(model_store["folder"]), "--controlnet", str(glyph_net),
+                 "--count", "2", "--steps", "1", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
     assert set(result["glyph"]) == set(result["no_glyph"]) == set(result["ceiling"]) == {"zh", "latin"}
     assert result["ceiling"]["latin"] == {"accuracy": 1.0, "ned": 1.0, "count": 1}
     assert result["layout"]["real"] == {"background": 1.0, "position": 1.0}

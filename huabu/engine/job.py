@@ -148,7 +148,8 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
         init_image = fill_masked(init_image, mask)
     seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
     update = {"seed": seed, "width": width, "height": height, "sampler": sampler.name, "schedule_type": schedule.label}
-    if text_boxes:  # the words as placed, so the infotext records the boxes an automatic layout chose
+    if text_boxes and "text_boxes" in type(request).model_fields:  # the words as placed, so the infotext records
+        # the boxes an automatic layout chose (a video request has no such field: its glyph units still draw)
         update["text_boxes"] = text_boxes
     if getattr(request, "subseed_strength", 0) > 0 and request.subseed == -1:
         update["subseed"] = secrets.randbelow(MAX_SEED)

@@ -19,7 +19,8 @@ class TinyControlNetConfig(ControlNetTrainConfig):
     """`huabu train controlnet` preset for huabu-tiny: the UNet stage's latent cache (its first N scenes, encoded by
     the same VAE) spares hours of VAE encoding. The shipped canny ControlNet is this preset; the colour one adds
     --noise-offset 0.5 --timesteps cubic --lr 5e-4 --steps 2000, without which it does not learn the background
-    colour (docs/notes.md)."""
+    colour (docs/notes.md). With --type glyph the data default is the text scenes (TEXT_DATA) and the latent cache is
+    not used (huabu.tiny.controlnet.for_type)."""
 
     latents: str = "runs/unet/latents.npy"
     steps: int = 1200
