@@ -44,8 +44,8 @@ _HELP = {
 }
 _TEXT_HELP = {**_HELP, "controlnet": "the glyph ControlNet folder (default: the model's shipped one)",
               "count": "held-out strings, half Chinese, half Latin", "scene_seed": "which held-out strings and scenes",
-              "grid": "also write a PNG of the first 8 scenes: real renders, glyph maps, outputs with and without "
-                      "the glyph unit"}
+              "grid": "also write a PNG of 4 Chinese and 4 Latin scenes: real renders, glyph maps, outputs with and "
+                      "without the glyph unit"}
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:

@@ -112,8 +112,11 @@ def evaluate_text(cfg: TextEvalConfig, settings: Settings | None = None, engine=
     if cfg.grid:
         from huabu.tiny.train_vae import save_grid
 
-        maps = [np.asarray(T.scene_glyph_map(scene)) for scene in scenes]
-        save_grid([real, maps, controlled, uncontrolled], Path(cfg.grid), cols=8, scale=2)
+        half = (len(scenes) + 1) // 2  # four Chinese and four Latin scenes
+        shown = [*range(min(4, half)), *range(half, min(half + 4, len(scenes)))]
+        maps = [np.asarray(T.scene_glyph_map(scenes[i])) for i in shown]
+        rows = [[images[i] for i in shown] for images in (real, controlled, uncontrolled)]
+        save_grid([rows[0], maps, *rows[1:]], Path(cfg.grid), cols=8, scale=2)
     result["settings"] = {"model": model.name, "count": cfg.count, "size": T.TEXT_IMAGE_SIZE, "steps": cfg.steps,
                           "cfg_scale": cfg.cfg, "weight": cfg.weight, "sampler": "DPM++ 2M",
                           "seeds": [cfg.seed, cfg.seed + len(scenes) - 1], "scene_seed": cfg.scene_seed}
