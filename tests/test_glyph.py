@@ -158,6 +158,8 @@ def test_the_glyph_unit_steers_generation_records_words_and_boxes_and_reproduce_
         [(t.text, tuple(t.box)) for t in remade_request.text_boxes], 64, 64)))
     with pytest.raises(InvalidRequest, match="no words to draw"):
         engine.generate(GenerateRequest.create(**{**base, "prompt": "no quotes"}, controlnets=[unit]))
+    with pytest.raises(InvalidRequest, match="longer than 64"):
+        engine.generate(GenerateRequest.create(**{**base, "prompt": f'"{"x" * 65}"'}, controlnets=[unit]))
 
 
 def test_reproduce_cli_remakes_a_glyph_image_from_the_png_alone(engine, model_store, glyph_net, huabu_env, capsys):

@@ -133,7 +133,7 @@ def with_words(units: list[CheckedUnit], request: Any, width: int, height: int) 
     """The units with each glyph unit's words placed, and the request's text boxes as used: every quoted word of the
     prompt with its box (given, else laid out by huabu.core.text_boxes.auto_boxes for width x height)."""
     from huabu.core.requests import TextBox
-    from huabu.core.text_boxes import auto_boxes, quoted_words
+    from huabu.core.text_boxes import MAX_WORD_LENGTH, auto_boxes, quoted_words
 
     given = list(getattr(request, "text_boxes", []))
     words = [box.text for box in given] + quoted_words(request.prompt)[len(given):]
@@ -143,6 +143,10 @@ def with_words(units: list[CheckedUnit], request: Any, width: int, height: int) 
     if not words:
         raise InvalidRequest(f"ControlNet unit {glyph_units[0].index} (glyph) has no words to draw: quote them in the "
                              f'prompt (a sign that says "画布"), optionally with --text-box X0,Y0,X1,Y1 per word')
+    long = next((word for word in words if len(word) > MAX_WORD_LENGTH), None)
+    if long is not None:
+        raise InvalidRequest(f"quoted word {long[:20]!r}... is longer than {MAX_WORD_LENGTH} characters; a glyph unit "
+                             f"draws words, not paragraphs")
     free = iter(auto_boxes(sum(1 for i in range(len(words)) if i >= len(given) or given[i].box is None),
                            width, height))
     placed = [TextBox(text=word, box=list(given[i].box if i < len(given) and given[i].box else next(free)))
