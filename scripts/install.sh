@@ -14,9 +14,11 @@ for arg in "$@"; do
   esac
 done
 
-# Debian packages the test suite needs (emoji font for huabu-tiny's scene renderer; chromium and CJK fonts for the
-# studio's browser tests and screenshots). Add new needs here.
-DEV_DEBIAN_PACKAGES=(fonts-noto-color-emoji chromium fonts-noto-cjk redis-server)
+# Debian packages the app needs (a CJK font for glyph maps, the text in images) and those the test suite needs besides
+# (emoji font for huabu-tiny's scene renderer; chromium for the studio's browser tests and screenshots). Add new
+# needs here.
+DEBIAN_PACKAGES=(fonts-noto-cjk)
+DEV_DEBIAN_PACKAGES=("${DEBIAN_PACKAGES[@]}" fonts-noto-color-emoji chromium redis-server)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
@@ -46,5 +48,6 @@ if [ "$dev" -eq 1 ]; then
   apt_install "${DEV_DEBIAN_PACKAGES[@]}"
 else
   .venv/bin/python -m pip install -e ".[studio,server]"
+  apt_install "${DEBIAN_PACKAGES[@]}"
 fi
 echo "huabu installed: .venv/bin/huabu"

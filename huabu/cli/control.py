@@ -22,10 +22,11 @@ _ANNOTATOR_DEFAULTS = {"softedge": "softedge_hed", "softedge_hed": "softedge_hed
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `huabu preprocess`."""
     parser = subparsers.add_parser(
-        "preprocess", help="make a ControlNet control image (canny, softedge, depth, pose, color)",
+        "preprocess", help="make a ControlNet control image (canny, softedge, depth, pose, color, glyph)",
         description="Turn a reference image into a ControlNet control image. Modules: canny, softedge (HED with "
-                    "weights, else gradients), softedge_hed, softedge_gradient, depth, pose, pose_json, color, none.")
-    parser.add_argument("module", help="canny | softedge | depth | pose | color (also softedge_hed, "
+                    "weights, else gradients), softedge_hed, softedge_gradient, depth, pose, pose_json, color, none; "
+                    "glyph draws words (--text, --box) instead of reading an image.")
+    parser.add_argument("module", help="canny | softedge | depth | pose | color | glyph (also softedge_hed, "
                                        "softedge_gradient, pose_json, none)")
     parser.add_argument("image", nargs="?", help="reference image (optional for pose --keypoints and depth "
                                                  "--depth-map)")
@@ -47,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--keypoints", help="pose: draw this OpenPose JSON file instead of detecting")
     parser.add_argument("--save-keypoints", type=Path, metavar="JSON",
                         help="pose: also write the detected keypoints as OpenPose JSON (to edit and redraw)")
+    parser.add_argument("--text", action="append", default=[], help="glyph: a word to draw (repeatable)")
+    parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                        help="glyph: the box of the i-th --text, in pixels (repeatable; words without one are laid "
+                             "out across the middle)")
+    parser.add_argument("--font", help="glyph: a .ttf/.otf/.ttc font (default: a CJK font found by fontconfig)")
+    parser.add_argument("--size", metavar="WxH", help="glyph: the map's size without an image (default 512x512)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where networks run (default: auto)")
     parser.set_defaults(handler=run_preprocess)
 
@@ -94,6 +101,18 @@ def _save_text_atomic(text: str, path: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _glyph_options(args: argparse.Namespace) -> dict:
+    from huabu.cli.options import parse_size
+    from huabu.core.text_boxes import parse_box
+
+    try:
+        boxes = [parse_box(text) for text in args.box]
+        width, height = parse_size(args.size) if args.size else (None, None)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        raise InvalidRequest(str(err)) from None
+    return {"texts": args.text, "boxes": boxes, "font": args.font, "width": width, "height": height}
+
+
 def run_preprocess(args: argparse.Namespace) -> int:
     from huabu.engine.control.pose import detect_poses
     from huabu.engine.control.registry import get_preprocessor, preprocess
@@ -105,6 +124,10 @@ def run_preprocess(args: argparse.Namespace) -> int:
     image = load_image(args.image, "reference image") if args.image else None
     options = _options(args, preprocessor.options)
     _default_weights(module, options)
+    if module == "glyph":
+        options.update(_glyph_options(args))
+    elif args.text or args.box or args.font or args.size:
+        raise InvalidRequest("--text, --box, --font and --size are options of the glyph module")
     if args.save_keypoints is not None:
         extra = sorted(set(options) - {"weights", "resolution", "allow_unsafe_pickle", "device"})
         if module != "pose" or "weights" not in options or extra:

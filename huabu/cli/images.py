@@ -37,7 +37,8 @@ def request_from_args(args: argparse.Namespace, mode: str, script: dict | None =
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
                   checkpoint_config=args.checkpoint_config, vae=args.vae, clip_skip=args.clip_skip,
                   loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args),
-                  ip_adapters=ip_adapters_from_args(args), script=script, **_variation_fields(args),
+                  ip_adapters=ip_adapters_from_args(args), text_boxes=getattr(args, "text_box", []), script=script,
+                  **_variation_fields(args),
                   **_hires_fields(args))
     if mode != "txt2img":
         fields.update(init_image=str(args.image), denoising_strength=args.strength)
@@ -268,6 +269,7 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
     from huabu.core.ip_adapters import is_ip_adapter_module
     from huabu.core.pnginfo import parse_infotext
     from huabu.core.requests import GenerateRequest
+    from huabu.core.text_boxes import GLYPH
 
     parsed = parse_infotext(text)
     missing = missing_keys(parsed)
@@ -289,6 +291,7 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
     controlnets, ip_adapters = iter(data.get("controlnets", [])), iter(data.get("ip_adapters", []))
     units = [next(ip_adapters if is_ip_adapter_module(unit.get("module")) else controlnets)
              for unit in units_in_params(parsed)]
+    units = [unit for unit in units if unit.get("module") != GLYPH]  # drawn again from the `Text boxes` field
     control_images = list(control_images or [])
     if len(control_images) > len(units) or (mode == "txt2img" and len(control_images) < len(units)):
         raise InvalidRequest(f"this image was made with {len(units)} ControlNet unit(s); pass the image of each with "

@@ -69,6 +69,7 @@ def add_generation_options(parser: argparse.ArgumentParser, prompt_optional: boo
     add_variation_options(parser)
     add_prompt_options(parser)
     add_control_options(parser)
+    add_text_box_options(parser)
     add_ip_adapter_options(parser)
     add_runtime_options(parser)
 
@@ -124,6 +125,23 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
                             "and Fill)")
     group.add_argument("--control-res", type=int, metavar="PIXELS",
                        help="preprocessor resolution (short side); default: the output's own (pixel perfect)")
+
+
+def _box(text: str) -> list[int]:
+    from huabu.core.text_boxes import parse_box
+
+    try:
+        return list(parse_box(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_text_box_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("text in images (with --control glyph)")
+    group.add_argument("--text-box", type=_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
+                       help='where the prompt\'s quoted words are drawn (a sign that says "画布"): one box per word, '
+                            "in the order of the quotes, in output pixels (repeatable); words without one are laid "
+                            "out across the middle")
 
 
 def add_ip_adapter_options(parser: argparse.ArgumentParser) -> None:

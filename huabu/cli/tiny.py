@@ -29,9 +29,11 @@ def register(sub) -> None:
     tsub = tiny.add_subparsers(dest="tiny_command", metavar="<step>", required=True)
 
     data = tsub.add_parser("data", help="render the captioned scene dataset (deterministic from --seed)")
-    data.add_argument("--out", default="data/scenes")
+    data.add_argument("--out", help="default: data/scenes, with --text data/text-scenes")
     data.add_argument("--count", type=int, default=200_000)
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--text", action="store_true", help="the 128x128 text scenes (a word beside the object, quoted "
+                                                          "in the caption) the glyph ControlNet trains on")
     data.set_defaults(handler=_data)
 
     train = tsub.add_parser("train", help="train one stage (resumes from its newest checkpoint; Ctrl-C stops after "
@@ -76,8 +78,10 @@ def register(sub) -> None:
 
 def _data(args: argparse.Namespace) -> int:
     from huabu.tiny.data import write_dataset
+    from huabu.tiny.demo_configs import TEXT_DATA
 
-    path = write_dataset(Path(args.out), args.count, args.seed)
+    out = args.out or (TEXT_DATA if args.text else "data/scenes")
+    path = write_dataset(Path(out), args.count, args.seed, text=args.text)
     print(f"{args.count} scenes in {path}")
     return 0
 

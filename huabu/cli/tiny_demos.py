@@ -15,6 +15,7 @@ from huabu.tiny.demo_configs import (
     ControlEvalConfig,
     EmbeddingEvalConfig,
     LoraEvalConfig,
+    TextEvalConfig,
     VideoEvalConfig,
 )
 
@@ -41,6 +42,10 @@ _HELP = {
     "grid": "also write a PNG of the first 8 prompts: real scenes, each type's control maps above its outputs, "
             "and the outputs without control",
 }
+_TEXT_HELP = {**_HELP, "controlnet": "the glyph ControlNet folder (default: the model's shipped one)",
+              "count": "held-out strings, half Chinese, half Latin", "scene_seed": "which held-out strings and scenes",
+              "grid": "also write a PNG of 4 Chinese and 4 Latin scenes: real renders, glyph maps, outputs with and "
+                      "without the glyph unit"}
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -66,16 +71,19 @@ def register(tsub) -> None:
             ("eval-lora", LoraEvalConfig, _eval_lora,
              "style and subject LoRAs at weights 0, 0.5, 1: distance to the target and prompt adherence"),
             ("eval-embedding", EmbeddingEvalConfig, _eval_embedding,
-             "an hbdragon embedding on held-out prompts: dragon top-1 and adherence, with vs without it")):
+             "an hbdragon embedding on held-out prompts: dragon top-1 and adherence, with vs without it"),
+            ("eval-text", TextEvalConfig, _eval_text,
+             "words written by the glyph ControlNet on held-out strings: OCR sentence accuracy and NED, with vs "
+             "without the glyph unit, beside the real renders")):
         parser = tsub.add_parser(name, help=text, description=text)
-        add_config_options(parser, cls, _HELP)
+        add_config_options(parser, cls, _TEXT_HELP if cls is TextEvalConfig else _HELP)
         _add_device_options(parser)
         parser.set_defaults(handler=handler, config_class=cls)
 
     ship = tsub.add_parser("ship-controlnet", help="write a trained ControlNet beside the model (fp16), where the "
                                                    "engine finds it for its module")
     ship.add_argument("run", type=Path, help="the training run folder (its final/ is shipped)")
-    ship.add_argument("--type", required=True, choices=CONTROL_TYPES)
+    ship.add_argument("--type", required=True, choices=(*CONTROL_TYPES, "glyph"))
     ship.add_argument("--model", type=Path, help="the model folder (default: the shipped huabu-tiny)")
     ship.set_defaults(handler=_ship_controlnet)
 
@@ -126,6 +134,12 @@ def _eval_embedding(args: argparse.Namespace) -> int:
     from huabu.tiny.eval_embedding import evaluate_embedding, format_embedding_report
 
     return _evaluate(args, evaluate_embedding, format_embedding_report)
+
+
+def _eval_text(args: argparse.Namespace) -> int:
+    from huabu.tiny.eval_text import evaluate_text, format_text_report
+
+    return _evaluate(args, evaluate_text, format_text_report)
 
 
 def _ship_controlnet(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from huabu.core.text_boxes import GLYPH
+
 JUST_RESIZE = "Just Resize"
 CROP_AND_RESIZE = "Crop and Resize"
 RESIZE_AND_FILL = "Resize and Fill"
@@ -56,8 +58,11 @@ def control_mode_name(value: object) -> str:
 
 def parse_control_spec(text: str) -> dict[str, Any]:
     """`MODULE:IMAGE[:WEIGHT[:START:END]]` -> unit fields. Numbers are taken from the right, so an image path
-    may itself hold colons (C:\\maps\\edge.png); a module of `none` means IMAGE already is the control map."""
+    may itself hold colons (C:\\maps\\edge.png); a module of `none` means IMAGE already is the control map. The glyph
+    module takes no image (`glyph[:WEIGHT[:START:END]]`): it draws the prompt's quoted words."""
     module, sep, rest = text.partition(":")
+    if module == GLYPH:
+        return _glyph_spec(text, rest)
     if not sep or not module or not rest:
         raise ValueError(f"--control {text!r}: write MODULE:IMAGE[:WEIGHT[:START:END]], e.g. canny:ref.png:0.8")
     parts = rest.split(":")
@@ -74,6 +79,22 @@ def parse_control_spec(text: str) -> dict[str, Any]:
     if not image:
         raise ValueError(f"--control {text!r}: the image is missing")
     fields: dict[str, Any] = {"module": module, "image": image}
+    if numbers:
+        fields["weight"] = numbers[0]
+    if len(numbers) == 3:
+        fields["guidance_start"], fields["guidance_end"] = numbers[1], numbers[2]
+    return fields
+
+
+def _glyph_spec(text: str, rest: str) -> dict[str, Any]:
+    try:
+        numbers = [float(part) for part in rest.split(":")] if rest else []
+    except ValueError:
+        raise ValueError(f"--control {text!r}: glyph takes no image; write glyph[:WEIGHT[:START:END]] and quote the "
+                         f'words in the prompt (a sign that says "画布")') from None
+    if len(numbers) not in (0, 1, 3):
+        raise ValueError(f"--control {text!r}: write glyph, glyph:WEIGHT or glyph:WEIGHT:START:END")
+    fields: dict[str, Any] = {"module": GLYPH}
     if numbers:
         fields["weight"] = numbers[0]
     if len(numbers) == 3:

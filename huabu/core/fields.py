@@ -23,6 +23,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.core.ip_adapters import ip_adapter_fields_from_infotext, is_ip_adapter_module
 from huabu.core.requests import GenerateRequest, RequestModel, VideoRequest
 from huabu.core.samplers import AUTOMATIC, find_schedule, parse_sampler, uses_eta_noise
+from huabu.core.text_boxes import format_text_boxes, parse_text_boxes
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -103,6 +104,15 @@ def _inpaint(values: Mapping[str, Any]) -> bool:
 
 def _hires(values: Mapping[str, Any]) -> bool:
     return bool(values.get("enable_hr"))
+
+
+def _text_boxes(boxes: list[Any]) -> str:
+    return format_text_boxes([(box.text, box.box) for box in boxes])
+
+
+def _boxes_placed(values: Mapping[str, Any]) -> bool:
+    """Text boxes are written once the engine has placed every word (the request as used)."""
+    return bool(values["text_boxes"]) and all(box.box is not None for box in values["text_boxes"])
 
 
 HIRES_KEYS = ("Hires upscale", "Hires resize")  # an infotext with one of these was a txt2img with the hires fix
@@ -189,6 +199,8 @@ FIELDS: tuple[InfotextField, ...] = (
        lambda values: _inpaint(values) and any(values[f"outpaint_{name}"] for name in SIDES)),
     _F("Lora hashes", ("lora_hashes",), _text),
     _F("TI hashes", ("ti_hashes",), _text),
+    # huabu's own, for the glyph unit: each quoted word and the box it was drawn in (huabu.core.text_boxes).
+    _F("Text boxes", ("text_boxes",), lambda value: (parse_text_boxes(value),), _text_boxes, _boxes_placed),
     _F("Frames", ("frames",), _whole),
     _F("FPS", ("fps",), _whole),
 )

@@ -15,6 +15,7 @@ from huabu.core.control_units import control_mode_name, resize_mode_name
 from huabu.core.errors import InvalidRequest
 from huabu.core.ip_adapters import DEFAULT_MODULE, ip_adapter_module_name
 from huabu.core.samplers import parse_sampler
+from huabu.core.text_boxes import MAX_TEXT_BOXES, MAX_WORD_LENGTH, check_box, quoted_words
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
 
@@ -85,6 +86,26 @@ class ControlUnit(BaseModel):
             raise ValueError(f"guidance_start ({self.guidance_start}) must not exceed guidance_end "
                              f"({self.guidance_end})")
         return self
+
+
+class TextBox(BaseModel):
+    """A word to draw and its box (x0, y0, x1, y1 in output pixels; huabu.core.text_boxes), for the glyph unit.
+    A bare `[x0, y0, x1, y1]` is a box for the next word the prompt quotes; an empty text means the same."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(default="", max_length=MAX_WORD_LENGTH)
+    box: list[int] | None = None  # None: laid out automatically
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_box(cls, value: Any) -> Any:
+        return {"box": value} if isinstance(value, (list, tuple)) else value
+
+    @field_validator("box", mode="before")
+    @classmethod
+    def _box(cls, value: Any) -> Any:
+        return None if value is None else list(check_box(value))
 
 
 class IPAdapterSpec(BaseModel):
@@ -188,6 +209,8 @@ class GenerateRequest(RequestModel):
     loras: list[LoraSpec] = Field(default_factory=list)
     controlnets: list[ControlUnit] = Field(default_factory=list)
     ip_adapters: list[IPAdapterSpec] = Field(default_factory=list, max_length=8)  # image prompts
+    # Words the glyph unit draws: one per quoted word of the prompt, in order (huabu.core.text_boxes).
+    text_boxes: list[TextBox] = Field(default_factory=list, max_length=MAX_TEXT_BOXES)
     # Inpainting as A1111 offers it: what the masked area starts from (0 fill, 1 original, 2 latent noise,
     # 3 latent nothing) and "only masked" (inpaint a crop around the mask, padded, at the generation size).
     inpainting_fill: int = Field(default=1, ge=0, le=3)
@@ -251,7 +274,21 @@ class GenerateRequest(RequestModel):
             data.pop("script", None)
         if not data.get("ip_adapters"):  # nor do requests without image prompts
             data.pop("ip_adapters", None)
+        if not data.get("text_boxes"):  # nor those without text boxes
+            data.pop("text_boxes", None)
         return data
+
+    @model_validator(mode="after")
+    def _words(self) -> GenerateRequest:
+        """Text boxes without their word take the prompt's quoted words in order."""
+        words = quoted_words(self.prompt)
+        for index, box in enumerate(self.text_boxes):
+            if not box.text:
+                if index >= len(words):
+                    raise ValueError(f"text box {index + 1} has no word: the prompt quotes {len(words)} "
+                                     f"(write the words in quotes, one box per quoted word)")
+                box.text = words[index]
+        return self
 
     @model_validator(mode="after")
     def _mode_inputs(self) -> GenerateRequest:

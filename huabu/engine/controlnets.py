@@ -26,7 +26,7 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from PIL import Image
 from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.core.requests import ControlUnit
 from huabu.core.settings import Settings
+from huabu.core.text_boxes import GLYPH
 from huabu.engine import checkpoints
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image
@@ -49,7 +50,7 @@ ANNOTATORS = "annotators"  # preprocessor weights live here inside the ControlNe
 MODULE_WORDS = {
     "canny": ("canny",), "softedge": ("softedge", "hed"), "softedge_hed": ("softedge", "hed"),
     "softedge_gradient": ("softedge", "hed"), "depth": ("depth",), "pose": ("openpose", "pose"),
-    "pose_json": ("openpose", "pose"), "color": ("color", "colour"),
+    "pose_json": ("openpose", "pose"), "color": ("color", "colour"), "glyph": ("glyph", "anytext"),
 }
 # Preprocessors that take annotator weights, and the name find_annotator_weights knows them by.
 _ANNOTATOR_KINDS = {"softedge": "softedge_hed", "softedge_hed": "softedge_hed", "pose": "pose"}
@@ -96,14 +97,18 @@ class CheckedUnit:
     index: int  # position among the request's units (disabled ones included), for messages
     unit: ControlUnit
     preprocessor: str  # canonical huabu.engine.control module name
-    image: Image.Image
+    image: Image.Image | None  # None for glyph units: their map is drawn from `words`
+    # Glyph units: each (word, box) and the canvas (the request's output size) the boxes are in.
+    words: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    canvas: tuple[int, int] = (0, 0)
 
 
 def check_units(units: list[ControlUnit], init_image: Image.Image | None = None) -> list[CheckedUnit]:
     """The enabled units, with their images read and modules known; one-line errors for anything unusable.
 
     A unit without an image uses `init_image`, the img2img/inpaint input as loaded (before it is resized to the
-    output), as sd-webui-controlnet does. Called before the model loads, so bad input fails fast."""
+    output), as sd-webui-controlnet does. A glyph unit takes no image: its words are placed by `with_words` once
+    the output size is known. Called before the model loads, so bad input fails fast."""
     from huabu.engine.control.registry import get_preprocessor
 
     checked = []
@@ -111,7 +116,9 @@ def check_units(units: list[ControlUnit], init_image: Image.Image | None = None)
         if not unit.enabled:
             continue
         preprocessor = get_preprocessor(unit.module).name
-        if unit.image:
+        if preprocessor == GLYPH:
+            image = None
+        elif unit.image:
             image = unit_image(unit.image, f"ControlNet unit {index} image")
         elif init_image is not None:
             image = init_image
@@ -120,6 +127,32 @@ def check_units(units: list[ControlUnit], init_image: Image.Image | None = None)
                                  f"--control {unit.module}:IMAGE); only img2img/inpaint units may use the input image")
         checked.append(CheckedUnit(index, unit, preprocessor, image))
     return checked
+
+
+def with_words(units: list[CheckedUnit], request: Any, width: int, height: int) -> tuple[list[CheckedUnit], list]:
+    """The units with each glyph unit's words placed, and the request's text boxes as used: every quoted word of the
+    prompt with its box (given, else laid out by huabu.core.text_boxes.auto_boxes for width x height)."""
+    from huabu.core.requests import TextBox
+    from huabu.core.text_boxes import MAX_WORD_LENGTH, auto_boxes, quoted_words
+
+    given = list(getattr(request, "text_boxes", []))
+    words = [box.text for box in given] + quoted_words(request.prompt)[len(given):]
+    glyph_units = [checked for checked in units if checked.preprocessor == GLYPH]
+    if not glyph_units:
+        return units, given
+    if not words:
+        raise InvalidRequest(f"ControlNet unit {glyph_units[0].index} (glyph) has no words to draw: quote them in the "
+                             f'prompt (a sign that says "画布"), optionally with --text-box X0,Y0,X1,Y1 per word')
+    long = next((word for word in words if len(word) > MAX_WORD_LENGTH), None)
+    if long is not None:
+        raise InvalidRequest(f"quoted word {long[:20]!r}... is longer than {MAX_WORD_LENGTH} characters; a glyph unit "
+                             f"draws words, not paragraphs")
+    free = iter(auto_boxes(sum(1 for i in range(len(words)) if i >= len(given) or given[i].box is None),
+                           width, height))
+    placed = [TextBox(text=word, box=list(given[i].box if i < len(given) and given[i].box else next(free)))
+              for i, word in enumerate(words)]
+    drawn = tuple((box.text, tuple(box.box)) for box in placed)
+    return [replace(c, words=drawn, canvas=(width, height)) if c.preprocessor == GLYPH else c for c in units], placed
 
 
 def unit_image(ref: str, what: str) -> Image.Image:
@@ -484,6 +517,11 @@ class ControlPlan(Extension):
         from huabu.engine.control.resize import pixel_perfect_resolution, resize_control_map
 
         unit, name, image = checked.unit, checked.preprocessor, checked.image
+        if name == GLYPH:  # drawn on the request's canvas, then fitted as any map (a hires pass is larger)
+            from huabu.engine.control.glyph import glyph_map
+
+            drawn = glyph_map(checked.words, *checked.canvas)
+            return resize_control_map(drawn, width, height, unit.resize_mode)
         if image.width < 1 or image.height < 1:
             raise BadImage(f"ControlNet unit {checked.index} image is empty ({image.width}x{image.height})")
         options: dict[str, Any] = {}

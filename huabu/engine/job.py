@@ -22,7 +22,7 @@ from huabu.core.atomic import publish_new, staged_path
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
 from huabu.core.samplers import Sampler, is_flow_config, parse_sampler, resolved_schedule, scheduler_config
-from huabu.engine.controlnets import CheckedUnit, check_units
+from huabu.engine.controlnets import CheckedUnit, check_units, with_words
 from huabu.engine.embeddings import UsedEmbedding, find_embeddings, named_in, use_embeddings
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
@@ -137,6 +137,7 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
                                                                 model.scheduler_config)[0])
     only_masked = mask is not None and request.inpaint_full_res
     width, height = output_size(request, model, None if only_masked else init_image)
+    control_units, text_boxes = with_words(control_units, request, width, height)
     area = None
     if only_masked:
         area, init_image, mask = MaskedArea.crop(init_image, mask, request.inpaint_full_res_padding, (width, height))
@@ -147,6 +148,9 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
         init_image = fill_masked(init_image, mask)
     seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED)
     update = {"seed": seed, "width": width, "height": height, "sampler": sampler.name, "schedule_type": schedule.label}
+    if text_boxes and "text_boxes" in type(request).model_fields:  # the words as placed, so the infotext records
+        # the boxes an automatic layout chose (a video request has no such field: its glyph units still draw)
+        update["text_boxes"] = text_boxes
     if getattr(request, "subseed_strength", 0) > 0 and request.subseed == -1:
         update["subseed"] = secrets.randbelow(MAX_SEED)
     used = request.model_copy(update=update)

@@ -30,6 +30,7 @@ from huabu.core.ip_adapters import is_ip_adapter_module
 from huabu.core.pnginfo import parse_infotext, read_parameters
 from huabu.core.requests import GenerateRequest
 from huabu.core.samplers import UNAVAILABLE, parse_sampler
+from huabu.core.text_boxes import GLYPH
 from huabu.core.upscalers import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
 from huabu.engine.grids import batch_grid
 from huabu.engine.scripts.common import save_grid
@@ -213,6 +214,12 @@ def to_generate(req: _A1111Base, catalog, mode: str) -> tuple[GenerateRequest, l
         if outpaint:  # A1111's outpainting scripts become the request's outpainting fields
             _outpaint_script(req.script_name, req.script_args, data, warnings)
     units = controlnet_units(req.alwayson_scripts, limits, warnings)
+    text_boxes = [unit.pop("text_boxes") for unit in units if "text_boxes" in unit]
+    if text_boxes:
+        data["text_boxes"] = text_boxes[0]
+        if len(text_boxes) > 1:
+            warnings.append("controlnet: text_boxes of the first glyph unit used (the words are the prompt's, one "
+                            "box each)")
     data["controlnets"] = [unit for unit in units if not is_ip_adapter_module(unit.get("module"))]
     data["ip_adapters"] = [ip_adapter_unit(unit, index, warnings) for index, unit in enumerate(units)
                            if is_ip_adapter_module(unit.get("module"))]
@@ -404,6 +411,8 @@ def controlnet_units(scripts: dict[str, Any], limits, warnings: list[str]) -> li
             if arg.get("enabled", True) is False:
                 continue
             unit = {key: arg[key] for key in _UNIT_FIELDS if key in arg and arg[key] is not None}
+            if unit.get("module") == GLYPH and arg.get("text_boxes") is not None:
+                unit["text_boxes"] = arg["text_boxes"]  # huabu's own: the words' boxes (or {text, box} objects)
             image = arg.get("image", arg.get("input_image"))
             if isinstance(image, dict):
                 if image.get("mask"):
@@ -413,7 +422,7 @@ def controlnet_units(scripts: dict[str, Any], limits, warnings: list[str]) -> li
                 unit["image"] = image_data_url(image, limits, f"controlnet unit {index} image")
             if arg.get("guessmode"):
                 warnings.append(f"controlnet unit {index}: guessmode ignored (use control_mode)")
-            for key in sorted(set(arg) - set(_UNIT_FIELDS) - _UNIT_SILENT - {"guessmode"}):
+            for key in sorted(set(arg) - set(_UNIT_FIELDS) - _UNIT_SILENT - {"guessmode", *unit}):
                 warnings.append(f"controlnet unit {index}: {key} ignored")
             units.append(unit)
     return units

@@ -8,6 +8,7 @@ first N scenes, so every latent row stays paired with its image (the control map
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 
 from huabu.core.errors import InvalidRequest
+from huabu.core.text_boxes import GLYPH
 from huabu.tiny.data import load_dataset
-from huabu.tiny.demo_configs import TinyControlNetConfig
+from huabu.tiny.demo_configs import TEXT_DATA, TinyControlNetConfig
 from huabu.training.controlnet import train_controlnet
 
 # Latent rows that must match a fresh encoding by the base model's VAE (relative error), so that a cache made by
@@ -52,8 +54,19 @@ def check_latents(latents: np.ndarray, images: np.ndarray, vae, path: str) -> No
                              f"{error:.3f}); pass the matching --latents, or --latents '' to encode anew")
 
 
+def for_type(cfg: TinyControlNetConfig) -> TinyControlNetConfig:
+    """The preset for the glyph type: the text scenes (`huabu tiny data --text`), and no UNet-stage latent cache,
+    which holds the 64 x 64 object scenes' latents, not the 128 x 128 text scenes'."""
+    if cfg.type != GLYPH:
+        return cfg
+    defaults = TinyControlNetConfig()
+    return replace(cfg, data=TEXT_DATA if cfg.data == defaults.data else cfg.data,
+                   latents="" if cfg.latents == defaults.latents else cfg.latents)
+
+
 def train(cfg: TinyControlNetConfig, settings=None, cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) a huabu-tiny ControlNet; returns its final diffusers folder."""
+    cfg = for_type(cfg)
     data = load_dataset(Path(cfg.data))
     if cfg.latents:
         if not Path(cfg.latents).is_file():
@@ -66,5 +79,5 @@ def train(cfg: TinyControlNetConfig, settings=None, cancel: Callable[[], bool] |
         vae = _vae_of(cfg.base, settings)
         if vae is not None:
             check_latents(latents, data.images, vae, cfg.latents)
-        data = SimpleNamespace(images=data.images[:count], captions=data.captions[:count])
+        data = SimpleNamespace(images=data.images[:count], captions=data.captions[:count], attrs=data.attrs[:count])
     return train_controlnet(cfg, data=data, settings=settings, cancel=cancel)

@@ -16,33 +16,45 @@ from tqdm import tqdm
 from huabu.core.atomic import atomic_dir
 from huabu.core.errors import HuabuError
 from huabu.tiny import scenes as S
+from huabu.tiny import text_scenes as T
 from huabu.training.captioned_arrays import FORMAT_VERSION, CaptionedArrays, read_captioned_arrays
 
 
-def _meta(seed: int, count: int) -> dict:
-    return {"format": FORMAT_VERSION, "seed": seed, "count": count, "image_size": S.IMAGE_SIZE,
-            "objects": list(S.OBJECT_NAMES), "colours": list(S.COLOUR_NAMES), "positions": list(S.POSITION_NAMES),
-            "sizes": list(S.SIZE_NAMES)}
+def _meta(seed: int, count: int, text: bool = False) -> dict:
+    meta = {"format": FORMAT_VERSION, "seed": seed, "count": count,
+            "image_size": T.TEXT_IMAGE_SIZE if text else S.IMAGE_SIZE, "objects": list(S.OBJECT_NAMES),
+            "colours": list(S.COLOUR_NAMES), "positions": list(S.POSITION_NAMES), "sizes": list(S.SIZE_NAMES)}
+    if text:
+        meta["text_vocabulary"] = T.VOCABULARY
+    return meta
 
 
-def write_dataset(out_dir: Path, count: int, seed: int = 0, progress: bool = True) -> Path:
-    """Render `count` training scenes into `out_dir`, atomically: a half-written folder never replaces a good one."""
+def _scene(seed: int, index: int, text: bool) -> tuple[np.ndarray, dict]:
+    if text:
+        scene = T.training_text_scene(seed, index)
+        return T.render_text_scene(scene), {"caption": scene.caption, **scene.attrs}
+    scene = S.training_scene(seed, index)
+    return S.render(scene.background, scene.objects), {"caption": scene.caption, **scene.attrs}
+
+
+def write_dataset(out_dir: Path, count: int, seed: int = 0, progress: bool = True, text: bool = False) -> Path:
+    """Render `count` training scenes into `out_dir`, atomically: a half-written folder never replaces a good one.
+    `text` renders the text scenes of huabu.tiny.text_scenes (128 x 128, with `text_boxes`) instead."""
     out_dir = Path(out_dir)
     meta_path = out_dir / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == _meta(seed, count):
+    if meta_path.is_file() and json.loads(meta_path.read_text()) == _meta(seed, count, text):
         return out_dir
-    size = S.IMAGE_SIZE
+    size = T.TEXT_IMAGE_SIZE if text else S.IMAGE_SIZE
     with atomic_dir(out_dir) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(count, size, size, 3))
         with open(tmp / "scenes.jsonl", "w", encoding="utf-8") as f:
             for i in tqdm(range(count), desc="rendering scenes", disable=not progress, mininterval=1.0):
-                scene = S.training_scene(seed, i)
-                images[i] = S.render(scene.background, scene.objects)
-                f.write(json.dumps({"caption": scene.caption, **scene.attrs}) + "\n")
+                images[i], record = _scene(seed, i, text)
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
         images.flush()
         del images
-        (tmp / "meta.json").write_text(json.dumps(_meta(seed, count), indent=1))
+        (tmp / "meta.json").write_text(json.dumps(_meta(seed, count, text), indent=1))
     return out_dir
 
 

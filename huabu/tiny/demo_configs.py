@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from huabu.training.controlnet_config import ControlNetTrainConfig
 
 CONTROL_TYPES = ("canny", "color")  # the ControlNets huabu-tiny ships and eval-control measures
+TEXT_DATA = "data/text-scenes"  # `huabu tiny data --text`: the glyph ControlNet's dataset
 
 
 @dataclass
@@ -18,7 +19,8 @@ class TinyControlNetConfig(ControlNetTrainConfig):
     """`huabu train controlnet` preset for huabu-tiny: the UNet stage's latent cache (its first N scenes, encoded by
     the same VAE) spares hours of VAE encoding. The shipped canny ControlNet is this preset; the colour one adds
     --noise-offset 0.5 --timesteps cubic --lr 5e-4 --steps 2000, without which it does not learn the background
-    colour (docs/notes.md)."""
+    colour (docs/notes.md). With --type glyph the data default is the text scenes (TEXT_DATA) and the latent cache is
+    not used (huabu.tiny.controlnet.for_type)."""
 
     latents: str = "runs/unet/latents.npy"
     steps: int = 1200
@@ -41,6 +43,19 @@ class ControlEvalConfig:
     weight: float = 1.0  # ControlNet conditioning scale
     seed: int = 0
     grid: str = ""  # a PNG to write: real scenes, then per type its maps and outputs, then outputs without control
+
+
+@dataclass
+class TextEvalConfig:
+    model: str = ""
+    controlnet: str = ""  # the glyph ControlNet folder; empty = the model's shipped one
+    count: int = 200  # held-out strings, half Chinese, half Latin
+    steps: int = 20
+    cfg: float = 5.0
+    weight: float = 1.0  # glyph ControlNet conditioning scale
+    seed: int = 0
+    scene_seed: int = 2024  # which held-out strings and scenes (huabu.tiny.text_scenes.eval_text_scenes)
+    grid: str = ""  # a PNG to write: real scenes, glyph maps, outputs with the glyph unit, outputs without
 
 
 @dataclass

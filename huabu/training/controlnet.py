@@ -4,7 +4,8 @@ The recipe of the ControlNet paper at any scale: the ControlNet starts as a copy
 (`ControlNetModel.from_unet`) with zero convolutions into the UNet, the UNet, VAE and text encoder stay frozen, the
 loss is the base model's own diffusion loss (epsilon or v, optional min-SNR weighting), and half of the captions are
 dropped so that the control map alone has to carry the picture. Each image's control map is made on the fly by
-the huabu.engine.control preprocessor the config names (canny, color, ...). Data order, caption dropout, timesteps and
+the huabu.engine.control preprocessor the config names (canny, color, ...); a glyph map is drawn from the image's
+words and boxes (its record's `text_boxes`, else OCR). Data order, caption dropout, timesteps and
 noise are functions of (seed, step), and checkpoints (huabu.training.checkpoint) are pickle-free, so a run resumed
 after a kill continues exactly as the uninterrupted one.
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from huabu.core.atomic import atomic_path
 from huabu.core.errors import HuabuError, InvalidRequest
+from huabu.core.text_boxes import GLYPH
 from huabu.training import loop
 from huabu.training.captioned_arrays import read_captioned_arrays
 from huabu.training.controlnet_config import ControlNetTrainConfig
@@ -115,12 +117,47 @@ def build_controlnet(cfg: ControlNetTrainConfig, unet, vae_factor: int) -> Contr
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
 
 
-def control_maps(kind: str, images: np.ndarray) -> torch.Tensor:
-    """Control maps (B x 3 x H x W in [0, 1], as the ControlNet pipelines feed them) of uint8 RGB images."""
+def glyph_words(image: np.ndarray, record: dict | None) -> list[tuple[str, tuple[int, ...]]]:
+    """The words of an image and their boxes: its record's `text_boxes` ([word, x0, y0, x1, y1] rows, as huabu-tiny's
+    text scenes and one's own scenes.jsonl give them), else what OCR finds in the image."""
+    rows = (record or {}).get("text_boxes")
+    if rows is None:
+        from huabu.engine.ocr import find_text
+
+        return find_text(image)
+    return [(str(row[0]), tuple(int(v) for v in row[1:5])) for row in rows]
+
+
+def control_maps(kind: str, images: np.ndarray, records: list[dict] | None = None) -> torch.Tensor:
+    """Control maps (B x 3 x H x W in [0, 1], as the ControlNet pipelines feed them) of uint8 RGB images; glyph maps
+    are drawn from each image's words (glyph_words, with `records` the images' scenes.jsonl fields)."""
+    from huabu.engine.control.glyph import glyph_map
     from huabu.engine.control.registry import preprocess
 
-    maps = [np.asarray(preprocess(kind, Image.fromarray(np.asarray(image)))) for image in images]
+    if kind == GLYPH:
+        records = records or [None] * len(images)
+        maps = [np.asarray(glyph_map(glyph_words(np.asarray(image), record), image.shape[1], image.shape[0]))
+                for image, record in zip(images, records)]
+    else:
+        maps = [np.asarray(preprocess(kind, Image.fromarray(np.asarray(image)))) for image in images]
     return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def fill_text_boxes(data: Any) -> None:
+    """Give every record without `text_boxes` the words and boxes OCR finds in its image, once before a glyph run
+    (rather than at every batch the image is drawn into)."""
+    attrs = getattr(data, "attrs", None) or [{} for _ in data.captions]
+    missing = [i for i, record in enumerate(attrs) if "text_boxes" not in record]
+    for i in tqdm(missing, desc="reading text boxes (OCR)", mininterval=2.0, disable=None if missing else True):
+        attrs[i] = {**attrs[i], "text_boxes": [[text, *box] for text, box in glyph_words(np.asarray(data.images[i]),
+                                                                                         None)]}
+    data.attrs = attrs
+
+
+def records_of(data: Any, indices: np.ndarray) -> list[dict] | None:
+    """The scenes.jsonl fields of the images at `indices`, when the dataset has them."""
+    attrs = getattr(data, "attrs", None)
+    return None if attrs is None else [attrs[i] for i in indices]
 
 
 @dataclass
@@ -144,7 +181,8 @@ def batch_at(cfg: ControlNetTrainConfig, data, frozen: Frozen, step: int) -> Bat
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn(*latents.shape[:2], 1, 1, generator=generator)
     timesteps = draw_timesteps(cfg.timesteps, frozen.scheduler.config.num_train_timesteps, len(indices), generator)
-    return Batch(indices, captions, control_maps(cfg.type, data.images[indices]), latents, noise, timesteps)
+    control = control_maps(cfg.type, data.images[indices], records_of(data, indices))
+    return Batch(indices, captions, control, latents, noise, timesteps)
 
 
 @torch.no_grad()
@@ -218,6 +256,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, data: Any = None, settings: Any
         data = read_captioned_arrays(Path(cfg.data))
     if len(data.captions) == 0:
         raise HuabuError(f"the dataset at {cfg.data} is empty")
+    if cfg.type == GLYPH:
+        fill_text_boxes(data)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe, controlnet = setup(cfg, data, settings)
@@ -244,7 +284,7 @@ def write_samples(cfg: ControlNetTrainConfig, controlnet, frozen: Frozen, data, 
     pipe.set_progress_bar_config(disable=True)
     count = min(cfg.samples, len(data.captions))
     indices = np.arange(count)
-    maps = control_maps(cfg.type, data.images[indices])
+    maps = control_maps(cfg.type, data.images[indices], records_of(data, indices))
     height, width = maps.shape[-2:]
     generators = [torch.Generator().manual_seed(i) for i in range(count)]
     outputs = pipe([data.captions[i] for i in indices], image=maps, height=height, width=width,

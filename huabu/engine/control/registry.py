@@ -13,6 +13,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.engine.control.canny import canny
 from huabu.engine.control.color import color
 from huabu.engine.control.depth import depth
+from huabu.engine.control.glyph import glyph
 from huabu.engine.control.images import fit_resolution, rgb_array
 from huabu.engine.control.pose import pose, pose_json
 from huabu.engine.control.softedge import gradient_edges, hed, softedge
@@ -48,6 +49,8 @@ PREPROCESSORS: Mapping[str, Preprocessor] = MappingProxyType({p.name: p for p in
                  needs_image=False),
     Preprocessor("pose_json", pose_json, "draw an OpenPose keypoints JSON", needs_image=False),
     Preprocessor("color", color, "T2I-Adapter colour grid (or blur)"),
+    Preprocessor("glyph", glyph, "words drawn white on black in a CJK font at their boxes (AnyText's glyph map)",
+                 needs_image=False),
     Preprocessor("none", passthrough, "the image unchanged"),
 )})
 
