@@ -242,3 +242,19 @@ def test_reproduce_with_a_non_numeric_parameter_is_one_line(huabu_env, capsys, t
     code, out, err = run(capsys, "reproduce", made, *image)
     assert code == 2 and out == "" and "Traceback" not in err, err
     assert err.count("\n") == 1 and err.startswith("error: ") and key in err, err
+
+
+def test_fast_preset_sets_the_lcm_options_and_refuses_other_models():
+    import argparse
+
+    from huabu.cli.images import request_from_args
+    from huabu.cli.options import add_generation_options
+    from huabu.core.errors import InvalidRequest
+
+    parser = argparse.ArgumentParser()
+    add_generation_options(parser)
+    request = request_from_args(parser.parse_args(["a cat", "--fast", "--steps", "30", "--lora", "x:0.5"]), "txt2img")
+    assert (request.steps, request.cfg_scale, request.sampler) == (4, 1.0, "LCM")
+    assert [(lora.name, lora.weight) for lora in request.loras] == [("x", 0.5), ("huabu-tiny-lcm", 1.0)]
+    with pytest.raises(InvalidRequest, match="--fast is huabu-tiny's preset"):
+        request_from_args(parser.parse_args(["a cat", "--fast", "--model", "sd15.safetensors"]), "txt2img")

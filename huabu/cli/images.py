@@ -16,6 +16,7 @@ from huabu.cli.options import (
     add_generation_options,
     add_hires_options,
     add_runtime_options,
+    apply_fast_preset,
     control_units_from_args,
     ip_adapters_from_args,
     parse_lora,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 def request_from_args(args: argparse.Namespace, mode: str, script: dict | None = None) -> GenerateRequest:
     from huabu.core.requests import GenerateRequest
 
+    apply_fast_preset(args)
     width, height = args.size if args.size else (None, None)
     fields = dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative, styles=args.style, steps=args.steps,
                   cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, seed=args.seed, width=width,

@@ -48,6 +48,25 @@ def add_memory_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--attention-slicing", action="store_true", help="attention in slices: less memory, slower")
 
 
+# The few-step preset: huabu-tiny's LCM-LoRA (shipped beside the model) sampled as LCM asks, without CFG.
+FAST_LORA = "huabu-tiny-lcm"
+FAST_PRESET = {"steps": 4, "cfg": 1.0, "sampler": "LCM", "schedule": "Automatic"}
+FAST_PRESET_FLAGS = ("--steps 4", "--cfg 1", "--sampler LCM", f"--lora {FAST_LORA}")
+
+
+def apply_fast_preset(args: argparse.Namespace) -> None:
+    """`--fast`: set the preset's options in `args` (a model other than huabu-tiny is refused: the LoRA is its own)."""
+    if not getattr(args, "fast", False):
+        return
+    if args.model not in (None, "", "huabu-tiny"):
+        raise InvalidRequest(f"--fast is huabu-tiny's preset; for {args.model} pass an LCM LoRA made for it with "
+                             "--lora NAME --sampler LCM --steps 4 --cfg 1")
+    for name, value in FAST_PRESET.items():
+        setattr(args, name, value)
+    if not any(text.split(":")[0] == FAST_LORA for text in args.lora):
+        args.lora = [*args.lora, FAST_LORA]
+
+
 def add_generation_options(parser: argparse.ArgumentParser, prompt_optional: bool = False) -> None:
     """The options of a generation; `prompt_optional` when the prompt may come from elsewhere (--from-file)."""
     parser.add_argument("prompt", help="A1111 prompt syntax: (word:1.2), [from:to:when], [a|b], <lora:name:w>, BREAK",
@@ -58,6 +77,8 @@ def add_generation_options(parser: argparse.ArgumentParser, prompt_optional: boo
     parser.add_argument("--sampler", default="DPM++ 2M", help="A1111 name, e.g. 'Euler a', 'DPM++ 2M Karras' "
                                                                "(huabu samplers lists them)")
     parser.add_argument("--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential...")
+    parser.add_argument("--fast", action="store_true",
+                        help=f"huabu-tiny's few-step preset: {' '.join(FAST_PRESET_FLAGS)} (overrides those options)")
     parser.add_argument("--seed", type=int, default=-1, help="-1 picks a random seed (recorded in the PNG)")
     parser.add_argument("--size", type=parse_size, metavar="WxH", help="default: the model's size (or the image's)")
     parser.add_argument("--batch", type=int, default=1, help="images per pipeline call")
