@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from huabu.core.control_infotext import PREFIX as CONTROL_PREFIX
 from huabu.core.control_infotext import parse_unit, units_in_params
+from huabu.core.apps import parse_numbers
 from huabu.core.control_units import unit_fields_from_infotext
 from huabu.core.errors import InvalidRequest
 from huabu.core.ip_adapters import ip_adapter_fields_from_infotext, is_ip_adapter_module
@@ -59,6 +60,14 @@ def _size(value: object) -> tuple[int, int]:
     if not match:
         raise ValueError(f"{str(value)[:50]!r} is not WIDTHxHEIGHT")
     return int(match.group(1)), int(match.group(2))
+
+
+def _point(value: object) -> tuple[list[int]]:
+    return (parse_numbers(str(value), 2, "App point"),)
+
+
+def _box(value: object) -> tuple[list[int]]:
+    return (parse_numbers(str(value), 4, "App box"),)
 
 
 def _sampler(value: object) -> tuple[str]:
@@ -191,7 +200,20 @@ FIELDS: tuple[InfotextField, ...] = (
     _F("TI hashes", ("ti_hashes",), _text),
     _F("Frames", ("frames",), _whole),
     _F("FPS", ("fps",), _whole),
+    # The course's applications (huabu.core.apps): the app and its inputs, written by the app's extension; the input
+    # images as pixel hashes, which `reproduce` checks the images it is given against.
+    _F("App", ("app",), _text),
+    _F("App keep", ("keep",), _text),
+    _F("App segmenter", ("app_segmenter",), _text),
+    _F("App point", ("point",), _point),
+    _F("App box", ("box",), _box),
+    _F("App image", ("image_hash",), _text),
+    _F("App mask", ("mask_hash",), _text),
+    _F("App reference", ("reference_hash",), _text),
+    _F("App control", ("app_control",), _text),
 )
+
+APP_ONLY = ("app_segmenter", "image_hash", "mask_hash", "reference_hash", "app_control")  # app values no request has
 
 
 def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,
