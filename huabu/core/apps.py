@@ -84,7 +84,7 @@ class AppRequest(RequestModel):
     photos: str | None = None
     name: str | None = Field(default=None, max_length=40)
     count: int = Field(default=4, ge=1, le=64)  # portrait: how many styles to render
-    train_steps: int = Field(default=200, ge=1, le=100_000)
+    train_steps: int = Field(default=400, ge=1, le=100_000)  # the hbdragon subject recipe's length
     rank: int = Field(default=8, ge=1, le=256)
     resume: bool = False
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from huabu.core.apps import parse_numbers
 from huabu.core.control_infotext import PREFIX as CONTROL_PREFIX
 from huabu.core.control_infotext import parse_unit, units_in_params
-from huabu.core.apps import parse_numbers
 from huabu.core.control_units import unit_fields_from_infotext
 from huabu.core.errors import InvalidRequest
 from huabu.core.ip_adapters import ip_adapter_fields_from_infotext, is_ip_adapter_module

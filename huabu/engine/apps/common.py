@@ -42,9 +42,9 @@ def pixel_hash(image: Image.Image) -> str:
 
 def snapped(image: Image.Image, multiple: int = SIZE_MULTIPLE) -> Image.Image:
     """`image` cropped at the right and bottom to a multiple of `multiple` (at least one multiple)."""
-    width, height = max(multiple, image.width // multiple * multiple), max(multiple, image.height // multiple * multiple)
     if image.width < multiple or image.height < multiple:
         raise InvalidRequest(f"the image is {image.width}x{image.height}; apps need at least {multiple}x{multiple}")
+    width, height = image.width // multiple * multiple, image.height // multiple * multiple
     return image.crop((0, 0, width, height)) if (width, height) != image.size else image
 
 
