@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from huabu.core import fields
+from huabu.core.apps import AppRequest
 from huabu.core.control_infotext import serialize_unit, thresholds_shown
 from huabu.core.errors import InvalidRequest
 from huabu.core.pnginfo import create_infotext, parse_infotext
-from huabu.core.apps import AppRequest
 from huabu.core.requests import GenerateRequest, VideoRequest
 
 MODEL = SimpleNamespace(name="tiny-sd", short_hash="0123abcd45")

@@ -26,6 +26,8 @@ AppName = Literal["replace", "try-on", "instant-id", "portrait"]
 Keep = Literal["subject", "background"]
 # The apps whose one output a generation makes, so that `reproduce` can remake it from its infotext.
 REPRODUCIBLE = ("replace", "try-on", "instant-id")
+# The apps a native API job runs (portrait trains on a photos folder of the machine it runs on).
+API_APPS = REPRODUCIBLE
 HASH_LENGTH = 10  # as A1111's short hashes
 _NUMBERS = re.compile(r"^\s*-?\d+(\s*,\s*-?\d+)*\s*$")
 
