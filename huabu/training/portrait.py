@@ -105,7 +105,7 @@ def run_portrait(request: AppRequest, engine: Engine, progress: PortraitProgress
             steps=request.train_steps, lr=1e-3, batch=min(4, sum(found.values())), min_snr_gamma=5.0,
             checkpoint_every=max(1, request.train_steps // 4), resume=request.resume, overwrite=True,
             seed=0, workdir=str(run_folder))
-        train_lora(train, settings, lambda p: report("train", p.step, p.total), cancel)
+        train_lora(train, settings, lambda p: report("train", p.step, p.steps), cancel)
         if cancel is not None and cancel.is_set():
             return PortraitResult(out / "contact-sheet.png", [], lora, found, interrupted=True)
         done_file.write_text(json.dumps(state))
