@@ -292,11 +292,35 @@ def test_portrait_crops_trains_renders_a_contact_sheet_and_resumes(apps_engine, 
         run_portrait(request.model_copy(update={"styles": ["nope"]}), apps_engine)
 
 
-def test_sam_folder_is_checked_before_loading(apps_engine, scene, tmp_path):
-    (tmp_path / "sam").mkdir()
-    request = app(app="replace", image=str(scene["image"]), point="23,19", sam=str(tmp_path / "sam"))
+def build_tiny_sam(folder: Path) -> None:
+    """A random transformers SamModel (64-pixel input, 16-wide) and its processor, saved as a SAM folder."""
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=16, output_channels=16, num_hidden_layers=1, num_attention_heads=2, image_size=64,
+                  patch_size=16, global_attn_indexes=[0], mlp_dim=32, window_size=2, num_pos_feats=8)
+    prompt = dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4, num_point_embeddings=4)
+    decoder = dict(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16)
+    SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+             ).save_pretrained(folder)
+    SamProcessor(SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                   mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})
+                 ).save_pretrained(folder)
+
+
+def test_replace_with_sam_from_a_folder_in_the_sam_directory(apps_engine, scene):
+    (apps_engine.settings.home / "sam" / "empty").mkdir(parents=True, exist_ok=True)
+    build_tiny_sam(apps_engine.settings.home / "sam" / "tiny-sam")
+    request = app(app="replace", image=str(scene["image"]), point="23,19", sam="tiny-sam", prompt="red")
+    _, _, kept = replace_plan(request, apps_engine.settings.home / "sam" / "tiny-sam")
+    assert kept.shape == (40, 48) and 0 < kept.sum() < kept.size  # SAM's (random) mask, the part nearest the click
+    result = run_app(apps_engine, request)
+    source = Image.open(scene["image"]).convert("RGB").crop((0, 0, 48, 40))
+    assert diff(result.images[0], source)[kept].max() <= 2  # a thin random mask: every kept pixel, not eroded
+    assert parse_infotext(result.infotexts[0])["App segmenter"] == "sam"
     with pytest.raises(ModelNotFound, match="no SAM model in"):
-        run_app(apps_engine, request)
+        run_app(apps_engine, request.model_copy(update={"sam": "empty"}))
 
 
 def test_studio_apps_tab_builds_runs_and_previews(apps_engine, scene, tmp_path):

@@ -3,7 +3,9 @@ SamModel) from a local folder when one is given."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -73,18 +75,13 @@ def component_at(mask: np.ndarray, point: list[int]) -> np.ndarray:
 def sam_mask(image: Image.Image, point: list[int] | None, box: list[int] | None, folder: Path) -> np.ndarray:
     """SAM's best mask (by its own IoU estimate) for the point or box prompt."""
     import torch
-    from transformers import SamModel, SamProcessor
 
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ModelNotFound(f"no SAM model in {folder}: put a transformers SamModel folder there (config.json, "
                             f"model.safetensors, preprocessor_config.json), e.g. facebook/sam-vit-base")
-    checkpoints.check_safetensors(weights, f"SAM {weights}")
-    try:
-        processor = SamProcessor.from_pretrained(folder, local_files_only=True)
-        model = SamModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
-    except (OSError, ValueError) as err:
-        raise ModelNotFound(f"cannot load SAM from {folder}: {first_line(err)}") from None
+    stat = weights.stat()
+    processor, model = load_sam(str(folder.resolve()), stat.st_size, stat.st_mtime_ns)
     prompt = {"input_points": [[[list(map(float, point))]]]} if point is not None else \
         {"input_boxes": [[list(map(float, box))]]}
     inputs = processor(images=image.convert("RGB"), return_tensors="pt", **prompt)
@@ -94,3 +91,16 @@ def sam_mask(image: Image.Image, point: list[int] | None, box: list[int] | None,
                                                          inputs["reshaped_input_sizes"])[0][0]
     best = int(outputs.iou_scores[0, 0].argmax())
     return masks[best].numpy().astype(bool)
+
+
+@lru_cache(maxsize=1)  # the last SAM stays loaded (keyed by its weights' size and time: a replaced file reloads)
+def load_sam(folder: str, size: int, mtime_ns: int) -> tuple[Any, Any]:
+    from transformers import SamModel, SamProcessor
+
+    checkpoints.check_safetensors(Path(folder) / "model.safetensors", f"SAM {folder}/model.safetensors")
+    try:
+        processor = SamProcessor.from_pretrained(folder, local_files_only=True)
+        model = SamModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
+    except (OSError, ValueError) as err:
+        raise ModelNotFound(f"cannot load SAM from {folder}: {first_line(err)}") from None
+    return processor, model
