@@ -205,7 +205,8 @@ def test_cli_replace_png_info_reproduce_and_errors(huabu_env, scene, capsys, tmp
         assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
 
 
-def test_reproduce_remakes_try_on_with_its_reference(huabu_env, app_home, scene, capsys, tmp_path):
+def test_reproduce_remakes_try_on_and_instant_id(huabu_env, model_store, controlnet_store, app_home, scene, capsys,
+                                                 tmp_path):
     from huabu.cli.main import main
 
     (huabu_env / "ip-adapter").symlink_to(app_home / "ip-adapter")
@@ -218,6 +219,15 @@ def test_reproduce_remakes_try_on_with_its_reference(huabu_env, app_home, scene,
     assert "--reference" in capsys.readouterr().err
     assert main(["reproduce", str(made), "--image", str(scene["image"]), "--mask", str(scene["mask"]),
                  "--reference", str(scene["item"])]) == 0
+    assert capsys.readouterr().out.strip() == "match"
+    # instant-id with the ControlNet it picked (the folder's tiny-canny), remade from the reference alone
+    (huabu_env / "controlnet").symlink_to(model_store["home"] / "controlnet")
+    assert main(["apps", "instant-id", "a toy", "--reference", str(scene["item"]), "--size", "32x32", "--steps", "3",
+                 "--seed", "9", "--model", "tiny-sd", "-o", str(out)]) == 0
+    made = out / "00001-9.png"
+    assert "App control: canny" in read_parameters(made)
+    capsys.readouterr()
+    assert main(["reproduce", str(made), "--reference", str(scene["item"])]) == 0
     assert capsys.readouterr().out.strip() == "match"
 
 
