@@ -347,3 +347,14 @@ def test_studio_apps_tab_builds_runs_and_previews(apps_engine, scene, tmp_path):
     result = studio.run_app(request, "en", prefs, None, lambda *args, **kwargs: None)
     shown, infotext, status = finish(studio, result, studio.texts["en"])
     assert "App: replace" in infotext and status.startswith("Done") and Path(shown).is_file()
+
+
+def test_portrait_style_can_join_after_the_subject_is_drawn():
+    from huabu.training.portrait import render_prompt
+
+    request = AppRequest.create(app="portrait", photos="p", name="zqx", style_start=0.5)
+    prompt, negative, styles = render_prompt(request, "photo_portrait")
+    assert prompt.startswith("<lora:portrait-zqx:1> [a zqx:portrait photograph of a zqx, 85mm lens")
+    assert prompt.endswith(":0.5]") and styles == [] and negative.startswith("cartoon")
+    plain = render_prompt(request.model_copy(update={"style_start": 0.0}), "photo_portrait")
+    assert plain == ("<lora:portrait-zqx:1> a zqx", "", ["photo_portrait"])

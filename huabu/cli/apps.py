@@ -71,6 +71,9 @@ def register(sub: Subparsers) -> None:
     portrait.add_argument("--train-steps", type=int, default=400)
     portrait.add_argument("--rank", type=int, default=8)
     portrait.add_argument("--resume", action="store_true")
+    portrait.add_argument("--style-start", type=float, default=0.0, metavar="FRACTION",
+                          help="draw this fraction of the steps from the subject alone before the style joins "
+                               "(prompt editing; helps small models keep the subject)")
     portrait.add_argument("--size", type=parse_size, metavar="WxH", help="render size (default: the model's)")
     _common(portrait, styles=False)
     portrait.set_defaults(handler=run_portrait)
@@ -115,7 +118,7 @@ def request_from_args(args: argparse.Namespace):
     if hasattr(args, "style"):
         fields.update(styles=args.style, denoising_strength=args.strength)
     if hasattr(args, "styles"):
-        fields.update(styles=args.styles, train_steps=args.train_steps)
+        fields.update(styles=args.styles, train_steps=args.train_steps, style_start=args.style_start)
     if hasattr(args, "ip_weight"):
         fields.update(ip_adapter_model=args.ip_adapter_model, ip_adapter_weight=args.ip_weight)
     return AppRequest.create(**fields)

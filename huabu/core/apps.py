@@ -89,6 +89,10 @@ class AppRequest(RequestModel):
     train_steps: int = Field(default=400, ge=1, le=100_000)  # the hbdragon subject recipe's length
     rank: int = Field(default=8, ge=1, le=256)
     resume: bool = False
+    # portrait: the fraction of the steps drawn from the subject's words alone before the style's join (A1111 prompt
+    # editing, [subject:styled:when]); 0 styles every step. A small model that knows few of a style's words keeps
+    # the subject only when its shape is set first.
+    style_start: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @field_validator("point", mode="before")
     @classmethod

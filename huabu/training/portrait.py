@@ -121,11 +121,11 @@ def run_portrait(request: AppRequest, engine: Engine, progress: PortraitProgress
             continue
         if cancel is not None and cancel.is_set():
             return PortraitResult(out / "contact-sheet.png", renders, lora, found, infotexts, interrupted=True)
+        prompt, negative, styled = render_prompt(request, style)
         generate = GenerateRequest.create(
-            prompt=f"<lora:{lora_name(request.name)}:1> a {request.name} {request.prompt}".strip(),
-            negative_prompt=request.negative_prompt, styles=[style], steps=request.steps,
-            cfg_scale=request.cfg_scale, sampler=request.sampler, schedule_type=request.schedule_type, seed=seed,
-            model=request.model, width=request.width, height=request.height)
+            prompt=prompt, negative_prompt=negative, styles=styled, steps=request.steps, cfg_scale=request.cfg_scale,
+            sampler=request.sampler, schedule_type=request.schedule_type, seed=seed, model=request.model,
+            width=request.width, height=request.height)
         tag = AppTag({"App": "portrait", "App style": style})
         result = engine.generate(generate, extensions=[tag])
         renders.append(save_png_atomic(result.images[0], target, result.infotexts[0]))
@@ -134,6 +134,19 @@ def run_portrait(request: AppRequest, engine: Engine, progress: PortraitProgress
     sheet = contact_sheet([Image.open(path).convert("RGB") for path in renders], styles)
     sheet_path = save_png_atomic(sheet, out / "contact-sheet.png", infotexts[0] if infotexts else "")
     return PortraitResult(sheet_path, renders, lora, found, infotexts)
+
+
+def render_prompt(request: AppRequest, style: str) -> tuple[str, str, list[str]]:
+    """(prompt, negative prompt, styles for the request) of one render: the subject's LoRA and trigger word in the
+    style, from the first step, or after `style_start` of the steps as A1111 prompt editing."""
+    subject = f"a {request.name} {request.prompt}".strip()
+    lora = f"<lora:{lora_name(request.name)}:1>"
+    if not request.style_start:
+        return f"{lora} {subject}", request.negative_prompt, [style]
+    from huabu.engine.prompts.book import apply_styles, load_book
+
+    styled, negative = apply_styles(subject, request.negative_prompt, [style], load_book())
+    return f"{lora} [{subject}:{styled}:{request.style_start:g}]", negative, []
 
 
 def style_names() -> list[str]:
