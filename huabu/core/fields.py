@@ -211,9 +211,10 @@ FIELDS: tuple[InfotextField, ...] = (
     _F("App mask", ("mask_hash",), _text),
     _F("App reference", ("reference_hash",), _text),
     _F("App control", ("app_control",), _text),
+    _F("App style", ("app_style",), _text),  # portrait renders: the prompt-book style
 )
 
-APP_ONLY = ("app_segmenter", "image_hash", "mask_hash", "reference_hash", "app_control")  # app values no request has
+APP_ONLY = ("app_segmenter", "image_hash", "mask_hash", "reference_hash", "app_control", "app_style")  # app values no request has
 
 
 def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,
