@@ -214,7 +214,8 @@ FIELDS: tuple[InfotextField, ...] = (
     _F("App style", ("app_style",), _text),  # portrait renders: the prompt-book style
 )
 
-APP_ONLY = ("app_segmenter", "image_hash", "mask_hash", "reference_hash", "app_control", "app_style")  # app values no request has
+# Values only the apps write (no request has them): allowed as row names beside the request fields.
+APP_ONLY = ("app_segmenter", "image_hash", "mask_hash", "reference_hash", "app_control", "app_style")
 
 
 def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,
