@@ -44,7 +44,7 @@ def held_app(settings, engine, config=None, hold_at: int = 2):
     from huabu.server import ServerConfig, create_app
 
     class HeldEngine(Engine):
-        def generate(self, request, progress=None, interrupt=None, save=False, outdir=None):
+        def generate(self, request, progress=None, interrupt=None, save=False, outdir=None, extensions=()):
             def held(p):
                 progress(p)
                 deadline = time.monotonic() + 60
@@ -52,7 +52,7 @@ def held_app(settings, engine, config=None, hold_at: int = 2):
                     time.sleep(0.02)
                     progress(p)
 
-            return super().generate(request, held, interrupt, save, outdir)
+            return super().generate(request, held, interrupt, save, outdir, extensions)
 
     return create_app(settings, config or ServerConfig(), engines=[HeldEngine(settings, models=engine.models)])
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from huabu.core import fields
+from huabu.core.apps import AppRequest
 from huabu.core.control_infotext import serialize_unit, thresholds_shown
 from huabu.core.errors import InvalidRequest
 from huabu.core.pnginfo import create_infotext, parse_infotext
@@ -153,7 +154,8 @@ def test_table_has_one_row_per_key_and_field():
     names = [name for field in fields.FIELDS for name in field.names]
     assert len(keys) == len(set(keys)) and len(names) == len(set(names))
     engine_only = {"model_hash", "lora_hashes", "vae_hash", "ti_hashes"}
-    known = set(GenerateRequest.model_fields) | set(VideoRequest.model_fields) | engine_only
+    known = (set(GenerateRequest.model_fields) | set(VideoRequest.model_fields) | set(AppRequest.model_fields)
+             | engine_only | set(fields.APP_ONLY))
     assert set(names) <= known
     for field in fields.FIELDS:
         assert not field.api or len(field.api) == len(field.names), field.key

@@ -49,8 +49,8 @@ def test_language_updates_carry_the_other_table(built):
     assert tab_updates["tab-txt2img"]["label"] == en["tab.txt2img"]
     assert tab_updates["tab-gallery"]["label"] == en["tab.gallery"]
     assert [c.label for c in components if (c.elem_id or "").startswith("tab-")] == [
-        zh[f"tab.{t}"] for t in ("txt2img", "img2img", "inpaint", "controlnet", "lora", "video", "extras", "tools",
-                                  "gallery", "settings")]
+        zh[f"tab.{t}"] for t in ("txt2img", "img2img", "inpaint", "controlnet", "lora", "video", "apps", "extras",
+                                  "tools", "gallery", "settings")]
     # Prompt-book chips switch to the English labels and keep their values (the part's English name).
     chips = next((c, u) for c, u in zip(components, studio.labels.updates("en"))
                  if c.elem_id == "txt2img-chips-subject")

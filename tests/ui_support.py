@@ -38,7 +38,7 @@ class GatedEngine(Engine):
         self.stepped = threading.Event()
         self.steps = 0
 
-    def generate(self, request, progress=None, interrupt=None, save=False, outdir=None):
+    def generate(self, request, progress=None, interrupt=None, save=False, outdir=None, extensions=()):
         self.entered.set()
         self.steps = 0
         if self.gate is not None:
@@ -52,7 +52,7 @@ class GatedEngine(Engine):
                 self.stepped.set()
                 assert self.step_gate.wait(60), "the test never opened the step gate"
 
-        return super().generate(request, counted, interrupt, save, outdir)
+        return super().generate(request, counted, interrupt, save, outdir, extensions)
 
 
 def free_port() -> int:

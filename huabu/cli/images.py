@@ -249,7 +249,10 @@ def register_reproduce(sub: Subparsers) -> None:
                                         "(exit 1).")
     parser.add_argument("file", type=Path)
     parser.add_argument("--image", type=Path, help="source image, for files made by img2img/inpaint")
-    parser.add_argument("--mask", type=Path, help="mask, for files made by inpaint")
+    parser.add_argument("--mask", type=Path, help="mask, for files made by inpaint (and apps given one)")
+    parser.add_argument("--reference", type=Path, help="reference image, for files made by the try-on and "
+                                                       "instant-id apps")
+    parser.add_argument("--sam", metavar="FOLDER", help="the SAM folder, for replace outputs segmented with SAM")
     parser.add_argument("--control-image", type=Path, action="append", default=[], metavar="IMAGE",
                         help="the image of each ControlNet unit (IP-Adapter ones too), in order (repeatable; PNGs "
                              "do not store them); img2img/inpaint units without one use --image")
@@ -304,8 +307,7 @@ def request_from_infotext(text: str, model: str | None, image: Path | None, mask
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from huabu.core.apps import REPRODUCIBLE
     from huabu.core.fields import infotext_values
     from huabu.core.pnginfo import parse_infotext, read_parameters
     from huabu.engine.images import load_image
@@ -320,8 +322,16 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     models = ModelManager(settings)
-    stated = infotext_values(parse_infotext(text), errors=[])  # bad values are reported by request_from_infotext
+    parsed = parse_infotext(text)
+    stated = infotext_values(parsed, errors=[])  # bad values are reported by request_from_infotext
     model = args.model or _model_from_infotext(models, stated.get("model"), stated.get("model_hash"))
+    if stated.get("app") in REPRODUCIBLE:  # an app output: the app runs again on the same inputs
+        from huabu.engine.apps import run_app
+        from huabu.engine.apps.reproduce import app_request_from_infotext
+
+        app = app_request_from_infotext(parsed, model, {"image": args.image, "mask": args.mask,
+                                                        "reference": args.reference}, args.sam)
+        return _compare(original, run_app(Engine(settings, models), app).images[0], args.tolerance)
     request = request_from_infotext(text, model, args.image, args.mask, args.control_image)
     if args.controlnet_model:
         if len(args.controlnet_model) > len(request.controlnets):
@@ -334,12 +344,18 @@ def run_reproduce(args: argparse.Namespace) -> int:
     recorded = stated.get("model_hash")
     if result.model.get("hash") and recorded and result.model["hash"] != recorded:
         print(f"note: model hash is {result.model['hash']}, the file says {recorded}", file=sys.stderr)
-    remade = result.images[0]
+    return _compare(original, result.images[0], args.tolerance)
+
+
+def _compare(original, remade, tolerance: int) -> int:
+    """Print `match` (0) or how the remade image differs (1)."""
+    import numpy as np
+
     if remade.size != original.size:
         print(f"differs (size {remade.width}x{remade.height} vs {original.width}x{original.height})")
         return 1
     diff = int(np.abs(np.asarray(remade, dtype=np.int16) - np.asarray(original, dtype=np.int16)).max())
-    if diff <= args.tolerance:
+    if diff <= tolerance:
         print("match")
         return 0
     print(f"differs (max abs pixel difference {diff})")

@@ -37,6 +37,7 @@ COMMANDS = [
     "huabu.cli.lora:register",
     "huabu.cli.merge:register",
     "huabu.cli.scripts:register_xyz",
+    "huabu.cli.apps:register",
     "huabu.cli.main:register_train",
 ]
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from huabu.core.apps import parse_numbers
 from huabu.core.control_infotext import PREFIX as CONTROL_PREFIX
 from huabu.core.control_infotext import parse_unit, units_in_params
 from huabu.core.control_units import unit_fields_from_infotext
@@ -60,6 +61,14 @@ def _size(value: object) -> tuple[int, int]:
     if not match:
         raise ValueError(f"{str(value)[:50]!r} is not WIDTHxHEIGHT")
     return int(match.group(1)), int(match.group(2))
+
+
+def _point(value: object) -> tuple[list[int]]:
+    return (parse_numbers(str(value), 2, "App point"),)
+
+
+def _box(value: object) -> tuple[list[int]]:
+    return (parse_numbers(str(value), 4, "App box"),)
 
 
 def _sampler(value: object) -> tuple[str]:
@@ -203,7 +212,22 @@ FIELDS: tuple[InfotextField, ...] = (
     _F("Text boxes", ("text_boxes",), lambda value: (parse_text_boxes(value),), _text_boxes, _boxes_placed),
     _F("Frames", ("frames",), _whole),
     _F("FPS", ("fps",), _whole),
+    # The course's applications (huabu.core.apps): the app and its inputs, written by the app's extension; the input
+    # images as pixel hashes, which `reproduce` checks the images it is given against.
+    _F("App", ("app",), _text),
+    _F("App keep", ("keep",), _text),
+    _F("App segmenter", ("app_segmenter",), _text),
+    _F("App point", ("point",), _point),
+    _F("App box", ("box",), _box),
+    _F("App image", ("image_hash",), _text),
+    _F("App mask", ("mask_hash",), _text),
+    _F("App reference", ("reference_hash",), _text),
+    _F("App control", ("app_control",), _text),
+    _F("App style", ("app_style",), _text),  # portrait renders: the prompt-book style
 )
+
+# Values only the apps write (no request has them): allowed as row names beside the request fields.
+APP_ONLY = ("app_segmenter", "image_hash", "mask_hash", "reference_hash", "app_control", "app_style")
 
 
 def request_to_infotext_params(request: GenerateRequest | VideoRequest, *, seed: int | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.core.settings import Settings
 from huabu.engine.controlnets import ControlNetManager
 from huabu.engine.denoisers import call_parameters, step_callback_kwargs
-from huabu.engine.extensions import PromptSchedule
+from huabu.engine.extensions import Extension, PromptSchedule
 from huabu.engine.hires import HiresFix
 from huabu.engine.infotext import build_infotext, output_params
 from huabu.engine.inpaint_area import LATENT_NOISE, LATENT_NOTHING, keep_outside, latent_mask, use_latent_fill
@@ -101,16 +101,16 @@ class Engine:
 
     def generate(self, request: GenerateRequest, progress: Callable[[Progress], None] | None = None,
                  interrupt: Callable[[], bool] | None = None, save: bool = False,
-                 outdir: str | Path | None = None) -> GenerationResult:
+                 outdir: str | Path | None = None, extensions: Sequence[Extension] = ()) -> GenerationResult:
         """Generate `request.batch_size * request.n_iter` images.
 
         `progress` is called after every sampling step; when `interrupt()` turns true the current pipeline call stops
         (diffusers' `_interrupt` flag), its partly denoised images are returned and no further iterations run.
         `save=True` writes PNGs with the `parameters` chunk into `outdir` (default: settings.outputs_dir) and indexes
-        them in the gallery.
+        them in the gallery. `extensions` join the run beside the request's own (an app's infotext fields, say).
         """
         with self._lock:
-            return self._generate(request, progress, interrupt, save, outdir)
+            return self._generate(request, progress, interrupt, save, outdir, tuple(extensions))
 
     def generate_video(self, request: VideoRequest, progress: Callable[[Progress], None] | None = None,
                        interrupt: Callable[[], bool] | None = None, save: bool = False,
@@ -123,26 +123,27 @@ class Engine:
 
     # --- stills -------------------------------------------------------------------------------------------------
 
-    def _generate(self, request, progress, interrupt, save, outdir) -> GenerationResult:
+    def _generate(self, request, progress, interrupt, save, outdir, added: tuple = ()) -> GenerationResult:
         if request.script is not None:
             return self._script(request, progress, interrupt, save, outdir)
         job = prepare(request, self.models, self.prompter)
         if job.request.vae is None:
-            return self._stills(job, progress, interrupt, save, outdir, None)
+            return self._stills(job, progress, interrupt, save, outdir, None, added)
         ref = find_vae(job.request.vae, self.settings.vae_dir)
         key = (str(ref.path), id(job.model.pipeline))
         if self._vae[0] != key:  # the last VAE stays loaded: a client usually asks for the same one again
             self._vae = (key, load_vae(ref, job.model.pipeline.vae, self.settings.allow_unsafe_pickle))
         job.request = job.request.model_copy(update={"vae": ref.name})
         with swapped_vae(job.model, self._vae[1]):
-            return self._stills(job, progress, interrupt, save, outdir, vae_hash(ref, self.models.hashes))
+            return self._stills(job, progress, interrupt, save, outdir, vae_hash(ref, self.models.hashes), added)
 
-    def _stills(self, job: Job, progress, interrupt, save, outdir, vae_hash: str | None) -> GenerationResult:
+    def _stills(self, job: Job, progress, interrupt, save, outdir, vae_hash: str | None,
+                added: tuple = ()) -> GenerationResult:
         with ExitStack() as attached:  # what joins the model for this run only (IP-Adapters) leaves it after
-            return self._stills_attached(job, progress, interrupt, save, outdir, vae_hash, attached)
+            return self._stills_attached(job, progress, interrupt, save, outdir, vae_hash, attached, added)
 
     def _stills_attached(self, job: Job, progress, interrupt, save, outdir, vae_hash: str | None,
-                         attached: ExitStack) -> GenerationResult:
+                         attached: ExitStack, added: tuple = ()) -> GenerationResult:
         used, model = job.request, job.model
         control = self.controlnets.plan(job.control_units, model) if job.control_units else None
         ip = (self.ip_adapters.plan(job.ip_adapters, model, first_number=len(job.control_units))
@@ -153,7 +154,7 @@ class Engine:
         scheduler = job.scheduler()
         conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative_text,
                                       used.steps * scheduler.order, used.batch_size)
-        extensions = [PromptSchedule(conditioning), *([control] if control else []), *([ip] if ip else [])]
+        extensions = [PromptSchedule(conditioning), *([control] if control else []), *([ip] if ip else []), *added]
         inputs = _mode_inputs(model, pipe, used, job.init_image, job.mask)
         if control:
             inputs.update(control.inputs(pipe, used.width, used.height))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huabu.core.apps import API_APPS, AppRequest
 from huabu.core.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint
 from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.core.settings import BUILTIN_MODEL, Settings
@@ -92,11 +93,16 @@ class Catalog:
 
     # --- requests from HTTP ----------------------------------------------------------------------------------
 
-    def check_generate(self, data: dict[str, Any], kind: str = "image") -> GenerateRequest | VideoRequest:
+    def check_generate(self, data: dict[str, Any], kind: str = "image") -> GenerateRequest | VideoRequest | AppRequest:
         """A native job request made safe: validated, model from the registry, images only as data URLs, within
-        the limits."""
+        the limits. App kinds (replace, try-on, instant-id) take AppRequest fields."""
+        if kind in API_APPS:
+            return self.check_app(data, kind)
+        if kind == "portrait":
+            raise NotAllowed("the portrait app trains on a folder of photos on this machine; run it with huabu apps "
+                             "portrait or in the studio")
         if kind not in ("image", "video"):
-            raise InvalidRequest(f"job kind must be 'image' or 'video', got {kind!r}")
+            raise InvalidRequest(f"job kind must be one of image, video, {', '.join(API_APPS)}; got {kind!r}")
         cls = GenerateRequest if kind == "image" else VideoRequest
         request = cls.from_data(data)
         updates: dict[str, Any] = {"model": self.resolve_model(request.model)}
@@ -118,6 +124,23 @@ class Catalog:
         self.check_http_request(request)
         return request
 
+    def check_app(self, data: dict[str, Any], kind: str) -> AppRequest:
+        """An app job: the app is the job's kind, images travel as data URLs, models and SAM by name only."""
+        if data.get("app", kind) != kind:
+            raise InvalidRequest(f"request.app {data.get('app')!r} differs from the job kind {kind!r}; leave it out")
+        request = AppRequest.from_data({**data, "app": kind})
+        updates: dict[str, Any] = {"model": self.resolve_model(request.model)}
+        for name in ("image", "mask", "reference"):
+            updates[name] = require_data_url(getattr(request, name), self.limits, name)
+        for name in ("sam", "controlnet", "ip_adapter_model"):
+            value = getattr(request, name)
+            if value and ("/" in value or "\\" in value or value.startswith((".", "~"))):
+                raise NotAllowed(f"{name} must be a name in the server's folder, not a path")
+        request = request.model_copy(update=updates)
+        self.check_limits(request)
+        self.check_lora_names(request)
+        return request
+
     def check_http_request(self, request: GenerateRequest | VideoRequest) -> None:
         """What every request from HTTP must satisfy on top of its own validation: limits, and models named by
         name only (the engine also takes paths, which a client must not point anywhere on the server)."""
@@ -136,7 +159,7 @@ class Catalog:
                 self.resolve_model(cell.model)
                 self.check_http_request(cell)
 
-    def check_limits(self, request: GenerateRequest | VideoRequest) -> None:
+    def check_limits(self, request: GenerateRequest | VideoRequest | AppRequest) -> None:
         limits = self.limits
         for name in ("prompt", "negative_prompt"):
             length = len(getattr(request, name))
@@ -148,7 +171,7 @@ class Catalog:
         if isinstance(request, GenerateRequest):
             checks += [("batch_size", request.batch_size, limits.max_batch_size),
                        ("n_iter", request.n_iter, limits.max_n_iter)]
-        else:
+        elif isinstance(request, VideoRequest):
             checks.append(("frames", request.frames, limits.max_video_frames))
         if isinstance(request, GenerateRequest) and request.enable_hr:  # the hires fix's output, not its first pass
             checks += [("the hires fix's width", request.hr_resize_x or int((request.width or 0) * request.hr_scale),
@@ -172,13 +195,13 @@ class Catalog:
             rows.append(row)
         return rows
 
-    def check_lora_names(self, request: GenerateRequest | VideoRequest) -> None:
+    def check_lora_names(self, request: GenerateRequest | VideoRequest | AppRequest) -> None:
         """LoRAs named over HTTP (request fields and `<lora:...>` tags) must be files in the LoRA folder: the engine
         also takes paths, which a client must not be able to point anywhere on the server."""
         from huabu.engine.loras import find_lora
         from huabu.engine.prompts.syntax import extract_loras
 
-        names = [spec.name for spec in request.loras]
+        names = [spec.name for spec in getattr(request, "loras", [])]
         for text in (request.prompt, request.negative_prompt):
             names += [ref.name for ref in extract_loras(text)[1]]
         root = Path(os.path.realpath(self.settings.loras_dir))

@@ -22,7 +22,7 @@ from urllib.parse import quote
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
-KINDS = ("image", "video")
+KINDS = ("image", "video", "replace", "try-on", "instant-id")  # the last three: apps (huabu.core.apps)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

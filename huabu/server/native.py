@@ -27,8 +27,9 @@ KEEPALIVE = 15.0  # seconds between comments that keep idle event streams open t
 class JobSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["image", "video"] = "image"
-    request: dict[str, Any] = Field(description="GenerateRequest (image) or VideoRequest (video) fields")
+    kind: Literal["image", "video", "replace", "try-on", "instant-id", "portrait"] = "image"
+    request: dict[str, Any] = Field(description="GenerateRequest (image), VideoRequest (video) or AppRequest (the "
+                                                "apps; portrait is refused over HTTP) fields")
     callback_url: str | None = Field(default=None, description="POSTed the finished job; host must be allowed")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from huabu.core.apps import API_APPS, AppRequest
 from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.engine.generate import Engine
 from huabu.engine.job import Progress
@@ -72,12 +73,20 @@ def run_job(engine: Engine, job: Job, progress: Callable[[Progress], None] | Non
         files = [Path(os.path.realpath(video.path)).relative_to(root).as_posix()] if video.path else []
         return Outcome([], [video.seed], [video.infotext], video.request_used.to_data(), video.model, files,
                        video.interrupted)
-    request = GenerateRequest.from_data(job.request)
     outdir = _fresh_job_folder(engine, root, job) if job.save else None
-    result = engine.generate(request, progress=progress, interrupt=interrupt, save=job.save, outdir=outdir)
+    if job.kind in API_APPS:  # the app's request is what was used: its generation's holds the images made for it
+        from huabu.engine.apps import run_app
+
+        app = AppRequest.from_data(job.request)
+        result = run_app(engine, app, progress=progress, interrupt=interrupt, save=job.save, outdir=outdir)
+        used = app.model_copy(update={"seed": result.request_used.seed, "image": None, "mask": None,
+                                      "reference": None}).to_data()  # the images are in the job's request
+    else:
+        request = GenerateRequest.from_data(job.request)
+        result = engine.generate(request, progress=progress, interrupt=interrupt, save=job.save, outdir=outdir)
+        used = result.request_used.to_data()
     files = [Path(os.path.realpath(path)).relative_to(root).as_posix() for path in result.paths]
-    return Outcome(result.images, result.seeds, result.infotexts, result.request_used.to_data(), result.model, files,
-                   result.interrupted)
+    return Outcome(result.images, result.seeds, result.infotexts, used, result.model, files, result.interrupted)
 
 
 def _fresh_job_folder(engine: Engine, root: Path, job: Job) -> Path:

@@ -120,6 +120,39 @@ class Studio:
         finally:
             self.interrupts.finish(key, event)
 
+    def run_app(self, request, language: str, prefs: dict | None, session: gr.Request | None,
+                progress) -> GenerationResult:
+        """An app (replace, try-on, instant-id) through huabu.engine.apps.run_app, with progress and this session's
+        interrupt flag; the result is saved and indexed like any generation."""
+        from huabu.engine.apps import run_app
+
+        outdir = (prefs or {}).get("outputs_dir") or self.settings.outputs_dir
+        key = _session_key(session)
+        event = self.interrupts.start(key)
+        try:
+            return run_app(self.engine, request, progress=progress_reporter(progress, self.texts[language][
+                "progress.images"]), interrupt=event.is_set, save=True, outdir=outdir)
+        finally:
+            self.interrupts.finish(key, event)
+
+    def run_portrait(self, request, language: str, prefs: dict | None, session: gr.Request | None, progress):
+        """The portrait app (huabu.training.portrait): crop, train, render; Interrupt stops it after the current
+        step, and `resume` continues."""
+        from huabu.training.portrait import run_portrait
+
+        outputs = Path((prefs or {}).get("outputs_dir") or self.settings.outputs_dir)
+        texts = self.texts[language]
+        key = _session_key(session)
+        event = self.interrupts.start(key)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress((done, total), desc=texts[f"apps.stage_{stage}"], unit="steps")
+
+        try:
+            return run_portrait(request, self.engine, report, event, outputs / "portraits" / request.name)
+        finally:
+            self.interrupts.finish(key, event)
+
     def interrupt(self, language: str, session: gr.Request) -> str:
         """The Interrupt button: stop this browser session's running job after its current step."""
         stopped = self.interrupts.interrupt(_session_key(session))
@@ -151,6 +184,7 @@ class Studio:
 
     def build(self) -> gr.Blocks:
         """The Blocks app (not launched)."""
+        from huabu.ui.tabs.apps import build_apps
         from huabu.ui.tabs.controlnet import build_controlnet
         from huabu.ui.tabs.extras import build_extras
         from huabu.ui.tabs.gallery import build_gallery
@@ -181,6 +215,8 @@ class Studio:
                     build_lora(self, labels, language, prefs, txt2img, img2img)
                 with labels(gr.Tab, label=Key("tab.video"), id="video", elem_id="tab-video"):
                     video = build_video(self, labels, language, prefs)
+                with labels(gr.Tab, label=Key("tab.apps"), id="apps", elem_id="tab-apps"):
+                    build_apps(self, labels, language, prefs)
                 with labels(gr.Tab, label=Key("tab.extras"), id="extras", elem_id="tab-extras"):
                     build_extras(self, labels, language, prefs)
                 with labels(gr.Tab, label=Key("tab.tools"), id="tools", elem_id="tab-tools"):
