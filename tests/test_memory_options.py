@@ -1,4 +1,5 @@
-"""Memory switches (Settings.offload, vae_tiling, attention_slicing, dtype fp8) on the tiny SD pipeline."""
+"""Memory and speed switches (Settings.offload, vae_tiling, attention_slicing, dtype fp8, compile) on the tiny SD
+pipeline."""
 
 from __future__ import annotations
 
@@ -42,6 +43,23 @@ def test_fp8_stores_the_unet_in_float8_and_stays_close(settings, model_store):
     assert 0 < np.abs(fp8 - plain).mean() < 20  # rounded weights: a slightly different, not a broken, image
 
 
+def test_compile_compiles_the_unet_in_place_once_per_loaded_pipeline(settings, model_store):
+    from diffusers import UNet2DConditionModel
+
+    loaded = Engine(settings.with_(compile=True)).models.load(str(model_store["folder"]))
+    unet = loaded.pipeline.unet
+    assert isinstance(unet, UNet2DConditionModel) and unet._compiled_call_impl is not None
+    plain = Engine(settings).models.load(str(model_store["folder"])).pipeline.unet
+    assert plain._compiled_call_impl is None
+
+
+@pytest.mark.slow
+def test_a_compiled_unet_draws_the_same_image(settings, model_store):
+    plain = _image(settings, model_store)
+    compiled = _image(settings, model_store, compile=True)
+    assert np.abs(compiled - plain).max() <= 2  # inductor reorders float sums: within rounding
+
+
 def test_offload_without_a_gpu_is_refused_in_one_line(settings, model_store):
     engine = Engine(settings.with_(offload="model"))
     with pytest.raises(InvalidRequest, match="no GPU here") as err:
@@ -59,9 +77,9 @@ def test_serve_worker_and_studio_take_the_memory_flags(command, monkeypatch, tmp
     monkeypatch.setenv("HUABU_HOME", str(tmp_path))
     extra = ["--broker", "redis://127.0.0.1:1/0"] if command == "worker" else []
     args = build_parser().parse_args([command, *extra, "--offload", "model", "--vae-tiling", "--attention-slicing",
-                                      "--dtype", "fp8"])
+                                      "--dtype", "fp8", "--compile"])
     settings = settings_from_args(args)
-    assert (settings.offload, settings.vae_tiling, settings.attention_slicing, settings.dtype) == \
-        ("model", True, True, "fp8")
+    assert (settings.offload, settings.vae_tiling, settings.attention_slicing, settings.dtype, settings.compile) == \
+        ("model", True, True, "fp8", True)
     plain = settings_from_args(build_parser().parse_args([command, *extra]))
     assert (plain.offload, plain.vae_tiling, plain.attention_slicing) == ("none", False, False)

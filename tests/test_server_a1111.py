@@ -305,8 +305,9 @@ def test_memory_switches_read_back_in_options_and_cmd_flags_and_change_only_at_s
     with TestClient(make_app(settings, engine), base_url=LOCAL) as client:
         options = client.get("/sdapi/v1/options").json()
         assert {k: options[k] for k in ("huabu_offload", "huabu_vae_tiling", "huabu_attention_slicing",
-                                        "huabu_dtype")} == \
-            {"huabu_offload": "none", "huabu_vae_tiling": True, "huabu_attention_slicing": True, "huabu_dtype": "fp32"}
+                                        "huabu_dtype", "huabu_compile")} == \
+            {"huabu_offload": "none", "huabu_vae_tiling": True, "huabu_attention_slicing": True, "huabu_dtype": "fp32",
+             "huabu_compile": False}
         assert client.post("/sdapi/v1/options", json=options).status_code == 200  # a client posts back what it got
         refused = client.post("/sdapi/v1/options", json={"huabu_offload": "model", "samples_format": "jpg"})
         assert refused.status_code == 400 and "--offload" in refused.json()["detail"]

@@ -45,6 +45,9 @@ class Settings:
     offload: str = "none"  # "model": whole models to the GPU in turn; "sequential": layer by layer (slowest)
     vae_tiling: bool = False  # decode large images tile by tile
     attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
+    # torch.compile (inductor) the denoiser: minutes of compiling for each new shape, then faster steps (a server's
+    # or a long batch's choice; huabu-tiny in bf16 on a CPU: 2-3x per step, docs/cpu-speed.md)
+    compile: bool = False
     embeddings_dir: Path | None = None  # textual inversion embeddings; None: home/embeddings
     ip_adapter_dir: Path | None = None  # IP-Adapter weights and their image encoder; None: home/ip-adapter
 
@@ -82,7 +85,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Settings from HUABU_* variables (HUABU_HOME, HUABU_DEVICE, HUABU_DTYPE, HUABU_MODEL,
-        HUABU_ALLOW_UNSAFE_PICKLE) and HF_HUB_OFFLINE; keyword overrides (None = not given) win."""
+        HUABU_ALLOW_UNSAFE_PICKLE, HUABU_COMPILE) and HF_HUB_OFFLINE; keyword overrides (None = not given) win."""
         env = os.environ if env is None else env
         home = overrides.pop("home", None) or env.get("HUABU_HOME") or Path.home() / ".huabu"
         from_env = dict(
@@ -91,6 +94,7 @@ class Settings:
             default_model=env.get("HUABU_MODEL") or None,
             allow_unsafe_pickle=_flag(env.get("HUABU_ALLOW_UNSAFE_PICKLE")) or None,
             hub_offline=_flag(env.get("HF_HUB_OFFLINE")) or None,
+            compile=_flag(env.get("HUABU_COMPILE")) or None,
         )
         from_env.update({k: v for k, v in overrides.items() if v is not None})
         return cls.for_home(home, **from_env)

@@ -1,7 +1,7 @@
-"""Memory switches for large models, applied once to a freshly loaded pipeline (Settings.offload, vae_tiling,
-attention_slicing, dtype "fp8"). The mode, ControlNet and video pipelines made from it with `from_pipe` share its
-modules, and with them these settings, which live on the modules (accelerate hooks, attention processors, the
-VAE's tiling flag, layerwise-casting hooks)."""
+"""Memory and speed switches, applied once to a freshly loaded pipeline (Settings.offload, vae_tiling,
+attention_slicing, dtype "fp8", compile). The mode, ControlNet and video pipelines made from it with `from_pipe`
+share its modules, and with them these settings, which live on the modules (accelerate hooks, attention processors,
+the VAE's tiling flag, layerwise-casting hooks, the compiled forward)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def apply_memory_options(pipe: Any, settings: Settings, device: torch.device) ->
         # Weights stored in float8, each layer cast up to the loading dtype while it runs (diffusers' layerwise
         # casting; norms and embeddings stay as they are).
         denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
+    if settings.compile:
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if denoiser is None:
+            raise InvalidRequest(f"--compile needs a UNet or transformer; {type(pipe).__name__} has neither")
+        # In place, so the module keeps its class (LoRA loading, from_pipe and isinstance checks still see it);
+        # compiling itself waits for the first step.
+        denoiser.compile()
     if settings.vae_tiling:
         pipe.vae.enable_tiling()
     if settings.attention_slicing:

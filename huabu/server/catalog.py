@@ -260,11 +260,12 @@ def cmd_flags(config: ServerConfig, settings: Settings) -> dict[str, Any]:
             # A1111's nearest flags to huabu's offload modes; then huabu's own switches by their CLI names
             "medvram": settings.offload == "model", "lowvram": settings.offload == "sequential",
             "offload": settings.offload, "vae_tiling": settings.vae_tiling,
-            "attention_slicing": settings.attention_slicing}
+            "attention_slicing": settings.attention_slicing, "compile": settings.compile}
 
 
 def memory_options(settings: Settings) -> dict[str, Any]:
     """The memory switches as /options keys (A1111 has none for them, so they carry a `huabu_` prefix). They are set
     by `huabu serve` flags once per loaded pipeline, so they read back but do not change over HTTP."""
     return {"huabu_offload": settings.offload, "huabu_vae_tiling": settings.vae_tiling,
-            "huabu_attention_slicing": settings.attention_slicing, "huabu_dtype": settings.dtype}
+            "huabu_attention_slicing": settings.attention_slicing, "huabu_dtype": settings.dtype,
+            "huabu_compile": settings.compile}
