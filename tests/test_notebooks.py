@@ -54,3 +54,13 @@ def test_pipelines_and_schedulers(tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(r["samplers_png"]).size == (6 * 64, 64)
+
+
+def test_denoising_loop_by_hand(tmp_path, monkeypatch):
+    r = run_notebook("02-denoising-loop-by-hand.ipynb", tmp_path, monkeypatch)
+    assert r["formula_error"] < 1e-5  # scheduler.add_noise is sqrt(abar) x0 + sqrt(1 - abar) noise
+    assert r["max_pixel_difference"] == 0  # the hand-written loop is the pipeline, pixel for pixel
+    assert r["previews"] == 5
+    from PIL import Image
+
+    assert Image.open(r["by_hand_png"]).size == (64, 64)
