@@ -64,3 +64,16 @@ def test_denoising_loop_by_hand(tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(r["by_hand_png"]).size == (64, 64)
+
+
+def test_img2img_and_inpainting(tmp_path, monkeypatch):
+    r = run_notebook("03-img2img-and-inpainting.ipynb", tmp_path, monkeypatch)
+    assert r["same_unet"]
+    assert r["steps_run"] == {"0.2": 4, "0.4": 8, "0.6": 12, "0.8": 16, "1.0": 20}  # strength x steps
+    distances = list(r["img2img_distance"].values())
+    assert distances == sorted(distances)  # more strength, further from the source
+    assert r["change_inside"] > 3 * r["change_outside"]  # the mask's part was repainted, the rest kept
+    assert r["pasted_outside"] == 0.0
+    from PIL import Image
+
+    assert Image.open(r["inpaint_png"]).size == (4 * 64, 64)
