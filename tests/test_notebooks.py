@@ -77,3 +77,13 @@ def test_img2img_and_inpainting(tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(r["inpaint_png"]).size == (4 * 64, 64)
+
+
+def test_controlnet(tmp_path, monkeypatch):
+    r = run_notebook("04-controlnet.ipynb", tmp_path, monkeypatch)
+    assert r["f1_controlled"] > 2 * r["f1_free"]  # outlines follow the canny map
+    assert r["f1_by_weight"]["1.0"] > r["f1_by_weight"]["0.0"]
+    assert r["colour_controlled"] < 0.6 * r["colour_free"]  # colours follow the colour grid
+    from PIL import Image
+
+    assert Image.open(r["canny_png"]).size == (4 * 64, 3 * 64)
