@@ -87,3 +87,16 @@ def test_controlnet(tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(r["canny_png"]).size == (4 * 64, 3 * 64)
+
+
+def test_lora_training(tmp_path, monkeypatch):
+    r = run_notebook("05-lora-training.ipynb", tmp_path, monkeypatch)
+    assert r["trainable"] < 0.02 * r["unet_parameters"]
+    curve = r["eval_curve"]
+    assert curve["60"] < 0.8 * curve["0"]  # the same noise and timesteps are predicted better after training
+    assert r["lora_kib"] < 1024
+    assert r["weight0_vs_base"] == 0  # weight 0 is the base model exactly
+    assert r["weight1_vs_trained"] == 0  # saved and loaded again, weight 1 is what was trained
+    from PIL import Image
+
+    assert Image.open(r["before_after_png"]).size == (3 * 64, 2 * 64)
