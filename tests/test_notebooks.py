@@ -100,3 +100,18 @@ def test_lora_training(tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(r["before_after_png"]).size == (3 * 64, 2 * 64)
+
+
+def test_unet_vs_dit(tmp_path, monkeypatch):
+    r = run_notebook("06-unet-vs-dit.ipynb", tmp_path, monkeypatch)
+    assert 0.8 < r["dit_params"] / r["unet_params"] < 1.2  # a DiT of about huabu-tiny's size
+    small = r["table"]["16"]
+    assert 0.7 < small["dit_gflops"] / small["unet_gflops"] < 1.3
+    assert small["unet_ms"] > 0 and small["dit_ms"] > 0
+    assert r["unet_growth"] > r["dit_growth"] > 1
+    assert max(r["oracle_error"].values()) < 1e-5  # Euler on the straight path with the true velocity is exact
+    assert r["unet_loss"] < 0.1 < r["dit_loss"]  # trained UNet, random DiT
+    assert r["reload_identical"]
+    from PIL import Image
+
+    assert Image.open(r["random_png"]).size == (64, 64)
