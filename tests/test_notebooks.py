@@ -14,6 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 CELL_TIMEOUT_S = 300
+TESTED = {
+    "01-pipelines-and-schedulers.ipynb",
+    "02-denoising-loop-by-hand.ipynb",
+    "03-img2img-and-inpainting.ipynb",
+    "04-controlnet.ipynb",
+    "05-lora-training.ipynb",
+    "06-unet-vs-dit.ipynb",
+}
 
 
 def run_notebook(name: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -31,8 +39,7 @@ def run_notebook(name: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     # elsewhere on the machine (another venv's, the user's) cannot take over.
     km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(notebook, km=km, timeout=CELL_TIMEOUT_S,
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(notebook, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     for cell in reversed(notebook.cells):
         for output in cell.get("outputs", []):
             for line in output.get("text", "").splitlines():
@@ -43,14 +50,20 @@ def run_notebook(name: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 def test_pipelines_and_schedulers(tmp_path, monkeypatch):
     r = run_notebook("01-pipelines-and-schedulers.ipynb", tmp_path, monkeypatch)
-    assert r["components"] == {"vae": "AutoencoderKL", "text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer",
-                               "unet": "UNet2DConditionModel", "scheduler": "DPMSolverMultistepScheduler"}
+    assert r["components"] == {
+        "vae": "AutoencoderKL",
+        "text_encoder": "CLIPTextModel",
+        "tokenizer": "CLIPTokenizer",
+        "unet": "UNet2DConditionModel",
+        "scheduler": "DPMSolverMultistepScheduler",
+    }
     assert r["same_seed_identical"] and r["other_seed_differs"]
     steps = r["step_distance"]
     assert steps["20"] < steps["4"] < steps["2"]
     # deterministic samplers land near the converged picture; ancestral Euler a wanders off it
-    assert max(r["sampler_distance"][s] for s in ("Euler", "DDIM", "DPM++ 2M", "UniPC")) < r["sampler_distance"][
-        "Euler a"]
+    assert (
+        max(r["sampler_distance"][s] for s in ("Euler", "DDIM", "DPM++ 2M", "UniPC")) < r["sampler_distance"]["Euler a"]
+    )
     from PIL import Image
 
     assert Image.open(r["samplers_png"]).size == (6 * 64, 64)
@@ -115,3 +128,31 @@ def test_unet_vs_dit(tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(r["random_png"]).size == (64, 64)
+
+
+def committed_notebooks() -> list[Path]:
+    """The notebooks git tracks (the files on disk where there is no git, as in an unpacked release)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "notebooks/*.ipynb"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(NOTEBOOKS.glob("*.ipynb"))
+    return [ROOT / name for name in listed]
+
+
+def test_every_notebook_is_tested_and_stripped():
+    import nbformat
+
+    notebooks = committed_notebooks()
+    assert {path.name for path in notebooks} == TESTED  # a new notebook needs a test above
+    for path in notebooks:
+        notebook = nbformat.read(path, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: run nbstripout on it"
+    # and nbstripout itself would change nothing (metadata included)
+    check = subprocess.run(
+        [sys.executable, "-m", "nbstripout", "--verify", *map(str, notebooks)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
