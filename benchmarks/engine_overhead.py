@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/engine_overhead.py [--model PATH | --random sd15|sdxl] [--steps 20] [--size 64]
                                                    [--repeats 7] [--fast] [--device cuda --dtype fp16]
+                                                   [--dtype bf16] [--compile]
 
 Runs are interleaved (bare, engine, bare, engine, ...) after one warm-up each, so machine load affects both alike;
 the median of each is reported with their ratio. Without --model it uses huabu-tiny, or, while its weights are
 absent, a random SD-shaped model (f=4 VAE, 64x64) built in a temporary folder; --random builds one of a real
 model's shape from huabu's bundled configs (benchmarks/random_models.py). --fast times huabu-tiny's 4-step preset
-(the huabu-tiny-lcm LoRA, LCM sampler, CFG 1). Beside the rates it prints the FLOP limit: the UNet's FLOPs per
+(the huabu-tiny-lcm LoRA, LCM sampler, CFG 1); --compile compiles the UNet both calls share (Settings.compile), in
+the uncounted warm-up round. Beside the rates it prints the FLOP limit: the UNet's FLOPs per
 image (counted by torch's FlopCounterMode) against the device's measured matrix-multiply rate.
 """
 
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--random", choices=("sd15", "sd2-base", "sdxl"), help="a random model of this shape")
     parser.add_argument("--fast", action="store_true", help="huabu-tiny-lcm LoRA, LCM sampler, 4 steps, CFG 1")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (compiled while warming up)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -81,7 +84,8 @@ def main() -> None:
     if args.fast:
         args.sampler, args.steps, args.cfg = "LCM", 4, 1.0
     workdir = Path(tempfile.mkdtemp(prefix="huabu-bench-"))
-    engine = Engine(Settings.for_home(workdir / "home", device=args.device, dtype=args.dtype))
+    engine = Engine(Settings.for_home(workdir / "home", device=args.device, dtype=args.dtype,
+                                       compile=args.compile))
     if args.random:
         from random_models import save_random_model
 
@@ -119,7 +123,7 @@ def main() -> None:
     rate = {name: args.batch / statistics.median(values) for name, values in timings.items()}
     print(f"model {loaded.name} ({loaded.ref.kind}), device {pipe.device}, {args.sampler}, {args.steps} steps, "
           f"{args.size}x{args.size}, batch {args.batch}, {args.repeats} interleaved repeats, torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}, {pipe.unet.dtype}{', compiled' if args.compile else ''}")
     for name in ("diffusers", "huabu"):
         spread = f"{min(timings[name]):.3f}-{max(timings[name]):.3f} s"
         print(f"  {name:<9} {rate[name]:8.3f} images/s  (median of {len(timings[name])}, range {spread})")
@@ -146,8 +150,8 @@ def unet_flops_per_image(pipe, args) -> float:
         pooled = pipe.text_encoder_2.config.projection_dim
         extra = {"added_cond_kwargs": {"text_embeds": torch.randn(batch, pooled, device=pipe.device, dtype=unet.dtype),
                                        "time_ids": torch.zeros(batch, 6, device=pipe.device, dtype=unet.dtype)}}
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(sample, torch.tensor([500] * batch, device=pipe.device), hidden, **extra)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # forward: the eager code, compiled or not
+        unet.forward(sample, torch.tensor([500] * batch, device=pipe.device), hidden, **extra)
     return float(counter.get_total_flops())
 
 
