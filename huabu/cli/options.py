@@ -277,6 +277,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # --compile: dynamo notes each lru_cache-wrapped diffusers helper it traces through (harmless version checks)
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
     import diffusers.utils.logging
     import transformers.utils.logging
 
