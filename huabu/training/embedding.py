@@ -90,6 +90,8 @@ def check_config(cfg: EmbeddingTrainConfig) -> None:
     if cfg.max_norm < 0:
         raise InvalidRequest(f"--max-norm must be 0 (no limit) or positive, got {cfg.max_norm}")
     Schedule(cfg.lr_schedule, cfg.warmup)  # a one-line error for an unknown name, before any model loads
+    if cfg.object_weight < 0:
+        raise InvalidRequest(f"--object-weight must be 0 or positive, got {cfg.object_weight}")
     if not cfg.data:
         raise InvalidRequest("--data: give the folder of training images")
     check_timestep_sampling(cfg.timesteps)
@@ -112,6 +114,15 @@ def _images(cfg: EmbeddingTrainConfig, size: int) -> tuple[np.ndarray, list[str]
         images.append(np.asarray(image))
         captions.append(caption)
     return np.stack(images), captions
+
+
+def object_masks(images: np.ndarray, latent_size: int, threshold: int = 24) -> torch.Tensor:
+    """N x 1 x S x S: 1 where a latent cell covers pixels that differ from the image's border colour (the object
+    of an image on a plain background), else 0."""
+    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
+    colour = np.median(border, axis=1)[:, None, None, :]
+    differs = (np.abs(images.astype(np.int16) - colour).max(axis=-1) > threshold).astype(np.float32)
+    return torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(differs)[:, None], latent_size)
 
 
 def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
@@ -151,6 +162,8 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
     with torch.no_grad():  # the images never change: their latents once
         latents = torch.cat([vae.encode(to_tensor(images[i:i + 16]).to(device)).latent_dist.mode()
                              for i in range(0, len(images), 16)]) * vae.config.scaling_factor
+    # The background is named by the caption; weighting the object's cells keeps the vectors on its shape.
+    weights = 1.0 + cfg.object_weight * object_masks(images, latents.shape[-1]).to(device)
     schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
 
     def step_loss(step: int) -> torch.Tensor:
@@ -165,7 +178,8 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
         cond = text_encoder(ids)[0]
         pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         target = schedule.get_velocity(x0, noise, t) if schedule.config.prediction_type == "v_prediction" else noise
-        return torch.nn.functional.mse_loss(pred.float(), target.float())
+        w = weights[torch.as_tensor(idx)]
+        return ((pred.float() - target.float()) ** 2 * w).mean() / w.mean()
 
     parts = {"tokenizer": tok, "text_encoder": text_encoder, "vae": vae, "unet": unet, "scheduler": schedule,
              "vectors": trained, "captions": captions, "folder": folder}
