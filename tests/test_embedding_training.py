@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
-from huabu.training.embedding import train
+from huabu.training.embedding import object_masks, train
 from huabu.training.embedding_config import EmbeddingTrainConfig
 
 
@@ -65,10 +65,32 @@ def test_training_writes_a1111_vectors_and_resumes_exactly(model_store, data, tm
     assert np.abs(np.asarray(used, np.int16) - np.asarray(plain, np.int16)).max() > 0
 
 
+def test_max_norm_caps_the_vectors_and_cosine_changes_the_run(model_store, data, tmp_path):
+    free = _vectors(train(_config(model_store, data, tmp_path / "free", lr=0.5)))
+    assert free.float().norm(dim=-1).max() > 0.1
+    capped = _vectors(train(_config(model_store, data, tmp_path / "capped", lr=0.5, max_norm=0.05)))
+    assert capped.float().norm(dim=-1).max() == pytest.approx(0.05, abs=1e-3)  # fp16 rounding
+    cosine = _vectors(train(_config(model_store, data, tmp_path / "cosine", lr=0.5, lr_schedule="cosine")))
+    assert not torch.equal(cosine, free)  # the later steps take smaller learning rates
+
+
+def test_object_masks_cover_what_differs_from_the_border_and_weight_the_loss(model_store, data, tmp_path):
+    image = np.full((1, 32, 32, 3), 40, np.uint8)
+    image[0, 8:16, 16:24] = 250
+    mask = object_masks(image, 8)[0, 0]
+    assert mask.shape == (8, 8) and mask.sum() == 4 and mask[2:4, 4:6].min() == 1
+    plain = _vectors(train(_config(model_store, data, tmp_path / "plain")))
+    weighted = _vectors(train(_config(model_store, data, tmp_path / "weighted", object_weight=4.0)))
+    assert not torch.equal(plain, weighted)
+
+
 def test_bad_configs_are_one_line_errors(model_store, data, tmp_path):
     base = _config(model_store, data, tmp_path / "x")
     for changes, message in (({"token": "two words"}, "give the embedding a name"),
                              ({"vectors": 0}, "--vectors must be between 1 and 75"),
+                             ({"max_norm": -1.0}, "--max-norm must be 0"),
+                             ({"object_weight": -1.0}, "--object-weight must be 0 or positive"),
+                             ({"lr_schedule": "linear"}, "learning-rate schedule must be one of constant, cosine"),
                              ({"model": str(tmp_path)}, "embeddings train on huabu-tiny or a diffusers folder")):
         with pytest.raises(InvalidRequest, match=message):
             train(replace(base, **changes))

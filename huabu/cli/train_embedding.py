@@ -14,6 +14,10 @@ _HELP = {
     "init_word": "text whose token vectors the new vectors start from",
     "vectors": "vectors per token (A1111: 'Number of vectors per token')",
     "model": "huabu-tiny or a diffusers folder of an SD 1.x/2.x-shaped model",
+    "max_norm": "scale each vector down to at most this length (huabu-tiny's word rows: 0.2-0.4); 0: no limit",
+    "lr_schedule": "constant (after --warmup), or cosine down to 0.1 of --lr at --steps",
+    "object_weight": "extra loss weight on pixels unlike the image's border colour, for objects on plain "
+                     "backgrounds (0: plain loss)",
     "resolution": "training image size in px (0: the model's own)",
     "timesteps": "uniform, or cubic (more of the noisy steps, where an object's shape is decided)",
     "sample_every": "also write NAME-STEP.safetensors and a sample image every so many steps (0: never)",

@@ -26,6 +26,7 @@ from huabu.training.loop import Plan, Recipe, Sampled, same_run
 from huabu.training.noise import check_timestep_sampling, draw_timesteps
 from huabu.training.schedules import Schedule
 
+COSINE_FLOOR = 0.1  # --lr-schedule cosine ends at this share of the peak rate
 PLACEHOLDER = "huabutitrain"  # the token strings captions are written with while training (never a prompt word)
 
 
@@ -33,11 +34,21 @@ class TokenVectors(torch.nn.Module):
     """The trained vectors, and the hooks that put them in place of their placeholder tokens: the token table
     looks up a stand-in id (the table has no rows for them), then their rows are replaced."""
 
-    def __init__(self, initial: torch.Tensor, first_id: int) -> None:
+    def __init__(self, initial: torch.Tensor, first_id: int, max_norm: float = 0.0) -> None:
         super().__init__()
         self.vectors = torch.nn.Parameter(initial.clone())
         self.first_id = first_id
+        self.max_norm = max_norm
         self._ids: torch.Tensor | None = None
+
+    @property
+    def used(self) -> torch.Tensor:
+        """The vectors used and saved: the trained ones, scaled down to `max_norm` where longer. A vector far longer
+        than the model's word rows outweighs the rest of the prompt (the background and position words)."""
+        if not self.max_norm:
+            return self.vectors
+        norms = self.vectors.norm(dim=-1, keepdim=True)
+        return self.vectors * (self.max_norm / norms.clamp(min=self.max_norm))
 
     def attach(self, table: torch.nn.Module) -> None:
         table.register_forward_pre_hook(self._stand_in)
@@ -53,7 +64,7 @@ class TokenVectors(torch.nn.Module):
         if not bool(chosen.any()):
             return output
         output = output.clone()
-        output[chosen] = self.vectors[ids[chosen] - self.first_id].to(output.dtype)
+        output[chosen] = self.used[ids[chosen] - self.first_id].to(output.dtype)
         return output
 
 
@@ -76,6 +87,11 @@ def check_config(cfg: EmbeddingTrainConfig) -> None:
         raise InvalidRequest(f"--token {cfg.token!r}: give the embedding a name of letters, digits, - or _")
     if not 1 <= cfg.vectors <= 75:
         raise InvalidRequest(f"--vectors must be between 1 and 75, got {cfg.vectors}")
+    if cfg.max_norm < 0:
+        raise InvalidRequest(f"--max-norm must be 0 (no limit) or positive, got {cfg.max_norm}")
+    Schedule(cfg.lr_schedule, cfg.warmup)  # a one-line error for an unknown name, before any model loads
+    if cfg.object_weight < 0:
+        raise InvalidRequest(f"--object-weight must be 0 or positive, got {cfg.object_weight}")
     if not cfg.data:
         raise InvalidRequest("--data: give the folder of training images")
     check_timestep_sampling(cfg.timesteps)
@@ -98,6 +114,15 @@ def _images(cfg: EmbeddingTrainConfig, size: int) -> tuple[np.ndarray, list[str]
         images.append(np.asarray(image))
         captions.append(caption)
     return np.stack(images), captions
+
+
+def object_masks(images: np.ndarray, latent_size: int, threshold: int = 24) -> torch.Tensor:
+    """N x 1 x S x S: 1 where a latent cell covers pixels that differ from the image's border colour (the object
+    of an image on a plain background), else 0."""
+    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
+    colour = np.median(border, axis=1)[:, None, None, :]
+    differs = (np.abs(images.astype(np.int16) - colour).max(axis=-1) > threshold).astype(np.float32)
+    return torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(differs)[:, None], latent_size)
 
 
 def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
@@ -123,7 +148,7 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
     initial = table.weight[[init_ids[i % len(init_ids)] for i in range(cfg.vectors)]].detach()
     first_id = len(tok)
     tok.add_tokens(placeholders(cfg.vectors))  # ids from first_id on; the hook gives them their vectors
-    vectors = TokenVectors(initial, first_id)
+    vectors = TokenVectors(initial, first_id, cfg.max_norm)
     optimizer = torch.optim.AdamW(vectors.parameters(), lr=cfg.lr, weight_decay=0.0)
     vectors, optimizer = accelerator.prepare(vectors, optimizer)
     device = accelerator.device
@@ -137,6 +162,8 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
     with torch.no_grad():  # the images never change: their latents once
         latents = torch.cat([vae.encode(to_tensor(images[i:i + 16]).to(device)).latent_dist.mode()
                              for i in range(0, len(images), 16)]) * vae.config.scaling_factor
+    # The background is named by the caption; weighting the object's cells keeps the vectors on its shape.
+    weights = 1.0 + cfg.object_weight * object_masks(images, latents.shape[-1]).to(device)
     schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
 
     def step_loss(step: int) -> torch.Tensor:
@@ -151,7 +178,8 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
         cond = text_encoder(ids)[0]
         pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         target = schedule.get_velocity(x0, noise, t) if schedule.config.prediction_type == "v_prediction" else noise
-        return torch.nn.functional.mse_loss(pred.float(), target.float())
+        w = weights[torch.as_tensor(idx)]
+        return ((pred.float() - target.float()) ** 2 * w).mean() / w.mean()
 
     parts = {"tokenizer": tok, "text_encoder": text_encoder, "vae": vae, "unet": unet, "scheduler": schedule,
              "vectors": trained, "captions": captions, "folder": folder}
@@ -181,7 +209,7 @@ def write_sample(parts: dict, cfg: EmbeddingTrainConfig, done: int) -> tuple[Pat
     from diffusers import StableDiffusionPipeline
 
     out = Path(cfg.out)
-    embedding = write_embedding(parts["vectors"].vectors, cfg, out / "embeddings" / f"{cfg.token}-{done}.safetensors",
+    embedding = write_embedding(parts["vectors"].used, cfg, out / "embeddings" / f"{cfg.token}-{done}.safetensors",
                                 done)
     prompt = cfg.sample_prompt.replace(cfg.token, " ".join(placeholders(cfg.vectors))) or parts["captions"][0]
     pipe = StableDiffusionPipeline(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"],
@@ -200,8 +228,9 @@ def train(cfg: EmbeddingTrainConfig, progress: Callable | None = None, cancel: C
           ) -> Path:
     """Train (or resume training) an embedding; returns `out/NAME.safetensors`."""
     recipe, parts = setup(cfg)
-    plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
-                cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
-                sample_every=cfg.sample_every, log_every=10, config=asdict(cfg), desc=f"embedding {cfg.token}")
+    schedule = Schedule(cfg.lr_schedule, cfg.warmup, cfg.steps, COSINE_FLOOR)
+    plan = Plan(Path(cfg.out), cfg.steps, schedule, same_run(cfg), cfg.batch_size * recipe.accelerator.num_processes,
+                cfg.checkpoint_every, sample_every=cfg.sample_every, log_every=10, config=asdict(cfg),
+                desc=f"embedding {cfg.token}")
     loop.train(recipe, plan, progress=progress, cancel=cancel)
-    return write_embedding(parts["vectors"].vectors, cfg, Path(cfg.out) / f"{cfg.token}.safetensors", cfg.steps)
+    return write_embedding(parts["vectors"].used, cfg, Path(cfg.out) / f"{cfg.token}.safetensors", cfg.steps)

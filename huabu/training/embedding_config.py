@@ -19,7 +19,10 @@ class EmbeddingTrainConfig:
     batch_size: int = 4
     lr: float = 0.005
     warmup: int = 0
+    lr_schedule: str = "constant"  # or "cosine": from the peak down to 0.1 of it at --steps
     resolution: int = 0  # 0: the model's own size
+    max_norm: float = 0.0  # each vector is scaled down to at most this L2 norm (0: no limit)
+    object_weight: float = 0.0  # extra loss weight on pixels unlike the image's border colour (0: plain loss)
     timesteps: str = "uniform"  # or "cubic": biased to the noisy steps, where an object's shape is decided
     checkpoint_every: int = 100
     sample_every: int = 0  # also write NAME-STEP.safetensors and a sample image every so many steps; 0 = never
