@@ -258,3 +258,22 @@ def test_fast_preset_sets_the_lcm_options_and_refuses_other_models():
     assert [(lora.name, lora.weight) for lora in request.loras] == [("x", 0.5), ("huabu-tiny-lcm", 1.0)]
     with pytest.raises(InvalidRequest, match="--fast is huabu-tiny's preset"):
         request_from_args(parser.parse_args(["a cat", "--fast", "--model", "sd15.safetensors"]), "txt2img")
+
+
+def test_fast_generates_with_the_shipped_lcm_lora_and_records_it(huabu_env, capsys, tmp_path):
+    from huabu.core.pnginfo import read_parameters
+    from huabu.engine.loras import BUILTIN_LORAS_DIR
+
+    assert (BUILTIN_LORAS_DIR / "huabu-tiny-lcm.safetensors").is_file()
+    prompt = "a red apple in the top left corner on a blue background"
+    code, _, err = run(capsys, "generate", prompt, "--fast", "--seed", "3", "-o", tmp_path / "fast")
+    assert code == 0, err
+    fast = sorted((tmp_path / "fast").glob("*.png"))[0]
+    info = read_parameters(fast)
+    assert "<lora:huabu-tiny-lcm:1>" in info and "Steps: 4" in info and "Sampler: LCM" in info and "CFG scale: 1" in info
+    # the LoRA does the work: the same 4 LCM steps without it give another picture
+    code, _, err = run(capsys, "generate", prompt, "--steps", "4", "--cfg", "1", "--sampler", "LCM", "--seed", "3",
+                       "-o", tmp_path / "plain")
+    plain = sorted((tmp_path / "plain").glob("*.png"))[0]
+    difference = np.abs(np.asarray(Image.open(fast), np.int16) - np.asarray(Image.open(plain), np.int16)).mean()
+    assert difference > 10
