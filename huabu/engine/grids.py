@@ -11,16 +11,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-# Fonts with CJK glyphs first (Debian's fonts-noto-cjk, fonts-wqy-*), then Latin-only ones.
-FONT_CANDIDATES = (
-    Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"),
-    Path("/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc"),
-    Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"),
-    Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"),
-    Path("/System/Library/Fonts/PingFang.ttc"),
-    Path("C:/Windows/Fonts/msyh.ttc"),
-    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
-)
+from huabu.engine.fonts import CJK_FONT_PATHS
+
+# Fonts with CJK glyphs first (grid labels may be Chinese), then a Latin-only one.
+FONT_CANDIDATES = (*CJK_FONT_PATHS, Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"))
 MIN_FONT_SIZE = 10  # A1111's (width + height) / 25 is 5 px on a 64 px cell: too small to read
 _ACTIVE, _INACTIVE = (0, 0, 0), (153, 153, 153)
 

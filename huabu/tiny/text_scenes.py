@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from huabu.engine.control.glyph import draw_word, find_cjk_font, glyph_map
+from huabu.engine.control.glyph import draw_word, glyph_map
+from huabu.engine.fonts import find_cjk_font
 from huabu.tiny import scenes as S
 
 TEXT_IMAGE_SIZE = 128

@@ -19,7 +19,7 @@ import importlib
 _EXPORTS = {
     "ALIASES": "registry", "PREPROCESSORS": "registry", "Preprocessor": "registry", "get_preprocessor": "registry",
     "passthrough": "registry", "preprocess": "registry",
-    "canny": "canny", "color": "color", "find_cjk_font": "glyph", "glyph": "glyph", "glyph_map": "glyph",
+    "canny": "canny", "color": "color", "glyph": "glyph", "glyph_map": "glyph",
     "DepthEstimator": "depth", "depth": "depth", "load_depth_model": "depth",
     "HEDNetwork": "softedge", "gradient_edges": "softedge", "hed": "softedge", "load_hed": "softedge",
     "softedge": "softedge",
