@@ -270,7 +270,8 @@ def test_fast_generates_with_the_shipped_lcm_lora_and_records_it(huabu_env, caps
     assert code == 0, err
     fast = sorted((tmp_path / "fast").glob("*.png"))[0]
     info = read_parameters(fast)
-    assert "<lora:huabu-tiny-lcm:1>" in info and "Steps: 4" in info and "Sampler: LCM" in info and "CFG scale: 1" in info
+    assert "<lora:huabu-tiny-lcm:1>" in info and "Steps: 4" in info
+    assert "Sampler: LCM" in info and "CFG scale: 1" in info
     # the LoRA does the work: the same 4 LCM steps without it give another picture
     code, _, err = run(capsys, "generate", prompt, "--steps", "4", "--cfg", "1", "--sampler", "LCM", "--seed", "3",
                        "-o", tmp_path / "plain")
