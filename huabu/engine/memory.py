@@ -16,19 +16,14 @@ from huabu.core.settings import Settings
 def apply_memory_options(pipe: Any, settings: Settings, device: torch.device) -> None:
     """Set the pipeline up as `settings` asks; with offload, the pipeline manages the device itself."""
     if settings.dtype == "fp8":
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        if denoiser is None:
-            raise InvalidRequest(f"--dtype fp8 needs a UNet or transformer; {type(pipe).__name__} has neither")
+        denoiser = _denoiser(pipe, "--dtype fp8")
         # Weights stored in float8, each layer cast up to the loading dtype while it runs (diffusers' layerwise
         # casting; norms and embeddings stay as they are).
         denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
     if settings.compile:
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        if denoiser is None:
-            raise InvalidRequest(f"--compile needs a UNet or transformer; {type(pipe).__name__} has neither")
         # In place, so the module keeps its class (LoRA loading, from_pipe and isinstance checks still see it);
         # compiling itself waits for the first step.
-        denoiser.compile()
+        _denoiser(pipe, "--compile").compile()
     if settings.vae_tiling:
         pipe.vae.enable_tiling()
     if settings.attention_slicing:
@@ -43,3 +38,11 @@ def apply_memory_options(pipe: Any, settings: Settings, device: torch.device) ->
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.enable_sequential_cpu_offload(device=device)
+
+
+def _denoiser(pipe: Any, switch: str) -> torch.nn.Module:
+    """The pipeline's UNet or transformer, which `switch` acts on."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is None:
+        raise InvalidRequest(f"{switch} needs a UNet or transformer; {type(pipe).__name__} has neither")
+    return denoiser
