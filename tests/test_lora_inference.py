@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from huabu.core.errors import HuabuError
 from huabu.core.requests import GenerateRequest
 from huabu.engine import lora_formats as formats
+from huabu.engine.generate import Engine
 
 PROMPT = "a red dragon"
 
@@ -163,3 +164,12 @@ def test_list_loras_reads_the_metadata(settings, lora_files, huabu_env, capsys):
     assert main(["loras"]) == 0
     out = capsys.readouterr().out
     assert f"kohya-hand [{kohya.short_hash}]  kohya  rank 4/alpha 2" in out and "trigger: zqx" in out
+
+
+@pytest.mark.slow
+def test_a_compiled_unet_follows_lora_switches(engine, settings, model_store, lora_files):
+    # On a CPU --compile freezes the UNet's weights into the graph: LoRAs turned on, reweighted and off must still act.
+    compiled = Engine(settings.with_(compile=True))
+    for prompt in (PROMPT, PROMPT + "<lora:kohya-hand:1>", PROMPT + "<lora:kohya-hand:0.5>", PROMPT):
+        eager, frozen = _generate(engine, model_store, prompt)[0], _generate(compiled, model_store, prompt)[0]
+        assert np.abs(frozen - eager).max() <= 2

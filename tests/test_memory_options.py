@@ -53,6 +53,15 @@ def test_compile_compiles_the_unet_in_place_once_per_loaded_pipeline(settings, m
     assert plain._compiled_call_impl is None
 
 
+def test_compile_freezes_weights_and_drops_python_between_kernels_on_a_cpu_only():
+    import torch
+
+    from huabu.engine.memory import compile_options
+
+    assert compile_options(torch.device("cpu")) == {"freezing": True, "cpp_wrapper": True}
+    assert compile_options(torch.device("cuda")) == {}
+
+
 @pytest.mark.slow
 def test_a_compiled_unet_draws_the_same_image(settings, model_store):
     plain = _image(settings, model_store)
