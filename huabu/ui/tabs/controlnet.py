@@ -65,8 +65,9 @@ def glyph_request(fields: dict[str, Any], words: str | None, boxes: str | None, 
                   model: str = "", weight: float = 1.0, start: float = 0.0, end: float = 1.0) -> GenerateRequest:
     """A txt2img request with one glyph unit and the tab's words and boxes as `text_boxes`: the unit and list
     that `huabu generate --control glyph[:WEIGHT:START:END] --text-box ...` sends."""
+    # pixel perfect, as the CLI's units without --control-res: the map is drawn at the output's size
     unit = dict(module=GLYPH, model=model or "", weight=float(weight), guidance_start=float(start),
-                guidance_end=float(end))
+                guidance_end=float(end), pixel_perfect=True)
     drawn = drawn_boxes(canvas, fields.get("width"), fields.get("height"))
     return GenerateRequest.create(mode="txt2img", controlnets=[unit], text_boxes=text_boxes_field(words, boxes, drawn),
                                   **fields)
@@ -94,8 +95,10 @@ def build_glyph_fields(labels) -> dict[str, Any]:
                            elem_id="controlnet-words")
             boxes = labels(gr.Textbox, label=Key("controlnet.boxes"), info=Key("controlnet.boxes_info"), lines=3,
                            placeholder="16,40,112,88", elem_id="controlnet-boxes")
-        canvas = labels(gr.ImageEditor, label=Key("controlnet.box_canvas"), type="pil", image_mode="RGBA",
-                        format="png", height=360, transforms=(), sources=("upload",),
+        # an empty value (not None) keeps the field optional for API clients of the other modules
+        canvas = labels(gr.ImageEditor, value=dict(background=None, layers=[], composite=None), type="pil",
+                        image_mode="RGBA", format="png", height=360, canvas_size=(512, 512), transforms=(),
+                        sources=("upload",), label=Key("controlnet.box_canvas"),
                         brush=gr.Brush(colors=["#ff4040"], color_mode="fixed"), elem_id="controlnet-box-canvas")
         with gr.Row():
             new_canvas = labels(gr.Button, value=Key("controlnet.new_canvas"), elem_id="controlnet-new-canvas")
