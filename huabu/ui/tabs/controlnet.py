@@ -91,11 +91,11 @@ def build_glyph_fields(labels) -> dict[str, Any]:
     """The glyph module's words, typed boxes, box canvas and buttons, in a group shown while glyph is picked."""
     with gr.Group(visible=False) as group:
         with gr.Row():
-            words = labels(gr.Textbox, label=Key("controlnet.words"), info=Key("controlnet.words_info"), lines=3,
-                           elem_id="controlnet-words")
-            boxes = labels(gr.Textbox, label=Key("controlnet.boxes"), info=Key("controlnet.boxes_info"), lines=3,
-                           placeholder="16,40,112,88", elem_id="controlnet-boxes")
-        # an empty value (not None) keeps the field optional for API clients of the other modules
+            # empty values (not None) keep these fields optional for API clients of the other modules
+            words = labels(gr.Textbox, value="", label=Key("controlnet.words"), info=Key("controlnet.words_info"),
+                           lines=3, elem_id="controlnet-words")
+            boxes = labels(gr.Textbox, value="", label=Key("controlnet.boxes"), info=Key("controlnet.boxes_info"),
+                           lines=3, placeholder="16,40,112,88", elem_id="controlnet-boxes")
         canvas = labels(gr.ImageEditor, value=dict(background=None, layers=[], composite=None), type="pil",
                         image_mode="RGBA", format="png", height=360, canvas_size=(512, 512), transforms=(),
                         sources=("upload",), label=Key("controlnet.box_canvas"),
