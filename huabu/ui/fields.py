@@ -1,5 +1,5 @@
 """Pure functions behind the studio's fields: slider limits, infotext -> field values, prompt-book insertion, LoRA
-tags, mask extraction. No gradio here, so each is tested directly."""
+tags, mask extraction, text boxes from drawn layers. No gradio here, so each is tested directly."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
+from huabu.core.text_boxes import Box, parse_box
 from huabu.engine.prompts.book import PromptPart
 
 # Fields "send to" fills, in the order of GENERATION_FIELDS below (what every generation tab has).
@@ -106,9 +108,50 @@ def _as_pil(value: Any) -> Image.Image:
         with Image.open(value) as image:
             image.load()
             return image
-    import numpy as np
-
     return Image.fromarray(np.asarray(value))
+
+
+def box_from_layer(alpha: np.ndarray) -> Box | None:
+    """The box (x0, y0, x1, y1; x1 and y1 one past the last pixel) around the painted pixels (alpha > 0) of an
+    editor layer, whatever was drawn (an outline, a filled rectangle, a scribble); None when nothing is."""
+    ys, xs = np.nonzero(alpha)
+    if not len(xs):
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def drawn_boxes(value: dict[str, Any] | None, width: int | None, height: int | None) -> list[Box]:
+    """One box per painted layer of gradio's ImageEditor value, in layer order, in output pixels: scaled from the
+    canvas to width x height (None: the canvas is the output size)."""
+    boxes = []
+    for layer in (value or {}).get("layers") or []:
+        layer = _as_pil(layer).convert("RGBA")
+        box = box_from_layer(np.asarray(layer.getchannel("A")))
+        if box is not None:
+            kx, ky = (width or layer.width) / layer.width, (height or layer.height) / layer.height
+            x0, y0, x1, y1 = box
+            boxes.append((round(x0 * kx), round(y0 * ky), max(round(x1 * kx), 1), max(round(y1 * ky), 1)))
+    return boxes
+
+
+def _lines(text: str | None) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def text_boxes_field(words: str | None, boxes: str | None, drawn: Sequence[Box] = ()) -> list:
+    """A request's `text_boxes` from the glyph fields: one word a line, the i-th with the i-th typed box (X0,Y0,X1,Y1
+    a line) or, when none are typed, the i-th drawn one; words past the boxes are laid out automatically. Without
+    words, the bare boxes for the prompt's quoted words, as `huabu generate --text-box` sends them."""
+    try:
+        given = [parse_box(line) for line in _lines(boxes)] or list(drawn)
+    except ValueError as err:
+        raise InvalidRequest(str(err)) from None
+    texts = _lines(words)
+    if not texts:
+        return [list(box) for box in given]
+    if len(given) > len(texts):
+        raise InvalidRequest(f"{len(given)} boxes for {len(texts)} words; give one box per word, in order")
+    return [{"text": text, "box": list(given[i]) if i < len(given) else None} for i, text in enumerate(texts)]
 
 
 def data_url(image: Image.Image) -> str:
