@@ -3,9 +3,11 @@ and size: A1111 /sdapi/v1/txt2img (sync), native jobs followed by their SSE stre
 
     .venv/bin/python benchmarks/api_throughput.py [--model SPEC] [--requests 32] [--concurrency 1 8 32] [--steps 4]
                                                   [--rounds 2]
+                                                  [--engine process|thread]
 
-This process runs the server (uvicorn on a thread, as `huabu serve` does) and the direct calls; the API load comes
-from a separate client process, as real clients are. Each round measures direct, then each API path at each
+This process runs the server (uvicorn on a thread, as `huabu serve` does) and the direct calls; the server's engine
+runs in a child process as `huabu serve`'s does (`--engine thread`: on a thread of this process, sharing the
+direct calls' engine); the API load comes from a separate client process, as real clients are. Each round measures direct, then each API path at each
 concurrency, so the paths of one round share the machine's load; the report gives every round and the ratio of
 each path to the direct rate of its round. Direct calls run one after another (the engine makes one image at a
 time); an API client's latency includes waiting in the queue, so at concurrency 1 `p50 - direct p50` is the API's
@@ -153,7 +155,7 @@ def row(label: str, concurrency: int, figures: dict, base: dict) -> str:
     lat, rate = figures["latencies"], len(figures["latencies"]) / figures["wall"]
     base_rate = len(base["latencies"]) / base["wall"]
     extra = (statistics.median(lat) - statistics.median(base["latencies"])) * 1000
-    engine = statistics.median(figures["engine"]) * 1000
+    engine = statistics.median(figures["engine"]) * 1000 if figures["engine"] else float("nan")
     return (f"{label:<20} {concurrency:>5} {len(lat):>5} {rate:>7.2f} {rate / base_rate:>7.0%} "
             f"{statistics.median(lat) * 1000:>8.1f} {percentile(lat, 0.95) * 1000:>8.1f} "
             f"{extra if concurrency == 1 else float('nan'):>8.1f} {engine:>8.1f}")
@@ -169,6 +171,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--engine", choices=("process", "thread"), default="process",
+                        help="the server's engine in a child process (as `huabu serve`) or on a thread of this one")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run as the load process against this URL
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
@@ -200,10 +204,13 @@ def main() -> None:
     payload = {"prompt": "a red apple on a blue background", "steps": args.steps, "width": args.size,
                "height": args.size, "sampler": "Euler", "model": model}
     direct(engine, payload, 3)  # load and warm up
-    clock = EngineClock(engine)
-    server, thread, base = serve(create_app(settings, ServerConfig(), engines=[engine]))
+    clock = EngineClock(engine)  # times the in-process engine only: a child's calls are not seen (eng. ms nan)
+    server, thread, base = serve(create_app(settings, ServerConfig(),
+                                            engines=[engine] if args.engine == "thread" else None))
+    if args.engine == "process":
+        through_client(base, "a1111", payload, 3, 1)  # the child loads the model and warms up
     print(f"model {model or BUILTIN_MODEL}, {args.size}x{args.size}, {args.steps} steps, torch threads "
-          f"{torch.get_num_threads()}; clients in a separate process")
+          f"{torch.get_num_threads()}; clients in a separate process; server engine in a {args.engine}")
     print(f"{'path':<20} {'conc.':>5} {'reqs':>5} {'req/s':>7} {'/direct':>7} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'+p50 ms':>8} {'eng. ms':>8}")
     try:

@@ -319,7 +319,7 @@ def test_memory_switches_read_back_in_options_and_cmd_flags_and_change_only_at_s
 
 def test_save_images_false_writes_no_file_and_no_gallery_row_and_true_writes_both(client):
     outputs = client.app.state.huabu.settings.outputs_dir
-    gallery = client.app.state.huabu.queue.engines[0].gallery
+    gallery = client.app.state.huabu.queue.runners[0].engine.gallery
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "unsaved pear", **TINY, "save_images": False}
                        ).status_code == 200
     assert gallery.search("unsaved pear") == [] and not list(outputs.rglob("*.png"))

@@ -227,11 +227,11 @@ def test_job_answers_name_the_model_not_its_path_on_the_server(client, model_sto
 
 def test_a_job_that_finished_while_the_server_stops_stays_done(engine, model_store, tmp_path):
     from huabu.engine.generate import Engine
-    from huabu.server.queue import LocalQueue
+    from huabu.server.queue import EngineThread, LocalQueue
 
     settings = api_settings(model_store, tmp_path / "home")
     store = JobStore(tmp_path / "jobs.sqlite")
-    worker = Engine(settings, models=engine.models)
+    worker = EngineThread(Engine(settings, models=engine.models))
     queue = LocalQueue(store, ServerConfig(), [worker])
     job = store.add(Job.new("image", {"prompt": "x", "seed": 3, "model": "tiny-sd", **TINY}))
     queue.stop()  # the stop arrives while the job's last step runs: nothing is left to interrupt
@@ -243,11 +243,11 @@ def test_a_job_that_finished_while_the_server_stops_stays_done(engine, model_sto
 
 def test_a_cancel_between_the_claim_and_the_run_is_not_lost(engine, model_store, tmp_path):
     from huabu.engine.generate import Engine
-    from huabu.server.queue import LocalQueue
+    from huabu.server.queue import EngineThread, LocalQueue
 
     settings = api_settings(model_store, tmp_path / "home")
     store = JobStore(tmp_path / "jobs.sqlite")
-    worker = Engine(settings, models=engine.models)
+    worker = EngineThread(Engine(settings, models=engine.models))
     queue = LocalQueue(store, ServerConfig(), [worker])
     job = store.add(Job.new("image", {"prompt": "x", "seed": 3, "model": "tiny-sd", **{**TINY, "steps": 20}}))
     claimed = store.claim_next("local-0")  # the worker has the job; its run has not started

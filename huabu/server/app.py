@@ -41,9 +41,9 @@ class ServerState:
 
 
 def create_app(settings: Settings, config: ServerConfig | None = None, engines: list | None = None) -> FastAPI:
-    """The API app. Local mode runs jobs on `engines` (default: `config.workers` new Engines); with
-    `config.broker_url` jobs go to Celery workers. Pickle checkpoints are never loaded on behalf of HTTP clients,
-    whatever the environment says."""
+    """The API app. Local mode runs jobs on `engines` of this process when given (tests, benchmarks), else on
+    `config.workers` child processes with an Engine each; with `config.broker_url` jobs go to Celery workers.
+    Pickle checkpoints are never loaded on behalf of HTTP clients, whatever the environment says."""
     config = config or ServerConfig()
     settings = replace(settings, allow_unsafe_pickle=False)
     store = JobStore(settings.home / JOBS_DB)
@@ -53,12 +53,16 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
         from huabu.server.distributed import CeleryQueue
 
         queue: JobQueue = CeleryQueue(store, config, config.broker_url, disk)
+    elif engines:
+        from huabu.server.queue import EngineThread, LocalQueue
+
+        queue = LocalQueue(store, config, [EngineThread(engine) for engine in engines], disk)
     else:
-        from huabu.engine.generate import Engine
+        from huabu.server.engine_process import EngineProcess
         from huabu.server.queue import LocalQueue
 
-        engines = engines or [Engine(settings) for _ in range(config.workers)]
-        queue = LocalQueue(store, config, engines, disk)
+        queue = LocalQueue(store, config, [EngineProcess(settings, f"engine-{i}") for i in range(config.workers)],
+                           disk)
     from huabu.engine.models import ModelManager
 
     models = ModelManager(settings)  # lists and resolves names for HTTP clients; loads nothing

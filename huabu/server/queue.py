@@ -10,8 +10,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from huabu.core.errors import HuabuError
@@ -19,19 +20,28 @@ from huabu.engine.generate import Engine
 from huabu.engine.job import Progress
 from huabu.server.config import ServerConfig
 from huabu.server.jobs import FINISHED, Job, JobStore
-from huabu.server.runner import Outcome, png_base64, progress_data, progress_fraction, run_job
+from huabu.server.runner import Outcome, ProgressGate, preview_png, progress_data, run_job
 from huabu.server.storage import DISK_FULL, DiskGuard, is_disk_full
 
 log = logging.getLogger(__name__)
 
-PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress rows written for one job
 PREVIEW_WAIT = 1.0  # seconds /progress waits for the engine thread to make a preview
 PRUNE_INTERVAL = 3600.0  # seconds between deletions of jobs past their retention
+
+
+class RelayedFailure(Exception):
+    """A job's failure as the process that ran it reported it: the line and kind `error_line` made there."""
+
+    def __init__(self, line: str, kind: str) -> None:
+        super().__init__(line)
+        self.line, self.kind = line, kind
 
 
 def error_line(err: BaseException) -> tuple[str, str]:
     """(one-line message, kind) for a failed job: the user's input ("invalid"), a full disk ("storage") or a
     bug/the machine ("internal")."""
+    if isinstance(err, RelayedFailure):
+        return err.line, err.kind
     if isinstance(err, HuabuError):
         return str(err), "invalid"
     if is_disk_full(err):
@@ -231,15 +241,13 @@ def _origin_of(url: str) -> str:
 
 @dataclass
 class LiveJob:
-    """A job running on a local engine thread: the flags the engine polls and the last preview it made. Previews
-    are decoded on the engine thread between two steps, when asked for: the model is never used by two threads."""
+    """A job running on a local worker: the flags its engine polls and the last preview it made. Previews are
+    decoded by the engine between two steps, when asked for: a model is never used by two threads."""
 
     job: Job
-    engine: Engine
     cancel: bool = False
     interrupt: bool = False
     skip: bool = False
-    last_write: float = 0.0
     preview: str | None = None  # base64 PNG of the first image at the last step a preview was asked for
     preview_wanted: threading.Event = field(default_factory=threading.Event)
     preview_made: threading.Event = field(default_factory=threading.Event)
@@ -247,16 +255,51 @@ class LiveJob:
     def should_stop(self) -> bool:
         return self.cancel or self.interrupt or self.skip
 
+    def show_preview(self, image: str | None) -> None:
+        self.preview = image
+        self.preview_made.set()
+
+
+class Runner(Protocol):
+    """What a LocalQueue worker thread runs its jobs on: `EngineThread`, or `EngineProcess`
+    (huabu.server.engine_process) with the Engine in a child process."""
+
+    def run(self, job: Job, live: LiveJob, report: Callable[[dict[str, Any]], None]) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+class EngineThread:
+    """Runs jobs on an Engine of this process (what tests and benchmarks pass in as `engines`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def run(self, job: Job, live: LiveJob, report: Callable[[dict[str, Any]], None]) -> Outcome:
+        gate = ProgressGate()
+
+        def on_progress(p: Progress) -> None:
+            if live.preview_wanted.is_set() and p.latents is not None:
+                live.preview_wanted.clear()
+                live.show_preview(preview_png(self.engine, job, p.latents))
+            if gate.passes(p):
+                report(progress_data(p))
+
+        return run_job(self.engine, job, on_progress, live.should_stop)
+
+    def close(self) -> None:
+        pass
+
 
 class LocalQueue(JobQueue):
-    """Jobs run on `len(engines)` threads of this process, oldest queued job first, each thread with its Engine."""
+    """Jobs run on one thread of this process per runner, oldest queued job first; each runner owns an Engine."""
 
     pushes_progress = True
 
-    def __init__(self, store: JobStore, config: ServerConfig, engines: list[Engine],
+    def __init__(self, store: JobStore, config: ServerConfig, runners: list[Runner],
                  disk: DiskGuard | None = None) -> None:
         super().__init__(store, config, disk)
-        self.engines = engines
+        self.runners = runners
         self._wake = threading.Condition()
         self._submitted = False  # set under _wake by _dispatch, so a submission between a worker's empty claim
         # and its wait is not missed
@@ -274,8 +317,8 @@ class LocalQueue(JobQueue):
             log.warning("after a restart: %d job(s) queued again, %d failed", len(requeued), len(failed))
         for job_id in failed:
             self._finished(job_id)
-        for index, engine in enumerate(self.engines):
-            thread = threading.Thread(target=self._work, args=(engine, f"local-{index}"), daemon=True,
+        for index, runner in enumerate(self.runners):
+            thread = threading.Thread(target=self._work, args=(runner, f"local-{index}"), daemon=True,
                                       name=f"huabu-worker-{index}")
             thread.start()
             self._threads.append(thread)
@@ -289,6 +332,8 @@ class LocalQueue(JobQueue):
             self._wake.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
+        for runner in self.runners:
+            runner.close()
 
     def _dispatch(self, job: Job) -> None:
         with self._wake:
@@ -314,7 +359,7 @@ class LocalQueue(JobQueue):
         live = self._live.get(job_id)
         return (live.skip, live.interrupt) if live else (False, False)
 
-    def _work(self, engine: Engine, name: str) -> None:
+    def _work(self, runner: Runner, name: str) -> None:
         while not self._stopping:
             try:
                 job = self.store.claim_next(name)
@@ -328,32 +373,25 @@ class LocalQueue(JobQueue):
                         self._wake.wait(timeout=1.0)
                     self._submitted = False
                 continue
-            self._run(engine, job)
+            self._run(runner, job)
 
-    def _run(self, engine: Engine, job: Job) -> None:
-        live = LiveJob(job, engine)
+    def _run(self, runner: Runner, job: Job) -> None:
+        live = LiveJob(job)
         with self._live_lock:
             live.cancel = job.id in self._early_cancels
             self._early_cancels.discard(job.id)
             self._live[job.id] = live
         self._notify(job.id)  # it runs now
 
-        def on_progress(p: Progress) -> None:
-            if live.preview_wanted.is_set() and p.latents is not None:
-                live.preview_wanted.clear()
-                live.preview = _preview(engine, job, p.latents)
-                live.preview_made.set()
-            now = time.monotonic()
-            if now - live.last_write >= PROGRESS_WRITE_INTERVAL or progress_fraction(p) >= 1.0:
-                live.last_write = now
-                self.store.set_progress(job.id, progress_data(p))
-                self._notify(job.id)
+        def report(progress: dict[str, Any]) -> None:
+            self.store.set_progress(job.id, progress)
+            self._notify(job.id)
 
         try:
-            outcome = run_job(engine, job, on_progress, live.should_stop)
+            outcome = runner.run(job, live, report)
         except Exception as err:  # every failure ends the job with its line; bugs are logged with a traceback
             message, kind = error_line(err)
-            if kind == "internal":
+            if kind == "internal" and not isinstance(err, RelayedFailure):  # a child logged its own traceback
                 log.exception("job %s failed", job.id)
             self._complete(job, "failed", error=message, error_kind=kind)
         else:
@@ -375,15 +413,3 @@ class LocalQueue(JobQueue):
         live.preview_made.wait(PREVIEW_WAIT)
         return live.preview
 
-
-def _preview(engine: Engine, job: Job, latents: Any) -> str | None:
-    """The first image of `latents` decoded with the job's model VAE, as base64 PNG; None when that fails."""
-    try:
-        from huabu.engine.pipelines import decode_latents
-
-        model = engine.models.load(job.request.get("model"), job.request.get("checkpoint_config"))
-        images, _ = decode_latents(model.pipeline, latents[:1].to(model.pipeline.vae.device), model.vae_needs_fp32)
-        return png_base64(images[0])
-    except Exception as err:  # a preview is best effort: never fail a job or /progress because of it
-        log.debug("no preview for job %s: %s", job.id, err)
-        return None

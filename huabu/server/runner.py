@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from huabu.core.requests import GenerateRequest, VideoRequest
 from huabu.engine.generate import Engine
 from huabu.engine.job import Progress
 from huabu.server.jobs import Job
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +56,23 @@ class Outcome:
         images = [Image.open(io.BytesIO(base64.b64decode(text))) for text in data.get("images", [])]
         return cls(images, data["seeds"], data["infotexts"], data["request_used"], data["model"], data["files"],
                    data["interrupted"])
+
+
+PROGRESS_INTERVAL = 0.2  # seconds between progress reports of one job (each is a row written and a wake-up)
+
+
+@dataclass
+class ProgressGate:
+    """Lets a job's progress through at most every PROGRESS_INTERVAL seconds, and always its last step."""
+
+    last: float = 0.0
+
+    def passes(self, p: Progress) -> bool:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL or progress_fraction(p) >= 1.0:
+            self.last = now
+            return True
+        return False
 
 
 def progress_fraction(p: Progress) -> float:
@@ -117,3 +138,16 @@ def png_base64(image: Image.Image, infotext: str | None = None) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def preview_png(engine: Engine, job: Job, latents: Any) -> str | None:
+    """The first image of `latents` decoded with the job's model VAE, as base64 PNG; None when that fails."""
+    try:
+        from huabu.engine.pipelines import decode_latents
+
+        model = engine.models.load(job.request.get("model"), job.request.get("checkpoint_config"))
+        images, _ = decode_latents(model.pipeline, latents[:1].to(model.pipeline.vae.device), model.vae_needs_fp32)
+        return png_base64(images[0])
+    except Exception as err:  # a preview is best effort: never fail a job or /progress because of it
+        log.debug("no preview for job %s: %s", job.id, err)
+        return None
