@@ -6,13 +6,13 @@ and size: A1111 /sdapi/v1/txt2img (sync), native jobs followed by their SSE stre
                                                   [--engine process|thread]
 
 This process runs the server (uvicorn on a thread, as `huabu serve` does) and the direct calls; the server's engine
-runs in a child process as `huabu serve`'s does (`--engine thread`: on a thread of this process, sharing the
-direct calls' engine); the API load comes from a separate client process, as real clients are. Each round measures direct, then each API path at each
-concurrency, so the paths of one round share the machine's load; the report gives every round and the ratio of
-each path to the direct rate of its round. Direct calls run one after another (the engine makes one image at a
-time); an API client's latency includes waiting in the queue, so at concurrency 1 `p50 - direct p50` is the API's
-own cost a request. Without --model: huabu-tiny, or while its weights are absent a random huabu-tiny-sized model.
-"""
+runs in a child process as `huabu serve`'s does (`--engine thread`: on a thread of this process, sharing the direct
+calls' engine); the API load comes from a separate client process, as real clients are. Each round measures direct,
+then each API path at each concurrency, so the paths of one round share the machine's load; the report gives every
+round and the ratio of each path to the direct rate of its round. Direct calls run one after another (the engine
+makes one image at a time); an API client's latency includes waiting in the queue, so at concurrency 1 `p50 - direct
+p50` is the API's own cost a request. Without --model: huabu-tiny, or while its weights are absent a random
+huabu-tiny-sized model."""
 
 from __future__ import annotations
 

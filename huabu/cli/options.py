@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huabu.core.errors import InvalidRequest
+from huabu.engine.libraries import quiet_libraries  # noqa: F401 (the commands call it from here)
 
 if TYPE_CHECKING:
     from huabu.core.settings import Settings
@@ -270,20 +269,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                              vae_tiling=getattr(args, "vae_tiling", False) or None,
                              attention_slicing=getattr(args, "attention_slicing", False) or None,
                              compile=getattr(args, "compile", False) or None)
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (deprecation notices, loading bars, torchvision hints) out of the terminal."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    # --compile: dynamo notes each lru_cache-wrapped diffusers helper it traces through (harmless version checks)
-    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def control_units_from_args(args: argparse.Namespace) -> list[dict]:

@@ -107,6 +107,9 @@ def serve_jobs(settings: Settings, conn: Connection, stop: Any, want_preview: An
 
     logging.basicConfig(level=os.environ.get("HUABU_LOG_LEVEL", "WARNING"))
     from huabu.engine.generate import Engine
+    from huabu.engine.libraries import quiet_libraries
+
+    quiet_libraries()
 
     engine = Engine(settings)
     worker = threading.Thread(target=_serve, args=(engine, conn, stop, want_preview), name="engine")

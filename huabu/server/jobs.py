@@ -154,8 +154,9 @@ class JobStore:
             con.execute("COMMIT")
 
     def add(self, job: Job) -> Job:
-        """Persist a new job (committed and synced to disk when this returns)."""
-        with self._transaction(durable=True) as con:
+        """Persist a new job (committed when this returns, and synced to disk unless it is a synchronous A1111 call:
+        after a power cut its client is gone, and recovery fails such a job anyway)."""
+        with self._transaction(durable=job.origin != "a1111") as con:
             seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             con.execute(
                 f"INSERT INTO jobs ({_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
