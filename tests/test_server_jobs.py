@@ -255,3 +255,46 @@ def test_a_cancel_between_the_claim_and_the_run_is_not_lost(engine, model_store,
     queue._run(worker, claimed)
     cancelled = store.get(job.id)
     assert cancelled.state == "cancelled" and cancelled.progress["step"] < 20
+
+
+def test_a_route_waiting_for_the_end_sleeps_through_the_start_and_progress(tmp_path):
+    import asyncio
+
+    from huabu.server.queue import LocalQueue
+    from huabu.server.runner import Outcome
+
+    release = threading.Event()
+
+    class Reporting:  # a runner that reports two steps, then ends when the test says so
+        def run(self, job, live, report):
+            report({"fraction": 0.5})
+            report({"fraction": 1.0})
+            release.wait(10)
+            return Outcome([], [1], ["x"], job.request, {})
+
+        def close(self):
+            pass
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store = JobStore(tmp_path / "jobs.sqlite")
+        queue = LocalQueue(store, ServerConfig(), [Reporting()])
+        queue.start()
+        try:
+            job = Job.new("image", {"prompt": "x"}, origin="a1111")
+            end = queue.watch(job.id, loop, ends_only=True)
+            changes = queue.watch(job.id, loop)
+            queue.submit(job)
+            await asyncio.wait_for(changes.wait(), 10)  # an event stream is woken by the start and each step
+            while store.get(job.id).progress.get("fraction") != 1.0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # wake-ups sent from the worker thread have arrived
+            assert not end.is_set()
+            release.set()
+            await asyncio.wait_for(end.wait(), 10)
+            assert store.get(job.id).state == "done"
+        finally:
+            release.set()
+            queue.stop()
+
+    asyncio.run(scenario())

@@ -38,7 +38,7 @@ from huabu.engine.upscalers import Upscalers
 from huabu.engine.vaes import AUTOMATIC as AUTOMATIC_VAE
 from huabu.engine.vaes import list_vaes
 from huabu.server.a1111_extras import ExtrasBatchRequest, ExtrasSingleRequest, batch_images, extras_images
-from huabu.server.a1111_options import current_options, encode_image, option, store_options
+from huabu.server.a1111_options import current_options, encode_image, image_format, option, store_options
 from huabu.server.catalog import cmd_flags, memory, memory_options
 from huabu.server.jobs import Job
 from huabu.server.runner import Outcome, job_folder
@@ -485,7 +485,8 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
         for line in warnings:
             log.info("A1111 request: %s", line)
         job = Job.new("image", request.to_data(), origin="a1111", save=req.save_images)
-        waiter = state.queue.watch(job.id, loop)  # before submitting: the job may end before this thread returns
+        # watched before it is submitted: the job may end before this thread returns
+        waiter = state.queue.watch(job.id, loop, ends_only=True)
         try:
             state.queue.submit(job)
         except BaseException:
@@ -514,9 +515,14 @@ def _answer(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None, 
     """The response body; images are encoded here, on a worker thread, so a large image never blocks the event
     loop (and every other client) while it is encoded."""
     grid = _batch_grid(req, outcome, job, options, outputs)
-    shown = [*([grid] if grid else []), *zip(outcome.images, outcome.infotexts)] if outcome else []
-    images = [encode_image(image, text, options["samples_format"]) for image, text in shown] \
-        if req.send_images else []
+    images = []
+    if req.send_images:
+        fmt = options["samples_format"]
+        images = [encode_image(*grid, fmt)] if grid else []
+        if outcome and outcome.encoded and image_format(fmt) == "PNG":  # PNGs with their infotexts already
+            images += outcome.encoded
+        elif outcome:
+            images += [encode_image(image, text, fmt) for image, text in zip(outcome.images, outcome.infotexts)]
     parameters = req.model_dump(exclude=set(req.model_extra or {}))  # unknown fields are never echoed
     if isinstance(req, Img2ImgRequest) and not req.include_init_images:
         parameters.update(init_images=None, mask=None)

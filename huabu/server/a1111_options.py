@@ -72,10 +72,15 @@ def option(catalog, key: str) -> Any:
     return a1111_defaults().get(key)
 
 
+def image_format(samples_format: str) -> str:
+    """PIL's name for an A1111 samples_format (PNG for one it does not know)."""
+    return SAMPLES_FORMATS.get(str(samples_format).lower(), "PNG")
+
+
 def encode_image(image: Image.Image, infotext: str | None, samples_format: str) -> str:
     """base64 in the format A1111's samples_format names: PNG with the `parameters` chunk, JPEG / WebP with the
     infotext in EXIF UserComment as A1111 writes it."""
-    fmt = SAMPLES_FORMATS.get(str(samples_format).lower(), "PNG")
+    fmt = image_format(samples_format)
     if fmt == "PNG":
         return png_base64(image, infotext)
     exif = Image.Exif()

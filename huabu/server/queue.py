@@ -62,7 +62,7 @@ class JobQueue:
         self.disk = disk
         self._pruned_at = 0.0
         self._lock = threading.Lock()
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]]] = {}  # (.., ends_only)
         self._outcomes: dict[str, Outcome] = {}  # finished A1111 jobs' images, until their route takes them
 
     # --- submitting and waiting ---------------------------------------------------------------------------------
@@ -86,12 +86,14 @@ class JobQueue:
         if removed:
             log.info("deleted %d job(s) finished more than %g days ago", removed, self.config.keep_jobs_days)
 
-    def watch(self, job_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    def watch(self, job_id: str, loop: asyncio.AbstractEventLoop, ends_only: bool = False) -> asyncio.Event:
         """Register a waiter for `job_id` now, before it is submitted, so that a job finishing at once still finds
-        it (and keeps its A1111 images for it); pass the event to `wait`, which unregisters it."""
+        it (and keeps its A1111 images for it); pass the event to `wait`, which unregisters it. `ends_only`: woken
+        by the job's end alone, not by its start and progress (a waiter that would only read the row and sleep
+        again takes CPU from the engine)."""
         event = asyncio.Event()
         with self._lock:
-            self._waiters.setdefault(job_id, []).append((loop, event))
+            self._waiters.setdefault(job_id, []).append((loop, event, ends_only))
         return event
 
     def unwatch(self, job_id: str, event: asyncio.Event) -> None:
@@ -105,7 +107,7 @@ class JobQueue:
     async def wait(self, job_id: str, poll: float = 1.0, event: asyncio.Event | None = None) -> Job | None:
         """The job once it has finished (woken by the backend; the store is polled too, as a safety net). `event`
         is one `watch` registered earlier."""
-        event = event or self.watch(job_id, asyncio.get_running_loop())
+        event = event or self.watch(job_id, asyncio.get_running_loop(), ends_only=True)
         try:
             while True:
                 job = self.store.get(job_id)
@@ -130,7 +132,7 @@ class JobQueue:
             return job
         if self.store.cancel_queued(job_id):
             self._revoke(job_id)
-            self._finished(job_id)
+            self._finished(job_id, bool(job.callback_url))
         else:
             self.cancel_running(job_id)
         return self.store.get(job_id)
@@ -146,18 +148,20 @@ class JobQueue:
             with self._lock:
                 if self._waiters.get(job.id):
                     self._outcomes[job.id] = outcome
-        self._finished(job.id)
+        self._finished(job.id, bool(job.callback_url))
 
-    def _notify(self, job_id: str) -> None:
-        """Wake whoever watches `job_id` (routes waiting for its end, event streams)."""
+    def _notify(self, job_id: str, end: bool = False) -> None:
+        """Wake whoever watches `job_id`: event streams on every change, routes waiting for its end at its `end`."""
         with self._lock:
-            waiters = list(self._waiters.get(job_id, []))
+            waiters = [(loop, event) for loop, event, ends_only in self._waiters.get(job_id, [])
+                       if end or not ends_only]
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
 
-    def _finished(self, job_id: str) -> None:
-        self._notify(job_id)
-        job = self.store.get(job_id)
+    def _finished(self, job_id: str, has_callback: bool = True) -> None:
+        """Wake the job's watchers; send its callback (the row is read only when it may have one)."""
+        self._notify(job_id, end=True)
+        job = self.store.get(job_id) if has_callback else None
         if job is not None and job.callback_url:
             threading.Thread(target=send_callback, args=(job,), daemon=True, name=f"callback-{job_id[:8]}").start()
 

@@ -40,6 +40,9 @@ class Outcome:
     model: dict[str, Any]
     files: list[str] = field(default_factory=list)  # relative to the outputs folder (served by /api/v1/files)
     interrupted: bool = False
+    # The images as the wire carried them (base64 PNGs with their infotexts), so an A1111 answer in PNG sends them
+    # as they are instead of decoding and encoding them again; empty for an outcome made in this process.
+    encoded: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, "seeds": self.seeds, "infotexts": self.infotexts,
@@ -53,9 +56,10 @@ class Outcome:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Outcome:
-        images = [Image.open(io.BytesIO(base64.b64decode(text))) for text in data.get("images", [])]
+        encoded = data.get("images", [])
+        images = [Image.open(io.BytesIO(base64.b64decode(text))) for text in encoded]  # decoded only if used
         return cls(images, data["seeds"], data["infotexts"], data["request_used"], data["model"], data["files"],
-                   data["interrupted"])
+                   data["interrupted"], encoded)
 
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress reports of one job (each is a row written and a wake-up)
