@@ -113,3 +113,30 @@ def test_cli_stage_trains_and_refuses_to_mix_runs(model_store, scenes, huabu_env
     argv[argv.index("color")] = "canny"
     assert main(argv) == 2
     assert "holds a run made with type = 'color', this run has 'canny'" in capsys.readouterr().err
+
+
+def test_a_run_can_start_from_a_shipped_controlnet(model_store, scenes, settings, tmp_path):
+    from diffusers import ControlNetModel
+
+    from huabu.tiny.data import load_dataset
+
+    first = train.train_controlnet(config(model_store, scenes, tmp_path / "first", steps=2), settings=settings)
+    ControlNetModel.from_pretrained(first).half().save_pretrained(tmp_path / "fp16")  # as ship-controlnet writes it
+    cfg = config(model_store, scenes, tmp_path / "second", init=str(tmp_path / "fp16"))
+    frozen = train.load_frozen(cfg, load_dataset(scenes).images, settings)
+    shipped = ControlNetModel.from_pretrained(tmp_path / "fp16").state_dict()
+    start = train.build_controlnet(cfg, frozen.unet, 4).state_dict()
+    assert start.keys() == shipped.keys()
+    assert all(start[k].dtype == torch.float32 and torch.equal(start[k], shipped[k].float()) for k in start)
+    assert start["controlnet_mid_block.weight"].abs().sum() > 0  # trained, not the zero convolution of a fresh copy
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tmp_path / "fp16" / "config.json").read_text())
+    torch.save(shipped, pickled / "diffusion_pytorch_model.bin")
+    with pytest.raises(InvalidRequest, match="cannot start from ControlNet"):
+        train.build_controlnet(config(model_store, scenes, tmp_path, init=str(pickled)), frozen.unet, 4)
+    ControlNetModel.from_unet(frozen.unet, conditioning_embedding_out_channels=(16, 32, 96, 256)).save_pretrained(
+        tmp_path / "for-8x")
+    with pytest.raises(InvalidRequest, match="shrinks control images 8x but this model's VAE works at 4x"):
+        train.build_controlnet(config(model_store, scenes, tmp_path, init=str(tmp_path / "for-8x")), frozen.unet, 4)

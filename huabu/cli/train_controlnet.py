@@ -15,6 +15,8 @@ _HELP = {
     "base": "frozen base model: huabu-tiny, a diffusers folder, a .safetensors file or a name in the models folder",
     "data": "scene dataset folder (made by `huabu tiny data`)",
     "latents": "cached VAE latents of the same dataset and VAE (e.g. runs/unet/latents.npy)",
+    "init": "a diffusers ControlNet folder (safetensors) to start from instead of the base UNet's encoder, e.g. to "
+            "train a shipped ControlNet further; its step count and optimizer start afresh",
     "caption_dropout": "share of empty captions",
     "snr_gamma": "min-SNR loss weighting gamma (0 = off)",
     "embedding_channels": "control-image embedding channels, comma-separated; n of them shrink by 2**(n-1), which "

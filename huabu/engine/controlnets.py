@@ -371,7 +371,7 @@ def _folder_weights(folder: Path) -> Path | None:
     return None
 
 
-def _fit_problem(name: str, config: Any, unet_config: Any, vae_factor: int) -> str | None:
+def fit_problem(name: str, config: Any, unet_config: Any, vae_factor: int) -> str | None:
     """Why a ControlNet config cannot steer this UNet, or None."""
     get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
     if get("cross_attention_dim") != unet_config.cross_attention_dim:
@@ -388,7 +388,7 @@ def _fit_problem(name: str, config: Any, unet_config: Any, vae_factor: int) -> s
 
 
 def _check_fits(ref: ControlNetRef, config: Any, unet_config: Any, model: LoadedModel) -> None:
-    problem = _fit_problem(ref.name, config, unet_config, model.vae_scale_factor)
+    problem = fit_problem(ref.name, config, unet_config, model.vae_scale_factor)
     if problem:
         raise InvalidRequest(problem)
 
@@ -398,7 +398,7 @@ def _may_fit(ref: ControlNetRef, unet_config: Any, vae_factor: int | None) -> bo
     if ref.kind != "diffusers" or vae_factor is None:
         return True
     config = json.loads((Path(ref.location) / "config.json").read_text(encoding="utf-8"))
-    return _fit_problem(ref.name, config, unet_config, vae_factor) is None
+    return fit_problem(ref.name, config, unet_config, vae_factor) is None
 
 
 # The UNet config entries a ControlNet shares with its base UNet (as ControlNetModel.from_unet copies them).

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from huabu.core.atomic import atomic_path
-from huabu.core.errors import HuabuError, InvalidRequest
+from huabu.core.errors import HuabuError, InvalidRequest, first_line
 from huabu.core.text_boxes import GLYPH
 from huabu.training import loop
 from huabu.training.captioned_arrays import read_captioned_arrays
@@ -93,7 +93,7 @@ def _latents(cfg: ControlNetTrainConfig, vae, images: np.ndarray, batch: int = 6
             return cached
     chunks = []
     for start in tqdm(range(0, len(images), batch), desc="encoding latents", mininterval=2.0, disable=None):
-        pixels = torch.from_numpy(np.asarray(images[start:start + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        pixels = torch.from_numpy(np.array(images[start:start + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
         chunks.append((vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor).numpy())
     # C order: the encoder hands back channels-last strides, and the UNet's kernels round differently on those,
     # which would make a resumed run (reading the saved file) drift from an uninterrupted one.
@@ -104,7 +104,10 @@ def _latents(cfg: ControlNetTrainConfig, vae, images: np.ndarray, batch: int = 6
 
 
 def build_controlnet(cfg: ControlNetTrainConfig, unet, vae_factor: int) -> ControlNetModel:
-    """A fresh ControlNet copied from the UNet's encoder, its control-image embedding shrinking by the VAE factor."""
+    """A fresh ControlNet copied from the UNet's encoder, its control-image embedding shrinking by the VAE factor; or,
+    with cfg.init, the ControlNet in that folder (fp32), checked to fit the UNet."""
+    if cfg.init:
+        return initial_controlnet(cfg.init, unet, vae_factor)
     channels = tuple(cfg.embedding_channels) or EMBEDDING_CHANNELS.get(vae_factor)
     if channels is None:
         raise InvalidRequest(f"no default control embedding for a VAE factor of {vae_factor}; set embedding_channels "
@@ -115,6 +118,21 @@ def build_controlnet(cfg: ControlNetTrainConfig, unet, vae_factor: int) -> Contr
                              f"log2({vae_factor}) + 1 channel counts")
     torch.manual_seed(cfg.seed)
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+
+
+def initial_controlnet(folder: str, unet, vae_factor: int) -> ControlNetModel:
+    """The diffusers ControlNet folder a fine-tuning run starts from (safetensors only), refused in one line when it
+    was made for another UNet."""
+    from huabu.engine.controlnets import fit_problem
+
+    try:
+        net = ControlNetModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise InvalidRequest(f"cannot start from ControlNet {folder}: {first_line(err)}") from None
+    problem = fit_problem(Path(folder).name, net.config, unet.config, vae_factor)
+    if problem:
+        raise InvalidRequest(problem)
+    return net
 
 
 def glyph_words(image: np.ndarray, record: dict | None) -> list[tuple[str, tuple[int, ...]]]:

@@ -13,6 +13,7 @@ class ControlNetTrainConfig:
     data: str = "data/scenes"  # a scene dataset folder (`huabu tiny data`)
     out: str = ""  # run folder; empty = runs/controlnet-<type>
     latents: str = ""  # optional cached VAE latents of the same dataset and VAE (e.g. runs/unet/latents.npy)
+    init: str = ""  # a ControlNet folder to start from (fine-tuning); empty = a copy of the base UNet's encoder
     seed: int = 0
     steps: int = 4000
     batch_size: int = 32
