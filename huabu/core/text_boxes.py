@@ -59,6 +59,12 @@ def auto_boxes(count: int, width: int, height: int) -> list[Box]:
     return [(x0, top + i * band, x1, top + (i + 1) * band) for i in range(count)]
 
 
+def place_words(words: Sequence[tuple[str, Sequence[int] | None]], width: int, height: int) -> list[tuple[str, Box]]:
+    """Each (word, box) with its box: the given one, checked, else the next of auto_boxes for the boxless words."""
+    free = iter(auto_boxes(sum(box is None for _, box in words), width, height))
+    return [(word, check_box(list(box)) if box is not None else next(free)) for word, box in words]
+
+
 def format_text_boxes(boxes: Sequence[tuple[str, Sequence[int]]]) -> str:
     """The `Text boxes` infotext value: `[["画布", 16, 40, 112, 88], ...]` (JSON, words unescaped)."""
     return json.dumps([[text, *map(int, box)] for text, box in boxes], ensure_ascii=False)

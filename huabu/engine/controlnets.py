@@ -131,9 +131,9 @@ def check_units(units: list[ControlUnit], init_image: Image.Image | None = None)
 
 def with_words(units: list[CheckedUnit], request: Any, width: int, height: int) -> tuple[list[CheckedUnit], list]:
     """The units with each glyph unit's words placed, and the request's text boxes as used: every quoted word of the
-    prompt with its box (given, else laid out by huabu.core.text_boxes.auto_boxes for width x height)."""
+    prompt with its box (given, else laid out by huabu.core.text_boxes.place_words for width x height)."""
     from huabu.core.requests import TextBox
-    from huabu.core.text_boxes import MAX_WORD_LENGTH, auto_boxes, quoted_words
+    from huabu.core.text_boxes import MAX_WORD_LENGTH, place_words, quoted_words
 
     given = list(getattr(request, "text_boxes", []))
     words = [box.text for box in given] + quoted_words(request.prompt)[len(given):]
@@ -147,10 +147,8 @@ def with_words(units: list[CheckedUnit], request: Any, width: int, height: int) 
     if long is not None:
         raise InvalidRequest(f"quoted word {long[:20]!r}... is longer than {MAX_WORD_LENGTH} characters; a glyph unit "
                              f"draws words, not paragraphs")
-    free = iter(auto_boxes(sum(1 for i in range(len(words)) if i >= len(given) or given[i].box is None),
-                           width, height))
-    placed = [TextBox(text=word, box=list(given[i].box if i < len(given) and given[i].box else next(free)))
-              for i, word in enumerate(words)]
+    boxes = [given[i].box if i < len(given) and given[i].box else None for i in range(len(words))]
+    placed = [TextBox(text=word, box=list(box)) for word, box in place_words(list(zip(words, boxes)), width, height)]
     drawn = tuple((box.text, tuple(box.box)) for box in placed)
     return [replace(c, words=drawn, canvas=(width, height)) if c.preprocessor == GLYPH else c for c in units], placed
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from huabu.core.errors import InvalidRequest
-from huabu.core.text_boxes import auto_boxes, check_box
+from huabu.core.text_boxes import check_box, place_words
 from huabu.engine.control.images import check_resolution
 from huabu.engine.fonts import find_cjk_font
 
@@ -69,16 +69,15 @@ def draw_word(draw: ImageDraw.ImageDraw, text: str, box: Sequence[int], font_pat
 def glyph_map(words: Sequence[tuple[str, Sequence[int] | None]], width: int, height: int,
               font: str | Path | None = None) -> Image.Image:
     """A width x height RGB map, black, with each (word, box) drawn white; words without a box are laid out by
-    huabu.core.text_boxes.auto_boxes. Boxes may reach past the edges (clipped there)."""
+    huabu.core.text_boxes.place_words. Boxes may reach past the edges (clipped there)."""
     font_path = str(Path(font).expanduser() if font else find_cjk_font())
     if font and not Path(font_path).is_file():
         raise InvalidRequest(f"font {font} not found")
-    free = iter(auto_boxes(sum(box is None for _, box in words), width, height))
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
-    for text, box in words:
+    for text, box in place_words(words, width, height):
         if text.strip():
-            draw_word(draw, text.strip(), check_box(list(box)) if box is not None else next(free), font_path)
+            draw_word(draw, text.strip(), box, font_path)
     return canvas.convert("RGB")
 
 
