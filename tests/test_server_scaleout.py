@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                        "scripts/install.sh --dev installs it)")
 celery = pytest.importorskip("celery", reason="celery (the server extra) is not installed")
 
-REQUEUE_AFTER = 6  # seconds before a dead worker's job goes to the other worker; each job here takes ~1 s
+REQUEUE_AFTER = 3  # seconds before a job's message goes to the other worker again; each job here takes ~1 s
 JOBS = 6
 
 
@@ -81,6 +81,16 @@ def test_two_workers_share_the_queue_and_a_killed_worker_loses_no_job(engine, mo
             control = app.state.huabu.queue.app.control
             _until(lambda: len(control.ping(timeout=0.5)) == 2, 180, "both workers to answer a ping", logs)
 
+            # A job outliving REQUEUE_AFTER: the copy of its message the other worker gets waits on the job's lease,
+            # and is dropped once the job has ended, so the job runs on one worker only.
+            long = api.post("/api/v1/jobs", json={"request": {"prompt": "long", "steps": 150, "n_iter": 16,
+                                                              "width": 96, "height": 96, "seed": 99}}).json()["id"]
+            _until(lambda: _logged(logs, f"job {long} is running on"), 120, "the long job's copy to wait", logs)
+            assert api.post(f"/api/v1/jobs/{long}/cancel").status_code == 200
+            ran_on = _until(lambda: _logged(logs, f"job {long} has ended on "), 60, "the copy to be dropped", logs)
+            ended = api.get(f"/api/v1/jobs/{long}").json()
+            assert ended["state"] == "cancelled" and ended["worker"] in ran_on
+
             request = {"prompt": "spread", "steps": 100, "width": 96, "height": 96, "sampler": "Euler"}
             ids = [api.post("/api/v1/jobs", json={"request": {**request, "seed": i}}).json()["id"]
                    for i in range(JOBS)]
@@ -118,6 +128,16 @@ def test_two_workers_share_the_queue_and_a_killed_worker_loses_no_job(engine, mo
         for name in ("w1", "w2", "redis"):
             if name in processes:
                 _kill(processes[name])
+
+
+def _logged(logs: list[Path], text: str) -> str | None:
+    """The first line holding `text` in the worker logs, else None."""
+    for log in logs:
+        if log.exists():
+            found = next((line for line in log.read_text(errors="replace").splitlines() if text in line), None)
+            if found:
+                return found
+    return None
 
 
 def _pings(client) -> bool:

@@ -8,6 +8,11 @@ Redis hands an unacknowledged message to another worker once `visibility_timeout
 the broker (`accept_content=["json"]`): nothing from it is ever unpickled. Anyone who can write to Redis can send a
 job, so a worker checks each one as the HTTP routes check a request (`job_from_wire`).
 
+A job that outlives `visibility_timeout` has its message handed out again while it still runs; a Redis lease that
+its worker renews while the job runs makes that second copy wait instead of running the job twice, and once the
+job has ended (an `ended` key) any later copy is dropped. A worker that dies stops renewing, its lease lapses
+within seconds, and the next copy of the message runs the job.
+
 Workers write result files into their own `HUABU_HOME` outputs folder, which must be the server's (same machine
 or a shared folder) for /api/v1/files; A1111 responses carry their images through Redis and need no shared folder.
 """
@@ -36,7 +41,8 @@ QUEUE_NAME = "huabu"
 MIRROR_INTERVAL = 0.3  # seconds between the server's looks at the workers' states
 FLAG_CHECK_INTERVAL = 0.5  # seconds between a worker's looks for cancel / interrupt flags
 PROGRESS_INTERVAL = 0.25  # seconds between a worker's progress reports
-DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # a job running longer than this may start a second time on another worker
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # a job's message unacknowledged this long goes to another worker
+LEASE_SECONDS = 30.0  # a running job's claim in Redis, renewed every third of it; at most half the visibility timeout
 
 
 def make_celery(broker_url: str, settings=None, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
@@ -55,7 +61,8 @@ def make_celery(broker_url: str, settings=None, visibility_timeout: float = DEFA
                                   "unacked_restore_interval": max(1, int(visibility_timeout / 4)),
                                   "unacked_restore_throttle": 1})
     if settings is not None:
-        _register_task(app, replace(settings, allow_unsafe_pickle=False), preload, limits or Limits())
+        _register_task(app, replace(settings, allow_unsafe_pickle=False), preload, limits or Limits(),
+                       min(LEASE_SECONDS, visibility_timeout / 2))
     return app
 
 
@@ -80,7 +87,43 @@ def _flag_key(kind: str, job_id: str) -> str:
     return f"huabu:{kind}:{job_id}"
 
 
-def _register_task(app, settings, preload: str | None, limits: Limits) -> None:
+class Lease:
+    """A worker's claim on a job in Redis, renewed by a thread while the job runs and marked ended after it."""
+
+    def __init__(self, redis, job_id: str, worker: str, seconds: float) -> None:
+        self.redis, self.key, self.worker, self.seconds = redis, _flag_key("lease", job_id), worker, seconds
+        self.ended_key = _flag_key("ended", job_id)
+        self._stop = threading.Event()
+
+    def ended_on(self) -> str | None:
+        """The worker that ran the job to its end, or None while it has not ended."""
+        value = self.redis.get(self.ended_key)
+        return value.decode() if value is not None else None
+
+    def holder(self) -> str:
+        return (self.redis.get(self.key) or b"?").decode()
+
+    def acquire(self) -> bool:
+        return bool(self.redis.set(self.key, self.worker, nx=True, px=int(self.seconds * 1000)))
+
+    def __enter__(self) -> Lease:
+        threading.Thread(target=self._renew, daemon=True, name="huabu-lease").start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.redis.set(self.ended_key, self.worker, ex=7 * 24 * 3600)
+        self.redis.delete(self.key)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.redis.pexpire(self.key, int(self.seconds * 1000))
+            except Exception:  # a broker hiccup: the next renewal tries again
+                log.exception("renewing the lease on %s failed", self.key)
+
+
+def _register_task(app, settings, preload: str | None, limits: Limits, lease_seconds: float) -> None:
     engines: list = []  # this worker process's Engine, made once
     catalogs: list[Catalog] = []
 
@@ -108,9 +151,24 @@ def _register_task(app, settings, preload: str | None, limits: Limits) -> None:
             message, kind = error_line(err)
             log.warning("refused a job message: %s", message)
             return {"status": "failed", "error": message, "error_kind": kind, "worker": worker}
+        from celery.exceptions import Ignore
+
         redis = app.backend.client
+        lease = Lease(redis, job.id, worker, lease_seconds)
+        ended_on = lease.ended_on()
+        if ended_on is not None:
+            log.info("job %s has ended on %s; dropping this copy of its message", job.id, ended_on)
+            raise Ignore()
         if redis.exists(_flag_key("cancel", job.id)):
             return {"status": "cancelled", "worker": worker}
+        if not lease.acquire():
+            log.info("job %s is running on %s; this copy of its message looks again in %.0f s", job.id,
+                     lease.holder(), lease_seconds)
+            raise task.retry(countdown=lease_seconds, max_retries=None)
+        with lease:
+            return _run_claimed(task, engine(), job, worker, redis)
+
+    def _run_claimed(task, engine, job: Job, worker: str, redis) -> dict[str, Any]:
         task.update_state(state="PROGRESS", meta={"worker": worker, "progress": {}})
         flags = {"checked": 0.0, "stop": False, "cancel": False}
         reported = [0.0]
@@ -130,7 +188,7 @@ def _register_task(app, settings, preload: str | None, limits: Limits) -> None:
             return flags["stop"]
 
         try:
-            outcome = run_job(engine(), job, on_progress, should_stop)
+            outcome = run_job(engine, job, on_progress, should_stop)
         except Exception as err:  # the job's line goes back to the server; bugs are logged here too
             message, kind = error_line(err)
             if kind == "internal":
