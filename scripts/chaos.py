@@ -47,8 +47,9 @@ def call(base: str, method: str, path: str, body: dict | None = None, timeout: f
 class Cluster:
     """The server (and with a broker, its workers) as child processes on one home."""
 
-    def __init__(self, home: Path, port: int, broker: str | None, workers: int) -> None:
+    def __init__(self, home: Path, port: int, broker: str | None, workers: int, requeue_after: float) -> None:
         self.home, self.port, self.broker, self.workers = home, port, broker, workers
+        self.requeue_after = requeue_after
         self.base = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "HUABU_HOME": str(home), "HUABU_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
                     "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -64,7 +65,8 @@ class Cluster:
         self.server = self._spawn("serve", "--port", str(self.port), *extra)
         if self.broker:
             while len(self.worker_processes) < self.workers:
-                self.worker_processes.append(self._spawn("worker", "--broker", self.broker, "--requeue-after", "30",
+                self.worker_processes.append(self._spawn("worker", "--broker", self.broker, "--requeue-after",
+                                                         str(self.requeue_after),
                                                          "--name", f"chaos{len(self.worker_processes)}@%h"))
         deadline = time.monotonic() + 180
         while True:
@@ -141,13 +143,16 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--broker", help="Redis URL: run jobs on Celery workers and kill those too")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--requeue-after", type=float, default=30.0,
+                        help="the workers' --requeue-after: below the slowest job's time, copies of running jobs' "
+                             "messages are handed out and must not run twice")
     parser.add_argument("--home", type=Path, help="default: a new temporary folder")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     home = args.home or Path(tempfile.mkdtemp(prefix="huabu-chaos-"))
     home.mkdir(parents=True, exist_ok=True)
     outputs = home / "outputs"
-    cluster = Cluster(home, args.port, args.broker, args.workers)
+    cluster = Cluster(home, args.port, args.broker, args.workers, args.requeue_after)
     accepted: list[str] = []
     problems: list[str] = []
     for kill in range(args.kills):

@@ -190,6 +190,7 @@ def test_video_jobs_run_through_the_engine_and_serve_their_file(engine, model_st
         done = wait_for(client, job["id"], timeout=120)
         assert done["state"] == "done", done["error"]
         assert done["result"]["seeds"] == [9] and "Frames: 4" in done["result"]["infotexts"][0]
+        assert done["result"]["images"][0].startswith(f"/api/v1/files/jobs/{job['id']}/")  # a rerun replaces it
         served = client.get(done["result"]["images"][0])
         assert served.status_code == 200 and served.headers["content-type"] == "image/gif"
         with Image.open(io.BytesIO(served.content)) as gif:

@@ -42,8 +42,8 @@ def register(sub) -> None:
     worker.add_argument("--broker", required=True, metavar="REDIS_URL", help="e.g. redis://127.0.0.1:6379/0")
     worker.add_argument("--name", default=f"huabu@{socket.gethostname()}-{os.getpid()}", help="worker name")
     worker.add_argument("--requeue-after", type=float, default=3600.0, metavar="SECONDS",
-                        help="a job unacknowledged this long (its worker died) is given to another worker; keep it "
-                             "above your longest job")
+                        help="a job unacknowledged this long (its worker died) is given to another worker; a "
+                             "longer job whose worker is alive is not run twice (its lease in Redis)")
     worker.add_argument("--preload", metavar="MODEL", help="load this model before taking jobs")
     _limit_options(worker)  # a worker checks each job itself: anyone who can write to Redis can send one
     _runtime(worker)

@@ -93,8 +93,9 @@ def run_job(engine: Engine, job: Job, progress: Callable[[Progress], None] | Non
     """Run `job` through `Engine.generate` (images) or `Engine.generate_video`; user errors raise HuabuError with
     one line."""
     root = Path(os.path.realpath(engine.settings.outputs_dir))
-    if job.kind == "video":  # the file is the result: no frames travel back in memory
-        video = engine.generate_video(VideoRequest.from_data(job.request), progress, interrupt, save=True)
+    if job.kind == "video":  # the file is the result (saved whatever job.save says): no frames travel in memory
+        video = engine.generate_video(VideoRequest.from_data(job.request), progress, interrupt, save=True,
+                                      output=_fresh_job_folder(engine, root, job))
         files = [Path(os.path.realpath(video.path)).relative_to(root).as_posix()] if video.path else []
         return Outcome([], [video.seed], [video.infotext], video.request_used.to_data(), video.model, files,
                        video.interrupted)
