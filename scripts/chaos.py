@@ -186,8 +186,11 @@ def main() -> int:
     cluster.stop()
     lost = [job_id for job_id, job in states.items() if not job or job.get("state") not in ("done", "failed",
                                                                                            "cancelled")]
-    referenced = {url.split("/api/v1/files/", 1)[1] for job in states.values() if job and job.get("result")
-                  for url in job["result"]["images"]}
+    # Files of every job the server holds, also those whose 202 answer a kill cut off before the client read it:
+    # a PNG no job names is a second set of outputs.
+    with sqlite3.connect(home / "jobs.sqlite") as con:
+        results = [json.loads(row[0]) for row in con.execute("SELECT result FROM jobs WHERE result IS NOT NULL")]
+    referenced = {name for result in results for name in result.get("files", [])}
     written = {path.relative_to(outputs).as_posix() for path in outputs.rglob("*.png")} if outputs.exists() else set()
     duplicates = sorted(written - referenced)
     problems += [f"at the end: {item}" for item in leftovers(outputs, set())]
