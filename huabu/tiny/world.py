@@ -181,6 +181,17 @@ def glyph(obj: int, size: int, colour: str | None = None) -> np.ndarray:
     return tinted
 
 
+@cache
+def main_colour(obj: int) -> str:
+    """The named colour most of the object's pixels are nearest to: counted copies are drawn on any other
+    background, since a glyph on its own colour falls apart into pieces (a red rose on red is its leaves)."""
+    g = glyph(obj, COUNT_SIZE)
+    px = g[..., :3][g[..., 3] > 0.5] * 255
+    palette = np.asarray([S.COLOURS[c] for c in S.COLOUR_NAMES], np.float32)
+    nearest = np.argmin(((px[:, None] - palette[None]) ** 2).sum(-1), axis=1)
+    return S.COLOUR_NAMES[int(np.bincount(nearest, minlength=len(palette)).argmax())]
+
+
 def render(scene: S.Scene) -> np.ndarray:
     """A world scene as an HxWx3 uint8 array, by huabu.tiny.scenes' compositor."""
     colours = scene.attrs["colours"]
@@ -293,7 +304,8 @@ def random_scene(rng: np.random.Generator, category: str) -> S.Scene:
         return pair(rng, category, a, b, background, _pick(rng, S.PAIR_LAYOUTS),
                     say_position=rng.random() < 0.5)
     if category == "counting":
-        return counting(rng, int(rng.integers(n)), int(_pick(rng, COUNTS)), background)
+        obj = int(rng.integers(n))
+        return counting(rng, obj, int(_pick(rng, COUNTS)), _other_colour(rng, main_colour(obj)))
     if category == "colours":
         colour = _other_colour(rng, background)
         return single(rng, category, int(_pick(rng, RECOLOURABLE)), background, _pick(rng, S.POSITION_NAMES),
@@ -343,7 +355,7 @@ def eval_scenes(category: str, count: int, seed: int = 2222) -> list[S.Scene]:
             a, b = combo if rng.random() < 0.5 else combo[::-1]
             scenes.append(pair(rng, category, a, b, background, _pick(rng, S.PAIR_LAYOUTS)))
         elif category == "counting":
-            scenes.append(counting(rng, *combo, background))
+            scenes.append(counting(rng, *combo, _other_colour(rng, main_colour(combo[0]))))
         elif category == "colours":
             obj, colour = combo
             background = _other_colour(rng, colour)
