@@ -123,11 +123,15 @@ def blobs(image: np.ndarray, min_area: int = 12) -> list[tuple[float, float]]:
     return [(float(centroids[k][0]), float(centroids[k][1])) for k in range(1, n) if areas[k] >= min_area]
 
 
+def colour_votes(pixels: np.ndarray) -> np.ndarray:
+    """How many of `pixels` (N x 3, 0-255) are nearest each named colour, in COLOUR_NAMES order."""
+    nearest = np.argmin(((pixels.astype(np.float32)[:, None] - _PALETTE[None]) ** 2).sum(-1), axis=1)
+    return np.bincount(nearest, minlength=len(_PALETTE))
+
+
 def dominant_colour(image: np.ndarray, mask: np.ndarray, background: str) -> str | None:
     """The named colour most masked pixels are nearest to, the background's own left out (None if no pixels)."""
-    px = image[mask].astype(np.float32)
-    nearest = np.argmin(((px[:, None] - _PALETTE[None]) ** 2).sum(-1), axis=1)
-    counts = np.bincount(nearest, minlength=len(_PALETTE))
+    counts = colour_votes(image[mask])
     counts[S.COLOUR_NAMES.index(background)] = 0
     return S.COLOUR_NAMES[int(counts.argmax())] if counts.any() else None
 

@@ -24,6 +24,7 @@ from functools import cache
 
 import numpy as np
 
+from huabu.tiny import measure as M
 from huabu.tiny import scenes as S
 
 CATEGORIES = ("single_object", "two_objects", "counting", "colours", "position", "colour_attribution")
@@ -104,10 +105,10 @@ OBJECTS: tuple[WorldObject, ...] = tuple(
 ) + tuple(WorldObject(ch, name, plural or _plural(name), zh, measure) for ch, name, plural, zh, measure in _ADDED)
 OBJECT_NAMES: tuple[str, ...] = tuple(o.name for o in OBJECTS)
 
-# Objects that take a colour attribute: glyphs drawn mostly in one saturated hue (>= 75% of their pixels within
-# 30 degrees of it) whose name says no colour. They are recoloured by tinting: every saturated pixel becomes the
-# named colour, shaded by its brightness against the body's median (kept within 0.85-1.1 so it still reads as
-# that colour); outlines, whites and blacks (wheels, eyes) stay as drawn.
+# Objects that take a colour attribute: glyphs drawn mostly in one saturated hue (60-100% of their pixels within
+# 30 degrees of it, the rest outlines, windows, wheels) whose name says no colour. They are recoloured by tinting:
+# every saturated pixel becomes the named colour, shaded by its brightness against the body's median (kept within
+# 0.85-1.1 so it still reads as that colour); whites, greys and blacks (wheels, eyes) stay as drawn.
 RECOLOURABLE: tuple[int, ...] = tuple(OBJECT_NAMES.index(n) for n in (
     "automobile", "umbrella", "star", "balloon", "crown", "fish", "droplet", "teddy bear", "key", "bell", "ribbon",
     "baseball cap", "dress", "canoe", "tent", "lightning bolt",
@@ -115,7 +116,7 @@ RECOLOURABLE: tuple[int, ...] = tuple(OBJECT_NAMES.index(n) for n in (
 ATTRIBUTE_SATURATION = 0.25
 
 EN_NUMBERS = {2: "two", 3: "three", 4: "four"}
-ZH_NUMBERS = {1: "一", 2: "两", 3: "三", 4: "四"}
+ZH_NUMBERS = {2: "两", 3: "三", 4: "四"}
 COUNTS = tuple(EN_NUMBERS)
 ZH_COLOURS = {"red": "红色", "orange": "橙色", "yellow": "黄色", "green": "绿色", "blue": "蓝色", "purple": "紫色",
               "pink": "粉色", "white": "白色", "black": "黑色", "gray": "灰色"}
@@ -127,7 +128,6 @@ ZH_SIZES = {"small": "小的", "large": "大的"}
 COUNT_SIZE = 22
 COUNT_CELL = (S.IMAGE_SIZE - 2 * S.MARGIN) // 2
 COUNT_JITTER = 2
-COLOUR_SIZE = S.SIZES["large"]
 
 
 # --- held-out combinations ---
@@ -186,10 +186,7 @@ def main_colour(obj: int) -> str:
     """The named colour most of the object's pixels are nearest to: counted copies are drawn on any other
     background, since a glyph on its own colour falls apart into pieces (a red rose on red is its leaves)."""
     g = glyph(obj, COUNT_SIZE)
-    px = g[..., :3][g[..., 3] > 0.5] * 255
-    palette = np.asarray([S.COLOURS[c] for c in S.COLOUR_NAMES], np.float32)
-    nearest = np.argmin(((px[:, None] - palette[None]) ** 2).sum(-1), axis=1)
-    return S.COLOUR_NAMES[int(np.bincount(nearest, minlength=len(palette)).argmax())]
+    return S.COLOUR_NAMES[int(M.colour_votes(g[..., :3][g[..., 3] > 0.5] * 255).argmax())]
 
 
 def render(scene: S.Scene) -> np.ndarray:
@@ -200,10 +197,10 @@ def render(scene: S.Scene) -> np.ndarray:
 
 # --- captions ---
 
-def _zh_noun(obj: int, colour: str | None = None, size: str | None = None, number: int = 1) -> str:
+def _zh_noun(obj: int, colour: str | None = None, size: str | None = None) -> str:
     o = OBJECTS[obj]
     adjective = (ZH_COLOURS[colour] + "的" if colour else "") + (ZH_SIZES[size] if size else "")
-    return f"{ZH_NUMBERS[number]}{o.measure}{adjective}{o.zh}"
+    return f"一{o.measure}{adjective}{o.zh}"
 
 
 def _en_noun(obj: int, colour: str | None = None, size: str | None = None) -> str:
