@@ -72,3 +72,18 @@ def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
     x = np.random.default_rng(0).normal(size=(200, 8))
     assert frechet_distance(x, x) == pytest.approx(0, abs=1e-6)
     assert frechet_distance(x, x + 1.0) == pytest.approx(8.0, rel=1e-3)
+
+
+def test_world_eval_reports_every_category_in_both_languages(stages):
+    from huabu.tiny import world as W
+    from huabu.tiny.assemble import assemble
+    from huabu.tiny.eval_world import CATEGORY_LABELS, WorldEvalSettings, evaluate_world, format_world_report
+
+    out = assemble(stages["clip"], stages["vae"], stages["unet"], stages["root"] / "world-model")
+    results = {lang: evaluate_world(WorldEvalSettings(model=out, lang=lang, count=1, steps=2)) for lang in ("en", "zh")}
+    for lang, result in results.items():
+        assert set(result["scores"]) == set(W.CATEGORIES) | {"background"}
+        assert result["ceiling_real"]["position"] == 1.0 and result["settings"]["lang"] == lang
+        report = format_world_report(result)
+        assert all(label in report for label in CATEGORY_LABELS.values()) and f", {lang})" in report
+        json.dumps(result)

@@ -29,11 +29,16 @@ def register(sub) -> None:
     tsub = tiny.add_subparsers(dest="tiny_command", metavar="<step>", required=True)
 
     data = tsub.add_parser("data", help="render the captioned scene dataset (deterministic from --seed)")
-    data.add_argument("--out", help="default: data/scenes, with --text data/text-scenes")
+    data.add_argument("--out", help="default: data/scenes, with --text data/text-scenes, with --world geneval "
+                                    "data/world-scenes")
     data.add_argument("--count", type=int, default=200_000)
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--text", action="store_true", help="the 128x128 text scenes (a word beside the object, quoted "
+    kind = data.add_mutually_exclusive_group()
+    kind.add_argument("--text", action="store_true", help="the 128x128 text scenes (a word beside the object, quoted "
                                                           "in the caption) the glyph ControlNet trains on")
+    kind.add_argument("--world", choices=("shipped", "geneval"), default="shipped",
+                      help="geneval: 123 objects, counting and colour attributes, English and Chinese captions "
+                           "(huabu.tiny.world); shipped (default): the scenes huabu-tiny was trained on")
     data.set_defaults(handler=_data)
 
     train = tsub.add_parser("train", help="train one stage (resumes from its newest checkpoint; Ctrl-C stops after "
@@ -69,6 +74,10 @@ def register(sub) -> None:
     ev.add_argument("--grid", help="also write a PNG: real held-out scenes above the generated ones")
     ev.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="what the denoising runs in")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.add_argument("--world", choices=("shipped", "geneval"), default="shipped",
+                    help="geneval: score GenEval-style categories on held-out scenes of huabu.tiny.world instead")
+    ev.add_argument("--lang", choices=("en", "zh"), default="en", help="with --world geneval: the prompts' language")
+    ev.add_argument("--count", type=int, default=20, help="with --world geneval: held-out scenes per category")
     ev.set_defaults(handler=_eval)
 
     from huabu.cli import tiny_demos as demo_cli
@@ -80,8 +89,8 @@ def _data(args: argparse.Namespace) -> int:
     from huabu.tiny.data import write_dataset
     from huabu.tiny.demo_configs import TEXT_DATA
 
-    out = args.out or (TEXT_DATA if args.text else "data/scenes")
-    path = write_dataset(Path(out), args.count, args.seed, text=args.text)
+    out = args.out or (TEXT_DATA if args.text else "data/world-scenes" if args.world == "geneval" else "data/scenes")
+    path = write_dataset(Path(out), args.count, args.seed, text=args.text, world=args.world)
     print(f"{args.count} scenes in {path}")
     return 0
 
@@ -124,6 +133,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.world == "geneval":
+        return _eval_world(args)
     from huabu.tiny.eval import EvalSettings, evaluate, format_report
 
     settings = EvalSettings(steps=args.steps, cfg_scale=args.cfg, singles=args.singles, pairs=args.pairs,
@@ -138,4 +149,16 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(format_report(result))
+    return 0
+
+
+def _eval_world(args: argparse.Namespace) -> int:
+    from huabu.tiny.eval_world import WorldEvalSettings, evaluate_world, format_world_report
+
+    settings = WorldEvalSettings(lang=args.lang, count=args.count, steps=args.steps, cfg_scale=args.cfg,
+                                 sampler=args.sampler, lora=Path(args.lora) if args.lora else None, dtype=args.dtype,
+                                 grid=Path(args.grid) if args.grid else None,
+                                 **({"model": Path(args.model)} if args.model else {}))
+    result = evaluate_world(settings)
+    print(json.dumps(result, ensure_ascii=False) if args.json else format_world_report(result))
     return 0

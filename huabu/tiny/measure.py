@@ -8,8 +8,10 @@ real-scene figures are the ceilings the model can reach.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from huabu.tiny import scenes as S
@@ -44,8 +46,9 @@ def nearest_position(xy: tuple[float, float], size: int, names: tuple[str, ...] 
 
 
 def identify(image: np.ndarray, background_rgb: np.ndarray, xy: tuple[float, float], size: int,
-             shift: int = 3) -> int:
-    """Index of the glyph whose template (at `size`, on this background) best matches the window around `xy`."""
+             shift: int = 3, glyphs: Sequence[np.ndarray] | None = None) -> int:
+    """Index of the glyph whose template (at `size`, on this background) best matches the window around `xy`:
+    of `glyphs` (RGBA at `size`) if given, else of huabu.tiny.scenes' objects."""
     bg = background_rgb.astype(np.float32) / 255.0
     img = image.astype(np.float32) / 255.0
     pad = size // 2 + shift
@@ -57,9 +60,9 @@ def identify(image: np.ndarray, background_rgb: np.ndarray, xy: tuple[float, flo
             x0, y0 = cx + dx - size // 2, cy + dy - size // 2
             windows.append(padded[y0 : y0 + size, x0 : x0 + size])
     windows = np.stack(windows)  # (shifts, size, size, 3)
+    glyphs = [S.glyph(k, size) for k in range(len(S.OBJECTS))] if glyphs is None else glyphs
     best, best_err = 0, np.inf
-    for k in range(len(S.OBJECTS)):
-        g = S.glyph(k, size)
+    for k, g in enumerate(glyphs):
         template = g[..., :3] * g[..., 3:] + bg * (1 - g[..., 3:])
         err = float(((windows - template) ** 2).mean(axis=(1, 2, 3)).min())
         if err < best_err:
@@ -83,25 +86,54 @@ def read_single(image: np.ndarray, size: int) -> SingleReading:
     return SingleReading(name, nearest_position(xy, size), identify(image, bg, xy, size))
 
 
-def read_pair(image: np.ndarray, layout: tuple[str, str]) -> tuple[int | None, int | None]:
-    """Identities found in the two halves of a two-object scene (left/right or top/bottom)."""
+def half_mask(shape: tuple[int, ...], side: str) -> np.ndarray:
+    """The left, right, top or bottom half of an image of `shape`."""
+    region = np.zeros(shape[:2], bool)
+    half = shape[1] // 2
+    if side == "left":
+        region[:, :half] = True
+    elif side == "right":
+        region[:, half:] = True
+    elif side == "top":
+        region[:half] = True
+    else:
+        region[half:] = True
+    return region
+
+
+def read_pair(image: np.ndarray, layout: tuple[str, str],
+              glyphs: Sequence[np.ndarray] | None = None) -> tuple[int | None, int | None]:
+    """Identities found in the two halves of a two-object scene (left/right or top/bottom); `glyphs` as identify's."""
     _, bg = background_colour(image)
     mask = object_mask(image, bg)
-    half = image.shape[1] // 2
     found = []
     for side in layout:
-        region = np.zeros_like(mask)
-        if side == "left":
-            region[:, :half] = True
-        elif side == "right":
-            region[:, half:] = True
-        elif side == "top":
-            region[:half] = True
-        else:
-            region[half:] = True
-        xy = centroid(mask & region)
-        found.append(None if xy is None else identify(image, bg, xy, S.PAIR_SIZE))
+        xy = centroid(mask & half_mask(image.shape, side))
+        found.append(None if xy is None else identify(image, bg, xy, S.PAIR_SIZE, glyphs=glyphs))
     return found[0], found[1]
+
+
+def blobs(image: np.ndarray, min_area: int = 12) -> list[tuple[float, float]]:
+    """Centroids of the separate objects: connected parts of the object mask (parts 2 px apart or nearer joined),
+    specks under `min_area` pixels dropped."""
+    _, bg = background_colour(image)
+    mask = object_mask(image, bg).astype(np.uint8)
+    n, labels, _, centroids = cv2.connectedComponentsWithStats(cv2.dilate(mask, np.ones((3, 3), np.uint8)))
+    areas = np.bincount(labels[mask > 0], minlength=n)
+    return [(float(centroids[k][0]), float(centroids[k][1])) for k in range(1, n) if areas[k] >= min_area]
+
+
+def colour_votes(pixels: np.ndarray) -> np.ndarray:
+    """How many of `pixels` (N x 3, 0-255) are nearest each named colour, in COLOUR_NAMES order."""
+    nearest = np.argmin(((pixels.astype(np.float32)[:, None] - _PALETTE[None]) ** 2).sum(-1), axis=1)
+    return np.bincount(nearest, minlength=len(_PALETTE))
+
+
+def dominant_colour(image: np.ndarray, mask: np.ndarray, background: str) -> str | None:
+    """The named colour most masked pixels are nearest to, the background's own left out (None if no pixels)."""
+    counts = colour_votes(image[mask])
+    counts[S.COLOUR_NAMES.index(background)] = 0
+    return S.COLOUR_NAMES[int(counts.argmax())] if counts.any() else None
 
 
 def score_singles(images: list[np.ndarray], scenes: list[S.Scene]) -> dict[str, float]:

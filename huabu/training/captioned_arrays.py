@@ -15,6 +15,7 @@ import numpy as np
 from huabu.core.errors import HuabuError
 
 FORMAT_VERSION = 1  # meta.json's "format"
+CAPTION_LANGUAGES = ("en", "zh", "mix")
 
 
 @dataclass
@@ -26,6 +27,22 @@ class CaptionedArrays:
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def captions_in(self, lang: str, seed: int = 0) -> list[str]:
+        """The captions a run trains on: "en" (the caption column), "zh" (each record's "caption_zh", as
+        `huabu tiny data --world geneval` writes them) or "mix" (per image one of the two, by a fair coin drawn
+        from `seed`: a run that wants both for every image re-draws with a new seed each epoch)."""
+        if lang == "en":
+            return self.captions
+        if lang not in CAPTION_LANGUAGES:
+            raise HuabuError(f"caption language {lang!r}: use one of {', '.join(CAPTION_LANGUAGES)}")
+        if not all("caption_zh" in a for a in self.attrs):
+            raise HuabuError("this dataset has no Chinese captions: make one with `huabu tiny data --world geneval`")
+        zh = [a["caption_zh"] for a in self.attrs]
+        if lang == "zh":
+            return zh
+        chinese = np.random.default_rng(seed).random(len(zh)) < 0.5
+        return [z if c else e for e, z, c in zip(self.captions, zh, chinese)]
 
 
 def read_captioned_arrays(path: Path) -> CaptionedArrays:
