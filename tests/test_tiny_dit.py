@@ -33,14 +33,19 @@ def frozen():
 
 
 @pytest.fixture(scope="module")
-def trained(scenes, tmp_path_factory, frozen) -> Path:
-    """The final folder of a 4-step run, with samples after the last step."""
-    from huabu.tiny import train_dit, train_unet
+def trained(scenes, tmp_path_factory) -> Path:
+    """The final folder of a 4-step `huabu tiny train dit` run (`_cfg`'s settings), with samples after the last
+    step."""
+    from huabu.cli.main import main
+    from huabu.tiny import train_unet
 
     out = tmp_path_factory.mktemp("dit") / "straight"
     with pytest.MonkeyPatch.context() as m:
         m.setattr(train_unet, "sample_prompts", lambda: [PROMPT, ""])
-        return train_dit.train(_cfg(scenes, out, sample_every=4))
+        assert main(["tiny", "train", "dit", "--data", str(scenes), "--out", str(out), "--steps", "4",
+                     "--batch-size", "4", "--warmup", "1", "--layers", "1", "--heads", "2", "--head-dim", "16",
+                     "--checkpoint-every", "2", "--sample-every", "4"]) == 0
+    return out / "final"
 
 
 def test_one_padding_token_stands_for_the_pipelines_256(frozen):
@@ -101,16 +106,18 @@ def test_dit_stage_resumes_identically_and_writes_samples(scenes, tmp_path, monk
     assert {"config.json", "scheduler_config.json"} <= {p.name for p in trained.iterdir()}
 
 
-def test_assembled_folder_is_a_plain_sd3_pipeline_that_the_engine_runs(trained, tmp_path):
+def test_assembled_folder_is_a_plain_sd3_pipeline_that_the_engine_runs(trained, tmp_path, capsys):
     from diffusers import StableDiffusion3Pipeline
 
+    from huabu.cli.main import main
     from huabu.core.requests import GenerateRequest
     from huabu.core.settings import Settings
     from huabu.engine.generate import Engine
     from huabu.tiny import train_dit
-    from huabu.tiny.assemble import assemble_dit
 
-    folder = assemble_dit(trained, train_dit.base_folder("huabu-tiny"), out=tmp_path / "huabu-tiny-dit")
+    folder = tmp_path / "huabu-tiny-dit"
+    assert main(["tiny", "assemble-dit", "--transformer", str(trained), "--out", str(folder)]) == 0
+    assert f"assembled huabu-tiny-dit in {folder}" in capsys.readouterr().out
     # diffusers loads an SD3 folder without T5 when told so, as for SD3 Medium without its T5
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
                                                     local_files_only=True, dtype=torch.float32)
