@@ -19,6 +19,7 @@ STAGES = {
     "clip": ("huabu.tiny.train_clip", configs.ClipTrainConfig),
     "vae": ("huabu.tiny.train_vae", configs.VaeTrainConfig),
     "unet": ("huabu.tiny.train_unet", configs.UnetTrainConfig),
+    "dit": ("huabu.tiny.train_dit", configs.DitTrainConfig),  # huabu-tiny-dit's SD3-shaped transformer
     "motion": ("huabu.tiny.motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
     "controlnet": ("huabu.tiny.controlnet", TinyControlNetConfig),  # huabu tiny's preset of huabu train controlnet
 }
@@ -56,6 +57,15 @@ def register(sub) -> None:
     assemble.add_argument("--unet", default="runs/unet/final")
     assemble.add_argument("--out", default=None, help="default: the shipped huabu/tiny/huabu-tiny")
     assemble.set_defaults(handler=_assemble)
+
+    dit = tsub.add_parser("assemble-dit", help="build the huabu-tiny-dit diffusers folder (SD3 pipeline, fp16) from "
+                                               "the dit stage and huabu-tiny's VAE and CLIP")
+    dit.add_argument("--transformer", default="runs/dit/final", help="the dit stage's final folder")
+    dit.add_argument("--base", default=configs.DitTrainConfig.base, help="the model the dit stage trained under")
+    dit.add_argument("--text-projection", default="", help="the CLIP text projection it trained with (default: "
+                                                           "the shipped huabu-tiny-scorer's)")
+    dit.add_argument("--out", default=None, help="default: huabu/tiny/huabu-tiny-dit")
+    dit.set_defaults(handler=_assemble_dit)
 
     export = tsub.add_parser("export", help="write huabu-tiny as one LDM-key .safetensors file (A1111/ComfyUI layout)")
     export.add_argument("--model", help="a huabu-tiny-shaped diffusers folder (default: the shipped one)")
@@ -117,6 +127,17 @@ def _assemble(args: argparse.Namespace) -> int:
 
     out = assemble(Path(args.clip), Path(args.vae), Path(args.unet), Path(args.out) if args.out else DEFAULT_OUT)
     print(f"assembled huabu-tiny in {out}")
+    return 0
+
+
+def _assemble_dit(args: argparse.Namespace) -> int:
+    from huabu.tiny.assemble import DIT_OUT, assemble_dit
+    from huabu.tiny.train_dit import base_folder
+
+    out = assemble_dit(Path(args.transformer), base_folder(args.base), args.text_projection,
+                       Path(args.out) if args.out else DIT_OUT)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"assembled huabu-tiny-dit in {out} ({size / 1e6:.1f} MB)")
     return 0
 
 

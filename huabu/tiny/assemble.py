@@ -1,5 +1,6 @@
 """Put the trained stages together as huabu-tiny: a standard StableDiffusionPipeline folder in fp16 safetensors,
-plus the CLIP vision tower that `huabu tiny eval` scores with (shipped beside it, not inside the pipeline)."""
+plus the CLIP vision tower that `huabu tiny eval` scores with (shipped beside it, not inside the pipeline); and
+huabu-tiny-dit: a StableDiffusion3Pipeline folder of the DiT stage's transformer over huabu-tiny's VAE and CLIP."""
 
 from __future__ import annotations
 
@@ -7,13 +8,22 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from huabu.tiny.train_dit import load_frozen, sd3_pipeline
 from huabu.training.diffusion import noise_scheduler
 
 DEFAULT_OUT = Path(__file__).parent / "huabu-tiny"
+DIT_OUT = Path(__file__).parent / "huabu-tiny-dit"
 # The committed BPE tokenizer files (see huabu.tiny.tokenizer). transformers 5 saves a tokenizer as tokenizer.json
 # alone; the vocab.json + merges.txt pair is what transformers 4 and SD tooling read, so the shipped folder keeps it.
 BPE_TOKENIZER = DEFAULT_OUT / "tokenizer"
@@ -29,14 +39,30 @@ def assemble(clip_dir: Path, vae_dir: Path, unet_dir: Path, out: Path = DEFAULT_
         scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler().config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    bpe_files = {f.name: f.read_bytes() for f in BPE_TOKENIZER.iterdir()}  # read first: `out` may be DEFAULT_OUT
-    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    shutil.rmtree(out / "tokenizer")
-    (out / "tokenizer").mkdir()
-    for name, data in bpe_files.items():
-        (out / "tokenizer" / name).write_bytes(data)
+    save_fp16(pipe, out, ("tokenizer",))
     scorer = Path(f"{out}-scorer")
     CLIPVisionModelWithProjection.from_pretrained(clip_dir).to(torch.float16).save_pretrained(scorer)
     projection = CLIPModel.from_pretrained(clip_dir).text_projection.weight.detach().to(torch.float16).contiguous()
     save_file({"weight": projection}, str(scorer / "text_projection.safetensors"))
+    return out
+
+
+def save_fp16(pipe, out: Path, tokenizers: tuple[str, ...]) -> None:
+    """Save a pipeline in fp16 safetensors with the BPE files as its `tokenizers` folders."""
+    bpe_files = {f.name: f.read_bytes() for f in BPE_TOKENIZER.iterdir()}  # read first: `out` may be DEFAULT_OUT
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    for folder in tokenizers:
+        shutil.rmtree(out / folder)
+        (out / folder).mkdir()
+        for name, data in bpe_files.items():
+            (out / folder / name).write_bytes(data)
+
+
+def assemble_dit(transformer_dir: Path, base: Path, text_projection: str = "", out: Path = DIT_OUT) -> Path:
+    """Write huabu-tiny-dit to `out`: a StableDiffusion3Pipeline folder (fp16) of the trained transformer and its
+    flow scheduler, the base model's VAE and its CLIP as both CLIP encoders, no T5."""
+    vae, text_encoder, tok = load_frozen(base, text_projection)
+    pipe = sd3_pipeline(SD3Transformer2DModel.from_pretrained(transformer_dir), vae, text_encoder, tok,
+                        FlowMatchEulerDiscreteScheduler.from_pretrained(transformer_dir))
+    save_fp16(pipe, out, ("tokenizer", "tokenizer_2"))
     return out

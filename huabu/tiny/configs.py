@@ -67,3 +67,32 @@ class UnetTrainConfig:
     heads: int = 4
     checkpoint_every: int = 250
     sample_every: int = 1000
+
+
+@dataclass
+class DitTrainConfig:
+    """huabu-tiny-dit's denoiser: an SD3-shaped MMDiT trained by flow matching on the UNet stage's scenes."""
+
+    data: str = "data/scenes"
+    base: str = "huabu-tiny"  # the frozen VAE, CLIP text encoder and tokenizer: a huabu-tiny-shaped model
+    text_projection: str = ""  # CLIP's text projection (safetensors "weight"); "": the shipped huabu-tiny-scorer's
+    out: str = "runs/dit"
+    seed: int = 0
+    images: int = 100_000  # the first N dataset scenes, VAE-encoded once up front, as in the UNet stage
+    # the UNet stage's training FLOPs (4500 steps x 93.0 GFLOP) at 78.3 GFLOP a step (benchmarks/tiny_dit_vs_unet.py);
+    # constant LR after warm-up, so a longer run just goes on
+    steps: int = 5350
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup: int = 200
+    weighting: str = "logit_normal"  # diffusers' SD3 weighting_scheme: logit_normal, mode, cosmap, sigma_sqrt, none
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    shift: float = 1.0  # the flow schedule's sigma shift, in training and in the shipped scheduler
+    ema_decay: float = 0.999
+    layers: int = 4  # SD3's rule at depth 4: width 64 x depth = 256, one 64-channel head per layer of depth
+    heads: int = 4
+    head_dim: int = 64
+    checkpoint_every: int = 250
+    sample_every: int = 1000

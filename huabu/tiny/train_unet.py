@@ -140,11 +140,17 @@ def write_samples(unet: UNet2DConditionModel, tok: CLIPTokenizer, text_encoder: 
     """A grid of held-out prompts (fixed seeds) sampled with the standard diffusers pipeline."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from huabu.tiny.train_vae import save_grid
-
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
                                    scheduler=DDIMScheduler.from_config(noise_scheduler().config),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    write_grid(pipe, path, steps, cfg_scale)
+
+
+@torch.no_grad()
+def write_grid(pipe, path: Path, steps: int = 20, cfg_scale: float = 5.0) -> None:
+    """The sample prompts (fixed seeds) through any text-to-image diffusers pipeline, in one row."""
+    from huabu.tiny.train_vae import save_grid
+
     pipe.set_progress_bar_config(disable=True)
     prompts = sample_prompts()
     gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]

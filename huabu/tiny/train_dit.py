@@ -1,0 +1,184 @@
+"""huabu-tiny-dit's denoiser stage: an SD3-shaped MMDiT (SD3Transformer2DModel) trained by flow matching on the UNet
+stage's scene latents, under huabu-tiny's frozen VAE and CLIP text encoder.
+
+SD3's recipe at toy scale, as diffusers' SD3 training scripts run it: x_t = (1 - sigma) x0 + sigma noise with sigma
+drawn logit-normal from the flow schedule, the transformer predicting the velocity noise - x0, SD3's loss weighting;
+the UNet stage's 10% caption dropout for classifier-free guidance, EMA weights for sampling, the same latent cache.
+
+Text: huabu-tiny's one CLIP serves as both of SD3's CLIP encoders (the same weights twice), with the text projection
+trained beside it (the scorer's) giving the pooled vector. There is no T5: StableDiffusion3Pipeline then puts 256 zero
+tokens after CLIP's 77 in the context. Those 256 are the same token at every layer (same input, per-token layers,
+identical queries) and at this size would cost two thirds of a step, so training keeps one of them and hands attention
+its key and value 256 times (`padding_once`): the same function of the weights as the full context, at a third of the
+cost (tests/test_tiny_dit.py checks the outputs match).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from huabu.core.errors import InvalidRequest
+from huabu.tiny import scenes as S
+from huabu.tiny.configs import DitTrainConfig, UnetTrainConfig
+from huabu.tiny.data import load_dataset
+from huabu.tiny.train_unet import build_unet, encode_latents, update_ema, write_grid
+from huabu.training import loop
+from huabu.training.diffusion import CAPTION_DROPOUT
+from huabu.training.loop import Plan, Recipe, Sampled, same_run
+from huabu.training.schedules import Schedule
+
+SCORER_PROJECTION = Path(__file__).parent / "huabu-tiny-scorer" / "text_projection.safetensors"
+WEIGHTINGS = ("logit_normal", "mode", "cosmap", "sigma_sqrt", "none")
+# The zero tokens StableDiffusion3Pipeline puts in the context for a missing T5 (its max_sequence_length).
+T5_TOKENS = inspect.signature(StableDiffusion3Pipeline.__call__).parameters["max_sequence_length"].default
+
+
+def build_transformer(cfg: DitTrainConfig, latent_channels: int, clip: CLIPTextConfig) -> SD3Transformer2DModel:
+    """The MMDiT for 16 x 16 latents; its context is the two CLIPs' hidden states side by side, its pooled vector the
+    two projections'."""
+    width = cfg.heads * cfg.head_dim
+    return SD3Transformer2DModel(
+        sample_size=S.IMAGE_SIZE // 4, patch_size=2, in_channels=latent_channels, out_channels=latent_channels,
+        num_layers=cfg.layers, attention_head_dim=cfg.head_dim, num_attention_heads=cfg.heads,
+        caption_projection_dim=width, joint_attention_dim=2 * clip.hidden_size,
+        pooled_projection_dim=2 * clip.projection_dim,
+        pos_embed_max_size=32)  # position table for up to 32 x 32 patches (256 px); SD3's 96 would add 2.4M numbers
+
+
+def base_folder(base: str) -> Path:
+    """The diffusers folder a model name or path names (the built-in huabu-tiny by default)."""
+    from huabu.core.settings import Settings
+    from huabu.engine.models import ModelManager
+
+    ref = ModelManager(Settings.from_env()).resolve(base)
+    if ref.path is None or not (ref.path / "text_encoder").is_dir():
+        raise InvalidRequest(f"--base {base} is not a huabu-tiny-shaped diffusers folder (vae, text_encoder, "
+                             f"tokenizer)")
+    return ref.path
+
+
+def load_frozen(base: Path, text_projection: str = "") -> tuple[AutoencoderKL, CLIPTextModelWithProjection,
+                                                                  CLIPTokenizer]:
+    """The base model's VAE (shift 0, which SD3 pipelines need stated), its CLIP text encoder with the text
+    projection trained beside it, and its tokenizer; fp32, frozen."""
+    vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32)
+    vae.register_to_config(shift_factor=0.0)
+    clip = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
+    projection = load_file(text_projection or str(SCORER_PROJECTION))["weight"]
+    text_encoder = CLIPTextModelWithProjection(clip.config)
+    text_encoder.text_model.load_state_dict(clip.state_dict())
+    text_encoder.text_projection.load_state_dict({"weight": projection})
+    tok = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    return vae.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False), tok
+
+
+def sd3_pipeline(transformer: SD3Transformer2DModel, vae: AutoencoderKL, text_encoder: CLIPTextModelWithProjection,
+                 tok: CLIPTokenizer, scheduler: FlowMatchEulerDiscreteScheduler) -> StableDiffusion3Pipeline:
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                                    tokenizer=tok, text_encoder_2=text_encoder, tokenizer_2=tok, text_encoder_3=None,
+                                    tokenizer_3=None)
+
+
+@contextmanager
+def padding_once(transformer: SD3Transformer2DModel, copies: int = T5_TOKENS) -> Iterator[None]:
+    """While open, the context's last token stands for `copies` identical ones: every joint attention reads its key
+    and value `copies` times. Encode prompts with max_sequence_length=1 for the context this expects."""
+    def repeat_last(module, inputs, output):
+        return torch.cat([output[:, :-1], output[:, -1:].expand(-1, copies, -1)], dim=1)
+
+    projections = [p for block in transformer.transformer_blocks for p in (block.attn.add_k_proj,
+                                                                            block.attn.add_v_proj)]
+    handles = [p.register_forward_hook(repeat_last) for p in projections]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler]:
+    """The transformer and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
+    if cfg.weighting not in WEIGHTINGS:
+        raise InvalidRequest(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {cfg.weighting!r}")
+    accelerator = Accelerator()
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(Path(cfg.data))
+    vae, text_encoder, tok = load_frozen(base_folder(cfg.base), cfg.text_projection)
+    n_images = min(cfg.images, len(data))
+    latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
+    raw = build_transformer(cfg, vae.config.latent_channels, text_encoder.config)
+    ema = copy.deepcopy(raw).requires_grad_(False)
+    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.01)
+    transformer, opt = accelerator.prepare(raw, opt)
+    device = accelerator.device
+    text_encoder.to(device)
+    ema.to(device)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.shift)
+    sigmas = scheduler.sigmas.clone()  # the training table; sampling's set_timesteps replaces the scheduler's own
+    pipe = sd3_pipeline(ema, vae, text_encoder, tok, scheduler)  # prompts are encoded as this pipeline encodes them
+
+    def step_loss(step: int) -> torch.Tensor:
+        # Data, caption dropout, sigmas and noise are all functions of (seed, step): a resumed run continues
+        # exactly as the uninterrupted one would have.
+        rng = np.random.default_rng([cfg.seed, step])
+        idx = np.sort(rng.choice(n_images, size=cfg.batch_size, replace=False))
+        captions = ["" if rng.random() < CAPTION_DROPOUT else data.captions[i] for i in idx]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x0 = torch.from_numpy(latents[idx].astype(np.float32))
+        noise = torch.randn(x0.shape, generator=gen)
+        u = compute_density_for_timestep_sampling(cfg.weighting, len(idx), cfg.logit_mean, cfg.logit_std,
+                                                  cfg.mode_scale, generator=gen)
+        sigma = sigmas[(u * len(sigmas)).long().clamp(max=len(sigmas) - 1)].view(-1, 1, 1, 1)
+        xt = ((1 - sigma) * x0 + sigma * noise).to(device)
+        with torch.no_grad():
+            context, _, pooled, _ = pipe.encode_prompt(captions, None, None, device=device,
+                                                       do_classifier_free_guidance=False, max_sequence_length=1)
+        with padding_once(raw):
+            pred = transformer(hidden_states=xt, encoder_hidden_states=context, pooled_projections=pooled,
+                               timestep=sigma.flatten().to(device) * 1000).sample
+        weight = compute_loss_weighting_for_sd3(cfg.weighting, sigma).to(device)
+        return (weight * (pred - (noise - x0).to(device)) ** 2).mean()
+
+    def sample(done: int) -> Sampled:
+        path = out / f"samples-{done:07d}.png"
+        write_grid(pipe, path)
+        return Sampled((path,))
+
+    recipe = Recipe(accelerator, opt, {"transformer": raw, "ema": ema}, step_loss, list(raw.parameters()),
+                    after_step=lambda step: update_ema(ema, raw, step, cfg.ema_decay), sample=sample)
+    return recipe, ema, scheduler
+
+
+def train(cfg: DitTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
+    """Train (or resume) the DiT stage; returns the folder of the EMA transformer and its flow scheduler.
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
+    recipe, ema, scheduler = setup(cfg)
+    unet = build_unet(UnetTrainConfig(), ema.config.joint_attention_dim // 2)
+    print(f"transformer: {parameter_count(ema):,} parameters (the UNet stage's: {parameter_count(unet):,})")
+    plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
+                cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
+                sample_every=cfg.sample_every, log_every=10, config=asdict(cfg), desc="dit")
+    loop.train(recipe, plan, cancel=cancel)
+    final = Path(cfg.out) / "final"
+    ema.save_pretrained(final)
+    scheduler.save_pretrained(final)  # scheduler_config.json beside config.json: assembly ships the trained shift
+    return final
