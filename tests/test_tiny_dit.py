@@ -131,6 +131,12 @@ def test_assembled_folder_is_a_plain_sd3_pipeline_that_the_engine_runs(trained, 
     assert result.images[0].size == (64, 64)  # the transformer's sample size times the VAE's factor
     assert "Model: huabu-tiny-dit" in result.infotexts[0]
 
+    from huabu.tiny.eval import EvalSettings, evaluate  # huabu tiny eval scores the DiT as it scores the UNet
+
+    scores = evaluate(EvalSettings(model=folder, steps=2, singles=2, pairs=1, batch=2, sampler="Euler"))
+    assert scores["ceiling_real"]["background_accuracy"] == 1.0 and 0 <= scores["background_accuracy"] <= 1
+    assert scores["settings"]["sampler"] == "Euler"
+
     # the shipped folder: this one with the full-size transformer in fp16 instead of the toy one
     toy = (folder / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size
     others = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) - toy

@@ -6,6 +6,7 @@ generated at fixed seeds, so two runs of the same model print the same figures.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,16 +77,21 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def load_pipeline(model: Path, sampler: str = "DPM++ 2M", lora: Path | None = None, dtype: str = "fp32"):
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    """huabu-tiny's pipeline, or any diffusers text-to-image folder of its scenes' size (huabu-tiny-dit's SD3 one,
+    whose absent T5 diffusers wants passed as None), with `sampler`."""
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
+    from huabu.core.samplers import is_flow_config
     from huabu.engine.samplers import build_scheduler
 
-    pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, local_files_only=True,
-                                                   safety_checker=None, requires_safety_checker=False)
-    if sampler == "DPM++ 2M":  # the figures in the README were measured with the model's own sigmas
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    index = json.loads((Path(model) / "model_index.json").read_text(encoding="utf-8"))
+    absent = {name: None for name, spec in index.items() if spec == [None, None]}
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=torch.float32, local_files_only=True, **absent)
+    config = dict(pipe.scheduler.config)
+    if sampler == "DPM++ 2M" and not is_flow_config(config):  # the README's UNet figures: the model's own sigmas
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config)
     else:
-        pipe.scheduler = build_scheduler(sampler, None, dict(pipe.scheduler.config))
+        pipe.scheduler = build_scheduler(sampler, None, config)
     if lora is not None:
         pipe.load_lora_weights(str(lora))
         pipe.fuse_lora()

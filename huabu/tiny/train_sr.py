@@ -1,7 +1,7 @@
 """huabu-tiny-2x: a compact super-resolution network (huabu.engine.sr_compact) trained on huabu-tiny's scenes,
 rendered at 64 px (input) and at 128 px (target: the same scene drawn at twice the size, not a resize).
 
-    python -m huabu.tiny.train_sr OUT_DIR [--steps N] [--eval] [--export FILE]
+    python -m huabu.tiny.train_sr OUT_DIR [--steps N] [--features F] [--convs C] [--eval] [--export FILE]
 
 Resumable: checkpoints in OUT_DIR/checkpoints (huabu.training.checkpoint) every 100 steps; `--eval` prints the
 PSNR on 100 held-out scenes at 128 px beside Lanczos's. The batch of step k is a pure function of k, so a resumed
@@ -44,9 +44,9 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _tensor([low for low, _ in pairs]), _tensor([high for _, high in pairs])
 
 
-def train(out: Path, steps: int) -> CompactSR:
+def train(out: Path, steps: int, features: int = 32, convs: int = 8) -> CompactSR:
     torch.manual_seed(SEED)
-    model = CompactSR()
+    model = CompactSR(features, convs)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     state = load_latest(out / "checkpoints", {"model": model}, {"adam": optimizer})
     start = state["step"] if state else 0
@@ -97,10 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--features", type=int, default=32, help="channels of each convolution")
+    parser.add_argument("--convs", type=int, default=8, help="convolutions between the first and the last")
     parser.add_argument("--eval", action="store_true")
     parser.add_argument("--export", type=Path, help="write the trained weights here (fp16 safetensors)")
     args = parser.parse_args(argv)
-    model = train(args.out, args.steps)
+    model = train(args.out, args.steps, args.features, args.convs)
     if args.eval:
         print(json.dumps(evaluate(model.eval())), flush=True)
     if args.export:
