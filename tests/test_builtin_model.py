@@ -42,3 +42,18 @@ def test_single_file_export_gives_the_same_image(engine, tmp_path: Path):
         images.append(np.asarray(result.images[0]))
     assert result.model["kind"] == "single-file"
     assert np.array_equal(images[0], images[1])
+
+
+def test_shipped_glyph_controlnet_writes_the_quoted_word_where_asked(engine):
+    from huabu.core.requests import GenerateRequest
+    from huabu.engine.ocr import read_box
+
+    box = [40, 8, 120, 40]
+    request = GenerateRequest.create(prompt='a cat on the left and the words "画布" at the top on a blue background',
+                                     width=128, height=128, seed=0, steps=20, cfg_scale=5.0,
+                                     controlnets=[{"module": "glyph"}], text_boxes=[box])
+    result = engine.generate(request)  # no model named: huabu-tiny's shipped glyph ControlNet
+    assert "huabu-tiny-controlnet-glyph" in result.infotexts[0]
+    assert read_box(result.images[0], box) == "画布"
+    unguided = engine.generate(request.model_copy(update={"controlnets": [], "text_boxes": []}))
+    assert read_box(unguided.images[0], box) != "画布"
