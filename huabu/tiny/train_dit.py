@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -34,9 +33,8 @@ from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import DitTrainConfig, UnetTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.tiny.train_unet import build_unet, encode_latents, update_ema, write_grid
+from huabu.tiny.train_unet import build_unet, encode_latents, latent_batch, update_ema, write_grid
 from huabu.training import loop
-from huabu.training.diffusion import CAPTION_DROPOUT
 from huabu.training.loop import Plan, Recipe, Sampled, same_run
 from huabu.training.schedules import Schedule
 
@@ -137,15 +135,8 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
     pipe = sd3_pipeline(ema, vae, text_encoder, tok, scheduler)  # prompts are encoded as this pipeline encodes them
 
     def step_loss(step: int) -> torch.Tensor:
-        # Data, caption dropout, sigmas and noise are all functions of (seed, step): a resumed run continues
-        # exactly as the uninterrupted one would have.
-        rng = np.random.default_rng([cfg.seed, step])
-        idx = np.sort(rng.choice(n_images, size=cfg.batch_size, replace=False))
-        captions = ["" if rng.random() < CAPTION_DROPOUT else data.captions[i] for i in idx]
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x0 = torch.from_numpy(latents[idx].astype(np.float32))
-        noise = torch.randn(x0.shape, generator=gen)
-        u = compute_density_for_timestep_sampling(cfg.weighting, len(idx), cfg.logit_mean, cfg.logit_std,
+        captions, x0, noise, gen = latent_batch(cfg.seed, step, latents, data.captions, n_images, cfg.batch_size)
+        u = compute_density_for_timestep_sampling(cfg.weighting, len(x0), cfg.logit_mean, cfg.logit_std,
                                                   cfg.mode_scale, generator=gen)
         sigma = sigmas[(u * len(sigmas)).long().clamp(max=len(sigmas) - 1)].view(-1, 1, 1, 1)
         xt = ((1 - sigma) * x0 + sigma * noise).to(device)

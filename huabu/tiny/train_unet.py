@@ -93,15 +93,8 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     sched = noise_scheduler()
 
     def step_loss(step: int) -> torch.Tensor:
-        # Data, caption dropout, timesteps and noise are all functions of (seed, step): a resumed run continues
-        # exactly as the uninterrupted one would have.
-        rng = np.random.default_rng([cfg.seed, step])
-        idx = np.sort(rng.choice(n_images, size=cfg.batch_size, replace=False))
-        captions = ["" if rng.random() < CAPTION_DROPOUT else data.captions[i] for i in idx]
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x0 = torch.from_numpy(latents[idx].astype(np.float32))
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        captions, x0, noise, gen = latent_batch(cfg.seed, step, latents, data.captions, n_images, cfg.batch_size)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
         xt = sched.add_noise(x0, noise, t).to(device)
         with torch.no_grad():
             cond = encode_text(tok, text_encoder, captions)
@@ -147,6 +140,19 @@ def write_samples(unet: UNet2DConditionModel, tok: CLIPTokenizer, text_encoder: 
 
 
 @torch.no_grad()
+def latent_batch(seed: int, step: int, latents: np.ndarray, captions: list[str], count: int, batch_size: int
+                 ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Generator]:
+    """Batch `step` over the first `count` cached latents: its captions (CAPTION_DROPOUT of them empty), latents,
+    noise, and the generator the stage draws its timesteps from. All are functions of (seed, step), so a resumed
+    run continues exactly as the uninterrupted one would have."""
+    rng = np.random.default_rng([seed, step])
+    idx = np.sort(rng.choice(count, size=batch_size, replace=False))
+    chosen = ["" if rng.random() < CAPTION_DROPOUT else captions[i] for i in idx]
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    x0 = torch.from_numpy(latents[idx].astype(np.float32))
+    return chosen, x0, torch.randn(x0.shape, generator=gen), gen
+
+
 def write_grid(pipe, path: Path, steps: int = 20, cfg_scale: float = 5.0) -> None:
     """The sample prompts (fixed seeds) through any text-to-image diffusers pipeline, in one row."""
     from huabu.tiny.train_vae import save_grid
