@@ -15,7 +15,6 @@ cost (tests/test_tiny_dit.py checks the outputs match).
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import DitTrainConfig, UnetTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.tiny.train_unet import build_unet, encode_latents, latent_batch, update_ema, write_grid
+from huabu.tiny.train_unet import build_unet, encode_latents, latent_batch, prepared_with_ema, update_ema, write_grid
 from huabu.training import loop
 from huabu.training.loop import Plan, Recipe, Sampled, same_run
 from huabu.training.schedules import Schedule
@@ -124,12 +123,9 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     raw = build_transformer(cfg, vae.config.latent_channels, text_encoder.config)
-    ema = copy.deepcopy(raw).requires_grad_(False)
-    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.01)
-    transformer, opt = accelerator.prepare(raw, opt)
+    transformer, opt, ema = prepared_with_ema(accelerator, raw, cfg.lr)
     device = accelerator.device
     text_encoder.to(device)
-    ema.to(device)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.shift)
     sigmas = scheduler.sigmas.clone()  # the training table; sampling's set_timesteps replaces the scheduler's own
     pipe = sd3_pipeline(ema, vae, text_encoder, tok, scheduler)  # prompts are encoded as this pipeline encodes them

@@ -84,12 +84,9 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     raw_unet = build_unet(cfg, text_encoder.config.hidden_size)
-    ema = copy.deepcopy(raw_unet).requires_grad_(False)
-    opt = torch.optim.AdamW(raw_unet.parameters(), lr=cfg.lr, weight_decay=0.01)
-    unet, opt = accelerator.prepare(raw_unet, opt)
+    unet, opt, ema = prepared_with_ema(accelerator, raw_unet, cfg.lr)
     device = accelerator.device
     text_encoder.to(device)
-    ema.to(device)
     sched = noise_scheduler()
 
     def step_loss(step: int) -> torch.Tensor:
@@ -140,6 +137,15 @@ def write_samples(unet: UNet2DConditionModel, tok: CLIPTokenizer, text_encoder: 
 
 
 @torch.no_grad()
+def prepared_with_ema(accelerator: Accelerator, model: torch.nn.Module, lr: float
+                      ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
+    """The denoiser and its AdamW prepared by `accelerator`, and its frozen EMA copy on the same device."""
+    ema = copy.deepcopy(model).requires_grad_(False).to(accelerator.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    prepared, opt = accelerator.prepare(model, opt)
+    return prepared, opt, ema
+
+
 def latent_batch(seed: int, step: int, latents: np.ndarray, captions: list[str], count: int, batch_size: int
                  ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Generator]:
     """Batch `step` over the first `count` cached latents: its captions (CAPTION_DROPOUT of them empty), latents,
