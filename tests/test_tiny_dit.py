@@ -9,7 +9,7 @@ import torch
 from training_support import Killed, assert_same, kill_after, newest_weights
 
 from huabu.tiny.configs import DitTrainConfig
-from huabu.tiny.data import write_dataset
+from huabu.tiny.data import load_dataset, write_dataset
 
 PROMPT = "a red apple on a blue background"
 
@@ -142,3 +142,37 @@ def test_assembled_folder_is_a_plain_sd3_pipeline_that_the_engine_runs(trained, 
     others = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) - toy
     full = train_dit.build_transformer(DitTrainConfig(), 4, pipe.text_encoder.config)
     assert others + 2 * sum(t.numel() for t in full.state_dict().values()) < 60e6
+
+
+def test_bilingual_stage_trains_its_text_encoder_on_chinese_characters(tmp_path, capsys):
+    from diffusers import StableDiffusion3Pipeline
+    from safetensors.torch import load_file
+
+    from huabu.cli.main import main
+    from huabu.core.errors import InvalidRequest
+    from huabu.tiny import train_dit
+
+    world = write_dataset(tmp_path / "world", 24, seed=1, progress=False, world="geneval")
+    with pytest.raises(InvalidRequest, match="--text-lr"):  # a frozen CLIP never learnt a Chinese character
+        train_dit.setup(_cfg(world, tmp_path / "frozen", captions="zh"))
+    train_dit.train(_cfg(world, tmp_path / "run", captions="mix", text_lr=1e-3, steps=2))
+    final = tmp_path / "run" / "final"
+    folder = tmp_path / "huabu-tiny-dit"
+    assert main(["tiny", "assemble-dit", "--transformer", str(final), "--out", str(folder)]) == 0
+    capsys.readouterr()
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
+                                                    local_files_only=True, dtype=torch.float32)
+    # each character of the captions is one token (CLIP's BPE cuts 背 alone into three byte pieces), English as before
+    caption = load_dataset(world).captions_in("zh")[0]
+    assert len(pipe.tokenizer(caption, add_special_tokens=False).input_ids) == len(caption)
+    assert pipe.tokenizer_2(caption).input_ids == pipe.tokenizer(caption).input_ids
+    _, _, base_tok = train_dit.load_frozen(train_dit.base_folder("huabu-tiny"))
+    assert pipe.tokenizer("a red apple").input_ids == base_tok("a red apple").input_ids
+    # the shipped encoder is the trained one, in both CLIP slots: its English rows moved too
+    base = load_file(str(train_dit.base_folder("huabu-tiny") / "text_encoder" / "model.safetensors"))
+    key = "text_model.encoder.layers.0.mlp.fc1.weight"
+    shipped = pipe.text_encoder.state_dict()[key]
+    assert (shipped - base[key].float()).abs().max() > 1e-4
+    assert torch.equal(shipped, pipe.text_encoder_2.state_dict()[key])
+    image = pipe(caption, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)

@@ -17,7 +17,13 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file
-from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPModel,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from huabu.tiny.train_dit import load_frozen, sd3_pipeline
 from huabu.training.diffusion import noise_scheduler
@@ -60,9 +66,15 @@ def save_fp16(pipe, out: Path, tokenizers: tuple[str, ...]) -> None:
 
 def assemble_dit(transformer_dir: Path, base: Path, text_projection: str = "", out: Path = DIT_OUT) -> Path:
     """Write huabu-tiny-dit to `out`: a StableDiffusion3Pipeline folder (fp16) of the trained transformer and its
-    flow scheduler, the base model's VAE and its CLIP as both CLIP encoders, no T5."""
+    flow scheduler, the base model's VAE and as both CLIP encoders the base model's CLIP or, when the stage trained
+    its text encoder (`--text-lr`), that one and its tokenizer; no T5."""
     vae, text_encoder, tok = load_frozen(base, text_projection)
+    trained_text = (transformer_dir / "text_encoder").is_dir()
+    if trained_text:
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(transformer_dir / "text_encoder")
+        tok = CLIPTokenizer.from_pretrained(transformer_dir / "tokenizer")
     pipe = sd3_pipeline(SD3Transformer2DModel.from_pretrained(transformer_dir), vae, text_encoder, tok,
                         FlowMatchEulerDiscreteScheduler.from_pretrained(transformer_dir))
-    save_fp16(pipe, out, ("tokenizer", "tokenizer_2"))
+    # a tokenizer with added characters is saved as transformers writes it; the base one as the shipped BPE files
+    save_fp16(pipe, out, () if trained_text else ("tokenizer", "tokenizer_2"))
     return out

@@ -90,6 +90,10 @@ class DitTrainConfig:
     logit_std: float = 1.0
     mode_scale: float = 1.29
     shift: float = 1.0  # the flow schedule's sigma shift, in training and in the shipped scheduler
+    # "en", "zh" or "mix" (each image's language drawn anew every step); zh and mix need `huabu tiny data --world
+    # geneval`'s Chinese captions and a trained text encoder
+    captions: str = "en"
+    text_lr: float = 0.0  # > 0: the text encoder trains with the transformer at this rate; 0: frozen
     ema_decay: float = 0.999
     layers: int = 4  # SD3's rule at depth 4: width 64 x depth = 256, one 64-channel head per layer of depth
     heads: int = 4

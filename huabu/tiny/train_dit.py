@@ -11,6 +11,11 @@ tokens after CLIP's 77 in the context. Those 256 are the same token at every lay
 identical queries) and at this size would cost two thirds of a step, so training keeps one of them and hands attention
 its key and value 256 times (`padding_once`): the same function of the weights as the full context, at a third of the
 cost (tests/test_tiny_dit.py checks the outputs match).
+
+Bilingual (`--captions mix --text-lr R`): the text encoder trains with the transformer on English and Chinese captions
+of the same images, as Taiyi and AltDiffusion train theirs on Chinese captions. CLIP's byte-level BPE cuts a Chinese
+character into two or three byte pieces shared by thousands of characters, so each character of the training
+captions gets a token of its own first, as Chinese-CLIP's character vocabulary has.
 """
 
 from __future__ import annotations
@@ -106,6 +111,23 @@ def padding_once(transformer: SD3Transformer2DModel, copies: int = T5_TOKENS) ->
             handle.remove()
 
 
+def with_chinese_characters(tok: CLIPTokenizer, text_encoder: CLIPTextModelWithProjection,
+                            captions: list[str]) -> int:
+    """Give each non-ASCII character of `captions` a token of its own, its embedding starting at the mean of the
+    byte pieces BPE cut it into; returns how many tokens were added."""
+    chars = sorted({c for caption in captions for c in caption if not c.isascii()})
+    pieces = [tok(c, add_special_tokens=False).input_ids for c in chars]
+    added = tok.add_tokens(chars)
+    if not added:
+        return 0
+    text_encoder.resize_token_embeddings(len(tok), mean_resizing=False)
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for char, ids in zip(chars, pieces):
+            table[tok.convert_tokens_to_ids(char)] = table[ids].mean(0)
+    return added
+
+
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -114,6 +136,8 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
     """The transformer and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
     if cfg.weighting not in WEIGHTINGS:
         raise InvalidRequest(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {cfg.weighting!r}")
+    if cfg.captions != "en" and cfg.text_lr <= 0:
+        raise InvalidRequest(f"--captions {cfg.captions} needs a text encoder that learns Chinese: give --text-lr")
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -123,22 +147,39 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     raw = build_transformer(cfg, vae.config.latent_channels, text_encoder.config)
-    transformer, opt, ema = prepared_with_ema(accelerator, raw, cfg.lr)
-    device = accelerator.device
-    text_encoder.to(device)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.shift)
     sigmas = scheduler.sigmas.clone()  # the training table; sampling's set_timesteps replaces the scheduler's own
-    pipe = sd3_pipeline(ema, vae, text_encoder, tok, scheduler)  # prompts are encoded as this pipeline encodes them
+    device = accelerator.device
+    text_encoder.to(device)
+    if cfg.text_lr > 0:
+        if accelerator.num_processes > 1:
+            raise InvalidRequest("--text-lr trains on one process only: leave it out or run without accelerate")
+        if cfg.captions != "en":
+            with_chinese_characters(tok, text_encoder, data.captions_in("zh"))
+        both = torch.nn.ModuleDict({"transformer": raw, "text_encoder": text_encoder.requires_grad_(True).train()})
+        groups = [{"params": raw.parameters(), "lr": cfg.lr},
+                  {"params": text_encoder.parameters(), "lr": cfg.text_lr}]
+        _, opt, ema_both = prepared_with_ema(accelerator, both, groups)
+        transformer, ema, ema_text = raw, ema_both["transformer"], ema_both["text_encoder"]
+        trained: torch.nn.Module = both
+        checkpointed = {"transformer": raw, "text_encoder": text_encoder, "ema": ema_both}
+    else:
+        transformer, opt, ema = prepared_with_ema(accelerator, raw, [{"params": raw.parameters(), "lr": cfg.lr}])
+        ema_text, trained, checkpointed = text_encoder, raw, {"transformer": raw, "ema": ema}
+    # prompts are encoded as these pipelines encode them: the trained encoder for the loss, its EMA for samples
+    encoding = sd3_pipeline(raw, vae, text_encoder, tok, scheduler)
+    pipe = sd3_pipeline(ema, vae, ema_text, tok, scheduler)
 
     def step_loss(step: int) -> torch.Tensor:
-        captions, x0, noise, gen = latent_batch(cfg.seed, step, latents, data.captions, n_images, cfg.batch_size)
+        texts = data.captions if cfg.captions == "en" else data.captions_in(cfg.captions, seed=cfg.seed * 7919 + step)
+        captions, x0, noise, gen = latent_batch(cfg.seed, step, latents, texts, n_images, cfg.batch_size)
         u = compute_density_for_timestep_sampling(cfg.weighting, len(x0), cfg.logit_mean, cfg.logit_std,
                                                   cfg.mode_scale, generator=gen)
         sigma = sigmas[(u * len(sigmas)).long().clamp(max=len(sigmas) - 1)].view(-1, 1, 1, 1)
         xt = ((1 - sigma) * x0 + sigma * noise).to(device)
-        with torch.no_grad():
-            context, _, pooled, _ = pipe.encode_prompt(captions, None, None, device=device,
-                                                       do_classifier_free_guidance=False, max_sequence_length=1)
+        with torch.set_grad_enabled(cfg.text_lr > 0):
+            context, _, pooled, _ = encoding.encode_prompt(captions, None, None, device=device,
+                                                           do_classifier_free_guidance=False, max_sequence_length=1)
         with padding_once(raw):
             pred = transformer(hidden_states=xt, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten().to(device) * 1000).sample
@@ -150,15 +191,17 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
         write_grid(pipe, path)
         return Sampled((path,))
 
-    recipe = Recipe(accelerator, opt, {"transformer": raw, "ema": ema}, step_loss, list(raw.parameters()),
-                    after_step=lambda step: update_ema(ema, raw, step, cfg.ema_decay), sample=sample)
-    return recipe, ema, scheduler
+    ema_all = checkpointed["ema"]
+    recipe = Recipe(accelerator, opt, checkpointed, step_loss, list(trained.parameters()),
+                    after_step=lambda step: update_ema(ema_all, trained, step, cfg.ema_decay), sample=sample)
+    return recipe, pipe, scheduler
 
 
 def train(cfg: DitTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) the DiT stage; returns the folder of the EMA transformer and its flow scheduler.
     `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
-    recipe, ema, scheduler = setup(cfg)
+    recipe, pipe, scheduler = setup(cfg)
+    ema = pipe.transformer
     unet = build_unet(UnetTrainConfig(), ema.config.joint_attention_dim // 2)
     print(f"transformer: {parameter_count(ema):,} parameters (the UNet stage's: {parameter_count(unet):,})")
     plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
@@ -168,4 +211,7 @@ def train(cfg: DitTrainConfig, cancel: Callable[[], bool] | None = None) -> Path
     final = Path(cfg.out) / "final"
     ema.save_pretrained(final)
     scheduler.save_pretrained(final)  # scheduler_config.json beside config.json: assembly ships the trained shift
+    if cfg.text_lr > 0:  # assembly ships these in both CLIP slots instead of the base model's
+        pipe.text_encoder.save_pretrained(final / "text_encoder")
+        pipe.tokenizer.save_pretrained(final / "tokenizer")
     return final

@@ -84,7 +84,7 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     raw_unet = build_unet(cfg, text_encoder.config.hidden_size)
-    unet, opt, ema = prepared_with_ema(accelerator, raw_unet, cfg.lr)
+    unet, opt, ema = prepared_with_ema(accelerator, raw_unet, [{"params": raw_unet.parameters(), "lr": cfg.lr}])
     device = accelerator.device
     text_encoder.to(device)
     sched = noise_scheduler()
@@ -137,11 +137,12 @@ def write_samples(unet: UNet2DConditionModel, tok: CLIPTokenizer, text_encoder: 
 
 
 @torch.no_grad()
-def prepared_with_ema(accelerator: Accelerator, model: torch.nn.Module, lr: float
+def prepared_with_ema(accelerator: Accelerator, model: torch.nn.Module, groups: list[dict]
                       ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
-    """The denoiser and its AdamW prepared by `accelerator`, and its frozen EMA copy on the same device."""
+    """The denoiser and its AdamW over `groups` (torch param groups, each with its "lr") prepared by `accelerator`,
+    and its frozen EMA copy on the same device."""
     ema = copy.deepcopy(model).requires_grad_(False).to(accelerator.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
     prepared, opt = accelerator.prepare(model, opt)
     return prepared, opt, ema
 
