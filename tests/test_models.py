@@ -79,17 +79,43 @@ def test_model_facts(engine, model_store):
     assert plain.scheduler_config["_class_name"] == "PNDMScheduler"
 
 
-def test_resolving_specs(settings, model_store):
+def chinese_reading_folder(folder):
+    """A model folder whose tokenizer keeps huabu-tiny-dit's caption characters whole, as its own does."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(BUILTIN_DIR / "tokenizer")
+    tok.add_tokens(list("红色背景"))
+    tok.save_pretrained(folder / "tokenizer")
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def test_resolving_specs(settings, model_store, monkeypatch, tmp_path):
+    shipped = tmp_path / "huabu-tiny-dit"
+    shipped.mkdir()
+    (shipped / "model_index.json").write_text("{}")
+    monkeypatch.setattr("huabu.engine.models.SHIPPED_MODELS", {"huabu-tiny-dit": shipped,
+                                                               "huabu-tiny-absent": tmp_path / "absent"})
     models = ModelManager(settings)
+    assert models.resolve("huabu-tiny-dit").location == str(shipped)  # shipped beside huabu-tiny, by name
+    with pytest.raises(ModelNotFound, match="no model named 'huabu-tiny-absent'"):  # not in this checkout
+        models.resolve("huabu-tiny-absent")
     assert models.resolve(None).kind == "builtin"  # the default model
     assert models.resolve("tiny-sd").location == str(model_store["folder"])
     assert models.resolve(f"tiny-sd [{'ab' * 5}]").location == str(model_store["folder"])  # A1111 title
     assert models.resolve(str(model_store["single"])).kind == "single-file"
     assert models.resolve("someone/some-model").kind == "hub"
     names = [ref.name for ref in models.list_models()]
-    assert names == ["huabu-tiny", "tiny-inpaint", "tiny-sd"]  # files inside diffusers folders are not models
+    assert names == ["huabu-tiny", "huabu-tiny-dit", "tiny-inpaint", "tiny-sd"]  # files inside folders are not models
     short = models.model_sha256(models.resolve("tiny-sd"))[:10]
     assert models.find_by_hash(short).name == "tiny-sd"
+
+
+def test_a_model_reads_chinese_when_its_tokenizer_keeps_characters_whole(settings, model_store, tmp_path):
+    models = ModelManager(settings)
+    assert not models.reads_chinese("huabu-tiny")  # CLIP's BPE: byte pieces
+    assert not models.reads_chinese(str(model_store["single"]))  # a single file: SD's CLIP
+    assert models.reads_chinese(str(chinese_reading_folder(tmp_path)))
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -167,3 +167,18 @@ def test_img2img_batch_request_reads_the_folders(tmp_path):
         batch_request(fields, 0.6, " ", "", "", texts)
     with pytest.raises(InvalidRequest, match="has no mask named like a.png"):
         batch_request(fields, 0.6, str(tmp_path / "in"), "", str(tmp_path), texts)
+
+
+def test_prompt_book_chips_insert_chinese_for_a_model_that_reads_it(built, tmp_path):
+    import gradio as gr
+    from test_models import chinese_reading_folder
+
+    studio, demo = built
+    chips = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "txt2img-chips-subject")
+    on_chip = next(f.fn for f in demo.fns.values() if (chips._id, "select") in f.targets)
+    on = gr.SelectData(chips, {"index": 0, "value": "Red fox", "selected": True})
+    off = gr.SelectData(chips, {"index": 0, "value": "Red fox", "selected": False})
+    bilingual = str(chinese_reading_folder(tmp_path))
+    assert on_chip("snow", {"model": "huabu-tiny"}, on) == "snow, a red fox"
+    assert on_chip("snow", {"model": bilingual}, on) == "snow, 红狐狸"
+    assert on_chip("snow, 红狐狸, dusk", {"model": "huabu-tiny"}, off) == "snow, dusk"  # either text comes out

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "tiny" / BUILTIN_MODEL
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# Other diffusers folders shipped beside huabu-tiny, named and listed like the models folder's once they have weights.
+SHIPPED_MODELS = {"huabu-tiny-dit": BUILTIN_DIR.parent / "huabu-tiny-dit"}
 # SD 1.x, SD 2.x and SDXL all use CLIP's BPE vocabulary; only the pad token differs, which each bundled config's
 # tokenizer_config.json states. huabu-tiny ships the vocabulary files once.
 CLIP_TOKENIZER_DIR = BUILTIN_DIR / "tokenizer"
@@ -61,6 +63,22 @@ def bundled_configs() -> dict[str, Path]:
 
 def builtin_has_weights() -> bool:
     return (BUILTIN_DIR / "model_index.json").is_file() and any((BUILTIN_DIR / "unet").glob("*.safetensors"))
+
+
+# A tokenizer that keeps these characters whole (a character or word vocabulary, as Chinese-CLIP's, HunyuanDiT's BERT
+# or huabu-tiny-dit's, whose Chinese captions all say 背景 and often 红色) reads Chinese; CLIP's byte-level BPE cuts
+# them into 11 byte pieces that SD's encoders never learnt to put together.
+CHINESE_PROBE = "红色背景"
+
+
+def reads_chinese(tokenizer) -> bool:
+    """Whether a model with this (first) tokenizer was made to read Chinese prompts."""
+    return len(tokenizer(CHINESE_PROBE, add_special_tokens=False).input_ids) <= len(CHINESE_PROBE)
+
+
+def shipped_models() -> dict[str, Path]:
+    """The SHIPPED_MODELS whose folders this checkout has."""
+    return {name: path for name, path in SHIPPED_MODELS.items() if (path / "model_index.json").is_file()}
 
 
 @dataclass(frozen=True)
@@ -168,6 +186,8 @@ class ModelManager:
         spec = (spec or "").strip() or self.settings.default_model
         if spec == BUILTIN_MODEL:
             return ModelRef(spec, "builtin", BUILTIN_MODEL, str(BUILTIN_DIR))
+        if spec in shipped_models():
+            return ModelRef(spec, "diffusers", spec, str(SHIPPED_MODELS[spec]))
         path = Path(spec).expanduser()
         if path.exists():
             return self._ref_for_path(spec, path, config)
@@ -194,26 +214,41 @@ class ModelManager:
         title = _A1111_TITLE.match(spec)
         wanted = (title.group(1) if title else spec).lower()
         root = self.settings.models_dir
-        for ref in self.list_models()[1:]:
+        for ref in self._models_dir_refs():
             path = Path(ref.location)
             if wanted in (path.name.lower(), path.stem.lower(), str(path.relative_to(root)).lower()):
                 return path
         return None
 
     def list_models(self) -> list[ModelRef]:
-        """The built-in model and every diffusers folder or checkpoint file in the models folder (files inside
-        diffusers folders excluded)."""
+        """The built-in model, the other shipped ones, and every diffusers folder or checkpoint file in the models
+        folder (files inside diffusers folders excluded)."""
         refs = [ModelRef(BUILTIN_MODEL, "builtin", BUILTIN_MODEL, str(BUILTIN_DIR))]
+        refs += [ModelRef(name, "diffusers", name, str(path)) for name, path in shipped_models().items()]
+        return refs + self._models_dir_refs()
+
+    def _models_dir_refs(self) -> list[ModelRef]:
         root = self.settings.models_dir
         if not root.is_dir():
-            return refs
+            return []
         folders = sorted(p.parent for p in root.rglob("model_index.json"))
-        refs += [ModelRef(str(folder), "diffusers", folder.name, str(folder)) for folder in folders]
+        refs = [ModelRef(str(folder), "diffusers", folder.name, str(folder)) for folder in folders]
         for candidate in sorted(root.rglob("*")):
             if (candidate.is_file() and candidate.suffix.lower() in CHECKPOINT_SUFFIXES
                     and not any(folder in candidate.parents for folder in folders)):
                 refs.append(ModelRef(str(candidate), "single-file", candidate.stem, str(candidate)))
         return refs
+
+    def reads_chinese(self, spec: str | None) -> bool:
+        """Whether the model `spec` names reads Chinese prompts, judged by its tokenizer alone (nothing else is
+        loaded); single files and hub ids (SD, SDXL) count as English-only."""
+        ref = self.resolve(spec)
+        folder = Path(ref.location) / "tokenizer"
+        if ref.kind not in ("diffusers", "builtin") or not folder.is_dir():
+            return False
+        from transformers import AutoTokenizer
+
+        return reads_chinese(AutoTokenizer.from_pretrained(folder))
 
     def find_by_hash(self, short: str) -> ModelRef | None:
         """The model whose A1111 short hash (first hex digits of sha256) is `short`, among listed models."""

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from huabu.core.errors import ModelNotFound
+from huabu.core.errors import HuabuError, ModelNotFound
 from huabu.core.requests import GenerateRequest
 from huabu.core.settings import Settings
 from huabu.engine.generate import Engine, GenerationResult
@@ -52,6 +52,7 @@ class Studio:
         self.texts = {lang: load_texts(lang) for lang in LANGUAGES}
         self.interrupts = Interrupts()  # running generations, by browser session
         self.training = Interrupts()  # running LoRA trainings (their cancel events), by browser session
+        self._reads_chinese: dict[str, bool] = {}  # by model dropdown value: the prompt book's language
         self.labels: Labels | None = None
         self._scratch: Path | None = None
 
@@ -69,6 +70,15 @@ class Studio:
         except ModelNotFound:
             return self.settings.default_model
         return ref.spec if ref.kind == "builtin" else ref.location
+
+    def reads_chinese(self, model: str) -> bool:
+        """Whether the prompt book puts Chinese text in prompts for `model`; a model that cannot be read: no."""
+        if model not in self._reads_chinese:
+            try:
+                self._reads_chinese[model] = self.engine.models.reads_chinese(model)
+            except (HuabuError, OSError, ValueError):
+                self._reads_chinese[model] = False
+        return self._reads_chinese[model]
 
     def set_memory(self, **switches: Any) -> None:
         """New memory switches (offload, vae_tiling, attention_slicing, dtype) for the whole studio. They are set

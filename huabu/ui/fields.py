@@ -52,16 +52,18 @@ def _pieces(text: str) -> list[str]:
 
 
 def remove_part(prompt: str, part: PromptPart) -> str:
-    """Take the part's comma-separated pieces out of the prompt (case-insensitive), keeping everything else."""
-    drop = {piece.lower() for piece in _pieces(part.prompt)}
+    """Take the part's comma-separated pieces, English or Chinese, out of the prompt (case-insensitive), keeping
+    everything else."""
+    drop = {piece.lower() for text in (part.prompt, part.zh) for piece in _pieces(text)}
     return ", ".join(piece for piece in _pieces(prompt) if piece.lower() not in drop)
 
 
-def toggle_part(prompt: str, part: PromptPart, selected: bool) -> str:
-    """A prompt-book chip clicked on (add the part's English text) or off (remove it)."""
+def toggle_part(prompt: str, part: PromptPart, selected: bool, chinese: bool = False) -> str:
+    """A prompt-book chip clicked on (add the part's English text, or its Chinese one for a model that reads
+    Chinese) or off (remove either)."""
     from huabu.engine.prompts.book import add_part
 
-    return add_part(prompt, part) if selected else remove_part(prompt, part)
+    return add_part(prompt, part, chinese) if selected else remove_part(prompt, part)
 
 
 _LORA_TAG = r"<lora:{name}(?::[^>]*)?>"

@@ -1,7 +1,8 @@
 """The prompt area every generation tab shares: prompt, negative prompt, style templates and the prompt book
-(咒语书): one chip group per category whose chips put their English text into the prompt (or the negative prompt)
-when clicked on and take it out when clicked off."""
+(咒语书): one chip group per category whose chips put their text into the prompt (or the negative prompt) when
+clicked on and take it out when clicked off: English, or Chinese when the model picked in `prefs` reads Chinese."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,10 @@ class PromptArea:
     examples: Any  # example images of the picked styles
 
 
-def build_prompt_area(labels: Labels, book: PromptBook, prefix: str) -> PromptArea:
-    """Create the components (inside the current gradio context) and wire their cheap, unqueued events."""
+def build_prompt_area(labels: Labels, book: PromptBook, prefix: str, prefs: Any,
+                      reads_chinese: Callable[[str], bool]) -> PromptArea:
+    """Create the components (inside the current gradio context) and wire their cheap, unqueued events. `prefs` is
+    the studio's preferences state ({"model": ...}); `reads_chinese(model)` picks the language chips insert."""
     prompt = labels(gr.Textbox, value="", label=Key("prompt.prompt"), placeholder=Key("prompt.placeholder"), lines=3,
                     elem_id=f"{prefix}-prompt")
     negative = labels(gr.Textbox, value="", label=Key("prompt.negative"), lines=2, elem_id=f"{prefix}-negative")
@@ -57,11 +60,13 @@ def build_prompt_area(labels: Labels, book: PromptBook, prefix: str) -> PromptAr
     for category, group in chips.items():
         target = negative if category == NEGATIVE_CATEGORY else prompt
 
-        def on_chip(text: str, evt: gr.SelectData, category: str = category) -> str:
+        def on_chip(text: str, chosen: dict, evt: gr.SelectData, category: str = category) -> str:
             part = parts.get((category, evt.value))
-            return text if part is None else toggle_part(text or "", part, bool(evt.selected))
+            if part is None:
+                return text
+            return toggle_part(text or "", part, bool(evt.selected), reads_chinese((chosen or {}).get("model", "")))
 
-        group.select(on_chip, target, target, queue=False, api_visibility="private")
+        group.select(on_chip, [target, prefs], target, queue=False, api_visibility="private")
 
     def preview(text: str, negative_text: str, names: list[str]):
         shown = styled_preview(text, negative_text, names or [], book)

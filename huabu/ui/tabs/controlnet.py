@@ -167,7 +167,7 @@ def build_controlnet(studio, labels, language, prefs) -> GenerationForm:
                     preview=preview, low=low, high=high, resolution=resolution, weight=weight, start=start, end=end,
                     **build_glyph_fields(labels))
 
-    form = layout(studio, labels, "controlnet", extra)
+    form = layout(studio, labels, prefs, "controlnet", extra)
     f = form.fields
 
     def control_preview(reference, module, low, high, resolution, language):

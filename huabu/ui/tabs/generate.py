@@ -151,7 +151,7 @@ def generation_outputs(studio, request: GenerateRequest, language: str, prefs: d
 
 
 def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
-    form = layout(studio, labels, "txt2img", None)
+    form = layout(studio, labels, prefs, "txt2img", None)
 
     def txt2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
@@ -195,7 +195,7 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
         return {"init_image": image, "batch_mode": batch_mode, "input_dir": input_dir, "output_dir": output_dir,
                 "mask_dir": mask_dir}
 
-    form = layout(studio, labels, "img2img", extra)
+    form = layout(studio, labels, prefs, "img2img", extra)
 
     def img2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, init_image, denoising_strength, batch_mode, input_dir, output_dir,
@@ -258,7 +258,7 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
                       label=Key("gen.mask_blur"), elem_id="inpaint-mask-blur")
         return {"editor": editor, "mask_blur": blur}
 
-    form = layout(studio, labels, "inpaint", extra)
+    form = layout(studio, labels, prefs, "inpaint", extra)
 
     def inpaint(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, subseed, subseed_strength,
@@ -293,12 +293,12 @@ def common_inputs(form: GenerationForm) -> list:
     return [form.area.prompt, form.area.negative, form.area.styles, *(form.fields[n] for n in SAMPLING_INPUTS)]
 
 
-def layout(studio, labels, mode: str, extra: Callable[[], dict[str, Any]] | None) -> GenerationForm:
+def layout(studio, labels, prefs, mode: str, extra: Callable[[], dict[str, Any]] | None) -> GenerationForm:
     """Two columns: inputs (mode extras, prompt area, sampling fields) and results."""
     with gr.Row():
         with gr.Column(scale=3):
             extras = extra() if extra else {}
-            area = build_prompt_area(labels, studio.book, mode)
+            area = build_prompt_area(labels, studio.book, mode, prefs, studio.reads_chinese)
             fields, reuse_seed = build_sampling_fields(labels, mode, studio.default_sampler)
             if mode in ("img2img", "inpaint"):
                 fields["denoising_strength"] = labels(gr.Slider, minimum=0, maximum=1, step=0.01, value=0.75,

@@ -29,7 +29,7 @@ def build_video(studio, labels, language, prefs) -> dict[str, Any]:
         with gr.Column(scale=3):
             image = labels(gr.Image, label=Key("video.init_image"), type="filepath", image_mode=None, height=220,
                            elem_id="video-image")
-            area = build_prompt_area(labels, studio.book, "video")
+            area = build_prompt_area(labels, studio.book, "video", prefs, studio.reads_chinese)
             fields, reuse_seed = build_sampling_fields(labels, "video", studio.default_sampler, batch=False)
             with gr.Row():
                 frames = labels(gr.Slider, minimum=frames_min, maximum=frames_max, step=1, value=16,

@@ -38,6 +38,10 @@ class PromptPart:
     zh: str
     prompt: str
 
+    def text(self, chinese: bool = False) -> str:
+        """What the part puts in a prompt: its English text, or its Chinese label for a model that reads Chinese."""
+        return self.zh if chinese else self.prompt
+
 
 @dataclass(frozen=True)
 class Style:
@@ -210,10 +214,12 @@ def apply_styles(
     return prompt, negative_prompt.strip()
 
 
-def add_part(prompt: str, part: PromptPart) -> str:
-    """Append the part's text with ', ' unless every comma-separated piece of it is already in the prompt."""
+def add_part(prompt: str, part: PromptPart, chinese: bool = False) -> str:
+    """Append the part's text (`PromptPart.text`) with ', ' unless every comma-separated piece of it is already in
+    the prompt."""
+    text = part.text(chinese)
     have = {piece.strip().lower() for piece in prompt.split(",")}
-    if all(piece.strip().lower() in have for piece in part.prompt.split(",")):
+    if all(piece.strip().lower() in have for piece in text.split(",")):
         return prompt
     base = prompt.rstrip().rstrip(",").rstrip()
-    return f"{base}, {part.prompt}" if base else part.prompt
+    return f"{base}, {text}" if base else text
