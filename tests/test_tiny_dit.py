@@ -144,7 +144,7 @@ def test_assembled_folder_is_a_plain_sd3_pipeline_that_the_engine_runs(trained, 
     assert others + 2 * sum(t.numel() for t in full.state_dict().values()) < 60e6
 
 
-def test_bilingual_stage_trains_its_text_encoder_on_chinese_characters(tmp_path, capsys):
+def test_bilingual_stage_trains_its_text_encoder_on_chinese_characters(tmp_path, capsys, monkeypatch):
     from diffusers import StableDiffusion3Pipeline
     from safetensors.torch import load_file
 
@@ -155,7 +155,15 @@ def test_bilingual_stage_trains_its_text_encoder_on_chinese_characters(tmp_path,
     world = write_dataset(tmp_path / "world", 24, seed=1, progress=False, world="geneval")
     with pytest.raises(InvalidRequest, match="--text-lr"):  # a frozen CLIP never learnt a Chinese character
         train_dit.setup(_cfg(world, tmp_path / "frozen", captions="zh"))
-    train_dit.train(_cfg(world, tmp_path / "run", captions="mix", text_lr=1e-3, steps=2))
+    bilingual = {"captions": "mix", "text_lr": 1e-3, "checkpoint_every": 1}
+    train_dit.train(_cfg(world, tmp_path / "run", steps=2, **bilingual))
+    with monkeypatch.context() as m:  # killed after a step, resumed: the same encoder, characters included
+        kill_after(m, 1)
+        with pytest.raises(Killed):
+            train_dit.train(_cfg(world, tmp_path / "killed", steps=2, **bilingual))
+    train_dit.train(_cfg(world, tmp_path / "killed", steps=2, **bilingual))
+    for name in ("text_encoder", "ema"):
+        assert_same(newest_weights(tmp_path / "run", name), newest_weights(tmp_path / "killed", name))
     final = tmp_path / "run" / "final"
     folder = tmp_path / "huabu-tiny-dit"
     assert main(["tiny", "assemble-dit", "--transformer", str(final), "--out", str(folder)]) == 0
