@@ -208,7 +208,7 @@ def _en_noun(obj: int, colour: str | None = None, size: str | None = None) -> st
     return f"{S.article(words)} {words}"
 
 
-def _en_background(background: str) -> str:
+def en_background(background: str) -> str:
     return f"on {S.article(background)} {background} background"
 
 
@@ -218,22 +218,22 @@ def captions(category: str, objs: list[int], background: str, positions: list[st
     bg_zh = ZH_COLOURS[background]
     if category == "counting":
         n, o = len(objs), OBJECTS[objs[0]]
-        return (f"{EN_NUMBERS[n]} {o.plural} {_en_background(background)}",
+        return (f"{EN_NUMBERS[n]} {o.plural} {en_background(background)}",
                 f"{bg_zh}背景上有{ZH_NUMBERS[n]}{o.measure}{o.zh}")
     if len(objs) == 1:
         obj, pos = objs[0], positions[0]
         if pos is not None:
-            return (f"{_en_noun(obj, size=sizes[0])} {S.POSITION_PHRASES[pos]} {_en_background(background)}",
+            return (f"{_en_noun(obj, size=sizes[0])} {S.POSITION_PHRASES[pos]} {en_background(background)}",
                     f"{_zh_noun(obj, size=sizes[0])}在{bg_zh}背景的{ZH_POSITIONS[pos]}")
-        return (f"{_en_noun(obj, colours[0], sizes[0])} {_en_background(background)}",
+        return (f"{_en_noun(obj, colours[0], sizes[0])} {en_background(background)}",
                 f"{_zh_noun(obj, colours[0], sizes[0])}在{bg_zh}背景上")
     (a, b), (ca, cb) = objs, colours
     if positions[0] is not None:  # a stated pair layout, as huabu.tiny.scenes words it
         pa, pb = positions
         en = (f"{_en_noun(a, ca)} {S.POSITION_PHRASES[pa]} and {_en_noun(b, cb)} {S.POSITION_PHRASES[pb]} "
-              f"{_en_background(background)}")
+              f"{en_background(background)}")
         return en, f"{bg_zh}背景上，{ZH_POSITIONS[pa]}是{_zh_noun(a, ca)}，{ZH_POSITIONS[pb]}是{_zh_noun(b, cb)}"
-    return (f"{_en_noun(a, ca)} and {_en_noun(b, cb)} {_en_background(background)}",
+    return (f"{_en_noun(a, ca)} and {_en_noun(b, cb)} {en_background(background)}",
             f"{_zh_noun(a, ca)}和{_zh_noun(b, cb)}在{bg_zh}背景上")
 
 
