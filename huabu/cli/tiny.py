@@ -22,6 +22,7 @@ STAGES = {
     "dit": ("huabu.tiny.train_dit", configs.DitTrainConfig),  # huabu-tiny-dit's SD3-shaped transformer
     "motion": ("huabu.tiny.motion", MotionTrainConfig),  # AnimateDiff motion module on moving scenes
     "controlnet": ("huabu.tiny.controlnet", TinyControlNetConfig),  # huabu tiny's preset of huabu train controlnet
+    "ip-adapter": ("huabu.tiny.train_ip_adapter", configs.IpAdapterTrainConfig),  # image prompts for huabu-tiny
 }
 
 

@@ -1,0 +1,207 @@
+"""huabu-tiny's IP-Adapter stage: image prompts for the frozen shipped huabu-tiny, as the IP-Adapter paper trains them.
+
+Decoupled cross-attention through diffusers' own modules: a freshly initialised state dict in the original layout
+(`image_proj.*`, `ip_adapter.N.to_{k,v}_ip.weight`) goes in through `unet._load_ip_adapter_weights`, which installs
+IPAdapterAttnProcessor2_0 and an ImageProjection (4 tokens); only those train. to_k_ip / to_v_ip start as copies of
+each layer's to_k / to_v, as the paper does. The image encoder is the shipped huabu-tiny-scorer's vision tower,
+frozen, its inputs prepared by the CLIPImageProcessor that diffusers' `load_ip_adapter` gives the pipeline.
+
+Each step takes one-object world scenes (their latents cached once) and, for each, a reference rendered anew from
+(seed, step): the same object elsewhere, on another background, in another colour where it takes one
+(huabu.tiny.ip_adapter_scenes). Half the captions leave the object's name out, so the adapter must bring it; 5% of
+image embeddings are zeros and 5% of captions empty, for classifier-free guidance on both.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from huabu.core.errors import InvalidRequest
+from huabu.tiny import ip_adapter_scenes as IS
+from huabu.tiny.configs import IpAdapterTrainConfig
+from huabu.tiny.data import load_dataset
+from huabu.tiny.eval import SCORER_DIR
+from huabu.tiny.train_dit import base_folder
+from huabu.tiny.train_unet import encode_latents
+from huabu.training import loop
+from huabu.training.captioned_arrays import CaptionedArrays
+from huabu.training.diffusion import encode_text, noise_scheduler
+from huabu.training.loop import Plan, Recipe, same_run
+from huabu.training.schedules import Schedule
+
+WEIGHTS_FILE = "ip-adapter.safetensors"
+IMAGE_ENCODER = "image_encoder"
+NUM_TOKENS = 4  # what diffusers' loader builds for a plain IP-Adapter's `image_proj.proj`
+
+
+def cross_attention_layers(unet: UNet2DConditionModel) -> list[tuple[int, str, torch.nn.Module]]:
+    """(original-layout number, processor name, attention module) of each cross-attention layer, numbered as
+    diffusers' loader reads `ip_adapter.N.*`: every attention layer counts two, cross-attention ones are odd."""
+    modules = dict(unet.named_modules())
+    layers, key_id = [], 1
+    for name in unet.attn_processors:
+        if not name.endswith("attn1.processor"):
+            layers.append((key_id, name, modules[name.removesuffix(".processor")]))
+            key_id += 2
+    return layers
+
+
+def initial_state(unet: UNet2DConditionModel, image_embed_dim: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """A new IP-Adapter for `unet` in the original layout: a random image projection (as diffusers' ImageProjection
+    initialises one) and to_k_ip / to_v_ip copied from each layer's to_k / to_v."""
+    from diffusers.models.embeddings import ImageProjection
+
+    torch.manual_seed(seed)
+    width = unet.config.cross_attention_dim
+    proj = ImageProjection(image_embed_dim=image_embed_dim, cross_attention_dim=width,
+                           num_image_text_embeds=NUM_TOKENS)
+    image_proj = {key.replace("image_embeds", "proj"): value for key, value in proj.state_dict().items()}
+    ip_adapter = {}
+    for key_id, _, attn in cross_attention_layers(unet):
+        ip_adapter[f"{key_id}.to_k_ip.weight"] = attn.to_k.weight.detach().clone()
+        ip_adapter[f"{key_id}.to_v_ip.weight"] = attn.to_v.weight.detach().clone()
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def trainable(unet: UNet2DConditionModel) -> torch.nn.ModuleDict:
+    """The adapter's modules on a UNet it was loaded into: the image projection and each layer's processor."""
+    processors = unet.attn_processors
+    return torch.nn.ModuleDict({
+        "image_proj": unet.encoder_hid_proj,
+        "layers": torch.nn.ModuleList(processors[name] for _, name, _ in cross_attention_layers(unet))})
+
+
+def original_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """The adapter on `unet` as one flat original-layout state dict (`image_proj.*`, `ip_adapter.N.*`)."""
+    proj = unet.encoder_hid_proj.image_projection_layers[0].state_dict()
+    state = {"image_proj." + key.replace("image_embeds", "proj"): value for key, value in proj.items()}
+    processors = unet.attn_processors
+    for key_id, name, _ in cross_attention_layers(unet):
+        processor = processors[name]
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = processor.to_k_ip[0].weight
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor.to_v_ip[0].weight
+    return {key: value.detach().float().contiguous() for key, value in state.items()}
+
+
+def reference_pixels(processor: CLIPImageProcessor, images: list[np.ndarray]) -> torch.Tensor:
+    return processor(images=list(images), return_tensors="pt").pixel_values
+
+
+def single_scenes(data: CaptionedArrays, objects: int) -> np.ndarray:
+    """Indices of the dataset's one-object scenes (object and background, maybe position, in the caption) of the
+    first `objects` objects."""
+    picked = [i for i, a in enumerate(data.attrs)
+              if a.get("category") in ("single_object", "position") and a["objects"][0] < objects]
+    if not picked:
+        raise InvalidRequest(f"no one-object scenes of the first {objects} objects in the dataset: make it with "
+                             f"`huabu tiny data --world geneval`")
+    return np.asarray(picked)
+
+
+def batch_conditions(cfg: IpAdapterTrainConfig, step: int, attrs: list[dict], captions: list[str]
+                     ) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """Step `step`'s captions (nameless or full, some empty), references and image-drop mask for the scenes of
+    `attrs`, all functions of (seed, step)."""
+    rng = np.random.default_rng([cfg.seed, step, 31])
+    texts, refs = [], []
+    for a, caption in zip(attrs, captions):
+        position = a["positions"][0] if a["said"]["position"] else None
+        text = IS.nameless_caption(a["background"], position) if rng.random() < cfg.nameless else caption
+        texts.append("" if rng.random() < cfg.drop_text else text)
+        refs.append(IS.reference_image(rng, a["objects"][0], a["positions"][0], a["background"]))
+    return texts, refs, rng.random(len(attrs)) < cfg.drop_image
+
+
+def frozen_parts(cfg: IpAdapterTrainConfig) -> tuple[Path, UNet2DConditionModel, CLIPTextModel, CLIPTokenizer,
+                                                    CLIPVisionModelWithProjection]:
+    base = base_folder(cfg.model)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
+    tok = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    encoder = CLIPVisionModelWithProjection.from_pretrained(cfg.image_encoder or SCORER_DIR, dtype=torch.float32)
+    for module in (unet, text_encoder, encoder):
+        module.eval().requires_grad_(False)
+    return base, unet, text_encoder, tok, encoder
+
+
+def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
+    """The base UNet with a new adapter attached, its optimizer, and the loss of a step."""
+    from diffusers import AutoencoderKL
+
+    accelerator = Accelerator()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(Path(cfg.data))
+    chosen = single_scenes(data, cfg.objects)
+    if len(chosen) < cfg.batch_size:
+        raise InvalidRequest(f"the dataset has {len(chosen)} one-object scenes of the first {cfg.objects} objects, "
+                             f"fewer than --batch-size {cfg.batch_size}: make a larger one with `huabu tiny data`")
+    base, unet, text_encoder, tok, encoder = frozen_parts(cfg)
+    vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32).eval()
+    latents = encode_latents(vae, np.asarray(data.images[chosen]), out / "latents.npy")
+    unet._load_ip_adapter_weights([initial_state(unet, encoder.config.projection_dim, cfg.seed)],
+                                  low_cpu_mem_usage=False)
+    adapter = trainable(unet).requires_grad_(True)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=0.01)
+    adapter, opt = accelerator.prepare(adapter, opt)
+    processor = CLIPImageProcessor(size=encoder.config.image_size, crop_size=encoder.config.image_size)
+    sched = noise_scheduler()
+    device = accelerator.device
+    for module in (unet, text_encoder, encoder):
+        module.to(device)
+
+    def step_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng([cfg.seed, step])
+        pick = np.sort(rng.choice(len(chosen), size=cfg.batch_size, replace=False))
+        texts, refs, drop = batch_conditions(cfg, step, [data.attrs[i] for i in chosen[pick]],
+                                             [data.captions[i] for i in chosen[pick]])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x0 = torch.from_numpy(latents[pick].astype(np.float32))
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
+        with torch.no_grad():
+            cond = encode_text(tok, text_encoder, texts)
+            embeds = encoder(reference_pixels(processor, refs).to(device)).image_embeds
+        embeds = embeds.masked_fill(torch.from_numpy(drop).to(device)[:, None], 0.0)  # diffusers' negative embeds
+        xt = sched.add_noise(x0, noise, t).to(device)
+        pred = unet(xt, t.to(device), encoder_hidden_states=cond,
+                    added_cond_kwargs={"image_embeds": [embeds[:, None]]}).sample
+        return F.mse_loss(pred, noise.to(device))
+
+    unwrapped = accelerator.unwrap_model(adapter)
+    recipe = Recipe(accelerator, opt, {"adapter": unwrapped}, step_loss, list(unwrapped.parameters()))
+    return recipe, unet
+
+
+def save_final(unet: UNet2DConditionModel, folder: Path, image_encoder: Path) -> Path:
+    """`folder`/ip-adapter.safetensors in the original layout and `folder`/image_encoder/ (the encoder's config.json
+    and model.safetensors), as huabu's IP-Adapter folder reads them."""
+    (folder / IMAGE_ENCODER).mkdir(parents=True, exist_ok=True)
+    save_file(original_state(unet), str(folder / WEIGHTS_FILE))
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(image_encoder / name, folder / IMAGE_ENCODER / name)
+    return folder
+
+
+def train(cfg: IpAdapterTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
+    """Train (or resume) the IP-Adapter; returns the final folder (weights and image encoder).
+    `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
+    recipe, unet = setup(cfg)
+    plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
+                cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every, log_every=10,
+                config=asdict(cfg), desc="ip-adapter")
+    done = loop.train(recipe, plan, cancel=cancel)
+    if done < cfg.steps:
+        return Path(cfg.out)
+    return save_final(unet, Path(cfg.out) / "final", Path(cfg.image_encoder or SCORER_DIR))
