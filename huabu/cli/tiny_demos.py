@@ -14,6 +14,7 @@ from huabu.tiny.demo_configs import (
     CONTROL_TYPES,
     ControlEvalConfig,
     EmbeddingEvalConfig,
+    IpAdapterEvalConfig,
     LoraEvalConfig,
     TextEvalConfig,
     VideoEvalConfig,
@@ -47,6 +48,12 @@ _TEXT_HELP = {**_HELP, "controlnet": "the glyph ControlNet folder (default: the 
               "grid": "also write a PNG of 4 Chinese and 4 Latin scenes: real renders, glyph maps, outputs with and "
                       "without the glyph unit"}
 
+_IP_HELP = {**_HELP, "count": "held-out scenes per row", "weight": "IP-Adapter weight",
+            "scene_seed": "which held-out scenes and references",
+            "adapter": "an IP-Adapter .safetensors file or a folder holding one, e.g. runs/ip-adapter/final "
+                       "(default: the one huabu tiny ship-ip-adapter wrote)"}
+_NOTES = {TextEvalConfig: _TEXT_HELP, IpAdapterEvalConfig: _IP_HELP}
+
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
@@ -74,9 +81,12 @@ def register(tsub) -> None:
              "an hbdragon embedding on held-out prompts: dragon top-1 and adherence, with vs without it"),
             ("eval-text", TextEvalConfig, _eval_text,
              "words written by the glyph ControlNet on held-out strings: OCR sentence accuracy and NED, with vs "
-             "without the glyph unit, beside the real renders")):
+             "without the glyph unit, beside the real renders"),
+            ("eval-ip-adapter", IpAdapterEvalConfig, _eval_ip_adapter,
+             "huabu-tiny's IP-Adapter on held-out scenes: identity top-1 from a reference image of the object "
+             "elsewhere in another colour, background and position, with vs without it; seen and unseen glyphs")):
         parser = tsub.add_parser(name, help=text, description=text)
-        add_config_options(parser, cls, _TEXT_HELP if cls is TextEvalConfig else _HELP)
+        add_config_options(parser, cls, _NOTES.get(cls, _HELP))
         _add_device_options(parser)
         parser.set_defaults(handler=handler, config_class=cls)
 
@@ -92,6 +102,16 @@ def register(tsub) -> None:
     motion.add_argument("run", type=Path, help="the training run folder (its final/ is shipped)")
     motion.add_argument("--model", type=Path, help="the model folder (default: the shipped huabu-tiny)")
     motion.set_defaults(handler=_ship_motion)
+    _ship_ip_adapter_parser(tsub)
+
+
+def _ship_ip_adapter_parser(tsub) -> None:
+    ship = tsub.add_parser("ship-ip-adapter", help="write a trained huabu-tiny IP-Adapter (fp16, with its image "
+                                                   "encoder) into the IP-Adapter folder, where the engine finds it")
+    ship.add_argument("run", type=Path, help="the training run folder (its final/ is shipped)")
+    ship.add_argument("--out", type=Path, help="default: huabu-tiny/ in the IP-Adapter folder (~/.huabu/ip-adapter)")
+    ship.add_argument("--model", type=Path, help="the model it was trained on (default: the shipped huabu-tiny)")
+    ship.set_defaults(handler=_ship_ip_adapter)
 
 
 def _lora_data(args: argparse.Namespace) -> int:
@@ -140,6 +160,22 @@ def _eval_text(args: argparse.Namespace) -> int:
     from huabu.tiny.eval_text import evaluate_text, format_text_report
 
     return _evaluate(args, evaluate_text, format_text_report)
+
+
+def _eval_ip_adapter(args: argparse.Namespace) -> int:
+    from huabu.tiny.eval_ip_adapter import evaluate_ip_adapter, format_ip_adapter_report
+
+    return _evaluate(args, evaluate_ip_adapter, format_ip_adapter_report)
+
+
+def _ship_ip_adapter(args: argparse.Namespace) -> int:
+    from huabu.core.settings import Settings
+    from huabu.tiny.ship import BUILTIN_DIR, IP_ADAPTER_NAME, ip_adapter_folder, ship_ip_adapter
+
+    out = ship_ip_adapter(args.run, args.out or ip_adapter_folder(Settings.from_env()), args.model or BUILTIN_DIR)
+    print(f"shipped the IP-Adapter in {out} ({_megabytes(out):.1f} MB); use it with --ip-adapter IMAGE "
+          f"--ip-adapter-model {IP_ADAPTER_NAME}")
+    return 0
 
 
 def _ship_controlnet(args: argparse.Namespace) -> int:

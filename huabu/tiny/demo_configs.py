@@ -89,3 +89,17 @@ class EmbeddingEvalConfig:
     steps: int = 20
     cfg: float = 5.0
     seed: int = 0
+
+
+@dataclass
+class IpAdapterEvalConfig:
+    model: str = ""
+    # an IP-Adapter .safetensors file, or a folder holding one (a run's final/); empty = the shipped one
+    # (`huabu tiny ship-ip-adapter`); its image_encoder/ is found beside it, as the engine finds it
+    adapter: str = ""
+    count: int = 100  # held-out one-object scenes per row (seen and unseen glyphs alike)
+    steps: int = 20
+    cfg: float = 5.0
+    weight: float = 1.0  # IP-Adapter weight
+    seed: int = 0
+    scene_seed: int = 3333  # which held-out scenes and references

@@ -4,6 +4,9 @@
                                        the engine's default ControlNet for that module on this model
     <model folder>/motion_adapter/     a diffusers MotionAdapter inside the model folder: the engine's default motion
                                        module for this model (pipelines load only what model_index.json lists)
+    <IP-Adapter folder>/huabu-tiny/    ip-adapter_huabu-tiny.safetensors (original layout) and its image_encoder/, in
+                                       the user's IP-Adapter folder (~/.huabu/ip-adapter), where the engine finds
+                                       IP-Adapters by name: `--ip-adapter-model ip-adapter_huabu-tiny`
 
 ControlNets stay outside the model folder so that the model itself keeps its size; a motion module is the model's
 own temporal half, which the engine already looks for inside it.
@@ -19,7 +22,10 @@ import torch
 
 from huabu.core.atomic import atomic_dir
 from huabu.core.errors import InvalidRequest, ModelNotFound
+from huabu.core.settings import Settings
 from huabu.engine.models import BUILTIN_DIR
+
+IP_ADAPTER_NAME = "ip-adapter_huabu-tiny"
 
 
 def controlnet_folder(model_dir: Path, kind: str) -> Path:
@@ -29,6 +35,10 @@ def controlnet_folder(model_dir: Path, kind: str) -> Path:
 
 def motion_folder(model_dir: Path) -> Path:
     return Path(model_dir) / "motion_adapter"
+
+
+def ip_adapter_folder(settings: Settings) -> Path:
+    return settings.ip_adapter_dir / "huabu-tiny"
 
 
 def _trained_folder(run_dir: Path, what: str) -> Path:
@@ -100,3 +110,29 @@ def ship_motion(run_dir: Path, model_dir: Path = BUILTIN_DIR) -> Path:
     _check_widths(f"motion module {run_dir}", adapter.config.block_out_channels, model_dir)
     beside = tuple(p for p in (trained / TEXT_LORA_FILE, trained / MOTION_WORDS_FILE) if p.is_file())
     return _write_fp16(adapter, motion_folder(model_dir), beside)
+
+
+def ship_ip_adapter(run_dir: Path, target: Path, model_dir: Path = BUILTIN_DIR) -> Path:
+    """Write the IP-Adapter trained in `run_dir` (its final/) to `target`: the weights in fp16 as
+    IP_ADAPTER_NAME.safetensors and the image encoder in fp16 as image_encoder/; returns `target`."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    from huabu.engine.ip_adapters import IMAGE_ENCODER, fit_problem, read_ip_adapter
+    from huabu.tiny.train_ip_adapter import WEIGHTS_FILE
+
+    trained = next((f for f in (Path(run_dir) / "final", Path(run_dir)) if (f / WEIGHTS_FILE).is_file()), None)
+    if trained is None or not (trained / IMAGE_ENCODER).is_dir():
+        raise ModelNotFound(f"no trained IP-Adapter in {run_dir} (looked for final/{WEIGHTS_FILE} and "
+                            f"final/{IMAGE_ENCODER}/); finish or resume the training run first")
+    state = read_ip_adapter(trained / WEIGHTS_FILE)
+    problem = fit_problem(f"{run_dir}", state, _unet_config(model_dir)["cross_attention_dim"])
+    if problem:
+        raise InvalidRequest(problem)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(trained / IMAGE_ENCODER, dtype=torch.float16)
+    flat = {f"{part}.{key}": tensor.to(torch.float16).contiguous()
+            for part, tensors in state.items() for key, tensor in tensors.items()}
+    with atomic_dir(target) as tmp:
+        save_file(flat, str(Path(tmp) / f"{IP_ADAPTER_NAME}.safetensors"))
+        encoder.save_pretrained(Path(tmp) / IMAGE_ENCODER, safe_serialization=True)
+    return target

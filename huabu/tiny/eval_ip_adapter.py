@@ -1,0 +1,118 @@
+"""`huabu tiny eval-ip-adapter`: does huabu-tiny's IP-Adapter carry an object's identity from a reference image?
+
+Each case is a held-out one-object scene of huabu.tiny.world (an object-background-position triple never rendered for
+training) and a reference: the same object rendered elsewhere, on another background, in another colour where it
+takes one (huabu.tiny.ip_adapter_scenes). The prompt names only the position and background ("in the top left corner
+on a green background"), so the object can come only from the reference; a second row names the object too. Each row
+runs through `Engine.generate` with and without the adapter, at the same seeds, and is read back by huabu.tiny's
+scene readers: identity is the nearest glyph template among all of the world's objects, as are the real renders
+(the ceiling). "Unseen glyphs" are world objects beyond the 64 huabu-tiny's UNet was trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from huabu.core.errors import ModelNotFound
+from huabu.core.settings import BUILTIN_MODEL, Settings
+from huabu.tiny import ip_adapter_scenes as IS
+from huabu.tiny import measure as M
+from huabu.tiny import scenes as S
+from huabu.tiny import world as W
+from huabu.tiny import world_measure as WM
+from huabu.tiny.demo_configs import IpAdapterEvalConfig
+from huabu.tiny.eval_control import generate, png_data_url
+
+SEEN = len(S.OBJECTS)  # huabu-tiny's UNet was trained on the world's first 64 objects
+ROWS = (("seen", "nameless"), ("seen", "named"), ("unseen", "nameless"))
+
+
+def eval_cases(count: int, seed: int, unseen: bool) -> list[tuple[S.Scene, np.ndarray]]:
+    """`count` held-out one-object scenes (of seen or unseen glyphs) with their references, fixed by `seed`."""
+    combos = [c for c in W.held_out_combinations("position") if (c[0] >= SEEN) == unseen]
+    rng = np.random.default_rng([seed, unseen])
+    cases = []
+    for k in rng.permutation(max(count, len(combos)))[:count] % len(combos):
+        obj, background, position = combos[int(k)]
+        scene = W.single(rng, "position", obj, background, position, S.SIZE_NAMES[int(rng.integers(2))])
+        cases.append((scene, IS.reference_image(rng, obj, position, background)))
+    return cases
+
+
+def read(image: np.ndarray, size: int) -> tuple[str, str | None, int | None]:
+    """Background, position and identity (among all world objects) of a one-object image."""
+    background, bg = M.background_colour(image)
+    xy = M.centroid(M.object_mask(image, bg))
+    if xy is None:
+        return background, None, None
+    return background, M.nearest_position(xy, size), WM.identify(image, bg, xy, size)
+
+
+def scores(images: list[np.ndarray], scenes: list[S.Scene]) -> dict[str, float]:
+    hits = np.array([[got == want for got, want in zip(read(image, scene.objects[0].size),
+                                                       (scene.background, scene.objects[0].position,
+                                                        scene.objects[0].obj))]
+                     for image, scene in zip(images, scenes)], dtype=float)
+    return dict(zip(("background", "position", "identity_top1"), hits.mean(0).tolist()))
+
+
+def adapter_file(cfg: IpAdapterEvalConfig, settings: Settings) -> Path:
+    """The weights file `cfg.adapter` names: a file, a folder's one .safetensors, or the shipped one."""
+    from huabu.tiny.ship import ip_adapter_folder
+
+    folder = Path(cfg.adapter).expanduser() if cfg.adapter else ip_adapter_folder(settings)
+    if folder.is_file():
+        return folder.resolve()
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) != 1:
+        raise ModelNotFound(f"no single IP-Adapter .safetensors in {folder}: pass --adapter with a run's final/ "
+                            f"folder or ship one with `huabu tiny ship-ip-adapter RUN`")
+    return found[0].resolve()
+
+
+def evaluate_ip_adapter(cfg: IpAdapterEvalConfig, settings: Settings | None = None, engine=None
+                        ) -> dict[str, object]:
+    """Every figure of `huabu tiny eval-ip-adapter` as one dict (its --json line)."""
+    from huabu.engine.generate import Engine
+
+    settings = settings or Settings.from_env()
+    engine = engine or Engine(settings)
+    path = adapter_file(cfg, settings)
+    model = cfg.model or BUILTIN_MODEL
+    rows = {}
+    for glyphs, prompt in ROWS:
+        cases = eval_cases(cfg.count, cfg.scene_seed, glyphs == "unseen")
+        scenes = [scene for scene, _ in cases]
+        prompts = [scene.caption if prompt == "named" else
+                   IS.nameless_caption(scene.background, scene.objects[0].position) for scene in scenes]
+
+        def unit(i: int, cases=cases) -> dict:
+            return {"ip_adapters": [{"image": png_data_url(cases[i][1]), "model": str(path), "weight": cfg.weight}]}
+
+        rows[f"{glyphs}_{prompt}"] = {"with": scores(generate(engine, model, prompts, cfg, unit), scenes),
+                                      "without": scores(generate(engine, model, prompts, cfg), scenes),
+                                      "real": scores([W.render(s) for s in scenes], scenes)}
+    return {"rows": rows, "settings": {"model": model, "adapter": str(path), "count": cfg.count,
+                                       "steps": cfg.steps, "cfg_scale": cfg.cfg, "weight": cfg.weight,
+                                       "seed": cfg.seed, "scene_seed": cfg.scene_seed}}
+
+
+LABELS = {"seen_nameless": "seen glyphs, prompt without the object",
+          "seen_named": "seen glyphs, prompt naming the object",
+          "unseen_nameless": "unseen glyphs, prompt without the object"}
+
+
+def format_ip_adapter_report(r: dict[str, object]) -> str:
+    s = r["settings"]
+    lines = [f"IP-Adapter {s['adapter']} on {s['model']}: {s['count']} held-out scenes per row, reference = the "
+             f"object elsewhere in another colour; {s['steps']} steps, CFG {s['cfg_scale']:g}, weight "
+             f"{s['weight']:g}",
+             f"  {'':<42} {'identity top-1':>22} {'background':>22} {'position':>22}",
+             f"  {'':<42} {'with | without | real':>22} {'with | without | real':>22} {'with | without | real':>22}"]
+    for key, row in r["rows"].items():
+        cells = [" | ".join(f"{row[k][m]:.0%}" for k in ("with", "without", "real"))
+                 for m in ("identity_top1", "background", "position")]
+        lines.append(f"  {LABELS[key]:<42} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
