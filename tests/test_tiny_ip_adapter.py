@@ -1,0 +1,151 @@
+"""huabu-tiny's IP-Adapter stage on toy sizes (the shipped huabu-tiny and scorer, a few world scenes): each step's
+references and captions, the loss falling, a killed run resuming to the same weights, the shipped files loading
+through huabu's engine and steering it, and the evaluation's figures."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from training_support import Killed, assert_same, kill_after, newest_weights
+
+from huabu.tiny.configs import IpAdapterTrainConfig
+from huabu.tiny.data import load_dataset, write_dataset
+
+NAMELESS = "in the top left corner on a green background"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("world") / "data", 80, seed=1, progress=False, world="geneval")
+
+
+def _cfg(data: Path, out: Path, **changes) -> IpAdapterTrainConfig:
+    return IpAdapterTrainConfig(**{"data": str(data), "out": str(out), "steps": 4, "batch_size": 3, "warmup": 1,
+                                   "checkpoint_every": 2, **changes})
+
+
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory) -> Path:
+    """The run folder of a 4-step `huabu tiny train ip-adapter` (`_cfg`'s settings)."""
+    from huabu.cli.main import main
+
+    out = tmp_path_factory.mktemp("ipa") / "straight"
+    assert main(["tiny", "train", "ip-adapter", "--data", str(scenes), "--out", str(out), "--steps", "4",
+                 "--batch-size", "3", "--warmup", "1", "--checkpoint-every", "2"]) == 0
+    return out
+
+
+def test_references_share_only_the_object_and_half_the_captions_leave_it_out(scenes):
+    from huabu.tiny import measure as M
+    from huabu.tiny import train_ip_adapter as T
+    from huabu.tiny import world as W
+
+    data = load_dataset(scenes)
+    chosen = T.single_scenes(data, 64)
+    attrs = [data.attrs[i] for i in chosen]
+    assert all(len(a["objects"]) == 1 and a["objects"][0] < 64 for a in attrs)
+    captions = [data.captions[i] for i in chosen]
+    cfg = _cfg(scenes, Path("unused"), nameless=1.0, drop_text=0.0, drop_image=0.0)
+    texts, refs, drop = T.batch_conditions(cfg, 5, attrs, captions)
+    for a, text, ref in zip(attrs, texts, refs):
+        assert W.OBJECT_NAMES[a["objects"][0]] not in text and text.endswith(f"on a {a['background']} background")
+        assert M.background_colour(ref)[0] != a["background"]
+    assert not drop.any()
+    again = T.batch_conditions(cfg, 5, attrs, captions)  # a function of (seed, step): resumes see the same batch
+    assert again[0] == texts and all(np.array_equal(a, b) for a, b in zip(again[1], refs))
+    full, _, dropped = T.batch_conditions(_cfg(scenes, Path("unused"), nameless=0.0, drop_text=0.0, drop_image=1.0),
+                                          5, attrs, captions)
+    assert full == captions and dropped.all()
+
+
+def test_loss_falls_on_a_fixed_batch(scenes, tmp_path):
+    from huabu.tiny import train_ip_adapter as T
+    from huabu.training.loop import optimizer_step
+
+    recipe, unet = T.setup(_cfg(scenes, tmp_path, batch_size=4))
+    trainable = sum(p.numel() for p in recipe.optimizer.param_groups[0]["params"])
+    assert trainable == sum(t.numel() for t in T.original_state(unet).values())  # the adapter alone learns
+    with torch.no_grad():
+        first = recipe.step(0).item()
+    for _ in range(25):
+        optimizer_step(recipe, 0, [2e-3], 1.0)
+    with torch.no_grad():
+        last = recipe.step(0).item()
+    assert last < 0.5 * first  # 0.026 -> 0.006 (the base UNet alone already predicts most of the noise)
+
+
+def test_a_killed_run_resumes_to_the_same_adapter(scenes, tmp_path, monkeypatch, trained):
+    from huabu.tiny import train_ip_adapter as T
+
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        kill_after(m, 2)
+        with pytest.raises(Killed):
+            T.train(_cfg(scenes, killed))
+    assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
+    T.train(_cfg(scenes, killed))
+    assert_same(newest_weights(trained, "adapter"), newest_weights(killed, "adapter"))
+    assert (trained / "log.jsonl").read_text().count("\n") == 1  # the last step's line (one every 10 steps)
+
+
+def test_the_shipped_adapter_has_the_original_layout_and_steers_the_engine(trained, tmp_path, capsys):
+    from diffusers import UNet2DConditionModel
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from huabu.cli.main import main
+    from huabu.core.requests import GenerateRequest
+    from huabu.core.settings import Settings
+    from huabu.engine.generate import Engine
+    from huabu.engine.models import BUILTIN_DIR
+    from huabu.tiny import ip_adapter_scenes as IS
+    from huabu.tiny import train_ip_adapter as T
+
+    final = trained / "final"
+    keys = set(load_file(str(final / T.WEIGHTS_FILE)))
+    unet = UNet2DConditionModel.from_pretrained(BUILTIN_DIR / "unet")
+    layers = T.cross_attention_layers(unet)
+    assert {"image_proj.proj.weight", "image_proj.proj.bias", "image_proj.norm.weight",
+            "image_proj.norm.bias"} < keys and len(keys) == 4 + 2 * len(layers)
+    assert {f"ip_adapter.{n}.to_{kind}_ip.weight" for n, _, _ in layers for kind in "kv"} < keys
+    assert [n for n, _, _ in layers] == list(range(1, 2 * len(layers), 2)) and len(layers) == 10
+    assert {p.name for p in (final / "image_encoder").iterdir()} == {"config.json", "model.safetensors"}
+
+    home = tmp_path / "home"
+    shipped = home / "ip-adapter" / "huabu-tiny"
+    assert main(["tiny", "ship-ip-adapter", str(trained), "--out", str(shipped)]) == 0
+    assert "ip-adapter_huabu-tiny" in capsys.readouterr().out
+    assert sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file()) < 10e6
+    rng = np.random.default_rng(0)
+    refs = []
+    for obj in (0, 16):  # an apple, an automobile
+        refs.append(str(tmp_path / f"ref{obj}.png"))
+        Image.fromarray(IS.reference_image(rng, obj, "center", "white")).save(refs[-1])
+    engine = Engine(Settings.for_home(home, device="cpu", dtype="fp32", hub_offline=True))
+
+    def made(*adapters) -> np.ndarray:
+        request = GenerateRequest.create(prompt=NAMELESS, model="huabu-tiny", steps=4, seed=3,
+                                         ip_adapters=[{"image": r, "model": "ip-adapter_huabu-tiny"} for r in adapters])
+        return np.asarray(engine.generate(request).images[0], dtype=np.int16)
+
+    plain, apple, car = made(), made(refs[0]), made(refs[1])
+    assert np.abs(apple - plain).max() > 10 and np.abs(car - apple).max() > 10
+    assert np.array_equal(made(), plain)  # the UNet got its own processors back
+
+
+def test_eval_reports_fractions_and_exact_ceilings(trained):
+    from huabu.core.settings import Settings
+    from huabu.tiny.demo_configs import IpAdapterEvalConfig
+    from huabu.tiny.eval_ip_adapter import eval_cases, evaluate_ip_adapter, format_ip_adapter_report
+
+    unseen = eval_cases(3, 1, unseen=True)
+    assert all(scene.objects[0].obj >= 64 for scene, _ in unseen)
+    settings = Settings.for_home(trained / "home", device="cpu", dtype="fp32", hub_offline=True)
+    result = evaluate_ip_adapter(IpAdapterEvalConfig(adapter=str(trained / "final"), count=2, steps=2), settings)
+    assert set(result["rows"]) == {"seen_nameless", "seen_named", "unseen_nameless"}
+    for row in result["rows"].values():
+        assert row["real"] == {"background": 1.0, "position": 1.0, "identity_top1": 1.0}
+        assert all(0.0 <= v <= 1.0 for kind in ("with", "without") for v in row[kind].values())
+        assert all(v in (0.0, 0.5, 1.0) for v in row["with"].values())  # two cases each
+    assert "unseen glyphs, prompt without the object" in format_ip_adapter_report(result)
