@@ -37,11 +37,12 @@ def prompt(scene: S.Scene, lang: str) -> str:
     return scene.attrs["caption_zh"] if lang == "zh" else scene.caption
 
 
-def evaluate_world(settings: WorldEvalSettings) -> dict[str, object]:
-    """Per category (and the background colour over all), generated and real-render scores, as one dict."""
+def evaluate_world(settings: WorldEvalSettings, pipe=None) -> dict[str, object]:
+    """Per category (and the background colour over all), generated and real-render scores, as one dict; `pipe`, a
+    pipeline already loaded (other weights in `settings.model`'s shapes), instead of loading `settings.model`."""
     scenes = [s for c in W.CATEGORIES for s in W.eval_scenes(c, settings.count)]
     real = [W.render(s) for s in scenes]
-    pipe = E.load_pipeline(Path(settings.model), settings.sampler, settings.lora, settings.dtype)
+    pipe = pipe or E.load_pipeline(Path(settings.model), settings.sampler, settings.lora, settings.dtype)
     gen_settings = E.EvalSettings(steps=settings.steps, cfg_scale=settings.cfg_scale, batch=settings.batch)
     generated = E.generate(pipe, [prompt(s, settings.lang) for s in scenes], gen_settings)
     if settings.grid is not None:
