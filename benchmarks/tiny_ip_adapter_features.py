@@ -1,0 +1,113 @@
+"""Which features of huabu-tiny-scorer's vision tower carry a world object's identity across renders? The question
+behind huabu-tiny's IP-Adapter (plain: the projected image embedding; Plus: the penultimate layer's tokens).
+
+Each trial renders every one of the first N objects twice, as the IP-Adapter stage pairs them
+(huabu.tiny.ip_adapter_scenes): a one-object scene and a reference of the same object elsewhere, at another size, on
+another background, in another colour where it takes one. Top-1 is how often a reference's nearest scene (cosine,
+features centred over the trial) is its own object's, among the N. "Probe" is a ridge classifier fitted on other
+trials' renders (both kinds), then scored on this one: what a learned linear read-out of the feature could reach.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiny_ip_adapter_features.py [--objects 64] [--trials 4] [--fit 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from huabu.tiny import ip_adapter_scenes as IS
+from huabu.tiny import scenes as S
+from huabu.tiny import world as W
+from huabu.tiny.eval import SCORER_DIR
+
+Features = Callable[[object], torch.Tensor]
+FEATURES: dict[str, Features] = {
+    "projected image_embeds (plain IP-Adapter)": lambda out: out.image_embeds,
+    "last layer CLS (pre-LN)": lambda out: out.last_hidden_state[:, 0],
+    "penultimate CLS": lambda out: out.hidden_states[-2][:, 0],
+    "penultimate patch-token mean": lambda out: out.hidden_states[-2][:, 1:].mean(1),
+    "penultimate patch-token max": lambda out: out.hidden_states[-2][:, 1:].amax(1),
+    "penultimate object-token mean": lambda out: salient_mean(out.hidden_states[-2][:, 1:]),
+    "penultimate tokens flattened (Plus' input)": lambda out: out.hidden_states[-2].flatten(1),
+    "last layer tokens flattened": lambda out: out.last_hidden_state.flatten(1),
+    "embeddings (layer 0) tokens flattened": lambda out: out.hidden_states[0].flatten(1),
+}
+
+
+def salient_mean(tokens: torch.Tensor, k: int = 8) -> torch.Tensor:
+    """The mean of the `k` patch tokens farthest from the image's median token: the object's, as a resampler's
+    attention could pick them out of a plain background."""
+    far = (tokens - tokens.median(1, keepdim=True).values).norm(dim=-1).topk(k, dim=1).indices
+    return tokens.gather(1, far[..., None].expand(-1, -1, tokens.shape[-1])).mean(1)
+
+
+def pairs(rng: np.random.Generator, objects: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One scene and one reference render of each of the first `objects` objects."""
+    scenes, refs = [], []
+    for obj in range(objects):
+        background = S.COLOUR_NAMES[int(rng.integers(len(S.COLOUR_NAMES)))]
+        position = S.POSITION_NAMES[int(rng.integers(len(S.POSITION_NAMES)))]
+        scene = W.single(rng, "position", obj, background, position, S.SIZE_NAMES[int(rng.integers(2))])
+        scenes.append(W.render(scene))
+        refs.append(IS.reference_image(rng, obj, position, background))
+    return scenes, refs
+
+
+def encode(encoder: CLIPVisionModelWithProjection, processor: CLIPImageProcessor,
+           images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = encoder(processor(images=images, return_tensors="pt").pixel_values, output_hidden_states=True)
+    return {name: pick(out).double().numpy() for name, pick in FEATURES.items()}
+
+
+def nearest_top1(scenes: np.ndarray, refs: np.ndarray) -> float:
+    both = np.concatenate([scenes, refs])
+    unit = both - both.mean(0)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    n = len(scenes)
+    return float(((unit[n:] @ unit[:n].T).argmax(1) == np.arange(n)).mean())
+
+
+def probe_top1(train: np.ndarray, labels: np.ndarray, test: np.ndarray, ridge: float = 1.0) -> float:
+    """A ridge classifier (standardised features, one-hot targets, dual form) fitted on `train`, top-1 on `test`,
+    whose rows are objects 0..N-1 in order."""
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    x, t = (train - mean) / std, (test - mean) / std
+    targets = np.eye(labels.max() + 1)[labels]
+    alpha = np.linalg.solve(x @ x.T + ridge * len(x) * np.eye(len(x)), targets)
+    return float(((t @ (x.T @ alpha)).argmax(1) == np.arange(len(t)) % targets.shape[1]).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=64)
+    parser.add_argument("--trials", type=int, default=4, help="scored trials")
+    parser.add_argument("--fit", type=int, default=8, help="trials the probe is fitted on")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(SCORER_DIR, dtype=torch.float32).eval()
+    size = encoder.config.image_size
+    processor = CLIPImageProcessor(size=size, crop_size=size)  # as the IP-Adapter stage and diffusers feed it
+    rng = np.random.default_rng(0)
+    fit = [encode(encoder, processor, sum(pairs(rng, args.objects), [])) for _ in range(args.fit)]
+    labels = np.tile(np.arange(args.objects), 2 * args.fit)
+    nearest, probe = {name: [] for name in FEATURES}, {name: [] for name in FEATURES}
+    for _ in range(args.trials):
+        scenes, refs = pairs(rng, args.objects)
+        got_scenes, got_refs = encode(encoder, processor, scenes), encode(encoder, processor, refs)
+        for name in FEATURES:
+            nearest[name].append(nearest_top1(got_scenes[name], got_refs[name]))
+            train = np.concatenate([f[name] for f in fit])
+            probe[name].append(probe_top1(train, labels, got_refs[name]))
+    print(f"identity top-1 among {args.objects} objects, {args.trials} trials ({args.fit} fitted for the probe)")
+    print(f"  {'feature':<44} {'dims':>6} {'nearest':>8} {'probe':>6}")
+    for name in FEATURES:
+        print(f"  {name:<44} {got_refs[name].shape[1]:>6} {np.mean(nearest[name]):>8.0%} {np.mean(probe[name]):>6.0%}")
+
+
+if __name__ == "__main__":
+    main()
