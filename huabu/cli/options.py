@@ -185,19 +185,22 @@ def ip_adapters_from_args(args: argparse.Namespace) -> list[dict]:
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type, notes: dict[str, str] | None = None) -> None:
     """One `--field-name` option per field of the config dataclass `cls`, typed by its default (a tuple field takes
-    a comma-separated list), so a command and its Python API cannot drift. Options left out keep the dataclass's
-    default: build the config with `config_from_args`."""
+    a comma-separated list, a bool one is a `--name` / `--no-name` switch), so a command and its Python API cannot
+    drift. Options left out keep the dataclass's default: build the config with `config_from_args`."""
     notes = notes or {}
     for field in dataclasses.fields(cls):
         default = field.default
-        if isinstance(default, tuple):
-            kind = _comma_list(float if "float" in str(field.type) else int)
+        typed: dict[str, Any]
+        if isinstance(default, bool):
+            typed, shown = {"action": argparse.BooleanOptionalAction}, default
+        elif isinstance(default, tuple):
+            typed = {"type": _comma_list(float if "float" in str(field.type) else int)}
             shown = ",".join(map(str, default)) or "-"
         else:
-            kind, shown = type(default), default if default != "" else "-"
+            typed, shown = {"type": type(default)}, default if default != "" else "-"
         note = notes.get(field.name, "")
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{note} (default: {shown})".lstrip())
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, default=argparse.SUPPRESS,
+                            help=f"{note} (default: {shown})".lstrip(), **typed)
 
 
 def config_from_args(args: argparse.Namespace, cls: type) -> Any:
