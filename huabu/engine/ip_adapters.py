@@ -229,16 +229,15 @@ def fit_problem(name: str, state: dict[str, dict[str, Any]], cross_attention_dim
 
 
 def load_image_encoder(folder: Path, dtype: Any) -> Any:
-    import torch
     from transformers import CLIPVisionModelWithProjection
 
     if not (folder / "model.safetensors").is_file():
         raise UnsafeCheckpoint(f"image encoder {folder} holds no model.safetensors (huabu reads it as safetensors "
                                f"only)")
     checkpoints.check_safetensors(folder / "model.safetensors", f"image encoder {folder}/model.safetensors")
-    try:
-        return CLIPVisionModelWithProjection.from_pretrained(
-            folder, local_files_only=True, use_safetensors=True, dtype=None if dtype == torch.float32 else dtype)
+    try:  # in the pipeline's dtype whatever the file's: a Plus Resampler takes the hidden states uncast
+        return CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                             dtype=dtype)
     except (OSError, ValueError) as err:
         raise ModelNotFound(f"cannot load the image encoder {folder}: {first_line(err)}") from None
 
