@@ -118,6 +118,9 @@ class IpAdapterTrainConfig:
     batch_size: int = 32
     lr: float = 1e-3  # the paper's 1e-4 is for 1M steps; a 200-step probe at 1e-3 trained stably
     warmup: int = 100
+    # IP-Adapter Plus: a Resampler (16 query tokens, 4 blocks of width 128) over the vision tower's penultimate
+    # hidden states instead of the 4-token projection of its image embedding
+    plus: bool = False
     nameless: float = 0.5  # share of captions with the object's name left out (position and background only)
     drop_image: float = 0.05  # share of zero image embeddings, for classifier-free guidance
     drop_text: float = 0.05  # share of empty captions

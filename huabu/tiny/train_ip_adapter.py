@@ -2,9 +2,13 @@
 
 Decoupled cross-attention through diffusers' own modules: a freshly initialised state dict in the original layout
 (`image_proj.*`, `ip_adapter.N.to_{k,v}_ip.weight`) goes in through `unet._load_ip_adapter_weights`, which installs
-IPAdapterAttnProcessor2_0 and an ImageProjection (4 tokens); only those train. to_k_ip / to_v_ip start as copies of
-each layer's to_k / to_v, as the paper does. The image encoder is the shipped huabu-tiny-scorer's vision tower,
-frozen, its inputs prepared by the CLIPImageProcessor that diffusers' `load_ip_adapter` gives the pipeline.
+IPAdapterAttnProcessor2_0 and an image projection; only those train. to_k_ip / to_v_ip start as copies of each
+layer's to_k / to_v, as the paper does. The image encoder is the shipped huabu-tiny-scorer's vision tower, frozen,
+its inputs prepared by the CLIPImageProcessor that diffusers' `load_ip_adapter` gives the pipeline.
+
+The plain adapter's projection is an ImageProjection (4 tokens) of the encoder's projected image embedding;
+`plus` (IP-Adapter Plus) trains an IPAdapterPlusImageProjection, a Resampler of 16 query tokens, over the
+encoder's penultimate hidden states (CLS and patch tokens), which diffusers feeds any projection but the plain one.
 
 Each step takes one-object world scenes (their latents cached once) and, for each, a reference rendered anew from
 (seed, step): the same object elsewhere, on another background, in another colour where it takes one
@@ -25,7 +29,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from huabu.core.errors import InvalidRequest
 from huabu.tiny import ip_adapter_scenes as IS
@@ -43,6 +53,16 @@ from huabu.training.schedules import Schedule
 WEIGHTS_FILE = "ip-adapter.safetensors"
 IMAGE_ENCODER = "image_encoder"
 NUM_TOKENS = 4  # what diffusers' loader builds for a plain IP-Adapter's `image_proj.proj`
+# The Plus Resampler as diffusers' converter rebuilds it from the file: depth 4 whatever the file holds, heads read
+# as to_q's rows / 64, the query count and widths read from the tensors.
+PLUS_QUERIES = 16  # as ip-adapter-plus_sd15
+PLUS_WIDTH = 128  # huabu-tiny's cross_attention_dim: 2 heads of 64 channels
+PLUS_DEPTH = 4
+HEAD_DIM = 64
+# diffusers' Resampler block names -> the original layout's (layers.N.0: attention, layers.N.1: feed-forward)
+RESAMPLER_NAMES = (("ln0.", "0.norm1."), ("ln1.", "0.norm2."), ("attn.to_q.", "0.to_q."),
+                   ("attn.to_out.0.", "0.to_out."), ("ff.0.", "1.0."), ("ff.1.net.0.proj.", "1.1."),
+                   ("ff.1.net.2.", "1.3."))
 
 
 def cross_attention_layers(unet: UNet2DConditionModel) -> list[tuple[int, str, torch.nn.Module]]:
@@ -51,22 +71,59 @@ def cross_attention_layers(unet: UNet2DConditionModel) -> list[tuple[int, str, t
     modules = dict(unet.named_modules())
     layers, key_id = [], 1
     for name in unet.attn_processors:
+        if name.startswith("encoder_hid_proj."):  # a loaded Plus Resampler's own attention
+            continue
         if not name.endswith("attn1.processor"):
             layers.append((key_id, name, modules[name.removesuffix(".processor")]))
             key_id += 2
     return layers
 
 
-def initial_state(unet: UNet2DConditionModel, image_embed_dim: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """A new IP-Adapter for `unet` in the original layout: a random image projection (as diffusers' ImageProjection
-    initialises one) and to_k_ip / to_v_ip copied from each layer's to_k / to_v."""
+def image_projection(unet: UNet2DConditionModel, encoder: CLIPVisionConfig, plus: bool) -> torch.nn.Module:
+    """A new diffusers image projection for `unet` over `encoder`'s image embedding, or its hidden states (Plus)."""
+    from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
+
+    width = unet.config.cross_attention_dim
+    if plus:
+        return IPAdapterPlusImageProjection(embed_dims=encoder.hidden_size, output_dims=width, hidden_dims=PLUS_WIDTH,
+                                            depth=PLUS_DEPTH, dim_head=HEAD_DIM, heads=PLUS_WIDTH // HEAD_DIM,
+                                            num_queries=PLUS_QUERIES)
+    return ImageProjection(image_embed_dim=encoder.projection_dim, cross_attention_dim=width,
+                           num_image_text_embeds=NUM_TOKENS)
+
+
+def resampler_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers IPAdapterPlusImageProjection's state dict in the original Resampler's names (to_k and to_v
+    joined as to_kv), which diffusers' `_convert_ip_adapter_image_proj_to_diffusers` reads back."""
+    original = {}
+    for key, value in state.items():
+        if not key.startswith("layers."):
+            original[key] = value
+            continue
+        _, number, rest = key.split(".", 2)
+        if rest.startswith("attn.to_k."):
+            original[f"layers.{number}.0.to_kv.weight"] = torch.cat([value, state[key.replace(".to_k.", ".to_v.")]])
+        elif not rest.startswith("attn.to_v."):
+            old, new = next(names for names in RESAMPLER_NAMES if rest.startswith(names[0]))
+            original[f"layers.{number}.{new}{rest.removeprefix(old)}"] = value
+    return original
+
+
+def original_projection(proj: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """An image projection's tensors as the original layout's `image_proj.*` names them (without the prefix)."""
     from diffusers.models.embeddings import ImageProjection
 
+    if isinstance(proj, ImageProjection):
+        return {key.replace("image_embeds", "proj"): value for key, value in proj.state_dict().items()}
+    return resampler_original(proj.state_dict())
+
+
+def initial_state(unet: UNet2DConditionModel, encoder: CLIPVisionConfig, seed: int, plus: bool = False
+                  ) -> dict[str, dict[str, torch.Tensor]]:
+    """A new IP-Adapter for `unet` in the original layout: a random image projection (as diffusers initialises
+    one) and to_k_ip / to_v_ip copied from each layer's to_k / to_v."""
     torch.manual_seed(seed)
-    width = unet.config.cross_attention_dim
-    proj = ImageProjection(image_embed_dim=image_embed_dim, cross_attention_dim=width,
-                           num_image_text_embeds=NUM_TOKENS)
-    image_proj = {key.replace("image_embeds", "proj"): value for key, value in proj.state_dict().items()}
+    image_proj = original_projection(image_projection(unet, encoder, plus))
     ip_adapter = {}
     for key_id, _, attn in cross_attention_layers(unet):
         ip_adapter[f"{key_id}.to_k_ip.weight"] = attn.to_k.weight.detach().clone()
@@ -84,8 +141,8 @@ def trainable(unet: UNet2DConditionModel) -> torch.nn.ModuleDict:
 
 def original_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """The adapter on `unet` as one flat original-layout state dict (`image_proj.*`, `ip_adapter.N.*`)."""
-    proj = unet.encoder_hid_proj.image_projection_layers[0].state_dict()
-    state = {"image_proj." + key.replace("image_embeds", "proj"): value for key, value in proj.items()}
+    proj = original_projection(unet.encoder_hid_proj.image_projection_layers[0])
+    state = {"image_proj." + key: value for key, value in proj.items()}
     processors = unet.attn_processors
     for key_id, name, _ in cross_attention_layers(unet):
         processor = processors[name]
@@ -96,6 +153,16 @@ def original_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
 
 def reference_pixels(processor: CLIPImageProcessor, images: list[np.ndarray]) -> torch.Tensor:
     return processor(images=list(images), return_tensors="pt").pixel_values
+
+
+def image_features(encoder: CLIPVisionModelWithProjection, pixels: torch.Tensor, drop: torch.Tensor,
+                   plus: bool) -> torch.Tensor:
+    """What diffusers' `encode_image` gives the adapter's projection, the `drop`ped references as its negative: the
+    image embedding (zeros when dropped) or, for Plus, the penultimate hidden states (of a zero image)."""
+    if plus:
+        pixels = pixels.masked_fill(drop[:, None, None, None], 0.0)
+        return encoder(pixels, output_hidden_states=True).hidden_states[-2]
+    return encoder(pixels).image_embeds.masked_fill(drop[:, None], 0.0)
 
 
 def single_scenes(data: CaptionedArrays, objects: int) -> np.ndarray:
@@ -150,7 +217,7 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     base, unet, text_encoder, tok, encoder = frozen_parts(cfg)
     vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32).eval()
     latents = encode_latents(vae, np.asarray(data.images[chosen]), out / "latents.npy")
-    unet._load_ip_adapter_weights([initial_state(unet, encoder.config.projection_dim, cfg.seed)],
+    unet._load_ip_adapter_weights([initial_state(unet, encoder.config, cfg.seed, cfg.plus)],
                                   low_cpu_mem_usage=False)
     adapter = trainable(unet).requires_grad_(True)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -172,11 +239,11 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
         with torch.no_grad():
             cond = encode_text(tok, text_encoder, texts)
-            embeds = encoder(reference_pixels(processor, refs).to(device)).image_embeds
-        embeds = embeds.masked_fill(torch.from_numpy(drop).to(device)[:, None], 0.0)  # diffusers' negative embeds
+            features = image_features(encoder, reference_pixels(processor, refs).to(device),
+                                      torch.from_numpy(drop).to(device), cfg.plus)
         xt = sched.add_noise(x0, noise, t).to(device)
         pred = unet(xt, t.to(device), encoder_hidden_states=cond,
-                    added_cond_kwargs={"image_embeds": [embeds[:, None]]}).sample
+                    added_cond_kwargs={"image_embeds": [features[:, None]]}).sample
         return F.mse_loss(pred, noise.to(device))
 
     unwrapped = accelerator.unwrap_model(adapter)
