@@ -1,7 +1,8 @@
 """huabu-tiny's IP-Adapter stage on toy sizes (the shipped huabu-tiny and scorer, a few world scenes): each step's
 references and captions, the loss falling, a killed run resuming to the same weights, the shipped files loading
-through huabu's engine and steering it, and the evaluation's figures."""
+through huabu's engine and steering it, and the evaluation's figures; for the plain adapter and for Plus."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,31 @@ def _cfg(data: Path, out: Path, **changes) -> IpAdapterTrainConfig:
                                    "checkpoint_every": 2, **changes})
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "plus"])
+def plus(request) -> bool:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def trained(scenes, tmp_path_factory) -> Path:
-    """The run folder of a 4-step `huabu tiny train ip-adapter` (`_cfg`'s settings)."""
+def trained(scenes, plus, tmp_path_factory) -> Path:
+    """The run folder of a 4-step `huabu tiny train ip-adapter [--plus]` (`_cfg`'s settings)."""
     from huabu.cli.main import main
 
     out = tmp_path_factory.mktemp("ipa") / "straight"
     assert main(["tiny", "train", "ip-adapter", "--data", str(scenes), "--out", str(out), "--steps", "4",
-                 "--batch-size", "3", "--warmup", "1", "--checkpoint-every", "2"]) == 0
+                 "--batch-size", "3", "--warmup", "1", "--checkpoint-every", "2", *(["--plus"] if plus else [])]) == 0
     return out
+
+
+def _projection_keys(plus: bool) -> set[str]:
+    """The original layout's `image_proj.*` keys: ImageProjection's, or the Plus Resampler's (4 blocks)."""
+    if not plus:
+        return {f"image_proj.{k}" for k in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")}
+    block = ("0.norm1.weight", "0.norm1.bias", "0.norm2.weight", "0.norm2.bias", "0.to_q.weight", "0.to_kv.weight",
+             "0.to_out.weight", "1.0.weight", "1.0.bias", "1.1.weight", "1.3.weight")
+    return ({f"image_proj.{k}" for k in ("latents", "proj_in.weight", "proj_in.bias", "proj_out.weight",
+                                         "proj_out.bias", "norm_out.weight", "norm_out.bias")}
+            | {f"image_proj.layers.{n}.{k}" for n in range(4) for k in block})
 
 
 def test_references_share_only_the_object_and_half_the_captions_leave_it_out(scenes):
@@ -59,11 +76,11 @@ def test_references_share_only_the_object_and_half_the_captions_leave_it_out(sce
     assert full == captions and dropped.all()
 
 
-def test_loss_falls_on_a_fixed_batch(scenes, tmp_path):
+def test_loss_falls_on_a_fixed_batch(scenes, plus, tmp_path):
     from huabu.tiny import train_ip_adapter as T
     from huabu.training.loop import optimizer_step
 
-    recipe, unet = T.setup(_cfg(scenes, tmp_path, batch_size=4))
+    recipe, unet = T.setup(_cfg(scenes, tmp_path, batch_size=4, plus=plus))
     trainable = sum(p.numel() for p in recipe.optimizer.param_groups[0]["params"])
     assert trainable == sum(t.numel() for t in T.original_state(unet).values())  # the adapter alone learns
     with torch.no_grad():
@@ -75,42 +92,78 @@ def test_loss_falls_on_a_fixed_batch(scenes, tmp_path):
     assert last < 0.5 * first  # 0.026 -> 0.006 (the base UNet alone already predicts most of the noise)
 
 
-def test_a_killed_run_resumes_to_the_same_adapter(scenes, tmp_path, monkeypatch, trained):
+def test_a_killed_run_resumes_to_the_same_adapter(scenes, plus, tmp_path, monkeypatch, trained):
     from huabu.tiny import train_ip_adapter as T
 
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
         kill_after(m, 2)
         with pytest.raises(Killed):
-            T.train(_cfg(scenes, killed))
+            T.train(_cfg(scenes, killed, plus=plus))
     assert [p.name for p in (killed / "checkpoints").glob("step-*")] == ["step-0000002"]
-    T.train(_cfg(scenes, killed))
+    T.train(_cfg(scenes, killed, plus=plus))
     assert_same(newest_weights(trained, "adapter"), newest_weights(killed, "adapter"))
     assert (trained / "log.jsonl").read_text().count("\n") == 1  # the last step's line (one every 10 steps)
 
 
-def test_the_shipped_adapter_has_the_original_layout_and_steers_the_engine(trained, tmp_path, capsys):
+def test_the_saved_adapter_has_the_original_layout_that_diffusers_rebuilds(trained, plus):
     from diffusers import UNet2DConditionModel
-    from PIL import Image
+    from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
     from safetensors.torch import load_file
+
+    from huabu.engine.ip_adapters import read_ip_adapter
+    from huabu.engine.models import BUILTIN_DIR
+    from huabu.tiny import train_ip_adapter as T
+
+    final = trained / "final"
+    saved = load_file(str(final / T.WEIGHTS_FILE))
+    unet = UNet2DConditionModel.from_pretrained(BUILTIN_DIR / "unet")
+    layers = T.cross_attention_layers(unet)
+    assert {k for k in saved if k.startswith("image_proj.")} == _projection_keys(plus)
+    assert {k for k in saved if k.startswith("ip_adapter.")} == {f"ip_adapter.{n}.to_{kind}_ip.weight"
+                                                                  for n, _, _ in layers for kind in "kv"}
+    assert [n for n, _, _ in layers] == list(range(1, 2 * len(layers), 2)) and len(layers) == 10
+    assert {p.name for p in (final / "image_encoder").iterdir()} == {"config.json", "model.safetensors"}
+
+    unet._load_ip_adapter_weights([read_ip_adapter(final / T.WEIGHTS_FILE)], low_cpu_mem_usage=False)
+    proj = unet.encoder_hid_proj.image_projection_layers[0]
+    if plus:  # diffusers infers the Resampler's sizes from the tensors: they must come back as trained
+        assert type(proj) is IPAdapterPlusImageProjection and proj.latents.shape == (1, T.PLUS_QUERIES, 128)
+        assert len(proj.layers) == 4 and {block.attn.heads for block in proj.layers} == {2}
+    else:
+        assert type(proj) is ImageProjection
+    assert_same(T.original_state(unet), saved)  # and back to the same file
+
+
+@contextmanager
+def _fed_features(monkeypatch, seen: list):
+    """Record the `ip_adapter_image_embeds` huabu's IP-Adapter plan gives the pipelines."""
+    from huabu.engine.ip_adapters import IPAdapterPlan
+
+    real = IPAdapterPlan.attached
+
+    @contextmanager
+    def spied(self, *args, **kwargs):
+        with real(self, *args, **kwargs) as call:
+            seen.append(call["ip_adapter_image_embeds"])
+            yield call
+
+    with monkeypatch.context() as m:
+        m.setattr(IPAdapterPlan, "attached", spied)
+        yield
+
+
+def test_the_shipped_adapter_steers_the_engine_on_the_features_it_trained_on(trained, plus, tmp_path, capsys,
+                                                                            monkeypatch):
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     from huabu.cli.main import main
     from huabu.core.requests import GenerateRequest
     from huabu.core.settings import Settings
     from huabu.engine.generate import Engine
-    from huabu.engine.models import BUILTIN_DIR
     from huabu.tiny import ip_adapter_scenes as IS
     from huabu.tiny import train_ip_adapter as T
-
-    final = trained / "final"
-    keys = set(load_file(str(final / T.WEIGHTS_FILE)))
-    unet = UNet2DConditionModel.from_pretrained(BUILTIN_DIR / "unet")
-    layers = T.cross_attention_layers(unet)
-    assert {"image_proj.proj.weight", "image_proj.proj.bias", "image_proj.norm.weight",
-            "image_proj.norm.bias"} < keys and len(keys) == 4 + 2 * len(layers)
-    assert {f"ip_adapter.{n}.to_{kind}_ip.weight" for n, _, _ in layers for kind in "kv"} < keys
-    assert [n for n, _, _ in layers] == list(range(1, 2 * len(layers), 2)) and len(layers) == 10
-    assert {p.name for p in (final / "image_encoder").iterdir()} == {"config.json", "model.safetensors"}
 
     home = tmp_path / "home"
     shipped = home / "ip-adapter" / "huabu-tiny"
@@ -118,10 +171,11 @@ def test_the_shipped_adapter_has_the_original_layout_and_steers_the_engine(train
     assert "ip-adapter_huabu-tiny" in capsys.readouterr().out
     assert sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file()) < 10e6
     rng = np.random.default_rng(0)
-    refs = []
+    refs, paths = [], []
     for obj in (0, 16):  # an apple, an automobile
-        refs.append(str(tmp_path / f"ref{obj}.png"))
-        Image.fromarray(IS.reference_image(rng, obj, "center", "white")).save(refs[-1])
+        refs.append(IS.reference_image(rng, obj, "center", "white"))
+        paths.append(str(tmp_path / f"ref{obj}.png"))
+        Image.fromarray(refs[-1]).save(paths[-1])
     engine = Engine(Settings.for_home(home, device="cpu", dtype="fp32", hub_offline=True))
 
     def made(*adapters) -> np.ndarray:
@@ -129,9 +183,21 @@ def test_the_shipped_adapter_has_the_original_layout_and_steers_the_engine(train
                                          ip_adapters=[{"image": r, "model": "ip-adapter_huabu-tiny"} for r in adapters])
         return np.asarray(engine.generate(request).images[0], dtype=np.int16)
 
-    plain, apple, car = made(), made(refs[0]), made(refs[1])
+    seen = []
+    with _fed_features(monkeypatch, seen):
+        plain, apple, car = made(), made(paths[0]), made(paths[1])
     assert np.abs(apple - plain).max() > 10 and np.abs(car - apple).max() > 10
     assert np.array_equal(made(), plain)  # the UNet got its own processors back
+
+    # what the engine fed the projection (negative, positive) is what training computes for the reference
+    encoder = CLIPVisionModelWithProjection.from_pretrained(trained / "final" / T.IMAGE_ENCODER, dtype=torch.float32)
+    processor = CLIPImageProcessor(size=encoder.config.image_size, crop_size=encoder.config.image_size)
+    with torch.no_grad():
+        trained_on = T.image_features(encoder, T.reference_pixels(processor, [refs[1]] * 2),
+                                      torch.tensor([True, False]), plus)
+    fed = seen[-1][0][:, 0]
+    assert fed.shape == trained_on.shape == ((2, 65, 128) if plus else (2, 128))
+    torch.testing.assert_close(fed, trained_on, rtol=1e-4, atol=1e-4)
 
 
 def test_eval_reports_fractions_and_exact_ceilings(trained):
