@@ -7,7 +7,7 @@ another background, in another colour where it takes one. Top-1 is how often a r
 features centred over the trial) is its own object's, among the N. "Probe" is a ridge classifier fitted on other
 trials' renders (both kinds), then scored on this one: what a learned linear read-out of the feature could reach.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiny_ip_adapter_features.py [--objects 64] [--trials 4] [--fit 8]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiny_ip_adapter_features.py [--objects 64] [--trials 4] [--fit 16]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=64)
     parser.add_argument("--trials", type=int, default=4, help="scored trials")
-    parser.add_argument("--fit", type=int, default=8, help="trials the probe is fitted on")
+    parser.add_argument("--fit", type=int, default=16, help="trials the probe is fitted on")
     args = parser.parse_args()
     torch.set_num_threads(1)
     encoder = CLIPVisionModelWithProjection.from_pretrained(SCORER_DIR, dtype=torch.float32).eval()
