@@ -6,8 +6,11 @@ Each trial renders every one of the first N objects twice, as the IP-Adapter sta
 another background, in another colour where it takes one. Top-1 is how often a reference's nearest scene (cosine,
 features centred over the trial) is its own object's, among the N. "Probe" is a ridge classifier fitted on other
 trials' renders (both kinds), then scored on this one: what a learned linear read-out of the feature could reach.
+`--readouts` also trains, on the same renders as 64-way classifiers, the plain adapter's kind of read-out (a linear
+layer on the projected embedding) and Plus' (the stage's Resampler on the penultimate tokens, its queries averaged).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiny_ip_adapter_features.py [--objects 64] [--trials 4] [--fit 16]
+        [--readouts]
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from huabu.tiny import ip_adapter_scenes as IS
 from huabu.tiny import scenes as S
+from huabu.tiny import train_ip_adapter as T
 from huabu.tiny import world as W
 from huabu.tiny.eval import SCORER_DIR
 
@@ -82,11 +88,56 @@ def probe_top1(train: np.ndarray, labels: np.ndarray, test: np.ndarray, ridge: f
     return float(((t @ (x.T @ alpha)).argmax(1) == np.arange(len(t)) % targets.shape[1]).mean())
 
 
+class ResamplerReadout(torch.nn.Module):
+    """The Plus stage's Resampler over flattened penultimate tokens, its query tokens averaged into class scores."""
+
+    def __init__(self, width: int, classes: int) -> None:
+        super().__init__()
+        self.width = width
+        self.resampler = IPAdapterPlusImageProjection(
+            embed_dims=width, output_dims=width, hidden_dims=T.PLUS_WIDTH, depth=T.PLUS_DEPTH, dim_head=T.HEAD_DIM,
+            heads=T.PLUS_WIDTH // T.HEAD_DIM, num_queries=T.PLUS_QUERIES)
+        self.head = torch.nn.Linear(width, classes)
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.head(self.resampler(flat.view(len(flat), -1, self.width)).mean(1))
+
+
+def readout_top1(module: torch.nn.Module, train: np.ndarray, labels: np.ndarray, test: np.ndarray,
+                 steps: int) -> float:
+    """`module` trained as a classifier (cross-entropy, AdamW at 1e-3, batch 128) on `train`, top-1 on `test`,
+    whose rows are objects 0..N-1 in order."""
+    torch.manual_seed(0)
+    x, y, t = torch.from_numpy(train).float(), torch.from_numpy(labels), torch.from_numpy(test).float()
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.01)
+    for _ in range(steps):
+        pick = torch.randint(0, len(x), (128,))
+        loss = F.cross_entropy(module(x[pick]), y[pick])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((module(t).argmax(1) == torch.arange(len(t)) % (labels.max() + 1)).float().mean())
+
+
+def readouts(fit: list[dict[str, np.ndarray]], labels: np.ndarray, refs: list[dict[str, np.ndarray]]) -> None:
+    plain, plus = "projected image_embeds (plain IP-Adapter)", "penultimate tokens flattened (Plus' input)"
+    classes, width = int(labels.max()) + 1, fit[0][plain].shape[1]
+    for name, module, key, steps in (("linear on the projected embedding", torch.nn.Linear(width, classes), plain,
+                                      600),
+                                     ("Plus' Resampler on the penultimate tokens",
+                                      ResamplerReadout(width, classes), plus, 300)):
+        top1 = readout_top1(module, np.concatenate([f[key] for f in fit]), labels,
+                            np.concatenate([r[key] for r in refs]), steps)
+        print(f"  trained read-out: {name:<42} {top1:>4.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=64)
     parser.add_argument("--trials", type=int, default=4, help="scored trials")
     parser.add_argument("--fit", type=int, default=16, help="trials the probe is fitted on")
+    parser.add_argument("--readouts", action="store_true", help="also train the adapters' read-outs (2 minutes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     encoder = CLIPVisionModelWithProjection.from_pretrained(SCORER_DIR, dtype=torch.float32).eval()
@@ -96,9 +147,11 @@ def main() -> None:
     fit = [encode(encoder, processor, sum(pairs(rng, args.objects), [])) for _ in range(args.fit)]
     labels = np.tile(np.arange(args.objects), 2 * args.fit)
     nearest, probe = {name: [] for name in FEATURES}, {name: [] for name in FEATURES}
+    scored = []
     for _ in range(args.trials):
         scenes, refs = pairs(rng, args.objects)
         got_scenes, got_refs = encode(encoder, processor, scenes), encode(encoder, processor, refs)
+        scored.append(got_refs)
         for name in FEATURES:
             nearest[name].append(nearest_top1(got_scenes[name], got_refs[name]))
             train = np.concatenate([f[name] for f in fit])
@@ -107,6 +160,8 @@ def main() -> None:
     print(f"  {'feature':<44} {'dims':>6} {'nearest':>8} {'probe':>6}")
     for name in FEATURES:
         print(f"  {name:<44} {got_refs[name].shape[1]:>6} {np.mean(nearest[name]):>8.0%} {np.mean(probe[name]):>6.0%}")
+    if args.readouts:
+        readouts(fit, labels, scored)
 
 
 if __name__ == "__main__":
