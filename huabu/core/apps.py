@@ -17,9 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from huabu.core.errors import InvalidRequest
-from huabu.core.requests import MAX_SEED, RequestModel
-from huabu.core.samplers import parse_sampler
+from huabu.core.requests import SamplingRequest
 
 APPS = ("replace", "try-on", "instant-id", "portrait")
 AppName = Literal["replace", "try-on", "instant-id", "portrait"]
@@ -40,18 +38,11 @@ def parse_numbers(text: str, count: int, what: str) -> list[int]:
     return [int(part) for part in str(text).split(",")]
 
 
-def _check_sampler(sampler: str, schedule_type: str | None = None) -> None:
-    try:
-        parse_sampler(sampler, schedule_type)
-    except InvalidRequest as err:
-        raise ValueError(str(err)) from None
-
-
 def format_numbers(values: list[int] | tuple[int, ...]) -> str:
     return ",".join(str(int(value)) for value in values)
 
 
-class AppRequest(RequestModel):
+class AppRequest(SamplingRequest):
     """One app run. Images are file paths or `data:image/...;base64,` URLs.
 
     replace: `image` plus the subject as `point`, `box` or `mask` (white = subject); `keep` says which part stays
@@ -61,16 +52,6 @@ class AppRequest(RequestModel):
     rendered in the prompt-book `styles` (all of them when empty) up to `count`."""
 
     app: AppName
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] = Field(default_factory=list)
-    steps: int = Field(default=20, ge=1, le=150)
-    cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
-    sampler: str = "DPM++ 2M"
-    schedule_type: str = "Automatic"
-    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
-    width: int | None = Field(default=None, ge=8, le=4096)
-    height: int | None = Field(default=None, ge=8, le=4096)
     model: str | None = None
     image: str | None = None
     mask: str | None = None
@@ -104,15 +85,8 @@ class AppRequest(RequestModel):
     def _box(cls, value: Any) -> Any:
         return parse_numbers(value, 4, "box") if isinstance(value, str) else value
 
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        _check_sampler(value)
-        return value
-
     @model_validator(mode="after")
     def _inputs(self) -> AppRequest:
-        _check_sampler(self.sampler, self.schedule_type)
         if self.point is not None and len(self.point) != 2:
             raise ValueError("point must be X,Y in pixels")
         if self.box is not None and (len(self.box) != 4 or self.box[0] >= self.box[2] or self.box[1] >= self.box[3]):

@@ -181,10 +181,10 @@ def _check_steps_left(steps: int, strength: float) -> None:
                          f"strength or the steps (steps x strength must be at least 1)")
 
 
-class GenerateRequest(RequestModel):
-    """One txt2img / img2img / inpaint job. Images are file paths or `data:image/...;base64,` URLs."""
+class SamplingRequest(RequestModel):
+    """The fields every generating request shares: the prompt, how it is sampled and the size. A request kind adds
+    its own after these."""
 
-    mode: Mode = "txt2img"
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] = Field(default_factory=list)
@@ -195,6 +195,23 @@ class GenerateRequest(RequestModel):
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
     width: int | None = Field(default=None, ge=8, le=4096)
     height: int | None = Field(default=None, ge=8, le=4096)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        _check_sampler(value)
+        return value
+
+    @model_validator(mode="after")
+    def _known_schedule(self) -> SamplingRequest:
+        _check_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
+        return self
+
+
+class GenerateRequest(SamplingRequest):
+    """One txt2img / img2img / inpaint job. Images are file paths or `data:image/...;base64,` URLs."""
+
+    mode: Mode = "txt2img"
     batch_size: int = Field(default=1, ge=1, le=16)
     n_iter: int = Field(default=1, ge=1, le=100)
     model: str | None = None
@@ -242,12 +259,6 @@ class GenerateRequest(RequestModel):
     hr_negative_prompt: str = ""
     script: ScriptRequest | None = None
 
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        _check_sampler(value)
-        return value
-
     @field_validator("hr_sampler")
     @classmethod
     def _known_hr_sampler(cls, value: str | None) -> str | None:
@@ -292,7 +303,6 @@ class GenerateRequest(RequestModel):
 
     @model_validator(mode="after")
     def _mode_inputs(self) -> GenerateRequest:
-        _check_sampler(self.sampler, self.schedule_type)  # unknown schedule types fail here
         if self.mode in ("img2img", "inpaint") and not self.init_image:
             raise ValueError(f"{self.mode} needs an input image (init_image / --image)")
         if self.outpaint and (self.mode != "inpaint" or self.mask):
@@ -318,23 +328,13 @@ class GenerateRequest(RequestModel):
 VideoFormat = Literal["mp4", "gif", "webm"]
 
 
-class VideoRequest(RequestModel):
+class VideoRequest(SamplingRequest):
     """One video: text-to-video, or image-to-video when `init_image` is given (its first frame stays close to the
     image). Runs an AnimateDiff motion module on an SD 1.x-shaped model, or a ModelScope / I2VGen-XL video model
     when `model` is one; prompt syntax, samplers, seeds and LoRAs work as for stills."""
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] = Field(default_factory=list)
     frames: int = Field(default=16, ge=2, le=128)
     fps: int = Field(default=8, ge=1, le=60)
-    steps: int = Field(default=20, ge=1, le=150)
-    cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
-    sampler: str = "DPM++ 2M"
-    schedule_type: str = "Automatic"
-    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
-    width: int | None = Field(default=None, ge=8, le=4096)
-    height: int | None = Field(default=None, ge=8, le=4096)
     model: str | None = None
     checkpoint_config: str | None = None
     # A name in the motion folder, a diffusers MotionAdapter folder, a .safetensors file or a hub id; None = the
@@ -350,15 +350,8 @@ class VideoRequest(RequestModel):
     controlnets: list[ControlUnit] = Field(default_factory=list)
     format: VideoFormat = "mp4"
 
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        _check_sampler(value)
-        return value
-
     @model_validator(mode="after")
     def _inputs(self) -> VideoRequest:
-        _check_sampler(self.sampler, self.schedule_type)
         if self.sparse_control and not self.init_image:
             raise ValueError("sparse_control (SparseCtrl RGB) animates an image: give init_image / --image too")
         if self.init_image and not self.sparse_control:
