@@ -101,6 +101,34 @@ def test_unet_stage_resumes_identically_and_writes_samples(scenes, tmp_path, mon
     assert (killed / "final" / "config.json").is_file()
 
 
+def test_unet_stage_under_a_base_model_runs_in_that_models_pipeline(scenes, tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+    from huabu.engine.models import BUILTIN_DIR
+    from huabu.tiny import train_unet
+    from huabu.tiny.data import load_dataset
+    from huabu.training.diffusion import to_tensor
+
+    monkeypatch.setattr(train_unet, "sample_prompts", lambda: ["a red apple on a blue background"] * 2)
+    cfg = configs.UnetTrainConfig(data=str(scenes), base="huabu-tiny", clip="nowhere", vae="nowhere",
+                                  out=str(tmp_path / "run"), images=8, steps=2, batch_size=4, warmup=1,
+                                  channels=(32, 32, 32), heads=2, checkpoint_every=2, sample_every=10**6)
+    final = train_unet.train(cfg)
+    # the latents are the shipped VAE's: the same cache the DiT stage writes, so one run's can serve the other
+    vae = AutoencoderKL.from_pretrained(BUILTIN_DIR / "vae", dtype=torch.float32)
+    latents = np.load(tmp_path / "run" / "latents.npy")
+    with torch.no_grad():
+        expected = vae.encode(to_tensor(load_dataset(scenes).images[:1])).latent_dist.mode() * vae.config.scaling_factor
+    assert np.abs(latents[:1] - expected.numpy()).max() < 1e-2  # the cache is fp16
+    unet = UNet2DConditionModel.from_pretrained(final)
+    pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_DIR, unet=unet, local_files_only=True,
+                                                   dtype=torch.float32)
+    image = pipe("a red apple", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
 def test_learning_rate_warms_up_linearly_and_zero_warmup_is_constant():
     from huabu.training.schedules import Schedule, lr_at
 

@@ -133,7 +133,7 @@ def _assemble(args: argparse.Namespace) -> int:
 
 def _assemble_dit(args: argparse.Namespace) -> int:
     from huabu.tiny.assemble import DIT_OUT, assemble_dit
-    from huabu.tiny.train_dit import base_folder
+    from huabu.tiny.train_unet import base_folder
 
     out = assemble_dit(Path(args.transformer), base_folder(args.base), args.text_projection,
                        Path(args.out) if args.out else DIT_OUT)

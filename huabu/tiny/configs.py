@@ -54,6 +54,9 @@ class UnetTrainConfig:
     data: str = "data/scenes"
     clip: str = "runs/clip/final"
     vae: str = "runs/vae/final"
+    # a huabu-tiny-shaped model (name or folder) whose frozen VAE, text encoder and tokenizer replace --clip and
+    # --vae: a UNet trained under the parts huabu-tiny-dit trains under, for the UNet-vs-DiT comparison
+    base: str = ""
     out: str = "runs/unet"
     seed: int = 0
     images: int = 100_000  # the first N dataset scenes, VAE-encoded once up front (encoding all 200k costs hours)

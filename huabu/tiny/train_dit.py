@@ -37,7 +37,15 @@ from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import DitTrainConfig, UnetTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.tiny.train_unet import build_unet, encode_latents, latent_batch, prepared_with_ema, update_ema, write_grid
+from huabu.tiny.train_unet import (
+    base_folder,
+    build_unet,
+    encode_latents,
+    latent_batch,
+    prepared_with_ema,
+    update_ema,
+    write_grid,
+)
 from huabu.training import loop
 from huabu.training.loop import Plan, Recipe, Sampled, same_run
 from huabu.training.schedules import Schedule
@@ -58,18 +66,6 @@ def build_transformer(cfg: DitTrainConfig, latent_channels: int, clip: CLIPTextC
         caption_projection_dim=width, joint_attention_dim=2 * clip.hidden_size,
         pooled_projection_dim=2 * clip.projection_dim,
         pos_embed_max_size=32)  # position table for up to 32 x 32 patches (256 px); SD3's 96 would add 2.4M numbers
-
-
-def base_folder(base: str) -> Path:
-    """The diffusers folder a model name or path names (the built-in huabu-tiny by default)."""
-    from huabu.core.settings import Settings
-    from huabu.engine.models import ModelManager
-
-    ref = ModelManager(Settings.from_env()).resolve(base)
-    if ref.path is None or not (ref.path / "text_encoder").is_dir():
-        raise InvalidRequest(f"--base {base} is not a huabu-tiny-shaped diffusers folder (vae, text_encoder, "
-                             f"tokenizer)")
-    return ref.path
 
 
 def load_frozen(base: Path, text_projection: str = "") -> tuple[AutoencoderKL, CLIPTextModelWithProjection,

@@ -42,8 +42,7 @@ from huabu.tiny import ip_adapter_scenes as IS
 from huabu.tiny.configs import IpAdapterTrainConfig
 from huabu.tiny.data import load_dataset
 from huabu.tiny.eval import SCORER_DIR
-from huabu.tiny.train_dit import base_folder
-from huabu.tiny.train_unet import encode_latents
+from huabu.tiny.train_unet import base_folder, encode_latents
 from huabu.training import loop
 from huabu.training.captioned_arrays import CaptionedArrays
 from huabu.training.diffusion import encode_text, noise_scheduler

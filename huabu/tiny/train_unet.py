@@ -21,6 +21,7 @@ from diffusers.training_utils import compute_snr
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import UnetTrainConfig
 from huabu.tiny.data import load_dataset
@@ -71,6 +72,32 @@ def sample_prompts() -> list[str]:
     return [s.caption for s in scenes]
 
 
+def base_folder(base: str) -> Path:
+    """The diffusers folder a model name or path names (e.g. the built-in huabu-tiny)."""
+    from huabu.core.settings import Settings
+    from huabu.engine.models import ModelManager
+
+    ref = ModelManager(Settings.from_env()).resolve(base)
+    if ref.path is None or not (ref.path / "text_encoder").is_dir():
+        raise InvalidRequest(f"--base {base} is not a huabu-tiny-shaped diffusers folder (vae, text_encoder, "
+                             f"tokenizer)")
+    return ref.path
+
+
+def frozen_parts(cfg: UnetTrainConfig) -> tuple[CLIPTokenizer, CLIPTextModel, AutoencoderKL]:
+    """The tokenizer, text encoder and VAE the UNet trains under: the CLIP and VAE stages' (`--clip`, `--vae`) or
+    a base model's (`--base`), fp32 and frozen."""
+    if cfg.base:
+        base = base_folder(cfg.base)
+        clip, tokenizer, vae = base / "text_encoder", base / "tokenizer", base / "vae"
+    else:
+        clip, tokenizer, vae = Path(cfg.clip), Path(cfg.clip), Path(cfg.vae)
+    text_encoder = CLIPTextModel.from_pretrained(clip, dtype=torch.float32)
+    vae_model = AutoencoderKL.from_pretrained(vae, dtype=torch.float32)
+    return (CLIPTokenizer.from_pretrained(tokenizer), text_encoder.eval().requires_grad_(False),
+            vae_model.eval().requires_grad_(False))
+
+
 def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     """The UNet and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
     accelerator = Accelerator()
@@ -78,9 +105,7 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(Path(cfg.data))
-    tok = CLIPTokenizer.from_pretrained(cfg.clip)
-    text_encoder = CLIPTextModel.from_pretrained(cfg.clip).eval().requires_grad_(False)
-    vae = AutoencoderKL.from_pretrained(cfg.vae).eval().requires_grad_(False)
+    tok, text_encoder, vae = frozen_parts(cfg)
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     raw_unet = build_unet(cfg, text_encoder.config.hidden_size)
