@@ -184,3 +184,21 @@ def test_bilingual_stage_trains_its_text_encoder_on_chinese_characters(tmp_path,
     assert torch.equal(shipped, pipe.text_encoder_2.state_dict()[key])
     image = pipe(caption, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+def test_a_run_starts_from_an_assembled_folder(trained, scenes, tmp_path):
+    from safetensors.torch import load_file
+
+    from huabu.cli.main import main
+    from huabu.core.errors import InvalidRequest
+    from huabu.tiny import train_dit
+
+    folder = tmp_path / "huabu-tiny-dit"
+    assert main(["tiny", "assemble-dit", "--transformer", str(trained), "--out", str(folder)]) == 0
+    final = train_dit.train(_cfg(scenes, tmp_path / "run", init=str(folder), steps=1, lr=0.0))
+    start = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(final / "diffusion_pytorch_model.safetensors"))
+    assert start.keys() == after.keys()
+    assert all(torch.equal(start[key].float(), after[key].float()) for key in start)  # lr 0: the start, unchanged
+    with pytest.raises(InvalidRequest, match="another shape"):
+        train_dit.train(_cfg(scenes, tmp_path / "other", init=str(folder), layers=2))

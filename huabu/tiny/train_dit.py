@@ -128,6 +128,24 @@ def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def start_from(cfg: DitTrainConfig, transformer: SD3Transformer2DModel
+               ) -> tuple[CLIPTextModelWithProjection, CLIPTokenizer]:
+    """Load `--init`'s transformer into `transformer` (the stage's shape options must match it); returns the text
+    encoder and tokenizer it was trained under, frozen (`--text-lr` trains them on)."""
+    folder = base_folder(cfg.init)
+    if not (folder / "transformer").is_dir():
+        raise InvalidRequest(f"--init {cfg.init} is not a huabu-tiny-dit folder (no transformer/)")
+    start = SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=torch.float32)
+    shape = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size", "joint_attention_dim",
+             "pooled_projection_dim", "in_channels")
+    if any(start.config[key] != transformer.config[key] for key in shape):
+        raise InvalidRequest(f"--init {cfg.init}'s transformer has another shape than --layers {cfg.layers} --heads "
+                             f"{cfg.heads} --head-dim {cfg.head_dim} build")
+    transformer.load_state_dict(start.state_dict())
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    return text_encoder.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(folder / "tokenizer")
+
+
 def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler]:
     """The transformer and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
     if cfg.weighting not in WEIGHTINGS:
@@ -143,6 +161,8 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     raw = build_transformer(cfg, vae.config.latent_channels, text_encoder.config)
+    if cfg.init:
+        text_encoder, tok = start_from(cfg, raw)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.shift)
     sigmas = scheduler.sigmas.clone()  # the training table; sampling's set_timesteps replaces the scheduler's own
     device = accelerator.device
