@@ -125,9 +125,14 @@ def test_unet_vs_dit(tmp_path, monkeypatch):
     assert max(r["oracle_error"].values()) < 1e-5  # Euler on the straight path with the true velocity is exact
     assert r["unet_loss"] < 0.1 < r["dit_loss"]  # trained UNet, random DiT
     assert r["reload_identical"]
+    # the trained huabu-tiny-dit: a sentence and its translation encode alike, both draw the asked background
+    assert r["same_pair_similarity"] > r["other_pair_similarity"]
+    assert r["backgrounds"]["DiT, en"] == r["backgrounds"]["DiT, zh"] == r["asked"]
+    assert r["speed"]["DiT"] > 0 and r["speed"]["UNet"] > 0
     from PIL import Image
 
     assert Image.open(r["random_png"]).size == (64, 64)
+    assert Image.open(r["bilingual_png"]).size == (3 * 64, 4 * 64)
 
 
 def committed_notebooks() -> list[Path]:
