@@ -97,8 +97,8 @@ class DitTrainConfig:
     # geneval`'s Chinese captions and a trained text encoder
     captions: str = "en"
     text_lr: float = 0.0  # > 0: the text encoder trains with the transformer at this rate; 0: frozen
-    # an assembled huabu-tiny-dit folder (name or path) to start from: its transformer, and with --text-lr its text
-    # encoder and tokenizer; "": a fresh transformer
+    # an assembled huabu-tiny-dit folder (name or path) to start from: its transformer, and its text encoder and
+    # tokenizer in place of the base's (trained on with --text-lr, else frozen); "": a fresh transformer
     init: str = ""
     ema_decay: float = 0.999
     layers: int = 4  # SD3's rule at depth 4: width 64 x depth = 256, one 64-channel head per layer of depth
