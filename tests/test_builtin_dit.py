@@ -20,7 +20,7 @@ def test_folder_is_small_and_loads_with_plain_diffusers():
                                                     local_files_only=True, dtype=torch.float32)
     assert pipe.transformer.config.sample_size * pipe.vae_scale_factor == 64
     # each Chinese character of the captions is one token, not a run of byte pieces
-    assert pipe.tokenizer("红苹果", add_special_tokens=False).input_ids.__len__() == 3
+    assert len(pipe.tokenizer("红苹果", add_special_tokens=False).input_ids) == 3
 
 
 @pytest.mark.parametrize("prompt", ["a red apple on a blue background", "一个红苹果在蓝色背景上"])
