@@ -202,3 +202,7 @@ def test_a_run_starts_from_an_assembled_folder(trained, scenes, tmp_path):
     assert all(torch.equal(start[key].float(), after[key].float()) for key in start)  # lr 0: the start, unchanged
     with pytest.raises(InvalidRequest, match="another shape"):
         train_dit.train(_cfg(scenes, tmp_path / "other", init=str(folder), layers=2))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "model_index.json").write_text("{}")  # a diffusers folder without a text encoder
+    with pytest.raises(InvalidRequest, match="^--init .* is not a huabu-tiny-shaped"):
+        train_dit.train(_cfg(scenes, tmp_path / "missing", init=str(tmp_path / "empty")))

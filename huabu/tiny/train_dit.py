@@ -132,7 +132,7 @@ def start_from(cfg: DitTrainConfig, transformer: SD3Transformer2DModel
                ) -> tuple[CLIPTextModelWithProjection, CLIPTokenizer]:
     """Load `--init`'s transformer into `transformer` (the stage's shape options must match it); returns the text
     encoder and tokenizer it was trained under, frozen (`--text-lr` trains them on)."""
-    folder = base_folder(cfg.init)
+    folder = base_folder(cfg.init, "--init")
     if not (folder / "transformer").is_dir():
         raise InvalidRequest(f"--init {cfg.init} is not a huabu-tiny-dit folder (no transformer/)")
     start = SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=torch.float32)

@@ -191,7 +191,7 @@ def batch_conditions(cfg: IpAdapterTrainConfig, step: int, attrs: list[dict], ca
 
 def frozen_parts(cfg: IpAdapterTrainConfig) -> tuple[Path, UNet2DConditionModel, CLIPTextModel, CLIPTokenizer,
                                                     CLIPVisionModelWithProjection]:
-    base = base_folder(cfg.model)
+    base = base_folder(cfg.model, "--model")
     unet = UNet2DConditionModel.from_pretrained(base / "unet", dtype=torch.float32)
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
     tok = CLIPTokenizer.from_pretrained(base / "tokenizer")

@@ -72,14 +72,15 @@ def sample_prompts() -> list[str]:
     return [s.caption for s in scenes]
 
 
-def base_folder(base: str) -> Path:
-    """The diffusers folder a model name or path names (e.g. the built-in huabu-tiny)."""
+def base_folder(base: str, option: str = "--base") -> Path:
+    """The diffusers folder a model name or path names (e.g. the built-in huabu-tiny); `option` is the flag that
+    named it, for the error."""
     from huabu.core.settings import Settings
     from huabu.engine.models import ModelManager
 
     ref = ModelManager(Settings.from_env()).resolve(base)
     if ref.path is None or not (ref.path / "text_encoder").is_dir():
-        raise InvalidRequest(f"--base {base} is not a huabu-tiny-shaped diffusers folder (vae, text_encoder, "
+        raise InvalidRequest(f"{option} {base} is not a huabu-tiny-shaped diffusers folder (vae, text_encoder, "
                              f"tokenizer)")
     return ref.path
 
