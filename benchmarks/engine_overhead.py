@@ -28,7 +28,7 @@ def build_random_model(folder: Path) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from huabu.engine.models import CLIP_TOKENIZER_DIR
+    from huabu.engine.bundled import CLIP_TOKENIZER_DIR
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -21,7 +21,7 @@ def random_pipeline(kind: str, dtype: torch.dtype = torch.float32, device: str =
     from diffusers import ModelMixin, SchedulerMixin
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from huabu.engine.models import CONFIGS_DIR, bundled_tokenizer
+    from huabu.engine.bundled import CONFIGS_DIR, bundled_tokenizer
 
     folder = CONFIGS_DIR / kind
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))

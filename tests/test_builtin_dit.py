@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from huabu.engine.models import SHIPPED_MODELS, shipped_models
+from huabu.engine.bundled import SHIPPED_MODELS, shipped_models
 
 DIT_DIR = SHIPPED_MODELS["huabu-tiny-dit"]
 pytestmark = pytest.mark.skipif("huabu-tiny-dit" not in shipped_models(),
@@ -34,3 +34,23 @@ def test_follows_english_and_chinese_prompts_by_name(engine, prompt):
     assert result.images[0].size == (64, 64)
     assert [background_colour(np.asarray(im))[0] for im in result.images] == ["blue", "blue"]
     assert "Model: huabu-tiny-dit" in result.infotexts[0]
+
+
+def test_exports_as_one_sd3_file_that_loads_offline_and_draws_the_same(engine, tmp_path, monkeypatch, capsys):
+    from safetensors import safe_open
+
+    from huabu.cli.main import main
+    from huabu.core.requests import GenerateRequest
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["tiny", "export", "--model", "huabu-tiny-dit"]) == 0
+    path = tmp_path / "huabu-tiny-dit.safetensors"
+    with safe_open(path, "pt") as f:  # SD3's reference layout, as ComfyUI reads it
+        keys = set(f.keys())
+        assert f.metadata()["huabu_config"] == "huabu-tiny-dit"
+    assert "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight" in keys
+    assert "text_encoders.clip_g.transformer.text_model.final_layer_norm.weight" in keys
+    request = {"prompt": "a red apple on a blue background", "steps": 4, "seed": 3, "sampler": "Euler"}
+    folder = engine.generate(GenerateRequest(**request, model="huabu-tiny-dit")).images[0]
+    single = engine.generate(GenerateRequest(**request, model=str(path))).images[0]
+    assert np.array_equal(np.asarray(folder), np.asarray(single))

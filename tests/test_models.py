@@ -197,15 +197,15 @@ def test_bundled_configs_describe_the_released_models(name, unet_params, text_pa
 def test_single_file_kind_is_detected_from_the_keys(tmp_path):
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
-    from huabu.engine.models import _single_file_config
+    from huabu.engine.single_file import config_for
 
     v1_key = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
     v2_key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
     state = {v1_key: torch.zeros(1), v2_key: torch.zeros(320, 1024)}
     assert infer_diffusers_model_type(state) == "v2"
     path = tmp_path / "model.safetensors"
-    assert _single_file_config(path, state, {}, None)[1] == "sd2-v"
+    assert config_for(path, state, {}, None)[1] == "sd2-v"
     path.with_suffix(".yaml").write_text("model:\n  params:\n    parameterization: eps\n")
-    assert _single_file_config(path, state, {}, None)[1] == "sd2-base"
-    assert _single_file_config(path, {v1_key: torch.zeros(1)}, {}, None)[1] == "sd15"
-    assert _single_file_config(path, {}, {"huabu_config": "huabu-tiny"}, None)[0] == BUILTIN_DIR
+    assert config_for(path, state, {}, None)[1] == "sd2-base"
+    assert config_for(path, {v1_key: torch.zeros(1)}, {}, None)[1] == "sd15"
+    assert config_for(path, {}, {"huabu_config": "huabu-tiny"}, None)[0] == BUILTIN_DIR

@@ -28,7 +28,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
                                        "the models folder, or a hub id (online only)")
     group.add_argument("--model-config", dest="checkpoint_config", metavar="CONFIG",
                        help="config for a single-file checkpoint whose kind is not detected: sd15, sd2-v, sd2-base, "
-                            "sdxl, huabu-tiny, or a diffusers folder")
+                            "sdxl, sd3-medium, sd35-medium, sd35-large, flux-dev, flux-schnell, huabu-tiny, or a "
+                            "diffusers folder (which also lends the parts the file lacks, e.g. FLUX's text encoders)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
     group.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16", "fp8"),
                        help="default: auto (fp16 on CUDA, with the VAE upcast when it overflows; fp32 elsewhere); "

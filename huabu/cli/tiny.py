@@ -68,9 +68,11 @@ def register(sub) -> None:
     dit.add_argument("--out", default=None, help="default: huabu/tiny/huabu-tiny-dit")
     dit.set_defaults(handler=_assemble_dit)
 
-    export = tsub.add_parser("export", help="write huabu-tiny as one LDM-key .safetensors file (A1111/ComfyUI layout)")
-    export.add_argument("--model", help="a huabu-tiny-shaped diffusers folder (default: the shipped one)")
-    export.add_argument("-o", "--out", default="huabu-tiny.safetensors")
+    export = tsub.add_parser("export", help="write huabu-tiny (or huabu-tiny-dit) as one .safetensors file "
+                                            "(A1111 / ComfyUI layout)")
+    export.add_argument("--model", help="huabu-tiny-dit, or a diffusers folder shaped as huabu-tiny or huabu-tiny-dit "
+                                        "(default: huabu-tiny)")
+    export.add_argument("-o", "--out", help="default: <model name>.safetensors")
     export.set_defaults(handler=_export)
 
     ev = tsub.add_parser("eval", help="prompt adherence on held-out prompts, with the reachable ceilings")
@@ -145,10 +147,15 @@ def _assemble_dit(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
+    from huabu.engine.bundled import SHIPPED_MODELS
     from huabu.engine.convert import export_single_file
     from huabu.tiny.assemble import DEFAULT_OUT
 
-    path = export_single_file(Path(args.model) if args.model else DEFAULT_OUT, args.out, config_name="huabu-tiny",
+    folder = SHIPPED_MODELS.get(args.model) or (Path(args.model) if args.model else DEFAULT_OUT)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    # The file names the shipped folder of its shape as its config, so it loads offline without --model-config.
+    config = "huabu-tiny-dit" if index["_class_name"] == "StableDiffusion3Pipeline" else "huabu-tiny"
+    path = export_single_file(folder, args.out or f"{folder.name}.safetensors", config_name=config,
                               dtype=torch.float16)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

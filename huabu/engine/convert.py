@@ -1,9 +1,9 @@
-"""diffusers -> original LDM ("single file") key conversion for SD-1.x-shaped pipelines.
+"""diffusers -> original ("single file") key conversion for SD-1.x-shaped and SD3 pipelines.
 
 diffusers converts single-file checkpoints into diffusers models (`from_single_file`) but has no way back, which
-A1111/ComfyUI users need and which our tests use to build an LDM-key fixture. The layout mirrors diffusers' own
-LDM -> diffusers mapping (loaders/single_file_utils.py) in reverse, computed from the model configs so any number
-of UNet / VAE blocks works (huabu-tiny has three of each).
+A1111/ComfyUI users need and which our tests use to build single-file fixtures. The layout mirrors diffusers' own
+mapping (loaders/single_file_utils.py) in reverse, computed from the model configs so any number of UNet / VAE
+blocks works (huabu-tiny has three of each).
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from huabu.core.atomic import atomic_path
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
+# SD3's reference files (and ComfyUI's) keep the three text encoders under these prefixes.
+SD3_TEXT_PREFIXES = {"text_encoder": "text_encoders.clip_l.transformer.",
+                     "text_encoder_2": "text_encoders.clip_g.transformer.",
+                     "text_encoder_3": "text_encoders.t5xxl.transformer."}
 
 # diffusers ResnetBlock2D names -> LDM ResBlock names (UNet).
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
@@ -26,11 +30,15 @@ _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_la
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-def _rename_first(rest: str, table: Mapping[str, str]) -> str:
+def _renamed(rest: str, table: Mapping[str, str]) -> str | None:
     for old, new in table.items():
         if rest == old or rest.startswith(old + "."):
             return new + rest[len(old):]
-    return rest
+    return None
+
+
+def _rename_first(rest: str, table: Mapping[str, str]) -> str:
+    return _renamed(rest, table) or rest
 
 
 def _layers_per_block(config: Mapping[str, Any]) -> int:
@@ -119,19 +127,91 @@ def vae_to_ldm(state_dict: Mapping[str, Any], config: Mapping[str, Any]) -> dict
 
 
 def clip_text_to_ldm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """CLIPTextModel weights -> `transformer.text_model.*` keys (transformers 5 drops the `text_model.` level)."""
+    """CLIPTextModel(WithProjection) weights -> `text_model.*` keys, as in LDM and SD3 files (transformers >= 5.6
+    drops CLIPTextModel's `text_model.` level); a projection stays `text_projection.*`."""
     out = {}
     for key, value in state_dict.items():
         if key.endswith("position_ids"):
             continue
-        out[key if key.startswith("text_model.") else f"text_model.{key}"] = value
+        out[key if key.startswith(("text_model.", "text_projection.")) else f"text_model.{key}"] = value
+    return out
+
+
+def _swap_halves(value):
+    """SD3's reference AdaLN-continuous layers emit (shift, scale); diffusers' emit (scale, shift)."""
+    import torch
+
+    first, second = value.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+# SD3Transformer2DModel names -> MMDiT reference names, for weights that map one to one.
+_SD3_FIXED = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj",
+              "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+              "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+              "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+              "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+              "context_embedder": "context_embedder", "proj_out": "final_layer.linear"}
+_SD3_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+              "attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
+              "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+              "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q",
+              "attn2.norm_k": "x_block.attn2.ln_k", "norm1.linear": "x_block.adaLN_modulation.1",
+              "norm1_context.linear": "context_block.adaLN_modulation.1",
+              "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2",
+              "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2"}
+# Separate q / k / v projections that the reference code keeps as one `qkv` matrix.
+_SD3_QKV = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+            "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+            "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v")}
+_SD3_QKV_PARTS = {name for names in _SD3_QKV.values() for name in names}
+
+
+def sd3_transformer_to_ldm(state_dict: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """SD3Transformer2DModel weights -> MMDiT reference keys (`joint_blocks.N.x_block...`, without the model prefix)."""
+    import torch
+
+    last = config["num_layers"] - 1
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key.startswith("transformer_blocks."):
+            continue
+        if key.startswith("norm_out.linear."):
+            out[f"final_layer.adaLN_modulation.1.{key.rsplit('.', 1)[1]}"] = _swap_halves(value)
+            continue
+        new = _renamed(key, _SD3_FIXED)
+        if new is None:
+            raise ValueError(f"SD3 transformer weight {key!r} has no reference counterpart")
+        out[new] = value
+    for block in range(config["num_layers"]):
+        prefix = f"transformer_blocks.{block}."
+        for fused, (q, k, v) in _SD3_QKV.items():
+            for kind in ("weight", "bias"):
+                if f"{prefix}{q}.{kind}" in state_dict:
+                    out[f"joint_blocks.{block}.{fused}.{kind}"] = torch.cat(
+                        [state_dict[f"{prefix}{name}.{kind}"] for name in (q, k, v)], dim=0)
+        for key, value in state_dict.items():
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            new = _renamed(rest, _SD3_BLOCK)
+            if new is None:
+                if rest.rsplit(".", 1)[0] in _SD3_QKV_PARTS:
+                    continue
+                raise ValueError(f"SD3 transformer weight {key!r} has no reference counterpart")
+            if block == last and rest.startswith("norm1_context."):  # the last block's context norm is continuous
+                value = _swap_halves(value)
+            out[f"joint_blocks.{block}.{new}"] = value
     return out
 
 
 def pipeline_to_ldm(pipe) -> dict[str, Any]:
-    """All weights of an SD-1.x/2-style pipeline with a CLIPTextModel, as one LDM-key state dict."""
+    """All weights of a pipeline as one single-file state dict: SD-1.x/2 style (one CLIPTextModel) in LDM keys, or
+    SD3 in the reference layout (MMDiT, VAE, CLIP-L/G and T5 when present)."""
     from transformers import CLIPTextModel
 
+    if type(pipe).__name__.startswith("StableDiffusion3"):
+        return _sd3_pipeline_to_ldm(pipe)
     if getattr(pipe, "text_encoder_2", None) is not None or not isinstance(pipe.text_encoder, CLIPTextModel):
         raise ValueError("only pipelines with a single CLIPTextModel text encoder (SD 1.x layout) can be exported")
     state: dict[str, Any] = {}
@@ -139,6 +219,19 @@ def pipeline_to_ldm(pipe) -> dict[str, Any]:
                          (VAE_PREFIX, vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)),
                          (CLIP_PREFIX, clip_text_to_ldm(pipe.text_encoder.state_dict()))):
         state.update({prefix + k: v for k, v in part.items()})
+    return state
+
+
+def _sd3_pipeline_to_ldm(pipe) -> dict[str, Any]:
+    state = {UNET_PREFIX + k: v for k, v in sd3_transformer_to_ldm(pipe.transformer.state_dict(),
+                                                                   pipe.transformer.config).items()}
+    state.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config).items()})
+    for name, prefix in SD3_TEXT_PREFIXES.items():
+        encoder = getattr(pipe, name, None)
+        if encoder is None:
+            continue
+        weights = encoder.state_dict() if name == "text_encoder_3" else clip_text_to_ldm(encoder.state_dict())
+        state.update({prefix + k: v for k, v in weights.items()})
     return state
 
 
@@ -155,9 +248,17 @@ def export_single_file(pipe_or_folder, path: str | os.PathLike, config_name: str
     if isinstance(pipe_or_folder, (str, os.PathLike)):
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(pipe_or_folder, safety_checker=None, local_files_only=True)
+        from huabu.engine.models import folder_load_kwargs
+
+        pipe = DiffusionPipeline.from_pretrained(pipe_or_folder, local_files_only=True,
+                                                 **folder_load_kwargs(Path(pipe_or_folder)))
     state = pipeline_to_ldm(pipe)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
+    seen: set[int] = set()
+    for key, value in state.items():  # tied weights (T5's shared embedding) are written once per key, as readers expect
+        if value.data_ptr() in seen:
+            state[key] = value.clone()
+        seen.add(value.data_ptr())
     metadata = {"format": "pt"}
     if config_name:
         metadata["huabu_config"] = config_name

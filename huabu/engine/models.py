@@ -8,8 +8,6 @@ front ends create and pass around; there is no module-level state.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 import os
@@ -22,43 +20,21 @@ from typing import Any
 
 from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.core.settings import BUILTIN_MODEL, Settings
-from huabu.engine import checkpoints
+from huabu.engine import checkpoints, single_file
+from huabu.engine.bundled import BUILTIN_DIR, SHIPPED_MODELS, bundled_configs, shipped_models
 from huabu.engine.denoisers import Denoiser, denoiser_folder
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "tiny" / BUILTIN_MODEL
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-# Other diffusers folders shipped beside huabu-tiny, named and listed like the models folder's once they have weights.
-SHIPPED_MODELS = {"huabu-tiny-dit": BUILTIN_DIR.parent / "huabu-tiny-dit"}
-# SD 1.x, SD 2.x and SDXL all use CLIP's BPE vocabulary; only the pad token differs, which each bundled config's
-# tokenizer_config.json states. huabu-tiny ships the vocabulary files once.
-CLIP_TOKENIZER_DIR = BUILTIN_DIR / "tokenizer"
-
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _A1111_TITLE = re.compile(r"^(.*?)\s*\[[0-9a-fA-F]{8,64}\]$")
-
-# diffusers' single-file model types (infer_diffusers_model_type) -> bundled config, UNet input channels.
-_SINGLE_FILE_TYPES = {
-    "v1": ("sd15", 4), "inpainting": ("sd15", 9),
-    "v2": ("sd2-v", 4), "inpainting_v2": ("sd2-base", 9),
-    "xl_base": ("sdxl", 4), "xl_inpaint": ("sdxl", 9),
-}
-_UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 
 
 def looks_like_path(spec: str) -> bool:
     """Whether a ControlNet / motion module spec is meant as a path (a separator, or a leading `.` or `~`); a bare
     name is looked up in huabu's folders only, so a same-named entry in the working directory never shadows it."""
     return "/" in spec or os.sep in spec or spec.startswith((".", "~"))
-
-
-def bundled_configs() -> dict[str, Path]:
-    """Offline diffusers config folders for single-file checkpoints, by name (plus huabu-tiny's own folder)."""
-    found = {p.name: p for p in sorted(CONFIGS_DIR.iterdir()) if (p / "model_index.json").is_file()}
-    found[BUILTIN_MODEL] = BUILTIN_DIR
-    return found
 
 
 def builtin_has_weights() -> bool:
@@ -74,11 +50,6 @@ CHINESE_PROBE = "红色背景"
 def reads_chinese(tokenizer) -> bool:
     """Whether a model with this (first) tokenizer was made to read Chinese prompts."""
     return len(tokenizer(CHINESE_PROBE, add_special_tokens=False).input_ids) <= len(CHINESE_PROBE)
-
-
-def shipped_models() -> dict[str, Path]:
-    """The SHIPPED_MODELS whose folders this checkout has."""
-    return {name: path for name, path in SHIPPED_MODELS.items() if (path / "model_index.json").is_file()}
 
 
 @dataclass(frozen=True)
@@ -319,8 +290,7 @@ class ModelManager:
     def _load_folder(self, folder: Path, dtype) -> Any:
         from diffusers import DiffusionPipeline
 
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        kwargs = {**_absent_components(index), **_no_safety_checker(index)}
+        kwargs = folder_load_kwargs(folder)
         try:
             return DiffusionPipeline.from_pretrained(
                 folder, dtype=dtype, local_files_only=True,
@@ -351,16 +321,21 @@ class ModelManager:
         fmt = checkpoints.check_loadable(path, self.settings.allow_unsafe_pickle)
         metadata = checkpoints.safetensors_metadata(path) if fmt == checkpoints.SAFETENSORS else {}
         state = checkpoints.load_state_dict(path, self.settings.allow_unsafe_pickle)
-        config_dir, config_name = _single_file_config(path, state, metadata, config)
-        unet_in = state[_UNET_IN_KEY].shape[1] if _UNET_IN_KEY in state else None
+        config_dir, config_name = single_file.config_for(path, state, metadata, config)
         try:
-            return assemble_single_file(state, config_dir, dtype, {"unet": {"in_channels": unet_in}} if unet_in else {})
+            return single_file.assemble(state, config_dir, dtype, path.name)
         except HuabuError:
             raise
         except Exception as err:  # shape mismatches and missing keys, raised as several exception types
             raise ModelNotFound(f"{path.name} does not fit the {config_name} config ({first_line(err)}); pass "
                                 f"--model-config with a bundled config ({', '.join(bundled_configs())}) or a "
                                 f"diffusers folder") from None
+
+
+def folder_load_kwargs(folder: Path) -> dict[str, Any]:
+    """`from_pretrained` arguments a diffusers folder loads with: its absent components and no NSFW checker."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    return {**_absent_components(index), **_no_safety_checker(index)}
 
 
 def _absent_components(model_index: dict[str, Any]) -> dict[str, None]:
@@ -375,97 +350,3 @@ def _no_safety_checker(model_index: dict[str, Any]) -> dict[str, Any]:
     if "safety_checker" not in model_index:
         return {}
     return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-
-
-def _single_file_config(path: Path, state: dict, metadata: dict[str, str], config: str | None) -> tuple[Path, str]:
-    """The diffusers config folder to load a single-file checkpoint with: the user's, the one named in the file's
-    metadata (huabu exports), or the bundled one for the model type diffusers detects from the keys."""
-    configs = bundled_configs()
-    if config:
-        if config in configs:
-            return configs[config], config
-        folder = Path(config).expanduser()
-        if (folder / "model_index.json").is_file():
-            return folder, str(folder)
-        raise ModelNotFound(f"model config {config!r} is neither a bundled config ({', '.join(configs)}) nor a "
-                            f"diffusers folder with model_index.json")
-    named = metadata.get("huabu_config")
-    if named in configs:
-        return configs[named], named
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
-
-    model_type = infer_diffusers_model_type(state)
-    if model_type not in _SINGLE_FILE_TYPES:
-        raise ModelNotFound(f"{path.name} looks like a {model_type!r} checkpoint; huabu loads SD 1.x, SD 2.x and "
-                            f"SDXL single files (pass --model-config for others)")
-    name = _SINGLE_FILE_TYPES[model_type][0]
-    if name == "sd2-v" and _ldm_yaml_says_epsilon(path):
-        name = "sd2-base"
-    return configs[name], name
-
-
-def _ldm_yaml_says_epsilon(path: Path) -> bool:
-    """SD 2.x 512-base and 768-v files have the same keys; A1111 users keep `<name>.yaml` beside the file, whose
-    `parameterization: "v"` marks the 768-v kind. No yaml: assume 768-v, as diffusers does."""
-    yaml_path = path.with_suffix(".yaml")
-    if not yaml_path.is_file():
-        return False
-    import yaml
-
-    try:
-        params = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))["model"]["params"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return False
-    return params.get("parameterization", "eps") != "v"
-
-
-def assemble_single_file(state: dict, config_dir: Path, dtype, overrides: dict[str, dict] | None = None) -> Any:
-    """Build the pipeline of `config_dir/model_index.json` from an LDM-key state dict, offline.
-
-    diffusers' pipeline-level `from_single_file` takes only a path (and picks its reader by extension), so we run its
-    per-component loaders on the state dict we read safely: `from_single_file` for diffusers models, diffusers'
-    CLIP converter for transformers text encoders, and the config folder for schedulers and tokenizers.
-    """
-    import diffusers
-    import torch
-    from diffusers import SchedulerMixin
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    overrides = overrides or {}
-    # Only cast when asked for a non-default dtype (a cast to float32 makes diffusers warn for nothing).
-    dtype = None if dtype in (None, torch.float32) else dtype
-    index = json.loads((config_dir / "model_index.json").read_text(encoding="utf-8"))
-    pipeline_class = getattr(diffusers, index["_class_name"])
-    components: dict[str, Any] = {}
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-            continue
-        library, class_name = spec
-        cls = getattr(importlib.import_module(library), class_name)
-        if issubclass(cls, SchedulerMixin):
-            components[name] = cls.from_pretrained(config_dir, subfolder=name)
-        elif issubclass(cls, PreTrainedTokenizerBase):
-            components[name] = bundled_tokenizer(cls, config_dir / name)
-        elif issubclass(cls, PreTrainedModel):
-            components[name] = create_diffusers_clip_model_from_ldm(
-                cls, state, subfolder=name, config=str(config_dir), torch_dtype=dtype, local_files_only=True)
-        else:
-            components[name] = cls.from_single_file(state, config=str(config_dir), subfolder=name,
-                                                    dtype=dtype, local_files_only=True, **overrides.get(name, {}))
-    accepted = inspect.signature(pipeline_class.__init__).parameters
-    for name in accepted:
-        if name not in components and name != "self" and accepted[name].default is inspect.Parameter.empty:
-            components[name] = None  # optional modules huabu does not use (safety checker, image encoder)
-    if "requires_safety_checker" in accepted:
-        components["requires_safety_checker"] = False
-    return pipeline_class(**components)
-
-
-def bundled_tokenizer(cls, folder: Path):
-    """A tokenizer from its config folder; bundled configs carry only tokenizer_config.json and share CLIP's BPE
-    vocabulary with huabu-tiny."""
-    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
-        return cls.from_pretrained(folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    return cls.from_pretrained(CLIP_TOKENIZER_DIR, pad_token=config.get("pad_token", "<|endoftext|>"))
