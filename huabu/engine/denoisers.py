@@ -18,6 +18,8 @@ from typing import Any
 from huabu.core.errors import InvalidRequest
 from huabu.core.samplers import is_flow_config
 
+# Transformer families whose diffusers pipelines load LoRAs (diffusers' SD3 and FLUX LoRA loaders).
+LORA_FAMILIES = ("sd3", "flux")
 FAMILY_NAMES = {"sd": "SD", "sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX", "pixart": "PixArt", "dit": "DiT"}
 
 
@@ -132,7 +134,7 @@ class Denoiser:
         what = f"this is a {self.label} (transformer) model"
         unsupported = [
             (control, "ControlNet units need a UNet model (SD 1.x / 2.x / SDXL ControlNets)"),
-            (loras, "LoRAs load into UNet models only so far"),
+            (loras and self.family not in LORA_FAMILIES, "LoRAs load into SD, SDXL, SD3 and FLUX models only"),
             (bool(getattr(request, "ip_adapters", None)), "IP-Adapter image prompts need a UNet model so far"),
             (getattr(request, "enable_hr", False), "the hires fix runs on UNet models only so far"),
             (getattr(request, "subseed_strength", 0) > 0 or getattr(request, "seed_resize", None) is not None,

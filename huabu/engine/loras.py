@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 BUILTIN_LORAS_DIR = BUILTIN_DIR.parent  # LoRAs shipped with huabu-tiny, beside its folder (huabu-tiny-lcm)
 MAX_LOADED_ADAPTERS = 8  # per model; beyond this, adapters the current generation does not use are deleted
-LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # what a LoRA patches in SD 1.x/2.x and SDXL pipelines
+# What a LoRA patches: the denoiser (a UNet, or SD3's / FLUX's transformer) and the CLIP text encoders.
+DENOISERS = ("unet", "transformer")
+LORA_COMPONENTS = (*DENOISERS, "text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def apply_loras(pipe: Any, loras: list[ResolvedLora], targets: dict[str, frozens
     for component, names in pipe.get_list_adapters().items():
         model = getattr(pipe, component)
         names = [name for name in wanted if name in names]
-        state = (tuple(names), tuple(wanted[name][1 if component == "unet" else 2] for name in names))
+        state = (tuple(names), tuple(wanted[name][1 if component in DENOISERS else 2] for name in names))
         if active.get(id(model)) != state:
             _activate(model, list(state[0]), list(state[1]))
             active[id(model)] = state
@@ -197,6 +199,10 @@ def _load(pipe: Any, lora: ResolvedLora, components: list[str] | None) -> None:
             pipe.delete_adapters([lora.adapter_name])
         raise ModelNotFound(f"LoRA {lora.name} ({lora.path.name}) cannot be applied to this model: "
                             f"{first_line(err)[:200]}{_trained_on(lora.path)}") from None
+    if components is None and lora.adapter_name not in _holders(pipe):
+        # diffusers skips keys it has no converter for (kohya's SD3 keys) and loads nothing, silently
+        raise ModelNotFound(f"LoRA {lora.name} ({lora.path.name}) has no weights this model's layers take (keys "
+                            f"such as {_first_key(lora)!r}){_trained_on(lora.path)}")
 
 
 def _load_into(pipe: Any, source: Any, lora: ResolvedLora, components: list[str]) -> None:
@@ -210,6 +216,15 @@ def _load_into(pipe: Any, source: Any, lora: ResolvedLora, components: list[str]
             pipe.load_lora_into_text_encoder(state, alphas, getattr(pipe, component), prefix=component,
                                              lora_scale=pipe.lora_scale, adapter_name=lora.adapter_name,
                                              metadata=metadata, _pipeline=pipe)
+
+
+def _first_key(lora: ResolvedLora) -> str:
+    if lora.pickle:
+        return next(iter(checkpoints.load_state_dict(lora.path, allow_pickle=True)), "")
+    from safetensors import safe_open
+
+    with safe_open(str(lora.path), "pt") as f:
+        return next(iter(f.keys()), "")
 
 
 def _trained_on(path: Path) -> str:
