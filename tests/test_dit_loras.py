@@ -5,13 +5,15 @@ model's exact pixels, and the infotext names them as A1111 does."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from dit_support import build_tiny_flux, build_tiny_pixart, build_tiny_sd3
 from safetensors.torch import save_file
 
-from huabu.core.errors import InvalidRequest, ModelNotFound
+from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
 from huabu.core.settings import Settings
 
@@ -31,9 +33,12 @@ def engine(tmp_path_factory):
     _sd3_lora(settings.loras_dir)
     save_file(_kohya_flux_lora(), settings.loras_dir / "flux-kohya.safetensors",
               metadata={"ss_network_module": "networks.lora_flux"})
-    key = "lora_unet_joint_blocks_0_x_block_attn_qkv"
-    save_file({f"{key}.lora_down.weight": torch.ones(4, 16), f"{key}.lora_up.weight": torch.ones(48, 4)},
-              settings.loras_dir / "sd3-kohya.safetensors")
+    kohya, peft = _sd3_kohya_and_peft()
+    save_file(kohya, settings.loras_dir / "sd3-kohya.safetensors")
+    save_file(peft, settings.loras_dir / "sd3-peft.safetensors")
+    save_file({"lora_unet_joint_blocks_7_x_block_attn_proj.lora_down.weight": torch.ones(4, 16),
+               "lora_unet_joint_blocks_7_x_block_attn_proj.lora_up.weight": torch.ones(16, 4)},
+              settings.loras_dir / "sd3-deeper.safetensors")
     return Engine(settings)
 
 
@@ -69,6 +74,28 @@ def _kohya_flux_lora(rank: int = 4) -> dict[str, torch.Tensor]:
     return state
 
 
+def _sd3_kohya_and_peft(rank: int = 4) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One LoRA written twice, by hand: in sd-scripts' SD3 keys (fused qkv, alpha 2 of rank 4) and in diffusers' PEFT
+    keys (q / k / v apart, alpha folded into the up matrices). The tiny SD3 has one joint block (the last), width 16."""
+    g = torch.Generator().manual_seed(6)
+    kohya, peft = {}, {}
+    down, up = torch.randn(rank, 16, generator=g), torch.randn(48, rank, generator=g)
+    kohya |= {"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": down,
+              "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": up,
+              "lora_unet_joint_blocks_0_x_block_attn_qkv.alpha": torch.tensor(2.0)}
+    for i, name in enumerate(("to_q", "to_k", "to_v")):
+        peft[f"transformer.transformer_blocks.0.attn.{name}.lora_A.weight"] = down.clone()
+        peft[f"transformer.transformer_blocks.0.attn.{name}.lora_B.weight"] = up[16 * i:16 * (i + 1)] * 0.5
+    down, up = torch.randn(rank, 16, generator=g), torch.randn(64, rank, generator=g)
+    kohya |= {"lora_unet_joint_blocks_0_x_block_mlp_fc1.lora_down.weight": down,
+              "lora_unet_joint_blocks_0_x_block_mlp_fc1.lora_up.weight": up,
+              "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(rank, 16),
+              "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(16, rank)}
+    peft["transformer.transformer_blocks.0.ff.net.0.proj.lora_A.weight"] = down
+    peft["transformer.transformer_blocks.0.ff.net.0.proj.lora_B.weight"] = up  # no alpha: scale 1
+    return kohya, peft
+
+
 def make(engine, model: str, prompt: str):
     result = engine.generate(GenerateRequest(**REQUEST, model=model, prompt=prompt))
     return np.asarray(result.images[0], dtype=np.int16), result.infotexts[0]
@@ -99,8 +126,17 @@ def test_pixart_refuses_loras_in_one_line(engine):
         make(engine, "tiny-pixart", "a red apple <lora:sd3-style:1>")
 
 
-def test_a_lora_diffusers_reads_nothing_from_is_refused_not_ignored(engine):
+def test_kohya_sd3_keys_draw_what_the_same_lora_in_diffusers_keys_draws(engine, caplog):
     base, _ = make(engine, "tiny-sd3", "a red apple")
-    with pytest.raises(ModelNotFound, match="has no weights this model's layers take .*lora_unet_joint_blocks_0"):
-        make(engine, "tiny-sd3", "a red apple <lora:sd3-kohya:1>")
-    assert np.array_equal(make(engine, "tiny-sd3", "a red apple")[0], base)
+    with caplog.at_level(logging.WARNING):
+        kohya, _ = make(engine, "tiny-sd3", "a red apple <lora:sd3-kohya:1>")
+    assert "text-encoder layers (te1) are left out" in caplog.text
+    peft, _ = make(engine, "tiny-sd3", "a red apple <lora:sd3-peft:1>")
+    assert np.abs(kohya - base).mean() > 2
+    assert np.abs(kohya - peft).max() <= 1
+
+
+def test_a_lora_for_a_deeper_sd3_is_refused_in_one_line(engine):
+    with pytest.raises(InvalidRequest, match="joint_blocks_7_x_block_attn_proj' has no counterpart in this "
+                                             "transformer \\(block 7, the model has 1\\)"):
+        make(engine, "tiny-sd3", "a red apple <lora:sd3-deeper:1>")

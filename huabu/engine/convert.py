@@ -137,7 +137,7 @@ def clip_text_to_ldm(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _swap_halves(value):
+def swap_halves(value):
     """SD3's reference AdaLN-continuous layers emit (shift, scale); diffusers' emit (scale, shift)."""
     import torch
 
@@ -146,25 +146,25 @@ def _swap_halves(value):
 
 
 # SD3Transformer2DModel names -> MMDiT reference names, for weights that map one to one.
-_SD3_FIXED = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj",
-              "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
-              "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
-              "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
-              "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
-              "context_embedder": "context_embedder", "proj_out": "final_layer.linear"}
-_SD3_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
-              "attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
-              "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
-              "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q",
-              "attn2.norm_k": "x_block.attn2.ln_k", "norm1.linear": "x_block.adaLN_modulation.1",
-              "norm1_context.linear": "context_block.adaLN_modulation.1",
-              "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2",
-              "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2"}
+SD3_FIXED_NAMES = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj",
+                   "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+                   "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+                   "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+                   "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+                   "context_embedder": "context_embedder", "proj_out": "final_layer.linear"}
+SD3_BLOCK_NAMES = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+                   "attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
+                   "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+                   "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q",
+                   "attn2.norm_k": "x_block.attn2.ln_k", "norm1.linear": "x_block.adaLN_modulation.1",
+                   "norm1_context.linear": "context_block.adaLN_modulation.1",
+                   "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2",
+                   "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2"}
 # Separate q / k / v projections that the reference code keeps as one `qkv` matrix.
-_SD3_QKV = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-            "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-            "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v")}
-_SD3_QKV_PARTS = {name for names in _SD3_QKV.values() for name in names}
+SD3_FUSED_QKV = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+                 "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                 "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v")}
+_SD3_QKV_PARTS = {name for names in SD3_FUSED_QKV.values() for name in names}
 
 
 def sd3_transformer_to_ldm(state_dict: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,15 +177,15 @@ def sd3_transformer_to_ldm(state_dict: Mapping[str, Any], config: Mapping[str, A
         if key.startswith("transformer_blocks."):
             continue
         if key.startswith("norm_out.linear."):
-            out[f"final_layer.adaLN_modulation.1.{key.rsplit('.', 1)[1]}"] = _swap_halves(value)
+            out[f"final_layer.adaLN_modulation.1.{key.rsplit('.', 1)[1]}"] = swap_halves(value)
             continue
-        new = _renamed(key, _SD3_FIXED)
+        new = _renamed(key, SD3_FIXED_NAMES)
         if new is None:
             raise ValueError(f"SD3 transformer weight {key!r} has no reference counterpart")
         out[new] = value
     for block in range(config["num_layers"]):
         prefix = f"transformer_blocks.{block}."
-        for fused, (q, k, v) in _SD3_QKV.items():
+        for fused, (q, k, v) in SD3_FUSED_QKV.items():
             for kind in ("weight", "bias"):
                 if f"{prefix}{q}.{kind}" in state_dict:
                     out[f"joint_blocks.{block}.{fused}.{kind}"] = torch.cat(
@@ -194,13 +194,13 @@ def sd3_transformer_to_ldm(state_dict: Mapping[str, Any], config: Mapping[str, A
             if not key.startswith(prefix):
                 continue
             rest = key[len(prefix):]
-            new = _renamed(rest, _SD3_BLOCK)
+            new = _renamed(rest, SD3_BLOCK_NAMES)
             if new is None:
                 if rest.rsplit(".", 1)[0] in _SD3_QKV_PARTS:
                     continue
                 raise ValueError(f"SD3 transformer weight {key!r} has no reference counterpart")
             if block == last and rest.startswith("norm1_context."):  # the last block's context norm is continuous
-                value = _swap_halves(value)
+                value = swap_halves(value)
             out[f"joint_blocks.{block}.{new}"] = value
     return out
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from huabu.core.errors import InvalidRequest, ModelNotFound, first_line
 from huabu.engine import checkpoints
+from huabu.engine.lora_sd3 import is_kohya_sd3, sd3_lora_from_kohya
 from huabu.engine.models import BUILTIN_DIR
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,9 @@ def _load(pipe: Any, lora: ResolvedLora, components: list[str] | None) -> None:
     source: Any = str(lora.path)
     if lora.pickle:  # allowed by the settings in resolve_loras; read with weights_only=True
         source = checkpoints.load_state_dict(lora.path, allow_pickle=True)
+    if type(pipe).__name__.startswith("StableDiffusion3") and is_kohya_sd3(_keys(lora)):
+        state = source if isinstance(source, dict) else checkpoints.load_state_dict(lora.path)
+        source = sd3_lora_from_kohya(state, pipe.transformer.config.num_layers, f"LoRA {lora.name}")
     try:
         with warnings.catch_warnings():  # peft warns on every adapter after the first, which is how we use it
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
@@ -202,7 +206,7 @@ def _load(pipe: Any, lora: ResolvedLora, components: list[str] | None) -> None:
     if components is None and lora.adapter_name not in _holders(pipe):
         # diffusers skips keys it has no converter for (kohya's SD3 keys) and loads nothing, silently
         raise ModelNotFound(f"LoRA {lora.name} ({lora.path.name}) has no weights this model's layers take (keys "
-                            f"such as {_first_key(lora)!r}){_trained_on(lora.path)}")
+                            f"such as {next(iter(_keys(lora)), '')!r}){_trained_on(lora.path)}")
 
 
 def _load_into(pipe: Any, source: Any, lora: ResolvedLora, components: list[str]) -> None:
@@ -218,13 +222,13 @@ def _load_into(pipe: Any, source: Any, lora: ResolvedLora, components: list[str]
                                              metadata=metadata, _pipeline=pipe)
 
 
-def _first_key(lora: ResolvedLora) -> str:
+def _keys(lora: ResolvedLora) -> list[str]:
     if lora.pickle:
-        return next(iter(checkpoints.load_state_dict(lora.path, allow_pickle=True)), "")
+        return list(checkpoints.load_state_dict(lora.path, allow_pickle=True))
     from safetensors import safe_open
 
     with safe_open(str(lora.path), "pt") as f:
-        return next(iter(f.keys()), "")
+        return list(f.keys())
 
 
 def _trained_on(path: Path) -> str:
