@@ -61,15 +61,15 @@ def _clip_tokenizer():
     return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
-def build_tiny_sd3(with_t5: bool = True, seed: int = 0):
+def build_tiny_sd3(with_t5: bool = True, seed: int = 0, layers: int = 1):
     """StableDiffusion3Pipeline: two CLIPs of width 16 (SD3 joins them to 32 = the T5 width), VAE factor 2,
     patch 2 (sizes step by 4), sample size 8 (default 16 px), 16 latent channels as SD3's (its inpaint pipeline
-    insists)."""
+    insists). ControlNets need `layers` >= 2: SD3's last block reads no control."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=1,
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=layers,
                                         attention_head_dim=8, num_attention_heads=2, caption_projection_dim=16,
                                         joint_attention_dim=T5_WIDTH, pooled_projection_dim=32, out_channels=16)
     return StableDiffusion3Pipeline(

@@ -1,6 +1,6 @@
 """ControlNet at inference: which ControlNet a unit names, loading it once, turning the unit's image into a control
 map of the output size, and running diffusers' ControlNet pipelines built with `from_pipe` around the loaded
-model (same UNet, VAE and text encoders; the ControlNets ride in a MultiControlNetModel).
+model (same denoiser, VAE and text encoders; the ControlNets ride in the family's multi-ControlNet container).
 
 A unit's `model` is a path (diffusers folder or single file), a name in `Settings.controlnet_dir` or among the
 model's own ControlNets (A1111's "name [hash]" too, found by hash when the name is not there), or empty: then the
@@ -9,7 +9,8 @@ model's own ControlNet for the module, else the folder's one ControlNet whose na
 `<folder>-controlnet-<module>`, as huabu-tiny ships huabu-tiny-controlnet-canny. Single files in the original
 layout are read with `ControlNetModel.from_single_file`, safely (format judged by the bytes, pickle only when
 allowed), with a config derived from the base model's UNet plus the file's own control-image embedding: the two
-must match anyway, and it keeps loading offline.
+must match anyway, and it keeps loading offline. SD3 and FLUX models take their own ControlNet classes
+(huabu.engine.controlnet_families), from diffusers folders.
 
 Per unit, as sd-webui-controlnet: weight (conditioning scale), guidance start/end (fractions of the steps), resize
 mode, processor resolution or "pixel perfect", thresholds (Canny low/high) and control mode (see control_modes).
@@ -26,6 +27,8 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,14 @@ from huabu.core.requests import ControlUnit
 from huabu.core.settings import Settings
 from huabu.core.text_boxes import GLYPH
 from huabu.engine import checkpoints
+from huabu.engine.controlnet_families import (
+    CONTROLNET_CLASSES,
+    class_problem,
+    controlnet_class,
+    multi_controlnet,
+    transformer_fit_problem,
+)
+from huabu.engine.denoisers import Denoiser
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image
 from huabu.engine.models import LoadedModel, looks_like_path
@@ -193,14 +204,15 @@ class ControlNetManager:
         found = sorted(model_path.parent.glob(f"{model_path.name}-controlnet-*"))
         return [self._ref_for_path(p, check=False) for p in found if _is_controlnet_config(p / "config.json")]
 
-    def resolve(self, spec: str, module: str, unet_config: Any = None, vae_factor: int | None = None,
+    def resolve(self, spec: str, module: str, denoiser: Denoiser | None = None,
                 model_path: Path | None = None) -> ControlNetRef:
-        """The ControlNet a unit's `model` names, or for an empty one, the default for `module` (see module doc);
-        `model_path` is the model's folder, whose own ControlNets come first."""
+        """The ControlNet a unit's `model` names, or for an empty one, the default for `module` (see module doc):
+        among several, those that fit `denoiser`; `model_path` is the model's folder, whose own ControlNets come
+        first."""
         spec = (spec or "").strip()
         own = self.own_controlnets(model_path)
         if not spec:
-            return self._default_for(module, unet_config, vae_factor, own)
+            return self._default_for(module, denoiser, own)
         path = Path(spec).expanduser()
         if looks_like_path(spec) and path.exists():
             return self._ref_for_path(path)
@@ -223,7 +235,7 @@ class ControlNetManager:
                             + (f" (it holds: {', '.join(r.name for r in available)})" if available else "")
                             + ("; for a file or folder here, write ./" + spec if not looks_like_path(spec) else ""))
 
-    def _default_for(self, module: str, unet_config: Any, vae_factor: int | None,
+    def _default_for(self, module: str, denoiser: Denoiser | None,
                      own: list[ControlNetRef] | None = None) -> ControlNetRef:
         from huabu.engine.control.registry import get_preprocessor
 
@@ -238,8 +250,8 @@ class ControlNetManager:
             return mine[0]
         root = self.settings.controlnet_dir
         matches = _named_for(self.list_controlnets(), words)
-        if len(matches) > 1 and unet_config is not None:
-            matches = [ref for ref in matches if _may_fit(ref, unet_config, vae_factor)]
+        if len(matches) > 1 and denoiser is not None:
+            matches = [ref for ref in matches if _may_fit(ref, denoiser)]
         if len(matches) == 1:
             log.info("ControlNet for %s: %s", name, matches[0].location)
             return matches[0]
@@ -278,7 +290,7 @@ class ControlNetManager:
 
     def load(self, ref: ControlNetRef, model: LoadedModel) -> Any:
         """The ControlNetModel of `ref` on the model's device and dtype, checked to fit the model."""
-        pipe = model.pipeline
+        pipe, denoiser = model.pipeline, model.denoiser
         key = (ref.location, str(pipe.device), str(pipe.dtype))
         with self._lock:
             if key in self._cache:
@@ -288,32 +300,35 @@ class ControlNetManager:
                 self.check_loadable(ref)
                 if ref.kind == "diffusers":  # a folder's config tells before its weights are read
                     config = json.loads((Path(ref.location) / "config.json").read_text(encoding="utf-8"))
-                    _check_fits(ref, config, pipe.unet.config, model)
+                    _check_fits(ref, config, denoiser)
                 while len(self._cache) >= self.max_loaded:
                     self._cache.popitem(last=False)
-                net = self._load_uncached(ref, pipe.unet.config, pipe.dtype).to(pipe.device).eval()
+                net = self._load_uncached(ref, denoiser, pipe.dtype).to(pipe.device).eval()
                 self._cache[key] = net
-        _check_fits(ref, net.config, pipe.unet.config, model)
+        _check_fits(ref, {**net.config, "_class_name": type(net).__name__}, denoiser)
         return net
 
-    def _load_uncached(self, ref: ControlNetRef, unet_config: Any, dtype) -> Any:
+    def _load_uncached(self, ref: ControlNetRef, denoiser: Denoiser, dtype) -> Any:
         import torch
         from diffusers import ControlNetModel
 
         load_dtype = None if dtype == torch.float32 else dtype  # casting to fp32 only makes diffusers warn
         if ref.kind == "diffusers":
             try:
-                return ControlNetModel.from_pretrained(
+                return controlnet_class(denoiser.family).from_pretrained(
                     ref.location, dtype=load_dtype, local_files_only=True,
                     use_safetensors=None if self.settings.allow_unsafe_pickle else True)
             except (OSError, ValueError) as err:
                 raise ModelNotFound(f"cannot load ControlNet folder {ref.location}: {first_line(err)}") from None
         from huabu.engine.control.convert import for_diffusers_reader
 
+        if denoiser.is_transformer:
+            raise InvalidRequest(f"ControlNet {Path(ref.location).name} is a single file; {denoiser.label} ControlNets "
+                                 f"load from diffusers folders (config.json and weights)")
         state = checkpoints.load_state_dict(ref.location, self.settings.allow_unsafe_pickle)
         try:
             state = for_diffusers_reader(state)
-            config = controlnet_config(unet_config, state)
+            config = controlnet_config(denoiser.config, state)
             with tempfile.TemporaryDirectory(prefix="huabu-controlnet-") as folder:
                 Path(folder, "config.json").write_text(json.dumps(config), encoding="utf-8")
                 return ControlNetModel.from_single_file(state, config=folder, local_files_only=True, dtype=load_dtype)
@@ -327,12 +342,19 @@ class ControlNetManager:
 
     def plan(self, units: list[CheckedUnit], model: LoadedModel) -> ControlPlan:
         """Resolve and load each unit's ControlNet for `model`."""
-        unet_config = model.pipeline.unet.config
-        refs = [self.resolve(u.unit.model, u.preprocessor, unet_config, model.vae_scale_factor, model.ref.path)
-                for u in units]
+        refs = [self.resolve(u.unit.model, u.preprocessor, model.denoiser, model.ref.path) for u in units]
         nets = [self.load(ref, model) for ref in refs]
         return ControlPlan(units, refs, nets, self.settings.controlnet_dir / ANNOTATORS,
-                           self.settings.allow_unsafe_pickle)
+                           self.settings.allow_unsafe_pickle, family=model.denoiser.family)
+
+
+@contextmanager
+def _seeded_global_generator(seed: int) -> Iterator[None]:
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def annotator_weights(name: str, annotators_dir: Path, allow_unsafe_pickle: bool = False) -> Path | None:
@@ -356,7 +378,7 @@ def _named_for(refs: list[ControlNetRef], words: tuple[str, ...]) -> list[Contro
 
 def _is_controlnet_config(path: Path) -> bool:
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("_class_name") == "ControlNetModel"
+        return json.loads(path.read_text(encoding="utf-8")).get("_class_name") in CONTROLNET_CLASSES
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -385,18 +407,27 @@ def fit_problem(name: str, config: Any, unet_config: Any, vae_factor: int) -> st
     return None
 
 
-def _check_fits(ref: ControlNetRef, config: Any, unet_config: Any, model: LoadedModel) -> None:
-    problem = fit_problem(ref.name, config, unet_config, model.vae_scale_factor)
+def family_fit_problem(name: str, config: dict[str, Any], denoiser: Denoiser) -> str | None:
+    """Why a ControlNet config (with its `_class_name`) cannot steer this model's denoiser, or None."""
+    problem = class_problem(name, config.get("_class_name"), denoiser.family, denoiser.label)
+    if problem or denoiser.is_transformer:
+        return problem or transformer_fit_problem(name, config, denoiser.config, denoiser.label)
+    return fit_problem(name, config, denoiser.config, denoiser.vae_scale_factor)
+
+
+def _check_fits(ref: ControlNetRef, config: dict[str, Any], denoiser: Denoiser) -> None:
+    problem = family_fit_problem(ref.name, config, denoiser)
     if problem:
         raise InvalidRequest(problem)
 
 
-def _may_fit(ref: ControlNetRef, unet_config: Any, vae_factor: int | None) -> bool:
-    """Whether a ControlNet could fit, judged from a folder's config.json; single files cannot tell cheaply."""
-    if ref.kind != "diffusers" or vae_factor is None:
-        return True
+def _may_fit(ref: ControlNetRef, denoiser: Denoiser) -> bool:
+    """Whether a ControlNet could fit, judged from a folder's config.json; single files (UNet ControlNets) cannot
+    tell cheaply."""
+    if ref.kind != "diffusers":
+        return not denoiser.is_transformer
     config = json.loads((Path(ref.location) / "config.json").read_text(encoding="utf-8"))
-    return fit_problem(ref.name, config, unet_config, vae_factor) is None
+    return family_fit_problem(ref.name, config, denoiser) is None
 
 
 # The UNet config entries a ControlNet shares with its base UNet (as ControlNetModel.from_unet copies them).
@@ -438,6 +469,7 @@ class ControlPlan(Extension):
     nets: list[Any]
     annotators_dir: Path
     allow_unsafe_pickle: bool = False
+    family: str = "sd"  # the model's (huabu.engine.denoisers.family_of): which ControlNet classes and pipelines
     maps: list[Image.Image] = field(default_factory=list)  # the control maps of the last `inputs` call
 
     @property
@@ -448,12 +480,13 @@ class ControlPlan(Extension):
                 if checked.unit.guidance_start < checked.unit.guidance_end]
 
     def controlnet(self, cfg_scale: float) -> Any:
-        """The acting units' nets as one MultiControlNetModel, each wrapped for its control mode."""
-        from diffusers import MultiControlNetModel
-
+        """The acting units' nets in the family's multi-ControlNet container, UNet ones each wrapped for its control
+        mode (transformer models take Balanced only: Denoiser.check_request)."""
         from huabu.core.control_units import BALANCED, CONTROL_FIRST
         from huabu.engine.control_modes import ModeControlNet
 
+        if self.family not in ("sd", "sdxl"):
+            return multi_controlnet(self.family, [net for _, net in self.active])
         guided = cfg_scale > 1.0  # diffusers runs classifier-free guidance only then
         nets = []
         for checked, net in self.active:
@@ -462,11 +495,11 @@ class ControlPlan(Extension):
                 nets.append(net)
             else:
                 nets.append(ModeControlNet(net, soft=True, prompt_half_only=guided and control_mode == CONTROL_FIRST))
-        return MultiControlNetModel(nets)
+        return multi_controlnet(self.family, nets)
 
     def pipeline(self, model: LoadedModel, mode: str, cfg_scale: float) -> Any:
-        """The ControlNet variant of the mode's pipeline (SD or SDXL), sharing every component of the model; the
-        plain mode pipeline when no unit acts."""
+        """The ControlNet variant of the mode's pipeline (SD, SDXL, SD3 or FLUX), sharing every component of the
+        model; the plain mode pipeline when no unit acts."""
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
         from huabu.engine.pipelines import mode_pipeline
@@ -496,6 +529,8 @@ class ControlPlan(Extension):
         }
         if "height" in accepted:
             kwargs.update(height=height, width=width)
+        if self.family == "flux":  # FLUX's multi-ControlNet zips the nets with their union modes: none here
+            kwargs["control_mode"] = [None] * len(active)
         return kwargs
 
     def frame_inputs(self, pipe: Any, width: int, height: int, frames: int) -> dict[str, Any]:
@@ -506,6 +541,14 @@ class ControlPlan(Extension):
                 "controlnet_conditioning_scale": [float(c.unit.weight) for c in active],
                 "control_guidance_start": [float(c.unit.guidance_start) for c in active],
                 "control_guidance_end": [float(c.unit.guidance_end) for c in active]}
+
+    def around_call(self, seeds: list[int]) -> AbstractContextManager:
+        """diffusers' SD3 ControlNet pipeline VAE-samples the control image from torch's global generator, not the
+        call's: that draw is seeded from the first seed, on a forked generator, so a request makes the same picture
+        each time and the process's generator is left as it was."""
+        if self.family != "sd3" or not self.active:
+            return nullcontext()
+        return _seeded_global_generator(seeds[0])
 
     def control_map(self, checked: CheckedUnit, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The unit's preprocessed image, fitted to width x height by its resize mode."""

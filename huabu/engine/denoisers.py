@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huabu.core.control_units import BALANCED
 from huabu.core.errors import InvalidRequest
 from huabu.core.samplers import is_flow_config
+from huabu.engine.controlnet_families import TRANSFORMER_MODES, controls_family
 
 # Transformer families whose diffusers pipelines load LoRAs (diffusers' SD3 and FLUX LoRA loaders).
 LORA_FAMILIES = ("sd3", "flux")
@@ -132,8 +134,15 @@ class Denoiser:
         if not self.is_transformer:
             return
         what = f"this is a {self.label} (transformer) model"
+        modes = [unit.control_mode for unit in getattr(request, "controlnets", []) if unit.enabled]
         unsupported = [
-            (control, "ControlNet units need a UNet model (SD 1.x / 2.x / SDXL ControlNets)"),
+            (control and not controls_family(self.family),
+             "ControlNet units steer SD, SDXL, SD3 and FLUX models only (diffusers has no ControlNet for others)"),
+            (control and getattr(request, "mode", "txt2img") not in TRANSFORMER_MODES.get(self.family, ()),
+             f"ControlNet on {self.label} models runs {' / '.join(TRANSFORMER_MODES.get(self.family, ()))} only "
+             f"(diffusers' {self.label} ControlNet pipelines)"),
+            (control and any(mode != BALANCED for mode in modes),
+             "control modes other than Balanced run on UNet ControlNets only"),
             (loras and self.family not in LORA_FAMILIES, "LoRAs load into SD, SDXL, SD3 and FLUX models only"),
             (bool(getattr(request, "ip_adapters", None)), "IP-Adapter image prompts need a UNet model so far"),
             (getattr(request, "enable_hr", False), "the hires fix runs on UNet models only so far"),

@@ -222,7 +222,10 @@ class Engine:
         call.update(model.denoiser.call_options(pipe))
         if callback is not None:
             call.update(step_callback_kwargs(pipe, callback, callback_tensors(extensions)))
-        return pipe(**call).images
+        with ExitStack() as contexts:
+            for extension in extensions:
+                contexts.enter_context(extension.around_call(seeds))
+            return pipe(**call).images
 
     def _save_image(self, image, seed: int, infotext: str, job: Job, params: dict, outdir, result) -> None:
         folder = Path(outdir) if outdir is not None else self.settings.outputs_dir

@@ -110,8 +110,8 @@ def evaluate_control(cfg: ControlEvalConfig, settings: Settings | None = None, e
     scenes = S.eval_single_scenes(cfg.singles) + S.eval_pair_scenes(cfg.pairs)
     prompts = [scene_prompt(scene, cfg.prompt) for scene in scenes]
     real = [S.render(scene.background, scene.objects) for scene in scenes]
-    names = {kind: engine.controlnets.resolve(cfg.controlnet, kind, model.pipeline.unet.config,
-                                              model.vae_scale_factor, model.ref.path).name for kind in kinds}
+    names = {kind: engine.controlnets.resolve(cfg.controlnet, kind, model.denoiser, model.ref.path).name
+             for kind in kinds}
     uncontrolled = generate(engine, model_spec, prompts, cfg)
     round_trip = vae_round_trip(model.pipeline.vae, real)
     result: dict[str, object] = {"controlnets": names}

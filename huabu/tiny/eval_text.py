@@ -94,8 +94,7 @@ def evaluate_text(cfg: TextEvalConfig, settings: Settings | None = None, engine=
     engine = engine or Engine(settings or Settings.from_env())
     model_spec = cfg.model or BUILTIN_MODEL
     model = engine.models.load(model_spec)
-    controlnet = engine.controlnets.resolve(cfg.controlnet, GLYPH, model.pipeline.unet.config,
-                                            model.vae_scale_factor, model.ref.path)
+    controlnet = engine.controlnets.resolve(cfg.controlnet, GLYPH, model.denoiser, model.ref.path)
     scenes = T.eval_text_scenes(cfg.count, cfg.scene_seed)
     real = [T.render_text_scene(scene) for scene in scenes]
     controlled = _generate(engine, cfg, model_spec, scenes, glyph=True)

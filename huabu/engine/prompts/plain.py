@@ -37,6 +37,7 @@ class PipelinePrompts:
     negative: list[tuple[int, str]]
     batch_size: int
     extra: dict[str, Any]  # further pipeline arguments: clip skip where the pipeline takes it
+    takes_negative: bool = True  # False for FLUX (guidance distilled; its ControlNet img2img pipeline has none)
 
     @classmethod
     def build(cls, model: Any, prompt: str, negative_prompt: str, steps: int, batch_size: int,
@@ -57,7 +58,8 @@ class PipelinePrompts:
                                          f"pipeline's own text encoders read the words only")
             texts.append(text)
         params = call_parameters(model.pipeline)
-        if texts[1] and (model.denoiser.family == "flux" or "negative_prompt" not in params):
+        takes_negative = model.denoiser.family != "flux" and "negative_prompt" in params
+        if texts[1] and not takes_negative:
             model.notice("negative", f"{label} models have no negative prompt (guidance is distilled); it is ignored")
         extra: dict[str, Any] = {}
         if clip_skip > 1:
@@ -65,7 +67,7 @@ class PipelinePrompts:
                 extra["clip_skip"] = clip_skip - 1
             else:
                 model.notice("clip_skip", f"clip skip is ignored on {label} models")
-        return cls([(steps, texts[0])], [(steps, texts[1])], batch_size, extra)
+        return cls([(steps, texts[0])], [(steps, texts[1])], batch_size, extra, takes_negative)
 
     @property
     def callback_tensor_inputs(self) -> list[str]:
@@ -73,8 +75,9 @@ class PipelinePrompts:
 
     def initial_kwargs(self) -> dict[str, Any]:
         """Prompt arguments of the pipeline call (call it with num_images_per_prompt=1: one prompt per image)."""
-        kwargs = {"prompt": [self.positive[0][1]] * self.batch_size,
-                  "negative_prompt": [self.negative[0][1]] * self.batch_size}
+        kwargs = {"prompt": [self.positive[0][1]] * self.batch_size}
+        if self.takes_negative:
+            kwargs["negative_prompt"] = [self.negative[0][1]] * self.batch_size
         return {**kwargs, **self.extra}
 
     def step_callback(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
