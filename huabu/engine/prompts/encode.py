@@ -149,12 +149,12 @@ class PromptEncoder:
                 hidden = output.last_hidden_state
             else:
                 hidden = _final_layer_norm(text_encoder)(output.hidden_states[-self.clip_skip])
-            hidden = _apply_weights(hidden, torch.tensor(weights, device=hidden.device))
+            hidden = apply_weights(hidden, torch.tensor(weights, device=hidden.device))
         pooled = getattr(output, "text_embeds", None)
         return hidden, (pooled[:1] if pooled is not None else None)
 
 
-def _apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Scale each token's hidden state by its weight, then restore each chunk's mean (A1111 "Original")."""
     if bool((weights == 1.0).all()):
         return hidden
