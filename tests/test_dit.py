@@ -192,7 +192,6 @@ def test_emphasis_is_dropped_with_one_warning(dit_engine, caplog):
 
 @pytest.mark.parametrize(("fields", "message"), [
     ({"controlnets": [{"module": "none", "image": "SOURCE"}]}, "module 'none' has no default ControlNet"),
-    ({"prompt": "a [cat:dog:2]"}, "prompt editing or alternation"),
     ({"enable_hr": True, "hr_scale": 2}, "hires fix runs on UNet models only"),
     ({"subseed_strength": 0.5}, "variation seeds"),
     ({"mode": "img2img", "init_image": "SOURCE", "sampler": "DPM++ 2M"}, "img2img and inpaint need 'Euler'"),

@@ -180,7 +180,11 @@ def step_callback_kwargs(pipe: Any, callback: Any, tensor_inputs: list[str]) -> 
     reported, but the latents cannot be changed and an interrupt waits for the end of the call."""
     params = call_parameters(pipe)
     if "callback_on_step_end" in params:
-        return {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": tensor_inputs}
+        # diffusers documents `_callback_tensor_inputs` as what a pipeline's callback may read and replace; a name
+        # the pipeline lacks (SD3 img2img's pooled embeddings) is left out, and the callback does without it
+        allowed = getattr(pipe, "_callback_tensor_inputs", None)
+        names = [name for name in tensor_inputs if allowed is None or name in allowed]
+        return {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": names}
     if "callback" not in params:
         return {}
     view = _StepView(pipe)

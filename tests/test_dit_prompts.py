@@ -4,11 +4,14 @@ section keeps its mean, the pooled vectors stay; a weight ending inside a word i
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
-from dit_support import build_tiny_flux, build_tiny_sd3
+from dit_support import build_tiny_flux, build_tiny_pixart, build_tiny_sd3
 
+from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
 from huabu.core.settings import Settings
 from huabu.engine.prompts.emphasis import token_weights, weighted_embeddings
@@ -34,6 +37,7 @@ def engine(tmp_path_factory, pipes):
     home = tmp_path_factory.mktemp("dit-emphasis")
     pipes["sd3"].save_pretrained(home / "models" / "tiny-sd3")
     pipes["flux"].save_pretrained(home / "models" / "tiny-flux")
+    build_tiny_pixart().save_pretrained(home / "models" / "tiny-pixart")
     return Engine(Settings.for_home(home, outputs_dir=home / "outputs", device="cpu", dtype="fp32",
                                     hub_offline=True))
 
@@ -94,3 +98,59 @@ def test_sd3_negative_emphasis(engine):
     [plain], _ = make(engine, "tiny-sd3", prompt="a red apple", negative_prompt="blurry")
     [weighted], _ = make(engine, "tiny-sd3", prompt="a red apple", negative_prompt="(blurry:1.8)")
     assert not np.array_equal(weighted, plain)
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
+def test_prompt_editing_swaps_the_embeddings_at_its_step(engine, model):
+    [red], _ = make(engine, model, prompt="a red apple")
+    [green], _ = make(engine, model, prompt="a green apple")
+    [edited], infotext = make(engine, model, prompt="a [red:green:1] apple")
+    assert not np.array_equal(edited, red) and not np.array_equal(edited, green)
+    assert "a [red:green:1] apple" in infotext
+    assert np.array_equal(make(engine, model, prompt="a [red:green:1] apple")[0][0], edited)
+    [alternating], _ = make(engine, model, prompt="a [red|green] apple", steps=4)  # red, red, green, red
+    [late_edit], _ = make(engine, model, prompt="a [red:green:1] apple", steps=4)  # red, red, green, green
+    assert not np.array_equal(alternating, late_edit)
+    assert not np.array_equal(alternating, make(engine, model, prompt="a red apple", steps=4)[0][0])
+
+
+def test_the_callback_swaps_the_cfg_batch_for_the_next_entry(engine):
+    from huabu.engine.prompts.plain import PipelinePrompts
+
+    model = engine.models.load("tiny-sd3")
+    prompts = PipelinePrompts.build(model, "a [red:green:1] apple", "[ugly:blurry:0]", steps=3, batch_size=2)
+    assert prompts.callback_tensor_inputs == ["prompt_embeds", "pooled_prompt_embeds"]
+    first = prompts.initial_kwargs()
+    state = {"prompt_embeds": torch.cat([first["negative_prompt_embeds"], first["prompt_embeds"]]),
+             "pooled_prompt_embeds": torch.cat([first["negative_pooled_prompt_embeds"],
+                                                first["pooled_prompt_embeds"]])}
+    assert prompts.step_callback(None, 0, None, dict(state))["prompt_embeds"] is state["prompt_embeds"]  # no change
+    swapped = prompts.step_callback(None, 1, None, dict(state))
+    green = prompts.encoded["a green apple"]
+    blurry = prompts.encoded["blurry"]
+    assert torch.equal(swapped["prompt_embeds"][2:], green["prompt_embeds"].repeat(2, 1, 1))
+    assert torch.equal(swapped["prompt_embeds"][:2], blurry["prompt_embeds"].repeat(2, 1, 1))
+    assert torch.equal(swapped["pooled_prompt_embeds"][2:], green["pooled_prompt_embeds"].repeat(2, 1))
+
+
+def test_img2img_keeps_the_first_pooled_vector_with_a_warning(engine, caplog):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 160, 60)).save(buffer, format="PNG")
+    init = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    fields = {"mode": "img2img", "init_image": init, "denoising_strength": 0.9}
+    [plain], _ = make(engine, "tiny-sd3", prompt="a red apple", **fields)
+    with caplog.at_level(logging.WARNING):
+        [edited], _ = make(engine, "tiny-sd3", prompt="a [red:green:1] apple", **fields)
+    assert "the pooled vector stays the first prompt's" in caplog.text
+    assert not np.array_equal(edited, plain)
+
+
+def test_pixart_refuses_prompt_editing_in_one_line(engine):
+    with pytest.raises(InvalidRequest, match="prompt editing or alternation .* runs on UNet, SD3 and FLUX models only; "
+                                             "this is a PixArt model"):
+        make(engine, "tiny-pixart", prompt="a [red:green:1] apple")
