@@ -123,14 +123,27 @@ def test_flow_sampler_table():
     dpm.set_timesteps(4)
     assert float(dpm.sigmas[0]) == pytest.approx(3.0 * 0.999 / (1 + 2.0 * 0.999), rel=1e-3)
     assert build_scheduler("Euler", "Karras", sd3).config.use_karras_sigmas
-    with pytest.raises(InvalidRequest, match="sampler 'Euler a' cannot run on a flow-matching model"):
-        scheduler_config("Euler a", None, sd3)
+    assert scheduler_config("Euler a", None, sd3) == ("FlowMatchEulerDiscreteScheduler",
+                                                      {"num_train_timesteps": 1000, "shift": 3.0,
+                                                       "stochastic_sampling": True})
     with pytest.raises(InvalidRequest, match="sampler 'DDIM' cannot run on a flow-matching model"):
         build_scheduler("DDIM", None, sd3)
     with pytest.raises(InvalidRequest, match="schedule type 'Karras' is not available with 'DPM\\+\\+ 2M'"):
         scheduler_config("DPM++ 2M Karras", None, sd3)
     # Not flow: the UNet table, unchanged (PixArt-Sigma's DPM-Solver is an epsilon model).
     assert scheduler_config("DPM++ 2M", None, {"prediction_type": "epsilon"})[1]["use_karras_sigmas"]
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
+def test_euler_a_on_flow_models_repeats_and_differs_from_euler(dit_engine, source_image, model):
+    ancestral = make(dit_engine, model, sampler="Euler a", seed=3)
+    assert "Sampler: Euler a," in ancestral.infotexts[0]
+    assert max_diff(make(dit_engine, model, sampler="Euler a", seed=3).images[0], ancestral.images[0]) == 0
+    assert max_diff(make(dit_engine, model, sampler="Euler", seed=3).images[0], ancestral.images[0]) > 0
+    assert max_diff(make(dit_engine, model, sampler="Euler a", seed=4).images[0], ancestral.images[0]) > 0
+    edited = make(dit_engine, model, sampler="Euler a", seed=3, mode="img2img", init_image=str(source_image))
+    assert max_diff(edited.images[0], make(dit_engine, model, sampler="Euler a", seed=3, mode="img2img",
+                                           init_image=str(source_image)).images[0]) == 0
 
 
 def test_unflowed_dit_takes_the_unet_samplers(dit_engine):
@@ -195,7 +208,7 @@ def test_emphasis_is_dropped_with_one_warning(dit_engine, caplog):
     ({"enable_hr": True, "hr_scale": 2}, "hires fix runs on UNet models only"),
     ({"subseed_strength": 0.5}, "variation seeds"),
     ({"mode": "img2img", "init_image": "SOURCE", "sampler": "DPM++ 2M"}, "img2img and inpaint need 'Euler'"),
-    ({"sampler": "Euler a"}, "sampler 'Euler a' cannot run on a flow-matching model"),
+    ({"sampler": "DDIM"}, "sampler 'DDIM' cannot run on a flow-matching model"),
 ])
 def test_unet_only_features_fail_with_one_line(dit_engine, source_image, fields, message):
     fields = json.loads(json.dumps(fields).replace("SOURCE", str(source_image)))

@@ -158,16 +158,18 @@ def resolved_schedule(sampler: Sampler, schedule: Schedule, flow: bool = False) 
 
 # A1111 sampler name -> (diffusers scheduler, config overrides) on a flow-matching model. DPM++ 2M runs diffusers'
 # DPM-Solver on flow sigmas shifted as the model's own scheduler shifts them (flow_shift; FLUX's resolution-dependent
-# shift arrives from the pipeline as `mu`). "Euler a" is left out: diffusers' stochastic flow Euler draws its step
-# noise without the seed's generator, so its images would not reproduce.
+# shift arrives from the pipeline as `mu`). "Euler a" is the stochastic flow Euler, which diffusers' flow pipelines
+# step without the call's generator: the engine seeds its step noise itself (huabu.engine.noise.seeded_global_rng).
 FLOW_SAMPLERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     "Euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "Euler a": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
     "DPM++ 2M": (_DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_flow_sigmas": True,
                         "prediction_type": "flow_prediction", "final_sigmas_type": "zero"}),
 }
 # Schedule types on flow models, per sampler: "Simple" is the model's own (shifted linear) sigmas.
 FLOW_AUTOMATIC = "Simple"
-_FLOW_SCHEDULES = {"Euler": ("Simple", "Karras", "Exponential", "Beta"), "DPM++ 2M": ("Simple",)}
+_EULER_SCHEDULES = ("Simple", "Karras", "Exponential", "Beta")
+_FLOW_SCHEDULES = {"Euler": _EULER_SCHEDULES, "Euler a": _EULER_SCHEDULES, "DPM++ 2M": ("Simple",)}
 
 
 def is_flow_config(config: Mapping[str, Any]) -> bool:

@@ -27,8 +27,7 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from huabu.engine.denoisers import Denoiser
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image
 from huabu.engine.models import LoadedModel, looks_like_path
+from huabu.engine.noise import seeded_global_rng
 from huabu.engine.pipelines import pipeline_mode
 
 log = logging.getLogger(__name__)
@@ -348,15 +348,6 @@ class ControlNetManager:
                            self.settings.allow_unsafe_pickle, family=model.denoiser.family)
 
 
-@contextmanager
-def _seeded_global_generator(seed: int) -> Iterator[None]:
-    import torch
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
-
-
 def annotator_weights(name: str, annotators_dir: Path, allow_unsafe_pickle: bool = False) -> Path | None:
     """What preprocessor `name` loads from the annotators folder: its HED or OpenPose weights file, or the depth
     model folder; None when that is not there, or the preprocessor takes no weights."""
@@ -548,7 +539,7 @@ class ControlPlan(Extension):
         each time and the process's generator is left as it was."""
         if self.family != "sd3" or not self.active:
             return nullcontext()
-        return _seeded_global_generator(seeds[0])
+        return seeded_global_rng(seeds[0])
 
     def control_map(self, checked: CheckedUnit, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The unit's preprocessed image, fitted to width x height by its resize mode."""

@@ -156,7 +156,7 @@ class Denoiser:
                 raise InvalidRequest(f"{why}; {what}")
         if self.flow and getattr(request, "mode", "txt2img") != "txt2img" and not sampler_class.startswith("FlowMatch"):
             raise InvalidRequest(f"sampler {request.sampler!r} runs txt2img only on flow-matching models "
-                                 f"({self.label}); img2img and inpaint need 'Euler'")
+                                 f"({self.label}); img2img and inpaint need 'Euler' or 'Euler a'")
 
     def call_options(self, pipe: Any) -> dict[str, Any]:
         """Pipeline arguments this family needs on every call: PixArt's aspect-ratio binning off (the size asked

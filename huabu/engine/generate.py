@@ -46,6 +46,7 @@ from huabu.engine.noise import (
     batch_seeds,
     generators,
     seed_noise,
+    seeded_global_rng,
     step_seed_delta,
     use_noise_in_add_noise,
     wants_noise,
@@ -225,6 +226,9 @@ class Engine:
         with ExitStack() as contexts:
             for extension in extensions:
                 contexts.enter_context(extension.around_call(seeds))
+            if model.denoiser.flow and pipe.scheduler.config.get("stochastic_sampling"):
+                # the flow pipelines step the scheduler without the call's generators: one seeded draw per call
+                contexts.enter_context(seeded_global_rng(seeds[0] + delta))
             return pipe(**call).images
 
     def _save_image(self, image, seed: int, infotext: str, job: Job, params: dict, outdir, result) -> None:

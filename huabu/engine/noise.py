@@ -8,6 +8,8 @@ come here, so their images stay exactly what they were.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from huabu.core.requests import MAX_SEED, GenerateRequest
@@ -24,6 +26,18 @@ def generators(seeds: list[int], delta: int) -> list[Any]:
     import torch
 
     return [torch.Generator("cpu").manual_seed((seed + delta) % (MAX_SEED + 1)) for seed in seeds]
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """torch's global generator seeded with `seed` for the block, and as it was afterwards: for what diffusers'
+    pipelines draw without the call's generator (the stochastic flow Euler's step noise, SD3 ControlNets' control
+    latents), so that a request makes the same picture each time."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed % (MAX_SEED + 1))
+        yield
 
 
 def wants_noise(request: GenerateRequest) -> bool:
