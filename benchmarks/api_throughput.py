@@ -1,18 +1,19 @@
-"""Requests per second and p50/p95 latency through the HTTP API vs direct Engine.generate calls, same model, steps
-and size: A1111 /sdapi/v1/txt2img (sync), native jobs followed by their SSE stream, native jobs polled every 250 ms.
+"""Requests per second and p50/p95 latency through the HTTP API vs direct Engine.generate calls, same model, steps and
+size: A1111 /sdapi/v1/txt2img (sync), native jobs followed by their SSE stream, native jobs polled every 250 ms.
 
     .venv/bin/python benchmarks/api_throughput.py [--model SPEC] [--requests 32] [--concurrency 1 8 32] [--steps 4]
-                                                  [--rounds 2]
+                                                  [--rounds 2] [--warmup 8]
                                                   [--engine process|thread]
 
 This process runs the server (uvicorn on a thread, as `huabu serve` does) and the direct calls; the server's engine
 runs in a child process as `huabu serve`'s does (`--engine thread`: on a thread of this process, sharing the direct
 calls' engine); the API load comes from a separate client process, as real clients are. Each round measures direct,
 then each API path at each concurrency, so the paths of one round share the machine's load; the report gives every
-round and the ratio of each path to the direct rate of its round. Direct calls run one after another (the engine
-makes one image at a time); an API client's latency includes waiting in the queue, so at concurrency 1 `p50 - direct
-p50` is the API's own cost a request. Without --model: huabu-tiny, or while its weights are absent a random
-huabu-tiny-sized model."""
+round and the ratio of each path to the direct rate of its round. Before the first round every path runs once
+unreported at each concurrency (`--warmup` requests), so round 1 measures the same warm server as the later ones.
+Direct calls run one after another (the engine makes one image at a time); an API client's latency includes waiting
+in the queue, so at concurrency 1 `p50 - direct p50` is the API's own cost a request. Without --model: huabu-tiny,
+or while its weights are absent a random huabu-tiny-sized model."""
 
 from __future__ import annotations
 
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole set (figures per round)")
+    parser.add_argument("--warmup", type=int, default=8,
+                        help="unreported requests per path and concurrency before round 1 (0: none)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="auto")
@@ -214,6 +217,12 @@ def main() -> None:
     print(f"{'path':<20} {'conc.':>5} {'reqs':>5} {'req/s':>7} {'/direct':>7} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'+p50 ms':>8} {'eng. ms':>8}")
     try:
+        if args.warmup:
+            direct(engine, payload, args.warmup)
+            for concurrency in args.concurrency:
+                for path in args.paths:
+                    through_client(base, path, payload, max(args.warmup, concurrency), concurrency)
+            clock.take()
         for round_no in range(1, args.rounds + 1):
             print(f"-- round {round_no}")
             base_figures = {**direct(engine, payload, args.requests), "engine": clock.take()}
