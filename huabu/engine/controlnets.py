@@ -289,7 +289,8 @@ class ControlNetManager:
     # --- loading -------------------------------------------------------------------------------------------------
 
     def load(self, ref: ControlNetRef, model: LoadedModel) -> Any:
-        """The ControlNetModel of `ref` on the model's device and dtype, checked to fit the model."""
+        """The ControlNet of `ref` (the class the model's family takes) on the model's device and dtype, checked to
+        fit the model."""
         pipe, denoiser = model.pipeline, model.denoiser
         key = (ref.location, str(pipe.device), str(pipe.dtype))
         with self._lock:
