@@ -14,7 +14,8 @@ from safetensors import safe_open
 
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
-from huabu.training.embedding import object_masks, train
+from huabu.training.diffusion import object_masks
+from huabu.training.embedding import train
 from huabu.training.embedding_config import EmbeddingTrainConfig
 
 

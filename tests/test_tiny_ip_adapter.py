@@ -92,6 +92,22 @@ def test_loss_falls_on_a_fixed_batch(scenes, plus, tmp_path):
     assert last < 0.5 * first  # 0.026 -> 0.006 (the base UNet alone already predicts most of the noise)
 
 
+def test_object_weight_and_noisy_timesteps_change_the_step_and_bad_values_are_refused(scenes, tmp_path):
+    from huabu.core.errors import InvalidRequest
+    from huabu.tiny import train_ip_adapter as T
+
+    losses = {}
+    for name, changes in (("plain", {}), ("weighted", {"object_weight": 4.0}), ("cubic", {"timesteps": "cubic"})):
+        recipe, _ = T.setup(_cfg(scenes, tmp_path / name, **changes))
+        with torch.no_grad():
+            losses[name] = recipe.step(1).item()
+    assert losses["weighted"] != losses["plain"] and losses["cubic"] != losses["plain"]
+    for changes, message in (({"timesteps": "linear"}, "timesteps must be one of uniform, cubic"),
+                             ({"object_weight": -1.0}, "--object-weight must be 0 or positive")):
+        with pytest.raises(InvalidRequest, match=message):
+            T.setup(_cfg(scenes, tmp_path / "bad", **changes))
+
+
 def test_a_killed_run_resumes_to_the_same_adapter(scenes, plus, tmp_path, monkeypatch, trained):
     from huabu.tiny import train_ip_adapter as T
 

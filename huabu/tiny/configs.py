@@ -129,6 +129,8 @@ class IpAdapterTrainConfig:
     # hidden states instead of the 4-token projection of its image embedding
     plus: bool = False
     nameless: float = 0.5  # share of captions with the object's name left out (position and background only)
+    timesteps: str = "uniform"  # or "cubic": biased to the noisy steps, where an object's shape is decided
+    object_weight: float = 0.0  # extra loss weight on the object's latent cells (0: plain loss)
     drop_image: float = 0.05  # share of zero image embeddings, for classifier-free guidance
     drop_text: float = 0.05  # share of empty captions
     checkpoint_every: int = 250

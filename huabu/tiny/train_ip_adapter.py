@@ -13,7 +13,9 @@ encoder's penultimate hidden states (CLS and patch tokens), which diffusers feed
 Each step takes one-object world scenes (their latents cached once) and, for each, a reference rendered anew from
 (seed, step): the same object elsewhere, on another background, in another colour where it takes one
 (huabu.tiny.ip_adapter_scenes). Half the captions leave the object's name out, so the adapter must bring it; 5% of
-image embeddings are zeros and 5% of captions empty, for classifier-free guidance on both.
+image embeddings are zeros and 5% of captions empty, for classifier-free guidance on both. The caption gives the
+background and position, so the loss can weight the object's cells (`object_weight`) and draw noisy timesteps more
+often (`timesteps`), where the shape that only the reference gives is decided.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from huabu.tiny.eval import SCORER_DIR
 from huabu.tiny.train_unet import base_folder, encode_latents
 from huabu.training import loop
 from huabu.training.captioned_arrays import CaptionedArrays
-from huabu.training.diffusion import encode_text, noise_scheduler
+from huabu.training.diffusion import encode_text, noise_scheduler, object_masks
 from huabu.training.loop import Plan, Recipe, same_run
+from huabu.training.noise import check_timestep_sampling, draw_timesteps
 from huabu.training.schedules import Schedule
 
 WEIGHTS_FILE = "ip-adapter.safetensors"
@@ -205,6 +208,9 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     """The base UNet with a new adapter attached, its optimizer, and the loss of a step."""
     from diffusers import AutoencoderKL
 
+    check_timestep_sampling(cfg.timesteps)
+    if cfg.object_weight < 0:
+        raise InvalidRequest(f"--object-weight must be 0 or positive, got {cfg.object_weight}")
     accelerator = Accelerator()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +222,8 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     base, unet, text_encoder, tok, encoder = frozen_parts(cfg)
     vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32).eval()
     latents = encode_latents(vae, np.asarray(data.images[chosen]), out / "latents.npy")
+    weights = (1.0 + cfg.object_weight * object_masks(np.asarray(data.images[chosen]), latents.shape[-1])
+               if cfg.object_weight else None)
     unet._load_ip_adapter_weights([initial_state(unet, encoder.config, cfg.seed, cfg.plus)],
                                   low_cpu_mem_usage=False)
     adapter = trainable(unet).requires_grad_(True)
@@ -235,7 +243,7 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x0 = torch.from_numpy(latents[pick].astype(np.float32))
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
+        t = draw_timesteps(cfg.timesteps, sched.config.num_train_timesteps, len(x0), gen)
         with torch.no_grad():
             cond = encode_text(tok, text_encoder, texts)
             features = image_features(encoder, reference_pixels(processor, refs).to(device),
@@ -243,7 +251,10 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
         xt = sched.add_noise(x0, noise, t).to(device)
         pred = unet(xt, t.to(device), encoder_hidden_states=cond,
                     added_cond_kwargs={"image_embeds": [features[:, None]]}).sample
-        return F.mse_loss(pred, noise.to(device))
+        if weights is None:
+            return F.mse_loss(pred, noise.to(device))
+        w = weights[torch.as_tensor(pick)].to(device)
+        return ((pred - noise.to(device)) ** 2 * w).mean() / w.mean()
 
     unwrapped = accelerator.unwrap_model(adapter)
     recipe = Recipe(accelerator, opt, {"adapter": unwrapped}, step_loss, list(unwrapped.parameters()))

@@ -1,4 +1,5 @@
-"""SD 1.x training pieces the recipes share: the DDPM noise schedule, prompt conditioning and pixel scaling."""
+"""SD 1.x training pieces the recipes share: the DDPM noise schedule, prompt conditioning, pixel scaling and the
+object masks that weight a loss towards an object on a plain background."""
 
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ def encode_text(tok: CLIPTokenizer, text_encoder: CLIPTextModel, captions: list[
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 images N x H x W x 3 -> float N x 3 x H x W in [-1, 1], as SD's VAE reads them."""
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def object_masks(images: np.ndarray, latent_size: int, threshold: int = 24) -> torch.Tensor:
+    """N x 1 x S x S: 1 where a latent cell covers pixels that differ from the image's border colour (the object
+    of an image on a plain background), else 0."""
+    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
+    colour = np.median(border, axis=1)[:, None, None, :]
+    differs = (np.abs(images.astype(np.int16) - colour).max(axis=-1) > threshold).astype(np.float32)
+    return torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(differs)[:, None], latent_size)

@@ -116,22 +116,13 @@ def _images(cfg: EmbeddingTrainConfig, size: int) -> tuple[np.ndarray, list[str]
     return np.stack(images), captions
 
 
-def object_masks(images: np.ndarray, latent_size: int, threshold: int = 24) -> torch.Tensor:
-    """N x 1 x S x S: 1 where a latent cell covers pixels that differ from the image's border colour (the object
-    of an image on a plain background), else 0."""
-    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
-    colour = np.median(border, axis=1)[:, None, None, :]
-    differs = (np.abs(images.astype(np.int16) - colour).max(axis=-1) > threshold).astype(np.float32)
-    return torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(differs)[:, None], latent_size)
-
-
 def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
     """The frozen model, the vectors (init word's, repeated), the optimizer over them, and the loss of a step."""
     from accelerate import Accelerator
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from huabu.training.diffusion import to_tensor
+    from huabu.training.diffusion import object_masks, to_tensor
 
     check_config(cfg)
     folder = model_folder(cfg.model)
