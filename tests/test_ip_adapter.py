@@ -132,6 +132,27 @@ def test_two_reference_images_a_batch_and_the_flat_layout(engine, ip_store, refe
     assert max_diff(engine.generate(request(**unguided)).images[0], plain) > 3  # no negative image embeddings then
 
 
+def test_a_model_folders_own_adapter_needs_no_name(engine, ip_store, model_store, references, tmp_path):
+    import shutil
+
+    model = tmp_path / "mine"
+    shutil.copytree(model_store["folder"], model)
+    own = tmp_path / "mine-ip-adapter"  # beside the model, as huabu tiny ship-ip-adapter writes it
+    own.mkdir()
+    shutil.copy(ip_store["folder"], own / "ip-adapter_mine.safetensors")
+    shutil.copytree(ip_store["folder"].parent / "image_encoder", own / "image_encoder")
+    named = engine.generate(request(model=str(model), ip_adapters=[{"image": references[0],
+                                                                    "model": "sd15/ip-adapter_tiny"}]))
+    unnamed = engine.generate(request(model=str(model), ip_adapters=[{"image": references[0]}]))
+    assert max_diff(unnamed.images[0], named.images[0]) == 0  # the same weights and encoder, found beside the model
+    assert "Model: ip-adapter_mine [" in unnamed.infotexts[0]
+    by_name = engine.generate(request(model=str(model), ip_adapters=[{"image": references[0],
+                                                                      "model": "ip-adapter_mine"}]))
+    assert max_diff(by_name.images[0], named.images[0]) == 0
+    with pytest.raises(InvalidRequest, match="several IP-Adapters"):  # other models have no own one
+        engine.generate(request(ip_adapters=[{"image": references[0]}]))
+
+
 def test_with_controlnet_img2img_and_hires(engine, ip_store, controlnet_store, references):
     ip = {"image": references[1], "model": "ip-adapter_tiny"}
     canny = {"module": "canny", "model": "tiny-canny", "image": references[0]}

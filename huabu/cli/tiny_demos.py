@@ -107,9 +107,9 @@ def register(tsub) -> None:
 
 def _ship_ip_adapter_parser(tsub) -> None:
     ship = tsub.add_parser("ship-ip-adapter", help="write a trained huabu-tiny IP-Adapter (fp16, with its image "
-                                                   "encoder) into the IP-Adapter folder, where the engine finds it")
+                                                   "encoder) beside the model, where the engine finds it")
     ship.add_argument("run", type=Path, help="the training run folder (its final/ is shipped)")
-    ship.add_argument("--out", type=Path, help="default: huabu-tiny/ in the IP-Adapter folder (~/.huabu/ip-adapter)")
+    ship.add_argument("--out", type=Path, help="default: <model>-ip-adapter/ beside the model folder")
     ship.add_argument("--model", type=Path, help="the model it was trained on (default: the shipped huabu-tiny)")
     ship.set_defaults(handler=_ship_ip_adapter)
 
@@ -169,12 +169,12 @@ def _eval_ip_adapter(args: argparse.Namespace) -> int:
 
 
 def _ship_ip_adapter(args: argparse.Namespace) -> int:
-    from huabu.core.settings import Settings
-    from huabu.tiny.ship import BUILTIN_DIR, IP_ADAPTER_NAME, ip_adapter_folder, ship_ip_adapter
+    from huabu.tiny.ship import BUILTIN_DIR, ip_adapter_folder, ship_ip_adapter
 
-    out = ship_ip_adapter(args.run, args.out or ip_adapter_folder(Settings.from_env()), args.model or BUILTIN_DIR)
-    print(f"shipped the IP-Adapter in {out} ({_megabytes(out):.1f} MB); use it with --ip-adapter IMAGE "
-          f"--ip-adapter-model {IP_ADAPTER_NAME}")
+    model = args.model or BUILTIN_DIR
+    out = ship_ip_adapter(args.run, args.out or ip_adapter_folder(model), model)
+    print(f"shipped the IP-Adapter in {out} ({_megabytes(out):.1f} MB); with the model it needs no name: "
+          f"--ip-adapter IMAGE")
     return 0
 
 

@@ -13,8 +13,10 @@ Files live in `Settings.ip_adapter_dir` (~/.huabu/ip-adapter):
   diffusers' `load_ip_adapter` layout (`models/image_encoder/` beside `models/ip-adapter_sd15.safetensors`) and a
   flat folder of weights files sharing one `image_encoder/` alike.
 
-Each unit is one adapter (the same weights may serve several images, each with its own weight). The adapters join
-the model's shared UNet for one run only: afterwards the UNet gets its own attention processors back.
+A model folder may bring its own: `<folder>-ip-adapter/` beside it (weights and `image_encoder/`); a unit without
+a model takes it first, as ControlNet units take a model's own ControlNets. Each unit is one adapter (the same
+weights may serve several images, each with its own weight). The adapters join the model's shared UNet for one run
+only: afterwards the UNet gets its own attention processors back.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from huabu.engine.extensions import Extension
 from huabu.engine.models import LoadedModel, looks_like_path
 
 IMAGE_ENCODER = "image_encoder"
+OWN_FOLDER_SUFFIX = "-ip-adapter"  # a model folder's own IP-Adapter: `<folder>-ip-adapter/` beside it
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")  # listed so that a pickle one is refused by name
 _A1111_TITLE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
 _PARTS = ("image_proj", "ip_adapter")
@@ -106,14 +109,26 @@ class IPAdapterManager:
                 if path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
                 and IMAGE_ENCODER not in path.relative_to(self.root).parts]
 
-    def resolve(self, spec: str) -> IPAdapterRef:
-        """The IP-Adapter a unit's `model` names: a path, a name in the folder (file name with or without its
-        suffix, or its path in the folder; "name [hash]" too), or empty for the folder's only one."""
+    def own_ip_adapters(self, model_path: Path | None) -> list[IPAdapterRef]:
+        """The IP-Adapters shipped with a model folder: the weights files of `<folder>-ip-adapter/` beside it."""
+        if model_path is None or not model_path.is_dir():
+            return []
+        own = model_path.parent / f"{model_path.name}{OWN_FOLDER_SUFFIX}"
+        return [self.ref_for(path) for path in sorted(own.glob("*")) if path.is_file()
+                and path.suffix.lower() in WEIGHT_SUFFIXES] if own.is_dir() else []
+
+    def resolve(self, spec: str, model_path: Path | None = None) -> IPAdapterRef:
+        """The IP-Adapter a unit's `model` names: a path, a name in the folder or among the model's own (file name
+        with or without its suffix, or its path in the folder; "name [hash]" too), or empty: the model's own one,
+        else the folder's only one; `model_path` is the model's folder."""
         spec = (spec or "").strip()
         if spec and looks_like_path(spec) and Path(spec).expanduser().is_file():
             return self.ref_for(Path(spec).expanduser())
+        own = self.own_ip_adapters(model_path)
         available = self.list_ip_adapters()
         if not spec:
+            if len(own) == 1:
+                return own[0]
             if len(available) == 1:
                 return available[0]
             if not available:
@@ -123,11 +138,12 @@ class IPAdapterManager:
                                  f"name one (model / --ip-adapter-model)")
         title = _A1111_TITLE.match(spec)
         wanted, short = (title.group(1).lower(), title.group(2).lower()) if title else (spec.lower(), None)
-        for ref in available:
-            relative = ref.path.relative_to(self.root)
+        for ref in available + own:
+            relative = ref.path.relative_to(self.root) if ref in available else Path(ref.path.name)
             if wanted in {ref.path.name.lower(), ref.name.lower(), str(relative).lower(),
                           str(relative.with_suffix("")).lower()}:
                 return ref
+        available += own
         for ref in available if short else []:
             if ref.short_hash.startswith(short[:8]):
                 return ref
@@ -157,7 +173,7 @@ class IPAdapterManager:
     def plan(self, checked: list[CheckedIPAdapter], model: LoadedModel, first_number: int = 0) -> IPAdapterPlan:
         """Resolve and read each image prompt's IP-Adapter and their one image encoder for `model`;
         `first_number` numbers their infotext fields after the request's ControlNet units."""
-        refs = [self.resolve(c.spec.model) for c in checked]
+        refs = [self.resolve(c.spec.model, model.ref.path) for c in checked]
         states = [self.state(ref, model) for ref in refs]
         encoders = {ref.encoder for ref in refs}
         if None in encoders:

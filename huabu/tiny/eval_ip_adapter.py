@@ -58,11 +58,11 @@ def scores(images: list[np.ndarray], scenes: list[S.Scene]) -> dict[str, float]:
     return dict(zip(("background", "position", "identity_top1"), hits.mean(0).tolist()))
 
 
-def adapter_file(cfg: IpAdapterEvalConfig, settings: Settings) -> Path:
-    """The weights file `cfg.adapter` names: a file, a folder's one .safetensors, or the shipped one."""
+def adapter_file(cfg: IpAdapterEvalConfig, model_dir: Path) -> Path:
+    """The weights file `cfg.adapter` names: a file, a folder's one .safetensors, or the model's own."""
     from huabu.tiny.ship import ip_adapter_folder
 
-    folder = Path(cfg.adapter).expanduser() if cfg.adapter else ip_adapter_folder(settings)
+    folder = Path(cfg.adapter).expanduser() if cfg.adapter else ip_adapter_folder(model_dir)
     if folder.is_file():
         return folder.resolve()
     found = sorted(folder.glob("*.safetensors"))
@@ -79,8 +79,8 @@ def evaluate_ip_adapter(cfg: IpAdapterEvalConfig, settings: Settings | None = No
 
     settings = settings or Settings.from_env()
     engine = engine or Engine(settings)
-    path = adapter_file(cfg, settings)
     model = cfg.model or BUILTIN_MODEL
+    path = adapter_file(cfg, engine.models.load(model).ref.path)
     rows = {}
     for glyphs, prompt in ROWS:
         cases = eval_cases(cfg.count, cfg.scene_seed, glyphs == "unseen")

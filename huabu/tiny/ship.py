@@ -4,12 +4,11 @@
                                        the engine's default ControlNet for that module on this model
     <model folder>/motion_adapter/     a diffusers MotionAdapter inside the model folder: the engine's default motion
                                        module for this model (pipelines load only what model_index.json lists)
-    <IP-Adapter folder>/huabu-tiny/    ip-adapter_huabu-tiny.safetensors (original layout) and its image_encoder/, in
-                                       the user's IP-Adapter folder (~/.huabu/ip-adapter), where the engine finds
-                                       IP-Adapters by name: `--ip-adapter-model ip-adapter_huabu-tiny`
+    <model folder>-ip-adapter/         ip-adapter_huabu-tiny.safetensors (original layout) and its image_encoder/
+                                       beside the model: the adapter an image prompt without a model name takes
 
-ControlNets stay outside the model folder so that the model itself keeps its size; a motion module is the model's
-own temporal half, which the engine already looks for inside it.
+ControlNets and the IP-Adapter stay outside the model folder so that the model itself keeps its size; a motion
+module is the model's own temporal half, which the engine already looks for inside it.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 
 from huabu.core.atomic import atomic_dir
 from huabu.core.errors import InvalidRequest, ModelNotFound
-from huabu.core.settings import Settings
+from huabu.engine.ip_adapters import OWN_FOLDER_SUFFIX
 from huabu.engine.models import BUILTIN_DIR
 
 IP_ADAPTER_NAME = "ip-adapter_huabu-tiny"
@@ -37,8 +36,10 @@ def motion_folder(model_dir: Path) -> Path:
     return Path(model_dir) / "motion_adapter"
 
 
-def ip_adapter_folder(settings: Settings) -> Path:
-    return settings.ip_adapter_dir / "huabu-tiny"
+def ip_adapter_folder(model_dir: Path) -> Path:
+    """Where a model folder's own IP-Adapter lives: `<folder>-ip-adapter/` beside it, where the engine looks."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / f"{model_dir.name}{OWN_FOLDER_SUFFIX}"
 
 
 def _trained_folder(run_dir: Path, what: str) -> Path:
