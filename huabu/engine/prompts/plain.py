@@ -67,7 +67,7 @@ class PipelinePrompts:
                 extra["clip_skip"] = clip_skip - 1
             else:
                 model.notice("clip_skip", f"clip skip is ignored on {label} models")
-        texts = {text for schedule in schedules for _, text in schedule}
+        texts = {text for schedule in schedules[:2 if takes_negative else 1] for _, text in schedule}
         weighted = any(plain_text(text)[1] for text in texts)
         scheduled = any(len(schedule) > 1 for schedule in schedules)
         if family not in EMPHASIS_FAMILIES:
