@@ -57,3 +57,26 @@ def test_shipped_glyph_controlnet_writes_the_quoted_word_where_asked(engine):
     assert read_box(result.images[0], box) == "画布"
     unguided = engine.generate(request.model_copy(update={"controlnets": [], "text_boxes": []}))
     assert read_box(unguided.images[0], box) != "画布"
+
+
+def test_shipped_ip_adapter_brings_the_reference_object_without_a_name(engine):
+    from huabu.core.requests import GenerateRequest
+    from huabu.tiny import ip_adapter_scenes as IS
+    from huabu.tiny.eval_control import png_data_url
+    from huabu.tiny.eval_ip_adapter import eval_cases, read
+    from huabu.tiny.ship import ip_adapter_folder
+
+    own = ip_adapter_folder(BUILTIN_DIR)
+    assert sum(p.stat().st_size for p in own.rglob("*") if p.is_file()) < 10e6
+    hits = {True: 0, False: 0}
+    for index, (scene, reference) in enumerate(eval_cases(6, 3333, unseen=False)):
+        placed = scene.objects[0]
+        for adapter in (True, False):
+            request = GenerateRequest.create(
+                prompt=IS.nameless_caption(scene.background, placed.position), seed=index, steps=20, cfg_scale=5.0,
+                ip_adapters=[{"image": png_data_url(reference)}] if adapter else [])  # no model named
+            result = engine.generate(request)
+            hits[adapter] += read(np.asarray(result.images[0]), placed.size)[2] == placed.obj
+            if adapter:
+                assert "Model: ip-adapter_huabu-tiny [" in result.infotexts[0]
+    assert hits[True] >= 2 and hits[False] == 0  # the prompt never names the object: only the reference brings it
