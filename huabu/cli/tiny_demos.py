@@ -169,12 +169,12 @@ def _eval_ip_adapter(args: argparse.Namespace) -> int:
 
 
 def _ship_ip_adapter(args: argparse.Namespace) -> int:
-    from huabu.tiny.ship import BUILTIN_DIR, ip_adapter_folder, ship_ip_adapter
+    from huabu.tiny.ship import BUILTIN_DIR, IP_ADAPTER_NAME, ip_adapter_folder, ship_ip_adapter
 
     model = args.model or BUILTIN_DIR
     out = ship_ip_adapter(args.run, args.out or ip_adapter_folder(model), model)
-    print(f"shipped the IP-Adapter in {out} ({_megabytes(out):.1f} MB); with the model it needs no name: "
-          f"--ip-adapter IMAGE")
+    print(f"shipped the IP-Adapter {IP_ADAPTER_NAME} in {out} ({_megabytes(out):.1f} MB); beside the model it needs "
+          f"no name: --ip-adapter IMAGE")
     return 0
 
 
