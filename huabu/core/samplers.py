@@ -159,7 +159,8 @@ def resolved_schedule(sampler: Sampler, schedule: Schedule, flow: bool = False) 
 # A1111 sampler name -> (diffusers scheduler, config overrides) on a flow-matching model. DPM++ 2M runs diffusers'
 # DPM-Solver on flow sigmas shifted as the model's own scheduler shifts them (flow_shift; FLUX's resolution-dependent
 # shift arrives from the pipeline as `mu`). "Euler a" is the stochastic flow Euler, which diffusers' flow pipelines
-# step without the call's generator: the engine seeds its step noise itself (huabu.engine.noise.seeded_global_rng).
+# step without the call's generator: the engine seeds torch's global one around each call
+# (huabu.engine.noise.seeded_global_rng).
 FLOW_SAMPLERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     "Euler": ("FlowMatchEulerDiscreteScheduler", {}),
     "Euler a": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),

@@ -27,7 +27,6 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,6 @@ from huabu.engine.denoisers import Denoiser
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image
 from huabu.engine.models import LoadedModel, looks_like_path
-from huabu.engine.noise import seeded_global_rng
 from huabu.engine.pipelines import pipeline_mode
 
 log = logging.getLogger(__name__)
@@ -402,8 +400,10 @@ def fit_problem(name: str, config: Any, unet_config: Any, vae_factor: int) -> st
 def family_fit_problem(name: str, config: dict[str, Any], denoiser: Denoiser) -> str | None:
     """Why a ControlNet config (with its `_class_name`) cannot steer this model's denoiser, or None."""
     problem = class_problem(name, config.get("_class_name"), denoiser.family, denoiser.label)
-    if problem or denoiser.is_transformer:
-        return problem or transformer_fit_problem(name, config, denoiser.config, denoiser.label)
+    if problem:
+        return problem
+    if denoiser.is_transformer:
+        return transformer_fit_problem(name, config, denoiser.config, denoiser.label)
     return fit_problem(name, config, denoiser.config, denoiser.vae_scale_factor)
 
 
@@ -533,14 +533,6 @@ class ControlPlan(Extension):
                 "controlnet_conditioning_scale": [float(c.unit.weight) for c in active],
                 "control_guidance_start": [float(c.unit.guidance_start) for c in active],
                 "control_guidance_end": [float(c.unit.guidance_end) for c in active]}
-
-    def around_call(self, seeds: list[int]) -> AbstractContextManager:
-        """diffusers' SD3 ControlNet pipeline VAE-samples the control image from torch's global generator, not the
-        call's: that draw is seeded from the first seed, on a forked generator, so a request makes the same picture
-        each time and the process's generator is left as it was."""
-        if self.family != "sd3" or not self.active:
-            return nullcontext()
-        return seeded_global_rng(seeds[0])
 
     def control_map(self, checked: CheckedUnit, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The unit's preprocessed image, fitted to width x height by its resize mode."""

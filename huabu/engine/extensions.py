@@ -1,15 +1,14 @@
 """Extensions: what joins a denoising run without forking it (after InvokeAI's extensions, in small).
 
-An extension may change the latents after each step (`on_step_end`, chained by huabu.engine.job.step_callback), may
-wrap each pipeline call (`around_call`) and adds its infotext fields. Its pipeline arguments come from its own
-methods, since each kind needs different ones: ControlNet (huabu.engine.controlnets.ControlPlan), IP-Adapter image
-prompts (huabu.engine.ip_adapters.IPAdapterPlan), the prompt schedule (below), and for video the motion module,
-SparseCtrl and first-frame anchoring (huabu.engine.video).
+An extension may change the latents after each step (`on_step_end`, chained by huabu.engine.job.step_callback) and
+adds its infotext fields. Its pipeline arguments come from its own methods, since each kind needs different ones:
+ControlNet (huabu.engine.controlnets.ControlPlan), IP-Adapter image prompts (huabu.engine.ip_adapters.IPAdapterPlan),
+the prompt schedule (below), and for video the motion module, SparseCtrl and first-frame anchoring
+(huabu.engine.video).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,10 +28,6 @@ class Extension:
 
     def on_step_end(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
         return callback_kwargs
-
-    def around_call(self, seeds: list[int]) -> AbstractContextManager:
-        """A context the pipeline call that draws `seeds` runs in."""
-        return nullcontext()
 
     def infotext_params(self) -> dict[str, Any]:
         return {}

@@ -223,12 +223,9 @@ class Engine:
         call.update(model.denoiser.call_options(pipe))
         if callback is not None:
             call.update(step_callback_kwargs(pipe, callback, callback_tensors(extensions)))
-        with ExitStack() as contexts:
-            for extension in extensions:
-                contexts.enter_context(extension.around_call(seeds))
-            if model.denoiser.flow and pipe.scheduler.config.get("stochastic_sampling"):
-                # the flow pipelines step the scheduler without the call's generators: one seeded draw per call
-                contexts.enter_context(seeded_global_rng(seeds[0] + delta))
+        # Some pipelines draw from torch's global generator, not the call's (the flow pipelines' stochastic Euler
+        # steps, SD3 ControlNets' control latents): seeded per call, so a request makes the same picture each time.
+        with seeded_global_rng(seeds[0] + delta):
             return pipe(**call).images
 
     def _save_image(self, image, seed: int, infotext: str, job: Job, params: dict, outdir, result) -> None:
