@@ -138,12 +138,12 @@ class IPAdapterManager:
                                  f"name one (model / --ip-adapter-model)")
         title = _A1111_TITLE.match(spec)
         wanted, short = (title.group(1).lower(), title.group(2).lower()) if title else (spec.lower(), None)
-        for ref in available + own:
-            relative = ref.path.relative_to(self.root) if ref in available else Path(ref.path.name)
+        available += own
+        for ref in available:
+            relative = ref.path.relative_to(self.root) if ref.path.is_relative_to(self.root) else Path(ref.path.name)
             if wanted in {ref.path.name.lower(), ref.name.lower(), str(relative).lower(),
                           str(relative.with_suffix("")).lower()}:
                 return ref
-        available += own
         for ref in available if short else []:
             if ref.short_hash.startswith(short[:8]):
                 return ref

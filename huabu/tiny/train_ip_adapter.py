@@ -221,9 +221,9 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
                              f"fewer than --batch-size {cfg.batch_size}: make a larger one with `huabu tiny data`")
     base, unet, text_encoder, tok, encoder = frozen_parts(cfg)
     vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32).eval()
-    latents = encode_latents(vae, np.asarray(data.images[chosen]), out / "latents.npy")
-    weights = (1.0 + cfg.object_weight * object_masks(np.asarray(data.images[chosen]), latents.shape[-1])
-               if cfg.object_weight else None)
+    images = np.asarray(data.images[chosen])
+    latents = encode_latents(vae, images, out / "latents.npy")
+    weights = 1.0 + cfg.object_weight * object_masks(images, latents.shape[-1]) if cfg.object_weight else None
     unet._load_ip_adapter_weights([initial_state(unet, encoder.config, cfg.seed, cfg.plus)],
                                   low_cpu_mem_usage=False)
     adapter = trainable(unet).requires_grad_(True)
