@@ -1,19 +1,23 @@
 """Requests per second and p50/p95 latency through the HTTP API vs direct Engine.generate calls, same model, steps and
 size: A1111 /sdapi/v1/txt2img (sync), native jobs followed by their SSE stream, native jobs polled every 250 ms.
 
-    .venv/bin/python benchmarks/api_throughput.py [--model SPEC] [--requests 32] [--concurrency 1 8 32] [--steps 4]
-                                                  [--rounds 2] [--warmup 8]
-                                                  [--engine process|thread]
+    .venv/bin/python benchmarks/api_throughput.py [--model SPEC] [--requests 8] [--rounds 8] [--concurrency 1 8 32]
+                                                  [--steps 4] [--warmup 8] [--engine process|thread]
 
 This process runs the server (uvicorn on a thread, as `huabu serve` does) and the direct calls; the server's engine
 runs in a child process as `huabu serve`'s does (`--engine thread`: on a thread of this process, sharing the direct
-calls' engine); the API load comes from a separate client process, as real clients are. Each round measures direct,
-then each API path at each concurrency, so the paths of one round share the machine's load; the report gives every
-round and the ratio of each path to the direct rate of its round. Before the first round every path runs once
-unreported at each concurrency (`--warmup` requests), so round 1 measures the same warm server as the later ones.
-Direct calls run one after another (the engine makes one image at a time); an API client's latency includes waiting
-in the queue, so at concurrency 1 `p50 - direct p50` is the API's own cost a request. Without --model: huabu-tiny,
-or while its weights are absent a random huabu-tiny-sized model."""
+calls' engine); the API load comes from one separate client process, as real clients are, that stays up for the
+whole run and takes its orders over a pipe.
+
+Small blocks, interleaved: each round runs, for every path and concurrency, a block of direct calls and then a block
+of that path's requests (`--requests` each, or the concurrency if larger), and a last direct block closes the run.
+A path is compared with the direct blocks on either side of its own blocks, pooled over the rounds: this machine's
+speed drifts by 10-25% within a minute, so a path measured a minute after its baseline (as this benchmark first
+did) moved by that much between runs, while neighbours share the drift. Before the first round every path runs
+once unreported at each concurrency (`--warmup` requests). Direct calls run one after another (the engine makes one
+image at a time); an API client's latency includes waiting in the queue, so at concurrency 1 `p50 - direct p50` is
+the API's own cost a request. Without --model: huabu-tiny, or while its weights are absent a random
+huabu-tiny-sized model."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PATHS = ("a1111", "sse", "poll")
@@ -61,29 +66,33 @@ async def one_request(client, path: str, payload: dict, seed: int) -> None:
     assert job["state"] == "done", job["error"]
 
 
-async def load(base: str, path: str, payload: dict, count: int, concurrency: int) -> dict:
-    import httpx
-
+async def load(client, path: str, payload: dict, count: int, concurrency: int) -> dict:
     latencies: list[float] = []
     todo = iter(range(count))
 
-    async def client_loop(client) -> None:
+    async def client_loop() -> None:
         for seed in todo:
             begun = time.perf_counter()
             await one_request(client, path, payload, seed)
             latencies.append(time.perf_counter() - begun)
 
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return {"latencies": latencies, "wall": wall}
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    return {"latencies": latencies, "wall": time.perf_counter() - start}
 
 
-def client_main(args: argparse.Namespace) -> None:
-    result = asyncio.run(load(args.client, args.path, json.loads(args.payload), args.requests, args.clients))
-    print(json.dumps(result))
+def client_main(base: str, payload: dict, most_clients: int) -> None:
+    """The load process: one block of requests per order read from stdin, its figures written to stdout."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=most_clients + 4, max_keepalive_connections=most_clients + 4)
+    with asyncio.Runner() as runner:
+        client = httpx.AsyncClient(base_url=base, timeout=600, limits=limits)
+        for line in sys.stdin:
+            order = json.loads(line)
+            result = runner.run(load(client, order["path"], payload, order["requests"], order["clients"]))
+            print(json.dumps(result), flush=True)
+        runner.run(client.aclose())
 
 
 # --- the server process ------------------------------------------------------------------------------------------
@@ -120,13 +129,26 @@ def direct(engine, payload: dict, count: int) -> dict:
     return {"latencies": latencies, "wall": time.perf_counter() - start}
 
 
-def through_client(base: str, path: str, payload: dict, count: int, concurrency: int) -> dict:
-    command = [sys.executable, __file__, "--client", base, "--path", path, "--payload", json.dumps(payload),
-               "--requests", str(count), "--clients", str(concurrency)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise SystemExit(f"client for {path} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class LoadProcess:
+    """The separate client process (client_main), kept up for the whole run: started once, so no block pays for
+    an interpreter's start, and ordered one block at a time."""
+
+    def __init__(self, base: str, payload: dict, most_clients: int) -> None:
+        command = [sys.executable, __file__, "--client", base, "--payload", json.dumps(payload),
+                   "--clients", str(most_clients)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, path: str, count: int, concurrency: int) -> dict:
+        self.process.stdin.write(json.dumps({"path": path, "requests": count, "clients": concurrency}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the client process failed during {path} (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 class EngineClock:
@@ -152,23 +174,50 @@ class EngineClock:
         return taken
 
 
-def row(label: str, concurrency: int, figures: dict, base: dict) -> str:
-    lat, rate = figures["latencies"], len(figures["latencies"]) / figures["wall"]
-    base_rate = len(base["latencies"]) / base["wall"]
-    extra = (statistics.median(lat) - statistics.median(base["latencies"])) * 1000
-    engine = statistics.median(figures["engine"]) * 1000 if figures["engine"] else float("nan")
-    return (f"{label:<20} {concurrency:>5} {len(lat):>5} {rate:>7.2f} {rate / base_rate:>7.0%} "
-            f"{statistics.median(lat) * 1000:>8.1f} {percentile(lat, 0.95) * 1000:>8.1f} "
-            f"{extra if concurrency == 1 else float('nan'):>8.1f} {engine:>8.1f}")
+@dataclass
+class Pooled:
+    """Blocks of one kind pooled: their requests over their summed wall time, their latencies together."""
+
+    blocks: list[dict] = field(default_factory=list)
+
+    @property
+    def latencies(self) -> list[float]:
+        return [value for block in self.blocks for value in block["latencies"]]
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / sum(block["wall"] for block in self.blocks)
+
+    @property
+    def engine(self) -> list[float]:
+        return [value for block in self.blocks for value in block["engine"]]
+
+
+def rate(block: dict) -> float:
+    return len(block["latencies"]) / block["wall"]
+
+
+def report(measured: dict[tuple[str, int], tuple[Pooled, Pooled, list[float]]]) -> None:
+    print(f"{'path':<20} {'conc.':>5} {'reqs':>5} {'req/s':>7} {'direct':>7} {'/direct':>7} {'p50 ms':>8} "
+          f"{'+p50 ms':>8} {'p95 ms':>8} {'eng. ms':>8}  share in each round")
+    for (path, concurrency), (api, beside, shares) in measured.items():
+        lat = api.latencies
+        extra = (statistics.median(lat) - statistics.median(beside.latencies)) * 1000
+        engine = statistics.median(api.engine) * 1000 if api.engine else float("nan")
+        rounds = " ".join(f"{share:.0%}" for share in shares)
+        print(f"{LABELS[path]:<20} {concurrency:>5} {len(lat):>5} {api.rate:>7.2f} {beside.rate:>7.2f} "
+              f"{api.rate / beside.rate:>7.0%} {statistics.median(lat) * 1000:>8.1f} "
+              f"{extra if concurrency == 1 else float('nan'):>8.1f} {percentile(lat, 0.95) * 1000:>8.1f} "
+              f"{engine:>8.1f}  {rounds}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model spec (default: huabu-tiny, else a random model)")
-    parser.add_argument("--requests", type=int, default=32, help="requests per measurement")
+    parser.add_argument("--requests", type=int, default=8, help="requests per block (at least the concurrency)")
+    parser.add_argument("--rounds", type=int, default=8, help="blocks of each path and concurrency, interleaved")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the whole set (figures per round)")
     parser.add_argument("--warmup", type=int, default=8,
                         help="unreported requests per path and concurrency before round 1 (0: none)")
     parser.add_argument("--steps", type=int, default=4)
@@ -177,12 +226,11 @@ def main() -> None:
     parser.add_argument("--engine", choices=("process", "thread"), default="process",
                         help="the server's engine in a child process (as `huabu serve`) or on a thread of this one")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run as the load process against this URL
-    parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        return client_main(args)
+        return client_main(args.client, json.loads(args.payload), args.clients)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from huabu.cli.options import quiet_libraries
@@ -210,29 +258,34 @@ def main() -> None:
     clock = EngineClock(engine)  # times the in-process engine only: a child's calls are not seen (eng. ms nan)
     server, thread, base = serve(create_app(settings, ServerConfig(),
                                             engines=[engine] if args.engine == "thread" else None))
-    if args.engine == "process":
-        through_client(base, "a1111", payload, 3, 1)  # the child loads the model and warms up
+    clients = LoadProcess(base, payload, max(args.concurrency))
     print(f"model {model or BUILTIN_MODEL}, {args.size}x{args.size}, {args.steps} steps, torch threads "
-          f"{torch.get_num_threads()}; clients in a separate process; server engine in a {args.engine}")
-    print(f"{'path':<20} {'conc.':>5} {'reqs':>5} {'req/s':>7} {'/direct':>7} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'+p50 ms':>8} {'eng. ms':>8}")
+          f"{torch.get_num_threads()}; clients in a separate process; server engine in a {args.engine}; "
+          f"{args.rounds} rounds of blocks of {args.requests}")
     try:
+        clients.run("a1111", 3, 1)  # a child engine loads the model and warms up
         if args.warmup:
             direct(engine, payload, args.warmup)
             for concurrency in args.concurrency:
                 for path in args.paths:
-                    through_client(base, path, payload, max(args.warmup, concurrency), concurrency)
-            clock.take()
+                    clients.run(path, max(args.warmup, concurrency), concurrency)
+        clock.take()
+        measured = {(path, c): (Pooled(), Pooled(), []) for c in args.concurrency for path in args.paths}
+        before = {**direct(engine, payload, args.requests), "engine": clock.take()}
         for round_no in range(1, args.rounds + 1):
-            print(f"-- round {round_no}")
-            base_figures = {**direct(engine, payload, args.requests), "engine": clock.take()}
-            print(row(LABELS["direct"], 1, base_figures, base_figures), flush=True)
-            for concurrency in args.concurrency:
-                for path in args.paths:
-                    figures = through_client(base, path, payload, max(args.requests, concurrency), concurrency)
-                    figures["engine"] = clock.take()
-                    print(row(LABELS[path], concurrency, figures, base_figures), flush=True)
+            for (path, concurrency), (api, beside, shares) in measured.items():
+                block = {**clients.run(path, max(args.requests, concurrency), concurrency), "engine": clock.take()}
+                after = {**direct(engine, payload, args.requests), "engine": clock.take()}
+                api.blocks.append(block)
+                beside.blocks += [before, after]
+                shares.append(rate(block) / statistics.mean([rate(before), rate(after)]))
+                before = after
+            print(f"-- round {round_no}: direct {rate(before):.2f} req/s; " + ", ".join(
+                f"{LABELS[path]} x{c} {shares[-1]:.0%}" for (path, c), (_, _, shares) in measured.items()),
+                flush=True)
+        report(measured)
     finally:
+        clients.close()
         server.should_exit = True
         thread.join(timeout=30)
 

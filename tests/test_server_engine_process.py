@@ -39,7 +39,7 @@ def test_a_child_engine_makes_the_in_process_images_and_reports_progress(engine,
     child, ours = (np.asarray(decode_png(a["images"][0]).convert("RGB")) for a in (answer, in_process))
     assert np.array_equal(child, ours) and child.std() > 5
     assert job["state"] == "done" and job["progress"]["step"] == TINY["steps"]
-    assert job["result"]["infotexts"][0].startswith("a cat")
+    assert job["result"]["infotexts"][0].startswith("a cat") and job["result"]["count"] == 1
     assert runner.pid is None  # the server's stop closed the pipe and the child exited
 
 
@@ -64,3 +64,15 @@ def test_a_child_engine_is_cancelled_and_a_killed_one_is_replaced(model_store, t
 
         third = client.post("/api/v1/jobs", json={"request": {"prompt": "x", "seed": 3, **TINY}}).json()
         assert _wait(client, third["id"], lambda j: j["state"] not in ("queued", "running"))["state"] == "done"
+
+
+def test_only_a1111_outcomes_carry_their_images_across_the_pipe():
+    from PIL import Image
+
+    from huabu.server.runner import Outcome
+
+    outcome = Outcome([Image.new("RGB", (8, 8), "red")], [1], ["x"], {}, {}, ["jobs/a/00000-1.png"])
+    native = Outcome.from_wire(outcome.to_wire(images=False))  # a native job's image is in its file
+    assert native.images == [] and native.summary()["count"] == 1
+    a1111 = Outcome.from_wire(outcome.to_wire())
+    assert a1111.count == 1 and a1111.images[0].getpixel((0, 0)) == (255, 0, 0)

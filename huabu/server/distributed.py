@@ -194,7 +194,8 @@ def _register_task(app, settings, preload: str | None, limits: Limits, lease_sec
             if kind == "internal":
                 log.exception("job %s failed", job.id)
             return {"status": "failed", "error": message, "error_kind": kind, "worker": worker}
-        return {"status": "cancelled" if flags["cancel"] else "done", "worker": worker, **outcome.to_wire()}
+        return {"status": "cancelled" if flags["cancel"] else "done", "worker": worker,
+                **outcome.to_wire(images=job.origin == "a1111")}
 
 
 def run_worker(settings, broker_url: str, name: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,

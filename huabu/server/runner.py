@@ -43,23 +43,29 @@ class Outcome:
     # The images as the wire carried them (base64 PNGs with their infotexts), so an A1111 answer in PNG sends them
     # as they are instead of decoding and encoding them again; empty for an outcome made in this process.
     encoded: list[str] = field(default_factory=list)
+    count: int | None = None  # images made; given only where they did not travel with the outcome
+
+    def __post_init__(self) -> None:
+        if self.count is None:
+            self.count = len(self.images)
 
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, "seeds": self.seeds, "infotexts": self.infotexts,
                 "request_used": self.request_used, "model": self.model, "interrupted": self.interrupted,
-                "count": len(self.images)}
+                "count": self.count}
 
-    def to_wire(self) -> dict[str, Any]:
-        """The summary plus the images as base64 PNGs (a Celery result travels through Redis as JSON)."""
-        images = [png_base64(image, text) for image, text in zip(self.images, self.infotexts)]
-        return {**self.summary(), "images": images}
+    def to_wire(self, images: bool = True) -> dict[str, Any]:
+        """The summary plus, with `images`, the images as base64 PNGs (a Celery result travels through Redis as
+        JSON). Only a synchronous A1111 call answers with the images; a native job's are in its files."""
+        encoded = [png_base64(image, text) for image, text in zip(self.images, self.infotexts)] if images else []
+        return {**self.summary(), "images": encoded}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Outcome:
         encoded = data.get("images", [])
         images = [Image.open(io.BytesIO(base64.b64decode(text))) for text in encoded]  # decoded only if used
         return cls(images, data["seeds"], data["infotexts"], data["request_used"], data["model"], data["files"],
-                   data["interrupted"], encoded)
+                   data["interrupted"], encoded, data.get("count", len(encoded)))
 
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress reports of one job (each is a row written and a wake-up)
