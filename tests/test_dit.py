@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -130,8 +131,43 @@ def test_flow_sampler_table():
         build_scheduler("DDIM", None, sd3)
     with pytest.raises(InvalidRequest, match="schedule type 'Karras' is not available with 'DPM\\+\\+ 2M'"):
         scheduler_config("DPM++ 2M Karras", None, sd3)
+    # A shift of the user's replaces the model's own, and FLUX's size-dependent one.
+    for sampler in ("Euler", "DPM++ 2M"):
+        ours, theirs = build_scheduler(sampler, None, sd3, shift=6.0), build_scheduler(sampler, None,
+                                                                                        {**sd3, "shift": 6.0})
+        ours.set_timesteps(4), theirs.set_timesteps(4)
+        assert ours.sigmas.tolist() == theirs.sigmas.tolist()
+    flux = {**sd3, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15}
+    pinned = scheduler_config("Euler", None, flux, shift=2.0)[1]
+    assert pinned["base_shift"] == pinned["max_shift"] == pytest.approx(math.log(2.0))
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    pinned = build_scheduler("Euler", None, flux, shift=6.0).config
+    for tokens in (16, 4096):  # the mu FLUX's pipelines pass, whatever the image size
+        mu = calculate_shift(tokens, pinned.base_image_seq_len, pinned.max_image_seq_len, pinned.base_shift,
+                             pinned.max_shift)
+        assert mu == pytest.approx(math.log(6.0))
+    plain, shifted = build_scheduler("Euler", None, flux), build_scheduler("Euler", None, flux, shift=6.0)
+    plain.set_timesteps(4, mu=0.0), shifted.set_timesteps(4, mu=math.log(6.0))
+    assert shifted.sigmas.tolist() == pytest.approx([6 * t / (1 + 5 * t) for t in plain.sigmas.tolist()])
+    with pytest.raises(InvalidRequest, match=r"shift 2 applies to flow-matching models \(SD3, FLUX\) only"):
+        scheduler_config("Euler", None, {"_class_name": "EulerDiscreteScheduler"}, shift=2.0)
     # Not flow: the UNet table, unchanged (PixArt-Sigma's DPM-Solver is an epsilon model).
     assert scheduler_config("DPM++ 2M", None, {"prediction_type": "epsilon"})[1]["use_karras_sigmas"]
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
+def test_a_shift_changes_the_image_and_is_written(dit_engine, model):
+    own = make(dit_engine, model, sampler="Euler")
+    shifted = make(dit_engine, model, sampler="Euler", shift=6)
+    assert "Shift: 6," in shifted.infotexts[0] and "Shift:" not in own.infotexts[0]
+    assert max_diff(own.images[0], shifted.images[0]) > 0
+    assert max_diff(make(dit_engine, model, sampler="Euler", shift=6).images[0], shifted.images[0]) == 0
+
+
+def test_a_shift_on_a_model_without_flow_matching_is_refused(dit_engine):
+    with pytest.raises(InvalidRequest, match="shift 3 applies to flow-matching models"):
+        make(dit_engine, "tiny-pixart", shift=3)
 
 
 @pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
@@ -184,10 +220,11 @@ def test_infotext_reproduces_through_the_cli(dit_home, model, capsys, monkeypatc
     monkeypatch.setenv("HUABU_HOME", str(dit_home))
     monkeypatch.setenv("HUABU_DEVICE", "cpu")
     code = main(["generate", "a (red:1.2) apple", "--model", model, "--steps", "3", "--size", "32x32",
-                 "--seed", "11", "--sampler", "DPM++ 2M", "-o", str(tmp_path)])
+                 "--seed", "11", "--sampler", "DPM++ 2M", "--shift", "4", "-o", str(tmp_path)])
     _, err = capsys.readouterr()
     assert code == 0, err
     made = next(tmp_path.glob("*.png"))
+    assert "Shift: 4," in Image.open(made).text["parameters"]
     assert main(["reproduce", str(made)]) == 0
     assert capsys.readouterr().out.startswith("match")
 

@@ -35,7 +35,8 @@ def request_from_args(args: argparse.Namespace, mode: str, script: dict | None =
     apply_fast_preset(args)
     width, height = args.size if args.size else (None, None)
     fields = dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative, styles=args.style, steps=args.steps,
-                  cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, seed=args.seed, width=width,
+                  cfg_scale=args.cfg, sampler=args.sampler, schedule_type=args.schedule, shift=args.shift,
+                  seed=args.seed, width=width,
                   height=height, batch_size=args.batch, n_iter=args.n_iter, model=args.model,
                   checkpoint_config=args.checkpoint_config, vae=args.vae, clip_skip=args.clip_skip,
                   loras=[parse_lora(text) for text in args.lora], controlnets=control_units_from_args(args),

@@ -80,6 +80,8 @@ def add_generation_options(parser: argparse.ArgumentParser, prompt_optional: boo
     parser.add_argument("--sampler", default="DPM++ 2M", help="A1111 name, e.g. 'Euler a', 'DPM++ 2M Karras' "
                                                                "(huabu samplers lists them)")
     parser.add_argument("--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential...")
+    parser.add_argument("--shift", type=float, help="flow-matching models (SD3, FLUX): the sigma shift, as "
+                                                    "ComfyUI's ModelSamplingSD3 (default: the model's own)")
     parser.add_argument("--fast", action="store_true",
                         help=f"huabu-tiny's few-step preset: {' '.join(FAST_PRESET_FLAGS)} (overrides those options)")
     parser.add_argument("--seed", type=int, default=-1, help="-1 picks a random seed (recorded in the PNG)")

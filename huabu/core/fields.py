@@ -178,6 +178,7 @@ FIELDS: tuple[InfotextField, ...] = (
     _F("ENSD", ("eta_noise_seed_delta",), _whole,
        written=lambda values: values["eta_noise_seed_delta"] != 0 and uses_eta_noise(values["sampler"]),
        setting="eta_noise_seed_delta"),
+    _F("Shift", ("shift",), _number, format_number, lambda values: values["shift"] is not None),
     # The hires fix's fields, in the order A1111's txt2img adds them to extra_generation_params.
     _F("Hires sampler", ("hr_sampler",), _sampler, written=lambda values: _hires(values) and values["hr_sampler"]
        not in (None, values["sampler"]), api=("hr_sampler_name",)),

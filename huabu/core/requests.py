@@ -246,6 +246,9 @@ class GenerateRequest(SamplingRequest):
     seed_resize_from_h: int = Field(default=0, ge=-1, le=4096)
     # A1111's ENSD: ancestral and SDE samplers draw their step noise from seed + this (start noise: the seed's).
     eta_noise_seed_delta: int = Field(default=0, ge=0, le=MAX_SEED)
+    # Flow-matching models (SD3, FLUX): the sigma shift, as ComfyUI's ModelSamplingSD3 sets it; None: the model's
+    # own (FLUX's grows with the image size). Higher values spend more steps at high noise, where layout is made.
+    shift: float | None = Field(default=None, gt=0.0, le=100.0)
     # Hires fix (txt2img): upscale the first pass to hr_scale (or hr_resize_x/y) and repaint it with img2img at
     # denoising_strength for hr_second_pass_steps (0: steps).
     enable_hr: bool = False

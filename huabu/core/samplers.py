@@ -12,6 +12,7 @@ The name tables are plain data so that requests can be validated without importi
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,15 +211,26 @@ def canonical_names(name: str, schedule: str | None = None) -> tuple[str, str]:
 
 
 def scheduler_config(
-    name: str, schedule: str | None, base_config: Mapping[str, Any], seeds: Sequence[int] | None = None
+    name: str, schedule: str | None, base_config: Mapping[str, Any], seeds: Sequence[int] | None = None,
+    shift: float | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """(diffusers scheduler class name, config) for an A1111 sampler on a model whose scheduler config is
-    `base_config`. `seeds` (one per image) seed DPM++ SDE's Brownian noise so batches reproduce single images."""
+    `base_config`. `seeds` (one per image) seed DPM++ SDE's Brownian noise so batches reproduce single images;
+    `shift` replaces a flow-matching model's own sigma shift (and FLUX's size-dependent one)."""
     sampler, sched = parse_sampler(name, schedule)
     flow = is_flow_config(base_config)
     sched = resolved_schedule(sampler, sched, flow)
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    if shift is not None and not flow:
+        raise InvalidRequest(f"shift {shift:g} applies to flow-matching models (SD3, FLUX) only; this model's "
+                             f"scheduler ({base_config.get('_class_name', 'unnamed')}) is not one")
     if flow:
+        if shift is not None and config.get("use_dynamic_shifting"):
+            # FLUX's pipelines pass a size-dependent mu (the log of the shift) between base_shift and max_shift;
+            # both ends at log(shift) pin it: each sigma t then becomes shift * t / (1 + (shift - 1) * t).
+            config.update(base_shift=math.log(shift), max_shift=math.log(shift))
+        elif shift is not None:
+            config["shift"] = float(shift)
         return _flow_scheduler_config(sampler, sched, config)
     config.update(sampler.options)
     config.update(sched.options)

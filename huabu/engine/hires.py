@@ -99,7 +99,7 @@ class HiresFix:
         sampler, schedule = parse_sampler(self.sampler, self.request.schedule_type)
         sde = sampler.scheduler == "DPMSolverSDEScheduler"
         return build_scheduler(sampler.name, self.request.schedule_type, self.model.scheduler_config,
-                               seeds if sde else None)
+                               seeds if sde else None, self.request.shift)
 
     def run(self, first_pipe: Any, latents: Any, seeds: list[int], subseeds: list[int],
             callback: Callable[[Any], Any] | None, inputs: dict[str, Any] | None = None) -> tuple[Any, Any]:

@@ -87,7 +87,7 @@ class Job:
         request = self.request
         sde = self.sampler.scheduler == "DPMSolverSDEScheduler"
         return build_scheduler(request.sampler, request.schedule_type, self.model.scheduler_config,
-                               seeds if sde else None)
+                               seeds if sde else None, request.shift)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from huabu.core.samplers import FLOW_AUTOMATIC, is_flow_config, parse_sampler, r
 
 
 def build_scheduler(name: str, schedule: str | None, base_config: Mapping[str, Any],
-                    seeds: Sequence[int] | None = None):
-    """A fresh diffusers scheduler for this sampler and schedule, built from the model's scheduler config."""
+                    seeds: Sequence[int] | None = None, shift: float | None = None):
+    """A fresh diffusers scheduler for this sampler and schedule, built from the model's scheduler config (its
+    sigma shift replaced by `shift` on a flow-matching model)."""
     import inspect
 
     import diffusers
 
-    class_name, config = scheduler_config(name, schedule, base_config, seeds)
+    class_name, config = scheduler_config(name, schedule, base_config, seeds, shift)
     cls = getattr(diffusers, class_name)
     sampler, sched = parse_sampler(name, schedule)
     flow = is_flow_config(base_config)
