@@ -108,6 +108,14 @@ def test_slider_bounds_come_from_the_request_model():
     assert fields.field_bounds("steps") == (1, 150)
     assert fields.field_bounds("batch_size") == (1, 16)
     assert fields.size_or_default(0) is None and fields.size_or_default(64.0) == 64
+    assert fields.field_bounds("shift") == (0.0, 100.0)  # an open lower bound: 0 in the studio is "the model's"
+
+
+def test_a_shift_of_zero_in_the_studio_is_the_models_own():
+    from huabu.ui.tabs.advanced import advanced_fields
+
+    assert advanced_fields(["vae", "shift"], ["Automatic", 0]) == {"vae": None, "shift": None}
+    assert advanced_fields(["shift"], [2.5]) == {"shift": 2.5}
 
 
 def test_mask_from_editor_marks_painted_pixels():

@@ -87,7 +87,7 @@ class Job:
         request = self.request
         sde = self.sampler.scheduler == "DPMSolverSDEScheduler"
         return build_scheduler(request.sampler, request.schedule_type, self.model.scheduler_config,
-                               seeds if sde else None, request.shift)
+                               seeds if sde else None, getattr(request, "shift", None))  # videos: UNets, no shift
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ GENERATION_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule_type", "s
 def field_bounds(name: str, model: type = GenerateRequest) -> tuple[Any, Any]:
     """(minimum, maximum) the request model allows for `name`, so sliders and validation never disagree."""
     info = model.model_fields[name]
-    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+    low = next((bound for m in info.metadata for bound in (getattr(m, "ge", None), getattr(m, "gt", None))
+                if bound is not None), None)  # gt: an open lower bound, which the component's minimum may equal
     high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
     if low is None or high is None:
         raise KeyError(f"{model.__name__}.{name} has no ge/le bounds")

@@ -1,5 +1,5 @@
-"""The A1111 options beside the sampling fields: variation seeds and VAE (every tab), the hires fix (txt2img),
-masked content and "only masked" (inpaint) and outpainting (img2img). Each builder returns its components by
+"""The A1111 options beside the sampling fields: variation seeds, VAE and flow shift (every tab), the hires fix
+(txt2img), masked content and "only masked" (inpaint) and outpainting (img2img). Each builder returns its components by
 request field name; `advanced_fields` turns their values into GenerateRequest fields."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ AUTOMATIC_VAE = "Automatic"
 
 
 def build_variation(labels, prefix: str, vae_dir) -> dict[str, Any]:
-    """Variation seed, its strength, the seed-resize size and the VAE, in a closed accordion."""
+    """Variation seed, its strength, the seed-resize size, the VAE and a flow model's shift, in a closed
+    accordion."""
     with labels(gr.Accordion, label=Key("adv.variation"), open=False, elem_id=f"{prefix}-variation"):
         with gr.Row():
             subseed = labels(gr.Number, value=-1, precision=0, minimum=-1, maximum=field_bounds("subseed")[1],
@@ -30,10 +31,13 @@ def build_variation(labels, prefix: str, vae_dir) -> dict[str, Any]:
                               elem_id=f"{prefix}-seed-resize-w")
             resize_h = labels(gr.Slider, minimum=0, maximum=2048, step=8, value=0, label=Key("adv.resize_h"),
                               elem_id=f"{prefix}-seed-resize-h")
-        vae = labels(gr.Dropdown, choices=[AUTOMATIC_VAE, *(ref.name for ref in list_vaes(vae_dir))],
-                     value=AUTOMATIC_VAE, label=Key("adv.vae"), elem_id=f"{prefix}-vae")
+        with gr.Row():
+            vae = labels(gr.Dropdown, choices=[AUTOMATIC_VAE, *(ref.name for ref in list_vaes(vae_dir))],
+                         value=AUTOMATIC_VAE, label=Key("adv.vae"), elem_id=f"{prefix}-vae")
+            shift = labels(gr.Number, value=0, minimum=0, maximum=field_bounds("shift")[1], step=0.1,
+                           label=Key("adv.shift"), info=Key("adv.shift_info"), elem_id=f"{prefix}-shift")
     return dict(subseed=subseed, subseed_strength=strength, seed_resize_from_w=resize_w, seed_resize_from_h=resize_h,
-                vae=vae)
+                vae=vae, shift=shift)
 
 
 def build_hires(labels, upscalers: list[str]) -> dict[str, Any]:
@@ -79,6 +83,8 @@ def advanced_fields(names: list[str], values: list[Any]) -> dict[str, Any]:
             fields["vae"] = None if value in (None, AUTOMATIC_VAE) else value
         elif name == "inpainting_fill":
             fields[name] = FILL_NAMES.index(value)
+        elif name == "shift":  # 0: the model's own
+            fields[name] = float(value) if value else None
         elif name == "hr_upscaler":
             fields[name] = value
         elif name in ("enable_hr", "inpaint_full_res"):

@@ -154,14 +154,14 @@ def build_txt2img(studio, labels, language, prefs) -> GenerationForm:
     form = layout(studio, labels, prefs, "txt2img", None)
 
     def txt2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
-                batch_size, n_iter, clip_skip, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+                batch_size, n_iter, clip_skip, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae, shift,
                 enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
-            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae, shift,
                                                  enable_hr, hr_upscaler, hr_scale, hr_steps, hr_denoising)))
             scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
                                       keep_seed, at_start, different, lines, iterate)
@@ -199,13 +199,13 @@ def build_img2img(studio, labels, language, prefs) -> GenerationForm:
 
     def img2img(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, init_image, denoising_strength, batch_mode, input_dir, output_dir,
-                mask_dir, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae, left, right, up, down, script,
-                x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different, lines,
-                iterate, language, prefs, session: gr.Request, progress=gr.Progress()):
+                mask_dir, subseed, subseed_strength, seed_resize_w, seed_resize_h, vae, shift, left, right, up, down,
+                script, x_type, x_values, y_type, y_values, z_type, z_values, legend, keep_seed, at_start, different,
+                lines, iterate, language, prefs, session: gr.Request, progress=gr.Progress()):
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
-            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae, shift,
                                                  left, right, up, down)))
             scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
                                       keep_seed, at_start, different, lines, iterate)
@@ -262,13 +262,13 @@ def build_inpaint(studio, labels, language, prefs) -> GenerationForm:
 
     def inpaint(prompt, negative_prompt, styles, sampler, schedule_type, steps, cfg_scale, seed, width, height,
                 batch_size, n_iter, clip_skip, editor, mask_blur, denoising_strength, subseed, subseed_strength,
-                seed_resize_w, seed_resize_h, vae, fill, only_masked, padding, script, x_type, x_values, y_type,
+                seed_resize_w, seed_resize_h, vae, shift, fill, only_masked, padding, script, x_type, x_values, y_type,
                 y_values, z_type, z_values, legend, keep_seed, at_start, different, lines, iterate, language, prefs,
                 session: gr.Request, progress=gr.Progress()):
         with readable_errors(labels.texts[language]):
             fields = common_request_fields(prompt, negative_prompt, styles, sampler, schedule_type, steps,
                                            cfg_scale, seed, width, height, batch_size, n_iter, clip_skip, prefs)
-            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae,
+            fields.update(form.advanced_request((subseed, subseed_strength, seed_resize_w, seed_resize_h, vae, shift,
                                                  fill, only_masked, padding)))
             image, mask = mask_from_editor(editor)
             scripted = script_request(script, x_type, x_values, y_type, y_values, z_type, z_values, legend,
