@@ -165,6 +165,13 @@ def test_a_shift_changes_the_image_and_is_written(dit_engine, model):
     assert max_diff(make(dit_engine, model, sampler="Euler", shift=6).images[0], shifted.images[0]) == 0
 
 
+def test_an_xyz_plot_sweeps_the_shift(dit_engine):
+    plot = {"x_type": "Shift", "x_values": "1, 6", "include_lone_images": True}
+    result = make(dit_engine, "tiny-sd3", sampler="Euler", script={"name": "X/Y/Z plot", "args": plot})
+    assert max_diff(result.images[2], make(dit_engine, "tiny-sd3", sampler="Euler", shift=6).images[0]) == 0
+    assert max_diff(result.images[1], result.images[2]) > 0 and "Shift: 1," in result.infotexts[1]
+
+
 def test_a_shift_on_a_model_without_flow_matching_is_refused(dit_engine):
     with pytest.raises(InvalidRequest, match="shift 3 applies to flow-matching models"):
         make(dit_engine, "tiny-pixart", shift=3)

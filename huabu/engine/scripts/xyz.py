@@ -129,6 +129,7 @@ AXES: dict[str, Axis] = {axis.label.lower(): axis for axis in (
     Axis("Hires upscaler", "str", _field("hr_upscaler"), choices=True),
     Axis("Styles", "str", _styles, choices=True),
     Axis("ControlNet weight", "float", _control_weight),
+    Axis("Shift", "float", _field("shift")),  # huabu's, for flow models (A1111 has no shift, so no index)
 )}
 _ALIASES = {"[controlnet] weight": "controlnet weight"}  # sd-webui-controlnet's name for it
 
