@@ -347,6 +347,40 @@ class ControlNetManager:
                            self.settings.allow_unsafe_pickle, family=model.denoiser.family)
 
 
+def run_preprocessor(name: str, image: Image.Image, resolution: int | None, threshold_a: float | None,
+                     threshold_b: float | None, annotators_dir: Path, allow_unsafe_pickle: bool = False,
+                     device: Any = "cpu", what: str = "ControlNet unit") -> Image.Image:
+    """Preprocessor `name` run with the options an sd-webui-controlnet unit carries (processor_res, canny's
+    thresholds) and its annotator weights from `annotators_dir`: what generation and /controlnet/detect share.
+    `what` names the unit in errors."""
+    from huabu.engine.control.canny import DEFAULT_HIGH, DEFAULT_LOW
+    from huabu.engine.control.images import MAX_RESOLUTION, MIN_RESOLUTION
+    from huabu.engine.control.registry import get_preprocessor, preprocess
+
+    options: dict[str, Any] = {}
+    takes = get_preprocessor(name).options
+    if name != "none" and "resolution" in takes and resolution is not None:
+        options["resolution"] = min(max(resolution, MIN_RESOLUTION), MAX_RESOLUTION)
+    if name == "canny":
+        options["low"] = DEFAULT_LOW if threshold_a is None else threshold_a
+        options["high"] = DEFAULT_HIGH if threshold_b is None else threshold_b
+    weights = annotator_weights(name, annotators_dir, allow_unsafe_pickle)
+    if weights is not None:
+        options["weights"] = weights
+    elif name in NEEDS_WEIGHTS:  # a unit cannot carry a depth map or keypoints
+        raise InvalidRequest(f"{what}: {NEEDS_WEIGHTS[name].format(annotators_dir)}, or send a ready {name} map "
+                             f"with module none")
+    if "allow_unsafe_pickle" in takes:
+        options["allow_unsafe_pickle"] = allow_unsafe_pickle
+    if "device" in takes:
+        options["device"] = device
+    try:
+        return preprocess(name, image, **options)
+    except TypeError as err:  # a preprocessor that needs an option a unit cannot carry (keypoints, weights)
+        raise InvalidRequest(f"{what}: {name} cannot run from a unit ({err}); preprocess the image first "
+                             f"(huabu preprocess) and use module none") from None
+
+
 def annotator_weights(name: str, annotators_dir: Path, allow_unsafe_pickle: bool = False) -> Path | None:
     """What preprocessor `name` loads from the annotators folder: its HED or OpenPose weights file, or the depth
     model folder; None when that is not there, or the preprocessor takes no weights."""
@@ -536,9 +570,6 @@ class ControlPlan(Extension):
 
     def control_map(self, checked: CheckedUnit, width: int, height: int, device: Any = "cpu") -> Image.Image:
         """The unit's preprocessed image, fitted to width x height by its resize mode."""
-        from huabu.engine.control.canny import DEFAULT_HIGH, DEFAULT_LOW
-        from huabu.engine.control.images import MAX_RESOLUTION, MIN_RESOLUTION
-        from huabu.engine.control.registry import get_preprocessor, preprocess
         from huabu.engine.control.resize import pixel_perfect_resolution, resize_control_map
 
         unit, name, image = checked.unit, checked.preprocessor, checked.image
@@ -549,30 +580,10 @@ class ControlPlan(Extension):
             return resize_control_map(drawn, width, height, unit.resize_mode)
         if image.width < 1 or image.height < 1:
             raise BadImage(f"ControlNet unit {checked.index} image is empty ({image.width}x{image.height})")
-        options: dict[str, Any] = {}
-        takes = get_preprocessor(name).options
-        if name != "none" and "resolution" in takes:
-            resolution = (pixel_perfect_resolution(image.size, width, height, unit.resize_mode)
-                          if unit.pixel_perfect else unit.processor_res)
-            options["resolution"] = min(max(resolution, MIN_RESOLUTION), MAX_RESOLUTION)
-        if name == "canny":
-            options["low"] = DEFAULT_LOW if unit.threshold_a is None else unit.threshold_a
-            options["high"] = DEFAULT_HIGH if unit.threshold_b is None else unit.threshold_b
-        weights = annotator_weights(name, self.annotators_dir, self.allow_unsafe_pickle)
-        if weights is not None:
-            options["weights"] = weights
-        elif name in NEEDS_WEIGHTS:  # a unit cannot carry a depth map or keypoints
-            raise InvalidRequest(f"ControlNet unit {checked.index}: {NEEDS_WEIGHTS[name].format(self.annotators_dir)}"
-                                 f", or send a ready {name} map with module none")
-        if "allow_unsafe_pickle" in takes:
-            options["allow_unsafe_pickle"] = self.allow_unsafe_pickle
-        if "device" in takes:
-            options["device"] = device
-        try:
-            detected = preprocess(name, image, **options)
-        except TypeError as err:  # a preprocessor that needs an option a unit cannot carry (keypoints, weights)
-            raise InvalidRequest(f"ControlNet unit {checked.index}: {name} cannot run from a unit ({err}); "
-                                 f"preprocess the image first (huabu preprocess) and use module none") from None
+        resolution = (pixel_perfect_resolution(image.size, width, height, unit.resize_mode)
+                      if unit.pixel_perfect else unit.processor_res)
+        detected = run_preprocessor(name, image, resolution, unit.threshold_a, unit.threshold_b, self.annotators_dir,
+                                    self.allow_unsafe_pickle, device, f"ControlNet unit {checked.index}")
         return resize_control_map(detected, width, height, unit.resize_mode)
 
     def infotext_params(self) -> dict[str, str]:

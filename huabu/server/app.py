@@ -88,9 +88,10 @@ def create_app(settings: Settings, config: ServerConfig | None = None, engines: 
         description="A1111-compatible /sdapi/v1 routes and huabu's native jobs API.",
     )
     app.state.huabu = state
-    from huabu.server import a1111, native
+    from huabu.server import a1111, a1111_controlnet, native
 
     app.include_router(a1111.router)
+    app.include_router(a1111_controlnet.router)
     app.include_router(native.router)
 
     @app.get("/health", tags=["server"])
