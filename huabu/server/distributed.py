@@ -195,7 +195,7 @@ def _register_task(app, settings, preload: str | None, limits: Limits, lease_sec
                 log.exception("job %s failed", job.id)
             return {"status": "failed", "error": message, "error_kind": kind, "worker": worker}
         return {"status": "cancelled" if flags["cancel"] else "done", "worker": worker,
-                **outcome.to_wire(images=job.origin == "a1111")}
+                **outcome.to_wire(images=job.answers_with_images)}
 
 
 def run_worker(settings, broker_url: str, name: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,

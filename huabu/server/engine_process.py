@@ -144,4 +144,4 @@ def _run_one(engine: Any, job: Job, conn: Connection, stop: Any, want_preview: A
         if kind == "internal":
             log.exception("job %s failed", job.id)
         return {"kind": "failed", "line": line, "error_kind": kind}
-    return {"kind": "done", "outcome": outcome.to_wire(images=job.origin == "a1111")}
+    return {"kind": "done", "outcome": outcome.to_wire(images=job.answers_with_images)}

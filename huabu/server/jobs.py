@@ -76,6 +76,12 @@ class Job:
     def new(cls, kind: str, request: dict[str, Any], **fields: Any) -> Job:
         return cls(id=uuid.uuid4().hex, kind=kind, request=request, created=time.time(), **fields)
 
+    @property
+    def answers_with_images(self) -> bool:
+        """Whether its route answers with the images themselves (a synchronous A1111 call); a native job's are in
+        its files."""
+        return self.origin == "a1111"
+
     def public(self) -> dict[str, Any]:
         """The job as the native API shows it: results as URLs under /api/v1/files, embedded images elided."""
         result = None

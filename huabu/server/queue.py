@@ -144,7 +144,7 @@ class JobQueue:
         """Record a job's end, keep the images of an A1111 call for its route (only while the route waits: a gone
         route would never take them), wake waiters, send the callback."""
         recorded = self.store.finish(job.id, state, outcome.summary() if outcome else None, error, error_kind)
-        if recorded and outcome is not None and job.origin == "a1111":
+        if recorded and outcome is not None and job.answers_with_images:
             with self._lock:
                 if self._waiters.get(job.id):
                     self._outcomes[job.id] = outcome

@@ -56,7 +56,7 @@ class Outcome:
 
     def to_wire(self, images: bool = True) -> dict[str, Any]:
         """The summary plus, with `images`, the images as base64 PNGs (a Celery result travels through Redis as
-        JSON). Only a synchronous A1111 call answers with the images; a native job's are in its files."""
+        JSON), which a job that answers with them needs (Job.answers_with_images)."""
         encoded = [png_base64(image, text) for image, text in zip(self.images, self.infotexts)] if images else []
         return {**self.summary(), "images": encoded}
 
