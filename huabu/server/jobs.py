@@ -19,6 +19,8 @@ from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import quote
 
+from huabu.core.sqlite_wal import hold_wal_index
+
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
@@ -135,10 +137,7 @@ class JobStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
-        # Held open, unused, so that the WAL index (-shm) outlives each call's connection: SQLite removes it with
-        # the last connection, and re-creating it fails on a full disk, which would fail even reads.
-        self._keeper = sqlite3.connect(self.db_path, check_same_thread=False)
-        self._keeper.execute("SELECT COUNT(*) FROM jobs").fetchone()  # opens the WAL index
+        self._keeper = hold_wal_index(self.db_path, "jobs")
 
     @contextmanager
     def _connect(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
