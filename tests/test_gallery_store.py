@@ -118,3 +118,26 @@ def test_search_text_with_nul_bytes_is_an_ordinary_search(gallery, tmp_path, tex
     gallery.add(tmp_path / "2.png", "txt2img", "odd a\x00b prompt", "", {})
     found = [item.prompt for item in gallery.search(text)]
     assert found == (["odd a\x00b prompt"] if text in "odd a\x00b prompt" else [])
+
+
+def test_each_thread_keeps_one_connection_and_a_forked_child_opens_its_own(tmp_path, monkeypatch):
+    from huabu.core import sqlite_wal
+
+    connections = sqlite_wal.ThreadConnections(tmp_path / "t.sqlite", isolation_level=None)
+    mine = connections.get()
+    mine.execute("CREATE TABLE t (x)")
+    mine.execute("INSERT INTO t VALUES (1)")
+    seen = {}
+
+    def other() -> None:
+        con = connections.get()
+        seen["count"] = con.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+        seen["same"] = con is connections.get()
+        seen["id"] = id(con)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert connections.get() is mine and seen["same"] and seen["id"] != id(mine) and seen["count"] == 1
+    monkeypatch.setattr(sqlite_wal.os, "getpid", lambda: -1)  # as in a child after fork
+    assert connections.get() is not mine and connections.get().execute("SELECT x FROM t").fetchone() == (1,)

@@ -10,12 +10,12 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from huabu.core.errors import InvalidRequest
-from huabu.core.sqlite_wal import hold_wal_index
+from huabu.core.sqlite_wal import ThreadConnections, hold_wal_index
 
 _SCHEMA_VERSION = 1
 
@@ -73,6 +73,7 @@ class Gallery:
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._connections = ThreadConnections(self.db_path, timeout=30.0)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
@@ -86,8 +87,8 @@ class Gallery:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # Commits on success, rolls back on error, always closes.
-        with closing(sqlite3.connect(self.db_path, timeout=30.0)) as con, con:
+        # Commits on success, rolls back on error; the thread's connection stays open.
+        with self._connections.get() as con:
             yield con
 
     def add(self, path: Path, kind: str, prompt: str, negative_prompt: str, params: dict) -> int:

@@ -13,13 +13,13 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import quote
 
-from huabu.core.sqlite_wal import hold_wal_index
+from huabu.core.sqlite_wal import ThreadConnections, hold_wal_index
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -90,7 +90,8 @@ class Job:
         if self.result is not None:
             result = {"images": [FILES_PREFIX + quote(name) for name in self.result.get("files", [])],
                       "seeds": self.result.get("seeds", []), "infotexts": self.result.get("infotexts", []),
-                      "interrupted": self.result.get("interrupted", False), "count": self.result.get("count", 0)}
+                      "interrupted": self.result.get("interrupted", False), "count": self.result.get("count", 0),
+                      "seconds": self.result.get("seconds")}
         return {"id": self.id, "kind": self.kind, "state": self.state, "origin": self.origin,
                 "progress": self.progress, "result": result, "error": self.error, "attempts": self.attempts,
                 "worker": self.worker, "created": self.created, "started": self.started, "finished": self.finished,
@@ -129,11 +130,12 @@ def _job(row: tuple) -> Job:
 
 
 class JobStore:
-    """The jobs table. A connection per call (threads share one store); writes are short transactions."""
+    """The jobs table, shared by threads (each with its own connection); writes are short transactions."""
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._connections = ThreadConnections(self.db_path, timeout=30.0, isolation_level=None)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
@@ -143,9 +145,9 @@ class JobStore:
     def _connect(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         # WAL with synchronous=NORMAL survives a killed process; FULL (an fsync per commit) also a power cut, which
         # only accepting a job needs: progress rows are cheap to lose.
-        with closing(sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)) as con:
-            con.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            yield con
+        con = self._connections.get()
+        con.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        yield con
 
     @contextmanager
     def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
