@@ -21,5 +21,12 @@ def a1111_defaults() -> dict[str, Any]:
     return json.loads(json.dumps(_defaults()))
 
 
+def a1111_default(key: str) -> Any:
+    """A fresh copy of one option's A1111 default (None for a key A1111 does not have); a per-request read, so
+    unlike a1111_defaults it copies only that value."""
+    value = _defaults().get(key)
+    return json.loads(json.dumps(value)) if isinstance(value, (dict, list)) else value
+
+
 def is_a1111_option(key: str) -> bool:
     return key in _defaults()

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from huabu.core.a1111_options import a1111_defaults, is_a1111_option
+from huabu.core.a1111_options import a1111_default, a1111_defaults, is_a1111_option
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED
 from huabu.server.runner import png_base64
@@ -69,7 +69,7 @@ def option(catalog, key: str) -> Any:
     with catalog.lock:
         if key in catalog.options:
             return catalog.options[key]
-    return a1111_defaults().get(key)
+    return a1111_default(key)
 
 
 def image_format(samples_format: str) -> str:
