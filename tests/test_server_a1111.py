@@ -4,6 +4,7 @@ img2img/inpaint, png-info, options, the list routes, progress and interrupt."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -32,8 +33,12 @@ def client(engine, model_store, tmp_path):
 def test_txt2img_matches_a_direct_engine_call_and_answers_in_a1111_shape(client, engine):
     payload = {"prompt": "a red apple", "negative_prompt": "blurry", "seed": 77, "sampler_name": "Euler a",
                "batch_size": 2, "cfg_scale": 5, **TINY}
+    begun = time.perf_counter()
     response = client.post("/sdapi/v1/txt2img", json=payload)
+    elapsed = time.perf_counter() - begun
     assert response.status_code == 200, response.text
+    timing = re.fullmatch(r"engine;dur=(\d+\.\d)", response.headers["server-timing"])  # the engine's milliseconds
+    assert timing and 0 < float(timing[1]) <= elapsed * 1000
     body = response.json()
     images = [decode_png(text) for text in body["images"]]
     assert [image.size for image in images] == [(32, 32), (32, 32)]

@@ -41,6 +41,7 @@ def test_a_job_is_accepted_persisted_run_and_its_files_served(client, tmp_path):
     done = wait_for(client, job["id"])
     assert done["state"] == "done" and done["result"]["seeds"] == [21, 22] and done["progress"]["fraction"] == 1.0
     assert done["error"] is None and done["worker"] == "local-0" and done["attempts"] == 1
+    assert 0 < done["result"]["seconds"] <= done["finished"] - done["started"]  # the engine's part of the run
     for url, infotext in zip(done["result"]["images"], done["result"]["infotexts"]):
         served = client.get(url)
         assert served.status_code == 200 and served.headers["content-type"] == "image/png"

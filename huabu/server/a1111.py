@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -476,7 +476,7 @@ def info_json(req: _A1111Base, request: GenerateRequest, outcome: Outcome | None
     return json.dumps(info, ensure_ascii=False)
 
 
-async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]:
+async def _generate(http: Request, response: Response, req: _A1111Base, mode: str) -> dict[str, Any]:
     state = http.app.state.huabu
     loop = asyncio.get_running_loop()
 
@@ -502,6 +502,8 @@ async def _generate(http: Request, req: _A1111Base, mode: str) -> dict[str, Any]
         raise InvalidRequest(finished.error or "generation failed") if finished.error_kind == "invalid" \
             else JobFailed(finished.error or "generation failed")
     outcome = state.queue.take_outcome(job.id)
+    if outcome is not None and outcome.seconds is not None:  # so a client can tell the engine's time from the API's
+        response.headers["Server-Timing"] = f"engine;dur={outcome.seconds * 1000:.1f}"
     options = {key: option(state.catalog, key) for key in ANSWER_OPTIONS}
     return await run_in_threadpool(_answer, req, request, outcome, finished or job, warnings, options,
                                    Path(os.path.realpath(state.settings.outputs_dir)))
@@ -578,13 +580,13 @@ class JobFailed(Exception):
 
 
 @router.post("/txt2img", response_model=GenerationResponse)
-async def txt2img(http: Request, req: Txt2ImgRequest) -> dict[str, Any]:
-    return await _generate(http, req, "txt2img")
+async def txt2img(http: Request, response: Response, req: Txt2ImgRequest) -> dict[str, Any]:
+    return await _generate(http, response, req, "txt2img")
 
 
 @router.post("/img2img", response_model=GenerationResponse)
-async def img2img(http: Request, req: Img2ImgRequest) -> dict[str, Any]:
-    return await _generate(http, req, "img2img")
+async def img2img(http: Request, response: Response, req: Img2ImgRequest) -> dict[str, Any]:
+    return await _generate(http, response, req, "img2img")
 
 
 @router.post("/png-info")

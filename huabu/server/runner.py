@@ -44,6 +44,7 @@ class Outcome:
     # as they are instead of decoding and encoding them again; empty for an outcome made in this process.
     encoded: list[str] = field(default_factory=list)
     count: int | None = None  # images made; given only where they did not travel with the outcome
+    seconds: float | None = None  # the engine's time on the job, saving included, timed where it ran
 
     def __post_init__(self) -> None:
         if self.count is None:
@@ -52,7 +53,7 @@ class Outcome:
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, "seeds": self.seeds, "infotexts": self.infotexts,
                 "request_used": self.request_used, "model": self.model, "interrupted": self.interrupted,
-                "count": self.count}
+                "count": self.count, "seconds": self.seconds}
 
     def to_wire(self, images: bool = True) -> dict[str, Any]:
         """The summary plus, with `images`, the images as base64 PNGs (a Celery result travels through Redis as
@@ -65,7 +66,7 @@ class Outcome:
         encoded = data.get("images", [])
         images = [Image.open(io.BytesIO(base64.b64decode(text))) for text in encoded]  # decoded only if used
         return cls(images, data["seeds"], data["infotexts"], data["request_used"], data["model"], data["files"],
-                   data["interrupted"], encoded, data.get("count", len(encoded)))
+                   data["interrupted"], encoded, data.get("count", len(encoded)), data.get("seconds"))
 
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress reports of one job (each is a row written and a wake-up)
@@ -96,8 +97,16 @@ def progress_data(p: Progress) -> dict[str, Any]:
 
 def run_job(engine: Engine, job: Job, progress: Callable[[Progress], None] | None = None,
             interrupt: Callable[[], bool] | None = None) -> Outcome:
-    """Run `job` through `Engine.generate` (images) or `Engine.generate_video`; user errors raise HuabuError with
-    one line."""
+    """Run `job` through `Engine.generate` (images) or `Engine.generate_video`, timed; user errors raise HuabuError
+    with one line."""
+    begun = time.perf_counter()
+    outcome = _outcome(engine, job, progress, interrupt)
+    outcome.seconds = time.perf_counter() - begun
+    return outcome
+
+
+def _outcome(engine: Engine, job: Job, progress: Callable[[Progress], None] | None,
+             interrupt: Callable[[], bool] | None) -> Outcome:
     root = Path(os.path.realpath(engine.settings.outputs_dir))
     if job.kind == "video":  # the file is the result (saved whatever job.save says): no frames travel in memory
         video = engine.generate_video(VideoRequest.from_data(job.request), progress, interrupt, save=True,
