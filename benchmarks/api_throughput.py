@@ -15,15 +15,21 @@ A path is compared with the direct blocks on either side of its own blocks, pool
 speed drifts by 10-25% within a minute, so a path measured a minute after its baseline (as this benchmark first
 did) moved by that much between runs, while neighbours share the drift. Before the first round every path runs
 once unreported at each concurrency (`--warmup` requests). Direct calls run one after another (the engine makes one
-image at a time); an API client's latency includes waiting in the queue, so at concurrency 1 `p50 - direct p50` is
-the API's own cost a request. Without --model: huabu-tiny, or while its weights are absent a random
-huabu-tiny-sized model."""
+image at a time).
+
+Columns: `+p50 ms` is the path's p50 latency less the direct calls' beside it; `API ms`, at one client, the p50 of
+each request's latency less its own engine time as the server reports it (A1111: the `Server-Timing` header; native
+jobs: the result's `seconds`; saving included), which the machine's drift does not move; `eng. ms` the p50 of those
+engine times; `cpu ms/req` the CPU time a request took in the server process, its engine process and the client
+process (Linux /proc). Without --model: huabu-tiny, or while its weights are absent a random huabu-tiny-sized
+model."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,40 +51,49 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- the client process ------------------------------------------------------------------------------------------
 
-async def one_request(client, path: str, payload: dict, seed: int) -> None:
+async def one_request(client, path: str, payload: dict, seed: int) -> float:
+    """One request followed to its end; returns the engine's seconds on it as the server reports them (A1111: the
+    Server-Timing header; native jobs: the result's `seconds`)."""
     if path == "a1111":
         body = {"prompt": payload["prompt"], "steps": payload["steps"], "width": payload["width"],
                 "height": payload["height"], "sampler_name": payload["sampler"], "seed": seed}
         response = await client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200, response.text
-        return
+        return float(response.headers["server-timing"].split("dur=")[1]) / 1000
     job = (await client.post("/api/v1/jobs", json={"request": {**payload, "seed": seed}})).json()
     if path == "sse":
+        event = None
         async with client.stream("GET", f"/api/v1/jobs/{job['id']}/events") as stream:
             async for line in stream.aiter_lines():
-                if line.startswith("event: ") and line[7:] in ("done", "failed", "cancelled"):
-                    assert line[7:] == "done", line
-                    return
-        raise AssertionError("event stream ended without a final event")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event in ("done", "failed", "cancelled"):
+                    job = json.loads(line[6:])
+                    break
+        assert job["state"] == "done", job
+        return job["result"]["seconds"]
     while job["state"] not in ("done", "failed", "cancelled"):
         await asyncio.sleep(POLL_EVERY)
         job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
     assert job["state"] == "done", job["error"]
+    return job["result"]["seconds"]
 
 
 async def load(client, path: str, payload: dict, count: int, concurrency: int) -> dict:
     latencies: list[float] = []
+    beyond: list[float] = []  # each request's latency less its engine time
     todo = iter(range(count))
 
     async def client_loop() -> None:
         for seed in todo:
             begun = time.perf_counter()
-            await one_request(client, path, payload, seed)
+            engine = await one_request(client, path, payload, seed)
             latencies.append(time.perf_counter() - begun)
+            beyond.append(latencies[-1] - engine)
 
     start = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-    return {"latencies": latencies, "wall": time.perf_counter() - start}
+    return {"latencies": latencies, "beyond": beyond, "wall": time.perf_counter() - start}
 
 
 def client_main(base: str, payload: dict, most_clients: int) -> None:
@@ -151,29 +166,6 @@ class LoadProcess:
         self.process.wait(timeout=60)
 
 
-class EngineClock:
-    """Times each Engine.generate call, wherever it runs (here, or on the server's engine thread): an API path's
-    engine p50 against the direct one is what sharing the process (the GIL) costs the engine; its latency p50
-    minus its engine p50 is what the hand-offs cost."""
-
-    def __init__(self, engine) -> None:
-        self.times: list[float] = []
-        original = engine.generate
-
-        def timed(*args, **kwargs):
-            begun = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.times.append(time.perf_counter() - begun)
-
-        engine.generate = timed
-
-    def take(self) -> list[float]:
-        taken, self.times = self.times, []
-        return taken
-
-
 @dataclass
 class Pooled:
     """Blocks of one kind pooled: their requests over their summed wall time, their latencies together."""
@@ -189,8 +181,54 @@ class Pooled:
         return len(self.latencies) / sum(block["wall"] for block in self.blocks)
 
     @property
+    def beyond(self) -> list[float]:
+        return [value for block in self.blocks for value in block["beyond"]]
+
+    @property
     def engine(self) -> list[float]:
-        return [value for block in self.blocks for value in block["engine"]]
+        """The engine's seconds on each request, as the server reported them."""
+        return [latency - extra for block in self.blocks for latency, extra in zip(block["latencies"], block["beyond"])]
+
+    def cpu_ms(self, party: str) -> float:
+        """CPU milliseconds `party` used a request."""
+        return 1000 * sum(block["cpu"][party] for block in self.blocks) / len(self.latencies)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process (all its threads) has used, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError):  # a process that ended meanwhile
+            pass
+    return pids
+
+
+class CpuMeter:
+    """CPU time per request of the three parties of a block: this process (the server; during a direct block the
+    direct engine), the server's engine children, and the client process. On this 2-core machine every CPU
+    millisecond the server or the client takes while the engine runs is, roughly, half a millisecond taken from it."""
+
+    def __init__(self, client_pid: int) -> None:
+        self.client_pid = client_pid
+
+    def sample(self) -> dict[str, float]:
+        engines = [pid for pid in child_pids(os.getpid()) if pid != self.client_pid]
+        return {"server": cpu_seconds(os.getpid()), "engine": sum(cpu_seconds(pid) for pid in engines),
+                "client": cpu_seconds(self.client_pid)}
+
+    def measure(self, run, *args) -> dict:
+        before = self.sample()
+        block = run(*args)
+        after = self.sample()
+        return {**block, "cpu": {party: after[party] - before[party] for party in before}}
 
 
 def rate(block: dict) -> float:
@@ -199,16 +237,21 @@ def rate(block: dict) -> float:
 
 def report(measured: dict[tuple[str, int], tuple[Pooled, Pooled, list[float]]]) -> None:
     print(f"{'path':<20} {'conc.':>5} {'reqs':>5} {'req/s':>7} {'direct':>7} {'/direct':>7} {'p50 ms':>8} "
-          f"{'+p50 ms':>8} {'p95 ms':>8} {'eng. ms':>8}  share in each round")
+          f"{'+p50 ms':>8} {'API ms':>7} {'p95 ms':>8} {'eng. ms':>8} {'cpu ms/req: server engine client':>33}  "
+          "share in each round")
     for (path, concurrency), (api, beside, shares) in measured.items():
         lat = api.latencies
         extra = (statistics.median(lat) - statistics.median(beside.latencies)) * 1000
-        engine = statistics.median(api.engine) * 1000 if api.engine else float("nan")
+        engine = statistics.median(api.engine) * 1000
+        own = statistics.median(api.beyond) * 1000 if concurrency == 1 else float("nan")  # else queueing too
         rounds = " ".join(f"{share:.0%}" for share in shares)
         print(f"{LABELS[path]:<20} {concurrency:>5} {len(lat):>5} {api.rate:>7.2f} {beside.rate:>7.2f} "
               f"{api.rate / beside.rate:>7.0%} {statistics.median(lat) * 1000:>8.1f} "
-              f"{extra if concurrency == 1 else float('nan'):>8.1f} {percentile(lat, 0.95) * 1000:>8.1f} "
-              f"{engine:>8.1f}  {rounds}")
+              f"{extra if concurrency == 1 else float('nan'):>8.1f} {own:>7.1f} {percentile(lat, 0.95) * 1000:>8.1f} "
+              f"{engine:>8.1f} {api.cpu_ms('server'):>14.1f} {api.cpu_ms('engine'):>7.1f} "
+              f"{api.cpu_ms('client'):>6.1f}  {rounds}")
+    direct = Pooled([block for _, beside, _ in measured.values() for block in beside.blocks])
+    print(f"direct blocks: {direct.cpu_ms('server'):.1f} CPU ms a request (engine in this process)")
 
 
 def main() -> None:
@@ -255,7 +298,6 @@ def main() -> None:
     payload = {"prompt": "a red apple on a blue background", "steps": args.steps, "width": args.size,
                "height": args.size, "sampler": "Euler", "model": model}
     direct(engine, payload, 3)  # load and warm up
-    clock = EngineClock(engine)  # times the in-process engine only: a child's calls are not seen (eng. ms nan)
     server, thread, base = serve(create_app(settings, ServerConfig(),
                                             engines=[engine] if args.engine == "thread" else None))
     clients = LoadProcess(base, payload, max(args.concurrency))
@@ -269,13 +311,13 @@ def main() -> None:
             for concurrency in args.concurrency:
                 for path in args.paths:
                     clients.run(path, max(args.warmup, concurrency), concurrency)
-        clock.take()
+        meter = CpuMeter(clients.process.pid)
         measured = {(path, c): (Pooled(), Pooled(), []) for c in args.concurrency for path in args.paths}
-        before = {**direct(engine, payload, args.requests), "engine": clock.take()}
+        before = meter.measure(direct, engine, payload, args.requests)
         for round_no in range(1, args.rounds + 1):
             for (path, concurrency), (api, beside, shares) in measured.items():
-                block = {**clients.run(path, max(args.requests, concurrency), concurrency), "engine": clock.take()}
-                after = {**direct(engine, payload, args.requests), "engine": clock.take()}
+                block = meter.measure(clients.run, path, max(args.requests, concurrency), concurrency)
+                after = meter.measure(direct, engine, payload, args.requests)
                 api.blocks.append(block)
                 beside.blocks += [before, after]
                 shares.append(rate(block) / statistics.mean([rate(before), rate(after)]))
