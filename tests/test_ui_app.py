@@ -182,3 +182,40 @@ def test_prompt_book_chips_insert_chinese_for_a_model_that_reads_it(built, tmp_p
     assert on_chip("snow", {"model": "huabu-tiny"}, on) == "snow, a red fox"
     assert on_chip("snow", {"model": bilingual}, on) == "snow, 红狐狸"
     assert on_chip("snow, 红狐狸, dusk", {"model": "huabu-tiny"}, off) == "snow, dusk"  # either text comes out
+
+
+def test_send_to_fills_the_advanced_options_and_resets_those_the_text_does_not_state(built):
+    def by_id(elem_id):
+        return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+    def send_fn(button_id):
+        button = by_id(button_id)
+        event = next(f for f in demo.fns.values() if (button._id, "click") in f.targets)
+        return event.fn, [block._id for block in event.outputs]
+
+    def sent(button_id, text):
+        fn, ids = send_fn(button_id)
+        return {block_id: update.get("value") for block_id, update in zip(ids, fn(text, None))
+                if isinstance(update, dict)}
+
+    studio, demo = built
+    text = ("a cat\nNegative prompt: dog\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, "
+            "Size: 64x64, VAE: no-such-vae.safetensors, Variation seed: 9, Variation seed strength: 0.3, "
+            "Seed resize from: 32x48, Denoising strength: 0.5, Hires upscale: 2.5, Hires steps: 3, "
+            "Hires upscaler: Latent (nearest), Shift: 3")
+    filled = sent("gallery-send-txt2img", text)
+    values = {elem: filled[by_id(elem)._id] for elem in (
+        "txt2img-seed", "txt2img-subseed", "txt2img-subseed-strength", "txt2img-seed-resize-w",
+        "txt2img-seed-resize-h", "txt2img-shift", "txt2img-vae", "txt2img-hires-enable", "txt2img-hires-upscaler",
+        "txt2img-hires-scale", "txt2img-hires-steps", "txt2img-hires-denoising")}
+    assert values == {"txt2img-seed": 5, "txt2img-subseed": 9, "txt2img-subseed-strength": 0.3,
+                      "txt2img-seed-resize-w": 32, "txt2img-seed-resize-h": 48, "txt2img-shift": 3.0,
+                      "txt2img-vae": "Automatic",  # a VAE this studio lacks: the dropdown keeps what it offers
+                      "txt2img-hires-enable": True, "txt2img-hires-upscaler": "Latent (nearest)",
+                      "txt2img-hires-scale": 2.5, "txt2img-hires-steps": 3, "txt2img-hires-denoising": 0.5}
+
+    plain = sent("gallery-send-txt2img", "a dog\nSteps: 4, Sampler: Euler, CFG scale: 5, Seed: 6, Size: 64x64")
+    assert [plain[by_id(elem)._id] for elem in ("txt2img-subseed-strength", "txt2img-shift", "txt2img-hires-enable",
+                                                 "txt2img-seed-resize-w")] == [0, 0, False, 0]
+    to_img2img = sent("gallery-send-img2img", text)
+    assert to_img2img[by_id("img2img-subseed")._id] == 9 and to_img2img[by_id("img2img-shift")._id] == 3.0

@@ -26,6 +26,7 @@ from huabu.ui.fields import GENERATION_FIELDS, fields_from_infotext
 from huabu.ui.i18n import LANGUAGES, Key, check_language, load_texts
 from huabu.ui.jobs import Interrupts, progress_reporter
 from huabu.ui.labels import Labels
+from huabu.ui.tabs.advanced import advanced_values
 
 log = logging.getLogger(__name__)
 
@@ -269,14 +270,26 @@ class Studio:
         return demo
 
 
+def _choice(component, value: Any) -> Any:
+    """`value` for a dropdown that offers it, else the dropdown's default (a VAE or upscaler this studio lacks)."""
+    choices = getattr(component, "choices", None)
+    if isinstance(component, gr.Dropdown) and choices is not None:
+        offered = [choice[1] if isinstance(choice, (tuple, list)) else choice for choice in choices]
+        return value if value in offered else component.value
+    return value
+
+
 def _session_key(session: gr.Request | None) -> str:
     return getattr(session, "session_hash", None) or "local"
 
 
 def _wire_send_to(button, gallery, target, tabs, with_image: bool) -> None:
-    """Fill `target`'s fields from the parameters shown in the gallery (an A1111 infotext) and switch to it."""
+    """Fill `target`'s fields from the parameters shown in the gallery (an A1111 infotext) and switch to it. The
+    advanced options the text does not state (no variation seed, no hires fix, the model's own shift) go back to
+    their defaults, so the tab makes the same image again."""
     names = list(GENERATION_FIELDS)
-    outputs = [target.fields[name] for name in names] + [target.area.styles]
+    advanced = target.advanced or {}
+    outputs = [target.fields[name] for name in names] + list(advanced.values()) + [target.area.styles]
     if with_image:
         outputs += [target.fields["init_image"], target.fields["denoising_strength"]]
 
@@ -285,6 +298,9 @@ def _wire_send_to(button, gallery, target, tabs, with_image: bool) -> None:
             return [gr.update()] * len(outputs) + [gr.update()]
         values = fields_from_infotext(text)
         updates = [gr.update(value=values[name]) if name in values else gr.update() for name in names]
+        stated = advanced_values(list(advanced), values)
+        updates += [gr.update(value=_choice(component, stated[name]) if name in stated else component.value)
+                    for name, component in advanced.items()]
         updates.append(gr.update(value=[]))  # the prompt already holds the styles it was made with
         if with_image:
             updates.append(gr.update(value=source) if source else gr.update())

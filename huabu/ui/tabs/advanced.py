@@ -1,6 +1,6 @@
 """The A1111 options beside the sampling fields: variation seeds, VAE and flow shift (every tab), the hires fix
 (txt2img), masked content and "only masked" (inpaint) and outpainting (img2img). Each builder returns its components by
-request field name; `advanced_fields` turns their values into GenerateRequest fields."""
+request field name; `advanced_fields` turns their values into GenerateRequest fields, `advanced_values` back."""
 
 from __future__ import annotations
 
@@ -97,3 +97,20 @@ def advanced_fields(names: list[str], values: list[Any]) -> dict[str, Any]:
         for name in ("enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps", "denoising_strength"):
             fields.pop(name, None)
     return fields
+
+
+def advanced_values(names: list[str], fields: dict[str, Any]) -> dict[str, Any]:
+    """The components' values for GenerateRequest fields (an infotext's): `advanced_fields` reversed, for the names
+    `fields` states."""
+    values: dict[str, Any] = {}
+    for name in (name for name in names if name in fields):
+        value = fields[name]
+        if name == "vae":
+            values[name] = value or AUTOMATIC_VAE
+        elif name == "inpainting_fill":
+            values[name] = FILL_NAMES[value]
+        elif name == "shift":
+            values[name] = value or 0
+        else:
+            values[name] = value
+    return values
