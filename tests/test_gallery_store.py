@@ -141,3 +141,4 @@ def test_each_thread_keeps_one_connection_and_a_forked_child_opens_its_own(tmp_p
     assert connections.get() is mine and seen["same"] and seen["id"] != id(mine) and seen["count"] == 1
     monkeypatch.setattr(sqlite_wal.os, "getpid", lambda: -1)  # as in a child after fork
     assert connections.get() is not mine and connections.get().execute("SELECT x FROM t").fetchone() == (1,)
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from server_support import LOCAL, api_settings, free_port, make_app, wait_for
 
@@ -125,3 +127,17 @@ def test_a_job_that_kept_killing_the_server_is_failed_not_retried_forever(tmp_pa
     requeued, failed = store.recover(attempts)
     assert failed == [job.id] and requeued == []
     assert store.get(job.id).state == "failed" and f"{attempts} times" in store.get(job.id).error
+
+
+def test_a_job_store_transaction_that_fails_at_commit_leaves_its_thread_connection_usable(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    con = store._connections.get()
+    con.execute("CREATE TABLE parents (id INTEGER PRIMARY KEY)")
+    con.execute("CREATE TABLE children (parent INTEGER REFERENCES parents(id) DEFERRABLE INITIALLY DEFERRED)")
+    con.execute("PRAGMA foreign_keys=ON")
+    with pytest.raises(sqlite3.IntegrityError):  # a deferred foreign key fails the COMMIT itself
+        with store._transaction() as tx:
+            tx.execute("INSERT INTO children VALUES (7)")
+    assert not con.in_transaction
+    job = store.add(Job.new("image", {"prompt": "after"}))
+    assert store.get(job.id).request == {"prompt": "after"}

@@ -155,10 +155,11 @@ class JobStore:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
+                con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # also after a failed COMMIT (a full disk): the connection is kept
+                    con.execute("ROLLBACK")
                 raise
-            con.execute("COMMIT")
 
     def add(self, job: Job) -> Job:
         """Persist a new job (committed when this returns, and synced to disk unless it is a synchronous A1111 call:
