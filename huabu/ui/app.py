@@ -272,10 +272,8 @@ class Studio:
 
 def _choice(component, value: Any) -> Any:
     """`value` for a dropdown that offers it, else the dropdown's default (a VAE or upscaler this studio lacks)."""
-    choices = getattr(component, "choices", None)
-    if isinstance(component, gr.Dropdown) and choices is not None:
-        offered = [choice[1] if isinstance(choice, (tuple, list)) else choice for choice in choices]
-        return value if value in offered else component.value
+    if isinstance(component, gr.Dropdown) and value not in [offered for _, offered in component.choices]:
+        return component.value  # gradio keeps a dropdown's choices as (label, value) pairs
     return value
 
 
