@@ -99,7 +99,7 @@ def _set(value: float | None) -> float | None:
 
 def _default_model_path(state) -> Path | None:
     try:
-        return state.catalog.models.resolve(state.catalog.default_model or state.settings.default_model).path
+        return state.catalog.models.resolve(state.catalog.current_model).path
     except HuabuError:  # a default model that cannot be found has no ControlNets of its own
         return None
 

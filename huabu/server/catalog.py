@@ -84,8 +84,13 @@ class Catalog:
         digest = self.models.model_sha256(ref)
         return bool(digest and digest.startswith(text))
 
+    @property
+    def current_model(self) -> str:
+        """The model a request that names none runs: the one `sd_model_checkpoint` set, else the server's."""
+        return self.default_model or self.settings.default_model
+
     def current_model_title(self) -> str:
-        spec = self.default_model or self.settings.default_model
+        spec = self.current_model
         for ref in self.model_refs():
             if ref.location == spec or ref.name == spec or (ref.kind == "builtin" and spec == BUILTIN_MODEL):
                 return self.model_item(ref)["title"]
