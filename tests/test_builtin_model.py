@@ -80,3 +80,29 @@ def test_shipped_ip_adapter_brings_the_reference_object_without_a_name(engine):
             if adapter:
                 assert "Model: ip-adapter_huabu-tiny [" in result.infotexts[0]
     assert hits[True] >= 2 and hits[False] == 0  # the prompt never names the object: only the reference brings it
+
+
+def test_huabu_tiny_vae_keeps_colours_beyond_64_px_on_its_own_tile_size(engine):
+    import torch
+
+    from huabu.tiny import scenes
+    from huabu.tiny.train_sr import scene_pair
+
+    vae = engine.models.load(None).pipeline.vae
+    assert vae.use_tiling and vae.tile_sample_min_size == 64
+
+    def round_trip_error(image: np.ndarray) -> float:
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        return float(np.abs((y[0].permute(1, 2, 0).numpy() + 1) * 127.5 - image).mean())
+
+    small, large = scene_pair(scenes.eval_single_scenes(1)[0])
+    tiled = round_trip_error(large)
+    vae.disable_tiling()
+    try:
+        whole, whole_small = round_trip_error(large), round_trip_error(small)
+    finally:
+        vae.enable_tiling()
+    assert round_trip_error(small) == whole_small  # 64 px images are never tiled
+    assert tiled < 0.7 * whole and tiled < 1.3 * whole_small

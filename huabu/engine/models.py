@@ -282,6 +282,11 @@ class ModelManager:
         else:
             pipe = self._load_folder(Path(ref.location), dtype)
         apply_memory_options(pipe, self.settings, device)
+        if Path(ref.location) in (BUILTIN_DIR, *SHIPPED_MODELS.values()):
+            # huabu-tiny's VAE (huabu-tiny-dit shares it) saw only 64 px images: over a larger latent its mid-block
+            # attention spreads thinner and an encode-decode round trip loses about 20 more colour levels at
+            # 128 px (docs/notes.md). diffusers' tiling keeps it on 64 px tiles and leaves 64 px images untouched.
+            pipe.vae.enable_tiling()
         pipe.set_progress_bar_config(disable=True)
         loaded = LoadedModel(ref, pipe, self.model_sha256(ref), dict(pipe.scheduler.config))
         log.info("loaded %s (%s) on %s as %s", ref.name, ref.kind, device, dtype)
