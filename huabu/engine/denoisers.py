@@ -163,6 +163,18 @@ class Denoiser:
         for is the size made, and latents come back at that size)."""
         return {"use_resolution_binning": False} if "use_resolution_binning" in call_parameters(pipe) else {}
 
+    def start_latents(self, pipe: Any, call: dict[str, Any]) -> dict[str, Any]:
+        """FLUX's start noise for a txt2img ControlNet call, drawn as the pipeline would draw it (from each image's
+        generator, then packed). FLUX's ControlNet pipelines VAE-sample the control image from those generators
+        before drawing the noise, so without this a unit at weight 0 gave another picture than no unit. Empty for
+        other calls."""
+        if not self.packed or "control_image" not in call or "latents" in call or "image" in call:
+            return {}
+        generators = call["generator"]
+        latents, _ = pipe.prepare_latents(len(generators), self.config.in_channels // 4, call["height"],
+                                          call["width"], self.dtype, pipe.device, generators)
+        return {"latents": latents}
+
     def spatial_latents(self, latents: Any, width: int, height: int) -> Any:
         """Latents as [batch, channels, h, w] for the VAE: FLUX's packed tokens unpacked (as FluxPipeline does
         before decoding), others as they are."""

@@ -221,6 +221,7 @@ class Engine:
         if mask is not None and request.inpainting_fill in (LATENT_NOISE, LATENT_NOTHING):
             _latent_fill(model, pipe, request, mask, seeds)
         call.update(model.denoiser.call_options(pipe))
+        call.update(model.denoiser.start_latents(pipe, call))
         if callback is not None:
             call.update(step_callback_kwargs(pipe, callback, callback_tensors(extensions)))
         # Some pipelines draw from torch's global generator, not the call's (the flow pipelines' stochastic Euler
