@@ -284,8 +284,9 @@ class ModelManager:
         apply_memory_options(pipe, self.settings, device)
         if Path(ref.location) in (BUILTIN_DIR, *SHIPPED_MODELS.values()):
             # huabu-tiny's VAE (huabu-tiny-dit shares it) saw only 64 px images: over a larger latent its mid-block
-            # attention spreads thinner and an encode-decode round trip loses about 20 more colour levels at
-            # 128 px (docs/notes.md). diffusers' tiling keeps it on 64 px tiles and leaves 64 px images untouched.
+            # attention spreads thinner, and an encode-decode round trip at 128 px is off by 31 levels on average
+            # against 17 at 64 px (docs/training-notes.md, huabu-tiny-2x). diffusers' tiling keeps it on 64 px
+            # tiles (16.6 levels) and leaves 64 px images untouched.
             pipe.vae.enable_tiling()
         pipe.set_progress_bar_config(disable=True)
         loaded = LoadedModel(ref, pipe, self.model_sha256(ref), dict(pipe.scheduler.config))
