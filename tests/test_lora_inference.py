@@ -59,8 +59,8 @@ def lora_files(engine, model_store, settings) -> dict[str, Path]:
 
 
 def _generate(engine, model_store, prompt: str, **fields):
-    request = GenerateRequest.create(prompt=prompt, model=str(model_store["folder"]), steps=4, seed=5, width=32,
-                                     height=32, **fields)
+    request = GenerateRequest.create(**{"prompt": prompt, "model": str(model_store["folder"]), "steps": 4, "seed": 5,
+                                        "width": 32, "height": 32, **fields})
     result = engine.generate(request)
     return np.asarray(result.images[0], dtype=np.int16), result.infotexts[0]
 
@@ -100,6 +100,34 @@ def test_weights_combine_and_switching_never_leaks(engine, model_store, lora_fil
     assert "kohya-hand: " in info and "diff-style: " in info
     assert np.array_equal(_generate(engine, model_store, PROMPT)[0], base)  # LoRAs off again: the base, exactly
     assert np.array_equal(_generate(engine, model_store, PROMPT + "<lora:kohya-hand:1>")[0], one)
+
+
+def test_a_hires_prompt_runs_its_own_loras_in_the_second_pass(engine, model_store, lora_files):
+    """A1111 activates the hires prompt's LoRAs for the second pass: a tag there alone changes only that pass, a hires
+    prompt without the tag runs that pass without it, and the next image's first pass has the prompt's LoRAs again."""
+    from huabu.core.fields import infotext_mode, infotext_to_request_fields
+    from huabu.core.pnginfo import parse_infotext
+
+    hires = dict(enable_hr=True, hr_second_pass_steps=3, denoising_strength=0.95)
+    tag = "<lora:kohya-hand:1>"
+    base, _ = _generate(engine, model_store, PROMPT, **hires)
+    both, _ = _generate(engine, model_store, PROMPT + tag, **hires)
+    second_only, info = _generate(engine, model_store, PROMPT, hr_prompt=PROMPT + tag, **hires)
+    first_only, _ = _generate(engine, model_store, PROMPT + tag, hr_prompt=PROMPT, **hires)
+    assert min(np.abs(a - b).max() for a, b in [(second_only, base), (second_only, both), (first_only, both),
+                                                (first_only, base), (first_only, second_only)]) > 5
+    assert f'Lora hashes: "kohya-hand: {_addnet_hash(lora_files["kohya"])[:12]}"' in info
+    parsed = parse_infotext(info)
+    fields = {**infotext_to_request_fields(parsed), "mode": infotext_mode(parsed), "model": str(model_store["folder"])}
+    remade = engine.generate(GenerateRequest.create(**fields)).images[0]
+    assert np.array_equal(np.asarray(remade, dtype=np.int16), second_only)
+    # Two pipeline calls: the second call's first pass runs without the LoRA the first call's hires pass switched on.
+    request = GenerateRequest.create(prompt=PROMPT, model=str(model_store["folder"]), steps=4, seed=5, width=32,
+                                     height=32, n_iter=2, hr_prompt=PROMPT + tag, **hires)
+    later = np.asarray(engine.generate(request).images[1], dtype=np.int16)
+    alone, _ = _generate(engine, model_store, PROMPT, hr_prompt=PROMPT + tag, **{**hires, "seed": 6})
+    assert np.array_equal(later, alone)
+    assert np.array_equal(_generate(engine, model_store, PROMPT, **hires)[0], base)
 
 
 def test_kohya_file_reaches_unet_text_encoder_and_locon_conv(engine, model_store, lora_files):

@@ -164,6 +164,7 @@ class Engine:
         hires = HiresFix(job, self.upscalers, encode_prompts) if used.enable_hr else None
         extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
+        used_loras = job.loras + [lora for lora in (job.hires_loras or []) if lora not in job.loras]
         result = GenerationResult([], [], [], used, model.info())
         for iteration in range(used.n_iter):
             seeds, subseeds = batch_seeds(used, iteration)
@@ -171,6 +172,8 @@ class Engine:
             if job.sampler.scheduler == "DPMSolverSDEScheduler":
                 scheduler = job.scheduler(seeds)
             pipe.scheduler = scheduler
+            if hires is not None and hires.loras is not None:  # the last hires pass ran with its own LoRAs
+                apply_loras(pipe, job.loras, model.lora_targets, model.lora_active)
             report = _still_report(iteration, used, total, later=hires.steps if hires else 0)
             callback = step_callback(extensions, report, progress, interrupt)
             latents = self._run(model, pipe, used, conditioning, inputs, seeds, subseeds, callback, extensions,
@@ -187,7 +190,7 @@ class Engine:
             if job.area is not None:
                 images = [job.area.paste(image, used.mask_blur) for image in images]
             for index, (seed, image) in enumerate(zip(seeds, images)):
-                params = output_params(used, model, job.loras, extra, seed=seed,
+                params = output_params(used, model, used_loras, extra, seed=seed,
                                        subseed=subseeds[index] if subseeds else None, vae_hash=vae_hash,
                                        embeddings=job.embeddings)
                 infotext = build_infotext(job.prompt, job.negative, params)

@@ -18,6 +18,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
 from huabu.core.samplers import parse_sampler
 from huabu.core.upscalers import LATENT_UPSCALE_MODES
+from huabu.engine.loras import apply_loras
 from huabu.engine.noise import batch_noise, generators, step_seed_delta, use_noise_in_add_noise, wants_noise
 from huabu.engine.pipelines import decode_latents, mode_pipeline
 from huabu.engine.prompts.syntax import extract_loras
@@ -88,12 +89,12 @@ class HiresFix:
         self.pixel = None if self.latent_mode else upscalers.get(request.hr_upscaler)
         self.steps = request.hr_second_pass_steps or request.steps
         self.sampler = request.hr_sampler or request.sampler
-        prompt = request.hr_prompt or job.text
-        negative = request.hr_negative_prompt or job.negative_text
-        # LoRA tags in the hires prompt are dropped: the first pass's LoRAs stay active, as huabu applies them once.
+        self.loras = job.hires_loras  # None: the first pass's stay active
         self.total_steps = second_pass_steps(self.steps, request.denoising_strength)
-        self.conditioning = encode(model, request.clip_skip, extract_loras(prompt)[0], negative, self.total_steps,
-                                   request.batch_size)
+        self.prompt = extract_loras(request.hr_prompt or job.text)[0]
+        self.negative = request.hr_negative_prompt or job.negative_text
+        self.encode = encode
+        self.conditioning: Any = None  # encoded on the first run, under the pass's LoRAs (text-encoder weights count)
 
     def scheduler(self, seeds: list[int]) -> Any:
         sampler, schedule = parse_sampler(self.sampler, self.request.schedule_type)
@@ -107,6 +108,11 @@ class HiresFix:
         callback of the pass (or None); `inputs` are pipeline arguments the first pass's extensions share with it
         (IP-Adapter image embeddings)."""
         pipe = mode_pipeline(self.model, "img2img")
+        if self.loras is not None:
+            apply_loras(pipe, self.loras, self.model.lora_targets, self.model.lora_active)
+        if self.conditioning is None:
+            self.conditioning = self.encode(self.model, self.request.clip_skip, self.prompt, self.negative,
+                                            self.total_steps, self.request.batch_size)
         pipe.scheduler = self.scheduler(seeds)
         image = self._upscaled(first_pipe, latents)
         width, height = self.size.output

@@ -76,6 +76,7 @@ class Job:
     embeddings: list[UsedEmbedding] = field(default_factory=list)  # textual inversions the prompts name
     encoded_negative: str | None = None  # the negative prompt as encoded (embedding names as their tokens)
     ip_adapters: list[CheckedIPAdapter] = field(default_factory=list)  # image prompts with their images read
+    hires_loras: list[ResolvedLora] | None = None  # the hires pass's, when a hires prompt names its own
 
     @property
     def negative_text(self) -> str:
@@ -113,6 +114,17 @@ class Prompter:
         loras = resolve_loras([*untaggable, *tag_loras], self.loras_dir, self.hashes, self.allow_unsafe_pickle)
         return prompt, negative, text, loras
 
+    def hires_loras(self, request: Request) -> list[ResolvedLora] | None:
+        """The LoRAs of the hires fix's second pass when the request has a hires prompt: its tags, plus the LoRAs
+        given outside the prompt, as A1111 activates the hires prompt's own networks for that pass (a hires prompt
+        without tags runs without the prompt's tagged LoRAs). None: the second pass keeps the first's."""
+        hires_prompt = getattr(request, "hr_prompt", "")
+        if not (getattr(request, "enable_hr", False) and hires_prompt):
+            return None
+        prompt, untaggable = prompt_with_loras(hires_prompt, request.loras)
+        return resolve_loras([*untaggable, *extract_loras(prompt)[1]], self.loras_dir, self.hashes,
+                             self.allow_unsafe_pickle)
+
 
 def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
     """Check and resolve a request: inputs first (cheap errors before a model loads), then the model, the output
@@ -129,10 +141,12 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
         raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
                              f"{init_image.width}x{init_image.height}; they must be the same size")
     prompt, negative, text, loras = prompter.prompts(request)
+    hires_loras = prompter.hires_loras(request)
 
     model = models.load(request.model, request.checkpoint_config)
     schedule = resolved_schedule(sampler, schedule, is_flow_config(model.scheduler_config))
-    model.denoiser.check_request(request, control=bool(control_units), loras=bool(loras),
+    model.denoiser.check_request(request, control=bool(control_units),
+                                 loras=bool(loras or hires_loras),
                                  sampler_class=scheduler_config(sampler.name, schedule.label,
                                                                 model.scheduler_config)[0])
     only_masked = mask is not None and request.inpaint_full_res
@@ -165,7 +179,7 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
                                                               prompter.embeddings_dir, models.hashes,
                                                               prompter.allow_unsafe_pickle)
     return Job(used, model, sampler, prompt, negative, text, loras, init_image, mask, control_units, area,
-               embeddings, encoded_negative, ip_adapters)
+               embeddings, encoded_negative, ip_adapters, hires_loras)
 
 
 def output_size(request: Request, model: LoadedModel, init_image: Image.Image | None) -> tuple[int, int]:
