@@ -121,7 +121,8 @@ def add_hires_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--upscaler", default="Latent",
                        help="Latent, 'Latent (bicubic)', 'Latent (nearest-exact)' ... or Lanczos, Nearest, None")
     group.add_argument("--hires-sampler", help="sampler of the second pass (default: --sampler)")
-    group.add_argument("--hires-prompt", default="", help="prompt of the second pass (default: the prompt)")
+    group.add_argument("--hires-prompt", default="",
+                       help="prompt of the second pass (default: the prompt); its LoRA tags act in that pass only")
     group.add_argument("--hires-negative", default="", help="negative prompt of the second pass")
 
 
