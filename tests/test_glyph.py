@@ -292,3 +292,8 @@ def test_ocr_reads_a_real_text_scene_and_eval_text_reports_on_a_few_strings(mode
     for key in ("glyph", "no_glyph"):  # a random model writes nothing legible
         assert 0.0 <= result[key]["zh"]["ned"] < 0.5
     assert "Chinese (1)" in format_text_report(result) and result["controlnet"] == "tiny-glyph"
+    # --lora goes into every image's request: a LoRA that is not there stops the run, named in one line
+    assert main(["tiny", "eval-text", "--model", str(model_store["folder"]), "--controlnet", str(glyph_net),
+                 "--count", "2", "--steps", "1", "--lora", "no-such-lora"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no-such-lora" in error and "\n" not in error

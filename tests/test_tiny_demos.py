@@ -254,6 +254,17 @@ def test_lora_datasets_are_deterministic_with_the_right_captions(env, capsys):
     assert (env / "mine" / "keep.txt").is_file()
 
 
+def test_large_lora_data_is_the_training_world_drawn_at_twice_the_size(env):
+    assert main(["tiny", "lora-data", "large", "--out", str(env / "large"), "--count", "3"]) == 0
+    for i in range(3):
+        scene = S.training_scene(7, i)
+        image = np.asarray(Image.open(env / "large" / f"large-{i:05d}.png"))
+        assert image.shape == (128, 128, 3)
+        assert (env / "large" / f"large-{i:05d}.txt").read_text().strip() == scene.caption
+        small = np.asarray(Image.fromarray(image).resize((64, 64), Image.BOX), dtype=np.int16)
+        assert np.abs(small - S.render(scene.background, scene.objects)).mean() < 6  # the same layout, redrawn
+
+
 def test_style_target_histogram_differs_from_plain_renders():
     from huabu.tiny.eval_lora import histogram_distance, target_histogram
 

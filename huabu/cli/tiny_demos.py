@@ -46,7 +46,9 @@ _HELP = {
 _TEXT_HELP = {**_HELP, "controlnet": "the glyph ControlNet folder (default: the model's shipped one)",
               "count": "held-out strings, half Chinese, half Latin", "scene_seed": "which held-out strings and scenes",
               "grid": "also write a PNG of 4 Chinese and 4 Latin scenes: real renders, glyph maps, outputs with and "
-                      "without the glyph unit"}
+                      "without the glyph unit",
+              "lora": "a LoRA applied at weight 1 to every image, with and without the glyph unit (huabu-tiny-128: "
+                      "the 64 px model's LoRA for 128 px)"}
 
 _IP_HELP = {**_HELP, "count": "held-out scenes per row", "weight": "IP-Adapter weight",
             "scene_seed": "which held-out scenes and references",
@@ -63,11 +65,12 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
 
 def register(tsub) -> None:
     """Add the demonstration steps to `huabu tiny`'s sub-parsers."""
-    data = tsub.add_parser("lora-data", help="write the paper-cut style or hbdragon subject LoRA data (img + txt)")
-    data.add_argument("kind", choices=("style", "subject"))
+    data = tsub.add_parser("lora-data", help="write LoRA data (img + txt): the paper-cut style, the hbdragon subject, "
+                                             "or huabu-tiny's scenes at 128 px (large)")
+    data.add_argument("kind", choices=("style", "subject", "large"))
     data.add_argument("--out", required=True, type=Path, help="folder to write (kohya layout: name.png + name.txt)")
-    data.add_argument("--count", type=int, help="images (default: 160 style, 16 subject)")
-    data.add_argument("--seed", type=int, help="default: 11 style, 0 subject")
+    data.add_argument("--count", type=int, help="images (default: 160 style, 16 subject, 4000 large)")
+    data.add_argument("--seed", type=int, help="default: 11 style, 0 subject, 7 large")
     data.set_defaults(handler=_lora_data)
 
     for name, cls, handler, text in (

@@ -65,7 +65,7 @@ def _generate(engine, cfg: TextEvalConfig, model: str, scenes: list[T.TextScene]
 
     images = []
     for i, scene in enumerate(scenes):
-        fields = {}
+        fields = {"loras": [{"name": cfg.lora}]} if cfg.lora else {}
         if glyph:
             fields = {"controlnets": [{"module": GLYPH, "model": cfg.controlnet, "weight": cfg.weight}],
                       "text_boxes": [list(scene.box)]}
@@ -118,13 +118,15 @@ def evaluate_text(cfg: TextEvalConfig, settings: Settings | None = None, engine=
         save_grid([rows[0], maps, *rows[1:]], Path(cfg.grid), cols=8, scale=2)
     result["settings"] = {"model": model.name, "count": cfg.count, "size": T.TEXT_IMAGE_SIZE, "steps": cfg.steps,
                           "cfg_scale": cfg.cfg, "weight": cfg.weight, "sampler": "DPM++ 2M",
-                          "seeds": [cfg.seed, cfg.seed + len(scenes) - 1], "scene_seed": cfg.scene_seed}
+                          "seeds": [cfg.seed, cfg.seed + len(scenes) - 1], "scene_seed": cfg.scene_seed,
+                          "lora": cfg.lora or None}
     return result
 
 
 def format_text_report(r: dict[str, object]) -> str:
     s = r["settings"]
-    lines = [f"{s['count']} held-out text scenes at {s['size']}x{s['size']} on {s['model']} with {r['controlnet']}, "
+    model = f"{s['model']} + LoRA {s['lora']}" if s.get("lora") else s["model"]
+    lines = [f"{s['count']} held-out text scenes at {s['size']}x{s['size']} on {model} with {r['controlnet']}, "
              f"{s['steps']} steps, CFG {s['cfg_scale']:g}, glyph weight {s['weight']:g}; OCR sentence accuracy / NED:"]
     for script, label in (("zh", "Chinese"), ("latin", "Latin")):
         if script not in r["ceiling"]:

@@ -6,6 +6,8 @@
 - subject: the Spring Festival dragon (U+1F409), a glyph huabu-tiny never saw, at named positions, sizes and
   backgrounds, captioned with a trigger word: "a small hbdragon on the left on a blue background". A fixed third of
   the (background, position) combinations is held out for evaluation.
+- large: the scenes huabu-tiny was trained on, drawn at 128 x 128 (every position and size doubled) with their own
+  captions, for the LoRA that lets the 64 px model work at 128 px (huabu-tiny-128: hires fix, text scenes).
 
 `write_lora_data` writes either as a kohya-style folder (name.png + name.txt) that `huabu train lora` reads.
 """
@@ -33,8 +35,8 @@ STYLE_BACKGROUNDS = tuple(c for c in S.COLOUR_NAMES if c != "red")
 DRAGON = "\U0001F409"
 TRIGGER = "hbdragon"
 SUBJECT_HELD_OUT = 1 / 3  # share of (background, position) combinations never shown in the subject data
-KINDS = ("style", "subject")
-DEFAULT_COUNTS = {"style": 160, "subject": 16}
+KINDS = ("style", "subject", "large")
+DEFAULT_COUNTS = {"style": 160, "subject": 16, "large": 4000}
 _META = "lora-data.json"
 
 
@@ -147,10 +149,10 @@ def render_subject(scene: SubjectScene) -> np.ndarray:
 # --- writing ------------------------------------------------------------------------------------------------
 
 def write_lora_data(kind: str, out: Path, count: int | None = None, seed: int | None = None) -> Path:
-    """Write the `kind` ("style" or "subject") data as name.png + name.txt pairs into `out`, atomically. A folder
-    already there is replaced only when it holds data written by this function."""
+    """Write the `kind` (one of KINDS) data as name.png + name.txt pairs into `out`, atomically. A folder already
+    there is replaced only when it holds data written by this function."""
     if kind not in KINDS:
-        raise InvalidRequest(f"LoRA data kind must be {' or '.join(KINDS)}, got {kind!r}")
+        raise InvalidRequest(f"LoRA data kind must be {', '.join(KINDS)}, got {kind!r}")
     count = DEFAULT_COUNTS[kind] if count is None else count
     if count < 1:
         raise InvalidRequest(f"count must be at least 1, got {count}")
@@ -160,6 +162,10 @@ def write_lora_data(kind: str, out: Path, count: int | None = None, seed: int | 
     if kind == "style":
         seed = 11 if seed is None else seed
         items = [(f"papercut-{i:04d}", render_papercut(s), s.caption) for i, s in enumerate(style_scenes(count, seed))]
+    elif kind == "large":
+        seed = 7 if seed is None else seed  # not the UNet's own data seed: other scenes of the same world
+        scenes = (S.training_scene(seed, i) for i in range(count))  # rendered one at a time as they are written
+        items = ((f"large-{i:05d}", S.render_scaled(s, 2), s.caption) for i, s in enumerate(scenes))
     else:
         seed = 0 if seed is None else seed
         items = [(f"{TRIGGER}-{i:03d}", render_subject(s), s.caption)

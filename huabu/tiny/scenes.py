@@ -182,6 +182,13 @@ def render(background: str, objects: tuple[Placed, ...] | list[Placed], image_si
     return compose(background, [(glyph(p.obj, p.size), p.x, p.y) for p in objects], image_size)
 
 
+def render_scaled(scene: Scene, factor: int) -> np.ndarray:
+    """The scene drawn `factor` times larger: every position and size scaled, the glyphs drawn at that size (not a
+    resize of the 64 px render)."""
+    big = [Placed(p.obj, factor * p.x, factor * p.y, factor * p.size, p.position, p.size_name) for p in scene.objects]
+    return render(scene.background, big, image_size=factor * IMAGE_SIZE)
+
+
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 

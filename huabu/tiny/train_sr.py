@@ -30,9 +30,7 @@ LR = 1e-3
 
 def scene_pair(scene: scenes.Scene) -> tuple[np.ndarray, np.ndarray]:
     """(64 px, 128 px) renders of one scene."""
-    big = [scenes.Placed(p.obj, 2 * p.x, 2 * p.y, 2 * p.size, p.position, p.size_name) for p in scene.objects]
-    return (scenes.render(scene.background, scene.objects),
-            scenes.render(scene.background, big, image_size=2 * scenes.IMAGE_SIZE))
+    return scenes.render(scene.background, scene.objects), scenes.render_scaled(scene, 2)
 
 
 def _tensor(images: list[np.ndarray]) -> torch.Tensor:
