@@ -292,8 +292,29 @@ def test_ocr_reads_a_real_text_scene_and_eval_text_reports_on_a_few_strings(mode
     for key in ("glyph", "no_glyph"):  # a random model writes nothing legible
         assert 0.0 <= result[key]["zh"]["ned"] < 0.5
     assert "Chinese (1)" in format_text_report(result) and result["controlnet"] == "tiny-glyph"
-    # --lora goes into every image's request: a LoRA that is not there stops the run, named in one line
+    # a LoRA that is not there stops the run, named in one line
     assert main(["tiny", "eval-text", "--model", str(model_store["folder"]), "--controlnet", str(glyph_net),
                  "--count", "2", "--steps", "1", "--lora", "no-such-lora"]) == 2
     error = capsys.readouterr().err.strip()
     assert "no-such-lora" in error and "\n" not in error
+
+
+@pytest.mark.skipif(not HAS_OCR, reason="rapidocr and onnxruntime are not installed (the dev extra has them)")
+def test_eval_text_puts_its_lora_into_every_request(engine, model_store, glyph_net):
+    from huabu.tiny.demo_configs import TextEvalConfig
+    from huabu.tiny.eval_text import evaluate_text
+
+    class Recording:  # the real engine, each request recorded and run without the (made-up) LoRA
+        def __init__(self) -> None:
+            self.models, self.controlnets, self.requests = engine.models, engine.controlnets, []
+
+        def generate(self, request):
+            self.requests.append(request)
+            return engine.generate(request.model_copy(update={"loras": []}))
+
+    recording = Recording()
+    result = evaluate_text(TextEvalConfig(model=str(model_store["folder"]), controlnet=str(glyph_net), count=2,
+                                          steps=1, lora="made-up"), engine=recording)
+    assert [bool(r.controlnets) for r in recording.requests] == [True, True, False, False]
+    assert all([lora.name for lora in r.loras] == ["made-up"] for r in recording.requests)
+    assert result["settings"]["lora"] == "made-up"

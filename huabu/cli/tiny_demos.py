@@ -47,8 +47,7 @@ _TEXT_HELP = {**_HELP, "controlnet": "the glyph ControlNet folder (default: the 
               "count": "held-out strings, half Chinese, half Latin", "scene_seed": "which held-out strings and scenes",
               "grid": "also write a PNG of 4 Chinese and 4 Latin scenes: real renders, glyph maps, outputs with and "
                       "without the glyph unit",
-              "lora": "a LoRA applied at weight 1 to every image, with and without the glyph unit (huabu-tiny-128: "
-                      "the 64 px model's LoRA for 128 px)"}
+              "lora": "a LoRA applied at weight 1 to every image, with and without the glyph unit"}
 
 _IP_HELP = {**_HELP, "count": "held-out scenes per row", "weight": "IP-Adapter weight",
             "scene_seed": "which held-out scenes and references",

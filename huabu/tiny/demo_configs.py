@@ -56,7 +56,7 @@ class TextEvalConfig:
     seed: int = 0
     scene_seed: int = 2024  # which held-out strings and scenes (huabu.tiny.text_scenes.eval_text_scenes)
     grid: str = ""  # a PNG to write: real scenes, glyph maps, outputs with the glyph unit, outputs without
-    lora: str = ""  # a LoRA applied at weight 1 to every image, with and without the unit (e.g. huabu-tiny-128)
+    lora: str = ""  # a LoRA applied at weight 1 to every image, with and without the glyph unit
 
 
 @dataclass

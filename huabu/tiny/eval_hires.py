@@ -3,7 +3,7 @@ with the hires fix 2x through an upscaler (default huabu-tiny-2x), read back by 
 a Lanczos downscale of the 128 px outputs to 64 px.
 
     python -m huabu.tiny.eval_hires [--count 50] [--upscaler huabu-tiny-2x] [--denoise 0.3] [--hires-steps 10]
-        [--hires-lora huabu-tiny-128]
+        [--hires-lora NAME]
 
 `--hires-lora` names a LoRA for the second pass only, in the hires prompt as A1111 users write it.
 

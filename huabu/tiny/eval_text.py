@@ -67,8 +67,8 @@ def _generate(engine, cfg: TextEvalConfig, model: str, scenes: list[T.TextScene]
     for i, scene in enumerate(scenes):
         fields = {"loras": [{"name": cfg.lora}]} if cfg.lora else {}
         if glyph:
-            fields = {"controlnets": [{"module": GLYPH, "model": cfg.controlnet, "weight": cfg.weight}],
-                      "text_boxes": [list(scene.box)]}
+            fields.update(controlnets=[{"module": GLYPH, "model": cfg.controlnet, "weight": cfg.weight}],
+                          text_boxes=[list(scene.box)])
         request = GenerateRequest.create(prompt=scene.caption, model=model, steps=cfg.steps, cfg_scale=cfg.cfg,
                                          seed=cfg.seed + i, width=T.TEXT_IMAGE_SIZE, height=T.TEXT_IMAGE_SIZE,
                                          **fields)

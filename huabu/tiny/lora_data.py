@@ -7,7 +7,7 @@
   backgrounds, captioned with a trigger word: "a small hbdragon on the left on a blue background". A fixed third of
   the (background, position) combinations is held out for evaluation.
 - large: the scenes huabu-tiny was trained on, drawn at 128 x 128 (every position and size doubled) with their own
-  captions, for the LoRA that lets the 64 px model work at 128 px (huabu-tiny-128: hires fix, text scenes).
+  captions, for a LoRA to carry the 64 px model to 128 px (tried, not shipped: docs/training-notes.md).
 
 `write_lora_data` writes either as a kohya-style folder (name.png + name.txt) that `huabu train lora` reads.
 """
