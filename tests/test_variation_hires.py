@@ -173,6 +173,22 @@ def test_hires_prompt_and_sampler_are_written_when_they_differ(engine, model_sto
     assert max_diff(remade(engine, result.infotexts[0], model_store), result.images[0]) == 0
 
 
+def test_a_bad_attention_weight_fails_before_any_step(engine, model_store):
+    from huabu.core.errors import PromptSyntaxError
+
+    steps = []
+    for fields in ({"prompt": "a (pear:1.2.3)"}, {"negative_prompt": "(blur:0.5.5)"},
+                   {"enable_hr": True, "hr_prompt": "a (pear:1.2.3)"},
+                   {"enable_hr": True, "hr_negative_prompt": "(x:1..)"}):
+        with pytest.raises(PromptSyntaxError, match="is not a number"):
+            engine.generate(request(model_store, hr_second_pass_steps=2, denoising_strength=0.6, **fields),
+                            progress=steps.append)
+    assert steps == []
+    # what A1111 keeps as text is no error: a weight-less colon stays a word
+    assert engine.generate(request(model_store, enable_hr=True, hr_second_pass_steps=1, denoising_strength=0.6,
+                                   hr_prompt="(blur:x)")).images
+
+
 def test_hires_with_variation_seeds_remakes(engine, model_store):
     result = engine.generate(request(model_store, enable_hr=True, hr_second_pass_steps=2, denoising_strength=0.6,
                                      subseed=11, subseed_strength=0.4))
