@@ -368,3 +368,29 @@ def test_loras_apply_under_control_and_do_not_leak(engine, model_store, controln
     styled = engine.generate(request(model_store, prompt="a red apple <lora:cn-style:1>", controlnets=units))
     assert max_diff(styled.images[0], controlled) > 0 and "Lora hashes" in styled.infotexts[0]
     assert max_diff(engine.generate(request(model_store, controlnets=units)).images[0], controlled) == 0
+
+
+def test_hires_fix_runs_the_units_in_both_passes_at_each_pass_size(engine, model_store, controlnet_store, reference):
+    from huabu.engine.controlnets import check_units
+
+    hires = dict(enable_hr=True, hr_scale=2, hr_second_pass_steps=2, denoising_strength=0.6)
+    canny = unit(controlnet_store, reference)
+    plain = engine.generate(request(model_store, **hires)).images[0]
+    muted = engine.generate(request(model_store, controlnets=[{**canny, "weight": 0}], **hires))
+    assert muted.images[0].size == (64, 64) and max_diff(muted.images[0], plain) <= 1
+
+    model = engine.models.load(str(model_store["folder"]))
+    net = engine.controlnets.plan(check_units(request(model_store, controlnets=[canny]).controlnets), model).nets[0]
+    sizes = []
+
+    def record(module, args, kwargs):
+        sizes.append(tuple((args[0] if args else kwargs["sample"]).shape[-2:]))
+
+    hook = net.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        steered = engine.generate(request(model_store, controlnets=[canny], **hires))
+    finally:
+        hook.remove()
+    assert (8, 8) in sizes and (16, 16) in sizes  # the 32 px pass's latents, then the 64 px pass's
+    assert max_diff(steered.images[0], plain) > 10 and "ControlNet 0: " in steered.infotexts[0]
+    assert "Hires upscale: 2" in steered.infotexts[0]

@@ -261,6 +261,16 @@ def test_glyph_controlnet_training_maps_and_two_steps_through_the_tiny_cli(model
     assert capsys.readouterr().out.strip().endswith(str(out / "final"))
     assert (out / "final" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "samples-0000002.png").is_file()
+    # the captions are encoded as the engine encodes a prompt beside a glyph unit: quoted words as placeholders
+    from huabu.training.controlnet import train_controlnet
+    from huabu.training.controlnet_config import ControlNetTrainConfig
+
+    words = [T.training_text_scene(2, i).text for i in range(6)]
+    assert all(f'"{word}"' in caption for word, caption in zip(words, dataset.captions))
+    train_controlnet(ControlNetTrainConfig(type="glyph", base=str(model_store["folder"]), out=str(tmp_path / "r"),
+                                           steps=1, batch_size=2, sample_every=0, embedding_channels=(16, 32, 64)),
+                     data=dataset)
+    assert all('"*"' in caption and f'"{word}"' not in caption for word, caption in zip(words, dataset.captions))
 
 
 @pytest.mark.skipif(not HAS_OCR, reason="rapidocr and onnxruntime are not installed (the dev extra has them)")
@@ -318,3 +328,62 @@ def test_eval_text_puts_its_lora_into_every_request(engine, model_store, glyph_n
     assert [bool(r.controlnets) for r in recording.requests] == [True, True, False, False]
     assert all([lora.name for lora in r.loras] == ["made-up"] for r in recording.requests)
     assert result["settings"]["lora"] == "made-up"
+
+
+def test_a_larger_pass_draws_the_glyph_map_at_its_own_size(engine, model_store, glyph_net):
+    from huabu.engine.control.glyph import glyph_map
+    from huabu.engine.controlnets import check_units, with_words
+
+    request = GenerateRequest.create(prompt='a sign that says "画布"', model=str(model_store["folder"]), width=64,
+                                     height=64, controlnets=[{"module": "glyph", "model": str(glyph_net)}],
+                                     text_boxes=[[4, 4, 60, 28]])
+    units, _ = with_words(check_units(request.controlnets), request, 64, 64)
+    plan = engine.controlnets.plan(units, engine.models.load(str(model_store["folder"])))
+    hires = plan.control_map(units[0], 128, 128)  # the hires fix's second pass: boxes scaled, strokes drawn sharp
+    assert np.array_equal(np.asarray(hires), np.asarray(glyph_map([("画布", (8, 8, 120, 56))], 128, 128)))
+    stretched = plan.control_map(units[0], 128, 96)  # another aspect: the request's map fitted by the resize mode
+    assert stretched.size == (128, 96) and _white(stretched)[60:, :].sum() == 0
+
+
+def test_beside_a_glyph_unit_quoted_words_are_encoded_as_placeholders(engine, model_store, glyph_net):
+    from huabu.core.text_boxes import with_placeholders
+
+    assert with_placeholders('says "画布" and “OPEN”, "" stays') == 'says "*" and "*", "" stays'
+    base = dict(model=str(model_store["folder"]), steps=2, seed=5, width=32, height=32, enable_hr=True, hr_scale=2,
+                hr_second_pass_steps=1, denoising_strength=0.5, text_boxes=[{"text": "画布", "box": [2, 2, 30, 14]}])
+    unit = {"module": "glyph", "model": str(glyph_net)}
+    words = engine.generate(GenerateRequest.create(prompt='a sign that says "画布"', hr_prompt='big "画布"',
+                                                   controlnets=[unit], **base))
+    stars = engine.generate(GenerateRequest.create(prompt='a sign that says "*"', hr_prompt='big "*"',
+                                                   controlnets=[unit], **base))
+    assert np.array_equal(np.asarray(words.images[0]), np.asarray(stars.images[0]))
+    assert words.infotexts[0].startswith('a sign that says "画布"')  # the prompt as written is what is recorded
+    plain = {key: value for key, value in base.items() if key != "text_boxes"}
+    without = [engine.generate(GenerateRequest.create(prompt=f'a sign that says "{word}"', **plain)).images[0]
+               for word in ("画布", "*")]
+    assert not np.array_equal(*(np.asarray(image) for image in without))  # no glyph unit: the words are encoded
+
+
+def test_eval_text_with_hires_makes_each_scene_at_half_size_then_the_hires_fix(engine, model_store, glyph_net):
+    from huabu.tiny import text_scenes as T
+    from huabu.tiny.demo_configs import TextEvalConfig
+    from huabu.tiny.eval_text import evaluate_text, format_text_report
+
+    class Recording:  # the real engine, each request recorded (with the Lanczos upscaler: no model's 2x is here)
+        def __init__(self) -> None:
+            self.models, self.controlnets, self.requests = engine.models, engine.controlnets, []
+
+        def generate(self, request):
+            self.requests.append(request)
+            return engine.generate(request)
+
+    recording = Recording()
+    cfg = TextEvalConfig(model=str(model_store["folder"]), controlnet=str(glyph_net), count=2, steps=1, hires=0.5,
+                         hires_steps=1, upscaler="Lanczos")
+    result = evaluate_text(cfg, engine=recording)
+    scenes = T.eval_text_scenes(2, cfg.scene_seed)
+    assert all((r.width, r.height, r.enable_hr, r.hr_scale, r.denoising_strength) == (64, 64, True, 2, 0.5)
+               for r in recording.requests)
+    assert [r.text_boxes[0].box for r in recording.requests[:2]] == [[v // 2 for v in s.box] for s in scenes]
+    assert result["settings"]["hires"] == {"denoise": 0.5, "steps": 1, "upscaler": "Lanczos"}
+    assert "made at 64 px, then the hires fix 2x with Lanczos" in format_text_report(result)

@@ -47,7 +47,10 @@ _TEXT_HELP = {**_HELP, "controlnet": "the glyph ControlNet folder (default: the 
               "count": "held-out strings, half Chinese, half Latin", "scene_seed": "which held-out strings and scenes",
               "grid": "also write a PNG of 4 Chinese and 4 Latin scenes: real renders, glyph maps, outputs with and "
                       "without the glyph unit",
-              "lora": "a LoRA applied at weight 1 to every image, with and without the glyph unit"}
+              "lora": "a LoRA applied at weight 1 to every image, with and without the glyph unit",
+              "hires": "above 0: each image made at half size, then the hires fix 2x at this denoising strength "
+                       "(the glyph unit acts in both passes)",
+              "hires_steps": "the hires fix's steps", "upscaler": "the hires fix's upscaler"}
 
 _IP_HELP = {**_HELP, "count": "held-out scenes per row", "weight": "IP-Adapter weight",
             "scene_seed": "which held-out scenes and references",

@@ -29,6 +29,13 @@ def quoted_words(prompt: str) -> list[str]:
     return [(a or b).strip() for a, b in _QUOTED.findall(prompt or "") if (a or b).strip()]
 
 
+def with_placeholders(prompt: str) -> str:
+    """The prompt with each quoted word replaced by `*`, as AnyText encodes its prompts: `a sign that says "画布"`
+    -> `a sign that says "*"`. Empty quotes stay."""
+    return _QUOTED.sub(lambda match: '"*"' if (match.group(1) or match.group(2) or "").strip() else match.group(0),
+                       prompt)
+
+
 def parse_box(text: str) -> Box:
     """`X0,Y0,X1,Y1` (pixels) -> a box; ValueError when it is not one."""
     try:

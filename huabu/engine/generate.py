@@ -161,7 +161,7 @@ class Engine:
             inputs.update(control.inputs(pipe, used.width, used.height))
         shared = attached.enter_context(ip.attached(pipe, used.cfg_scale, used.batch_size)) if ip else {}
         inputs.update(shared)
-        hires = HiresFix(job, self.upscalers, encode_prompts) if used.enable_hr else None
+        hires = HiresFix(job, self.upscalers, encode_prompts, control) if used.enable_hr else None
         extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
         used_loras = job.loras + [lora for lora in (job.hires_loras or []) if lora not in job.loras]

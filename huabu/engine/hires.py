@@ -18,6 +18,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
 from huabu.core.samplers import parse_sampler
 from huabu.core.upscalers import LATENT_UPSCALE_MODES
+from huabu.engine.controlnets import encoded_words
 from huabu.engine.loras import apply_loras
 from huabu.engine.noise import batch_noise, generators, step_seed_delta, use_noise_in_add_noise, wants_noise
 from huabu.engine.pipelines import decode_latents, mode_pipeline
@@ -26,6 +27,7 @@ from huabu.engine.samplers import build_scheduler
 from huabu.engine.upscalers import Upscalers
 
 if TYPE_CHECKING:
+    from huabu.engine.controlnets import ControlPlan
     from huabu.engine.job import Job
 
 
@@ -76,14 +78,14 @@ def second_pass_steps(steps: int, strength: float) -> int:
 class HiresFix:
     """The second pass of one job: built once, run once per pipeline call on the first pass's latents."""
 
-    def __init__(self, job: Job, upscalers: Upscalers, encode: Callable[..., Any]) -> None:
+    def __init__(self, job: Job, upscalers: Upscalers, encode: Callable[..., Any],
+                 control: ControlPlan | None = None) -> None:
         request, model = job.request, job.model
         if model.is_inpaint_unet:
             raise InvalidRequest("the hires fix needs a txt2img model; this one has a 9-channel inpainting UNet")
-        if job.control_units:
-            raise InvalidRequest("the hires fix does not run with ControlNet units yet; upscale the result with "
-                                 "img2img instead")
         self.request, self.model = request, model
+        self.control = control  # its units act in both passes, their maps fitted to each pass's size (as
+        # sd-webui-controlnet does)
         self.size = hires_size(request, model.vae_scale_factor)
         self.latent_mode = LATENT_UPSCALE_MODES.get(request.hr_upscaler)
         self.pixel = None if self.latent_mode else upscalers.get(request.hr_upscaler)
@@ -91,7 +93,7 @@ class HiresFix:
         self.sampler = request.hr_sampler or request.sampler
         self.loras = job.hires_loras  # None: the first pass's stay active
         self.total_steps = second_pass_steps(self.steps, request.denoising_strength)
-        self.prompt = extract_loras(request.hr_prompt or job.text)[0]
+        self.prompt = encoded_words(extract_loras(request.hr_prompt or job.text)[0], job.control_units)
         self.negative = request.hr_negative_prompt or job.negative_text
         self.encode = encode
         self.conditioning: Any = None  # encoded on the first run, under the pass's LoRAs (text-encoder weights count)
@@ -107,7 +109,9 @@ class HiresFix:
         """(the second pass's latents, the pipeline that made them). `callback(conditioning)` gives the step
         callback of the pass (or None); `inputs` are pipeline arguments the first pass's extensions share with it
         (IP-Adapter image embeddings)."""
-        pipe = mode_pipeline(self.model, "img2img")
+        cfg_scale = self.request.cfg_scale
+        pipe = self.control.pipeline(self.model, "img2img", cfg_scale) if self.control else mode_pipeline(
+            self.model, "img2img")
         if self.loras is not None:
             apply_loras(pipe, self.loras, self.model.lora_targets, self.model.lora_active)
         if self.conditioning is None:
@@ -123,8 +127,10 @@ class HiresFix:
                                 factor, latents.dtype)
             use_noise_in_add_noise(pipe.scheduler, noise)
         call = dict(image=image, strength=self.request.denoising_strength, num_inference_steps=self.total_steps,
-                    guidance_scale=self.request.cfg_scale, generator=generators(seeds, delta), num_images_per_prompt=1,
+                    guidance_scale=cfg_scale, generator=generators(seeds, delta), num_images_per_prompt=1,
                     output_type="latent", **self.conditioning.initial_kwargs(), **(inputs or {}))
+        if self.control:
+            call.update(self.control.inputs(pipe, width, height))
         step = callback(self.conditioning) if callback else None
         if step is not None:
             call["callback_on_step_end"] = step

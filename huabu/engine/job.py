@@ -22,7 +22,7 @@ from huabu.core.atomic import publish_new, staged_path
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import MAX_SEED, GenerateRequest, VideoRequest
 from huabu.core.samplers import Sampler, is_flow_config, parse_sampler, resolved_schedule, scheduler_config
-from huabu.engine.controlnets import CheckedUnit, check_units, with_words
+from huabu.engine.controlnets import CheckedUnit, check_units, encoded_words, with_words
 from huabu.engine.embeddings import UsedEmbedding, find_embeddings, named_in, use_embeddings
 from huabu.engine.extensions import Extension
 from huabu.engine.images import load_image, load_mask
@@ -155,6 +155,7 @@ def prepare(request: Request, models: ModelManager, prompter: Prompter) -> Job:
     only_masked = mask is not None and request.inpaint_full_res
     width, height = output_size(request, model, None if only_masked else init_image)
     control_units, text_boxes = with_words(control_units, request, width, height)
+    text = encoded_words(text, control_units)
     area = None
     if only_masked:
         area, init_image, mask = MaskedArea.crop(init_image, mask, request.inpaint_full_res_padding, (width, height))

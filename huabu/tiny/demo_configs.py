@@ -57,6 +57,9 @@ class TextEvalConfig:
     scene_seed: int = 2024  # which held-out strings and scenes (huabu.tiny.text_scenes.eval_text_scenes)
     grid: str = ""  # a PNG to write: real scenes, glyph maps, outputs with the glyph unit, outputs without
     lora: str = ""  # a LoRA applied at weight 1 to every image, with and without the glyph unit
+    hires: float = 0.0  # > 0: each image made at half size, then the hires fix 2x at this denoising strength
+    hires_steps: int = 10
+    upscaler: str = "huabu-tiny-2x"  # the hires fix's upscaler
 
 
 @dataclass

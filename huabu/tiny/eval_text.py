@@ -64,14 +64,18 @@ def _generate(engine, cfg: TextEvalConfig, model: str, scenes: list[T.TextScene]
     from huabu.core.requests import GenerateRequest
 
     images = []
+    scale = 2 if cfg.hires else 1  # the hires fix starts at half the scenes' size: the boxes shrink with it
     for i, scene in enumerate(scenes):
         fields = {"loras": [{"name": cfg.lora}]} if cfg.lora else {}
         if glyph:
             fields.update(controlnets=[{"module": GLYPH, "model": cfg.controlnet, "weight": cfg.weight}],
-                          text_boxes=[list(scene.box)])
+                          text_boxes=[[v // scale for v in scene.box]])
+        if cfg.hires:
+            fields.update(enable_hr=True, hr_scale=2, hr_upscaler=cfg.upscaler, denoising_strength=cfg.hires,
+                          hr_second_pass_steps=cfg.hires_steps)
+        size = T.TEXT_IMAGE_SIZE // scale
         request = GenerateRequest.create(prompt=scene.caption, model=model, steps=cfg.steps, cfg_scale=cfg.cfg,
-                                         seed=cfg.seed + i, width=T.TEXT_IMAGE_SIZE, height=T.TEXT_IMAGE_SIZE,
-                                         **fields)
+                                         seed=cfg.seed + i, width=size, height=size, **fields)
         images.append(np.asarray(engine.generate(request).images[0].convert("RGB")))
     return images
 
@@ -119,13 +123,19 @@ def evaluate_text(cfg: TextEvalConfig, settings: Settings | None = None, engine=
     result["settings"] = {"model": model.name, "count": cfg.count, "size": T.TEXT_IMAGE_SIZE, "steps": cfg.steps,
                           "cfg_scale": cfg.cfg, "weight": cfg.weight, "sampler": "DPM++ 2M",
                           "seeds": [cfg.seed, cfg.seed + len(scenes) - 1], "scene_seed": cfg.scene_seed,
-                          "lora": cfg.lora or None}
+                          "lora": cfg.lora or None,
+                          "hires": {"denoise": cfg.hires, "steps": cfg.hires_steps, "upscaler": cfg.upscaler}
+                          if cfg.hires else None}
     return result
 
 
 def format_text_report(r: dict[str, object]) -> str:
     s = r["settings"]
     model = f"{s['model']} + LoRA {s['lora']}" if s.get("lora") else s["model"]
+    if s.get("hires"):
+        hires = s["hires"]
+        model += (f" (made at {s['size'] // 2} px, then the hires fix 2x with {hires['upscaler']}, denoising "
+                  f"{hires['denoise']:g}, {hires['steps']} steps)")
     lines = [f"{s['count']} held-out text scenes at {s['size']}x{s['size']} on {model} with {r['controlnet']}, "
              f"{s['steps']} steps, CFG {s['cfg_scale']:g}, glyph weight {s['weight']:g}; OCR sentence accuracy / NED:"]
     for script, label in (("zh", "Chinese"), ("latin", "Latin")):

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from huabu.core.atomic import atomic_path
 from huabu.core.errors import HuabuError, InvalidRequest, first_line
-from huabu.core.text_boxes import GLYPH
+from huabu.core.text_boxes import GLYPH, with_placeholders
 from huabu.training import loop
 from huabu.training.captioned_arrays import read_captioned_arrays
 from huabu.training.controlnet_config import ControlNetTrainConfig
@@ -276,6 +276,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, data: Any = None, settings: Any
         raise HuabuError(f"the dataset at {cfg.data} is empty")
     if cfg.type == GLYPH:
         fill_text_boxes(data)
+        # encoded as the engine encodes a prompt beside a glyph unit (huabu.engine.controlnets.encoded_words)
+        data.captions = [with_placeholders(caption) for caption in data.captions]
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe, controlnet = setup(cfg, data, settings)
