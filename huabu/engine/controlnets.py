@@ -164,8 +164,8 @@ def with_words(units: list[CheckedUnit], request: Any, width: int, height: int) 
 
 def encoded_words(text: str, units: list[CheckedUnit]) -> str:
     """The prompt as encoded beside a glyph unit: each quoted word a placeholder (AnyText's way). The unit draws the
-    words; a text encoder that cannot spell them only loses the rest of the caption to their pieces (huabu-tiny
-    drew the asked background in 85% of the text scenes' captions at 64 px, in 100% with placeholders)."""
+    words; a text encoder that cannot spell them only loses the rest of the caption to their pieces (figures in
+    docs/training-notes.md, the glyph ControlNet)."""
     from huabu.core.text_boxes import with_placeholders
 
     return with_placeholders(text) if any(unit.preprocessor == GLYPH for unit in units) else text
@@ -587,7 +587,7 @@ class ControlPlan(Extension):
 
             canvas_w, canvas_h = checked.canvas
             if (width, height) != checked.canvas and width * canvas_h == height * canvas_w:
-                # a larger pass of the same aspect (the hires fix): the strokes drawn at its size stay sharp
+                # another size of the same aspect (the hires fix's pass): drawn at that size, the strokes stay sharp
                 scale = width / canvas_w
                 words = [(text, tuple(round(v * scale) for v in box)) for text, box in checked.words]
                 return glyph_map(words, width, height)
