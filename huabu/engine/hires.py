@@ -93,7 +93,8 @@ class HiresFix:
         self.sampler = request.hr_sampler or request.sampler
         self.loras = job.hires_loras  # None: the first pass's stay active
         self.total_steps = second_pass_steps(self.steps, request.denoising_strength)
-        self.prompt = encoded_words(extract_loras(request.hr_prompt or job.text)[0], job.control_units)
+        self.prompt = (encoded_words(extract_loras(request.hr_prompt)[0], job.control_units) if request.hr_prompt
+                       else job.text)
         self.negative = request.hr_negative_prompt or job.negative_text
         self.encode = encode
         self.conditioning: Any = None  # encoded on the first run, under the pass's LoRAs (text-encoder weights count)

@@ -30,7 +30,7 @@ from huabu.engine.inpaint_area import FILL, MaskedArea, fill_masked, outpaint_ca
 from huabu.engine.ip_adapters import CheckedIPAdapter, check_ip_adapters
 from huabu.engine.loras import ResolvedLora, prompt_with_loras, resolve_loras
 from huabu.engine.models import LoadedModel
-from huabu.engine.prompts.syntax import extract_loras, refuse_hypernetworks, validate_prompt
+from huabu.engine.prompts.syntax import extract_loras, validate_prompt
 from huabu.engine.samplers import build_scheduler
 
 if TYPE_CHECKING:
@@ -110,10 +110,9 @@ class Prompter:
             prompt, negative = apply_styles(prompt, negative, request.styles, self.book())
         prompt, untaggable = prompt_with_loras(prompt, request.loras)
         text, tag_loras = extract_loras(prompt)
-        refuse_hypernetworks(negative)
         hires = getattr(request, "hr_prompt", ""), getattr(request, "hr_negative_prompt", "")
-        for written in (prompt, negative, *hires):  # before any model loads (hires texts are encoded late)
-            validate_prompt(written)
+        for written in (prompt, negative, *hires):  # before any model loads (hires texts are encoded late); this
+            validate_prompt(written)                # also refuses <hypernet:...> tags (extract_loras)
         loras = resolve_loras([*untaggable, *tag_loras], self.loras_dir, self.hashes, self.allow_unsafe_pickle)
         return prompt, negative, text, loras
 
