@@ -15,7 +15,7 @@ from safetensors import safe_open
 from huabu.core.errors import InvalidRequest
 from huabu.core.requests import GenerateRequest
 from huabu.training.diffusion import object_masks
-from huabu.training.embedding import train
+from huabu.training.embedding import setup, train
 from huabu.training.embedding_config import EmbeddingTrainConfig
 
 
@@ -85,12 +85,24 @@ def test_object_masks_cover_what_differs_from_the_border_and_weight_the_loss(mod
     assert not torch.equal(plain, weighted)
 
 
+def test_the_background_prior_is_zero_at_the_init_words_vectors_and_then_acts(model_store, data, tmp_path):
+    # "red apple" is two tokens and the vectors start as theirs: the prior caption then encodes to the same, and
+    # only the object-weighted loss is left.
+    plain, _ = setup(_config(model_store, data, tmp_path / "p0"))
+    prior, _ = setup(_config(model_store, data, tmp_path / "p1", background_prior=10.0))
+    assert prior.step(0).item() == pytest.approx(plain.step(0).item(), rel=1e-6)
+    free = _vectors(train(_config(model_store, data, tmp_path / "free", lr=0.5)))
+    held = _vectors(train(_config(model_store, data, tmp_path / "held", lr=0.5, background_prior=10.0)))
+    assert not torch.equal(free, held)
+
+
 def test_bad_configs_are_one_line_errors(model_store, data, tmp_path):
     base = _config(model_store, data, tmp_path / "x")
     for changes, message in (({"token": "two words"}, "give the embedding a name"),
                              ({"vectors": 0}, "--vectors must be between 1 and 75"),
                              ({"max_norm": -1.0}, "--max-norm must be 0"),
                              ({"object_weight": -1.0}, "--object-weight must be 0 or positive"),
+                             ({"background_prior": -1.0}, "--background-prior must be 0 or positive"),
                              ({"lr_schedule": "linear"}, "learning-rate schedule must be one of constant, cosine"),
                              ({"model": str(tmp_path)}, "embeddings train on huabu-tiny or a diffusers folder")):
         with pytest.raises(InvalidRequest, match=message):

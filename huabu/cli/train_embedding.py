@@ -18,6 +18,8 @@ _HELP = {
     "lr_schedule": "constant (after --warmup), or cosine down to 0.1 of --lr at --steps",
     "object_weight": "extra loss weight on pixels unlike the image's border colour, for objects on plain "
                      "backgrounds (0: plain loss)",
+    "background_prior": "weight of a loss that keeps the prediction on background cells as it is with the "
+                        "init word in the caption, so the vectors learn the object, not its backgrounds (0: off)",
     "resolution": "training image size in px (0: the model's own)",
     "timesteps": "uniform, or cubic (more of the noisy steps, where an object's shape is decided)",
     "sample_every": "also write NAME-STEP.safetensors and a sample image every so many steps (0: never)",

@@ -92,6 +92,8 @@ def check_config(cfg: EmbeddingTrainConfig) -> None:
     Schedule(cfg.lr_schedule, cfg.warmup)  # a one-line error for an unknown name, before any model loads
     if cfg.object_weight < 0:
         raise InvalidRequest(f"--object-weight must be 0 or positive, got {cfg.object_weight}")
+    if cfg.background_prior < 0:
+        raise InvalidRequest(f"--background-prior must be 0 or positive, got {cfg.background_prior}")
     if not cfg.data:
         raise InvalidRequest("--data: give the folder of training images")
     check_timestep_sampling(cfg.timesteps)
@@ -154,7 +156,11 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
         latents = torch.cat([vae.encode(to_tensor(images[i:i + 16]).to(device)).latent_dist.mode()
                              for i in range(0, len(images), 16)]) * vae.config.scaling_factor
     # The background is named by the caption; weighting the object's cells keeps the vectors on its shape.
-    weights = 1.0 + cfg.object_weight * object_masks(images, latents.shape[-1]).to(device)
+    masks = object_masks(images, latents.shape[-1]).to(device)
+    weights = 1.0 + cfg.object_weight * masks
+    # The prior captions say the init word where the token stands: on the background cells the vectors should change
+    # nothing the model already draws, which the object weight alone lets them do (they took up background colours).
+    prior_captions = [caption.replace(" ".join(placeholders(cfg.vectors)), cfg.init_word) for caption in captions]
     schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
 
     def step_loss(step: int) -> torch.Tensor:
@@ -164,13 +170,23 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
         x0 = latents[torch.as_tensor(idx)]
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = draw_timesteps(cfg.timesteps, schedule.config.num_train_timesteps, len(idx), gen).to(device)
-        ids = tok([captions[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids.to(device)
-        cond = text_encoder(ids)[0]
-        pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        noisy = schedule.add_noise(x0, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=text_encoder(token_ids([captions[i] for i in idx]))[0]).sample
         target = schedule.get_velocity(x0, noise, t) if schedule.config.prediction_type == "v_prediction" else noise
         w = weights[torch.as_tensor(idx)]
-        return ((pred.float() - target.float()) ** 2 * w).mean() / w.mean()
+        loss = ((pred.float() - target.float()) ** 2 * w).mean() / w.mean()
+        if cfg.background_prior:
+            with torch.no_grad():
+                prior_cond = text_encoder(token_ids([prior_captions[i] for i in idx]))[0]
+                prior = unet(noisy, t, encoder_hidden_states=prior_cond).sample
+            background = 1.0 - masks[torch.as_tensor(idx)]
+            drift = ((pred.float() - prior.float()) ** 2 * background).mean() / background.mean().clamp(min=1e-6)
+            loss = loss + cfg.background_prior * drift
+        return loss
+
+    def token_ids(texts: list[str]) -> torch.Tensor:
+        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(device)
 
     parts = {"tokenizer": tok, "text_encoder": text_encoder, "vae": vae, "unet": unet, "scheduler": schedule,
              "vectors": trained, "captions": captions, "folder": folder}

@@ -23,6 +23,7 @@ class EmbeddingTrainConfig:
     resolution: int = 0  # 0: the model's own size
     max_norm: float = 0.0  # each vector is scaled down to at most this L2 norm (0: no limit)
     object_weight: float = 0.0  # extra loss weight on pixels unlike the image's border colour (0: plain loss)
+    background_prior: float = 0.0  # weight of keeping the background cells' prediction as with --init-word (0: off)
     timesteps: str = "uniform"  # or "cubic": biased to the noisy steps, where an object's shape is decided
     checkpoint_every: int = 100
     sample_every: int = 0  # also write NAME-STEP.safetensors and a sample image every so many steps; 0 = never
