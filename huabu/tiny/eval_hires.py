@@ -5,7 +5,7 @@ a Lanczos downscale of the 128 px outputs to 64 px.
     python -m huabu.tiny.eval_hires [--count 200] [--upscaler huabu-tiny-2x] [--denoise 0.25] [--hires-steps 10]
         [--hires-lora NAME]
 
-200 prompts, as `huabu tiny eval` scores: on 50 a prompt is 2 points, and runs of the same settings moved by 6.
+200 prompts, as `huabu tiny eval` scores: on 50 a prompt is 2 points, too coarse for a 5-point target.
 
 `--hires-lora` names a LoRA for the second pass only, in the hires prompt as A1111 users write it.
 
