@@ -163,6 +163,10 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
     prior_captions = [caption.replace(" ".join(placeholders(cfg.vectors)), cfg.init_word) for caption in captions]
     schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
 
+    def token_ids(texts: list[str]) -> torch.Tensor:
+        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(device)
+
     def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([cfg.seed, step])
         idx = rng.choice(len(captions), size=cfg.batch_size, replace=len(captions) < cfg.batch_size)
@@ -183,10 +187,6 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
             drift = ((pred.float() - prior.float()) ** 2 * background).mean() / background.mean().clamp(min=1e-6)
             loss = loss + cfg.background_prior * drift
         return loss
-
-    def token_ids(texts: list[str]) -> torch.Tensor:
-        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                   return_tensors="pt").input_ids.to(device)
 
     parts = {"tokenizer": tok, "text_encoder": text_encoder, "vae": vae, "unet": unet, "scheduler": schedule,
              "vectors": trained, "captions": captions, "folder": folder}
