@@ -34,9 +34,9 @@ from typing import Any
 from PIL import Image
 
 from huabu.core.errors import BadImage, HuabuError, InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
-from huabu.core.requests import ControlUnit
+from huabu.core.requests import ControlUnit, TextBox
 from huabu.core.settings import Settings
-from huabu.core.text_boxes import GLYPH
+from huabu.core.text_boxes import GLYPH, MAX_WORD_LENGTH, place_words, quoted_words, with_placeholders
 from huabu.engine import checkpoints
 from huabu.engine.controlnet_families import (
     CONTROLNET_CLASSES,
@@ -141,9 +141,6 @@ def check_units(units: list[ControlUnit], init_image: Image.Image | None = None)
 def with_words(units: list[CheckedUnit], request: Any, width: int, height: int) -> tuple[list[CheckedUnit], list]:
     """The units with each glyph unit's words placed, and the request's text boxes as used: every quoted word of the
     prompt with its box (given, else laid out by huabu.core.text_boxes.place_words for width x height)."""
-    from huabu.core.requests import TextBox
-    from huabu.core.text_boxes import MAX_WORD_LENGTH, place_words, quoted_words
-
     given = list(getattr(request, "text_boxes", []))
     words = [box.text for box in given] + quoted_words(request.prompt)[len(given):]
     glyph_units = [checked for checked in units if checked.preprocessor == GLYPH]
@@ -166,8 +163,6 @@ def encoded_words(text: str, units: list[CheckedUnit]) -> str:
     """The prompt as encoded beside a glyph unit: each quoted word a placeholder (AnyText's way). The unit draws the
     words; a text encoder that cannot spell them only loses the rest of the caption to their pieces (figures in
     docs/training-notes.md, the glyph ControlNet)."""
-    from huabu.core.text_boxes import with_placeholders
-
     return with_placeholders(text) if any(unit.preprocessor == GLYPH for unit in units) else text
 
 
