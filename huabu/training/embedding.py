@@ -158,14 +158,21 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
     # The background is named by the caption; weighting the object's cells keeps the vectors on its shape.
     masks = object_masks(images, latents.shape[-1]).to(device)
     weights = 1.0 + cfg.object_weight * masks
-    # The prior captions say the init word where the token stands: on the background cells the vectors should change
-    # nothing the model already draws, which the object weight alone lets them do (they took up background colours).
-    prior_captions = [caption.replace(" ".join(placeholders(cfg.vectors)), cfg.init_word) for caption in captions]
     schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
 
     def token_ids(texts: list[str]) -> torch.Tensor:
         return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                    return_tensors="pt").input_ids.to(device)
+
+    # The prior captions say the init word where the token stands: on the background cells the vectors should change
+    # nothing the model already draws, which the object weight alone lets them do (they took up background colours).
+    # They hold no new token, so they are encoded once, as the latents are.
+    prior_conds = None
+    if cfg.background_prior:
+        prior_captions = [caption.replace(" ".join(placeholders(cfg.vectors)), cfg.init_word) for caption in captions]
+        with torch.no_grad():
+            prior_conds = torch.cat([text_encoder(token_ids(prior_captions[i:i + 16]))[0]
+                                     for i in range(0, len(prior_captions), 16)])
 
     def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([cfg.seed, step])
@@ -181,8 +188,7 @@ def setup(cfg: EmbeddingTrainConfig) -> tuple[Recipe, dict]:
         loss = ((pred.float() - target.float()) ** 2 * w).mean() / w.mean()
         if cfg.background_prior:
             with torch.no_grad():
-                prior_cond = text_encoder(token_ids([prior_captions[i] for i in idx]))[0]
-                prior = unet(noisy, t, encoder_hidden_states=prior_cond).sample
+                prior = unet(noisy, t, encoder_hidden_states=prior_conds[torch.as_tensor(idx)]).sample
             background = 1.0 - masks[torch.as_tensor(idx)]
             drift = ((pred.float() - prior.float()) ** 2 * background).mean() / background.mean().clamp(min=1e-6)
             loss = loss + cfg.background_prior * drift
