@@ -1,5 +1,6 @@
 """huabu-tiny's training stages on toy sizes: a run killed after a checkpoint resumes to the same weights."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,38 @@ def test_unet_stage_under_a_base_model_runs_in_that_models_pipeline(scenes, tmp_
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_DIR, unet=unet, local_files_only=True,
                                                    dtype=torch.float32)
     image = pipe("a red apple", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_unet_stage_trains_its_text_encoder_on_chinese_captions_as_the_dit_stage_does(tmp_path, monkeypatch):
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from huabu.core.errors import InvalidRequest
+    from huabu.engine.models import BUILTIN_DIR
+    from huabu.tiny import train_unet
+    from huabu.tiny.data import load_dataset
+
+    monkeypatch.setattr(train_unet, "sample_prompts", lambda: ["a red apple on a blue background"] * 2)
+    world = write_dataset(tmp_path / "world", 16, seed=1, progress=False, world="geneval")
+    cfg = configs.UnetTrainConfig(data=str(world), base="huabu-tiny", out=str(tmp_path / "run"), steps=2,
+                                  batch_size=4, warmup=1, channels=(32, 32, 32), heads=2, checkpoint_every=2,
+                                  sample_every=10**6, captions="zh")
+    with pytest.raises(InvalidRequest, match="--text-lr"):  # the frozen CLIP never learnt a Chinese character
+        train_unet.setup(cfg)
+    final = train_unet.train(dataclasses.replace(cfg, captions="mix", text_lr=1e-3))
+    tok = CLIPTokenizer.from_pretrained(final / "tokenizer")
+    caption = load_dataset(world).captions_in("zh")[0]
+    assert len(tok(caption, add_special_tokens=False).input_ids) == len(caption)  # a token a character
+    base = CLIPTextModel.from_pretrained(BUILTIN_DIR / "text_encoder", dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(final / "text_encoder", dtype=torch.float32)
+    key = "encoder.layers.0.mlp.fc1.weight"
+    assert (text_encoder.state_dict()[key] - base.state_dict()[key]).abs().max() > 1e-5  # the English rows moved too
+    pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_DIR, unet=UNet2DConditionModel.from_pretrained(final),
+                                                   text_encoder=text_encoder, tokenizer=tok, local_files_only=True,
+                                                   dtype=torch.float32)
+    image = pipe(caption, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
 
 

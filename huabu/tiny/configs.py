@@ -65,6 +65,9 @@ class UnetTrainConfig:
     lr: float = 5e-4
     warmup: int = 200
     snr_gamma: float = 5.0
+    # as the DiT stage's: "en", "zh" or "mix" captions, and the text encoder trained beside the UNet when > 0
+    captions: str = "en"
+    text_lr: float = 0.0
     ema_decay: float = 0.999
     channels: tuple[int, ...] = (64, 128, 192)
     heads: int = 4

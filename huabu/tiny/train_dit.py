@@ -13,9 +13,8 @@ its key and value 256 times (`padding_once`): the same function of the weights a
 cost (tests/test_tiny_dit.py checks the outputs match).
 
 Bilingual (`--captions mix --text-lr R`): the text encoder trains with the transformer on English and Chinese captions
-of the same images, as Taiyi and AltDiffusion train theirs on Chinese captions. CLIP's byte-level BPE cuts a Chinese
-character into two or three byte pieces shared by thousands of characters, so each character of the training
-captions gets a token of its own first, as Chinese-CLIP's character vocabulary has.
+of the same images, as Taiyi and AltDiffusion train theirs on Chinese captions (`text_training`, which the UNet
+stage shares).
 """
 
 from __future__ import annotations
@@ -37,12 +36,12 @@ from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import DitTrainConfig, UnetTrainConfig
 from huabu.tiny.data import load_dataset
+from huabu.tiny.text_training import check_captions, stage_captions, trainables
 from huabu.tiny.train_unet import (
     base_folder,
     build_unet,
     encode_latents,
     latent_batch,
-    prepared_with_ema,
     update_ema,
     write_grid,
 )
@@ -107,23 +106,6 @@ def padding_once(transformer: SD3Transformer2DModel, copies: int = T5_TOKENS) ->
             handle.remove()
 
 
-def with_chinese_characters(tok: CLIPTokenizer, text_encoder: CLIPTextModelWithProjection,
-                            captions: list[str]) -> int:
-    """Give each non-ASCII character of `captions` a token of its own, its embedding starting at the mean of the
-    byte pieces BPE cut it into; returns how many tokens were added."""
-    chars = sorted({c for caption in captions for c in caption if not c.isascii()})
-    pieces = [tok(c, add_special_tokens=False).input_ids for c in chars]
-    added = tok.add_tokens(chars)
-    if not added:
-        return 0
-    text_encoder.resize_token_embeddings(len(tok), mean_resizing=False)
-    table = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        for char, ids in zip(chars, pieces):
-            table[tok.convert_tokens_to_ids(char)] = table[ids].mean(0)
-    return added
-
-
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -150,8 +132,7 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
     """The transformer and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
     if cfg.weighting not in WEIGHTINGS:
         raise InvalidRequest(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {cfg.weighting!r}")
-    if cfg.captions != "en" and cfg.text_lr <= 0:
-        raise InvalidRequest(f"--captions {cfg.captions} needs a text encoder that learns Chinese: give --text-lr")
+    check_captions(cfg.captions, cfg.text_lr)
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -166,28 +147,14 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
     scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.shift)
     sigmas = scheduler.sigmas.clone()  # the training table; sampling's set_timesteps replaces the scheduler's own
     device = accelerator.device
-    text_encoder.to(device)
-    if cfg.text_lr > 0:
-        if accelerator.num_processes > 1:
-            raise InvalidRequest("--text-lr trains on one process only: leave it out or run without accelerate")
-        if cfg.captions != "en":
-            with_chinese_characters(tok, text_encoder, data.captions_in("zh"))
-        both = torch.nn.ModuleDict({"transformer": raw, "text_encoder": text_encoder.requires_grad_(True).train()})
-        groups = [{"params": raw.parameters(), "lr": cfg.lr},
-                  {"params": text_encoder.parameters(), "lr": cfg.text_lr}]
-        _, opt, ema_both = prepared_with_ema(accelerator, both, groups)
-        transformer, ema, ema_text = raw, ema_both["transformer"], ema_both["text_encoder"]
-        trained: torch.nn.Module = both
-        checkpointed = {"transformer": raw, "text_encoder": text_encoder, "ema": ema_both}
-    else:
-        transformer, opt, ema = prepared_with_ema(accelerator, raw, [{"params": raw.parameters(), "lr": cfg.lr}])
-        ema_text, trained, checkpointed = text_encoder, raw, {"transformer": raw, "ema": ema}
+    parts = trainables(accelerator, "transformer", raw, text_encoder, tok, cfg.lr, cfg.text_lr,
+                       data.captions_in("zh") if cfg.captions != "en" else [])
     # prompts are encoded as these pipelines encode them: the trained encoder for the loss, its EMA for samples
     encoding = sd3_pipeline(raw, vae, text_encoder, tok, scheduler)
-    pipe = sd3_pipeline(ema, vae, ema_text, tok, scheduler)
+    pipe = sd3_pipeline(parts.ema, vae, parts.ema_text, tok, scheduler)
 
     def step_loss(step: int) -> torch.Tensor:
-        texts = data.captions if cfg.captions == "en" else data.captions_in(cfg.captions, seed=cfg.seed * 7919 + step)
+        texts = stage_captions(data, cfg.captions, cfg.seed, step)
         captions, x0, noise, gen = latent_batch(cfg.seed, step, latents, texts, n_images, cfg.batch_size)
         u = compute_density_for_timestep_sampling(cfg.weighting, len(x0), cfg.logit_mean, cfg.logit_std,
                                                   cfg.mode_scale, generator=gen)
@@ -197,7 +164,7 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
             context, _, pooled, _ = encoding.encode_prompt(captions, None, None, device=device,
                                                            do_classifier_free_guidance=False, max_sequence_length=1)
         with padding_once(raw):
-            pred = transformer(hidden_states=xt, encoder_hidden_states=context, pooled_projections=pooled,
+            pred = parts.denoiser(hidden_states=xt, encoder_hidden_states=context, pooled_projections=pooled,
                                timestep=sigma.flatten().to(device) * 1000).sample
         weight = compute_loss_weighting_for_sd3(cfg.weighting, sigma).to(device)
         return (weight * (pred - (noise - x0).to(device)) ** 2).mean()
@@ -207,9 +174,9 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
         write_grid(pipe, path)
         return Sampled((path,))
 
-    ema_all = checkpointed["ema"]
-    recipe = Recipe(accelerator, opt, checkpointed, step_loss, list(trained.parameters()),
-                    after_step=lambda step: update_ema(ema_all, trained, step, cfg.ema_decay), sample=sample)
+    recipe = Recipe(accelerator, parts.opt, parts.checkpointed, step_loss, list(parts.trained.parameters()),
+                    after_step=lambda step: update_ema(parts.ema_all, parts.trained, step, cfg.ema_decay),
+                    sample=sample)
     return recipe, pipe, scheduler
 
 

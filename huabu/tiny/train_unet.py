@@ -7,7 +7,6 @@ classifier-free guidance, min-SNR loss weighting, EMA weights for sampling. Late
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +24,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import UnetTrainConfig
 from huabu.tiny.data import load_dataset
+from huabu.tiny.text_training import Trainables, check_captions, stage_captions, trainables
 from huabu.training import loop
 from huabu.training.diffusion import CAPTION_DROPOUT, encode_text, noise_scheduler, to_tensor
 from huabu.training.loop import Plan, Recipe, Sampled, same_run
@@ -99,8 +99,10 @@ def frozen_parts(cfg: UnetTrainConfig) -> tuple[CLIPTokenizer, CLIPTextModel, Au
             vae_model.eval().requires_grad_(False))
 
 
-def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
-    """The UNet and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
+def setup(cfg: UnetTrainConfig) -> tuple[Recipe, Trainables, CLIPTokenizer]:
+    """The UNet and its EMA copy over cached VAE latents (with `--text-lr`, the text encoder beside it), the
+    optimizer, and the loss of a step."""
+    check_captions(cfg.captions, cfg.text_lr)
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -110,44 +112,50 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     n_images = min(cfg.images, len(data))
     latents = encode_latents(vae, data.images[:n_images], out / "latents.npy")
     raw_unet = build_unet(cfg, text_encoder.config.hidden_size)
-    unet, opt, ema = prepared_with_ema(accelerator, raw_unet, [{"params": raw_unet.parameters(), "lr": cfg.lr}])
+    parts = trainables(accelerator, "unet", raw_unet, text_encoder, tok, cfg.lr, cfg.text_lr,
+                       data.captions_in("zh") if cfg.captions != "en" else [])
     device = accelerator.device
-    text_encoder.to(device)
     sched = noise_scheduler()
 
     def step_loss(step: int) -> torch.Tensor:
-        captions, x0, noise, gen = latent_batch(cfg.seed, step, latents, data.captions, n_images, cfg.batch_size)
+        texts = stage_captions(data, cfg.captions, cfg.seed, step)
+        captions, x0, noise, gen = latent_batch(cfg.seed, step, latents, texts, n_images, cfg.batch_size)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
         xt = sched.add_noise(x0, noise, t).to(device)
-        with torch.no_grad():
-            cond = encode_text(tok, text_encoder, captions)
-        pred = unet(xt, t.to(device), encoder_hidden_states=cond).sample
+        with torch.set_grad_enabled(cfg.text_lr > 0):
+            cond = encode_text(tok, parts.text_encoder, captions)
+        pred = parts.denoiser(xt, t.to(device), encoder_hidden_states=cond).sample
         snr = compute_snr(sched, t)
         weight = (torch.minimum(snr, torch.full_like(snr, cfg.snr_gamma)) / snr).to(device)
         return (F.mse_loss(pred, noise.to(device), reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
 
     def sample(done: int) -> Sampled:
         path = out / f"samples-{done:07d}.png"
-        write_samples(ema, tok, text_encoder, vae, path)
+        write_samples(parts.ema, tok, parts.ema_text, vae, path)
         return Sampled((path,))
 
-    recipe = Recipe(accelerator, opt, {"unet": raw_unet, "ema": ema}, step_loss, list(raw_unet.parameters()),
-                    after_step=lambda step: update_ema(ema, raw_unet, step, cfg.ema_decay), sample=sample)
-    return recipe, ema
+    recipe = Recipe(accelerator, parts.opt, parts.checkpointed, step_loss, list(parts.trained.parameters()),
+                    after_step=lambda step: update_ema(parts.ema_all, parts.trained, step, cfg.ema_decay),
+                    sample=sample)
+    return recipe, parts, tok
 
 
 def train(cfg: UnetTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) the UNet stage; returns the EMA weights' folder.
     `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
-    recipe, ema = setup(cfg)
+    recipe, parts, tok = setup(cfg)
     # Warm-up, then constant: with EMA weights doing the averaging, a run stopped at step N is exactly the run
     # configured for N steps, so `--steps` can be raised or lowered after the fact.
     plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
                 cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every,
                 sample_every=cfg.sample_every, log_every=50, config=asdict(cfg), desc="unet")
     loop.train(recipe, plan, cancel=cancel)
-    ema.save_pretrained(Path(cfg.out) / "final")
-    return Path(cfg.out) / "final"
+    final = Path(cfg.out) / "final"
+    parts.ema.save_pretrained(final)
+    if cfg.text_lr > 0:  # the encoder and tokenizer this UNet was trained with, for assembly
+        parts.ema_text.save_pretrained(final / "text_encoder")
+        tok.save_pretrained(final / "tokenizer")
+    return final
 
 
 @torch.no_grad()
@@ -160,17 +168,6 @@ def write_samples(unet: UNet2DConditionModel, tok: CLIPTokenizer, text_encoder: 
                                    scheduler=DDIMScheduler.from_config(noise_scheduler().config),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     write_grid(pipe, path, steps, cfg_scale)
-
-
-@torch.no_grad()
-def prepared_with_ema(accelerator: Accelerator, model: torch.nn.Module, groups: list[dict]
-                      ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
-    """The denoiser and its AdamW over `groups` (torch param groups, each with its "lr") prepared by `accelerator`,
-    and its frozen EMA copy on the same device."""
-    ema = copy.deepcopy(model).requires_grad_(False).to(accelerator.device)
-    opt = torch.optim.AdamW(groups, weight_decay=0.01)
-    prepared, opt = accelerator.prepare(model, opt)
-    return prepared, opt, ema
 
 
 def latent_batch(seed: int, step: int, latents: np.ndarray, captions: list[str], count: int, batch_size: int
