@@ -3,6 +3,8 @@
 
     .venv/bin/python benchmarks/tiny_curves.py scores --run runs/dit-bi --model huabu/tiny/huabu-tiny-dit
     .venv/bin/python benchmarks/tiny_curves.py plot --run runs/dit-bi --out docs/huabu-tiny-dit-curves.png
+    .venv/bin/python benchmarks/tiny_curves.py scores --run runs/unet-world --model runs/unet-world/model \
+        --sampler "DPM++ 2M"
 
 `scores` reads `<run>/ema-history/step-*.safetensors` (EMA checkpoints copied aside while the run went on: the loop
 keeps only the newest two), loads each into `--model` (a pipeline folder of the same shapes), and appends a line per
@@ -24,20 +26,22 @@ LANGUAGES = ("en", "zh")
 
 
 def load_ema(pipe, path: Path) -> None:
-    """An EMA checkpoint of the DiT stage (`transformer.*`, `text_encoder.*` when the encoder trained, or the bare
-    transformer's keys) into the pipeline; a trained text encoder goes into both CLIP slots."""
+    """An EMA checkpoint of the DiT or UNet stage (`transformer.*` / `unet.*` and `text_encoder.*` when the encoder
+    trained, or the bare denoiser's keys) into the pipeline; a trained text encoder goes into every CLIP slot."""
+    denoiser = "unet" if hasattr(pipe, "unet") else "transformer"
     state = load_file(str(path))
-    parts = {"transformer": {}, "text_encoder": {}}
+    parts = {denoiser: {}, "text_encoder": {}}
     for key, value in state.items():
         head, _, rest = key.partition(".")
         if head in parts:
             parts[head][rest] = value
         else:
-            parts["transformer"][key] = value
-    pipe.transformer.load_state_dict(parts["transformer"])
+            parts[denoiser][key] = value
+    getattr(pipe, denoiser).load_state_dict(parts[denoiser])
     if parts["text_encoder"]:
-        for encoder in (pipe.text_encoder, pipe.text_encoder_2):
-            encoder.load_state_dict(parts["text_encoder"])
+        for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if encoder is not None:
+                encoder.load_state_dict(parts["text_encoder"])
 
 
 def scores(args: argparse.Namespace) -> None:

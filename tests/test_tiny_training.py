@@ -132,9 +132,9 @@ def test_unet_stage_under_a_base_model_runs_in_that_models_pipeline(scenes, tmp_
 
 def test_unet_stage_trains_its_text_encoder_on_chinese_captions_as_the_dit_stage_does(tmp_path, monkeypatch):
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionPipeline
 
+    from huabu.cli.main import main
     from huabu.core.errors import InvalidRequest
     from huabu.engine.models import BUILTIN_DIR
     from huabu.tiny import train_unet
@@ -148,16 +148,17 @@ def test_unet_stage_trains_its_text_encoder_on_chinese_captions_as_the_dit_stage
     with pytest.raises(InvalidRequest, match="--text-lr"):  # the frozen CLIP never learnt a Chinese character
         train_unet.setup(cfg)
     final = train_unet.train(dataclasses.replace(cfg, captions="mix", text_lr=1e-3))
-    tok = CLIPTokenizer.from_pretrained(final / "tokenizer")
+    folder = tmp_path / "model"
+    assert main(["tiny", "assemble", "--base", "huabu-tiny", "--unet", str(final), "--out", str(folder)]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     caption = load_dataset(world).captions_in("zh")[0]
-    assert len(tok(caption, add_special_tokens=False).input_ids) == len(caption)  # a token a character
-    base = CLIPTextModel.from_pretrained(BUILTIN_DIR / "text_encoder", dtype=torch.float32)
-    text_encoder = CLIPTextModel.from_pretrained(final / "text_encoder", dtype=torch.float32)
-    key = "encoder.layers.0.mlp.fc1.weight"
-    assert (text_encoder.state_dict()[key] - base.state_dict()[key]).abs().max() > 1e-5  # the English rows moved too
-    pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_DIR, unet=UNet2DConditionModel.from_pretrained(final),
-                                                   text_encoder=text_encoder, tokenizer=tok, local_files_only=True,
-                                                   dtype=torch.float32)
+    assert len(pipe.tokenizer(caption, add_special_tokens=False).input_ids) == len(caption)  # a token a character
+    base = StableDiffusionPipeline.from_pretrained(BUILTIN_DIR, local_files_only=True, dtype=torch.float32)
+    assert pipe.tokenizer("a red apple").input_ids == base.tokenizer("a red apple").input_ids
+    key = "encoder.layers.0.mlp.fc1.weight"  # the trained encoder is the one assembled: its English rows moved too
+    assert (pipe.text_encoder.state_dict()[key] - base.text_encoder.state_dict()[key]).abs().max() > 1e-4
+    vae_key = "decoder.conv_out.weight"
+    assert torch.equal(pipe.vae.state_dict()[vae_key], base.vae.state_dict()[vae_key])
     image = pipe(caption, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
 

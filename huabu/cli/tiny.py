@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from huabu.cli.options import add_config_options, config_from_args
+from huabu.core.errors import InvalidRequest
 from huabu.tiny import configs
 from huabu.tiny.demo_configs import TinyControlNetConfig
 from huabu.training.motion_config import MotionTrainConfig
@@ -56,6 +57,8 @@ def register(sub) -> None:
     assemble.add_argument("--clip", default="runs/clip/final")
     assemble.add_argument("--vae", default="runs/vae/final")
     assemble.add_argument("--unet", default="runs/unet/final")
+    assemble.add_argument("--base", help="a model (name or folder) whose VAE and CLIP take --vae and --clip's place, "
+                                         "as `train unet --base` trained under; no scorer is written")
     assemble.add_argument("--out", default=None, help="default: the shipped huabu/tiny/huabu-tiny")
     assemble.set_defaults(handler=_assemble)
 
@@ -126,10 +129,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _assemble(args: argparse.Namespace) -> int:
-    from huabu.tiny.assemble import DEFAULT_OUT, assemble
+    from huabu.tiny.assemble import DEFAULT_OUT, assemble, assemble_on_base
+    from huabu.tiny.train_unet import base_folder
 
-    out = assemble(Path(args.clip), Path(args.vae), Path(args.unet), Path(args.out) if args.out else DEFAULT_OUT)
-    print(f"assembled huabu-tiny in {out}")
+    if args.base:
+        if not args.out:
+            raise InvalidRequest("assemble --base writes a model beside huabu-tiny, not over it: give --out")
+        out = assemble_on_base(Path(args.unet), base_folder(args.base), Path(args.out))
+    else:
+        out = assemble(Path(args.clip), Path(args.vae), Path(args.unet), Path(args.out) if args.out else DEFAULT_OUT)
+    print(f"assembled a huabu-tiny-shaped model in {out}")
     return 0
 
 

@@ -54,6 +54,22 @@ def assemble(clip_dir: Path, vae_dir: Path, unet_dir: Path, out: Path = DEFAULT_
     return out
 
 
+def assemble_on_base(unet_dir: Path, base: Path, out: Path) -> Path:
+    """Write a UNet stage run under `--base` as a StableDiffusionPipeline folder (fp16): the trained UNet over the
+    base model's VAE and scheduler, and the base's CLIP or, when the stage trained its text encoder (`--text-lr`),
+    that one and its tokenizer. No scorer: `huabu tiny eval` scores with the shipped one."""
+    trained_text = (unet_dir / "text_encoder").is_dir()
+    text = unet_dir if trained_text else base
+    pipe = StableDiffusionPipeline.from_pretrained(
+        base, unet=UNet2DConditionModel.from_pretrained(unet_dir),
+        text_encoder=CLIPTextModel.from_pretrained(text / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(text / "tokenizer"), local_files_only=True)
+    save_fp16(pipe, out, () if trained_text else ("tokenizer",))
+    for written in out.glob("tokenizer/tokenizer.json"):
+        compact_json(written)
+    return out
+
+
 def save_fp16(pipe, out: Path, tokenizers: tuple[str, ...]) -> None:
     """Save a pipeline in fp16 safetensors with the BPE files as its `tokenizers` folders."""
     bpe_files = {f.name: f.read_bytes() for f in BPE_TOKENIZER.iterdir()}  # read first: `out` may be DEFAULT_OUT
