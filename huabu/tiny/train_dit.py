@@ -13,7 +13,7 @@ its key and value 256 times (`padding_once`): the same function of the weights a
 cost (tests/test_tiny_dit.py checks the outputs match).
 
 Bilingual (`--captions mix --text-lr R`): the text encoder trains with the transformer on English and Chinese captions
-of the same images, as Taiyi and AltDiffusion train theirs on Chinese captions (`text_training`, which the UNet
+of the same images, as Taiyi and AltDiffusion train theirs on Chinese captions (`denoiser_stage`, which the UNet
 stage shares).
 """
 
@@ -36,13 +36,12 @@ from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import DitTrainConfig, UnetTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.tiny.text_training import check_captions, stage_captions, trainables
+from huabu.tiny.denoiser_stage import check_captions, stage_captions, trainables
 from huabu.tiny.train_unet import (
     base_folder,
     build_unet,
     encode_latents,
     latent_batch,
-    update_ema,
     write_grid,
 )
 from huabu.training import loop
@@ -128,7 +127,7 @@ def start_from(cfg: DitTrainConfig, transformer: SD3Transformer2DModel
     return text_encoder.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(folder / "tokenizer")
 
 
-def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler]:
+def setup(cfg: DitTrainConfig) -> tuple[Recipe, StableDiffusion3Pipeline, FlowMatchEulerDiscreteScheduler]:
     """The transformer and its EMA copy over cached VAE latents, the optimizer, and the loss of a step."""
     if cfg.weighting not in WEIGHTINGS:
         raise InvalidRequest(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {cfg.weighting!r}")
@@ -174,10 +173,7 @@ def setup(cfg: DitTrainConfig) -> tuple[Recipe, SD3Transformer2DModel, FlowMatch
         write_grid(pipe, path)
         return Sampled((path,))
 
-    recipe = Recipe(accelerator, parts.opt, parts.checkpointed, step_loss, list(parts.trained.parameters()),
-                    after_step=lambda step: update_ema(parts.ema_all, parts.trained, step, cfg.ema_decay),
-                    sample=sample)
-    return recipe, pipe, scheduler
+    return parts.recipe(accelerator, step_loss, cfg.ema_decay, sample), pipe, scheduler
 
 
 def train(cfg: DitTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:

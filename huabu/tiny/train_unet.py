@@ -24,7 +24,7 @@ from huabu.core.errors import InvalidRequest
 from huabu.tiny import scenes as S
 from huabu.tiny.configs import UnetTrainConfig
 from huabu.tiny.data import load_dataset
-from huabu.tiny.text_training import Trainables, check_captions, stage_captions, trainables
+from huabu.tiny.denoiser_stage import Trainables, check_captions, stage_captions, trainables
 from huabu.training import loop
 from huabu.training.diffusion import CAPTION_DROPOUT, encode_text, noise_scheduler, to_tensor
 from huabu.training.loop import Plan, Recipe, Sampled, same_run
@@ -58,13 +58,6 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, out_path: Path, batch
     del latents
     tmp.replace(out_path)
     return np.load(out_path, mmap_mode="r")
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
-    # Warm-up decay as diffusers' EMAModel uses, so early EMA weights are not stuck near the random init.
-    decay = min(max_decay, (1 + step) / (10 + step))
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
 def sample_prompts() -> list[str]:
@@ -134,10 +127,7 @@ def setup(cfg: UnetTrainConfig) -> tuple[Recipe, Trainables, CLIPTokenizer]:
         write_samples(parts.ema, tok, parts.ema_text, vae, path)
         return Sampled((path,))
 
-    recipe = Recipe(accelerator, parts.opt, parts.checkpointed, step_loss, list(parts.trained.parameters()),
-                    after_step=lambda step: update_ema(parts.ema_all, parts.trained, step, cfg.ema_decay),
-                    sample=sample)
-    return recipe, parts, tok
+    return parts.recipe(accelerator, step_loss, cfg.ema_decay, sample), parts, tok
 
 
 def train(cfg: UnetTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:

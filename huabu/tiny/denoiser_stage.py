@@ -1,5 +1,6 @@
-"""What a denoiser stage (UNet or DiT) trains: the denoiser alone under a frozen text encoder, or the two together
-(`--text-lr`), on English, Chinese or mixed captions (`--captions`), with EMA copies for sampling.
+"""What a denoiser stage (UNet or DiT) trains, and the recipe the training loop runs it by: the denoiser alone under a
+frozen text encoder, or the two together (`--text-lr`), on English, Chinese or mixed captions (`--captions`), with
+EMA copies for sampling.
 
 CLIP's byte-level BPE cuts a Chinese character into two or three byte pieces shared by thousands of characters, so
 before a bilingual run each character of the training captions gets a token of its own, as Chinese-CLIP's character
@@ -9,6 +10,7 @@ vocabulary has.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from huabu.core.errors import InvalidRequest
 from huabu.training.captioned_arrays import CaptionedArrays
+from huabu.training.loop import Recipe, Sampled
 
 
 @dataclass
@@ -34,6 +37,12 @@ class Trainables:
     ema_all: torch.nn.Module
     checkpointed: dict[str, torch.nn.Module]
 
+    def recipe(self, accelerator: Accelerator, step_loss: Callable[[int], torch.Tensor], ema_decay: float,
+               sample: Callable[[int], Sampled]) -> Recipe:
+        """The training loop's recipe: the optimizer steps what trains, and the EMA copies follow after each step."""
+        return Recipe(accelerator, self.opt, self.checkpointed, step_loss, list(self.trained.parameters()),
+                      after_step=lambda step: update_ema(self.ema_all, self.trained, step, ema_decay), sample=sample)
+
 
 def check_captions(captions: str, text_lr: float) -> None:
     if captions not in ("en", "zh", "mix"):
@@ -45,6 +54,13 @@ def check_captions(captions: str, text_lr: float) -> None:
 def stage_captions(data: CaptionedArrays, captions: str, seed: int, step: int) -> list[str]:
     """Every image's caption for `step`: English, Chinese, or either drawn anew each step ("mix")."""
     return data.captions if captions == "en" else data.captions_in(captions, seed=seed * 7919 + step)
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    # Warm-up decay as diffusers' EMAModel uses, so early EMA weights are not stuck near the random init.
+    decay = min(max_decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
 @torch.no_grad()
