@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/tiny_curves.py plot --run runs/dit-bi --out docs/huabu-tiny-dit-curves.png
     .venv/bin/python benchmarks/tiny_curves.py scores --run runs/unet-world --model runs/unet-world/model \
         --sampler "DPM++ 2M"
+    .venv/bin/python benchmarks/tiny_curves.py plot --run runs/unet-world --smooth 4 \
+        --out docs/huabu-tiny-unet-world-curves.png
 
 `scores` reads `<run>/ema-history/step-*.safetensors` (EMA checkpoints copied aside while the run went on: the loop
 keeps only the newest two), loads each into `--model` (a pipeline folder of the same shapes), and appends a line per
@@ -72,7 +74,7 @@ def plot(args: argparse.Namespace) -> None:
     window = max(1, args.smooth)
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(steps, loss, color="0.8", lw=0.8, label="every 10 steps")
+    left.plot(steps, loss, color="0.8", lw=0.8, label=f"every {steps[1] - steps[0]} steps")
     left.plot(steps[window - 1:], smooth, color="C0", label=f"mean of {window}")
     left.set(xlabel="step", ylabel="training loss", title=f"{args.run.name}: loss")
     left.set_ylim(0, np.percentile(loss, 99))
