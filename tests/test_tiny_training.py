@@ -130,7 +130,7 @@ def test_unet_stage_under_a_base_model_runs_in_that_models_pipeline(scenes, tmp_
     assert image.size == (64, 64)
 
 
-def test_unet_stage_trains_its_text_encoder_on_chinese_captions_as_the_dit_stage_does(tmp_path, monkeypatch):
+def test_unet_stage_trains_its_text_encoder_on_chinese_captions_as_the_dit_stage_does(tmp_path, monkeypatch, capsys):
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -149,6 +149,13 @@ def test_unet_stage_trains_its_text_encoder_on_chinese_captions_as_the_dit_stage
         train_unet.setup(cfg)
     final = train_unet.train(dataclasses.replace(cfg, captions="mix", text_lr=1e-3))
     folder = tmp_path / "model"
+    # bad input: one line naming the option, and nothing written
+    assert main(["tiny", "assemble", "--base", "huabu-tiny", "--unet", str(tmp_path / "none"), "--out",
+                 str(folder)]) == 2
+    assert main(["tiny", "assemble", "--base", "huabu-tiny", "--unet", str(final)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith("error: --unet ") and "config.json" in err[-2] and "give --out" in err[-1]
+    assert not folder.exists() and not list(tmp_path.glob(".model.*"))
     assert main(["tiny", "assemble", "--base", "huabu-tiny", "--unet", str(final), "--out", str(folder)]) == 0
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     caption = load_dataset(world).captions_in("zh")[0]

@@ -128,16 +128,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_folder(option: str, path: str) -> Path:
+    """A trained stage's folder (its config.json there), or a one-line error naming the option."""
+    if not (Path(path) / "config.json").is_file():
+        raise InvalidRequest(f"{option} {path}: no trained stage there (no config.json); give a run's final folder")
+    return Path(path)
+
+
 def _assemble(args: argparse.Namespace) -> int:
     from huabu.tiny.assemble import DEFAULT_OUT, assemble, assemble_on_base
     from huabu.tiny.train_unet import base_folder
 
+    unet = _stage_folder("--unet", args.unet)
     if args.base:
         if not args.out:
             raise InvalidRequest("assemble --base writes a model beside huabu-tiny, not over it: give --out")
-        out = assemble_on_base(Path(args.unet), base_folder(args.base), Path(args.out))
+        out = assemble_on_base(unet, base_folder(args.base), Path(args.out))
     else:
-        out = assemble(Path(args.clip), Path(args.vae), Path(args.unet), Path(args.out) if args.out else DEFAULT_OUT)
+        out = assemble(_stage_folder("--clip", args.clip), _stage_folder("--vae", args.vae), unet,
+                       Path(args.out) if args.out else DEFAULT_OUT)
     print(f"assembled a huabu-tiny-shaped model in {out}")
     return 0
 
@@ -146,7 +155,7 @@ def _assemble_dit(args: argparse.Namespace) -> int:
     from huabu.tiny.assemble import DIT_OUT, assemble_dit
     from huabu.tiny.train_unet import base_folder
 
-    out = assemble_dit(Path(args.transformer), base_folder(args.base), args.text_projection,
+    out = assemble_dit(_stage_folder("--transformer", args.transformer), base_folder(args.base), args.text_projection,
                        Path(args.out) if args.out else DIT_OUT)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"assembled huabu-tiny-dit in {out} ({size / 1e6:.1f} MB)")

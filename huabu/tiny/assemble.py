@@ -26,6 +26,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from huabu.core.atomic import atomic_dir
 from huabu.tiny.train_dit import load_frozen, sd3_pipeline
 from huabu.training.diffusion import noise_scheduler
 
@@ -64,14 +65,14 @@ def assemble_on_base(unet_dir: Path, base: Path, out: Path) -> Path:
         base, unet=UNet2DConditionModel.from_pretrained(unet_dir),
         text_encoder=CLIPTextModel.from_pretrained(text / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(text / "tokenizer"), local_files_only=True)
-    save_fp16(pipe, out, () if trained_text else ("tokenizer",))
-    for written in out.glob("tokenizer/tokenizer.json"):
-        compact_json(written)
+    with atomic_dir(out) as tmp:
+        save_fp16(pipe, tmp, () if trained_text else ("tokenizer",))
     return out
 
 
 def save_fp16(pipe, out: Path, tokenizers: tuple[str, ...]) -> None:
-    """Save a pipeline in fp16 safetensors with the BPE files as its `tokenizers` folders."""
+    """Save a pipeline in fp16 safetensors with the BPE files as its `tokenizers` folders; a tokenizer saved as
+    transformers writes it (one with added characters) keeps its tokenizer.json, written compact."""
     bpe_files = {f.name: f.read_bytes() for f in BPE_TOKENIZER.iterdir()}  # read first: `out` may be DEFAULT_OUT
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     for folder in tokenizers:
@@ -79,6 +80,8 @@ def save_fp16(pipe, out: Path, tokenizers: tuple[str, ...]) -> None:
         (out / folder).mkdir()
         for name, data in bpe_files.items():
             (out / folder / name).write_bytes(data)
+    for written in out.glob("tokenizer*/tokenizer.json"):
+        compact_json(written)
 
 
 def assemble_dit(transformer_dir: Path, base: Path, text_projection: str = "", out: Path = DIT_OUT) -> Path:
@@ -93,9 +96,8 @@ def assemble_dit(transformer_dir: Path, base: Path, text_projection: str = "", o
     pipe = sd3_pipeline(SD3Transformer2DModel.from_pretrained(transformer_dir), vae, text_encoder, tok,
                         FlowMatchEulerDiscreteScheduler.from_pretrained(transformer_dir))
     # a tokenizer with added characters is saved as transformers writes it; the base one as the shipped BPE files
-    save_fp16(pipe, out, () if trained_text else ("tokenizer", "tokenizer_2"))
-    for written in out.glob("tokenizer*/tokenizer.json"):
-        compact_json(written)
+    with atomic_dir(out) as tmp:
+        save_fp16(pipe, tmp, () if trained_text else ("tokenizer", "tokenizer_2"))
     return out
 
 
