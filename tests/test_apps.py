@@ -270,7 +270,10 @@ def test_native_api_job_kinds(engine, model_store, app_home, scene, tmp_path):
 
 
 def test_portrait_crops_trains_renders_a_contact_sheet_and_resumes(apps_engine, tmp_path):
-    from huabu.training.portrait import run_portrait, style_names
+    from huabu.engine.prompts.book import load_book
+    from huabu.training.portrait import run_portrait
+
+    style_names = list(load_book().styles)  # tiny-sd carries no prompt book of its own
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -289,9 +292,9 @@ def test_portrait_crops_trains_renders_a_contact_sheet_and_resumes(apps_engine, 
     assert [path.read_text() for path in captions[:2]] == ["a zqxtri on a red background",
                                                            "a zqxtri on a blue background"]
     assert [path.name for path in result.renders] == [f"{i:02d}-{name}.png" for i, name in
-                                                      enumerate(style_names()[:2])]
+                                                      enumerate(style_names[:2])]
     params = parse_infotext(read_parameters(result.renders[0]))
-    assert params["App"] == "portrait" and params["App style"] == style_names()[0] and "Lora hashes" in params
+    assert params["App"] == "portrait" and params["App style"] == style_names[0] and "Lora hashes" in params
     sheet = Image.open(result.sheet)
     assert sheet.width == 2 * 32 and sheet.height > 32
     # resumed: the finished LoRA is not trained again and the renders are kept
@@ -349,12 +352,41 @@ def test_studio_apps_tab_builds_runs_and_previews(apps_engine, scene, tmp_path):
     assert "App: replace" in infotext and status.startswith("Done") and Path(shown).is_file()
 
 
+def test_a_model_folders_own_prompt_book_styles_its_prompts_and_its_portraits(apps_engine, model_store):
+    import shutil
+
+    from huabu.core.requests import GenerateRequest
+    from huabu.engine.models import BOOK_FOLDER
+    from huabu.tiny import scenes as S
+    from huabu.training.portrait import default_styles
+
+    book = model_store["folder"] / BOOK_FOLDER
+    book.mkdir()
+    try:
+        (book / "styles.yaml").write_text('- {name: pinkish, name_zh: 粉色背景, name_en: Pink backdrop, '
+                                          'prompt: "{prompt} on a pink background"}\n', encoding="utf-8")
+        assert default_styles(apps_engine, "tiny-sd") == ["pinkish"]
+        assert {"pinkish", "photo_portrait"} <= set(apps_engine.prompt_book("tiny-sd").styles)
+        request = GenerateRequest.create(prompt="a cat", styles=["pinkish"], model="tiny-sd")
+        assert apps_engine.prompter.prompts(request)[0] == "a cat on a pink background"
+    finally:
+        shutil.rmtree(book)
+    assert "pinkish" not in apps_engine.prompt_book("tiny-sd").styles  # looked up again, as the folder changes
+    # huabu-tiny's own: twenty styles, every word one its training captions use
+    tiny = default_styles(apps_engine, "huabu-tiny")
+    words = {"on", "a", "background", *S.COLOUR_NAMES, *" ".join(S.POSITION_PHRASES.values()).split()}
+    templates = [apps_engine.prompt_book("huabu-tiny").styles[name].prompt for name in tiny]
+    assert len(tiny) == 20 and all(set(t.replace("{prompt}", "").split()) <= words for t in templates)
+    assert "photo_portrait" in apps_engine.prompt_book("huabu-tiny").styles  # still named by hand
+
+
 def test_portrait_style_can_join_after_the_subject_is_drawn():
+    from huabu.engine.prompts.book import load_book
     from huabu.training.portrait import render_prompt
 
     request = AppRequest.create(app="portrait", photos="p", name="zqx", style_start=0.5)
-    prompt, negative, styles = render_prompt(request, "photo_portrait")
+    prompt, negative, styles = render_prompt(request, "photo_portrait", load_book())
     assert prompt.startswith("<lora:portrait-zqx:1> [a zqx:portrait photograph of a zqx, 85mm lens")
     assert prompt.endswith(":0.5]") and styles == [] and negative.startswith("cartoon")
-    plain = render_prompt(request.model_copy(update={"style_start": 0.0}), "photo_portrait")
+    plain = render_prompt(request.model_copy(update={"style_start": 0.0}), "photo_portrait", load_book())
     assert plain == ("<lora:portrait-zqx:1> a zqx", "", ["photo_portrait"])

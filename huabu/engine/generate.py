@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -56,6 +56,9 @@ from huabu.engine.upscalers import Upscalers
 from huabu.engine.vaes import find_vae, load_vae, swapped_vae, vae_hash
 from huabu.engine.video import VideoResult, run_video, video_target
 
+if TYPE_CHECKING:
+    from huabu.engine.prompts.book import PromptBook
+
 log = logging.getLogger(__name__)
 
 
@@ -78,14 +81,13 @@ class Engine:
         self.settings = settings
         self.models = models or ModelManager(settings)
         self._gallery = gallery
-        self._book = None
         self._lock = threading.Lock()
         self.controlnets = ControlNetManager(settings)
         self.ip_adapters = IPAdapterManager(settings)
         self.upscalers = Upscalers(settings.upscalers_dir)
         self._vae: tuple[Any, Any] = (None, None)  # (file and model it was loaded for, the AutoencoderKL)
         self.prompter = Prompter(settings.loras_dir, self.models.hashes, settings.allow_unsafe_pickle,
-                                 self._prompt_book, settings.embeddings_dir)
+                                 self.prompt_book, settings.embeddings_dir)
 
     @property
     def gallery(self) -> Gallery:
@@ -93,12 +95,9 @@ class Engine:
             self._gallery = Gallery(self.settings.gallery_db)
         return self._gallery
 
-    def _prompt_book(self):
-        if self._book is None:
-            from huabu.engine.prompts.book import load_book
-
-            self._book = load_book()
-        return self._book
+    def prompt_book(self, model: str | None = None) -> PromptBook:
+        """The shipped prompt book with model `model`'s own merged over it, when its folder carries one."""
+        return self.models.prompt_book(model)
 
     def generate(self, request: GenerateRequest, progress: Callable[[Progress], None] | None = None,
                  interrupt: Callable[[], bool] | None = None, save: bool = False,

@@ -98,7 +98,7 @@ class Prompter:
     loras_dir: Path
     hashes: Any  # checkpoints.HashCache
     allow_unsafe_pickle: bool
-    book: Callable[[], PromptBook]
+    book: Callable[[str | None], PromptBook]  # by the request's model
     embeddings_dir: Path | None = None  # textual inversion embeddings named in prompts (None: none used)
 
     def prompts(self, request: Request) -> tuple[str, str, str, list[ResolvedLora]]:
@@ -107,7 +107,7 @@ class Prompter:
         if request.styles:
             from huabu.engine.prompts.book import apply_styles
 
-            prompt, negative = apply_styles(prompt, negative, request.styles, self.book())
+            prompt, negative = apply_styles(prompt, negative, request.styles, self.book(request.model))
         prompt, untaggable = prompt_with_loras(prompt, request.loras)
         text, tag_loras = extract_loras(prompt)
         hires = getattr(request, "hr_prompt", ""), getattr(request, "hr_negative_prompt", "")

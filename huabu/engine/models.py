@@ -16,13 +16,16 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huabu.core.errors import HuabuError, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.core.settings import BUILTIN_MODEL, Settings
 from huabu.engine import checkpoints, single_file
 from huabu.engine.bundled import BUILTIN_DIR, SHIPPED_MODELS, bundled_configs, shipped_models
 from huabu.engine.denoisers import Denoiser, denoiser_folder
+
+if TYPE_CHECKING:
+    from huabu.engine.prompts.book import PromptBook
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ def builtin_has_weights() -> bool:
 # or huabu-tiny-dit's, whose Chinese captions all say 背景 and often 红色) reads Chinese; CLIP's byte-level BPE cuts
 # them into 11 byte pieces that SD's encoders never learnt to put together.
 CHINESE_PROBE = "红色背景"
+# A model folder's own prompt book (parts.yaml / styles.yaml in the shipped book's format), merged over the shipped
+# one when that model is used: styles in the words a small model was trained on, or a fine-tune's trigger words.
+BOOK_FOLDER = "prompt-book"
 
 
 def reads_chinese(tokenizer) -> bool:
@@ -149,6 +155,7 @@ class ModelManager:
         self.hashes = hashes or checkpoints.HashCache(settings.cache_dir / "hashes.json")
         self._cache: OrderedDict[tuple[str, str | None], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
+        self._books: dict[Path | None, PromptBook] = {}  # by the model's own book folder
 
     # --- resolving --------------------------------------------------------------------------------------------
 
@@ -220,6 +227,26 @@ class ModelManager:
         from transformers import AutoTokenizer
 
         return reads_chinese(AutoTokenizer.from_pretrained(folder))
+
+    def book_dir(self, spec: str | None) -> Path | None:
+        """The prompt book folder the model `spec` names carries beside its weights, or None (also for a model
+        not found: loading it says so)."""
+        try:
+            ref = self.resolve(spec)
+        except ModelNotFound:
+            return None
+        folder = ref.path / BOOK_FOLDER if ref.kind in ("diffusers", "builtin") else None
+        return folder if folder is not None and folder.is_dir() else None
+
+    def prompt_book(self, spec: str | None) -> PromptBook:
+        """The shipped prompt book with the model's own (`book_dir`) merged over it; read once per folder."""
+        from huabu.engine.prompts.book import load_book
+
+        folder = self.book_dir(spec)
+        with self._lock:
+            if folder not in self._books:
+                self._books[folder] = load_book([folder] if folder else [])
+            return self._books[folder]
 
     def find_by_hash(self, short: str) -> ModelRef | None:
         """The model whose A1111 short hash (first hex digits of sha256) is `short`, among listed models."""

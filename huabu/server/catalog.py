@@ -218,15 +218,12 @@ class Catalog:
                 raise NotAllowed(f"LoRA {name[:100]!r} is not in the server's LoRA folder")
 
     def styles(self) -> list[dict[str, Any]]:
-        from huabu.engine.prompts.book import load_book
-
+        """The prompt book's styles for the default model (its own merged over the shipped ones)."""
         return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
-                for style in load_book().styles.values()]
+                for style in self.models.prompt_book(self.default_model).styles.values()]
 
     def style_names(self) -> set[str]:
-        from huabu.engine.prompts.book import load_book
-
-        return set(load_book().styles)
+        return set(self.models.prompt_book(self.default_model).styles)
 
 
 def memory() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from huabu.engine.apps.common import AppTag
 from huabu.engine.apps.portrait import caption, contact_sheet, crop_subject, pick_styles, subject_box
 from huabu.engine.generate import Engine
 from huabu.engine.images import load_image
+from huabu.engine.prompts.book import PromptBook, apply_styles, load_book
 from huabu.training.lora import train_lora
 from huabu.training.lora_data import IMAGE_SUFFIXES
 
@@ -86,7 +87,8 @@ def run_portrait(request: AppRequest, engine: Engine, progress: PortraitProgress
     report = progress or (lambda stage, done, total: None)
     work = settings.home / "portraits" / request.name
     out = Path(outdir) if outdir is not None else settings.outputs_dir / "portraits" / request.name
-    styles = pick_styles(style_names(), request.styles, request.count)
+    book = engine.prompt_book(request.model)
+    styles = pick_styles(list(book.styles), request.styles, request.count, default_styles(engine, request.model))
     model = engine.models.load(request.model)
     size = model.default_size
 
@@ -121,7 +123,7 @@ def run_portrait(request: AppRequest, engine: Engine, progress: PortraitProgress
             continue
         if cancel is not None and cancel.is_set():
             return PortraitResult(out / "contact-sheet.png", renders, lora, found, infotexts, interrupted=True)
-        prompt, negative, styled = render_prompt(request, style)
+        prompt, negative, styled = render_prompt(request, style, book)
         generate = GenerateRequest.create(
             prompt=prompt, negative_prompt=negative, styles=styled, steps=request.steps, cfg_scale=request.cfg_scale,
             sampler=request.sampler, schedule_type=request.schedule_type, seed=seed, model=request.model,
@@ -136,24 +138,23 @@ def run_portrait(request: AppRequest, engine: Engine, progress: PortraitProgress
     return PortraitResult(sheet_path, renders, lora, found, infotexts)
 
 
-def render_prompt(request: AppRequest, style: str) -> tuple[str, str, list[str]]:
+def render_prompt(request: AppRequest, style: str, book: PromptBook) -> tuple[str, str, list[str]]:
     """(prompt, negative prompt, styles for the request) of one render: the subject's LoRA and trigger word in the
     style, from the first step, or after `style_start` of the steps as A1111 prompt editing."""
     subject = f"a {request.name} {request.prompt}".strip()
     lora = f"<lora:{lora_name(request.name)}:1>"
     if not request.style_start:
         return f"{lora} {subject}", request.negative_prompt, [style]
-    from huabu.engine.prompts.book import apply_styles, load_book
-
-    styled, negative = apply_styles(subject, request.negative_prompt, [style], load_book())
+    styled, negative = apply_styles(subject, request.negative_prompt, [style], book)
     return f"{lora} [{subject}:{styled}:{request.style_start:g}]", negative, []
 
 
-def style_names() -> list[str]:
-    """The prompt book's styles, in its order."""
-    from huabu.engine.prompts.book import load_book
-
-    return list(load_book().styles)
+def default_styles(engine: Engine, model: str | None) -> list[str]:
+    """The styles a portrait takes when none are named, in order: the model's own prompt book's when it carries
+    one (a small model loses its subject under words it was never trained on), else the shipped book's."""
+    folder = engine.models.book_dir(model)
+    own = list(load_book([folder], shipped=False).styles) if folder else []
+    return own or list(engine.prompt_book(model).styles)
 
 
 def _portrait_seed(work: Path, request: AppRequest) -> int:

@@ -21,7 +21,7 @@ from huabu.core.requests import GenerateRequest
 from huabu.core.settings import Settings
 from huabu.engine.generate import Engine, GenerationResult
 from huabu.engine.models import ModelManager, builtin_has_weights
-from huabu.engine.prompts.book import PromptBook, load_book
+from huabu.engine.prompts.book import PromptBook
 from huabu.ui.fields import GENERATION_FIELDS, fields_from_infotext
 from huabu.ui.i18n import LANGUAGES, Key, check_language, load_texts
 from huabu.ui.jobs import Interrupts, progress_reporter
@@ -49,7 +49,7 @@ class Studio:
         self.language = check_language(language)
         self.engine = engine or Engine(settings, ModelManager(settings))
         self.gallery = self.engine.gallery
-        self.book = book or load_book()
+        self.book = book or self.engine.prompt_book(settings.default_model)  # the default model's own styles too
         self.texts = {lang: load_texts(lang) for lang in LANGUAGES}
         self.interrupts = Interrupts()  # running generations, by browser session
         self.training = Interrupts()  # running LoRA trainings (their cancel events), by browser session

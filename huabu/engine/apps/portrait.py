@@ -90,13 +90,14 @@ def caption(name: str, image: Image.Image) -> str:
     return f"a {name} on a {background_word(image)} background"
 
 
-def pick_styles(available: list[str], wanted: list[str], count: int) -> list[str]:
-    """The styles to render: those asked for (each must exist), else the first `count` of the prompt book."""
+def pick_styles(available: list[str], wanted: list[str], count: int, defaults: list[str] | None = None) -> list[str]:
+    """The styles to render: those asked for (each must exist), else the first `count` of `defaults` (or of the
+    prompt book)."""
     unknown = [name for name in wanted if name not in available]
     if unknown:
         raise InvalidRequest(f"unknown style {unknown[0]!r}; huabu's prompt book has {len(available)} (huabu "
                              f"studio lists them)")
-    return list(wanted) if wanted else available[:count]
+    return list(wanted) if wanted else (defaults or available)[:count]
 
 
 def contact_sheet(images: list[Image.Image], labels: list[str]) -> Image.Image:

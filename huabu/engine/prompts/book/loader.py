@@ -173,13 +173,14 @@ def _merge_styles(path: Path, styles: dict[str, Style]) -> None:
         styles[name] = Style(name, name_zh, name_en, prompt, negative, resolved)
 
 
-def load_book(extra_dirs: Sequence[Path] = ()) -> PromptBook:
-    """Load the shipped book, then each user folder in order (its parts.yaml / styles.yaml add or override by
-    name: a part by category and `en` label, a style by `name`). Folders that do not exist are skipped."""
+def load_book(extra_dirs: Sequence[Path] = (), shipped: bool = True) -> PromptBook:
+    """Load the shipped book (unless not `shipped`), then each user folder in order (its parts.yaml / styles.yaml
+    add or override by name: a part by category and `en` label, a style by `name`). Folders that do not exist are
+    skipped."""
     categories: dict[str, dict[str, str]] = {}
     parts: dict[tuple[str, str], PromptPart] = {}
     styles: dict[str, Style] = {}
-    for folder in (BOOK_DIR, *map(Path, extra_dirs)):
+    for folder in ((BOOK_DIR,) if shipped else ()) + tuple(map(Path, extra_dirs)):
         if (folder / PARTS_FILE).is_file():
             _merge_parts(folder / PARTS_FILE, categories, parts)
         if (folder / STYLES_FILE).is_file():
