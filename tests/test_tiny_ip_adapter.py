@@ -80,7 +80,7 @@ def test_loss_falls_on_a_fixed_batch(scenes, plus, tmp_path):
     from huabu.tiny import train_ip_adapter as T
     from huabu.training.loop import optimizer_step
 
-    recipe, unet = T.setup(_cfg(scenes, tmp_path, batch_size=4, plus=plus))
+    recipe, unet, _ = T.setup(_cfg(scenes, tmp_path, batch_size=4, plus=plus))
     trainable = sum(p.numel() for p in recipe.optimizer.param_groups[0]["params"])
     assert trainable == sum(t.numel() for t in T.original_state(unet).values())  # the adapter alone learns
     with torch.no_grad():
@@ -98,12 +98,14 @@ def test_object_weight_and_noisy_timesteps_change_the_step_and_bad_values_are_re
 
     losses = {}
     for name, changes in (("plain", {}), ("weighted", {"object_weight": 4.0}), ("cubic", {"timesteps": "cubic"})):
-        recipe, _ = T.setup(_cfg(scenes, tmp_path / name, **changes))
+        recipe, _, _ = T.setup(_cfg(scenes, tmp_path / name, **changes))
         with torch.no_grad():
             losses[name] = recipe.step(1).item()
     assert losses["weighted"] != losses["plain"] and losses["cubic"] != losses["plain"]
     for changes, message in (({"timesteps": "linear"}, "timesteps must be one of uniform, cubic"),
-                             ({"object_weight": -1.0}, "--object-weight must be 0 or positive")):
+                             ({"object_weight": -1.0}, "--object-weight must be 0 or positive"),
+                             ({"objects": 104}, "--objects must be 1-103"),
+                             ({"identity_weight": 1.0}, "positive with --encoder-lr")):
         with pytest.raises(InvalidRequest, match=message):
             T.setup(_cfg(scenes, tmp_path / "bad", **changes))
 
@@ -149,6 +151,41 @@ def test_the_saved_adapter_has_the_original_layout_that_diffusers_rebuilds(train
     else:
         assert type(proj) is ImageProjection
     assert_same(T.original_state(unet), saved)  # and back to the same file
+
+
+def test_a_tuned_encoder_trains_resumes_and_ships_with_the_adapter(scenes, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionModelWithProjection
+
+    from huabu.tiny import train_ip_adapter as T
+    from huabu.tiny.eval import SCORER_DIR
+
+    recipe, _, encoder = T.setup(_cfg(scenes, tmp_path / "setup", encoder_lr=1e-3))
+    assert [g["lr"] for g in recipe.optimizer.param_groups] == [1e-3, 1e-3]
+    assert set(recipe.optimizer.param_groups[1]["params"]) == set(encoder.parameters())
+    assert recipe.checkpointed["encoder"] is encoder
+    # the identity read-out: a 64-way linear layer on the embedding, trained beside the adapter, its loss added
+    named, _, _ = T.setup(_cfg(scenes, tmp_path / "setup", encoder_lr=1e-3, identity_weight=1.0))
+    assert named.checkpointed["readout"].weight.shape == (64, 128)
+    assert set(named.checkpointed["readout"].parameters()) <= set(named.optimizer.param_groups[0]["params"])
+    with torch.no_grad():
+        plain, with_identity = recipe.step(1).item(), named.step(1).item()
+    assert with_identity > plain + 1.0  # a fresh 64-way read-out costs about ln 64 = 4.2
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    T.train(_cfg(scenes, straight, encoder_lr=1e-3))
+    with monkeypatch.context() as m:
+        kill_after(m, 2)
+        with pytest.raises(Killed):
+            T.train(_cfg(scenes, killed, encoder_lr=1e-3))
+    T.train(_cfg(scenes, killed, encoder_lr=1e-3))
+    assert_same(newest_weights(straight, "encoder"), newest_weights(killed, "encoder"))
+
+    shipped = load_file(str(straight / "final" / T.IMAGE_ENCODER / "model.safetensors"))
+    scorer = CLIPVisionModelWithProjection.from_pretrained(SCORER_DIR, dtype=torch.float32).state_dict()
+    assert shipped.keys() == scorer.keys()
+    moved = [k for k in scorer if not torch.equal(shipped[k], scorer[k])]
+    assert "visual_projection.weight" in moved and len(moved) > len(scorer) // 2
 
 
 @contextmanager
@@ -222,7 +259,7 @@ def test_eval_reports_fractions_and_exact_ceilings(trained):
     from huabu.tiny.eval_ip_adapter import eval_cases, evaluate_ip_adapter, format_ip_adapter_report
 
     unseen = eval_cases(3, 1, unseen=True)
-    assert all(scene.objects[0].obj >= 64 for scene, _ in unseen)
+    assert all(scene.objects[0].obj >= 103 for scene, _ in unseen)
     settings = Settings.for_home(trained / "home", device="cpu", dtype="fp32", hub_offline=True)
     result = evaluate_ip_adapter(IpAdapterEvalConfig(adapter=str(trained / "final"), count=2, steps=2), settings)
     assert set(result["rows"]) == {"seen_nameless", "seen_named", "unseen_nameless"}

@@ -114,7 +114,8 @@ class DitTrainConfig:
 @dataclass
 class IpAdapterTrainConfig:
     """huabu-tiny's IP-Adapter: decoupled cross-attention (to_k_ip / to_v_ip per cross-attention layer) and the image
-    projection, trained on the frozen shipped huabu-tiny UNet under the frozen huabu-tiny-scorer vision tower."""
+    projection, trained on the frozen shipped huabu-tiny UNet under the huabu-tiny-scorer vision tower (frozen unless
+    `encoder_lr`)."""
 
     data: str = "data/world-scenes"  # `huabu tiny data --world geneval`; its one-object scenes are used
     model: str = "huabu-tiny"  # the frozen base: a huabu-tiny-shaped diffusers folder or model name
@@ -136,4 +137,11 @@ class IpAdapterTrainConfig:
     object_weight: float = 0.0  # extra loss weight on the object's latent cells (0: plain loss)
     drop_image: float = 0.05  # share of zero image embeddings, for classifier-free guidance
     drop_text: float = 0.05  # share of empty captions
+    # > 0: the vision tower trains too, at this rate, and the run ships its own copy (the frozen tower's identity
+    # features read out linearly at 85%, a ceiling below the identity target)
+    encoder_lr: float = 0.0
+    # > 0 (with encoder_lr): also this weight times the cross-entropy of a linear read-out of the reference's object
+    # from its image embedding, so the tower learns what IP-Adapter FaceID takes from a face-recognition model: an
+    # embedding of who, whatever the colour, place and size (the read-out is not shipped)
+    identity_weight: float = 0.0
     checkpoint_every: int = 250

@@ -3,8 +3,10 @@
 Decoupled cross-attention through diffusers' own modules: a freshly initialised state dict in the original layout
 (`image_proj.*`, `ip_adapter.N.to_{k,v}_ip.weight`) goes in through `unet._load_ip_adapter_weights`, which installs
 IPAdapterAttnProcessor2_0 and an image projection; only those train. to_k_ip / to_v_ip start as copies of each
-layer's to_k / to_v, as the paper does. The image encoder is the shipped huabu-tiny-scorer's vision tower, frozen,
-its inputs prepared by the CLIPImageProcessor that diffusers' `load_ip_adapter` gives the pipeline.
+layer's to_k / to_v, as the paper does. The image encoder is the shipped huabu-tiny-scorer's vision tower, frozen as
+in the paper or, with `encoder_lr`, trained with the adapter (and saved with it), optionally towards an identity
+embedding as IP-Adapter FaceID's face-recognition encoder gives (`identity_weight`); its inputs are prepared by the
+CLIPImageProcessor that diffusers' `load_ip_adapter` gives the pipeline.
 
 The plain adapter's projection is an ImageProjection (4 tokens) of the encoder's projected image embedding;
 `plus` (IP-Adapter Plus) trains an IPAdapterPlusImageProjection, a Resampler of 16 query tokens, over the
@@ -20,7 +22,6 @@ often (`timesteps`), where the shape that only the reference gives is decided.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -204,11 +205,17 @@ def frozen_parts(cfg: IpAdapterTrainConfig) -> tuple[Path, UNet2DConditionModel,
     return base, unet, text_encoder, tok, encoder
 
 
-def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
-    """The base UNet with a new adapter attached, its optimizer, and the loss of a step."""
+def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIPVisionModelWithProjection]:
+    """The base UNet with a new adapter attached, the image encoder, their optimizer, and the loss of a step."""
     from diffusers import AutoencoderKL
 
     check_timestep_sampling(cfg.timesteps)
+    if not 0 < cfg.objects <= IS.UNSEEN[0]:
+        raise InvalidRequest(f"--objects must be 1-{IS.UNSEEN[0]} (the world's last {len(IS.UNSEEN)} objects are "
+                             f"held out to measure unseen glyphs), got {cfg.objects}")
+    if cfg.identity_weight < 0 or (cfg.identity_weight and not cfg.encoder_lr):
+        raise InvalidRequest(f"--identity-weight must be 0, or positive with --encoder-lr (it trains the image "
+                             f"encoder), got {cfg.identity_weight}")
     if cfg.object_weight < 0:
         raise InvalidRequest(f"--object-weight must be 0 or positive, got {cfg.object_weight}")
     accelerator = Accelerator()
@@ -227,8 +234,15 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
     unet._load_ip_adapter_weights([initial_state(unet, encoder.config, cfg.seed, cfg.plus)],
                                   low_cpu_mem_usage=False)
     adapter = trainable(unet).requires_grad_(True)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=0.01)
-    adapter, opt = accelerator.prepare(adapter, opt)
+    tune_encoder = cfg.encoder_lr > 0
+    readout = torch.nn.Linear(encoder.config.projection_dim, cfg.objects) if cfg.identity_weight else None
+    groups = [{"params": list(adapter.parameters()) + (list(readout.parameters()) if readout else []), "lr": cfg.lr}]
+    if tune_encoder:
+        groups.append({"params": list(encoder.requires_grad_(True).parameters()), "lr": cfg.encoder_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    adapter, encoder, opt = accelerator.prepare(adapter, encoder, opt)
+    if readout is not None:
+        readout = accelerator.prepare(readout)
     processor = CLIPImageProcessor(size=encoder.config.image_size, crop_size=encoder.config.image_size)
     sched = noise_scheduler()
     device = accelerator.device
@@ -246,39 +260,47 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel]:
         t = draw_timesteps(cfg.timesteps, sched.config.num_train_timesteps, len(x0), gen)
         with torch.no_grad():
             cond = encode_text(tok, text_encoder, texts)
-            features = image_features(encoder, reference_pixels(processor, refs).to(device),
-                                      torch.from_numpy(drop).to(device), cfg.plus)
+        pixels = reference_pixels(processor, refs).to(device)
+        with torch.set_grad_enabled(tune_encoder):
+            features = image_features(encoder, pixels, torch.from_numpy(drop).to(device), cfg.plus)
         xt = sched.add_noise(x0, noise, t).to(device)
         pred = unet(xt, t.to(device), encoder_hidden_states=cond,
                     added_cond_kwargs={"image_embeds": [features[:, None]]}).sample
-        if weights is None:
-            return F.mse_loss(pred, noise.to(device))
-        w = weights[torch.as_tensor(pick)].to(device)
-        return ((pred - noise.to(device)) ** 2 * w).mean() / w.mean()
+        w = weights[torch.as_tensor(pick)].to(device) if weights is not None else torch.ones_like(pred)
+        loss = ((pred - noise.to(device)) ** 2 * w).mean() / w.mean()
+        if readout is None:
+            return loss
+        objects = torch.as_tensor([data.attrs[i]["objects"][0] for i in chosen[pick]], device=device)
+        embeds = encoder(pixels).image_embeds
+        return loss + cfg.identity_weight * F.cross_entropy(readout(embeds), objects)
 
-    unwrapped = accelerator.unwrap_model(adapter)
-    recipe = Recipe(accelerator, opt, {"adapter": unwrapped}, step_loss, list(unwrapped.parameters()))
-    return recipe, unet
+    trained = {"adapter": accelerator.unwrap_model(adapter)}
+    if tune_encoder:
+        trained["encoder"] = accelerator.unwrap_model(encoder)
+    if readout is not None:
+        trained["readout"] = accelerator.unwrap_model(readout)
+    recipe = Recipe(accelerator, opt, trained, step_loss,
+                    [p for module in trained.values() for p in module.parameters()])
+    return recipe, unet, accelerator.unwrap_model(encoder)
 
 
-def save_final(unet: UNet2DConditionModel, folder: Path, image_encoder: Path) -> Path:
+def save_final(unet: UNet2DConditionModel, folder: Path, encoder: CLIPVisionModelWithProjection) -> Path:
     """`folder`/ip-adapter.safetensors in the original layout and `folder`/image_encoder/ (the encoder's config.json
     and model.safetensors), as huabu's IP-Adapter folder reads them."""
-    (folder / IMAGE_ENCODER).mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(original_state(unet), str(folder / WEIGHTS_FILE))
-    for name in ("config.json", "model.safetensors"):
-        shutil.copyfile(image_encoder / name, folder / IMAGE_ENCODER / name)
+    encoder.save_pretrained(folder / IMAGE_ENCODER, safe_serialization=True)
     return folder
 
 
 def train(cfg: IpAdapterTrainConfig, cancel: Callable[[], bool] | None = None) -> Path:
     """Train (or resume) the IP-Adapter; returns the final folder (weights and image encoder).
     `cancel()` turning true stops the run after a step, with a checkpoint to resume from."""
-    recipe, unet = setup(cfg)
+    recipe, unet, encoder = setup(cfg)
     plan = Plan(Path(cfg.out), cfg.steps, Schedule("constant", cfg.warmup), same_run(cfg),
                 cfg.batch_size * recipe.accelerator.num_processes, cfg.checkpoint_every, log_every=10,
                 config=asdict(cfg), desc="ip-adapter")
     done = loop.train(recipe, plan, cancel=cancel)
     if done < cfg.steps:
         return Path(cfg.out)
-    return save_final(unet, Path(cfg.out) / "final", Path(cfg.image_encoder or SCORER_DIR))
+    return save_final(unet, Path(cfg.out) / "final", encoder)
