@@ -12,6 +12,10 @@ import numpy as np
 from huabu.tiny import scenes as S
 from huabu.tiny import world as W
 
+# The world's last 20 objects: never in an adapter's training (`--objects` stops before them), so its measure of
+# glyphs nobody trained on
+UNSEEN = tuple(range(len(W.OBJECTS) - 20, len(W.OBJECTS)))
+
 
 def nameless_caption(background: str, position: str | None) -> str:
     """A one-object caption without the object: "in the top left corner on a green background"."""

@@ -19,15 +19,18 @@ from huabu.tiny import world as W
 
 
 @cache
-def _glyphs(size: int, colour: str | None = None) -> tuple[tuple[int, ...], tuple[np.ndarray, ...]]:
-    """The candidates of identify: every object in its own colours, or the recolourable ones tinted to `colour`."""
-    objs = tuple(range(len(W.OBJECTS))) if colour is None else W.RECOLOURABLE
+def _glyphs(size: int, colour: str | None = None, among: tuple[int, ...] | None = None
+            ) -> tuple[tuple[int, ...], tuple[np.ndarray, ...]]:
+    """The candidates of identify: every object (or those `among`) in its own colours, or the recolourable ones
+    tinted to `colour`."""
+    objs = (among or tuple(range(len(W.OBJECTS)))) if colour is None else W.RECOLOURABLE
     return objs, tuple(W.glyph(k, size, colour) for k in objs)
 
 
 def identify(image: np.ndarray, bg: np.ndarray, xy: tuple[float, float], size: int,
-             colour: str | None = None) -> int:
-    objs, glyphs = _glyphs(size, colour)
+             colour: str | None = None, among: tuple[int, ...] | None = None) -> int:
+    """The object drawn at `xy`: the nearest glyph template of all objects, or of those `among`."""
+    objs, glyphs = _glyphs(size, colour, among)
     return objs[M.identify(image, bg, xy, size, glyphs=glyphs)]
 
 
