@@ -10,7 +10,7 @@ trials' renders (both kinds), then scored on this one: what a learned linear rea
 layer on the projected embedding) and Plus' (the stage's Resampler on the penultimate tokens, its queries averaged).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiny_ip_adapter_features.py [--objects 64] [--trials 4] [--fit 16]
-        [--readouts]
+        [--readouts] [--encoder RUN/final/image_encoder]
 """
 
 from __future__ import annotations
@@ -138,9 +138,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4, help="scored trials")
     parser.add_argument("--fit", type=int, default=16, help="trials the probe is fitted on")
     parser.add_argument("--readouts", action="store_true", help="also train the adapters' read-outs (2 minutes)")
+    parser.add_argument("--encoder", default=str(SCORER_DIR),
+                        help="a vision tower folder (a tuned run's final/image_encoder); default: huabu-tiny-scorer")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    encoder = CLIPVisionModelWithProjection.from_pretrained(SCORER_DIR, dtype=torch.float32).eval()
+    encoder = CLIPVisionModelWithProjection.from_pretrained(args.encoder, dtype=torch.float32).eval()
     size = encoder.config.image_size
     processor = CLIPImageProcessor(size=size, crop_size=size)  # as the IP-Adapter stage and diffusers feed it
     rng = np.random.default_rng(0)

@@ -97,15 +97,21 @@ def test_object_weight_and_noisy_timesteps_change_the_step_and_bad_values_are_re
     from huabu.tiny import train_ip_adapter as T
 
     losses = {}
-    for name, changes in (("plain", {}), ("weighted", {"object_weight": 4.0}), ("cubic", {"timesteps": "cubic"})):
+    for name, changes in (("plain", {}), ("weighted", {"object_weight": 4.0}), ("cubic", {"timesteps": "cubic"}),
+                          ("distilled", {"distill": 1.0, "nameless": 1.0, "drop_text": 0.0, "drop_image": 0.0})):
         recipe, _, _ = T.setup(_cfg(scenes, tmp_path / name, **changes))
         with torch.no_grad():
             losses[name] = recipe.step(1).item()
     assert losses["weighted"] != losses["plain"] and losses["cubic"] != losses["plain"]
+    # the distance to what the named caption draws without the adapter comes on top of the noise loss
+    undistilled, _, _ = T.setup(_cfg(scenes, tmp_path / "undistilled", nameless=1.0, drop_text=0.0, drop_image=0.0))
+    with torch.no_grad():
+        assert losses["distilled"] > undistilled.step(1).item() + 1e-4
     for changes, message in (({"timesteps": "linear"}, "timesteps must be one of uniform, cubic"),
                              ({"object_weight": -1.0}, "--object-weight must be 0 or positive"),
                              ({"objects": 104}, "--objects must be 1-103"),
-                             ({"identity_weight": 1.0}, "positive with --encoder-lr")):
+                             ({"identity_weight": 1.0}, "positive with --encoder-lr"),
+                             ({"distill": -1.0}, "--distill must be 0 or positive")):
         with pytest.raises(InvalidRequest, match=message):
             T.setup(_cfg(scenes, tmp_path / "bad", **changes))
 

@@ -144,4 +144,8 @@ class IpAdapterTrainConfig:
     # from its image embedding, so the tower learns what IP-Adapter FaceID takes from a face-recognition model: an
     # embedding of who, whatever the colour, place and size (the read-out is not shipped)
     identity_weight: float = 0.0
+    # > 0: also this weight times the distance between the adapter's prediction and the frozen UNet's own from the
+    # full caption without any adapter, for the objects the UNet knows: the adapter learns to do what the object's
+    # name does, without the noise target's variance (the noise-prediction loss alone stays flat at 0.03)
+    distill: float = 0.0
     checkpoint_every: int = 250

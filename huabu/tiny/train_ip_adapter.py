@@ -17,7 +17,8 @@ Each step takes one-object world scenes (their latents cached once) and, for eac
 (huabu.tiny.ip_adapter_scenes). Half the captions leave the object's name out, so the adapter must bring it; 5% of
 image embeddings are zeros and 5% of captions empty, for classifier-free guidance on both. The caption gives the
 background and position, so the loss can weight the object's cells (`object_weight`) and draw noisy timesteps more
-often (`timesteps`), where the shape that only the reference gives is decided.
+often (`timesteps`), where the shape that only the reference gives is decided. With `distill`, the adapter's
+prediction is also drawn towards the frozen UNet's own from the full caption: what the name alone would draw.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from transformers import (
 
 from huabu.core.errors import InvalidRequest
 from huabu.tiny import ip_adapter_scenes as IS
+from huabu.tiny import scenes as S
 from huabu.tiny.configs import IpAdapterTrainConfig
 from huabu.tiny.data import load_dataset
 from huabu.tiny.eval import SCORER_DIR
@@ -216,6 +218,8 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
     if cfg.identity_weight < 0 or (cfg.identity_weight and not cfg.encoder_lr):
         raise InvalidRequest(f"--identity-weight must be 0, or positive with --encoder-lr (it trains the image "
                              f"encoder), got {cfg.identity_weight}")
+    if cfg.distill < 0:
+        raise InvalidRequest(f"--distill must be 0 or positive, got {cfg.distill}")
     if cfg.object_weight < 0:
         raise InvalidRequest(f"--object-weight must be 0 or positive, got {cfg.object_weight}")
     accelerator = Accelerator()
@@ -227,6 +231,9 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
         raise InvalidRequest(f"the dataset has {len(chosen)} one-object scenes of the first {cfg.objects} objects, "
                              f"fewer than --batch-size {cfg.batch_size}: make a larger one with `huabu tiny data`")
     base, unet, text_encoder, tok, encoder = frozen_parts(cfg)
+    # the UNet as shipped, without the adapter's processors: what the object's name draws
+    teacher = UNet2DConditionModel.from_pretrained(base / "unet", dtype=torch.float32).eval().requires_grad_(False) \
+        if cfg.distill else None
     vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32).eval()
     images = np.asarray(data.images[chosen])
     latents = encode_latents(vae, images, out / "latents.npy")
@@ -246,8 +253,9 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
     processor = CLIPImageProcessor(size=encoder.config.image_size, crop_size=encoder.config.image_size)
     sched = noise_scheduler()
     device = accelerator.device
-    for module in (unet, text_encoder, encoder):
-        module.to(device)
+    for module in (unet, text_encoder, encoder, teacher):
+        if module is not None:
+            module.to(device)
 
     def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([cfg.seed, step])
@@ -268,9 +276,18 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
                     added_cond_kwargs={"image_embeds": [features[:, None]]}).sample
         w = weights[torch.as_tensor(pick)].to(device) if weights is not None else torch.ones_like(pred)
         loss = ((pred - noise.to(device)) ** 2 * w).mean() / w.mean()
+        objects = torch.as_tensor([data.attrs[i]["objects"][0] for i in chosen[pick]], device=device)
+        if teacher is not None:
+            taught = torch.as_tensor([bool(text) for text in texts], device=device) & ~torch.from_numpy(drop).to(
+                device) & (objects < len(S.OBJECTS))
+            if taught.any():
+                with torch.no_grad():
+                    full = encode_text(tok, text_encoder, [data.captions[i] for i in chosen[pick]])
+                    target = teacher(xt, t.to(device), encoder_hidden_states=full).sample
+                gap = ((pred - target) ** 2 * w)[taught]
+                loss = loss + cfg.distill * gap.mean() / w[taught].mean()
         if readout is None:
             return loss
-        objects = torch.as_tensor([data.attrs[i]["objects"][0] for i in chosen[pick]], device=device)
         embeds = encoder(pixels).image_embeds
         return loss + cfg.identity_weight * F.cross_entropy(readout(embeds), objects)
 
