@@ -358,14 +358,14 @@ def test_a_model_folders_own_prompt_book_styles_its_prompts_and_its_portraits(ap
     from huabu.core.requests import GenerateRequest
     from huabu.engine.models import BOOK_FOLDER
     from huabu.tiny import scenes as S
-    from huabu.training.portrait import default_styles
+    from huabu.training.portrait import own_styles
 
     book = model_store["folder"] / BOOK_FOLDER
     book.mkdir()
     try:
         (book / "styles.yaml").write_text('- {name: pinkish, name_zh: 粉色背景, name_en: Pink backdrop, '
                                           'prompt: "{prompt} on a pink background"}\n', encoding="utf-8")
-        assert default_styles(apps_engine, "tiny-sd") == ["pinkish"]
+        assert own_styles(apps_engine, "tiny-sd") == ["pinkish"]
         assert {"pinkish", "photo_portrait"} <= set(apps_engine.prompt_book("tiny-sd").styles)
         request = GenerateRequest.create(prompt="a cat", styles=["pinkish"], model="tiny-sd")
         assert apps_engine.prompter.prompts(request)[0] == "a cat on a pink background"
@@ -373,7 +373,7 @@ def test_a_model_folders_own_prompt_book_styles_its_prompts_and_its_portraits(ap
         shutil.rmtree(book)
     assert "pinkish" not in apps_engine.prompt_book("tiny-sd").styles  # looked up again, as the folder changes
     # huabu-tiny's own: twenty styles, every word one its training captions use
-    tiny = default_styles(apps_engine, "huabu-tiny")
+    tiny = own_styles(apps_engine, "huabu-tiny")
     words = {"on", "a", "background", *S.COLOUR_NAMES, *" ".join(S.POSITION_PHRASES.values()).split()}
     templates = [apps_engine.prompt_book("huabu-tiny").styles[name].prompt for name in tiny]
     assert len(tiny) == 20 and all(set(t.replace("{prompt}", "").split()) <= words for t in templates)

@@ -269,8 +269,9 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
         with torch.no_grad():
             cond = encode_text(tok, text_encoder, texts)
         pixels = reference_pixels(processor, refs).to(device)
+        dropped = torch.from_numpy(drop).to(device)
         with torch.set_grad_enabled(tune_encoder):
-            features = image_features(encoder, pixels, torch.from_numpy(drop).to(device), cfg.plus)
+            features = image_features(encoder, pixels, dropped, cfg.plus)
         xt = sched.add_noise(x0, noise, t).to(device)
         pred = unet(xt, t.to(device), encoder_hidden_states=cond,
                     added_cond_kwargs={"image_embeds": [features[:, None]]}).sample
@@ -278,8 +279,8 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
         loss = ((pred - noise.to(device)) ** 2 * w).mean() / w.mean()
         objects = torch.as_tensor([data.attrs[i]["objects"][0] for i in chosen[pick]], device=device)
         if teacher is not None:
-            taught = torch.as_tensor([bool(text) for text in texts], device=device) & ~torch.from_numpy(drop).to(
-                device) & (objects < len(S.OBJECTS))
+            captioned = torch.as_tensor([bool(text) for text in texts], device=device)
+            taught = captioned & ~dropped & (objects < len(S.OBJECTS))
             if taught.any():
                 with torch.no_grad():
                     full = encode_text(tok, text_encoder, [data.captions[i] for i in chosen[pick]])

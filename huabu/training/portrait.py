@@ -88,7 +88,7 @@ def run_portrait(request: AppRequest, engine: Engine, progress: PortraitProgress
     work = settings.home / "portraits" / request.name
     out = Path(outdir) if outdir is not None else settings.outputs_dir / "portraits" / request.name
     book = engine.prompt_book(request.model)
-    styles = pick_styles(list(book.styles), request.styles, request.count, default_styles(engine, request.model))
+    styles = pick_styles(list(book.styles), request.styles, request.count, own_styles(engine, request.model))
     model = engine.models.load(request.model)
     size = model.default_size
 
@@ -149,12 +149,11 @@ def render_prompt(request: AppRequest, style: str, book: PromptBook) -> tuple[st
     return f"{lora} [{subject}:{styled}:{request.style_start:g}]", negative, []
 
 
-def default_styles(engine: Engine, model: str | None) -> list[str]:
-    """The styles a portrait takes when none are named, in order: the model's own prompt book's when it carries
-    one (a small model loses its subject under words it was never trained on), else the shipped book's."""
+def own_styles(engine: Engine, model: str | None) -> list[str]:
+    """The styles of the model's own prompt book, in order (none when it carries none): a portrait takes these
+    when no styles are named, since a small model loses its subject under words it was never trained on."""
     folder = engine.models.book_dir(model)
-    own = list(load_book([folder], shipped=False).styles) if folder else []
-    return own or list(engine.prompt_book(model).styles)
+    return list(load_book([folder], shipped=False).styles) if folder else []
 
 
 def _portrait_seed(work: Path, request: AppRequest) -> int:

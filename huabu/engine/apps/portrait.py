@@ -91,8 +91,8 @@ def caption(name: str, image: Image.Image) -> str:
 
 
 def pick_styles(available: list[str], wanted: list[str], count: int, defaults: list[str] | None = None) -> list[str]:
-    """The styles to render: those asked for (each must exist), else the first `count` of `defaults` (or of the
-    prompt book)."""
+    """The styles to render: those asked for (each must exist), else the first `count` of `defaults` (when there
+    are any) or of the prompt book."""
     unknown = [name for name in wanted if name not in available]
     if unknown:
         raise InvalidRequest(f"unknown style {unknown[0]!r}; huabu's prompt book has {len(available)} (huabu "
