@@ -274,3 +274,27 @@ def test_eval_reports_fractions_and_exact_ceilings(trained):
         assert all(0.0 <= v <= 1.0 for kind in ("with", "without") for v in row[kind].values())
         assert all(v in (0.0, 0.5, 1.0) for v in row["with"].values())  # two cases each
     assert "unseen glyphs, prompt without the object" in format_ip_adapter_report(result)
+
+
+def test_identity_is_read_at_either_size_since_the_nameless_prompt_says_none():
+    import numpy as np
+
+    from huabu.tiny import measure as M
+    from huabu.tiny import scenes as S
+    from huabu.tiny import world as W
+    from huabu.tiny import world_measure as WM
+    from huabu.tiny.eval_ip_adapter import eval_cases, read
+
+    rng = np.random.default_rng(0)
+    at_scene_size = either = 0
+    cases = eval_cases(12, 3333, unseen=False)
+    for scene, _ in cases:
+        placed = scene.objects[0]
+        other = next(name for name in S.SIZE_NAMES if name != placed.size_name)
+        drawn = W.render(W.single(rng, "position", placed.obj, scene.background, placed.position, other))
+        _, bg = M.background_colour(drawn)
+        xy = M.centroid(M.object_mask(drawn, bg))
+        at_scene_size += WM.identify(drawn, bg, xy, placed.size) == placed.obj
+        either += read(drawn, placed.size)[2] == placed.obj
+    # the right object at the size the prompt never asked for is itself to the eval, not to a fixed-size read
+    assert either == len(cases) > at_scene_size + 4

@@ -49,6 +49,12 @@ def identify(image: np.ndarray, background_rgb: np.ndarray, xy: tuple[float, flo
              shift: int = 3, glyphs: Sequence[np.ndarray] | None = None) -> int:
     """Index of the glyph whose template (at `size`, on this background) best matches the window around `xy`:
     of `glyphs` (RGBA at `size`) if given, else of huabu.tiny.scenes' objects."""
+    return nearest_glyph(image, background_rgb, xy, size, shift, glyphs)[0]
+
+
+def nearest_glyph(image: np.ndarray, background_rgb: np.ndarray, xy: tuple[float, float], size: int,
+                  shift: int = 3, glyphs: Sequence[np.ndarray] | None = None) -> tuple[int, float]:
+    """`identify`'s index with its template's mean squared error over the window (the best of the shifts)."""
     bg = background_rgb.astype(np.float32) / 255.0
     img = image.astype(np.float32) / 255.0
     pad = size // 2 + shift
@@ -67,7 +73,7 @@ def identify(image: np.ndarray, background_rgb: np.ndarray, xy: tuple[float, flo
         err = float(((windows - template) ** 2).mean(axis=(1, 2, 3)).min())
         if err < best_err:
             best, best_err = k, err
-    return best
+    return best, best_err
 
 
 @dataclass

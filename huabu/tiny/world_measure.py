@@ -34,6 +34,17 @@ def identify(image: np.ndarray, bg: np.ndarray, xy: tuple[float, float], size: i
     return objs[M.identify(image, bg, xy, size, glyphs=glyphs)]
 
 
+def identify_any_size(image: np.ndarray, bg: np.ndarray, xy: tuple[float, float],
+                      among: tuple[int, ...] | None = None) -> int:
+    """`identify` at whichever of the world's object sizes fits best: for images whose prompt says no size."""
+    found = []
+    for size in S.SIZES.values():
+        objs, glyphs = _glyphs(size, None, among)
+        k, err = M.nearest_glyph(image, bg, xy, size, glyphs=glyphs)
+        found.append((err, objs[k]))
+    return min(found)[1]
+
+
 def read_coloured(image: np.ndarray, background: str, bg: np.ndarray, mask: np.ndarray,
                   size: int) -> tuple[int, str] | None:
     """(object, colour) of the recoloured object in `mask`, or None where nothing is there."""
