@@ -25,6 +25,7 @@ from huabu.core.apps import AppRequest
 from huabu.core.settings import Settings
 from huabu.engine.apps import run_app
 from huabu.engine.generate import Engine
+from huabu.engine.ip_adapters import is_weights_file
 from huabu.tiny import ip_adapter_scenes as IS
 from huabu.tiny import scenes as S
 from huabu.tiny import world as W
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     adapter = Path(args.adapter).expanduser().resolve()
     if adapter.is_dir():
-        adapter = next(iter(sorted(adapter.glob("*.safetensors"))))
+        adapter = next(path for path in sorted(adapter.glob("*.safetensors")) if is_weights_file(path))
     folder = Path(tempfile.mkdtemp(prefix="apps-try-on-"))
     engine = Engine(Settings.for_home(folder, device="cpu", dtype="fp32", hub_offline=True))
     rng = np.random.default_rng(args.seed)

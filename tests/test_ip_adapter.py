@@ -153,6 +153,47 @@ def test_a_model_folders_own_adapter_needs_no_name(engine, ip_store, model_store
         engine.generate(request(ip_adapters=[{"image": references[0]}]))
 
 
+def _random_unet_lora(unet_folder: Path, path: Path) -> Path:
+    """A random kohya LoRA on the to_q / to_v layers of the UNet in `unet_folder`, written to `path`."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from huabu.engine import lora_formats as formats
+
+    unet = UNet2DConditionModel.from_pretrained(unet_folder)
+    torch.manual_seed(3)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
+    state = {key: torch.randn_like(value) * 0.5 for key, value in get_peft_model_state_dict(unet).items()}
+    return formats.write_lora(path, formats.from_peft("unet", state, 2))
+
+
+def test_an_adapters_own_lora_goes_with_it_and_only_with_it(engine, ip_store, model_store, references, tmp_path):
+    import shutil
+
+    model = tmp_path / "mine"
+    shutil.copytree(model_store["folder"], model)
+    own = tmp_path / "mine-ip-adapter"
+    own.mkdir()
+    shutil.copy(ip_store["folder"], own / "ip-adapter_mine.safetensors")
+    shutil.copytree(ip_store["folder"].parent / "image_encoder", own / "image_encoder")
+    lora = _random_unet_lora(model / "unet", tmp_path / "faceid_lora.safetensors")
+    mine = dict(model=str(model))
+    base = engine.generate(request(**mine)).images[0]
+    alone = engine.generate(request(**mine, ip_adapters=[{"image": references[0]}])).images[0]
+    by_hand = engine.generate(request(**mine, ip_adapters=[{"image": references[0]}],
+                                      loras=[{"name": str(lora)}])).images[0]
+    shutil.copy(lora, own / "ip-adapter_mine_lora.safetensors")  # FaceID's naming, beside the weights
+    paired = engine.generate(request(**mine, ip_adapters=[{"image": references[0]}]))  # still the one adapter
+    assert max_diff(by_hand, alone) > 3 and max_diff(paired.images[0], by_hand) <= 1
+    assert "Lora hashes" not in parse_infotext(paired.infotexts[0])  # the adapter's field stands for it
+    zero = engine.generate(request(**mine, ip_adapters=[{"image": references[0], "weight": 0}])).images[0]
+    assert max_diff(zero, base) <= 1  # its LoRA at the unit's weight, 0 too
+    assert max_diff(engine.generate(request(**mine)).images[0], base) == 0  # and gone without the adapter
+    assert [ref.name for ref in engine.ip_adapters.own_ip_adapters(model)] == ["ip-adapter_mine"]
+
+
 def test_with_controlnet_img2img_and_hires(engine, ip_store, controlnet_store, references):
     ip = {"image": references[1], "model": "ip-adapter_tiny"}
     canny = {"module": "canny", "model": "tiny-canny", "image": references[0]}

@@ -111,7 +111,8 @@ def test_object_weight_and_noisy_timesteps_change_the_step_and_bad_values_are_re
                              ({"object_weight": -1.0}, "--object-weight must be 0 or positive"),
                              ({"objects": 104}, "--objects must be 1-103"),
                              ({"identity_weight": 1.0}, "positive with --encoder-lr"),
-                             ({"distill": -1.0}, "--distill must be 0 or positive")):
+                             ({"distill": -1.0}, "--distill must be 0 or positive"),
+                             ({"unet_lora_rank": -1}, "--unet-lora-rank must be 0")):
         with pytest.raises(InvalidRequest, match=message):
             T.setup(_cfg(scenes, tmp_path / "bad", **changes))
 
@@ -192,6 +193,44 @@ def test_a_tuned_encoder_trains_resumes_and_ships_with_the_adapter(scenes, tmp_p
     assert shipped.keys() == scorer.keys()
     moved = [k for k in scorer if not torch.equal(shipped[k], scorer[k])]
     assert "visual_projection.weight" in moved and len(moved) > len(scorer) // 2
+
+
+def test_a_unet_lora_trains_resumes_and_ships_beside_the_adapter(scenes, tmp_path, monkeypatch):
+    from huabu.engine import lora_formats as formats
+    from huabu.tiny import train_ip_adapter as T
+
+    recipe, _, _ = T.setup(_cfg(scenes, tmp_path / "setup", unet_lora_rank=2, unet_lora_lr=5e-4))
+    lora = recipe.checkpointed["unet_lora"]
+    trains = {id(p) for p in lora.parameters() if p.requires_grad}
+    assert [g["lr"] for g in recipe.optimizer.param_groups] == [1e-3, 5e-4]
+    assert {id(p) for p in recipe.optimizer.param_groups[1]["params"]} == trains
+    assert len(lora) == 80  # to_q, to_k, to_v, to_out of the UNet's 10 self- and 10 cross-attention layers
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    T.train(_cfg(scenes, straight, unet_lora_rank=2))
+    with monkeypatch.context() as m:
+        kill_after(m, 2)
+        with pytest.raises(Killed):
+            T.train(_cfg(scenes, killed, unet_lora_rank=2))
+    T.train(_cfg(scenes, killed, unet_lora_rank=2))
+    assert_same(newest_weights(straight, "unet_lora"), newest_weights(killed, "unet_lora"))
+
+    layers, _ = formats.read_lora(straight / "final" / T.LORA_FILE)  # kohya's keys, read back by huabu's reader
+    assert len(layers) == 80 and not any("_ip" in name for name in layers)
+    assert all(layer.up.abs().sum() > 0 for layer in layers.values())  # up starts at zero: every layer trained
+
+    from safetensors import safe_open
+
+    from huabu.core.settings import Settings
+    from huabu.engine.ip_adapters import IPAdapterManager
+    from huabu.tiny.ship import IP_ADAPTER_NAME, ship_ip_adapter
+
+    shipped = ship_ip_adapter(straight, tmp_path / "shipped")
+    lora_file = shipped / f"{IP_ADAPTER_NAME}_lora.safetensors"
+    with safe_open(str(lora_file), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys() if not k.endswith(".alpha")} == {"F16"}
+    manager = IPAdapterManager(Settings.for_home(tmp_path / "home"))
+    assert manager.ref_for(shipped / f"{IP_ADAPTER_NAME}.safetensors").lora == lora_file  # the engine pairs them
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from huabu.engine.job import (
     save_output,
     step_callback,
 )
-from huabu.engine.loras import apply_loras
+from huabu.engine.loras import apply_loras, resolve_loras
 from huabu.engine.models import LoadedModel, ModelManager
 from huabu.engine.noise import (
     batch_noise,
@@ -149,7 +149,10 @@ class Engine:
         ip = (self.ip_adapters.plan(job.ip_adapters, model, first_number=len(job.control_units))
               if job.ip_adapters else None)
         pipe = control.pipeline(model, used.mode, used.cfg_scale) if control else mode_pipeline(model, used.mode)
-        apply_loras(pipe, job.loras, model.lora_targets, model.lora_active)
+        # an adapter's own LoRA (FaceID's kind) goes with it; the adapter's infotext field stands for it
+        own = resolve_loras(ip.lora_specs(), self.settings.loras_dir, self.models.hashes) if ip else []
+        loras = job.loras + own
+        apply_loras(pipe, loras, model.lora_targets, model.lora_active)
 
         scheduler = job.scheduler()
         conditioning = encode_prompts(model, used.clip_skip, job.text, job.negative_text,
@@ -161,6 +164,8 @@ class Engine:
         shared = attached.enter_context(ip.attached(pipe, used.cfg_scale, used.batch_size)) if ip else {}
         inputs.update(shared)
         hires = HiresFix(job, self.upscalers, encode_prompts, control) if used.enable_hr else None
+        if hires is not None and hires.loras is not None:  # the adapters act in its pass too
+            hires.loras = hires.loras + own
         extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
         used_loras = job.loras + [lora for lora in (job.hires_loras or []) if lora not in job.loras]
@@ -172,7 +177,7 @@ class Engine:
                 scheduler = job.scheduler(seeds)
             pipe.scheduler = scheduler
             if hires is not None and hires.loras is not None:  # the last hires pass ran with its own LoRAs
-                apply_loras(pipe, job.loras, model.lora_targets, model.lora_active)
+                apply_loras(pipe, loras, model.lora_targets, model.lora_active)
             report = _still_report(iteration, used, total, later=hires.steps if hires else 0)
             callback = step_callback(extensions, report, progress, interrupt)
             latents = self._run(model, pipe, used, conditioning, inputs, seeds, subseeds, callback, extensions,

@@ -8,6 +8,9 @@ Files live in `Settings.ip_adapter_dir` (~/.huabu/ip-adapter):
 - weights: `.safetensors` files holding `image_proj.*` and `ip_adapter.*` keys (the original layout, which
   h94/IP-Adapter and sd-webui-controlnet ship), anywhere in the folder. They are read as safetensors only, judged by
   the bytes (huabu.engine.checkpoints): a pickle file is refused whatever its name.
+- a LoRA trained with the adapter, as IP-Adapter FaceID ships one: `<weights stem>_lora.safetensors` beside the
+  weights file (FaceID's own naming). It joins the run's LoRAs whenever its adapter is used, at the largest weight
+  of the units using it, so a weight-0 unit is the base model exactly. Such files are not listed as adapters.
 - the image encoder: a transformers CLIPVisionModelWithProjection folder named `image_encoder/` (config.json and
   model.safetensors), the nearest one from the weights file's folder up to the IP-Adapter folder. That reads
   diffusers' `load_ip_adapter` layout (`models/image_encoder/` beside `models/ip-adapter_sd15.safetensors`) and a
@@ -34,7 +37,7 @@ from PIL import Image
 
 from huabu.core.errors import InvalidRequest, ModelNotFound, UnsafeCheckpoint, first_line
 from huabu.core.ip_adapters import serialize_ip_adapter_unit
-from huabu.core.requests import IPAdapterSpec
+from huabu.core.requests import IPAdapterSpec, LoraSpec
 from huabu.core.settings import Settings
 from huabu.engine import checkpoints
 from huabu.engine.controlnets import legacy_hash, unit_image
@@ -44,6 +47,7 @@ from huabu.engine.models import LoadedModel, looks_like_path
 IMAGE_ENCODER = "image_encoder"
 OWN_FOLDER_SUFFIX = "-ip-adapter"  # a model folder's own IP-Adapter: `<folder>-ip-adapter/` beside it
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")  # listed so that a pickle one is refused by name
+LORA_SUFFIX = "_lora"  # an adapter's own LoRA: ip-adapter-faceid_sd15_lora.safetensors beside ip-adapter-faceid_sd15
 _A1111_TITLE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
 _PARTS = ("image_proj", "ip_adapter")
 
@@ -56,6 +60,7 @@ class IPAdapterRef:
     path: Path
     encoder: Path | None
     short_hash: str
+    lora: Path | None = None  # the LoRA trained with it (`<stem>_lora.safetensors` beside it)
 
     @property
     def title(self) -> str:
@@ -105,8 +110,7 @@ class IPAdapterManager:
         """Every weights file in the IP-Adapter folder (image encoder folders aside)."""
         if not self.root.is_dir():
             return []
-        return [self.ref_for(path) for path in sorted(self.root.rglob("*"))
-                if path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
+        return [self.ref_for(path) for path in sorted(self.root.rglob("*")) if is_weights_file(path)
                 and IMAGE_ENCODER not in path.relative_to(self.root).parts]
 
     def own_ip_adapters(self, model_path: Path | None) -> list[IPAdapterRef]:
@@ -114,8 +118,7 @@ class IPAdapterManager:
         if model_path is None or not model_path.is_dir():
             return []
         own = model_path.parent / f"{model_path.name}{OWN_FOLDER_SUFFIX}"
-        return [self.ref_for(path) for path in sorted(own.glob("*")) if path.is_file()
-                and path.suffix.lower() in WEIGHT_SUFFIXES] if own.is_dir() else []
+        return [self.ref_for(path) for path in sorted(own.glob("*")) if is_weights_file(path)] if own.is_dir() else []
 
     def resolve(self, spec: str, model_path: Path | None = None) -> IPAdapterRef:
         """The IP-Adapter a unit's `model` names: a path, a name in the folder or among the model's own (file name
@@ -153,7 +156,9 @@ class IPAdapterManager:
                             + (f" (it holds: {', '.join(r.name for r in available)})" if available else ""))
 
     def ref_for(self, path: Path) -> IPAdapterRef:
-        return IPAdapterRef(path.stem, path, self.encoder_for(path), legacy_hash(path))
+        lora = path.with_name(f"{path.stem}{LORA_SUFFIX}.safetensors")
+        return IPAdapterRef(path.stem, path, self.encoder_for(path), legacy_hash(path),
+                            lora if lora.is_file() else None)
 
     def encoder_for(self, path: Path) -> Path | None:
         """The nearest `image_encoder/` folder from the weights file's folder up to the IP-Adapter folder (the
@@ -215,6 +220,12 @@ class IPAdapterManager:
                 self._encoders[key] = encoder
             self._encoders.move_to_end(key)
         return encoder
+
+
+def is_weights_file(path: Path) -> bool:
+    """Whether `path` may be an IP-Adapter's weights: a file of a weights suffix that is not an adapter's LoRA."""
+    return (path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
+            and not (path.stem.endswith(LORA_SUFFIX) and path.suffix.lower() == ".safetensors"))
 
 
 def read_ip_adapter(path: Path) -> dict[str, dict[str, Any]]:
@@ -296,6 +307,14 @@ class IPAdapterPlan(Extension):
                 pipe.unload_ip_adapter()
             unet.set_attn_processor(processors)
             pipe.register_modules(**before)
+
+    def lora_specs(self) -> list[LoraSpec]:
+        """The LoRAs the adapters were trained with, each at the largest weight of the units using it."""
+        weights: dict[Path, float] = {}
+        for unit, ref in zip(self.units, self.refs):
+            if ref.lora is not None:
+                weights[ref.lora] = max(weights.get(ref.lora, 0.0), float(unit.spec.weight))
+        return [LoraSpec(name=str(path), weight=weight) for path, weight in weights.items()]
 
     def infotext_params(self) -> dict[str, str]:
         return {f"ControlNet {self.first_number + number}":

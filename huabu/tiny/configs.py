@@ -148,4 +148,8 @@ class IpAdapterTrainConfig:
     # full caption without any adapter, for the objects the UNet knows: the adapter learns to do what the object's
     # name does, without the noise target's variance (the noise-prediction loss alone stays flat at 0.03)
     distill: float = 0.0
+    # > 0: a LoRA of this rank on the UNet's attention trains with the adapter and ships beside it, as IP-Adapter
+    # FaceID's does, so the UNet learns to draw what the image tokens say; 0: the UNet stays as shipped
+    unet_lora_rank: int = 0
+    unet_lora_lr: float = 3e-4
     checkpoint_every: int = 250

@@ -67,13 +67,15 @@ def scores(images: list[np.ndarray], scenes: list[S.Scene], among: tuple[int, ..
 
 
 def adapter_file(cfg: IpAdapterEvalConfig, model_dir: Path) -> Path:
-    """The weights file `cfg.adapter` names: a file, a folder's one .safetensors, or the model's own."""
+    """The weights file `cfg.adapter` names: a file, a folder's one .safetensors (its LoRA aside), or the model's
+    own."""
+    from huabu.engine.ip_adapters import is_weights_file
     from huabu.tiny.ship import ip_adapter_folder
 
     folder = Path(cfg.adapter).expanduser() if cfg.adapter else ip_adapter_folder(model_dir)
     if folder.is_file():
         return folder.resolve()
-    found = sorted(folder.glob("*.safetensors"))
+    found = [path for path in sorted(folder.glob("*.safetensors")) if is_weights_file(path)]
     if len(found) != 1:
         raise ModelNotFound(f"no single IP-Adapter .safetensors in {folder}: pass --adapter with a run's final/ "
                             f"folder or ship one with `huabu tiny ship-ip-adapter RUN`")

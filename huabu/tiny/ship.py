@@ -4,8 +4,9 @@
                                        the engine's default ControlNet for that module on this model
     <model folder>/motion_adapter/     a diffusers MotionAdapter inside the model folder: the engine's default motion
                                        module for this model (pipelines load only what model_index.json lists)
-    <model folder>-ip-adapter/         ip-adapter_huabu-tiny.safetensors (original layout) and its image_encoder/
-                                       beside the model: the adapter an image prompt without a model name takes
+    <model folder>-ip-adapter/         ip-adapter_huabu-tiny.safetensors (original layout), its image_encoder/ and
+                                       the UNet LoRA trained with it (ip-adapter_huabu-tiny_lora.safetensors) beside
+                                       the model: the adapter an image prompt without a model name takes
 
 ControlNets and the IP-Adapter stay outside the model folder so that the model itself keeps its size; a motion
 module is the model's own temporal half, which the engine already looks for inside it.
@@ -115,12 +116,14 @@ def ship_motion(run_dir: Path, model_dir: Path = BUILTIN_DIR) -> Path:
 
 def ship_ip_adapter(run_dir: Path, target: Path, model_dir: Path = BUILTIN_DIR) -> Path:
     """Write the IP-Adapter trained in `run_dir` (its final/) to `target`: the weights in fp16 as
-    IP_ADAPTER_NAME.safetensors and the image encoder in fp16 as image_encoder/; returns `target`."""
+    IP_ADAPTER_NAME.safetensors, the image encoder in fp16 as image_encoder/ and the UNet LoRA trained with it, if
+    any, in fp16 beside the weights as the engine finds it; returns `target`."""
     from safetensors.torch import save_file
     from transformers import CLIPVisionModelWithProjection
 
-    from huabu.engine.ip_adapters import IMAGE_ENCODER, fit_problem, read_ip_adapter
-    from huabu.tiny.train_ip_adapter import WEIGHTS_FILE
+    from huabu.engine.ip_adapters import IMAGE_ENCODER, LORA_SUFFIX, fit_problem, read_ip_adapter
+    from huabu.engine.lora_formats import read_lora, write_lora
+    from huabu.tiny.train_ip_adapter import LORA_FILE, WEIGHTS_FILE
 
     trained = next((f for f in (Path(run_dir) / "final", Path(run_dir)) if (f / WEIGHTS_FILE).is_file()), None)
     if trained is None or not (trained / IMAGE_ENCODER).is_dir():
@@ -133,7 +136,11 @@ def ship_ip_adapter(run_dir: Path, target: Path, model_dir: Path = BUILTIN_DIR) 
     encoder = CLIPVisionModelWithProjection.from_pretrained(trained / IMAGE_ENCODER, dtype=torch.float16)
     flat = {f"{part}.{key}": tensor.to(torch.float16).contiguous()
             for part, tensors in state.items() for key, tensor in tensors.items()}
+    lora = trained / LORA_FILE
     with atomic_dir(target) as tmp:
         save_file(flat, str(Path(tmp) / f"{IP_ADAPTER_NAME}.safetensors"))
         encoder.save_pretrained(Path(tmp) / IMAGE_ENCODER, safe_serialization=True)
+        if lora.is_file():
+            write_lora(Path(tmp) / f"{IP_ADAPTER_NAME}{LORA_SUFFIX}.safetensors", read_lora(lora)[0],
+                       dtype=torch.float16)
     return target

@@ -19,6 +19,9 @@ image embeddings are zeros and 5% of captions empty, for classifier-free guidanc
 background and position, so the loss can weight the object's cells (`object_weight`) and draw noisy timesteps more
 often (`timesteps`), where the shape that only the reference gives is decided. With `distill`, the adapter's
 prediction is also drawn towards the frozen UNet's own from the full caption: what the name alone would draw.
+With `unet_lora_rank`, a LoRA on the UNet's attention trains beside the adapter and ships with it (FaceID's
+`_lora.safetensors`), which the engine applies whenever the adapter is used, so that the UNet learns to draw
+what the image tokens say rather than the adapter alone steering a UNet that never saw them.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from huabu.training.noise import check_timestep_sampling, draw_timesteps
 from huabu.training.schedules import Schedule
 
 WEIGHTS_FILE = "ip-adapter.safetensors"
+LORA_FILE = "ip-adapter_lora.safetensors"
 IMAGE_ENCODER = "image_encoder"
 NUM_TOKENS = 4  # what diffusers' loader builds for a plain IP-Adapter's `image_proj.proj`
 # The Plus Resampler as diffusers' converter rebuilds it from the file: depth 4 whatever the file holds, heads read
@@ -195,6 +199,19 @@ def batch_conditions(cfg: IpAdapterTrainConfig, step: int, attrs: list[dict], ca
     return texts, refs, rng.random(len(attrs)) < cfg.drop_image
 
 
+def unet_lora(unet: UNet2DConditionModel, rank: int, seed: int) -> torch.nn.ModuleList:
+    """A LoRA of `rank` added to `unet`'s attention projections (the trainer's targets; the adapter's own to_k_ip /
+    to_v_ip are not among them): its layers, for the optimizer and the checkpoints."""
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+
+    from huabu.training.lora import UNET_TARGETS
+
+    torch.manual_seed(seed + 1)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+    return torch.nn.ModuleList(m for m in unet.modules() if isinstance(m, LoraLayer))
+
+
 def frozen_parts(cfg: IpAdapterTrainConfig) -> tuple[Path, UNet2DConditionModel, CLIPTextModel, CLIPTokenizer,
                                                     CLIPVisionModelWithProjection]:
     base = base_folder(cfg.model, "--model")
@@ -220,6 +237,8 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
                              f"encoder), got {cfg.identity_weight}")
     if cfg.distill < 0:
         raise InvalidRequest(f"--distill must be 0 or positive, got {cfg.distill}")
+    if cfg.unet_lora_rank < 0:
+        raise InvalidRequest(f"--unet-lora-rank must be 0 (no LoRA) or positive, got {cfg.unet_lora_rank}")
     if cfg.object_weight < 0:
         raise InvalidRequest(f"--object-weight must be 0 or positive, got {cfg.object_weight}")
     accelerator = Accelerator()
@@ -241,11 +260,14 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
     unet._load_ip_adapter_weights([initial_state(unet, encoder.config, cfg.seed, cfg.plus)],
                                   low_cpu_mem_usage=False)
     adapter = trainable(unet).requires_grad_(True)
+    lora = unet_lora(unet, cfg.unet_lora_rank, cfg.seed) if cfg.unet_lora_rank else None
     tune_encoder = cfg.encoder_lr > 0
     readout = torch.nn.Linear(encoder.config.projection_dim, cfg.objects) if cfg.identity_weight else None
     groups = [{"params": list(adapter.parameters()) + (list(readout.parameters()) if readout else []), "lr": cfg.lr}]
     if tune_encoder:
         groups.append({"params": list(encoder.requires_grad_(True).parameters()), "lr": cfg.encoder_lr})
+    if lora is not None:
+        groups.append({"params": [p for p in lora.parameters() if p.requires_grad], "lr": cfg.unet_lora_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     adapter, encoder, opt = accelerator.prepare(adapter, encoder, opt)
     if readout is not None:
@@ -297,16 +319,27 @@ def setup(cfg: IpAdapterTrainConfig) -> tuple[Recipe, UNet2DConditionModel, CLIP
         trained["encoder"] = accelerator.unwrap_model(encoder)
     if readout is not None:
         trained["readout"] = accelerator.unwrap_model(readout)
+    if lora is not None:
+        trained["unet_lora"] = lora
     recipe = Recipe(accelerator, opt, trained, step_loss,
-                    [p for module in trained.values() for p in module.parameters()])
+                    [p for module in trained.values() for p in module.parameters() if p.requires_grad])
     return recipe, unet, accelerator.unwrap_model(encoder)
 
 
-def save_final(unet: UNet2DConditionModel, folder: Path, encoder: CLIPVisionModelWithProjection) -> Path:
+def save_final(unet: UNet2DConditionModel, folder: Path, encoder: CLIPVisionModelWithProjection,
+               lora_rank: int = 0) -> Path:
     """`folder`/ip-adapter.safetensors in the original layout and `folder`/image_encoder/ (the encoder's config.json
-    and model.safetensors), as huabu's IP-Adapter folder reads them."""
+    and model.safetensors), as huabu's IP-Adapter folder reads them; with a UNet LoRA, also
+    `folder`/ip-adapter_lora.safetensors (kohya's keys), named as IP-Adapter FaceID names its LoRA."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file(original_state(unet), str(folder / WEIGHTS_FILE))
+    if lora_rank:
+        from peft.utils import get_peft_model_state_dict
+
+        from huabu.engine import lora_formats as formats
+
+        layers = formats.from_peft("unet", get_peft_model_state_dict(unet), lora_rank)
+        formats.write_lora(folder / LORA_FILE, layers)
     encoder.save_pretrained(folder / IMAGE_ENCODER, safe_serialization=True)
     return folder
 
@@ -321,4 +354,4 @@ def train(cfg: IpAdapterTrainConfig, cancel: Callable[[], bool] | None = None) -
     done = loop.train(recipe, plan, cancel=cancel)
     if done < cfg.steps:
         return Path(cfg.out)
-    return save_final(unet, Path(cfg.out) / "final", encoder)
+    return save_final(unet, Path(cfg.out) / "final", encoder, cfg.unet_lora_rank)
