@@ -150,8 +150,8 @@ class Engine:
               if job.ip_adapters else None)
         pipe = control.pipeline(model, used.mode, used.cfg_scale) if control else mode_pipeline(model, used.mode)
         # an adapter's own LoRA (FaceID's kind) goes with it; the adapter's infotext field stands for it
-        own = resolve_loras(ip.lora_specs(), self.settings.loras_dir, self.models.hashes) if ip else []
-        loras = job.loras + own
+        adapter_loras = resolve_loras(ip.lora_specs(), self.settings.loras_dir, self.models.hashes) if ip else []
+        loras = job.loras + adapter_loras
         apply_loras(pipe, loras, model.lora_targets, model.lora_active)
 
         scheduler = job.scheduler()
@@ -165,7 +165,7 @@ class Engine:
         inputs.update(shared)
         hires = HiresFix(job, self.upscalers, encode_prompts, control) if used.enable_hr else None
         if hires is not None and hires.loras is not None:  # the adapters act in its pass too
-            hires.loras = hires.loras + own
+            hires.loras = hires.loras + adapter_loras
         extra = {k: v for extension in extensions for k, v in extension.infotext_params().items()}
         total = used.batch_size * used.n_iter
         used_loras = job.loras + [lora for lora in (job.hires_loras or []) if lora not in job.loras]
