@@ -374,7 +374,8 @@ def test_a_model_folders_own_prompt_book_styles_its_prompts_and_its_portraits(ap
     assert "pinkish" not in apps_engine.prompt_book("tiny-sd").styles  # looked up again, as the folder changes
     # huabu-tiny's own: twenty styles, every word one its training captions use
     tiny = own_styles(apps_engine, "huabu-tiny")
-    words = {"on", "a", "background", *S.COLOUR_NAMES, *" ".join(S.POSITION_PHRASES.values()).split()}
+    words = {"on", "a", "an", "background", *S.COLOUR_NAMES, *" ".join(S.POSITION_PHRASES.values()).split()}
+    assert "an orange background" in S.single_caption(0, "orange", None, None)  # "an", as the captions write it
     templates = [apps_engine.prompt_book("huabu-tiny").styles[name].prompt for name in tiny]
     assert len(tiny) == 20 and all(set(t.replace("{prompt}", "").split()) <= words for t in templates)
     assert "photo_portrait" in apps_engine.prompt_book("huabu-tiny").styles  # still named by hand
