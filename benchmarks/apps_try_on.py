@@ -25,11 +25,12 @@ from huabu.core.apps import AppRequest
 from huabu.core.settings import Settings
 from huabu.engine.apps import run_app
 from huabu.engine.generate import Engine
-from huabu.engine.ip_adapters import is_weights_file
+from huabu.engine.models import BUILTIN_DIR
 from huabu.tiny import ip_adapter_scenes as IS
 from huabu.tiny import scenes as S
 from huabu.tiny import world as W
-from huabu.tiny.eval_ip_adapter import eval_cases, read
+from huabu.tiny.demo_configs import IpAdapterEvalConfig
+from huabu.tiny.eval_ip_adapter import adapter_file, eval_cases, read
 
 PAD = 2  # pixels around B's box that the region adds, so the glyph's anti-aliased edge is inside it
 
@@ -74,9 +75,7 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    adapter = Path(args.adapter).expanduser().resolve()
-    if adapter.is_dir():
-        adapter = next(path for path in sorted(adapter.glob("*.safetensors")) if is_weights_file(path))
+    adapter = adapter_file(IpAdapterEvalConfig(adapter=args.adapter), BUILTIN_DIR)
     folder = Path(tempfile.mkdtemp(prefix="apps-try-on-"))
     engine = Engine(Settings.for_home(folder, device="cpu", dtype="fp32", hub_offline=True))
     rng = np.random.default_rng(args.seed)
